@@ -1,0 +1,313 @@
+"""Profiles: ``params/<profile>.yaml``, validated against typed dataclasses.
+
+A profile has one ``common`` section and one section per notebook. An unknown or misspelt key is
+an error naming the key and the file; values are type-checked. ``overrides`` (a nested dict, as
+given in a notebook's ``parameters`` cell) are applied on top of the file and validated the same way.
+
+Each dataclass field's comment is its documentation; defaults here are the documented defaults.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+PARAMS_DIR = Path(__file__).resolve().parent.parent / "params"
+
+
+class ConfigError(ValueError):
+    """A profile is invalid; the message names the file and the key."""
+
+
+# --------------------------------------------------------------------------------------------
+# sections
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Common:
+    seed: int = 13  # seeds python, numpy and torch
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = cuda when available
+    threads: int = 2  # torch intra-op threads on CPU
+    dataset: Literal["embedded", "codiesp", "mimic"] = "embedded"
+    artifacts_dir: str = "artifacts"  # artifacts/<profile>/<NN_name>/
+    figures_dir: str = "figures"
+    progress: bool = True  # progress bars (tqdm.auto: widgets in JupyterLab, text under papermill)
+
+
+@dataclass(frozen=True)
+class EmbeddedCorpus:
+    n_train: int = 1200
+    n_val: int = 200
+    n_test: int = 200  # every test note is human-annotated (the evaluation set)
+    n_fewshot_pool: int = 150  # annotated training notes reserved for few-shot prompts
+    n_codes: int = 60  # how many of the lexicon's codes are used
+    min_words: int = 200
+    max_words: int = 3200
+    codes_per_note_mean: float = 5.0
+    no_evidence_rate: float = 0.05  # share of assigned codes with no textual evidence
+    indirect_rate: float = 0.15  # share of codes evidenced only indirectly (meds, labs)
+    distractor_rate: float = 0.6  # expected negated / family / ruled-out mentions per note
+    typo_rate: float = 0.02  # share of evidence mentions with a typo
+
+
+@dataclass(frozen=True)
+class Data:
+    embedded: EmbeddedCorpus = field(default_factory=EmbeddedCorpus)
+    codiesp_dir: Optional[str] = None  # or env RK_CODIESP_DIR; default ../shared/data/codiesp_v4
+    codiesp_language: Literal["es", "en"] = "es"
+    mimic_dir: Optional[str] = None  # root holding note/ and hosp/
+    mimic_split_file: Optional[str] = None  # Edin et al. feather split (_id, split)
+    mimic_min_code_count: int = 10
+    mdace_dir: Optional[str] = None  # MDACE evidence JSON (one file per admission)
+    spans_jsonl: Optional[str] = None  # human spans in the project's JSONL format
+    max_words: int = 4000  # notes are cut here before modelling
+    credentialed: bool = False  # set for MIMIC: marks documents as credentialed data
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    embed_dim: int = 100  # word2vec size (CAML/LAAT)
+    filters: int = 50  # CAML conv filters
+    kernel: int = 10  # CAML conv width
+    hidden: int = 512  # LAAT BiLSTM size per direction
+    projection: int = 512  # LAAT attention projection
+    dropout: float = 0.2
+    encoder_path: Optional[str] = None  # PLM-ICD: local HF checkpoint; None = bundled MiniLM
+    chunk_size: int = 128  # PLM-ICD chunk length in tokens
+    max_chunks: int = 32  # PLM-ICD: chunks kept per note
+    lr: float = 1e-3
+    weight_decay: float = 1e-3
+    batch_size: int = 8
+    grad_accum: int = 1
+    epochs: int = 20
+    patience: int = 6
+
+
+@dataclass(frozen=True)
+class Word2Vec:
+    dim: int = 100
+    window: int = 5
+    min_count: int = 2
+    epochs: int = 5
+
+
+@dataclass(frozen=True)
+class Train:
+    models: list[str] = field(default_factory=lambda: ["caml", "laat", "plm_icd"])
+    caml: ModelParams = field(
+        default_factory=lambda: ModelParams(dropout=0.2, lr=5e-3, weight_decay=1e-3, batch_size=8)
+    )
+    laat: ModelParams = field(
+        default_factory=lambda: ModelParams(dropout=0.3, lr=1e-3, weight_decay=1e-3, batch_size=8)
+    )
+    plm_icd: ModelParams = field(
+        default_factory=lambda: ModelParams(lr=5e-5, weight_decay=0.0, batch_size=8, grad_accum=2)
+    )
+    word2vec: Word2Vec = field(default_factory=Word2Vec)
+    warmup_ratio: float = 0.1
+    clip_norm: float = 1.0
+    amp: bool = True  # mixed precision on GPU only; label attention stays float32
+    threshold_grid: int = 101  # decision thresholds tried on validation, over [0, 1]
+    max_train_docs: Optional[int] = None  # cap for quick runs
+
+
+@dataclass(frozen=True)
+class LLM:
+    backend: Literal["local", "gemini", "replay"] = "local"
+    model: str = "gemini-2.0-flash"  # gemini model name
+    local_path: Optional[str] = None  # local causal LM; None = bundled SmolLM2-135M-Instruct
+    replay_file: Optional[str] = None  # recorded responses for the replay backend
+    prompt_version: str = "v1"
+    shots_per_code: int = 5
+    concurrency: int = 8
+    max_retries: int = 5
+    timeout_s: float = 60.0
+    max_new_tokens: int = 512
+    temperature: float = 0.0
+    allow_remote_credentialed_data: bool = False
+
+
+@dataclass(frozen=True)
+class Rationales:
+    sources: list[str] = field(default_factory=lambda: ["attention", "gradient", "entity", "llm_zero", "llm_few"])
+    code_set: Literal["gold", "predicted", "both"] = "both"
+    topk: int = 10  # units kept when binarising soft rationales by top-k
+    llm: LLM = field(default_factory=LLM)
+    max_llm_notes: Optional[int] = None  # cap of notes sent to the LLM (None = all annotated)
+    train_notes_for_teacher: int = 300  # training notes given LLM rationales for notebook 07
+
+
+@dataclass(frozen=True)
+class Alignment:
+    threshold: float = 1.7  # token precision + token recall in [0, 2]
+    thresholds_shown: list[float] = field(default_factory=lambda: [1.5, 1.7, 2.0])
+    occurrences: Literal["all", "first"] = "all"
+
+
+@dataclass(frozen=True)
+class Faithfulness:
+    unit: Literal["token", "word"] = "token"
+    perturbation: Literal["mask", "delete"] = "mask"
+    code_set: Literal["predicted", "gold"] = "predicted"
+    aopc_k: list[float] = field(default_factory=lambda: [1.0, 5.0, 10.0, 20.0, 50.0])
+    word_steps: int = 50  # Edin 2024: steps of 2 words up to 100
+    batch_size: int = 32
+    max_pairs: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class Plausibility:
+    macro: bool = False  # pool counts over pairs (micro) unless true
+    threshold_grid_max: float = 0.1
+    threshold_grid_steps: int = 51
+    topk: list[int] = field(default_factory=lambda: [5, 10, 20])
+
+
+@dataclass(frozen=True)
+class Guided:
+    lambdas: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.5, 1.0, 2.5, 5.0])
+    loss: Literal["kl", "bce"] = "kl"
+    models: list[str] = field(default_factory=lambda: ["caml", "laat", "plm_icd"])
+    teachers: list[str] = field(default_factory=lambda: ["llm_zero", "llm_few", "human"])
+    epochs: Optional[int] = None  # None = the model's own epochs
+    ner_train_sizes: list[int] = field(default_factory=lambda: [100, 300, 1000])
+    ner_epochs: int = 3
+    ner_formulation: Literal["code_agnostic", "code_conditioned"] = "code_agnostic"
+
+
+@dataclass(frozen=True)
+class FewShot:
+    shots: list[int] = field(default_factory=lambda: [0, 5])
+    student_model: str = "laat"
+    lam: float = 1.0
+
+
+@dataclass(frozen=True)
+class Profile:
+    common: Common = field(default_factory=Common)
+    data: Data = field(default_factory=Data)
+    train: Train = field(default_factory=Train)
+    rationales: Rationales = field(default_factory=Rationales)
+    alignment: Alignment = field(default_factory=Alignment)
+    faithfulness: Faithfulness = field(default_factory=Faithfulness)
+    plausibility: Plausibility = field(default_factory=Plausibility)
+    guided: Guided = field(default_factory=Guided)
+    few_shot: FewShot = field(default_factory=FewShot)
+    name: str = "default"
+
+
+# --------------------------------------------------------------------------------------------
+# loading and validation
+# --------------------------------------------------------------------------------------------
+def _check_type(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
+        return _build(tp, value, where)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _check_type(value, a, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: {value!r} is not one of {list(args)}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__}")
+        return [_check_type(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported type {tp}")  # pragma: no cover
+
+
+def _build(cls: type, values: dict, where: str, base: Any = None) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in values:
+        if key not in names:
+            raise ConfigError(f"{where}: unknown key {key!r} (allowed: {sorted(names)})")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if base is not None:
+            current = getattr(base, f.name)
+        elif f.default_factory is not dataclasses.MISSING:
+            current = f.default_factory()
+        else:
+            current = None if f.default is dataclasses.MISSING else f.default
+        if f.name not in values:
+            if base is not None:
+                kwargs[f.name] = current
+            continue
+        v = values[f.name]
+        if dataclasses.is_dataclass(hints[f.name]) and isinstance(v, dict):
+            sub_base = current if current is not None else hints[f.name]()
+            kwargs[f.name] = _build(hints[f.name], v, f"{where}.{f.name}", sub_base)
+        else:
+            kwargs[f.name] = _check_type(v, hints[f.name], f"{where}.{f.name}")
+    return cls(**kwargs)
+
+
+def _merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if isinstance(out.get(k), dict) and isinstance(v, dict) else v
+    return out
+
+
+def load_profile(profile: str | os.PathLike = "default", overrides: dict | None = None) -> Profile:
+    """Load ``params/<profile>.yaml`` (or a path), apply ``overrides``, validate, return a Profile."""
+    path = Path(profile)
+    if not path.suffix:
+        path = PARAMS_DIR / f"{profile}.yaml"
+    if not path.exists():
+        available = sorted(p.stem for p in PARAMS_DIR.glob("*.yaml"))
+        raise ConfigError(f"profile file {path} not found (available: {available})")
+    with open(path, encoding="utf-8") as fh:
+        try:
+            raw = yaml.safe_load(fh) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections")
+    raw = {**raw, "name": raw.get("name", path.stem)}
+    where = str(path)
+    prof = _build(Profile, raw, where)
+    if overrides:
+        if not isinstance(overrides, dict):
+            raise ConfigError("overrides: expected a mapping of sections")
+        prof = _build(Profile, overrides, f"{where} (overrides)", prof)
+    return prof
+
+
+def to_dict(profile: Profile) -> dict:
+    return dataclasses.asdict(profile)

@@ -1,0 +1,210 @@
+"""Notebook context (``setup``), artifacts with manifests, and the papermill runner."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import platform
+import random
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from .config import Profile, load_profile, to_dict
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS_DIR = ROOT / "notebooks"
+
+#: The series, in order. Each notebook writes artifacts/<profile>/<name>/.
+NOTEBOOKS = [
+    "01_data",
+    "02_train",
+    "03_rationales",
+    "04_alignment",
+    "05_faithfulness",
+    "06_plausibility",
+    "07_guided_learning",
+    "08_few_shot",
+]
+
+
+class MissingArtifact(RuntimeError):
+    """An upstream notebook has not been run for this profile."""
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except Exception:
+        return "unknown"
+
+
+def versions() -> dict[str, str]:
+    """Versions of the main libraries (those importable)."""
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for pkg in ["torch", "transformers", "numpy", "pandas", "scikit-learn", "papermill", "google-genai", "scispacy", "gensim", "simple-icd-10-cm"]:
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def file_hash(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    try:
+        import numpy as np
+
+        np.random.seed(seed)
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        import torch
+
+        torch.manual_seed(seed)
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def pick_device(choice: str) -> str:
+    try:
+        import torch
+    except ImportError:  # pragma: no cover
+        return "cpu"
+    if choice == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("profile asks for device 'cuda' but no CUDA device is available")
+    return choice
+
+
+@dataclass
+class Context:
+    """What a notebook needs: its profile, output folder, device and upstream artifacts."""
+
+    notebook: str
+    profile: Profile
+    out_dir: Path
+    device: str
+    started: float
+
+    @property
+    def p(self) -> Profile:
+        return self.profile
+
+    @property
+    def artifacts_root(self) -> Path:
+        return ROOT / self.profile.common.artifacts_dir / self.profile.name
+
+    @property
+    def figures_dir(self) -> Path:
+        d = ROOT / self.profile.common.figures_dir
+        if self.profile.name != "default":
+            d = d / self.profile.name
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def upstream(self, notebook: str) -> Path:
+        """Folder of an upstream notebook's artifacts; fails at once when it has not been run."""
+        d = self.artifacts_root / notebook
+        if not (d / "manifest.json").exists():
+            raise MissingArtifact(
+                f"{self.notebook} needs the artifacts of {notebook} for profile "
+                f"{self.profile.name!r} ({d} has no manifest): run notebooks/{notebook}.ipynb first "
+                f"(python -m rationale_kit run --profile {self.profile.name} --only {notebook[:2]})"
+            )
+        return d
+
+    def figure(self, name: str) -> Path:
+        return self.figures_dir / name
+
+    def save_manifest(self, inputs: Iterable[str | os.PathLike] = (), extra: dict | None = None) -> Path:
+        """Write ``manifest.json``: parameters, input hashes, versions, git commit, duration."""
+        hashes = {}
+        for p in inputs:
+            p = Path(p)
+            if p.is_file():
+                hashes[str(p.relative_to(ROOT) if p.is_relative_to(ROOT) else p)] = file_hash(p)
+        manifest = {
+            "notebook": self.notebook,
+            "profile": self.profile.name,
+            "parameters": to_dict(self.profile),
+            "inputs": hashes,
+            "outputs": sorted(str(q.relative_to(self.out_dir)) for q in self.out_dir.rglob("*") if q.is_file() and q.name != "manifest.json"),
+            "versions": versions(),
+            "git_commit": _git_commit(),
+            "device": self.device,
+            "seconds": round(time.time() - self.started, 1),
+            **(extra or {}),
+        }
+        path = self.out_dir / "manifest.json"
+        path.write_text(json.dumps(manifest, indent=2, default=str))
+        return path
+
+
+def setup(notebook: str, profile: str | None = None, overrides: dict | None = None, show: bool = True) -> Context:
+    """Load and validate the profile, seed everything, pick the device, limit threads.
+
+    ``profile`` None means ``$RK_PROFILE`` or ``default``. Returns the notebook's :class:`Context`.
+    """
+    profile = profile or os.environ.get("RK_PROFILE", "default")
+    prof = load_profile(profile, overrides)
+    seed_everything(prof.common.seed)
+    device = pick_device(prof.common.device)
+    try:
+        import torch
+
+        torch.set_num_threads(max(1, prof.common.threads))
+    except ImportError:  # pragma: no cover
+        pass
+    out_dir = ROOT / prof.common.artifacts_dir / prof.name / notebook
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ctx = Context(notebook=notebook, profile=prof, out_dir=out_dir, device=device, started=time.time())
+    if show:
+        print(f"notebook {notebook} | profile {prof.name} | device {device} | seed {prof.common.seed}")
+        print("versions:", ", ".join(f"{k} {v}" for k, v in versions().items()))
+        section = {
+            "01_data": "data", "02_train": "train", "03_rationales": "rationales",
+            "04_alignment": "alignment", "05_faithfulness": "faithfulness",
+            "06_plausibility": "plausibility", "07_guided_learning": "guided", "08_few_shot": "few_shot",
+        }.get(notebook)
+        shown = {"common": dataclasses.asdict(prof.common)}
+        if section:
+            shown[section] = dataclasses.asdict(getattr(prof, section))
+        print(json.dumps(shown, indent=1, default=str))
+    return ctx
+
+
+def progress(iterable: Any = None, enabled: bool = True, **kwargs: Any) -> Any:
+    """A progress bar that renders as a widget in JupyterLab and as text under papermill/CLI."""
+    if os.environ.get("PAPERMILL_EXECUTION") or not _in_notebook_kernel():
+        from tqdm import tqdm
+    else:
+        from tqdm.auto import tqdm
+    return tqdm(iterable, disable=not enabled, mininterval=2.0, **kwargs)
+
+
+def _in_notebook_kernel() -> bool:
+    try:
+        from IPython import get_ipython
+
+        ip = get_ipython()
+        return ip is not None and ip.__class__.__name__ == "ZMQInteractiveShell"
+    except ImportError:  # pragma: no cover
+        return False
