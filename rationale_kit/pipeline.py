@@ -208,3 +208,137 @@ def _in_notebook_kernel() -> bool:
         return ip is not None and ip.__class__.__name__ == "ZMQInteractiveShell"
     except ImportError:  # pragma: no cover
         return False
+
+
+# --------------------------------------------------------------------------------------------
+# the runner
+# --------------------------------------------------------------------------------------------
+def _package_hash() -> str:
+    """Hash of the package sources: a change in rationale_kit re-runs the notebooks."""
+    h = hashlib.sha256()
+    pkg = ROOT / "rationale_kit"
+    for p in sorted(pkg.rglob("*")):
+        if p.is_file() and p.suffix in {".py", ".yaml", ".txt", ".json"} and "__pycache__" not in p.parts:
+            h.update(str(p.relative_to(pkg)).encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _select(only: Iterable[str] | None, start: str | None) -> list[str]:
+    def match(token: str) -> str:
+        hits = [n for n in NOTEBOOKS if n == token or n[:2] == token.zfill(2)]
+        if not hits:
+            raise SystemExit(f"unknown notebook {token!r}; the series is {NOTEBOOKS}")
+        return hits[0]
+
+    chosen = list(NOTEBOOKS)
+    if start:
+        chosen = chosen[NOTEBOOKS.index(match(start)):]
+    if only:
+        wanted = {match(t) for t in only}
+        chosen = [n for n in chosen if n in wanted]
+    return chosen
+
+
+def run_series(
+    profile: str = "default",
+    only: Iterable[str] | None = None,
+    start: str | None = None,
+    force: bool = False,
+    overrides: dict | None = None,
+    runs_dir: str | os.PathLike | None = None,
+    notebooks_dir: str | os.PathLike | None = None,
+) -> list[dict]:
+    """Run the notebooks in order with papermill; returns one status dict per notebook.
+
+    A notebook whose source, profile file, overrides, package sources and upstream runs have not
+    changed since its last successful run is skipped (``force`` re-runs). A failure keeps the
+    executed notebook, says which cell failed and stops the series.
+    """
+    import logging
+
+    import papermill as pm
+
+    prof = load_profile(profile, overrides)  # validate before starting anything
+    profile_file = Path(profile) if Path(profile).suffix else ROOT / "params" / f"{profile}.yaml"
+    runs = Path(runs_dir) if runs_dir else ROOT / "runs" / prof.name
+    runs.mkdir(parents=True, exist_ok=True)
+    state_path = runs / "state.json"
+    state = json.loads(state_path.read_text()) if state_path.exists() else {}
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout, force=True)
+    os.environ["PAPERMILL_EXECUTION"] = "1"
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    base = hashlib.sha256()
+    base.update(profile_file.read_bytes())
+    base.update(json.dumps(overrides or {}, sort_keys=True).encode())
+    base.update(_package_hash().encode())
+    upstream_key = ""
+    results = []
+    nb_dir = Path(notebooks_dir) if notebooks_dir else NOTEBOOKS_DIR
+    chosen = _select(only, start)
+    for i, name in enumerate(chosen, 1):
+        src = nb_dir / f"{name}.ipynb"
+        out = runs / f"{name}.ipynb"
+        if not src.exists():
+            print(f"[{i}/{len(chosen)}] {name}: notebook not found at {src}; stopping")
+            results.append({"notebook": name, "status": "missing"})
+            break
+        key = hashlib.sha256(base.digest() + src.read_bytes() + upstream_key.encode()).hexdigest()[:16]
+        upstream_key = key
+        manifest = ROOT / prof.common.artifacts_dir / prof.name / name / "manifest.json"
+        prev = state.get(name, {})
+        if not force and prev.get("key") == key and manifest.exists() and out.exists():
+            print(f"[{i}/{len(chosen)}] {name}: unchanged since its last run, skipped ({prev.get('seconds')} s then)")
+            results.append({"notebook": name, "status": "skipped", "seconds": prev.get("seconds"), "output": str(out)})
+            continue
+        print(f"[{i}/{len(chosen)}] {name}: running -> {out}", flush=True)
+        t0 = time.time()
+        try:
+            pm.execute_notebook(
+                str(src), str(out), parameters={"profile": str(profile), "overrides": overrides or {}},
+                kernel_name="python3", log_output=True, progress_bar=False, cwd=str(nb_dir),
+            )
+        except pm.PapermillExecutionError as exc:
+            secs = round(time.time() - t0, 1)
+            print(
+                f"[{i}/{len(chosen)}] {name}: FAILED after {secs} s in cell {exc.exec_count} "
+                f"(index {exc.cell_index}): {exc.ename}: {exc.evalue}\n"
+                f"the executed notebook with the traceback is kept at {out}"
+            )
+            state.pop(name, None)
+            state_path.write_text(json.dumps(state, indent=1))
+            results.append({"notebook": name, "status": "failed", "seconds": secs, "output": str(out), "error": f"{exc.ename}: {exc.evalue}"})
+            break
+        secs = round(time.time() - t0, 1)
+        state[name] = {"key": key, "seconds": secs, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+        state_path.write_text(json.dumps(state, indent=1))
+        print(f"[{i}/{len(chosen)}] {name}: done in {secs} s", flush=True)
+        results.append({"notebook": name, "status": "ok", "seconds": secs, "output": str(out)})
+    _write_provenance(prof, results, runs)
+    print("\noutputs:")
+    print(f"  executed notebooks: {runs}")
+    print(f"  artifacts:          {ROOT / prof.common.artifacts_dir / prof.name}")
+    print(f"  figures:            {ROOT / prof.common.figures_dir}{'' if prof.name == 'default' else '/' + prof.name}")
+    for r in results:
+        print(f"  {r['notebook']:<20} {r['status']:<8} {r.get('seconds', '')}")
+    return results
+
+
+def _write_provenance(prof: Profile, results: list[dict], runs: Path) -> None:
+    fig_dir = ROOT / prof.common.figures_dir
+    if prof.name != "default":
+        fig_dir = fig_dir / prof.name
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    lines = [
+        "# Provenance of these figures",
+        "",
+        f"- profile: `{prof.name}`; dataset: `{prof.common.dataset}`; LLM backend: `{prof.rationales.llm.backend}`",
+        f"- git commit: `{_git_commit()}`; written {time.strftime('%Y-%m-%d %H:%M:%S')}",
+        f"- executed notebooks: `{runs.relative_to(ROOT) if runs.is_relative_to(ROOT) else runs}`",
+        "",
+        "| notebook | status | seconds |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {r['notebook']} | {r['status']} | {r.get('seconds', '')} |" for r in results]
+    (fig_dir / "PROVENANCE.md").write_text("\n".join(lines) + "\n")
