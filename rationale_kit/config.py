@@ -67,6 +67,7 @@ class Data:
     spans_jsonl: Optional[str] = None  # human spans in the project's JSONL format
     max_words: int = 4000  # notes are cut here before modelling
     credentialed: bool = False  # set for MIMIC: marks documents as credentialed data
+    fewshot_pool: int = 100  # CodiEsp/MIMIC: annotated training notes reserved for few-shot prompts
 
 
 @dataclass(frozen=True)

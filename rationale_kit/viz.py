@@ -137,3 +137,73 @@ def window_around(text: str, spans: Sequence[tuple[int, int]], margin: int = 400
     if not spans:
         return 0, min(len(text), 2 * margin)
     return max(0, min(s for s, _ in spans) - margin), min(len(text), max(e for _, e in spans) + margin)
+
+
+# --------------------------------------------------------------------------------------------
+# figures (matplotlib/seaborn); every function returns the Figure and saves it when given a path
+# --------------------------------------------------------------------------------------------
+def _finish(fig, path=None):
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120, bbox_inches="tight")
+    return fig
+
+
+def plot_dataset_overview(docs: pd.DataFrame, spans: pd.DataFrame, title: str = "", path=None, top: int = 40):
+    """Three panels: code frequency (top codes), note length in words, span length by granularity."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    from .text import WORD_RE
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
+    freq = docs.explode("codes")["codes"].value_counts().head(top)
+    axes[0].bar(range(len(freq)), freq.values, color="#5c6bc0")
+    axes[0].set_xticks(range(len(freq)), freq.index, rotation=90, fontsize=6)
+    axes[0].set_title(f"code frequency (top {len(freq)})")
+    axes[0].set_ylabel("documents")
+    words = docs["text"].map(lambda t: len(WORD_RE.findall(t)))
+    sns.histplot(x=words, hue=docs["split"], bins=40, ax=axes[1], element="step")
+    axes[1].axvline(512, ls="--", c="grey")
+    axes[1].set_title("note length (words); dashed: 512")
+    axes[1].set_xlabel("words")
+    if len(spans):
+        texts = dict(zip(docs.note_id, docs.text))
+        lens = [len(WORD_RE.findall(texts[n][s:e])) for n, s, e in zip(spans.note_id, spans.start, spans.end)]
+        sns.boxplot(x=spans["granularity"].replace("", "span"), y=lens, ax=axes[2], color="#ffcc80", showfliers=False)
+        axes[2].set_ylabel("words")
+    axes[2].set_title("span length by granularity")
+    if title:
+        fig.suptitle(title)
+    return _finish(fig, path)
+
+
+def plot_learning_curves(history: pd.DataFrame, path=None):
+    """history: model, epoch, train_loss, val_map, val_micro_f1 (long)."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for name, h in history.groupby("model", sort=False):
+        axes[0].plot(h["epoch"], h["train_loss"], marker="o", label=name)
+        axes[1].plot(h["epoch"], h["val_map"], marker="o", label=name)
+    axes[0].set_title("training loss")
+    axes[1].set_title("validation mAP")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.legend()
+    return _finish(fig, path)
+
+
+def plot_bars(table: pd.DataFrame, x: str, y: str, hue: str | None = None, title: str = "", path=None, ylabel: str | None = None):
+    """A labelled bar chart of ``y`` by ``x`` (and ``hue``)."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    fig, ax = plt.subplots(figsize=(max(6, 0.7 * table[x].nunique() * (table[hue].nunique() if hue else 1)), 4))
+    sns.barplot(data=table, x=x, y=y, hue=hue, ax=ax, errorbar=None)
+    for cont in ax.containers:
+        ax.bar_label(cont, fmt="%.2f", fontsize=7)
+    ax.set_title(title)
+    ax.set_ylabel(ylabel or y)
+    ax.tick_params(axis="x", rotation=30)
+    return _finish(fig, path)

@@ -1,0 +1,1098 @@
+"""Data loaders. Every source ends in the same canonical tables (:class:`Dataset`).
+
+- ``docs``: ``note_id, text, codes (list), split (train|val|test), annotated, fewshot,
+  credentialed``. ``text`` is the raw note, never cut or cleaned: span offsets point into it
+  (models cut notes to ``data.max_words`` themselves).
+- ``spans``: :data:`records.SPAN_COLUMNS` (half-open character offsets into ``text``) plus, by
+  source, ``group`` (CodiEsp: the pieces of one discontinuous evidence share a group id),
+  ``evidence_type`` / ``source_note_id`` (MDACE).
+- ``codes``: ``code, description, n_train`` (training documents carrying the code).
+- ``report``: nested dict of counts: what was read, kept and skipped (with the reason), per
+  split. :func:`format_report` prints it. Nothing is dropped without a count in ``report``.
+
+Sources: the embedded synthetic corpus (``rationale_kit.corpus``), CodiEsp (Spanish, or its English
+machine translation with sentence-level projected spans), and MIMIC-IV ICD-10 (user's own copy)
+with MDACE evidence or spans in the project's JSONL format. Bad input raises
+:class:`records.DataError` naming the file and the row, line or key.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import re
+import zipfile
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Literal, Mapping, Optional
+
+import numpy as np
+import pandas as pd
+
+from . import icd
+from .records import SPAN_COLUMNS, DataError, read_spans_jsonl
+from .text import WORD_RE
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: Columns of the canonical documents table.
+DATASET_DOC_COLUMNS = ["note_id", "text", "codes", "split", "annotated", "fewshot", "credentialed"]
+SPLITS = ("train", "val", "test")
+
+#: Default CodiEsp location, relative to the repository root (``data.codiesp_dir``).
+DEFAULT_CODIESP_DIR = "../shared/data/codiesp_v4"
+CODIESP_SPLITS = {"train": "train", "dev": "val", "test": "test"}
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """One loaded data set in canonical form (see the module docstring)."""
+
+    name: str
+    docs: pd.DataFrame
+    spans: pd.DataFrame
+    codes: pd.DataFrame
+    report: dict = field(default_factory=dict)
+
+    def split(self, name: str) -> pd.DataFrame:
+        return self.docs[self.docs["split"] == name]
+
+
+# --------------------------------------------------------------------------------------------
+# small helpers
+# --------------------------------------------------------------------------------------------
+def _open_bytes(path: Path):
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+
+
+def first_bad_utf8(path: str | Path) -> Optional[int]:
+    """Byte offset of the first invalid UTF-8 sequence in ``path`` (decompressed for ``.gz``),
+    or None when the file is valid UTF-8."""
+    path = Path(path)
+    pos, carry = 0, b""
+    with _open_bytes(path) as fh:
+        while True:
+            chunk = fh.read(1 << 20)
+            data = carry + chunk
+            try:
+                data.decode("utf-8")
+                pos, carry = pos + len(data), b""
+            except UnicodeDecodeError as exc:
+                if chunk and exc.reason == "unexpected end of data":
+                    pos, carry = pos + exc.start, data[exc.start:]
+                else:
+                    return pos + exc.start
+            if not chunk:
+                return None
+
+
+def _utf8_error(path: Path) -> DataError:
+    off = first_bad_utf8(path)
+    where = " of the decompressed data" if path.suffix == ".gz" else ""
+    return DataError(f"{path}: not valid UTF-8 at byte offset {off}{where}")
+
+
+def read_text_file(path: str | Path) -> str:
+    """A UTF-8 text file, decoded strictly (no newline translation: offsets stay exact)."""
+    path = Path(path)
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not valid UTF-8 at byte offset {exc.start}") from None
+
+
+def _read_csv(path: Path, required: Iterable[str]) -> pd.DataFrame:
+    """A CSV (optionally gzipped) with every column as a string; "" for empty fields."""
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+    except UnicodeDecodeError:
+        raise _utf8_error(path) from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, EOFError, OSError) as exc:
+        raise DataError(f"{path}: cannot read as CSV ({exc})") from None
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {missing} (found {list(frame.columns)})")
+    return frame
+
+
+def _ws(s: str) -> str:
+    return " ".join(s.split())
+
+
+def _int(value: Any, where: str, what: str) -> int:
+    try:
+        return int(str(value).strip())
+    except (TypeError, ValueError):
+        raise DataError(f"{where}: {what} must be an integer, got {value!r}") from None
+
+
+def _docs_frame(rows: list[dict]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows, columns=DATASET_DOC_COLUMNS)
+    for col in ("annotated", "fewshot", "credentialed"):
+        frame[col] = frame[col].astype(bool)
+    frame["note_id"] = frame["note_id"].astype(str)
+    return frame.reset_index(drop=True)
+
+
+def _spans_frame(rows: list[dict], extra: Iterable[str] = ()) -> pd.DataFrame:
+    cols = SPAN_COLUMNS + [c for c in extra if c not in SPAN_COLUMNS]
+    frame = pd.DataFrame(rows, columns=cols)
+    return frame.astype({"start": "int64", "end": "int64"}).reset_index(drop=True)
+
+
+def codes_table(docs: pd.DataFrame, mimic_descriptions: Optional[Mapping[str, str]] = None,
+                descriptions: Optional[Mapping[str, str]] = None) -> pd.DataFrame:
+    """``code, description, n_train`` for every code of ``docs`` (sorted by code).
+    ``descriptions`` (code -> text) wins over :func:`icd.describe`."""
+    n_train: Counter = Counter()
+    all_codes: set[str] = set()
+    for codes, split in zip(docs["codes"], docs["split"]):
+        all_codes.update(codes)
+        if split == "train":
+            n_train.update(set(codes))
+    ordered = sorted(all_codes)
+    descriptions = descriptions or {}
+    return pd.DataFrame(
+        {
+            "code": ordered,
+            "description": [descriptions.get(c) or icd.describe(c, mimic_descriptions) for c in ordered],
+            "n_train": [int(n_train[c]) for c in ordered],
+        },
+        columns=["code", "description", "n_train"],
+    ).astype({"n_train": "int64"})
+
+
+def mark_fewshot(docs: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
+    """Reserve ``n`` annotated training documents (seeded choice) as the few-shot pool."""
+    docs = docs.copy()
+    pool = sorted(docs.loc[docs["annotated"] & (docs["split"] == "train"), "note_id"])
+    rng = np.random.default_rng(seed)
+    chosen = set(rng.choice(pool, size=min(n, len(pool)), replace=False).tolist()) if pool and n > 0 else set()
+    docs["fewshot"] = docs["note_id"].isin(chosen)
+    return docs
+
+
+def _split_counts(docs: pd.DataFrame, spans: pd.DataFrame) -> dict:
+    out = {}
+    per_note = spans["note_id"].value_counts() if len(spans) else pd.Series(dtype="int64")
+    for s in SPLITS:
+        ids = docs.loc[docs["split"] == s, "note_id"]
+        out[s] = {
+            "documents": int(len(ids)),
+            "annotated documents": int(docs.loc[docs["split"] == s, "annotated"].sum()),
+            "spans": int(per_note.reindex(ids).fillna(0).sum()),
+        }
+    return out
+
+
+def resolve_path(path: str | os.PathLike) -> Path:
+    """``~`` expanded; relative paths are taken from the repository root."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else (ROOT / p).resolve()
+
+
+# --------------------------------------------------------------------------------------------
+# MIMIC-IV
+# --------------------------------------------------------------------------------------------
+def _find_file(root: Path, rel: str) -> Path:
+    for cand in (root / rel, root / rel.removesuffix(".gz")):
+        if cand.exists():
+            return cand
+    raise DataError(f"{root / rel}: file not found (mimic_dir must hold note/ and hosp/)")
+
+
+def patient_split(subjects: Iterable[str], seed: int, fractions=(0.8, 0.1, 0.1)) -> dict[str, str]:
+    """Deterministic patient-level split: sorted unique ids, seeded permutation, first 80% train,
+    next 10% val, rest test. Returns ``subject -> split``."""
+    unique = sorted(set(subjects))
+    perm = np.random.default_rng(seed).permutation(len(unique))
+    n_train = int(round(fractions[0] * len(unique)))
+    n_val = int(round(fractions[1] * len(unique)))
+    out = {}
+    for rank, idx in enumerate(perm):
+        out[unique[idx]] = "train" if rank < n_train else ("val" if rank < n_train + n_val else "test")
+    return out
+
+
+def _read_codes(path: Path, system: str, report: dict, kind: str) -> pd.DataFrame:
+    table = _read_csv(path, ["hadm_id", "icd_code", "icd_version"])
+    report["read"][f"{kind} rows"] = int(len(table))
+    version = table["icd_version"].str.strip()
+    bad = ~version.isin(["9", "10"])
+    if bad.any():
+        i = int(np.flatnonzero(bad.to_numpy())[0])
+        raise DataError(f"{path} data row {i + 1}: icd_version must be 9 or 10, got {table['icd_version'].iloc[i]!r}")
+    n9 = int((version == "9").sum())
+    if n9:
+        report["skipped"][f"{kind} rows with icd_version 9"] = n9
+    table = table[version == "10"]
+    mapping = {}
+    for code in table["icd_code"].unique():
+        try:
+            mapping[code] = icd.normalize_code(code, system)
+        except icd.CodeError as exc:
+            i = int(np.flatnonzero((table["icd_code"] == code).to_numpy())[0])
+            row = int(table.index[i]) + 1
+            raise DataError(f"{path} data row {row}: {exc}") from None
+    out = pd.DataFrame(
+        {
+            "hadm_id": table["hadm_id"].str.strip(),
+            "code": table["icd_code"].map(mapping),
+            "seq": pd.to_numeric(table["seq_num"], errors="coerce") if "seq_num" in table else 0,
+            "row": table.index,
+            "kind": kind,
+        }
+    )
+    empty = out["hadm_id"] == ""
+    if empty.any():
+        report["skipped"][f"{kind} rows without hadm_id"] = int(empty.sum())
+        out = out[~empty]
+    return out
+
+
+def load_mimic(
+    mimic_dir: str | os.PathLike,
+    split_file: Optional[str | os.PathLike] = None,
+    min_code_count: int = 10,
+    seed: int = 0,
+    fewshot_pool: int = 0,
+) -> Dataset:
+    """MIMIC-IV ICD-10 following Edin et al. (2023).
+
+    Reads ``note/discharge.csv.gz`` and ``hosp/{diagnoses,procedures}_icd.csv.gz`` (``.csv`` also
+    accepted), keeps ICD-10 rows (diagnoses as dotted CM, procedures as PCS), joins on
+    ``hadm_id`` (``note_id = str(hadm_id)``; several discharge summaries of one admission: the last
+    by ``charttime`` (then ``note_seq``, then file order) is kept), drops codes on fewer than
+    ``min_code_count`` documents, then documents without codes. Splits: the Edin et al. feather
+    file (``_id`` = hadm_id, ``split``) when given, else :func:`patient_split` by ``subject_id``.
+    Descriptions come from ``hosp/d_icd_{diagnoses,procedures}.csv.gz`` when present.
+    """
+    root = resolve_path(mimic_dir)
+    report: dict = {"dataset": "mimic", "read": {}, "skipped": {}, "kept": {}}
+    note_path = _find_file(root, "note/discharge.csv.gz")
+    notes = _read_csv(note_path, ["subject_id", "hadm_id", "text"])
+    report["read"]["discharge summaries"] = int(len(notes))
+    hadm = notes["hadm_id"].str.strip()
+    no_hadm = hadm == ""
+    if no_hadm.any():
+        report["skipped"]["discharge summaries without hadm_id"] = int(no_hadm.sum())
+    bad = (~no_hadm & ~hadm.str.fullmatch(r"\d+")).to_numpy()
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise DataError(f"{note_path} data row {i + 1}: hadm_id must be an integer, got {hadm.iloc[i]!r}")
+    empty = notes["text"].str.strip() == ""
+    n_empty = int((empty & ~no_hadm).sum())
+    if n_empty:
+        report["skipped"]["empty discharge summaries"] = n_empty
+    empty_ids = sorted(set(hadm[empty & ~no_hadm]))
+    notes = notes.assign(hadm_id=hadm, _order=np.arange(len(notes)))[~no_hadm & ~empty]
+    sort_cols = []
+    if "charttime" in notes:
+        notes = notes.assign(_time=pd.to_datetime(notes["charttime"], errors="coerce"))
+        sort_cols.append("_time")
+    if "note_seq" in notes:
+        notes = notes.assign(_seq=pd.to_numeric(notes["note_seq"], errors="coerce"))
+        sort_cols.append("_seq")
+    notes = notes.sort_values(sort_cols + ["_order"], na_position="first", kind="stable")
+    dup = notes.duplicated("hadm_id", keep="last")
+    if dup.any():
+        report["skipped"]["earlier discharge summaries of the same admission (kept the last by charttime)"] = int(dup.sum())
+    notes = notes[~dup]
+
+    codes = pd.concat(
+        [
+            _read_codes(_find_file(root, "hosp/diagnoses_icd.csv.gz"), "cm", report, "diagnosis"),
+            _read_codes(_find_file(root, "hosp/procedures_icd.csv.gz"), "pcs", report, "procedure"),
+        ],
+        ignore_index=True,
+    )
+    kept_ids = set(notes["hadm_id"])
+    orphan = ~codes["hadm_id"].isin(kept_ids)
+    if orphan.any():
+        report["skipped"]["ICD-10 code rows of admissions without a kept discharge summary"] = int(orphan.sum())
+    codes = codes[~orphan]
+    dup_codes = codes.duplicated(["hadm_id", "code"])
+    if dup_codes.any():
+        report["skipped"]["repeated code rows of the same admission"] = int(dup_codes.sum())
+    codes = codes[~dup_codes].sort_values(["hadm_id", "kind", "seq", "row"], kind="stable")
+    by_hadm = codes.groupby("hadm_id", sort=False)["code"].agg(list).to_dict()
+
+    no_codes = ~notes["hadm_id"].isin(by_hadm.keys())
+    if no_codes.any():
+        report["skipped"]["admissions without ICD-10 codes"] = int(no_codes.sum())
+    notes = notes[~no_codes]
+    doc_codes = [by_hadm[h] for h in notes["hadm_id"]]
+    counts = Counter(c for cs in doc_codes for c in cs)
+    rare = {c for c, n in counts.items() if n < min_code_count}
+    report["read"]["distinct ICD-10 codes"] = len(counts)
+    if rare:
+        report["skipped"][f"codes on fewer than {min_code_count} documents"] = len(rare)
+        report["skipped"]["code assignments of those codes"] = int(sum(counts[c] for c in rare))
+    doc_codes = [[c for c in cs if c not in rare] for cs in doc_codes]
+    has = np.array([bool(cs) for cs in doc_codes], dtype=bool)
+    if (~has).any():
+        report["skipped"]["admissions left without codes after dropping rare codes"] = int((~has).sum())
+    notes = notes[has]
+    doc_codes = [cs for cs, h in zip(doc_codes, has) if h]
+
+    if split_file is not None:
+        split_path = resolve_path(split_file)
+        split_of = _read_split_file(split_path)
+        splits = [split_of.get(h) for h in notes["hadm_id"]]
+        missing = np.array([s is None for s in splits], dtype=bool)
+        if missing.any():
+            report["skipped"]["admissions not in the split file"] = int(missing.sum())
+        unused = len(set(split_of) - set(notes["hadm_id"]))
+        if unused:
+            report["split file admissions without a kept document"] = unused
+        report["split"] = f"split file {split_path}"
+    else:
+        subject = notes["subject_id"].str.strip()
+        subject = subject.where(subject != "", "hadm:" + notes["hadm_id"])
+        by_subject = patient_split(subject, seed)
+        splits = [by_subject[s] for s in subject]
+        missing = np.zeros(len(splits), dtype=bool)
+        report["split"] = f"patient-level 80/10/10 by subject_id, seed {seed}"
+    rows = [
+        {"note_id": h, "text": t, "codes": cs, "split": s, "annotated": False, "fewshot": False, "credentialed": True}
+        for h, t, cs, s, m in zip(notes["hadm_id"], notes["text"], doc_codes, splits, missing)
+        if not m
+    ]
+    rows.sort(key=lambda r: int(r["note_id"]))
+    docs = _docs_frame(rows)
+    descs: dict[str, str] = {}
+    for name in ("hosp/d_icd_diagnoses.csv.gz", "hosp/d_icd_procedures.csv.gz"):
+        try:
+            descs.update(icd.load_mimic_descriptions(_find_file(root, name)))
+        except DataError as exc:
+            if "file not found" not in str(exc):
+                raise
+    report["descriptions"] = "MIMIC d_icd tables" if descs else "simple-icd-10-cm"
+    report["kept"] = {"documents": int(len(docs)), "distinct codes": int(len({c for cs in docs["codes"] for c in cs}))}
+    report["empty_note_ids"] = empty_ids
+    spans = _spans_frame([])
+    if fewshot_pool:
+        docs = mark_fewshot(docs, fewshot_pool, seed)
+    report["splits"] = _split_counts(docs, spans)
+    return Dataset("mimic", docs, spans, codes_table(docs, descs), report)
+
+
+def _read_split_file(path: Path) -> dict[str, str]:
+    if not path.exists():
+        raise DataError(f"{path}: split file not found")
+    try:
+        table = pd.read_feather(path)
+    except Exception as exc:  # pyarrow raises several types
+        raise DataError(f"{path}: cannot read as a feather table ({exc})") from None
+    missing = [c for c in ("_id", "split") if c not in table.columns]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {missing} (found {list(table.columns)})")
+    out: dict[str, str] = {}
+    for i, (hid, split) in enumerate(zip(table["_id"], table["split"])):
+        split = str(split).strip().lower()
+        if split not in SPLITS:
+            raise DataError(f"{path} row {i}: split must be one of {list(SPLITS)}, got {split!r}")
+        key = str(hid).strip()
+        if key.endswith(".0") and key[:-2].isdigit():
+            key = key[:-2]
+        if key in out:
+            raise DataError(f"{path} row {i}: admission _id {key} appears twice")
+        out[key] = split
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# MDACE and JSONL spans
+# --------------------------------------------------------------------------------------------
+def _code_for_doc(code: str, system: str, doc_codes: set[str], where: str) -> str:
+    try:
+        if system != "auto":
+            return icd.normalize_code(code, system)
+        for sys in ("cm", "pcs"):
+            try:
+                c = icd.normalize_code(code, sys)
+            except icd.CodeError:
+                continue
+            if c in doc_codes:
+                return c
+        return icd.normalize_code(code, "auto")
+    except icd.CodeError as exc:
+        raise DataError(f"{where}: {exc}") from None
+
+
+def load_mdace(
+    mdace_dir: str | os.PathLike,
+    docs: pd.DataFrame,
+    on_mismatch: Literal["error", "skip"] = "error",
+) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """MDACE evidence (one JSON file per admission, searched recursively under ``mdace_dir``):
+    ``{hadm_id, notes: [{note_id, category, annotations: [{begin, end, code, code_system,
+    description, type}]}]}``.
+
+    Spans are keyed to ``note_id = str(hadm_id)`` of ``docs`` and use only notes of category
+    "Discharge summary" (other notes are counted and skipped; when an admission has several, the
+    one with the lowest MDACE ``note_id`` is used, the others being addenda). ``begin``/``end`` are
+    half-open offsets checked against the note text (and against ``covered_text`` / ``text`` when an
+    annotation carries it): a failure raises :class:`DataError` naming the file and annotation, or
+    with ``on_mismatch="skip"`` is counted. ICD-9 annotations and admissions absent from ``docs``
+    are counted and skipped. Granularity ``evidence``; the MDACE ``type`` is kept in
+    ``evidence_type``. Returns ``(docs with annotated=True on matched documents, spans, report)``.
+    """
+    root = resolve_path(mdace_dir)
+    if not root.is_dir():
+        raise DataError(f"{root}: MDACE folder not found")
+    files = sorted(root.rglob("*.json"))
+    report: dict = {"source": f"MDACE {root}", "read": {"files": len(files)}, "skipped": Counter()}
+    texts = dict(zip(docs["note_id"].astype(str), docs["text"]))
+    codes_of = {str(n): set(cs) for n, cs in zip(docs["note_id"], docs["codes"])}
+    rows: list[dict] = []
+    n_ann = 0
+    for path in files:
+        try:
+            obj = json.loads(read_text_file(path))
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}: malformed JSON ({exc.msg} at line {exc.lineno})") from None
+        if not isinstance(obj, dict):
+            raise DataError(f"{path}: expected a JSON object")
+        for key in ("hadm_id", "notes"):
+            if key not in obj:
+                raise DataError(f"{path}: missing key {key!r}")
+        nid = str(obj["hadm_id"]).strip()
+        if not isinstance(obj["notes"], list):
+            raise DataError(f"{path}: 'notes' must be a list")
+        ds_notes = []
+        for j, note in enumerate(obj["notes"]):
+            for key in ("note_id", "category", "annotations"):
+                if not isinstance(note, dict) or key not in note:
+                    raise DataError(f"{path}: notes[{j}] missing key {key!r}")
+            if str(note["category"]).strip().lower() == "discharge summary":
+                ds_notes.append((j, note))
+            else:
+                report["skipped"]["annotations on notes other than discharge summaries"] += len(note["annotations"])
+                report["skipped"]["notes other than discharge summaries"] += 1
+        if not ds_notes:
+            report["skipped"]["admissions without an annotated discharge summary"] += 1
+            continue
+        ds_notes.sort(key=lambda jn: str(jn[1]["note_id"]))
+        for _, extra in ds_notes[1:]:
+            report["skipped"]["additional discharge summaries (addenda) of an admission"] += 1
+            report["skipped"]["annotations on additional discharge summaries"] += len(extra["annotations"])
+        j, note = ds_notes[0]
+        if nid not in texts:
+            report["skipped"]["admissions not among the documents"] += 1
+            report["skipped"]["annotations of admissions not among the documents"] += len(note["annotations"])
+            continue
+        text = texts[nid]
+        for k, ann in enumerate(note["annotations"]):
+            n_ann += 1
+            where = f"{path}: notes[{j}].annotations[{k}]"
+            if not isinstance(ann, dict):
+                raise DataError(f"{where}: expected an object")
+            for key in ("begin", "end", "code", "code_system"):
+                if key not in ann:
+                    raise DataError(f"{where}: missing key {key!r}")
+            system = str(ann["code_system"]).upper().replace(" ", "")
+            if "ICD-9" in system or "ICD9" in system:
+                report["skipped"]["ICD-9 annotations"] += 1
+                continue
+            sys = "pcs" if "PCS" in system else ("cm" if "CM" in system or "ICD-10" in system or "ICD10" in system else None)
+            if sys is None:
+                raise DataError(f"{where}: unknown code_system {ann['code_system']!r}")
+            code = _code_for_doc(str(ann["code"]), sys, codes_of[nid], where)
+            start, end = _int(ann["begin"], where, "begin"), _int(ann["end"], where, "end")
+            problem = None
+            if not (0 <= start < end <= len(text)):
+                problem = f"offsets [{start}, {end}) outside note {nid!r} of length {len(text)}"
+            else:
+                quoted = ann.get("covered_text", ann.get("text"))
+                if quoted is not None and _ws(str(quoted)) != _ws(text[start:end]):
+                    problem = f"span text {quoted!r} does not match note text {text[start:end]!r}"
+            if problem:
+                if on_mismatch == "error":
+                    raise DataError(f"{where}: {problem}")
+                report["skipped"]["annotations whose offsets or text do not fit the note"] += 1
+                continue
+            if code not in codes_of[nid]:
+                report.setdefault("warnings", Counter())["span codes not among the document's codes (kept)"] += 1
+            rows.append(
+                {"note_id": nid, "code": code, "start": start, "end": end, "granularity": "evidence",
+                 "source": "human", "evidence_type": str(ann.get("type", "")), "source_note_id": str(note["note_id"])}
+            )
+    spans = _spans_frame(rows, ["evidence_type", "source_note_id"])
+    dup = spans.duplicated(["note_id", "code", "start", "end"])
+    if dup.any():
+        report["skipped"]["duplicate spans (same note, code and offsets)"] += int(dup.sum())
+        spans = spans[~dup].reset_index(drop=True)
+    report["read"]["annotations on kept discharge summaries"] = n_ann
+    report["kept"] = {"spans": int(len(spans)), "annotated documents": int(spans["note_id"].nunique())}
+    report["skipped"] = dict(report["skipped"])
+    if "warnings" in report:
+        report["warnings"] = dict(report["warnings"])
+    docs = docs.copy()
+    docs["annotated"] = docs["annotated"] | docs["note_id"].isin(set(spans["note_id"]))
+    return docs, spans, report
+
+
+def load_spans_jsonl(
+    path: str | os.PathLike,
+    docs: pd.DataFrame,
+    skipped_note_ids: Iterable[str] = (),
+) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """Human spans in the project's JSONL format (:func:`records.write_spans_jsonl`: one object
+    per line with ``note_id, code, start, end`` and optional ``granularity, source, text``).
+
+    Offsets and an optional ``text`` are checked against ``docs`` (:func:`records.read_spans_jsonl`);
+    a span on an empty note, or on a note the loader skipped (``skipped_note_ids``, e.g. the
+    empty MIMIC notes), is an error naming the line. Codes are normalised (matched to the note's
+    codes as CM or PCS). Returns ``(docs with annotated=True on matched notes, spans, report)``.
+    """
+    path = resolve_path(path)
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    texts = dict(zip(docs["note_id"].astype(str), docs["text"]))
+    skipped = {str(s) for s in skipped_note_ids}
+    content = read_text_file(path)
+    linenos = []
+    for lineno, line in enumerate(content.split("\n"), 1):
+        if not line.strip():
+            continue
+        linenos.append(lineno)
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # reported by read_spans_jsonl with its line
+        nid = str(rec.get("note_id")) if isinstance(rec, dict) else None
+        if nid in texts and not texts[nid].strip():
+            raise DataError(f"{path}:{lineno}: note_id {nid!r} is an empty note")
+        if nid in skipped and nid not in texts:
+            raise DataError(f"{path}:{lineno}: note_id {nid!r} is a note the loader skipped (empty note)")
+    spans = read_spans_jsonl(path, docs)
+    codes_of = {str(n): set(cs) for n, cs in zip(docs["note_id"], docs["codes"])}
+    spans["code"] = [
+        _code_for_doc(c, "auto", codes_of[n], f"{path}:{ln}")
+        for c, n, ln in zip(spans["code"], spans["note_id"], linenos)
+    ]
+    spans["granularity"] = spans["granularity"].replace("", "evidence")
+    report = {"source": f"JSONL {path}", "read": {"spans": int(len(spans))}, "skipped": {}}
+    off = sum(c not in codes_of[n] for c, n in zip(spans["code"], spans["note_id"]))
+    if off:
+        report["warnings"] = {"span codes not among the document's codes (kept)": int(off)}
+    dup = spans.duplicated(["note_id", "code", "start", "end"])
+    if dup.any():
+        report["skipped"]["duplicate spans (same note, code and offsets)"] = int(dup.sum())
+        spans = spans[~dup].reset_index(drop=True)
+    report["kept"] = {"spans": int(len(spans)), "annotated documents": int(spans["note_id"].nunique())}
+    docs = docs.copy()
+    docs["annotated"] = docs["annotated"] | docs["note_id"].isin(set(spans["note_id"]))
+    return docs, spans, report
+
+
+# --------------------------------------------------------------------------------------------
+# CodiEsp
+# --------------------------------------------------------------------------------------------
+#: Sentence boundary used for the English projection: whitespace after ``.``, ``!`` or ``?`` when
+#: the next character opens a sentence (upper-case letter, digit, ``¿ ¡ ( " «``); line breaks are
+#: boundaries too. Chosen because it reproduces the sentence count of the English machine
+#: translation (one sentence per line) for most CodiEsp documents.
+SENTENCE_BREAK = re.compile(r"(?<=[.!?])[ \t]+(?=[A-ZÁÉÍÓÚÑÜ¿¡(\"«0-9])")
+_LETTER = re.compile(r"[^\W\d_]")
+
+
+def split_sentences(text: str) -> list[tuple[int, int]]:
+    """Sentences of ``text`` as half-open offsets, stripped of surrounding whitespace.
+
+    A boundary is a line break, or whitespace that follows ``.``, ``!`` or ``?`` and precedes an
+    upper-case letter, a digit or ``¿ ¡ ( " «`` (:data:`SENTENCE_BREAK`). Empty pieces are dropped.
+    """
+    out = []
+    pos = 0
+    for line in text.split("\n"):
+        cuts = [0] + [x for m in SENTENCE_BREAK.finditer(line) for x in (m.start(), m.end())] + [len(line)]
+        for a, b in zip(cuts[0::2], cuts[1::2]):
+            piece = line[a:b]
+            if piece.strip():
+                lead = len(piece) - len(piece.lstrip())
+                out.append((pos + a + lead, pos + a + len(piece.rstrip())))
+        pos += len(line) + 1
+    return out
+
+
+def translation_lines(text: str) -> list[tuple[int, int]]:
+    """Offsets of the sentence lines of an English CodiEsp file: lines with at least one letter
+    (the translation has stray lines such as ``1.`` that match no Spanish sentence)."""
+    out, pos = [], 0
+    for line in text.split("\n"):
+        if _LETTER.search(line):
+            out.append((pos, pos + len(line)))
+        pos += len(line) + 1
+    return out
+
+
+def resolve_codiesp_dir(path: Optional[str | os.PathLike] = None) -> Path:
+    """``path``, else ``$RK_CODIESP_DIR``, else :data:`DEFAULT_CODIESP_DIR` (relative paths from
+    the repository root); then the folder below it that holds ``train/trainD.tsv``."""
+    chosen = path or os.environ.get("RK_CODIESP_DIR") or DEFAULT_CODIESP_DIR
+    root = resolve_path(chosen)
+    found = _find_codiesp_root(root)
+    if found is None:
+        raise DataError(
+            f"CodiEsp folder not found at {root} (no train/trainD.tsv below it): set data.codiesp_dir "
+            f"or RK_CODIESP_DIR, or fetch it with rationale_kit.data.download_codiesp"
+        )
+    return found
+
+
+def _find_codiesp_root(root: Path) -> Optional[Path]:
+    if (root / "train" / "trainD.tsv").exists():
+        return root
+    if root.is_dir():
+        for pattern in ("*/train/trainD.tsv", "*/*/train/trainD.tsv"):
+            hits = sorted(root.glob(pattern))
+            if hits:
+                return hits[0].parent.parent
+    return None
+
+
+def _read_tsv(path: Path, n_fields: int) -> list[tuple[int, list[str]]]:
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    out = []
+    for lineno, line in enumerate(read_text_file(path).split("\n"), 1):
+        line = line.rstrip("\r")
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) != n_fields:
+            raise DataError(f"{path}:{lineno}: expected {n_fields} tab-separated fields, got {len(fields)}")
+        out.append((lineno, fields))
+    return out
+
+
+_POSITIONS = re.compile(r"^\d+ \d+(;\d+ \d+)*$")
+
+
+def load_codiesp(
+    root: Optional[str | os.PathLike] = None,
+    language: Literal["es", "en"] = "es",
+    fewshot_pool: int = 100,
+    seed: int = 0,
+    credentialed: bool = False,
+) -> Dataset:
+    """CodiEsp v4 (CLEF eHealth 2020): 1,000 clinical cases, train 500 / dev (-> ``val``) 250 /
+    test 250, coded with ICD-10-CM diagnoses (``{split}D.tsv``, dotted) and ICD-10-PCS procedures
+    (``{split}P.tsv``); human evidence in ``{split}X.tsv``.
+
+    ``language="es"``: the Spanish ``text_files/`` with the native spans; each piece of a
+    discontinuous evidence (``"s e;s e"``) is one ``mention`` span, the pieces sharing ``group``
+    (``"<split>X.tsv:<line>"``; a piece shared by several evidences of the same code is one span
+    whose ``group`` lists their ids, comma-separated). Each evidence's text is compared with the note (whitespace
+    normalised, pieces joined by a space); mismatches are counted and listed in ``report`` and kept.
+    Empty pieces (``s == s``) are counted and skipped. ``language="en"``: the text is the English
+    machine translation's lines joined by ``"\\n"``; where the Spanish sentence count
+    (:func:`split_sentences`) equals the number of English sentence lines
+    (:func:`translation_lines`), each Spanish span maps to the whole English line(s) of its
+    sentence(s) (granularity ``sentence``; one span per code and line, ``group`` listing the
+    evidences it came from); other documents keep their codes
+    and get no spans (``report["english projection"]`` gives the coverage).
+
+    ``annotated`` = the document has spans; ``fewshot_pool`` annotated training documents (seeded
+    choice) are marked ``fewshot``.
+    """
+    if language not in ("es", "en"):
+        raise ValueError(f"language must be 'es' or 'en', got {language!r}")
+    base = resolve_codiesp_dir(root)
+    report: dict = {"dataset": "codiesp", "language": language, "root": str(base), "read": Counter(),
+                    "skipped": Counter(), "merged": Counter(), "warnings": Counter(), "text mismatches": []}
+    doc_rows: list[dict] = []
+    span_rows: list[dict] = []
+    projection = {s: {"documents": 0, "projected": 0, "spanish spans": 0, "projected spans": 0} for s in SPLITS}
+    for folder, split in CODIESP_SPLITS.items():
+        d = base / folder
+        text_dir = d / "text_files"
+        if not text_dir.is_dir():
+            raise DataError(f"{text_dir}: folder not found")
+        texts: dict[str, str] = {}
+        for p in sorted(text_dir.glob("*.txt")):
+            t = read_text_file(p)
+            if not t.strip():
+                report["skipped"]["empty documents"] += 1
+                continue
+            texts[p.stem] = t
+        report["read"][f"{folder} text files"] = len(texts)
+        codes: dict[str, list[str]] = defaultdict(list)
+        for kind, system in (("D", "cm"), ("P", "pcs")):
+            path = d / f"{folder}{kind}.tsv"
+            rows = _read_tsv(path, 2)
+            report["read"][f"{folder}{kind}.tsv rows"] = len(rows)
+            for lineno, (doc, code) in rows:
+                try:
+                    c = icd.normalize_code(code, system)
+                except icd.CodeError as exc:
+                    raise DataError(f"{path}:{lineno}: {exc}") from None
+                if doc not in texts:
+                    report["skipped"]["code rows of documents without a text file"] += 1
+                    continue
+                if c in codes[doc]:
+                    report["skipped"]["repeated code rows of a document"] += 1
+                    continue
+                codes[doc].append(c)
+        xpath = d / f"{folder}X.tsv"
+        xrows = _read_tsv(xpath, 5)
+        report["read"][f"{folder}X.tsv rows"] = len(xrows)
+        native: dict[str, list[dict]] = defaultdict(list)
+        for lineno, (doc, label, code, evidence, positions) in xrows:
+            where = f"{xpath}:{lineno}"
+            if label not in ("DIAGNOSTICO", "PROCEDIMIENTO"):
+                raise DataError(f"{where}: label must be DIAGNOSTICO or PROCEDIMIENTO, got {label!r}")
+            try:
+                c = icd.normalize_code(code, "cm" if label == "DIAGNOSTICO" else "pcs")
+            except icd.CodeError as exc:
+                raise DataError(f"{where}: {exc}") from None
+            if doc not in texts:
+                report["skipped"]["evidence rows of documents without a text file"] += 1
+                continue
+            text = texts[doc]
+            if not _POSITIONS.match(positions.strip()):
+                raise DataError(f"{where}: malformed positions {positions!r} (expected \"start end[;start end]\")")
+            pieces = [tuple(int(x) for x in p.split()) for p in positions.strip().split(";")]
+            for s, e in pieces:
+                if not (0 <= s <= e <= len(text)):
+                    raise DataError(f"{where}: offsets [{s}, {e}) outside document {doc!r} of length {len(text)}")
+            covered = " ".join(text[s:e] for s, e in pieces if e > s)
+            if _ws(covered) != _ws(evidence):
+                report["warnings"]["evidence text differs from the note text at its offsets (kept)"] += 1
+                if len(report["text mismatches"]) < 20:
+                    report["text mismatches"].append(f"{where}: evidence {evidence!r} vs note {covered!r}")
+            if c not in codes[doc]:
+                report["warnings"]["evidence codes not among the document's D/P codes (kept)"] += 1
+            for s, e in pieces:
+                if e == s:
+                    report["skipped"]["empty pieces of discontinuous evidence"] += 1
+                    continue
+                native[doc].append({"note_id": doc, "code": c, "start": s, "end": e, "granularity": "mention",
+                                    "source": "human", "group": f"{folder}X.tsv:{lineno}"})
+        for doc in native:
+            merged: dict[tuple, dict] = {}
+            for r in native[doc]:
+                key = (r["code"], r["start"], r["end"])
+                if key in merged:
+                    report["merged"]["pieces shared by several evidences of one code (one span, groups joined)"] += 1
+                    merged[key]["group"] += "," + r["group"]
+                else:
+                    merged[key] = r
+            native[doc] = list(merged.values())
+        for doc in sorted(texts):
+            if not codes[doc]:
+                report["warnings"]["documents without codes (kept)"] += 1
+            doc_spans = native.get(doc, [])
+            text = texts[doc]
+            if language == "en":
+                en_path = d / "text_files_en" / f"{doc}.txt"
+                if not en_path.exists():
+                    report["skipped"]["documents without an English translation file"] += 1
+                    continue
+                lines = read_text_file(en_path).replace("\r", "").split("\n")
+                while lines and lines[-1] == "":
+                    lines.pop()
+                en_text = "\n".join(lines)
+                projection[split]["documents"] += 1
+                projection[split]["spanish spans"] += len(doc_spans)
+                sentences = split_sentences(text)
+                en_lines = translation_lines(en_text)
+                projected = []
+                if len(sentences) == len(en_lines):
+                    projection[split]["projected"] += 1
+                    by_line: dict[tuple, dict] = {}
+                    for r in doc_spans:
+                        for i, (ss, se) in enumerate(sentences):
+                            if not (ss < r["end"] and r["start"] < se):
+                                continue
+                            if (r["code"], i) in by_line:
+                                groups = by_line[(r["code"], i)]["group"].split(",")
+                                new_groups = [g for g in r["group"].split(",") if g not in groups]
+                                by_line[(r["code"], i)]["group"] = ",".join(groups + new_groups)
+                            else:
+                                ls, le = en_lines[i]
+                                by_line[(r["code"], i)] = {**r, "start": ls, "end": le, "granularity": "sentence"}
+                    projected = list(by_line.values())
+                    projection[split]["projected spans"] += len(projected)
+                doc_spans, text = projected, en_text
+            span_rows.extend(doc_spans)
+            doc_rows.append({"note_id": doc, "text": text, "codes": list(codes[doc]), "split": split,
+                             "annotated": bool(doc_spans), "fewshot": False, "credentialed": credentialed})
+    docs = _docs_frame(doc_rows)
+    spans = _spans_frame(span_rows, ["group"])
+    docs = mark_fewshot(docs, fewshot_pool, seed)
+    report["kept"] = {"documents": int(len(docs)), "spans": int(len(spans)),
+                      "distinct codes": int(len({c for cs in docs["codes"] for c in cs})),
+                      "few-shot pool documents": int(docs["fewshot"].sum())}
+    report["splits"] = _split_counts(docs, spans)
+    if language == "en":
+        total = {k: sum(p[k] for p in projection.values()) for k in projection["train"]}
+        report["english projection"] = {
+            **{s: projection[s] for s in SPLITS},
+            "coverage (documents whose sentence counts agree)": f"{total['projected']}/{total['documents']}",
+            "method": "Spanish sentences (split_sentences) matched by position to the English lines "
+                      "with letters; a Spanish span becomes the whole English line of each sentence it overlaps",
+        }
+    for key in ("read", "skipped", "merged", "warnings"):
+        report[key] = dict(report[key])
+    if not report["text mismatches"]:
+        del report["text mismatches"]
+    return Dataset(f"codiesp_{language}", docs, spans, codes_table(docs), report)
+
+
+def download_codiesp(dest: str | os.PathLike, url: str, sha256: str, timeout: float = 120.0) -> Path:
+    """Download a CodiEsp zip from ``url`` into ``dest``, verify its SHA-256 before unpacking,
+    unpack it there and return the folder that holds ``train/`` (``dest`` when none does).
+
+    The archive is streamed with httpx to ``dest/<name>.part``; a checksum mismatch deletes it and
+    raises :class:`DataError`; members that would land outside ``dest`` are refused. Never called
+    by the loaders: run it once by hand (the Zenodo record of CodiEsp v4 is 3837305).
+    """
+    import httpx
+
+    dest = Path(dest).expanduser()
+    dest.mkdir(parents=True, exist_ok=True)
+    name = Path(httpx.URL(url).path).name or "codiesp.zip"
+    part = dest / f"{name}.part"
+    digest = hashlib.sha256()
+    try:
+        with httpx.stream("GET", url, follow_redirects=True, timeout=timeout) as resp:
+            if resp.status_code != 200:
+                raise DataError(f"download of {url} failed: HTTP {resp.status_code}")
+            with open(part, "wb") as fh:
+                for chunk in resp.iter_bytes(1 << 20):
+                    digest.update(chunk)
+                    fh.write(chunk)
+    except httpx.HTTPError as exc:
+        part.unlink(missing_ok=True)
+        raise DataError(f"download of {url} failed: {exc}") from None
+    except DataError:
+        part.unlink(missing_ok=True)
+        raise
+    got = digest.hexdigest()
+    if got != sha256.strip().lower():
+        part.unlink(missing_ok=True)
+        raise DataError(f"checksum mismatch for {url}: expected sha256 {sha256}, got {got}; the download was deleted")
+    target = dest.resolve()
+    try:
+        with zipfile.ZipFile(part) as zf:
+            for member in zf.infolist():
+                out = (target / member.filename).resolve()
+                if not out.is_relative_to(target):
+                    raise DataError(f"{url}: archive member {member.filename!r} would be written outside {dest}")
+            zf.extractall(target)
+    except zipfile.BadZipFile as exc:
+        raise DataError(f"{url}: not a zip archive ({exc})") from None
+    finally:
+        part.unlink(missing_ok=True)
+    return _find_codiesp_root(target) or target
+
+
+# --------------------------------------------------------------------------------------------
+# dispatch, reports, statistics
+# --------------------------------------------------------------------------------------------
+def load_dataset(profile) -> Dataset:
+    """The data set a profile names (``common.dataset``), with its ``data`` parameters.
+
+    - ``embedded``: :func:`rationale_kit.corpus.generate_corpus` (``data.embedded``, ``common.seed``).
+    - ``codiesp``: :func:`load_codiesp` (``data.codiesp_dir`` or ``$RK_CODIESP_DIR``,
+      ``data.codiesp_language``).
+    - ``mimic``: :func:`load_mimic` (``data.mimic_dir``, ``data.mimic_split_file``,
+      ``data.mimic_min_code_count``) plus :func:`load_mdace` (``data.mdace_dir``) and
+      :func:`load_spans_jsonl` (``data.spans_jsonl``) when set; documents are credentialed.
+    Texts are kept whole: models cut them to ``data.max_words`` themselves.
+    """
+    data, seed = profile.data, profile.common.seed
+    name = profile.common.dataset
+    pool = getattr(data, "fewshot_pool", None)
+    if name == "embedded":
+        from . import corpus  # lazy: the generator is only needed for this data set
+
+        c = corpus.generate_corpus(data.embedded, seed)
+        docs = c.docs.copy()
+        for col in ("annotated", "fewshot"):
+            if col not in docs:
+                docs[col] = False
+        docs["credentialed"] = bool(data.credentialed)
+        docs = _docs_frame(docs[DATASET_DOC_COLUMNS].to_dict("records"))
+        descs = dict(zip(c.codes["code"], c.codes["description"])) if len(c.codes) else {}
+        codes = codes_table(docs, descriptions=descs)
+        extra = sorted(set(c.codes["code"]) - set(codes["code"])) if len(c.codes) else []
+        if extra:  # lexicon codes no document carries: keep them with n_train 0
+            codes = pd.concat([codes, pd.DataFrame({"code": extra, "description": [descs[x] for x in extra],
+                                                    "n_train": 0})], ignore_index=True)
+        spans = c.spans.reset_index(drop=True)
+        report = {"dataset": "embedded", "generator": f"corpus.generate_corpus(seed={seed})",
+                  "kept": {"documents": int(len(docs)), "spans": int(len(spans)), "codes": int(len(codes))},
+                  "skipped": {}, "splits": _split_counts(docs, spans)}
+        return Dataset("embedded", docs, spans, codes, report)
+    if name == "codiesp":
+        kwargs = {} if pool is None else {"fewshot_pool": pool}
+        return load_codiesp(data.codiesp_dir, data.codiesp_language, seed=seed,
+                            credentialed=bool(data.credentialed), **kwargs)
+    if name == "mimic":
+        if not data.mimic_dir:
+            raise DataError("profile data.mimic_dir is not set (the folder holding MIMIC-IV note/ and hosp/)")
+        ds = load_mimic(data.mimic_dir, data.mimic_split_file, data.mimic_min_code_count, seed)
+        docs, spans, report = ds.docs, [ds.spans], dict(ds.report)
+        if data.mdace_dir:
+            docs, s, report["mdace"] = load_mdace(data.mdace_dir, docs)
+            spans.append(s)
+        if data.spans_jsonl:
+            docs, s, report["spans_jsonl"] = load_spans_jsonl(data.spans_jsonl, docs, report.get("empty_note_ids", ()))
+            spans.append(s)
+        spans = pd.concat([s for s in spans if len(s)] or [spans[0]], ignore_index=True)
+        if pool:
+            docs = mark_fewshot(docs, pool, seed)
+        report["splits"] = _split_counts(docs, spans)
+        return Dataset("mimic", docs, spans, ds.codes, report)
+    raise DataError(f"unknown dataset {name!r} (use embedded, codiesp or mimic)")
+
+
+def format_report(report: Mapping, indent: int = 0) -> str:
+    """The report as indented ``key: value`` lines (nested dicts indented, lists one per line;
+    long id lists are summarised)."""
+    lines = []
+    pad = "  " * indent
+    for key, value in report.items():
+        if isinstance(value, Mapping):
+            if not value:
+                lines.append(f"{pad}{key}: none")
+                continue
+            lines.append(f"{pad}{key}:")
+            lines.append(format_report(value, indent + 1))
+        elif isinstance(value, (list, tuple)):
+            if key == "empty_note_ids":
+                shown = ", ".join(map(str, value[:10])) + (" ..." if len(value) > 10 else "")
+                lines.append(f"{pad}{key}: {len(value)}" + (f" ({shown})" if value else ""))
+                continue
+            lines.append(f"{pad}{key}: {len(value)}")
+            lines.extend(f"{pad}  - {v}" for v in value)
+        else:
+            lines.append(f"{pad}{key}: {value}")
+    return "\n".join(lines)
+
+
+def _n_words(text: str) -> int:
+    return len(WORD_RE.findall(text))
+
+
+def dataset_statistics(ds: Dataset) -> pd.DataFrame:
+    """The paper's dataset table, one row per split (and ``all``): documents, unique codes, codes
+    per document (mean), words per document (mean / median / max; ``\\w+`` words of the raw text),
+    annotated documents, spans per granularity, mean span length in words, spans per (note, code)
+    pair with spans (mean)."""
+    docs, spans = ds.docs, ds.spans
+    words = pd.Series([_n_words(t) for t in docs["text"]], index=docs.index, dtype="int64")
+    texts = dict(zip(docs["note_id"], docs["text"]))
+    split_of = dict(zip(docs["note_id"], docs["split"]))
+    if len(spans):
+        span_words = np.array([_n_words(texts[n][s:e]) if n in texts else 0
+                               for n, s, e in zip(spans["note_id"], spans["start"], spans["end"])])
+        span_split = spans["note_id"].map(split_of)
+    granularities = sorted(set(spans["granularity"])) if len(spans) else []
+    rows = {}
+    for name in [s for s in SPLITS if (docs["split"] == s).any()] + ["all"]:
+        sel = (docs["split"] == name) if name != "all" else pd.Series(True, index=docs.index)
+        d = docs[sel]
+        w = words[sel]
+        row = {
+            "documents": int(len(d)),
+            "unique codes": int(len({c for cs in d["codes"] for c in cs})),
+            "codes per document": float(np.mean([len(cs) for cs in d["codes"]])) if len(d) else 0.0,
+            "words per document (mean)": float(w.mean()) if len(d) else 0.0,
+            "words per document (median)": float(w.median()) if len(d) else 0.0,
+            "words per document (max)": int(w.max()) if len(d) else 0,
+            "annotated documents": int(d["annotated"].sum()),
+        }
+        if len(spans):
+            ssel = (span_split == name).to_numpy() if name != "all" else np.ones(len(spans), dtype=bool)
+            sp = spans[ssel]
+            for g in granularities:
+                row[f"spans ({g or 'unlabelled'})"] = int((sp["granularity"] == g).sum())
+            row["span length in words (mean)"] = float(span_words[ssel].mean()) if ssel.any() else 0.0
+            pairs = sp.groupby(["note_id", "code"]).size()
+            row["spans per (note, code) pair"] = float(pairs.mean()) if len(pairs) else 0.0
+        else:
+            row["spans"] = 0
+        rows[name] = row
+    out = pd.DataFrame.from_dict(rows, orient="index")
+    out.index.name = "split"
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# saved tables (the artifacts of notebook 01) and small notebook helpers
+# --------------------------------------------------------------------------------------------
+def human_spans(ds: Dataset) -> pd.DataFrame:
+    """Spans a human annotated and the workbook may use: those of annotated (evaluation) notes and
+    of the few-shot pool. The embedded corpus knows spans for every note; the rest are the
+    *oracle* spans, used only as the upper-reference teacher in notebook 07."""
+    keep = set(ds.docs.note_id[ds.docs.annotated | ds.docs.fewshot])
+    return ds.spans[ds.spans.note_id.isin(keep)].reset_index(drop=True)
+
+
+def save_dataset(ds: Dataset, out_dir: str | os.PathLike) -> list[Path]:
+    """Write ``docs``, ``spans`` (human), ``oracle_spans`` (all known spans), ``codes`` as parquet
+    and the load report as JSON; returns the paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / "docs.parquet", out / "spans.parquet", out / "oracle_spans.parquet", out / "codes.parquet", out / "report.json"]
+    ds.docs.to_parquet(paths[0], index=False)
+    human_spans(ds).to_parquet(paths[1], index=False)
+    ds.spans.to_parquet(paths[2], index=False)
+    ds.codes.to_parquet(paths[3], index=False)
+    paths[4].write_text(json.dumps({"name": ds.name, **ds.report}, indent=1, default=str))
+    return paths
+
+
+def load_saved(folder: str | os.PathLike, oracle: bool = False) -> Dataset:
+    """The dataset saved by :func:`save_dataset` (``spans`` = human spans, or all known spans
+    with ``oracle=True``)."""
+    folder = Path(folder)
+    for name in ("docs.parquet", "spans.parquet", "codes.parquet"):
+        if not (folder / name).exists():
+            raise DataError(f"{folder}: {name} is missing; run notebooks/01_data.ipynb first")
+    docs = pd.read_parquet(folder / "docs.parquet")
+    docs["codes"] = docs["codes"].map(list)
+    spans = pd.read_parquet(folder / ("oracle_spans.parquet" if oracle else "spans.parquet"))
+    report = json.loads((folder / "report.json").read_text()) if (folder / "report.json").exists() else {}
+    return Dataset(report.get("name", folder.name), docs, spans, pd.read_parquet(folder / "codes.parquet"), report)
+
+
+def example_pair(ds: Dataset, split: str = "test") -> tuple[str, str]:
+    """A (note_id, code) of an annotated note with gold spans at the most granularities (then most
+    spans): a good note to show. Deterministic."""
+    ann = set(ds.docs.note_id[(ds.docs.split == split) & ds.docs.annotated]) or set(ds.docs.note_id[ds.docs.annotated])
+    sp = ds.spans[ds.spans.note_id.isin(ann)]
+    if not len(sp):
+        raise DataError(f"{ds.name}: no annotated note with spans to show")
+    g = sp.groupby(["note_id", "code"]).agg(levels=("granularity", "nunique"), n=("start", "size")).reset_index()
+    g = g.sort_values(["levels", "n", "note_id", "code"], ascending=[False, False, True, True])
+    return str(g.iloc[0].note_id), str(g.iloc[0].code)
+
+
+def describe_code(ds: Dataset, code: str) -> str:
+    hit = ds.codes.loc[ds.codes.code == code, "description"]
+    return str(hit.iloc[0]) if len(hit) else icd.describe(code)
+
+
+def try_load_codiesp(profile) -> Optional[Dataset]:
+    """CodiEsp when its folder is found (profile path, ``$RK_CODIESP_DIR`` or the workplace copy),
+    else None. Used by notebook 01 to show real-data statistics beside the embedded corpus."""
+    if profile.common.dataset == "codiesp":
+        return None
+    try:
+        root = resolve_codiesp_dir(profile.data.codiesp_dir)
+    except DataError:
+        return None
+    if not root.exists():
+        return None
+    return load_codiesp(root, profile.data.codiesp_language, seed=profile.common.seed)
