@@ -1,0 +1,99 @@
+import json
+
+import pytest
+
+from rationale_kit.cli import align_main, plausibility_main
+
+TEXT = "aa bb 12 cc dd aa bb ee"
+NOTE = "Patient with chest pain.\nHypertension, poorly controlled."
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8")
+    return str(path)
+
+
+@pytest.fixture
+def docs(tmp_path):
+    return write_jsonl(tmp_path / "docs.jsonl", [{"note_id": "n1", "text": TEXT}, {"note_id": "n2", "text": NOTE}])
+
+
+def test_align_stdout_and_out_file(tmp_path, docs, capsys):
+    quotes = write_jsonl(tmp_path / "q.jsonl", [
+        {"note_id": "n2", "code": "R07.9", "quote": "chest pain"},
+        {"note_id": "n2", "code": "I10", "quote": "hypertension poorly controlled"},
+        {"note_id": "n2", "code": "E11", "quote": "diabetes mellitus"},
+    ])
+    assert align_main(["--docs", docs, "--quotes", quotes]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [(x["code"], x["start"], x["end"]) for x in lines] == [
+        ("R07.9", 13, 23), ("I10", 25, 56), ("E11", None, None)]
+    assert lines[0]["score"] == 2.0 and lines[0]["quote"] == "chest pain" and "reason" not in lines[0]
+    assert lines[1]["method"] == "fuzzy" and lines[1]["score"] == pytest.approx(2.0)
+    assert lines[2]["reason"] == "no_overlap"
+    out = tmp_path / "out.jsonl"
+    assert align_main(["--docs", docs, "--quotes", quotes, "--threshold", "2.0", "--out", str(out)]) == 0
+    assert capsys.readouterr().out == ""
+    assert len(out.read_text().splitlines()) == 3
+
+
+@pytest.mark.parametrize("line, message", [
+    ('{"note_id": "zz", "code": "A", "quote": "x"}', "q.jsonl:2: unknown note_id 'zz'"),
+    ('{"note_id": "n1", "code": "A"}', "q.jsonl:2: missing key 'quote'"),
+    ('{"note_id": "n1", "code": "A", "quote": "x"', "q.jsonl:2: malformed JSON"),
+    ('[1, 2]', "q.jsonl:2: expected a JSON object"),
+])
+def test_align_bad_quotes(tmp_path, docs, capsys, line, message):
+    quotes = write_jsonl(tmp_path / "q.jsonl", [{"note_id": "n1", "code": "A", "quote": "aa"}, line])
+    assert align_main(["--docs", docs, "--quotes", quotes]) == 2
+    err = capsys.readouterr().err
+    assert message in err
+
+
+def test_align_bad_docs(tmp_path, capsys):
+    docs = write_jsonl(tmp_path / "d.jsonl", [{"note_id": "n1", "text": "x"}, {"note_id": "n1", "text": "y"}])
+    quotes = write_jsonl(tmp_path / "q.jsonl", [{"note_id": "n1", "code": "A", "quote": "x"}])
+    assert align_main(["--docs", docs, "--quotes", quotes]) == 2
+    assert "d.jsonl:2: duplicate note_id 'n1'" in capsys.readouterr().err
+    docs = write_jsonl(tmp_path / "d.jsonl", [{"note_id": "n1"}])
+    assert align_main(["--docs", docs, "--quotes", quotes]) == 2
+    assert "d.jsonl:1: missing key 'text'" in capsys.readouterr().err
+    assert align_main(["--docs", str(tmp_path / "nope.jsonl"), "--quotes", quotes]) == 2
+    assert "nope.jsonl" in capsys.readouterr().err
+
+
+def test_plausibility_json(tmp_path, docs, capsys):
+    gold = write_jsonl(tmp_path / "gold.jsonl", [
+        {"note_id": "n1", "code": "A", "start": 0, "end": 5, "granularity": "mention"},
+        {"note_id": "n1", "code": "A", "start": 12, "end": 14},
+    ])
+    pred = write_jsonl(tmp_path / "pred.jsonl", [
+        {"note_id": "n1", "code": "A", "start": 0, "end": 5, "source": "llm"},
+        {"note_id": "n1", "code": "A", "start": 15, "end": 20},
+        {"note_id": "n1", "code": "A", "start": 9, "end": 11},
+    ])
+    assert plausibility_main(["--docs", docs, "--gold", gold, "--pred", pred]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert set(res) == {"span_exact", "span_position_independent", "token_exact", "token_position_independent",
+                        "eraser_token_micro", "eraser_token_macro", "span_iou_f1"}
+    for key in ("span_exact", "span_position_independent", "token_exact", "token_position_independent"):
+        assert {"tp", "fp", "fn", "precision", "recall", "f1"} <= set(res[key])
+    assert (res["span_exact"]["tp"], res["span_exact"]["fp"], res["span_exact"]["fn"]) == (1, 2, 1)
+    assert res["token_exact"]["f1"] == pytest.approx(0.5)
+    assert res["token_position_independent"]["precision"] == pytest.approx(2 / 3)
+    assert res["span_iou_f1"]["precision"] == pytest.approx(1 / 3)
+
+
+@pytest.mark.parametrize("row, message", [
+    ({"note_id": "zz", "code": "A", "start": 0, "end": 2}, "pred.jsonl:2: unknown note_id 'zz'"),
+    ({"note_id": "n1", "code": "A", "start": 20, "end": 99}, "pred.jsonl:2: offsets [20, 99) outside note 'n1'"),
+    ({"note_id": "n1", "code": "A", "start": 0}, "pred.jsonl:2: missing key 'end'"),
+    ('{"note_id": "n1", ', "pred.jsonl:2: malformed JSON"),
+    ({"note_id": "n1", "code": "A", "start": "x", "end": 2}, "pred.jsonl:2: start/end must be integers"),
+])
+def test_plausibility_bad_input(tmp_path, docs, capsys, row, message):
+    gold = write_jsonl(tmp_path / "gold.jsonl", [{"note_id": "n1", "code": "A", "start": 0, "end": 5}])
+    pred = write_jsonl(tmp_path / "pred.jsonl", [{"note_id": "n1", "code": "A", "start": 0, "end": 5}, row])
+    assert plausibility_main(["--docs", docs, "--gold", gold, "--pred", pred]) == 2
+    captured = capsys.readouterr()
+    assert message in captured.err and captured.out == ""

@@ -1,0 +1,254 @@
+"""Plausibility measures against hand-computed values.
+
+Note ``n1`` = "aa bb 12 cc dd aa bb ee": MDACE tokens (the number 12 > 10 is dropped)
+aa@0 bb@3 cc@9 dd@12 aa@15 bb@18 ee@21; word units 0..7 are the 8 words (unit 2 is "12").
+"""
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from rationale_kit.records import DataError
+from rationale_kit.metrics import plausibility as pl
+
+TEXT = "aa bb 12 cc dd aa bb ee"
+DOCS = pd.DataFrame({"note_id": ["n1", "n2"], "text": [TEXT, TEXT]})
+
+
+def spans(*rows, granularity=""):
+    return pd.DataFrame(
+        [{"note_id": n, "code": c, "start": s, "end": e, "granularity": granularity, "source": "x"} for n, c, s, e in rows],
+        columns=["note_id", "code", "start", "end", "granularity", "source"],
+    )
+
+
+def close(res, p, r, f):
+    assert res["precision"] == pytest.approx(p)
+    assert res["recall"] == pytest.approx(r)
+    assert res["f1"] == pytest.approx(f)
+
+
+def test_prf_zero_denominators():
+    assert pl.prf(0, 0, 0) == {"tp": 0, "fp": 0, "fn": 0, "precision": 0.0, "recall": 0.0, "f1": 0.0}
+    assert pl.prf(0, 3, 0)["precision"] == 0.0 and pl.prf(0, 3, 0)["recall"] == 0.0
+    close(pl.prf(1, 1, 3), 0.5, 0.25, 1 / 3)
+
+
+def test_mdace_four_measures():
+    gold = spans(("n1", "A", 0, 5), ("n1", "A", 12, 14))  # "aa bb", "dd"
+    pred = spans(("n1", "A", 0, 5), ("n1", "A", 15, 20), ("n1", "A", 9, 11))  # "aa bb", "aa bb"(2nd), "cc"
+    res = pl.mdace_measures(gold, pred, DOCS)
+    assert res["span_exact"]["tp"] == 1 and res["span_exact"]["fp"] == 2 and res["span_exact"]["fn"] == 1
+    close(res["span_exact"], 1 / 3, 1 / 2, 0.4)
+    # texts: gold {"aa bb", "dd"}, pred {"aa bb", "cc"}
+    assert (res["span_position_independent"]["tp"], res["span_position_independent"]["fp"], res["span_position_independent"]["fn"]) == (1, 1, 1)
+    close(res["span_position_independent"], 0.5, 0.5, 0.5)
+    # tokens: gold {aa@0, bb@3, dd@12}, pred {aa@0, bb@3, aa@15, bb@18, cc@9}
+    assert (res["token_exact"]["tp"], res["token_exact"]["fp"], res["token_exact"]["fn"]) == (2, 3, 1)
+    close(res["token_exact"], 0.4, 2 / 3, 0.5)
+    # token texts: gold {aa, bb, dd}, pred {aa, bb, cc}
+    assert (res["token_position_independent"]["tp"], res["token_position_independent"]["fp"], res["token_position_independent"]["fn"]) == (2, 1, 1)
+    close(res["token_position_independent"], 2 / 3, 2 / 3, 2 / 3)
+
+
+def test_overlapping_adjacent_nested_discontinuous():
+    # gold: one code, two pieces "aa bb" and "cc dd"
+    gold = spans(("n1", "A", 0, 5), ("n1", "A", 9, 14))
+    # pred: "aa" (nested in a gold piece), " bb" (adjacent to it), "bb 12 cc" (overlaps both pieces), "aa"@15
+    pred = spans(("n1", "A", 0, 2), ("n1", "A", 2, 5), ("n1", "A", 3, 11), ("n1", "A", 15, 17))
+    res = pl.span_plausibility(gold, pred, DOCS)
+    assert (res["span_exact"]["tp"], res["span_exact"]["fp"], res["span_exact"]["fn"]) == (0, 4, 2)
+    close(res["span_exact"], 0, 0, 0)
+    assert (res["span_position_independent"]["tp"], res["span_position_independent"]["fp"], res["span_position_independent"]["fn"]) == (0, 3, 2)
+    assert (res["token_exact"]["tp"], res["token_exact"]["fp"], res["token_exact"]["fn"]) == (3, 1, 1)
+    close(res["token_exact"], 0.75, 0.75, 0.75)
+    close(res["token_position_independent"], 1.0, 0.75, 2 * 0.75 / 1.75)
+    close(res["eraser_token_micro"], 0.75, 0.75, 0.75)
+    # IoU: {aa} vs {aa,bb} = .5 ok; {bb} vs {aa,bb} = .5 ok; {bb,cc} 1/3 with both; {aa@15} 0
+    iou = res["span_iou_f1"]
+    assert (iou["n_pred"], iou["correct_pred"], iou["n_gold"], iou["matched_gold"]) == (4, 2, 2, 1)
+    close(iou, 0.5, 0.5, 0.5)
+
+
+def test_numbers_above_ten_dropped_and_word_unit():
+    gold = spans(("n1", "A", 3, 8))  # "bb 12" -> {bb} with MDACE tokens
+    pred = spans(("n1", "A", 6, 8))  # "12" -> no MDACE token
+    res = pl.span_plausibility(gold, pred, DOCS)
+    assert (res["token_exact"]["tp"], res["token_exact"]["fp"], res["token_exact"]["fn"]) == (0, 0, 1)
+    assert res["span_iou_f1"]["correct_pred"] == 0  # IoU of a span without tokens is 0
+    words = pl.eraser_token_prf(gold, pred, DOCS, unit="word")["micro"]
+    assert (words["tp"], words["fp"], words["fn"]) == (1, 0, 1)  # {bb, 12} vs {12}
+
+
+def test_eraser_micro_macro_two_pairs():
+    gold = spans(("n1", "A", 0, 5), ("n1", "A", 12, 14), ("n1", "B", 21, 23))
+    pred = spans(("n1", "A", 0, 5), ("n1", "A", 15, 20), ("n1", "A", 9, 11))
+    er = pl.eraser_token_prf(gold, pred, DOCS)
+    # pair A: tp2 fp3 fn1 (p .4, r 2/3, f .5); pair B: tp0 fp0 fn1 (0, 0, 0)
+    assert (er["micro"]["tp"], er["micro"]["fp"], er["micro"]["fn"]) == (2, 3, 2)
+    close(er["micro"], 0.4, 0.5, 2 * 0.4 * 0.5 / 0.9)
+    close(er["macro"], 0.2, 1 / 3, 0.25)
+    assert er["macro"]["n_pairs"] == 2
+    iou = pl.span_iou_f1(gold, pred, DOCS)
+    assert (iou["n_pred"], iou["correct_pred"], iou["n_gold"], iou["matched_gold"]) == (3, 1, 3, 1)
+    close(iou, 1 / 3, 1 / 3, 1 / 3)
+
+
+def test_iou_boundary_is_inclusive():
+    gold = spans(("n1", "A", 0, 14))  # {aa, bb, cc, dd}
+    res = pl.span_iou_f1(gold, spans(("n1", "A", 0, 5)), DOCS)  # IoU 2/4
+    assert res["correct_pred"] == 1 and res["matched_gold"] == 1
+    res = pl.span_iou_f1(gold, spans(("n1", "A", 0, 2)), DOCS)  # IoU 1/4
+    assert res["correct_pred"] == 0 and res["f1"] == 0.0
+
+
+def test_position_independent_is_per_note_and_summed():
+    gold = spans(("n1", "A", 0, 5), ("n2", "A", 0, 5))
+    pred = spans(("n1", "A", 15, 20), ("n2", "A", 9, 11))  # n1: "aa bb" elsewhere; n2: "cc"
+    res = pl.mdace_measures(gold, pred, DOCS)
+    pi = res["span_position_independent"]
+    assert (pi["tp"], pi["fp"], pi["fn"]) == (1, 1, 1)
+    tpi = res["token_position_independent"]
+    assert (tpi["tp"], tpi["fp"], tpi["fn"]) == (2, 1, 2)
+    assert res["span_exact"]["tp"] == 0 and res["token_exact"]["tp"] == 0
+
+
+def test_empty_predictions_and_empty_gold():
+    gold = spans(("n1", "A", 0, 5))
+    res = pl.span_plausibility(gold, spans(), DOCS)
+    for m in pl.MDACE_MEASURES:
+        assert res[m]["tp"] == 0 and res[m]["fp"] == 0 and res[m]["fn"] >= 1
+        close(res[m], 0, 0, 0)
+    close(res["span_iou_f1"], 0, 0, 0)
+    close(res["eraser_token_macro"], 0, 0, 0)
+    # empty gold: no pair to evaluate with pairs="gold"
+    res = pl.span_plausibility(spans(), spans(("n1", "A", 0, 5)), DOCS)
+    for m in pl.MDACE_MEASURES:
+        assert (res[m]["tp"], res[m]["fp"], res[m]["fn"]) == (0, 0, 0)
+    assert res["eraser_token_macro"]["n_pairs"] == 0
+    # ... but with pairs="all" the predictions are false positives
+    res = pl.span_plausibility(spans(), spans(("n1", "A", 0, 5)), DOCS, pairs="all")
+    assert res["span_exact"]["fp"] == 1 and res["span_exact"]["precision"] == 0.0
+    assert res["token_exact"]["fp"] == 2 and res["token_exact"]["recall"] == 0.0
+
+
+def test_pairs_gold_ignores_other_codes():
+    gold = spans(("n1", "A", 0, 5))
+    pred = spans(("n1", "A", 0, 5), ("n1", "Z", 9, 11))
+    assert pl.mdace_measures(gold, pred, DOCS)["span_exact"]["fp"] == 0
+    assert pl.mdace_measures(gold, pred, DOCS, pairs="all")["span_exact"]["fp"] == 1
+
+
+def test_bad_spans_raise():
+    with pytest.raises(DataError, match="unknown note_id 'zz'"):
+        pl.span_plausibility(spans(("zz", "A", 0, 5)), spans(), DOCS)
+    with pytest.raises(DataError, match="outside note"):
+        pl.span_plausibility(spans(("n1", "A", 0, 5)), spans(("n1", "A", 10, 99)), DOCS)
+
+
+def test_plausibility_table_breakdowns():
+    gold = pd.concat([
+        spans(("n1", "A", 0, 5), ("n1", "B", 21, 23), granularity="mention"),
+        spans(("n1", "A", 9, 14), granularity="evidence"),
+    ], ignore_index=True)
+    preds = {"x": spans(("n1", "A", 0, 5), ("n1", "B", 21, 23)), "empty": spans()}
+    predicted = pd.DataFrame({"note_id": ["n1"], "code": ["A"]})
+    tab = pl.plausibility_table(gold, preds, DOCS, predicted_codes=predicted)
+    assert len(tab) == 2 * 3 * 3 * len(pl.ALL_MEASURES)
+    se = tab[(tab.source == "x") & (tab.measure == "span_exact")].set_index(["granularity", "code_set"])
+    assert tuple(se.loc[("all", "all"), ["tp", "fp", "fn"]]) == (2, 0, 1)
+    assert tuple(se.loc[("mention", "all"), ["tp", "fp", "fn"]]) == (2, 0, 0)
+    assert tuple(se.loc[("evidence", "all"), ["tp", "fp", "fn"]]) == (0, 1, 1)
+    assert tuple(se.loc[("all", "predicted"), ["tp", "fp", "fn"]]) == (1, 0, 1)
+    assert tuple(se.loc[("all", "missed"), ["tp", "fp", "fn"]]) == (1, 0, 0)
+    assert se.loc[("all", "missed"), "n_pairs"] == 1
+    empty = tab[(tab.source == "empty") & (tab.measure == "token_exact") & (tab.granularity == "all") & (tab.code_set == "all")]
+    assert empty.iloc[0].f1 == 0.0 and empty.iloc[0].fn == 5
+    only_all = pl.plausibility_table(gold, preds, DOCS, by=("source",))
+    assert set(only_all.granularity) == {"all"} and set(only_all.code_set) == {"all"}
+
+
+# --- soft rationales -------------------------------------------------------------------------------
+
+WORD_OFFSETS = [(0, 2), (3, 5), (6, 8), (9, 11), (12, 14), (15, 17), (18, 20), (21, 23)]
+
+
+def scores(raw, note="n1", code="A", offsets=WORD_OFFSETS, source="attn"):
+    return pd.DataFrame({
+        "note_id": note, "code": code, "source": source, "method": "m", "model": "caml",
+        "unit": np.arange(len(raw)), "start": [o[0] for o in offsets], "end": [o[1] for o in offsets],
+        "score": np.asarray(raw, dtype=float),
+    })
+
+
+RAW = [4, 2, 2, 0, 0, 1, 1, 0]  # normalised: .4 .2 .2(unit "12") 0 0 .1 .1 0
+
+
+def test_soft_token_mapping_and_normalisation():
+    gold = spans(("n1", "A", 0, 2), ("n1", "A", 12, 14))  # aa@0, dd@12
+    [(nid, code, tok, mask)] = pl.soft_token_scores(scores(RAW), gold, DOCS)
+    assert np.allclose(tok, [0.4, 0.2, 0.0, 0.0, 0.1, 0.1, 0.0])  # "12" has no MDACE token
+    assert mask.tolist() == [True, False, False, True, False, False, False]
+    # sub-word units: "a"+"a" of token aa@0 -> sum .4 / max .3 (scores 3, 1 of total 10)
+    sub = scores([3, 1, 6], offsets=[(0, 1), (1, 2), (3, 5)])
+    [(_, _, tsum, _)] = pl.soft_token_scores(sub, gold, DOCS, agg="sum")
+    [(_, _, tmax, _)] = pl.soft_token_scores(sub, gold, DOCS, agg="max")
+    assert tsum[0] == pytest.approx(0.4) and tmax[0] == pytest.approx(0.3) and tsum[1] == pytest.approx(0.6)
+
+
+def test_soft_plausibility_hand_values():
+    gold = spans(("n1", "A", 0, 2), ("n1", "A", 12, 14))
+    res = pl.soft_plausibility(scores(RAW), gold, DOCS, threshold=0.15, ks=(1, 2))
+    # ranking: aa(.4,+) bb(.2) aa(.1) bb(.1) then 0-ties cc dd(+) ee:
+    # AP = .5 * 1 + .5 * 2/7
+    assert res["auprc"] == pytest.approx(0.5 + 1 / 7)
+    assert res["auprc_mean"] == pytest.approx(0.5 + 1 / 7)
+    assert res["p@1"] == 1.0 and res["r@1"] == 0.5
+    assert res["p@2"] == 0.5 and res["r@2"] == 0.5
+    close(res, 0.5, 0.5, 0.5)  # > .15: aa, bb
+    res = pl.soft_plausibility(scores(RAW), gold, DOCS, topk=1)
+    close(res, 1.0, 0.5, 2 / 3)
+    with pytest.raises(ValueError):
+        pl.soft_plausibility(scores(RAW), gold, DOCS, threshold=0.1, topk=1)
+
+
+def test_average_precision_matches_sklearn():
+    from sklearn.metrics import average_precision_score
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        y = rng.random(40) < 0.3
+        y[0] = True
+        s = np.round(rng.random(40), 1)  # with ties
+        assert pl.average_precision(y, s) == pytest.approx(average_precision_score(y, s))
+    assert math.isnan(pl.average_precision(np.zeros(3, bool), np.ones(3)))
+
+
+def test_tune_threshold_and_missing_pairs():
+    gold = spans(("n1", "A", 0, 2), ("n1", "A", 12, 14))
+    # F1 at > 0: 1/3; > .05: 1/3; > .15: .5; > .3: 2/3
+    assert pl.tune_soft_threshold(scores(RAW), gold, DOCS, grid=[0, 0.05, 0.15, 0.3]) == 0.3
+    # a gold pair without scores counts with all-zero scores
+    gold2 = pd.concat([gold, spans(("n2", "B", 0, 2))], ignore_index=True)
+    res = pl.soft_plausibility(scores(RAW), gold2, DOCS, threshold=0.15, ks=(1,))
+    assert res["n_pairs"] == 2 and res["r@1"] == pytest.approx((0.5 + 1.0) / 2)  # 0-ties -> first token aa@0
+    assert res["fn"] == 2 and res["tp"] == 1
+    restricted = pl.soft_plausibility(scores(RAW), gold2, DOCS, pairs=pd.DataFrame({"note_id": ["n2"], "code": ["B"]}))
+    assert restricted["n_pairs"] == 1
+    mixed = pd.concat([scores(RAW), scores(RAW, source="grad")])
+    with pytest.raises(DataError, match="source"):
+        pl.soft_plausibility(mixed, gold, DOCS)
+
+
+def test_binarise():
+    out = pl.binarise(scores(RAW), threshold=0.15)  # units 0,1,2 -> one run
+    assert out[["start", "end"]].values.tolist() == [[0, 8]]
+    assert out.iloc[0].source == "attn" and list(out.columns[:6]) == ["note_id", "code", "start", "end", "granularity", "source"]
+    out = pl.binarise(scores(RAW), topk=2)  # .4 and the first .2 (unit 1)
+    assert out[["start", "end"]].values.tolist() == [[0, 5]]
+    out = pl.binarise(scores(RAW), threshold=0.05)  # units 0,1,2 and 5,6
+    assert out[["start", "end"]].values.tolist() == [[0, 8], [15, 20]]
+    assert len(pl.binarise(scores(RAW).iloc[:0], threshold=0.1)) == 0
+    with pytest.raises(ValueError):
+        pl.binarise(scores(RAW))
