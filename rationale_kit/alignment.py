@@ -544,3 +544,39 @@ def threshold_sweep(
         row.update({f"share_{m}": v["share"] for m, v in s["by_method"].items()})
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def examples(aligned: pd.DataFrame, docs: pd.DataFrame, per_method: int = 2, width: int = 90) -> pd.DataFrame:
+    """A few quotes per alignment method, with the note text they were mapped to (for reading)."""
+    texts = dict(zip(docs["note_id"], docs["text"]))
+    rows = []
+    for method, part in aligned.groupby("method", sort=False):
+        for r in part.drop_duplicates("quote_row").head(per_method).itertuples(index=False):
+            covered = "" if pd.isna(r.start) else texts[r.note_id][int(r.start):int(r.end)]
+            rows.append({"method": method, "code": r.code, "quote": str(r.quote)[:width],
+                         "note text": " ".join(covered.split())[:width], "score": round(float(r.score), 3),
+                         "reason": r.reason or ""})
+    return pd.DataFrame(rows)
+
+
+def threshold_effect(ds, quotes: pd.DataFrame, thresholds: Iterable[float] = (1.5, 1.7, 2.0),
+                     occurrences: Occurrences = "all") -> pd.DataFrame:
+    """Per teacher (``quotes.source``) and threshold: alignment rate and the plausibility of the
+    aligned spans on the evaluation notes (annotated, not few-shot): position-independent token
+    F1 and exact token F1 against all human spans."""
+    from .metrics.plausibility import mdace_measures
+
+    docs = ds.docs[["note_id", "text"]]
+    eval_ids = set(ds.docs.note_id[ds.docs.annotated & ~ds.docs.fewshot])
+    gold = ds.spans[ds.spans.note_id.isin(eval_ids)]
+    rows = []
+    for src, q in quotes.groupby("source"):
+        for t in thresholds:
+            a = align_quotes(docs, q, t, occurrences)
+            s = alignment_summary(a)
+            spans = aligned_to_spans(a, src)
+            m = mdace_measures(gold, spans[spans.note_id.isin(eval_ids)], ds.docs)
+            rows.append({"source": src, "threshold": float(t), "alignment_rate": s["alignment_rate"],
+                         "n_spans": s["n_spans"], "pi_token_f1": m["token_position_independent"]["f1"],
+                         "token_exact_f1": m["token_exact"]["f1"]})
+    return pd.DataFrame(rows)

@@ -157,6 +157,8 @@ class Faithfulness:
     code_set: Literal["predicted", "gold"] = "predicted"
     aopc_k: list[float] = field(default_factory=lambda: [1.0, 5.0, 10.0, 20.0, 50.0])
     word_steps: int = 50  # Edin 2024: steps of 2 words up to 100
+    edin_unit: Literal["token", "word"] = "word"  # unit of the Edin et al. 2024 variant
+    missing: Literal["skip", "empty"] = "skip"  # pairs without a rationale: skipped or scored empty
     batch_size: int = 32
     max_pairs: Optional[int] = None
 

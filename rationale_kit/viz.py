@@ -207,3 +207,32 @@ def plot_bars(table: pd.DataFrame, x: str, y: str, hue: str | None = None, title
     ax.set_ylabel(ylabel or y)
     ax.tick_params(axis="x", rotation=30)
     return _finish(fig, path)
+
+
+def plot_alignment_scores(aligned: pd.DataFrame, threshold: float, path=None):
+    """Histogram of overlap scores of aligned and unaligned quote rows, by teacher."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    frame = aligned.assign(status=np.where(aligned["start"].notna(), "aligned", "unaligned"))
+    sns.histplot(data=frame, x="score", hue="status", multiple="stack", bins=np.linspace(0, 2, 41), ax=ax)
+    ax.axvline(threshold, ls="--", c="k")
+    ax.set_title(f"overlap score (token precision + recall); threshold {threshold}")
+    return _finish(fig, path)
+
+
+def plot_threshold_effect(sweep: pd.DataFrame, path=None):
+    """Alignment rate and downstream PI token F1 against the alignment threshold, per teacher."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for src, part in sweep.groupby("source"):
+        axes[0].plot(part["threshold"], part["alignment_rate"], marker="o", label=src)
+        axes[1].plot(part["threshold"], part["pi_token_f1"], marker="o", label=src)
+    axes[0].set_title("alignment rate")
+    axes[1].set_title("plausibility of aligned spans (PI token F1)")
+    for ax in axes:
+        ax.set_xlabel("threshold")
+        ax.legend()
+    return _finish(fig, path)

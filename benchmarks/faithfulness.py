@@ -1,0 +1,425 @@
+"""Benchmark of the faithfulness engine (rationale_kit.metrics.faithfulness) on this machine.
+
+For each coding model it reports, side by side in one run and on one workload (ERASER AOPC on the
+model's own attention plus discrete random spans, up to 3 gold codes per note, mask perturbation):
+
+(a) throughput: rows per second through the engine (every forward row it runs: the base pass and
+    all perturbed inputs) against plain forward passes of the same model replayed at exactly the
+    engine's batch shapes (batch size, padded length, row lengths) on random ids: once reading all
+    labels (a plain forward) and once with the engine's ``label_idx`` (so that ratio isolates the
+    engine's own overhead: encoding, ranking, building inputs, gathering);
+(b) the speed-up over the straightforward loop (``faithfulness_loop``: one full forward pass of
+    batch one per note and per (note, code, step)), and the largest difference between the values.
+
+Times are process CPU seconds with one torch thread (other jobs share this machine's cores, so wall
+time is noisy), best of two round-robin repetitions. Models: ``rationale_kit.models.build_model``
+(CAML and LAAT at the default profile's sizes, PLM-ICD with ``max_chunks=2``; untrained weights,
+which does not change the cost) when it imports and builds, else the contract-conforming CNN and
+BiLSTM with label attention defined here (``--fallback`` forces them); the output says which.
+``--big-labels`` adds CAML with a MIMIC-like label count, where reading only the needed labels
+matters. Workloads are sized from a probe to about ``--budget`` CPU seconds in all.
+
+    .venv/bin/python benchmarks/faithfulness.py [--threads 1] [--budget 70] [--big-labels 2000]
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import re
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from rationale_kit.metrics.faithfulness import (  # noqa: E402
+    faithfulness_discrete, faithfulness_loop, faithfulness_scored,
+)
+
+BATCH = 32
+N_LABELS = 60
+AOPC_K = [1.0, 5.0, 10.0, 20.0, 50.0]
+
+
+# --------------------------------------------------------------------------------------------
+# fallback model: CNN + label attention (CAML-like), implementing docs/INTERFACES.md
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Encoded:
+    ids: torch.Tensor
+    offsets: torch.Tensor
+
+
+@dataclass
+class ModelOutput:
+    logits: torch.Tensor
+    attention: torch.Tensor
+
+
+class WordTokenizer:
+    pad_id, mask_id, unk_id = 0, 1, 2
+
+    def __init__(self, vocab: dict[str, int], max_len: int = 4000):
+        self.vocab, self.max_len = vocab, max_len
+
+    def encode(self, text: str) -> Encoded:
+        ms = list(re.finditer(r"\w+", text))[: self.max_len]
+        ids = [self.vocab.get(m.group().lower(), self.unk_id) for m in ms]
+        offs = [m.span() for m in ms]
+        return Encoded(torch.tensor(ids, dtype=torch.long), torch.tensor(offs, dtype=torch.long).reshape(-1, 2))
+
+
+class CNNLabelAttention(torch.nn.Module):
+    """Embedding -> Conv1d (same padding) -> tanh -> per-label attention -> per-label logit."""
+
+    def __init__(self, labels, tokenizer, vocab_size, embed_dim=100, filters=50, kernel=10):
+        super().__init__()
+        self.labels, self.tokenizer = list(labels), tokenizer
+        self.emb = torch.nn.Embedding(vocab_size, embed_dim, padding_idx=0)
+        self.conv = torch.nn.Conv1d(embed_dim, filters, kernel)
+        self.kernel = kernel
+        self.U = torch.nn.Parameter(torch.randn(len(labels), filters) * 0.1)
+        self.W = torch.nn.Parameter(torch.randn(len(labels), filters) * 0.1)
+        self.b = torch.nn.Parameter(torch.zeros(len(labels)))
+        self.name = "cnn_fallback"
+
+    def collate(self, encs):
+        T = max(len(e.ids) for e in encs)
+        ids = torch.zeros((len(encs), T), dtype=torch.long)
+        mask = torch.zeros((len(encs), T), dtype=torch.bool)
+        for i, e in enumerate(encs):
+            ids[i, : len(e.ids)] = e.ids
+            mask[i, : len(e.ids)] = True
+        return ids, mask
+
+    def embed(self, input_ids):
+        return self.emb(input_ids)
+
+    def forward(self, input_ids, attention_mask=None, label_idx=None):
+        return self.forward_from_embeddings(self.embed(input_ids), attention_mask, label_idx)
+
+    def forward_from_embeddings(self, embeds, attention_mask=None, label_idx=None):
+        if attention_mask is None:
+            attention_mask = torch.ones(embeds.shape[:2], dtype=torch.bool, device=embeds.device)
+        embeds = embeds * attention_mask[..., None]
+        x = torch.nn.functional.pad(embeds.transpose(1, 2), ((self.kernel - 1) // 2, self.kernel // 2))
+        H = torch.tanh(self.conv(x)).transpose(1, 2)  # [B, T, F] ("same" length)
+        U, W, b = self.U, self.W, self.b
+        if label_idx is not None:
+            U, W, b = U[label_idx], W[label_idx], b[label_idx]
+        scores = torch.einsum("btf,kf->bkt", H, U).float()
+        scores = scores.masked_fill(~attention_mask[:, None, :], float("-inf"))
+        A = torch.softmax(scores, dim=-1)
+        V = torch.einsum("bkt,btf->bkf", A, H)
+        logits = (V * W[None]).sum(-1) + b
+        return ModelOutput(logits.float(), A)
+
+
+class BiLSTMLabelAttention(CNNLabelAttention):
+    """LAAT-like: embedding -> BiLSTM (packed) -> Z = tanh(H W1); A = softmax(Z W2); V = A H."""
+
+    def __init__(self, labels, tokenizer, vocab_size, embed_dim=100, hidden=128, projection=128):
+        torch.nn.Module.__init__(self)
+        self.labels, self.tokenizer = list(labels), tokenizer
+        self.emb = torch.nn.Embedding(vocab_size, embed_dim, padding_idx=0)
+        self.lstm = torch.nn.LSTM(embed_dim, hidden, batch_first=True, bidirectional=True)
+        self.W1 = torch.nn.Linear(2 * hidden, projection, bias=False)
+        self.W2 = torch.nn.Parameter(torch.randn(len(labels), projection) * 0.1)
+        self.W = torch.nn.Parameter(torch.randn(len(labels), 2 * hidden) * 0.1)
+        self.b = torch.nn.Parameter(torch.zeros(len(labels)))
+        self.name = "laat_fallback"
+
+    def forward_from_embeddings(self, embeds, attention_mask=None, label_idx=None):
+        B, T = embeds.shape[:2]
+        if attention_mask is None:
+            attention_mask = torch.ones((B, T), dtype=torch.bool, device=embeds.device)
+        lengths = attention_mask.sum(1).cpu()
+        packed = torch.nn.utils.rnn.pack_padded_sequence(embeds, lengths, batch_first=True, enforce_sorted=False)
+        H, _ = self.lstm(packed)
+        H, _ = torch.nn.utils.rnn.pad_packed_sequence(H, batch_first=True, total_length=T)
+        W2, W, b = self.W2, self.W, self.b
+        if label_idx is not None:
+            W2, W, b = W2[label_idx], W[label_idx], b[label_idx]
+        Z = torch.tanh(self.W1(H))
+        scores = torch.einsum("btp,kp->bkt", Z, W2).float()
+        scores = scores.masked_fill(~attention_mask[:, None, :], float("-inf"))
+        A = torch.softmax(scores, dim=-1)
+        V = torch.einsum("bkt,bth->bkh", A, H)
+        return ModelOutput(((V * W[None]).sum(-1) + b).float(), A)
+
+
+# --------------------------------------------------------------------------------------------
+# corpus
+# --------------------------------------------------------------------------------------------
+def make_corpus(n_notes: int, rng: np.random.Generator, min_words=600, max_words=2400):
+    words = [f"w{i}" for i in range(3000)]
+    texts = []
+    for _ in range(n_notes):
+        n = int(rng.integers(min_words, max_words))
+        toks = rng.choice(words, size=n)
+        texts.append(" ".join(toks) + ".")
+    vocab = {w: i + 3 for i, w in enumerate(words)}
+    return texts, vocab
+
+
+def project_models(texts, vocab, labels, names=("caml", "laat", "plm_icd")):
+    """Untrained models from ``rationale_kit.models.build_model(name, params, labels,
+    train_texts=...)`` at the default profile's sizes (PLM-ICD: ``max_chunks`` 4); raises when the
+    module is missing or does not build."""
+    from rationale_kit.config import load_profile
+    from rationale_kit.models import build_model
+
+    prof = load_profile("default")
+    out = {}
+    for name in names:
+        params = getattr(prof.train, name)
+        if name == "plm_icd":
+            params = dataclasses.replace(params, max_chunks=2)
+        torch.manual_seed(0)
+        out[name] = build_model(name, params, labels, train_texts=texts, max_words=prof.data.max_words)
+    return out, ("rationale_kit.models.build_model (default profile sizes; PLM-ICD max_chunks=2; "
+                 "untrained weights)")
+
+
+def fallback_models(vocab, labels, names=("caml", "laat")):
+    torch.manual_seed(0)
+    tok = WordTokenizer(vocab)
+    classes = {"caml": ("cnn_fallback", CNNLabelAttention), "laat": ("laat_fallback", BiLSTMLabelAttention)}
+    models = {classes[n][0]: classes[n][1](labels, tok, len(vocab) + 3) for n in names if n in classes}
+    return models, ("fallback models defined in benchmarks/faithfulness.py: CNN with label attention "
+                    "(CAML sizes: 100-d, 50 filters, kernel 10) and BiLSTM with label attention "
+                    "(LAAT, default profile: hidden 128, projection 128)")
+
+
+# --------------------------------------------------------------------------------------------
+# measurement
+# --------------------------------------------------------------------------------------------
+class Recorder:
+    """Forward hook recording (batch, length, labels read) of every call."""
+
+    def __init__(self, model):
+        self.calls = []
+        self.handle = model.register_forward_hook(self.hook, with_kwargs=True)
+
+    def hook(self, module, args, kwargs, output):
+        ids = args[0] if args else kwargs["input_ids"]
+        mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
+        lab = kwargs.get("label_idx", args[2] if len(args) > 2 else None)
+        lengths = None if mask is None else mask.sum(1).cpu()
+        self.calls.append((ids.shape[0], ids.shape[1], None if lab is None else lab.detach().cpu().clone(), lengths))
+
+    def rows(self):
+        return sum(c[0] for c in self.calls)
+
+
+def attention_scores(model, docs, gold):
+    rows = []
+    lab = {c: i for i, c in enumerate(model.labels)}
+    with torch.inference_mode():
+        for nid, text in zip(docs.note_id, docs.text):
+            enc = model.tokenizer.encode(text)
+            codes = gold[nid]
+            ids, mask = model.collate([enc])
+            out = model(ids, attention_mask=mask, label_idx=torch.tensor([lab[c] for c in codes]))
+            att = out.attention[0, :, : len(enc.ids)].float().numpy()
+            offs = np.asarray(enc.offsets)
+            for k, code in enumerate(codes):
+                for u in range(len(offs)):
+                    rows.append((nid, code, "attention", "attention", model.name if hasattr(model, "name") else "m",
+                                 u, int(offs[u, 0]), int(offs[u, 1]), float(att[k, u])))
+    return pd.DataFrame(rows, columns=["note_id", "code", "source", "method", "model", "unit", "start", "end", "score"])
+
+
+def random_spans(docs, gold, rng):
+    rows = []
+    for nid, text in zip(docs.note_id, docs.text):
+        for code in gold[nid]:
+            for _ in range(3):
+                s = int(rng.integers(0, len(text) - 60))
+                rows.append((nid, code, s, s + int(rng.integers(5, 60)), "", "llm"))
+    return pd.DataFrame(rows, columns=["note_id", "code", "start", "end", "granularity", "source"])
+
+
+def replay_plain(model, calls, with_labels: bool, vocab_size: int) -> tuple[float, int]:
+    """Forward passes at the recorded shapes (batch, padded length, row lengths) on random ids,
+    without any perturbation machinery; returns (wall seconds, rows)."""
+    g = torch.Generator().manual_seed(0)
+    inputs = []
+    for B, T, lab, lengths in calls:
+        ids = torch.randint(5, vocab_size, (B, T), generator=g)
+        mask = torch.ones((B, T), dtype=torch.bool) if lengths is None else (
+            torch.arange(T)[None, :] < lengths[:, None])
+        inputs.append((ids, mask, lab if with_labels else None))
+    t0 = time.perf_counter()
+    rows = 0
+    with torch.inference_mode():
+        for ids, mask, lab in inputs:
+            model(ids, attention_mask=mask, label_idx=lab)
+            rows += ids.shape[0]
+    return time.perf_counter() - t0, rows
+
+
+def cpu_timed(fn):
+    """(CPU seconds of this process, result): with one torch thread this is the compute time,
+    insensitive to other processes sharing the cores (wall time is not)."""
+    t0 = time.process_time()
+    out = fn()
+    return time.process_time() - t0, out
+
+
+def bench_model(name, model, docs_all, gold_all, budget_s, rng, reps=2):
+    """One workload (sized so the loop takes about a third of ``budget_s`` in all), measured
+    ``reps`` times round-robin (engine with its forward calls recorded, plain forward passes
+    replayed at the recorded shapes, the loop); the fastest repetition of each counts."""
+    model.eval()
+    vocab_size = int(getattr(model.tokenizer, "vocab_size", 0) or 3000)
+    # probe: cost of one single-row forward pass of a typical note
+    enc = model.tokenizer.encode(docs_all.text.iloc[0])
+    with torch.inference_mode():
+        model(*model.collate([enc]))
+        per_single, _ = cpu_timed(lambda: model(*model.collate([enc])))
+    rows_per_pair = 2 * 2 * len(AOPC_K) + 4
+    n_pairs = max(1, int(budget_s / 3 / reps / per_single / rows_per_pair))
+    codes_per_note = min(3, n_pairs)
+    n_notes = max(1, min(len(docs_all), math.ceil(n_pairs / codes_per_note)))
+    docs = docs_all.iloc[:n_notes].reset_index(drop=True)
+    gold = {n: list(gold_all[n][:codes_per_note]) for n in docs.note_id}
+    scores = attention_scores(model, docs, gold)
+    spans = random_spans(docs, gold, rng)
+    kw = dict(code_set="gold", gold=gold, progress=False, seed=0)
+
+    def engine():
+        return pd.concat([
+            faithfulness_scored(model, docs, scores, aopc_k=AOPC_K, batch_size=BATCH, **kw),
+            faithfulness_discrete(model, docs, spans, batch_size=BATCH, **kw),
+        ])
+
+    def loop():
+        return pd.concat([
+            faithfulness_loop(model, docs, scores, kind="eraser", aopc_k=AOPC_K, **kw),
+            faithfulness_loop(model, docs, spans, kind="discrete", **kw),
+        ])
+
+    times = {"engine": [], "plain": [], "plain_lab": [], "loop": []}
+    for rep in range(reps):
+        rec = Recorder(model)
+        t, fast = cpu_timed(engine)
+        rec.handle.remove()
+        times["engine"].append(t)
+        calls, rows = rec.calls, rec.rows()
+        t, (_, plain_rows) = cpu_timed(lambda: replay_plain(model, calls, False, vocab_size))
+        times["plain"].append(t)
+        t, _ = cpu_timed(lambda: replay_plain(model, calls, True, vocab_size))
+        times["plain_lab"].append(t)
+        rec = Recorder(model)
+        t, slow = cpu_timed(loop)
+        rec.handle.remove()
+        times["loop"].append(t)
+        loop_calls = len(rec.calls)
+    t_engine, t_plain, t_plain_lab, t_loop = (min(times[k]) for k in ("engine", "plain", "plain_lab", "loop"))
+
+    keys = ["note_id", "code", "source", "measure", "k", "control"]
+    fast = fast.sort_values(keys).reset_index(drop=True)
+    slow = slow.sort_values(keys).reset_index(drop=True)
+    same_keys = fast[keys].astype(str).equals(slow[keys].astype(str))
+    max_diff = float(np.abs(fast.value.to_numpy() - slow.value.to_numpy()).max()) if same_keys else float("nan")
+    lengths = [T for _, T, _, _ in calls]
+    return {
+        "model": name,
+        "labels": len(model.labels),
+        "notes": n_notes,
+        "pairs": int(fast[["note_id", "code", "source"]].drop_duplicates().shape[0]),
+        "mean_len": float(np.mean(lengths)),
+        "engine_rows": rows,
+        "engine_calls": len(calls),
+        "engine_s": t_engine,
+        "engine_rows_per_s": rows / t_engine,
+        "plain_rows_per_s": plain_rows / t_plain,
+        "plain_same_labels_rows_per_s": plain_rows / t_plain_lab,
+        "ratio_vs_plain": (rows / t_engine) / (plain_rows / t_plain),
+        "ratio_vs_plain_same_labels": (rows / t_engine) / (plain_rows / t_plain_lab),
+        "loop_calls": loop_calls,
+        "loop_s": t_loop,
+        "speedup_vs_loop": t_loop / t_engine,
+        "max_abs_diff": max_diff,
+        "agree_1e-6": bool(same_keys and max_diff <= 1e-6),
+    }
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--budget", type=float, default=70.0, help="CPU seconds for the measured part of the run (approx.)")
+    ap.add_argument("--fallback", action="store_true", help="use the fallback models even if rationale_kit.models exists")
+    ap.add_argument("--big-labels", type=int, default=2000,
+                    help="also run CAML with this many labels (MIMIC-IV ICD-10 has ~7,900); 0 = skip")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    rng = np.random.default_rng(0)
+    labels = [f"C{i:02d}" for i in range(N_LABELS)]
+    texts, vocab = make_corpus(60, rng)
+    docs = pd.DataFrame({"note_id": [f"n{i}" for i in range(len(texts))], "text": texts,
+                         "codes": [list(rng.choice(labels, 3, replace=False)) for _ in texts], "split": "test"})
+    gold = dict(zip(docs.note_id, docs.codes))
+    source = None
+    models = None
+    if not args.fallback:
+        try:
+            models, source = project_models(texts, vocab, labels)
+        except Exception as exc:  # noqa: BLE001
+            reason = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+            print(f"rationale_kit.models not usable here ({reason}); using the fallback models")
+    if models is None:
+        models, source = fallback_models(vocab, labels)
+    if args.big_labels:
+        big = labels + [f"X{i:05d}" for i in range(args.big_labels - len(labels))]
+        try:
+            extra, _ = (fallback_models(vocab, big, ("caml",)) if "cnn_fallback" in models
+                        else project_models(texts, vocab, big, ("caml",)))
+            models.update({f"{k}@{args.big_labels}labels": v for k, v in extra.items()})
+        except Exception as exc:  # noqa: BLE001
+            print(f"no large-label run: {exc}")
+    print(f"models from: {source}")
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, batch {BATCH}, times = process CPU "
+          f"seconds, best of 2 round-robin repetitions, "
+          f"ERASER k={AOPC_K} on the model's attention + discrete random spans, <= 3 gold codes per note, "
+          f"mask perturbation, token units")
+    results = []
+    per_model = args.budget / len(models)
+    t_all = time.perf_counter()
+    for name, model in models.items():
+        try:
+            r = bench_model(name, model, docs, gold, per_model, rng)
+        except Exception:  # noqa: BLE001
+            print(f"[{name}] failed:\n{traceback.format_exc()}")
+            continue
+        results.append(r)
+        print(f"\n[{name}] {r['labels']} labels, {r['notes']} notes, {r['pairs']} (pair, source), "
+              f"mean length {r['mean_len']:.0f} units")
+        print(f"  (a) engine {r['engine_rows_per_s']:.1f} rows/s ({r['engine_rows']} rows in "
+              f"{r['engine_calls']} forward calls) | plain forward {r['plain_rows_per_s']:.1f} rows/s "
+              f"(all labels), {r['plain_same_labels_rows_per_s']:.1f} rows/s (same label_idx)")
+        print(f"      ratio engine/plain = {r['ratio_vs_plain']:.2f} (all labels), "
+              f"{r['ratio_vs_plain_same_labels']:.2f} (same labels)   [aim >= 0.8]")
+        print(f"  (b) loop {r['loop_s']:.2f} CPU s ({r['loop_calls']} forward calls) vs engine {r['engine_s']:.2f} CPU s: "
+              f"speed-up {r['speedup_vs_loop']:.1f}x "
+              f"[aim >= 10x]; max |engine - loop| = {r['max_abs_diff']:.2e} "
+              f"({'agree' if r['agree_1e-6'] else 'DISAGREE'} at 1e-6)")
+    print(f"\ntotal {time.perf_counter() - t_all:.0f} s wall")
+    if results:
+        summary = pd.DataFrame(results).set_index("model")[
+            ["ratio_vs_plain", "ratio_vs_plain_same_labels", "speedup_vs_loop", "max_abs_diff"]
+        ]
+        print(summary.to_string(float_format=lambda x: f"{x:.3g}"))
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,795 @@
+"""Faithfulness of rationales under a coding model: comprehensiveness and sufficiency.
+
+For a (note, code) pair with model probability ``p = sigmoid(logit of the code)``:
+
+- comprehensiveness = ``p(x) - p(x without the rationale)`` (higher = more faithful);
+- sufficiency = ``p(x) - p(rationale only)`` (lower = more faithful).
+
+Definitions (every choice is a parameter and is written into each output row):
+
+``unit``
+    ``"token"`` (default): the scoring model's own units (``Encoded`` positions: words for
+    CAML/LAAT, word pieces for PLM-ICD). ``"word"``: the ``\\w+`` words of the raw text that overlap
+    at least one model unit (words cut off by the model's maximum length do not exist for it).
+    Removing a word removes every model unit overlapping it; keeping only a set of words removes
+    every other model unit, including units that overlap no word (punctuation pieces). Sizes
+    (``rationale_size``, ``n_units``, top-k counts) are counted in the chosen unit.
+``perturbation``
+    ``"mask"`` (default): removed units are replaced by ``model.tokenizer.mask_id``, the length is
+    kept. ``"delete"``: removed units are dropped (shorter input). When deletion would leave no
+    unit at all, a single ``mask_id`` is fed instead (models cannot read empty inputs).
+``code_set``
+    ``"predicted"`` (default): the codes whose probability on the full note is above the
+    threshold (``p > threshold``; ``threshold=None`` uses ``model.threshold`` when the model has
+    one, else 0.5). ``"gold"``: the note's gold codes (``gold`` argument, else the documents'
+    ``codes`` column). Codes outside ``model.labels`` cannot be scored and are skipped (with a
+    warning giving the count).
+``missing``
+    ``"skip"`` (default): only pairs that have rows in the rationale table are scored.
+    ``"empty"`` (discrete only): every pair of the code set is scored for every rationale group of
+    the table; a pair without spans has the empty rationale (comprehensiveness 0, sufficiency
+    ``p - p(nothing)``).
+
+Discrete rationales (span tables ``note_id, code, start, end, ...``): the units overlapping any
+span of the pair (``text.span_mask`` on the unit offsets; spans of all granularities are united,
+filter the table first to score one level) are the rationale; one comprehensiveness and one
+sufficiency value per pair (measures ``comprehensiveness``, ``sufficiency``). A rationale whose
+spans lie beyond the model's maximum length has ``rationale_size`` 0 and is kept in the table.
+
+Scored rationales (score tables ``note_id, code, [source, method, model,] unit, start, end,
+score``): each unit of the chosen kind gets the maximum score of the score rows overlapping it
+(units without a score rank last); units are ranked by score, descending, ties by position.
+
+- ``variant="eraser"`` (DeYoung et al. 2020): for each ``k`` in ``aopc_k`` (percent, default 1, 5,
+  10, 20, 50) ``m_k = ceil(k * n / 100)`` units (at least 1, at most ``n``) are the top-k
+  rationale; ``aopc_comp`` at ``k`` = ``p - p(x without top m_k)``, ``aopc_suff`` at ``k`` =
+  ``p - p(only top m_k)``. The aggregate (row with ``k`` NaN) is the mean over the ``k`` values
+  (ERASER's own formula divides by ``|B| + 1``, counting a zero-removal bin; this one does not).
+- ``variant="edin"`` (Edin et al. 2024, words; ``unit`` defaults to ``"word"`` here): with
+  ``S = word_steps`` (50) and steps ``i = 0..S-1``: ``edin_comp`` step ``i`` =
+  ``(p - p(x without the top min(2i, n) words)) / p``; ``edin_suff`` step ``i`` =
+  ``max(0, p - p(only the top min(2S - 2i, n) words kept)) / p`` (kept 100, 98, ..., 2). The
+  aggregate is the mean over the S steps. Per-step rows have ``k`` = number of words removed
+  (comp) or kept (suff) as requested (2i, 2S - 2i), ``rationale_size`` = the number actually
+  removed/kept.
+
+Random control: every result has a companion computed with a random rationale of the same size
+(``control="random"``): for discrete rationales ``rationale_size`` units drawn uniformly without
+replacement from the note's units; for scored rationales a random permutation of the unit scores
+(so a uniformly random ranking). The generator is seeded from ``seed``, the note, the code and the
+rationale group, so the engine and the reference loop draw the same controls.
+
+Output: a long table with columns ``note_id, code, source, model, measure, k, value, control,
+unit, perturbation, code_set, p, rationale_size, n_units`` (+ ``method`` and ``rationale_model``
+when the input table has ``method`` / ``model`` columns). ``model`` is the scoring model's name, ``p`` the
+probability on the full note, ``rationale_size`` the rationale's size in units (per-k rows: units
+removed / kept at that k; NaN on aggregate rows of scored rationales), ``n_units`` the note's length
+in units, ``k`` NaN for aggregate rows.
+
+Raw AOPC is not comparable across models: see :data:`NOTE_AOPC`.
+
+Engine: each note is encoded once; all perturbed inputs of a note (every step of every code and
+rationale group, rationale and random) are queued, sorted by length and evaluated in batches of
+``batch_size`` with ``forward(..., label_idx=<the batch's distinct labels>)``; each row's logit is
+gathered from its own label. Perturbations that remove nothing are not evaluated (their
+probability is ``p``). :func:`faithfulness_loop` is the plain reference: one full forward pass per
+(note, code, step), used by the tests and the benchmark to check agreement.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, Literal, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..records import DataError
+from ..text import span_mask, word_units
+
+__all__ = [
+    "NOTE_AOPC", "MEASURES", "OUTPUT_COLUMNS", "faithfulness_discrete", "faithfulness_scored",
+    "faithfulness_loop", "summarise",
+]
+
+NOTE_AOPC = (
+    "Note: raw AOPC (aopc_comp / aopc_suff) and the Edin et al. 2024 word-level curves depend on "
+    "the model's own probability scale and on how each model reacts to removed input, so they are "
+    "not comparable across models (Edin et al. 2024, 'Normalized AOPC: fixing misleading "
+    "faithfulness metrics'). Compare rationale sources within one model, always against the random "
+    "control (control == 'random') in the same table; across models, only the gap to the random "
+    "control (or a normalised AOPC, NAOPC) is meaningful."
+)
+
+#: Measure names by rationale kind.
+MEASURES = {
+    "discrete": ("comprehensiveness", "sufficiency"),
+    "eraser": ("aopc_comp", "aopc_suff"),
+    "edin": ("edin_comp", "edin_suff"),
+}
+
+OUTPUT_COLUMNS = [
+    "note_id", "code", "source", "model", "measure", "k", "value", "control", "unit",
+    "perturbation", "code_set", "p", "rationale_size", "n_units",
+]
+
+_UNITS = ("token", "word")
+_PERTURBATIONS = ("mask", "delete")
+_CODE_SETS = ("predicted", "gold")
+
+
+# --------------------------------------------------------------------------------------------
+# public API
+# --------------------------------------------------------------------------------------------
+def faithfulness_discrete(
+    model: torch.nn.Module,
+    docs: Any,
+    rationales: pd.DataFrame,
+    threshold: float | None = None,
+    unit: Literal["token", "word"] = "token",
+    perturbation: Literal["mask", "delete"] = "mask",
+    code_set: Literal["predicted", "gold"] = "predicted",
+    gold: Any = None,
+    batch_size: int = 32,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    progress: bool = True,
+    *,
+    missing: Literal["skip", "empty"] = "skip",
+    model_name: str | None = None,
+    max_pairs: int | None = None,
+) -> pd.DataFrame:
+    """Comprehensiveness and sufficiency of discrete rationales (span tables), with a random
+    control of the same size. ``docs``: documents table (or ``Document`` list). ``gold``: gold
+    codes for ``code_set="gold"`` (mapping note_id -> codes, or a table with ``note_id`` and
+    ``code`` / ``codes``); default: the documents' ``codes``. ``max_pairs`` keeps the first pairs
+    (documents order) of each rationale group. The model must already be on ``device``.
+    See the module docstring for the exact definitions."""
+    return _run(
+        model, docs, rationales, kind="discrete", engine=True, threshold=threshold, unit=unit,
+        perturbation=perturbation, code_set=code_set, gold=gold, batch_size=batch_size,
+        device=device, seed=seed, progress=progress, missing=missing, model_name=model_name,
+        max_pairs=max_pairs,
+    )
+
+
+def faithfulness_scored(
+    model: torch.nn.Module,
+    docs: Any,
+    scores: pd.DataFrame,
+    aopc_k: Sequence[float] = (1.0, 5.0, 10.0, 20.0, 50.0),
+    variant: Literal["eraser", "edin"] = "eraser",
+    threshold: float | None = None,
+    unit: Literal["token", "word"] | None = None,
+    perturbation: Literal["mask", "delete"] = "mask",
+    code_set: Literal["predicted", "gold"] = "predicted",
+    gold: Any = None,
+    batch_size: int = 32,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    progress: bool = True,
+    *,
+    word_steps: int = 50,
+    curve: bool = True,
+    model_name: str | None = None,
+    max_pairs: int | None = None,
+) -> pd.DataFrame:
+    """AOPC faithfulness of scored rationales (score tables): ERASER top-k% (``variant="eraser"``,
+    measures ``aopc_comp``/``aopc_suff``) or the Edin et al. 2024 word-level variant
+    (``variant="edin"``, measures ``edin_comp``/``edin_suff``), each with a random-permutation
+    control. ``unit=None`` means ``"token"`` for ERASER and ``"word"`` for Edin. ``curve`` adds the
+    per-k / per-step rows to the aggregate rows (``k`` NaN). Raw AOPC is not comparable across
+    models (:data:`NOTE_AOPC`). See the module docstring for the exact steps."""
+    if variant not in MEASURES or variant == "discrete":
+        raise ValueError(f"variant must be 'eraser' or 'edin', got {variant!r}")
+    return _run(
+        model, docs, scores, kind=variant, engine=True, aopc_k=aopc_k, threshold=threshold,
+        unit=unit, perturbation=perturbation, code_set=code_set, gold=gold,
+        batch_size=batch_size, device=device, seed=seed, progress=progress,
+        word_steps=word_steps, curve=curve, model_name=model_name, max_pairs=max_pairs,
+    )
+
+
+def faithfulness_loop(
+    model: torch.nn.Module,
+    docs: Any,
+    table: pd.DataFrame,
+    kind: Literal["discrete", "eraser", "edin"] = "discrete",
+    **kwargs: Any,
+) -> pd.DataFrame:
+    """Reference implementation: the same measures as :func:`faithfulness_discrete`
+    (``kind="discrete"``) or :func:`faithfulness_scored` (``kind="eraser"|"edin"``), computed with
+    one full forward pass (all labels, batch of one) per note and per (note, code, step).
+    Accepts the same keyword arguments (``batch_size`` is ignored). Slow; for checks only."""
+    if kind not in MEASURES:
+        raise ValueError(f"kind must be one of {list(MEASURES)}, got {kind!r}")
+    kwargs.pop("batch_size", None)
+    if "variant" in kwargs:
+        v = kwargs.pop("variant")
+        if kind != "discrete" and v != kind:
+            raise ValueError(f"kind={kind!r} but variant={v!r}")
+    return _run(model, docs, table, kind=kind, engine=False, **kwargs)
+
+
+def summarise(table: pd.DataFrame, by: Sequence[str] | None = None, wide: bool = False) -> pd.DataFrame:
+    """Mean (and std, sem, n) of ``value`` per source / model / measure / control, also split by
+    the definition columns present (``method``, ``rationale_model``, ``unit``, ``perturbation``,
+    ``code_set``) and by ``k`` (aggregate rows have ``k`` NaN). ``by`` replaces the default keys.
+    ``wide=True`` puts the rationale and random means side by side with their difference
+    (``rationale - random``)."""
+    if by is None:
+        by = [c for c in ("source", "method", "rationale_model", "model", "measure", "unit",
+                          "perturbation", "code_set", "k", "control") if c in table.columns]
+    by = list(by)
+    g = table.groupby(by, dropna=False, sort=True)["value"]
+    out = g.agg(mean="mean", std="std", n="count").reset_index()
+    out["sem"] = out["std"] / np.sqrt(out["n"].clip(lower=1))
+    if not wide:
+        return out
+    if "control" not in by:
+        raise ValueError("wide=True needs 'control' among the keys")
+    keys = [c for c in by if c != "control"]
+    piv = out.pivot_table(index=keys, columns="control", values="mean", dropna=False).reset_index()
+    piv.columns.name = None
+    if "rationale" in piv.columns and "random" in piv.columns:
+        piv["difference"] = piv["rationale"] - piv["random"]
+    return piv.dropna(subset=[c for c in ("rationale", "random") if c in piv.columns], how="all")
+
+
+# --------------------------------------------------------------------------------------------
+# units of one note
+# --------------------------------------------------------------------------------------------
+def _overlap_ranges(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each interval of ``a``, the range ``[lo, hi)`` of intervals of ``b`` that overlap it.
+    ``b`` must be sorted and non-overlapping (checked by the caller)."""
+    if len(a) == 0 or len(b) == 0:
+        z = np.zeros(len(a), dtype=np.int64)
+        return z, z.copy()
+    lo = np.searchsorted(b[:, 1], a[:, 0], side="right")  # first b ending after a starts
+    hi = np.searchsorted(b[:, 0], a[:, 1], side="left")  # first b starting at/after a's end
+    return lo, np.maximum(hi, lo)
+
+
+def _is_sorted_disjoint(off: np.ndarray) -> bool:
+    if len(off) < 2:
+        return True
+    return bool(np.all(off[1:, 0] >= off[:-1, 1]) and np.all(off[:, 1] >= off[:, 0]))
+
+
+def _range_max(values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """``out[i] = max(values[lo[i]:hi[i]])``, ``-inf`` for empty ranges (vectorised)."""
+    out = np.full(len(lo), -np.inf)
+    counts = hi - lo
+    total = int(counts.sum())
+    if total == 0:
+        return out
+    tgt = np.repeat(np.arange(len(lo)), counts)
+    starts = np.repeat(lo - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts)
+    idx = starts + np.arange(total)
+    np.maximum.at(out, tgt, values[idx])
+    return out
+
+
+def _overlap_max(targets: np.ndarray, src: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Max of ``values`` over the ``src`` intervals overlapping each ``targets`` interval."""
+    order = np.lexsort((src[:, 1], src[:, 0]))
+    src, values = src[order], values[order]
+    if len(src) == len(targets) and np.array_equal(src, targets):
+        return values.astype(np.float64)
+    if _is_sorted_disjoint(src):
+        lo, hi = _overlap_ranges(targets, src)
+        return _range_max(values.astype(np.float64), lo, hi)
+    out = np.full(len(targets), -np.inf)  # overlapping score rows: quadratic fallback
+    for i, (s, e) in enumerate(targets):
+        hit = (src[:, 0] < e) & (src[:, 1] > s)
+        if hit.any():
+            out[i] = values[hit].max()
+    return out
+
+
+@dataclass
+class _Note:
+    note_id: str
+    enc: Any
+    ids: np.ndarray  # int64 [n] model units
+    offsets: np.ndarray  # int64 [n, 2]
+    elem: np.ndarray  # offsets of the elementary units (model units or words)
+    lo: np.ndarray | None = None  # word mode: model units [lo, hi) of each word
+    hi: np.ndarray | None = None
+
+    @property
+    def n(self) -> int:
+        return len(self.ids)
+
+    @property
+    def n_elem(self) -> int:
+        return len(self.elem)
+
+    def removal(self, sel: np.ndarray, keep: bool) -> np.ndarray:
+        """Mask of the model units removed when ``sel`` (elementary indices) is removed
+        (``keep=False``) or is all that is kept (``keep=True``)."""
+        if self.lo is None:
+            mask = np.zeros(self.n, dtype=bool)
+            mask[sel] = True
+        else:
+            d = np.zeros(self.n + 1, dtype=np.int64)
+            np.add.at(d, self.lo[sel], 1)
+            np.add.at(d, self.hi[sel], -1)
+            mask = np.cumsum(d[:-1]) > 0
+        return ~mask if keep else mask
+
+
+def _to_numpy(x: Any) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def _make_note(model: torch.nn.Module, note_id: str, text: str, unit: str) -> _Note:
+    enc = model.tokenizer.encode(text)
+    ids = _to_numpy(enc.ids).astype(np.int64).reshape(-1)
+    offsets = _to_numpy(enc.offsets).astype(np.int64).reshape(-1, 2)
+    if unit == "token":
+        return _Note(note_id, enc, ids, offsets, offsets)
+    words = word_units(text)
+    if _is_sorted_disjoint(offsets):
+        lo, hi = _overlap_ranges(words, offsets)
+    else:  # pragma: no cover - tokenizers give ordered, disjoint offsets
+        lo = np.zeros(len(words), dtype=np.int64)
+        hi = np.zeros(len(words), dtype=np.int64)
+        for i, (s, e) in enumerate(words):
+            hit = np.flatnonzero((offsets[:, 0] < e) & (offsets[:, 1] > s))
+            if len(hit):
+                lo[i], hi[i] = hit.min(), hit.max() + 1
+    seen = hi > lo
+    return _Note(note_id, enc, ids, offsets, words[seen], lo[seen], hi[seen])
+
+
+def _perturbed(note: _Note, removed: np.ndarray, perturbation: str, mask_id: int) -> Any:
+    if perturbation == "mask":
+        ids = note.ids.copy()
+        ids[removed] = mask_id
+        offsets = note.offsets
+    else:
+        keep = ~removed
+        ids, offsets = note.ids[keep], note.offsets[keep]
+        if len(ids) == 0:
+            ids = np.asarray([mask_id], dtype=np.int64)
+            offsets = np.zeros((1, 2), dtype=np.int64)
+    return _encoded_like(note.enc, ids, offsets)
+
+
+def _encoded_like(enc: Any, ids: np.ndarray, offsets: np.ndarray) -> Any:
+    new_ids: Any = ids
+    new_off: Any = offsets
+    if isinstance(enc.ids, torch.Tensor):
+        new_ids = torch.from_numpy(np.ascontiguousarray(ids))
+    if isinstance(enc.offsets, torch.Tensor):
+        new_off = torch.from_numpy(np.ascontiguousarray(offsets))
+    if dataclasses.is_dataclass(enc):
+        return dataclasses.replace(enc, ids=new_ids, offsets=new_off)
+    return type(enc)(ids=new_ids, offsets=new_off)
+
+
+# --------------------------------------------------------------------------------------------
+# tasks and jobs
+# --------------------------------------------------------------------------------------------
+@dataclass
+class _Task:
+    """One (note, code, rationale group, control): the perturbations of one measure pair."""
+
+    note_id: str
+    code: str
+    label: int
+    group: tuple
+    control: str
+    p: float
+    n_units: int
+    kind: str
+    steps: list = field(default_factory=list)  # (measure, k, size) per slot
+    probs: np.ndarray | None = None
+
+
+@dataclass
+class _Job:
+    label: int
+    removed: np.ndarray
+    length: int
+    task: _Task
+    slot: int
+    note: _Note
+
+
+def _rng(seed: int, note_id: str, code: str, group: tuple) -> np.random.Generator:
+    key = [zlib.crc32(s.encode("utf-8")) for s in (note_id, code, "\x1f".join(map(str, group)))]
+    return np.random.default_rng([int(seed) & 0xFFFFFFFF, *key])
+
+
+def _ranking(scores: np.ndarray) -> np.ndarray:
+    s = np.where(np.isnan(scores), -np.inf, scores)
+    return np.lexsort((np.arange(len(s)), -s))
+
+
+def _top_count(k: float, n: int) -> int:
+    return min(n, max(1, math.ceil(k * n / 100.0 - 1e-9)))
+
+
+def _specs(kind: str, payload: Any, note: _Note, rng: np.random.Generator, aopc_k: Sequence[float],
+           word_steps: int) -> dict[str, list[tuple[str, float, np.ndarray, bool]]]:
+    """(measure, k, selected elementary units, keep) per slot, for the rationale and the control."""
+    n = note.n_elem
+    out: dict[str, list] = {}
+    if kind == "discrete":
+        sel = np.flatnonzero(span_mask(note.elem, payload)) if n else np.zeros(0, dtype=np.int64)
+        rnd = np.sort(rng.choice(n, size=len(sel), replace=False)) if n else sel
+        for control, s in (("rationale", sel), ("random", rnd)):
+            out[control] = [("comprehensiveness", np.nan, s, False), ("sufficiency", np.nan, s, True)]
+        return out
+    starts, ends, values = payload
+    scores = _overlap_max(note.elem, np.stack([starts, ends], axis=1), values) if n else np.zeros(0)
+    perm = rng.permutation(scores)
+    c_name, s_name = MEASURES[kind]
+    for control, sc in (("rationale", scores), ("random", perm)):
+        order = _ranking(sc)
+        slots = []
+        if kind == "eraser":
+            for k in aopc_k:
+                slots.append((c_name, float(k), order[: _top_count(k, n)], False))
+            for k in aopc_k:
+                slots.append((s_name, float(k), order[: _top_count(k, n)], True))
+        else:
+            top = 2 * word_steps
+            for i in range(word_steps):
+                slots.append((c_name, float(2 * i), order[: min(2 * i, n)], False))
+            for i in range(word_steps):
+                slots.append((s_name, float(top - 2 * i), order[: min(top - 2 * i, n)], True))
+        out[control] = slots
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# inputs
+# --------------------------------------------------------------------------------------------
+def _doc_texts(docs: Any) -> tuple[dict[str, str], dict[str, tuple[str, ...]]]:
+    if isinstance(docs, pd.DataFrame):
+        if "note_id" not in docs.columns or "text" not in docs.columns:
+            raise DataError("docs: need columns note_id and text")
+        ids = docs["note_id"].astype(str).tolist()
+        texts = dict(zip(ids, docs["text"].tolist()))
+        codes = dict(zip(ids, (tuple(c) for c in docs["codes"]))) if "codes" in docs.columns else {}
+        return texts, codes
+    texts, codes = {}, {}
+    for d in docs:
+        texts[str(d.note_id)] = d.text
+        codes[str(d.note_id)] = tuple(getattr(d, "codes", ()))
+    return texts, codes
+
+
+def _gold_map(gold: Any, doc_codes: dict[str, tuple[str, ...]]) -> dict[str, set[str]]:
+    if gold is None:
+        return {k: set(v) for k, v in doc_codes.items()}
+    if isinstance(gold, pd.DataFrame):
+        if "codes" in gold.columns:
+            return {str(n): set(c) for n, c in zip(gold["note_id"], gold["codes"])}
+        out: dict[str, set[str]] = {}
+        for n, c in zip(gold["note_id"].astype(str), gold["code"].astype(str)):
+            out.setdefault(n, set()).add(c)
+        return out
+    if isinstance(gold, Mapping):
+        return {str(k): set(v) for k, v in gold.items()}
+    raise TypeError("gold: expected None, a mapping note_id -> codes, or a table")
+
+
+_GROUP_COLS = (("source", "source"), ("method", "method"), ("model", "rationale_model"))
+
+
+def _parse_table(table: pd.DataFrame, kind: str, texts: dict[str, str]):
+    need = ["note_id", "code", "start", "end"] + ([] if kind == "discrete" else ["score"])
+    missing = [c for c in need if c not in table.columns]
+    if missing:
+        raise DataError(f"{'span' if kind == 'discrete' else 'score'} table: missing column(s) {missing}")
+    gcols = [c for c, _ in _GROUP_COLS if c in table.columns]
+    out_cols = [o for c, o in _GROUP_COLS if c in table.columns]
+    t = table.reset_index(drop=True)
+    note_ids = t["note_id"].astype(str).to_numpy()
+    unknown = sorted(set(note_ids) - set(texts))
+    if unknown:
+        raise DataError(f"rationale table: {len(unknown)} unknown note_id(s), e.g. {unknown[:3]}")
+    codes = t["code"].astype(str).to_numpy()
+    starts = t["start"].to_numpy(dtype=np.int64)
+    ends = t["end"].to_numpy(dtype=np.int64)
+    scores = t["score"].to_numpy(dtype=np.float64) if kind != "discrete" else None
+    gvals = [t[c].astype(str).to_numpy() for c in gcols]
+    keys = pd.DataFrame({"n": note_ids, "c": codes, **{f"g{i}": v for i, v in enumerate(gvals)}})
+    payloads: dict[tuple[str, str], dict[tuple, Any]] = {}
+    groups: dict[tuple, None] = {}
+    for key, idx in keys.groupby(list(keys.columns), sort=False).indices.items():
+        key = key if isinstance(key, tuple) else (key,)
+        nid, code, group = key[0], key[1], tuple(key[2:])
+        groups[group] = None
+        if kind == "discrete":
+            pay = list(zip(starts[idx].tolist(), ends[idx].tolist()))
+        else:
+            pay = (starts[idx], ends[idx], scores[idx])
+        payloads.setdefault((nid, code), {})[group] = pay
+    return payloads, list(groups), out_cols
+
+
+# --------------------------------------------------------------------------------------------
+# forward passes
+# --------------------------------------------------------------------------------------------
+def _logits(out: Any) -> torch.Tensor:
+    logits = getattr(out, "logits", None)
+    return out[0] if logits is None else logits
+
+
+def _forward_probs(model, encs: list, labels: Sequence[int] | None, device, gather: np.ndarray | None):
+    """Probabilities ``[B, K]`` for ``labels`` (all labels when None), or ``[B]`` when ``gather``
+    gives one label per row (labels then must be the sorted distinct labels)."""
+    input_ids, attn = model.collate(encs)
+    input_ids = input_ids.to(device)
+    attn = attn.to(device) if attn is not None else None
+    label_idx = None if labels is None else torch.as_tensor(np.asarray(labels, dtype=np.int64), device=device)
+    logits = _logits(model(input_ids, attention_mask=attn, label_idx=label_idx)).float()
+    if gather is not None:
+        logits = logits[torch.arange(len(encs), device=logits.device), torch.as_tensor(gather, device=logits.device)]
+    return torch.sigmoid(logits.double()).cpu().numpy()
+
+
+def _evaluate_batched(model, jobs: list[_Job], batch_size: int, device, perturbation: str, mask_id: int):
+    jobs.sort(key=lambda j: -j.length)  # stable: one note's jobs stay together
+    for b in range(0, len(jobs), batch_size):
+        chunk = jobs[b: b + batch_size]
+        encs = [_perturbed(j.note, j.removed, perturbation, mask_id) for j in chunk]
+        labels = np.fromiter((j.label for j in chunk), dtype=np.int64, count=len(chunk))
+        uniq, inv = np.unique(labels, return_inverse=True)
+        probs = _forward_probs(model, encs, uniq, device, inv)
+        for j, pr in zip(chunk, probs):
+            j.task.probs[j.slot] = pr
+
+
+def _evaluate_single(model, jobs: list[_Job], device, perturbation: str, mask_id: int):
+    for j in jobs:
+        enc = _perturbed(j.note, j.removed, perturbation, mask_id)
+        j.task.probs[j.slot] = _forward_probs(model, [enc], None, device, None)[0, j.label]
+
+
+# --------------------------------------------------------------------------------------------
+# driver
+# --------------------------------------------------------------------------------------------
+def _progress(total: int, enabled: bool, desc: str):
+    try:
+        from ..pipeline import progress as _p
+    except Exception:  # pragma: no cover
+        from tqdm import tqdm as _t
+
+        return _t(total=total, disable=not enabled, desc=desc)
+    return _p(total=total, enabled=enabled, desc=desc)
+
+
+def _run(
+    model, docs, table, *, kind: str, engine: bool, aopc_k: Sequence[float] = (1.0, 5.0, 10.0, 20.0, 50.0),
+    threshold: float | None = None, unit: str | None = None, perturbation: str = "mask",
+    code_set: str = "predicted", gold: Any = None, batch_size: int = 32, device: Any = "cpu",
+    seed: int = 0, progress: bool = True, missing: str = "skip", word_steps: int = 50,
+    curve: bool = True, model_name: str | None = None, max_pairs: int | None = None,
+) -> pd.DataFrame:
+    if unit is None:
+        unit = "word" if kind == "edin" else "token"
+    for name, val, allowed in (("unit", unit, _UNITS), ("perturbation", perturbation, _PERTURBATIONS),
+                               ("code_set", code_set, _CODE_SETS), ("missing", missing, ("skip", "empty"))):
+        if val not in allowed:
+            raise ValueError(f"{name} must be one of {list(allowed)}, got {val!r}")
+    if missing == "empty" and kind != "discrete":
+        raise ValueError("missing='empty' is only defined for discrete rationales")
+    if batch_size < 1 or word_steps < 1 or not len(aopc_k):
+        raise ValueError("batch_size and word_steps must be >= 1 and aopc_k non-empty")
+    mask_id = int(model.tokenizer.mask_id)
+    labels = list(model.labels)
+    label_of = {c: i for i, c in enumerate(labels)}
+    if threshold is None:
+        threshold = getattr(model, "threshold", None)
+        threshold = 0.5 if threshold is None else threshold
+    thr = np.broadcast_to(np.asarray(threshold, dtype=np.float64), (len(labels),))
+    name = model_name or getattr(model, "name", None) or type(model).__name__.lower()
+
+    texts, doc_codes = _doc_texts(docs)
+    payloads, groups, group_out_cols = _parse_table(table, kind, texts)
+    gold_map = _gold_map(gold, doc_codes) if code_set == "gold" else None
+
+    # notes and the labels whose full-note probability is needed
+    table_codes: dict[str, set[str]] = {}
+    for nid, code in payloads:
+        table_codes.setdefault(nid, set()).add(code)
+    note_order = [n for n in texts if (n in table_codes or missing == "empty")]
+    unknown_codes: set[str] = set()
+    needed: dict[str, list[int] | None] = {}
+    for nid in note_order:
+        if missing == "empty":
+            cand = set(gold_map.get(nid, set())) if gold_map is not None else None
+        else:
+            cand = table_codes[nid]
+            if gold_map is not None:
+                cand = cand & gold_map.get(nid, set())
+        if cand is None:
+            needed[nid] = None
+            continue
+        unknown_codes |= {c for c in cand if c not in label_of}
+        needed[nid] = sorted(label_of[c] for c in cand if c in label_of)
+    if unknown_codes:
+        warnings.warn(f"faithfulness: {len(unknown_codes)} code(s) not among the model's labels are "
+                      f"skipped (e.g. {sorted(unknown_codes)[:3]})", stacklevel=3)
+    note_order = [n for n in note_order if needed[n] is None or needed[n]]
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            notes = {nid: _make_note(model, nid, texts[nid], unit) for nid in note_order}
+            base = _base_probs(model, notes, needed, engine, batch_size, device)
+            tasks_by_group = _select_pairs(
+                note_order, notes, base, needed, payloads, groups, kind, label_of, labels, thr,
+                gold_map, code_set, missing, max_pairs,
+            )
+            rows = _perturb_all(
+                model, notes, tasks_by_group, kind, engine, aopc_k, word_steps, batch_size, device,
+                perturbation, mask_id, seed, progress,
+            )
+    finally:
+        model.train(was_training)
+    return _to_frame(rows, kind, curve, name, unit, perturbation, code_set, group_out_cols)
+
+
+def _base_probs(model, notes: dict[str, _Note], needed, engine: bool, batch_size: int, device):
+    base: dict[str, dict[int, float]] = {}
+    if not engine:
+        for nid, note in notes.items():
+            pr = _forward_probs(model, [note.enc], None, device, None)[0]
+            lab = range(len(pr)) if needed[nid] is None else needed[nid]
+            base[nid] = {int(l): float(pr[l]) for l in lab}
+        return base
+    order = sorted(notes, key=lambda n: -notes[n].n)
+    for b in range(0, len(order), batch_size):
+        chunk = order[b: b + batch_size]
+        if any(needed[n] is None for n in chunk):
+            labs = None
+        else:
+            labs = sorted(set().union(*(needed[n] for n in chunk)))
+        pr = _forward_probs(model, [notes[n].enc for n in chunk], labs, device, None)
+        lab_list = list(range(pr.shape[1])) if labs is None else labs
+        col = {l: i for i, l in enumerate(lab_list)}
+        for n, row in zip(chunk, pr):
+            want = range(pr.shape[1]) if needed[n] is None else needed[n]
+            base[n] = {int(l): float(row[col[l]]) for l in want}
+    return base
+
+
+def _select_pairs(note_order, notes, base, needed, payloads, groups, kind, label_of, labels, thr,
+                  gold_map, code_set, missing, max_pairs):
+    """Per note: list of (code, label, group, payload, p) to score."""
+    per_note: dict[str, list] = {}
+    counts: dict[tuple, int] = {}
+    for nid in note_order:
+        items = []
+        if code_set == "predicted":
+            codes = [labels[l] for l, p in base[nid].items() if p > thr[l]]
+        else:
+            codes = [labels[l] for l in base[nid]]
+        codes = [c for c in codes if gold_map is None or c in gold_map.get(nid, set())]
+        for code in sorted(codes, key=lambda c: label_of[c]):
+            pays = payloads.get((nid, code), {})
+            for group in groups:
+                if group in pays:
+                    pay = pays[group]
+                elif missing == "empty":
+                    pay = []
+                else:
+                    continue
+                if max_pairs is not None:
+                    if counts.get(group, 0) >= max_pairs:
+                        continue
+                    counts[group] = counts.get(group, 0) + 1
+                l = label_of[code]
+                items.append((code, l, group, pay, base[nid][l]))
+        if items:
+            per_note[nid] = items
+    return per_note
+
+
+def _perturb_all(model, notes, per_note, kind, engine, aopc_k, word_steps, batch_size, device,
+                 perturbation, mask_id, seed, progress) -> list[_Task]:
+    tasks: list[_Task] = []
+    buffer: list[_Job] = []
+    flush = max(batch_size * 8, 64)
+    bar = _progress(len(per_note), progress, f"faithfulness ({kind})")
+    try:
+        for nid, items in per_note.items():
+            note = notes[nid]
+            for code, label, group, pay, p in items:
+                specs = _specs(kind, pay, note, _rng(seed, nid, code, group), aopc_k, word_steps)
+                for control, slots in specs.items():
+                    task = _Task(nid, code, label, group, control, p, note.n_elem, kind,
+                                 probs=np.full(len(slots), np.nan))
+                    for slot, (measure, k, sel, keep) in enumerate(slots):
+                        task.steps.append((measure, k, len(sel)))
+                        removed = note.removal(sel, keep)
+                        n_removed = int(removed.sum())
+                        if n_removed == 0:
+                            task.probs[slot] = p
+                            continue
+                        length = note.n if perturbation == "mask" else max(1, note.n - n_removed)
+                        buffer.append(_Job(label, removed, length, task, slot, note))
+                    tasks.append(task)
+            if engine:
+                if len(buffer) >= flush:
+                    cut = len(buffer) - len(buffer) % batch_size
+                    buffer.sort(key=lambda j: -j.length)
+                    head, buffer = buffer[:cut], buffer[cut:]
+                    _evaluate_batched(model, head, batch_size, device, perturbation, mask_id)
+            else:
+                _evaluate_single(model, buffer, device, perturbation, mask_id)
+                buffer = []
+            bar.update(1)
+        if buffer:
+            _evaluate_batched(model, buffer, batch_size, device, perturbation, mask_id)
+    finally:
+        bar.close()
+    return tasks
+
+
+def _to_frame(tasks: list[_Task], kind, curve, name, unit, perturbation, code_set, group_out_cols):
+    cols: dict[str, list] = {c: [] for c in ("note_id", "code", "group", "measure", "k", "value",
+                                             "control", "p", "rationale_size", "n_units")}
+
+    def add(task, measure, k, value, size):
+        cols["note_id"].append(task.note_id)
+        cols["code"].append(task.code)
+        cols["group"].append(task.group)
+        cols["measure"].append(measure)
+        cols["k"].append(k)
+        cols["value"].append(float(value))
+        cols["control"].append(task.control)
+        cols["p"].append(task.p)
+        cols["rationale_size"].append(size)
+        cols["n_units"].append(task.n_units)
+
+    for t in tasks:
+        p, probs = t.p, t.probs
+        if kind == "discrete":
+            (m0, _, s0), (m1, _, s1) = t.steps
+            add(t, m0, np.nan, p - probs[0], s0)
+            add(t, m1, np.nan, p - probs[1], s1)
+            continue
+        drops = p - probs
+        half = len(t.steps) // 2
+        for part, (lo, hi) in enumerate(((0, half), (half, len(t.steps)))):
+            measure = t.steps[lo][0]
+            vals = drops[lo:hi]
+            if kind == "edin":
+                vals = vals / p if part == 0 else np.maximum(vals, 0.0) / p
+            if curve:
+                for j in range(lo, hi):
+                    add(t, measure, t.steps[j][1], vals[j - lo], t.steps[j][2])
+            add(t, measure, np.nan, vals.mean(), np.nan)
+
+    frame = pd.DataFrame({c: v for c, v in cols.items() if c != "group"})
+    groups = cols["group"]
+    gframe = {}
+    for i, col in enumerate(group_out_cols):
+        gframe[col] = [g[i] for g in groups]
+    if "source" not in gframe:
+        gframe["source"] = ["rationale"] * len(frame)
+    for col, vals in gframe.items():
+        frame[col] = vals if len(frame) else pd.Series([], dtype=frame["measure"].dtype)
+    frame["model"] = name
+    frame["unit"] = unit
+    frame["perturbation"] = perturbation
+    frame["code_set"] = code_set
+    frame = frame.astype({"k": "float64", "value": "float64", "p": "float64", "rationale_size": "float64",
+                          "n_units": "int64"})
+    extra = [c for c in ("method", "rationale_model") if c in frame.columns]
+    return frame[OUTPUT_COLUMNS + extra].reset_index(drop=True)

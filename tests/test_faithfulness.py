@@ -1,0 +1,591 @@
+"""Faithfulness measures on hand-built models that implement the coding-model contract.
+
+The additive model's logit for label l is the sum of per-token weights ``W[l, id]`` over the
+unpadded positions (``mask_id`` and ``pad_id`` weigh 0), so p(x), p(x without R) and p(only R)
+are computed here by hand. The "mean" variant divides by the number of positions, so masking
+(length kept) and deleting (shorter input) differ.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from rationale_kit.metrics.faithfulness import (
+    MEASURES, NOTE_AOPC, OUTPUT_COLUMNS, faithfulness_discrete, faithfulness_loop,
+    faithfulness_scored, summarise,
+)
+from rationale_kit.records import DataError
+
+torch.set_num_threads(1)
+
+
+def sig(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+# --------------------------------------------------------------------------------------------
+# tiny contract-conforming models
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Encoded:
+    ids: torch.Tensor
+    offsets: torch.Tensor
+
+
+@dataclass
+class ModelOutput:
+    logits: torch.Tensor
+    attention: torch.Tensor
+
+
+class Tokenizer:
+    """Units: ``\\w+`` words and punctuation marks; with ``piece`` every word is split into pieces
+    of ``piece`` characters (word pieces). Ids come from a fixed vocabulary (unknown -> 2)."""
+
+    pad_id = 0
+    mask_id = 1
+
+    def __init__(self, vocab: dict[str, int], piece: int | None = None, max_len: int | None = None):
+        self.vocab, self.piece, self.max_len = vocab, piece, max_len
+
+    def units(self, text: str) -> list[tuple[int, int]]:
+        out = []
+        for m in re.finditer(r"\w+|[^\w\s]", text):
+            s, e = m.span()
+            if self.piece and m.group().isalnum():
+                out += [(i, min(i + self.piece, e)) for i in range(s, e, self.piece)]
+            else:
+                out.append((s, e))
+        return out[: self.max_len] if self.max_len else out
+
+    def encode(self, text: str) -> Encoded:
+        offs = self.units(text)
+        ids = [self.vocab.get(text[s:e], 2) for s, e in offs]
+        return Encoded(torch.tensor(ids, dtype=torch.long), torch.tensor(offs, dtype=torch.long).reshape(-1, 2))
+
+
+class AdditiveModel(torch.nn.Module):
+    def __init__(self, labels, tokenizer, W, mode="sum", bias=0.0, threshold=None):
+        super().__init__()
+        self.labels = list(labels)
+        self.tokenizer = tokenizer
+        self.W = torch.nn.Parameter(torch.as_tensor(W, dtype=torch.float64), requires_grad=False)
+        self.bias = bias
+        self.mode = mode
+        self.calls: list = []  # label_idx of every forward call (None = all labels)
+        self.rows: int = 0  # rows of input seen
+        if threshold is not None:
+            self.threshold = threshold
+
+    def collate(self, encs):
+        T = max(len(e.ids) for e in encs)
+        ids = torch.full((len(encs), T), self.tokenizer.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(encs), T), dtype=torch.bool)
+        for i, e in enumerate(encs):
+            ids[i, : len(e.ids)] = torch.as_tensor(e.ids)
+            mask[i, : len(e.ids)] = True
+        return ids, mask
+
+    def forward(self, input_ids, attention_mask=None, label_idx=None):
+        self.calls.append(None if label_idx is None else label_idx.tolist())
+        self.rows += input_ids.shape[0]
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
+        W = self.W if label_idx is None else self.W[label_idx]  # [K, V]
+        contrib = W[:, input_ids].permute(1, 0, 2) * attention_mask[:, None, :]  # [B, K, T]
+        logits = contrib.sum(-1)
+        if self.mode == "mean":
+            logits = logits / attention_mask.sum(-1, keepdim=True)
+        att = attention_mask[:, None, :].float().expand(-1, W.shape[0], -1)
+        att = att / att.sum(-1, keepdim=True)
+        return ModelOutput((logits + self.bias).float(), att)
+
+
+def vocab_of(texts, piece=None):
+    tok = Tokenizer({}, piece)
+    words = sorted({t[s:e] for t in texts for s, e in tok.units(t)})
+    return {w: i + 3 for i, w in enumerate(words)}
+
+
+def make_model(texts, labels, weights: dict | None = None, piece=None, mode="sum", seed=0,
+               default=None, mask_weight=0.0, **kw):
+    """``weights[(label, token)] = w``; others ``default`` (random normal when None)."""
+    vocab = vocab_of(texts, piece)
+    V = len(vocab) + 3
+    g = np.random.default_rng(seed)
+    W = g.normal(0, 0.3, (len(labels), V)) if default is None else np.full((len(labels), V), float(default))
+    for (lab, tokn), w in (weights or {}).items():
+        W[labels.index(lab), vocab[tokn]] = w
+    W[:, 0] = 0.0
+    W[:, 1] = mask_weight
+    return AdditiveModel(labels, Tokenizer(vocab, piece), W, mode=mode, **kw)
+
+
+def docs_frame(texts, codes=None):
+    return pd.DataFrame({
+        "note_id": [f"n{i}" for i in range(len(texts))],
+        "text": texts,
+        "codes": codes or [[] for _ in texts],
+        "split": "test",
+    })
+
+
+def spans(rows):
+    return pd.DataFrame(rows, columns=["note_id", "code", "start", "end", "granularity", "source"])
+
+
+def value(frame, measure, control="rationale", **eq):
+    sel = frame[(frame.measure == measure) & (frame.control == control)]
+    for c, v in eq.items():
+        sel = sel[sel[c] == v] if not (isinstance(v, float) and np.isnan(v)) else sel[sel[c].isna()]
+    assert len(sel) == 1, sel
+    return float(sel.value.iloc[0])
+
+
+# --------------------------------------------------------------------------------------------
+# discrete rationales
+# --------------------------------------------------------------------------------------------
+TEXT = "alpha beta gamma delta eps"  # tokens a b c d e
+
+
+def test_discrete_values_by_hand():
+    w = {"alpha": 1.0, "beta": 2.0, "gamma": -0.5, "delta": 0.25, "eps": 0.5}
+    model = make_model([TEXT], ["X"], {("X", k): v for k, v in w.items()}, default=0.0)
+    docs = docs_frame([TEXT], [["X"]])
+    rat = spans([("n0", "X", 6, 16, "", "llm")])  # "beta gamma"
+    out = faithfulness_discrete(model, docs, rat, progress=False)
+    assert list(out.columns[: len(OUTPUT_COLUMNS)]) == OUTPUT_COLUMNS
+    p = sig(sum(w.values()))
+    assert value(out, "comprehensiveness") == pytest.approx(p - sig(1.0 + 0.25 + 0.5), abs=1e-6)
+    assert value(out, "sufficiency") == pytest.approx(p - sig(2.0 - 0.5), abs=1e-6)
+    r = out[out.control == "rationale"].iloc[0]
+    assert r.source == "llm" and r.unit == "token" and r.perturbation == "mask"
+    assert r.code_set == "predicted" and r.rationale_size == 2 and r.n_units == 5 and np.isnan(r.k)
+    assert r.p == pytest.approx(p)
+    assert set(out.control) == {"rationale", "random"} and len(out) == 4
+
+
+def test_random_control_same_size():
+    # all weights 1: the logit counts the unmasked tokens, so values reveal the removed count
+    texts = [" ".join(f"w{i}" for i in range(40))]
+    model = make_model(texts, ["X"], default=1.0, bias=-30.0)
+    docs = docs_frame(texts, [["X"]])
+    rat = spans([("n0", "X", 0, 14, "", "entity")])  # w0..w4
+    out = faithfulness_discrete(model, docs, rat, progress=False, seed=3)
+    p = sig(10.0)
+    for control in ("rationale", "random"):
+        assert value(out, "comprehensiveness", control) == pytest.approx(p - sig(5.0), abs=1e-6)
+        assert value(out, "sufficiency", control) == pytest.approx(p - sig(-25.0), abs=1e-6)
+    assert (out["rationale_size"] == 5).all()
+    # the seed changes the random draw but not its size; same seed, same draw
+    again = faithfulness_discrete(model, docs, rat, progress=False, seed=3)
+    pd.testing.assert_frame_equal(out, again)
+
+
+def test_random_control_differs_from_rationale_and_depends_on_seed():
+    texts = [" ".join(f"w{i}" for i in range(60))]
+    g = np.random.default_rng(1)
+    weights = {("X", f"w{i}"): float(g.normal()) for i in range(60)}
+    model = make_model(texts, ["X"], weights)
+    docs = docs_frame(texts, [["X"]])
+    rat = spans([("n0", "X", 0, 20, "", "entity")])
+    a = faithfulness_discrete(model, docs, rat, progress=False, seed=0, code_set="gold")
+    b = faithfulness_discrete(model, docs, rat, progress=False, seed=1, code_set="gold")
+    ra, rb = (value(x, "comprehensiveness", "random") for x in (a, b))
+    assert ra != pytest.approx(rb)
+    assert value(a, "comprehensiveness") == value(b, "comprehensiveness")
+
+
+def test_mask_vs_delete():
+    w = {"alpha": 1.0, "beta": 2.0, "gamma": -0.5, "delta": 0.25, "eps": 0.5}
+    model = make_model([TEXT], ["X"], {("X", k): v for k, v in w.items()}, default=0.0, mode="mean")
+    docs = docs_frame([TEXT], [["X"]])
+    rat = spans([("n0", "X", 6, 16, "", "llm")])  # beta gamma
+    m = faithfulness_discrete(model, docs, rat, perturbation="mask", code_set="gold", progress=False)
+    d = faithfulness_discrete(model, docs, rat, perturbation="delete", code_set="gold", progress=False)
+    p = sig(3.25 / 5)
+    assert value(m, "comprehensiveness") == pytest.approx(p - sig(1.75 / 5), abs=1e-6)
+    assert value(m, "sufficiency") == pytest.approx(p - sig(1.5 / 5), abs=1e-6)
+    assert value(d, "comprehensiveness") == pytest.approx(p - sig(1.75 / 3), abs=1e-6)
+    assert value(d, "sufficiency") == pytest.approx(p - sig(1.5 / 2), abs=1e-6)
+    assert (d.perturbation == "delete").all() and (m.perturbation == "mask").all()
+
+
+def test_mask_token_weight_matters_only_for_mask():
+    w = {"alpha": 1.0, "beta": 2.0}
+    model = make_model([TEXT], ["X"], {("X", k): v for k, v in w.items()}, default=0.0, mask_weight=-1.0)
+    docs = docs_frame([TEXT], [["X"]])
+    rat = spans([("n0", "X", 0, 5, "", "llm")])  # alpha
+    m = faithfulness_discrete(model, docs, rat, code_set="gold", progress=False)
+    d = faithfulness_discrete(model, docs, rat, code_set="gold", perturbation="delete", progress=False)
+    assert value(m, "comprehensiveness") == pytest.approx(sig(3.0) - sig(2.0 - 1.0), abs=1e-6)
+    assert value(d, "comprehensiveness") == pytest.approx(sig(3.0) - sig(2.0), abs=1e-6)
+    assert value(m, "sufficiency") == pytest.approx(sig(3.0) - sig(1.0 - 4.0), abs=1e-6)
+    assert value(d, "sufficiency") == pytest.approx(sig(3.0) - sig(1.0), abs=1e-6)
+
+
+def test_delete_everything_feeds_one_mask_token():
+    model = make_model([TEXT], ["X"], {("X", "alpha"): 1.0}, default=0.5, mask_weight=0.3)
+    docs = docs_frame([TEXT], [["X"]])
+    rat = spans([("n0", "X", 0, len(TEXT), "", "llm")])
+    out = faithfulness_discrete(model, docs, rat, code_set="gold", perturbation="delete", progress=False)
+    p = sig(1.0 + 4 * 0.5)
+    assert value(out, "comprehensiveness") == pytest.approx(p - sig(0.3), abs=1e-6)
+    assert value(out, "sufficiency") == pytest.approx(0.0, abs=1e-12)
+
+
+def test_word_vs_token_units():
+    text = "abcdef gh ijklmn"  # pieces of 3: abc def | gh | ijk lmn
+    weights = {("X", "abc"): 1.0, ("X", "def"): 2.0, ("X", "gh"): 0.5, ("X", "ijk"): -1.0, ("X", "lmn"): 0.25}
+    model = make_model([text], ["X"], weights, piece=3, default=0.0)
+    docs = docs_frame([text], [["X"]])
+    rat = spans([("n0", "X", 0, 2, "", "llm")])  # inside the first piece of "abcdef"
+    tok = faithfulness_discrete(model, docs, rat, unit="token", code_set="gold", progress=False)
+    wrd = faithfulness_discrete(model, docs, rat, unit="word", code_set="gold", progress=False)
+    p = sig(2.75)
+    assert value(tok, "comprehensiveness") == pytest.approx(p - sig(1.75), abs=1e-6)
+    assert value(tok, "sufficiency") == pytest.approx(p - sig(1.0), abs=1e-6)
+    assert value(wrd, "comprehensiveness") == pytest.approx(p - sig(-0.25), abs=1e-6)
+    assert value(wrd, "sufficiency") == pytest.approx(p - sig(3.0), abs=1e-6)
+    rt, rw = tok[tok.control == "rationale"].iloc[0], wrd[wrd.control == "rationale"].iloc[0]
+    assert (rt["rationale_size"], rt.n_units, rt.unit) == (1, 5, "token")
+    assert (rw["rationale_size"], rw.n_units, rw.unit) == (1, 3, "word")
+
+
+def test_word_units_keep_only_removes_punctuation_too():
+    text = "alpha , beta ."
+    weights = {("X", "alpha"): 1.0, ("X", ","): 5.0, ("X", "beta"): 2.0, ("X", "."): 7.0}
+    model = make_model([text], ["X"], weights, default=0.0)
+    docs = docs_frame([text], [["X"]])
+    rat = spans([("n0", "X", 0, 5, "", "llm")])
+    out = faithfulness_discrete(model, docs, rat, unit="word", code_set="gold", progress=False)
+    p = sig(15.0)
+    assert value(out, "comprehensiveness") == pytest.approx(p - sig(14.0), abs=1e-6)
+    assert value(out, "sufficiency") == pytest.approx(p - sig(1.0), abs=1e-6)
+
+
+def test_code_set_predicted_vs_gold_and_unknown_codes():
+    texts = ["alpha beta", "gamma delta"]
+    labels = ["A", "B"]
+    weights = {("A", "alpha"): 3.0, ("B", "alpha"): -3.0, ("A", "gamma"): -3.0, ("B", "gamma"): 3.0}
+    model = make_model(texts, labels, weights, default=0.0)
+    docs = docs_frame(texts, [["A", "B"], ["A"]])
+    rat = spans([
+        ("n0", "A", 0, 5, "", "llm"), ("n0", "B", 0, 5, "", "llm"),
+        ("n1", "A", 0, 5, "", "llm"), ("n1", "B", 0, 5, "", "llm"), ("n1", "Z99", 0, 5, "", "llm"),
+    ])
+    with pytest.warns(UserWarning, match="not among the model's labels"):
+        pred = faithfulness_discrete(model, docs, rat, progress=False)
+    gold = faithfulness_discrete(model, docs, rat, code_set="gold", progress=False)  # Z99 not gold
+    key = lambda f: sorted(set(zip(f.note_id, f.code)))
+    assert key(pred) == [("n0", "A"), ("n1", "B")]
+    assert key(gold) == [("n0", "A"), ("n0", "B"), ("n1", "A")]
+    assert (pred.code_set == "predicted").all() and (gold.code_set == "gold").all()
+    # an explicit threshold and an explicit gold mapping
+    with pytest.warns(UserWarning):
+        low = faithfulness_discrete(model, docs, rat, threshold=0.01, progress=False)
+    assert len(key(low)) == 4
+    g2 = faithfulness_discrete(model, docs, rat, code_set="gold", gold={"n1": ["B"]}, progress=False)
+    assert key(g2) == [("n1", "B")]
+    # the model's own threshold is used when none is given
+    model.threshold = 0.999
+    with pytest.warns(UserWarning):
+        none = faithfulness_discrete(model, docs, rat, progress=False)
+    assert len(none) == 0 and list(none.columns[: len(OUTPUT_COLUMNS)]) == OUTPUT_COLUMNS
+
+
+def test_missing_empty_scores_every_pair():
+    texts = ["alpha beta", "gamma delta"]
+    model = make_model(texts, ["A", "B"], {("A", "alpha"): 1.0, ("B", "gamma"): 2.0}, default=0.0)
+    docs = docs_frame(texts, [["A", "B"], ["B"]])
+    rat = spans([("n0", "A", 0, 5, "", "entity")])
+    out = faithfulness_discrete(model, docs, rat, code_set="gold", missing="empty", progress=False)
+    assert sorted(set(zip(out.note_id, out.code))) == [("n0", "A"), ("n0", "B"), ("n1", "B")]
+    e = out[(out.note_id == "n1") & (out.control == "rationale")]
+    assert value(e, "comprehensiveness") == 0.0
+    assert value(e, "sufficiency") == pytest.approx(sig(2.0) - sig(0.0), abs=1e-6)
+    assert (e["rationale_size"] == 0).all()
+
+
+def test_bad_input():
+    model = make_model([TEXT], ["X"], default=0.0)
+    docs = docs_frame([TEXT], [["X"]])
+    with pytest.raises(DataError, match="unknown note_id"):
+        faithfulness_discrete(model, docs, spans([("zz", "X", 0, 3, "", "llm")]), progress=False)
+    with pytest.raises(DataError, match="missing column"):
+        faithfulness_scored(model, docs, spans([("n0", "X", 0, 3, "", "llm")]), progress=False)
+    with pytest.raises(ValueError, match="perturbation"):
+        faithfulness_discrete(model, docs, spans([]), perturbation="zero", progress=False)
+
+
+def test_truncated_notes_and_document_list():
+    from rationale_kit.records import Document
+
+    text = "alpha beta gamma delta eps"
+    w = {"alpha": 1.0, "beta": 2.0, "gamma": -0.5, "delta": 0.25, "eps": 0.5}
+    model = make_model([text], ["X"], {("X", k): v for k, v in w.items()}, default=0.0)
+    model.tokenizer.max_len = 3  # the model sees alpha beta gamma
+    docs = [Document("n0", text, ("X",), "test")]
+    rat = spans([("n0", "X", 6, 10, "", "llm"), ("n0", "X", 17, 22, "", "llm")])  # beta, delta
+    out = faithfulness_discrete(model, docs, rat, unit="word", progress=False)
+    p = sig(2.5)
+    assert value(out, "comprehensiveness") == pytest.approx(p - sig(0.5), abs=1e-6)
+    assert value(out, "sufficiency") == pytest.approx(p - sig(2.0), abs=1e-6)
+    assert set(out.n_units) == {3} and set(out.rationale_size) == {1}
+
+
+# --------------------------------------------------------------------------------------------
+# scored rationales
+# --------------------------------------------------------------------------------------------
+def score_table(model, docs, code, scores_by_note, source="attention"):
+    rows = []
+    for nid, text in zip(docs.note_id, docs.text):
+        enc = model.tokenizer.encode(text)
+        for u, ((s, e), sc) in enumerate(zip(enc.offsets.tolist(), scores_by_note[nid])):
+            rows.append((nid, code, source, "attention", "tiny", u, s, e, float(sc)))
+    return pd.DataFrame(rows, columns=["note_id", "code", "source", "method", "model", "unit", "start", "end", "score"])
+
+
+def test_aopc_curve_known_ranking():
+    n = 10
+    texts = [" ".join(f"w{i}" for i in range(n))]
+    w = np.array([0.5, -1.0, 2.0, 0.1, 1.5, -0.3, 0.7, 0.2, 1.1, -0.6])
+    model = make_model(texts, ["X"], {("X", f"w{i}"): float(w[i]) for i in range(n)})
+    docs = docs_frame(texts, [["X"]])
+    scores = np.array([3, 9, 1, 5, 8, 0, 7, 2, 6, 4], dtype=float)  # ranking 1,4,6,8,3,9,0,7,2,5
+    tab = score_table(model, docs, "X", {"n0": scores})
+    ks = [1.0, 10.0, 20.0, 50.0]
+    out = faithfulness_scored(model, docs, tab, aopc_k=ks, code_set="gold", progress=False)
+    order = [1, 4, 6, 8, 3, 9, 0, 7, 2, 5]
+    p = sig(w.sum())
+    comp, suff = [], []
+    for k, m in zip(ks, [1, 1, 2, 5]):  # ceil(k% of 10), at least 1
+        top = order[:m]
+        rest = [i for i in range(n) if i not in top]
+        comp.append(p - sig(w[rest].sum()))
+        suff.append(p - sig(w[top].sum()))
+        assert value(out, "aopc_comp", k=k) == pytest.approx(comp[-1], abs=1e-6)
+        assert value(out, "aopc_suff", k=k) == pytest.approx(suff[-1], abs=1e-6)
+        row = out[(out.measure == "aopc_comp") & (out.k == k) & (out.control == "rationale")].iloc[0]
+        assert row["rationale_size"] == m
+    assert value(out, "aopc_comp", k=np.nan) == pytest.approx(np.mean(comp), abs=1e-6)
+    assert value(out, "aopc_suff", k=np.nan) == pytest.approx(np.mean(suff), abs=1e-6)
+    assert set(out.measure) == set(MEASURES["eraser"])
+    r = out.iloc[0]
+    assert (r.source, r.method, r.rationale_model, r.unit) == ("attention", "attention", "tiny", "token")
+    # the random control ranks a permutation of the same scores: same sizes per k
+    sizes = out.pivot_table(index=["measure", "k"], columns="control", values="rationale_size")
+    assert (sizes["rationale"] == sizes["random"]).all()
+    # without the curve: only aggregate rows
+    agg = faithfulness_scored(model, docs, tab, aopc_k=ks, code_set="gold", curve=False, progress=False)
+    assert agg.k.isna().all() and len(agg) == 4
+
+
+def test_scores_mapped_to_words_by_max():
+    text = "abcdef gh ijklmn"  # pieces: abc def gh ijk lmn
+    weights = {("X", "abc"): 1.0, ("X", "def"): 2.0, ("X", "gh"): 0.5, ("X", "ijk"): -1.0, ("X", "lmn"): 0.25}
+    model = make_model([text], ["X"], weights, piece=3, default=0.0)
+    docs = docs_frame([text], [["X"]])
+    tab = score_table(model, docs, "X", {"n0": [0.1, 0.2, 0.3, 0.9, 0.05]})  # word scores .2 .3 .9
+    out = faithfulness_scored(model, docs, tab, aopc_k=[34.0], unit="word", code_set="gold", progress=False)
+    p = sig(2.75)
+    # 34% of 3 words -> 2 words: ijklmn, gh
+    assert value(out, "aopc_comp", k=34.0) == pytest.approx(p - sig(3.0), abs=1e-6)
+    assert value(out, "aopc_suff", k=34.0) == pytest.approx(p - sig(-0.25), abs=1e-6)
+    tok = faithfulness_scored(model, docs, tab, aopc_k=[40.0], unit="token", code_set="gold", progress=False)
+    # 40% of 5 pieces -> ijk, gh
+    assert value(tok, "aopc_comp", k=40.0) == pytest.approx(p - sig(3.25), abs=1e-6)
+
+
+def test_edin_variant_steps():
+    n = 37  # fewer words than 100: late steps remove / keep everything
+    texts = [" ".join(f"w{i}" for i in range(n))]
+    g = np.random.default_rng(5)
+    w = g.normal(0, 0.4, n)
+    model = make_model(texts, ["X"], {("X", f"w{i}"): float(w[i]) for i in range(n)})
+    docs = docs_frame(texts, [["X"]])
+    scores = g.permutation(n).astype(float)
+    tab = score_table(model, docs, "X", {"n0": scores})
+    out = faithfulness_scored(model, docs, tab, variant="edin", code_set="gold", progress=False)
+    assert set(out.unit) == {"word"}
+    order = list(np.argsort(-scores, kind="stable"))
+    p = sig(w.sum())
+    comp, suff = [], []
+    for i in range(50):
+        top = order[: min(2 * i, n)]
+        comp.append((p - sig(w.sum() - w[top].sum())) / p)
+        keep = order[: min(100 - 2 * i, n)]
+        suff.append(max(0.0, p - sig(w[keep].sum())) / p)
+        assert value(out, "edin_comp", k=float(2 * i)) == pytest.approx(comp[-1], abs=1e-6 / p)
+        assert value(out, "edin_suff", k=float(100 - 2 * i)) == pytest.approx(suff[-1], abs=1e-6 / p)
+    assert value(out, "edin_comp", k=np.nan) == pytest.approx(np.mean(comp), abs=1e-6 / p)
+    assert value(out, "edin_suff", k=np.nan) == pytest.approx(np.mean(suff), abs=1e-6 / p)
+    curve = out[(out.control == "rationale") & out.k.notna()]
+    assert len(curve) == 100
+    row = curve[(curve.measure == "edin_comp") & (curve.k == 60.0)].iloc[0]
+    assert row["rationale_size"] == n  # capped at the note's words
+
+
+# --------------------------------------------------------------------------------------------
+# engine: agreement with the loop, batching, labels read
+# --------------------------------------------------------------------------------------------
+def corpus(n_notes=6, n_labels=12, seed=0):
+    g = np.random.default_rng(seed)
+    vocab = [f"t{i}" for i in range(40)]
+    texts = [" ".join(g.choice(vocab, size=int(g.integers(15, 70)))) + " ." for _ in range(n_notes)]
+    labels = [f"C{i}" for i in range(n_labels)]
+    codes = [list(g.choice(labels, size=3, replace=False)) for _ in texts]
+    docs = docs_frame(texts, codes)
+    return g, texts, labels, docs
+
+
+def random_spans(g, docs, labels, n_codes=4):
+    """Spans of two sources for the note's gold codes and random other codes."""
+    rows = []
+    for nid, text, gold in zip(docs.note_id, docs.text, docs.codes):
+        others = [c for c in g.choice(labels, size=n_codes, replace=False) if c not in gold]
+        for code in list(gold[:2]) + others[: n_codes - 2]:
+            for src in ("llm", "entity"):
+                for _ in range(int(g.integers(1, 3))):
+                    s = int(g.integers(0, len(text) - 5))
+                    rows.append((nid, str(code), s, s + int(g.integers(1, 12)), "", src))
+    return spans(rows)
+
+
+def random_scores(g, model, docs, labels, n_codes=3):
+    """Scores for the note's first gold codes (up to ``n_codes - 1``) and one random code."""
+    rows = []
+    for nid, text, gold in zip(docs.note_id, docs.text, docs.codes):
+        enc = model.tokenizer.encode(text)
+        extra = [c for c in g.choice(labels, size=n_codes, replace=False) if c not in gold][:1]
+        for code in list(gold[: n_codes - 1]) + extra:
+            for u, (s, e) in enumerate(enc.offsets.tolist()):
+                rows.append((nid, str(code), "attention", "attention", "tiny", u, s, e, float(g.random())))
+    return pd.DataFrame(rows, columns=["note_id", "code", "source", "method", "model", "unit", "start", "end", "score"])
+
+
+def assert_same(a, b, tol=1e-6):
+    keys = ["note_id", "code", "source", "measure", "k", "control"]
+    a = a.sort_values(keys, na_position="first").reset_index(drop=True)
+    b = b.sort_values(keys, na_position="first").reset_index(drop=True)
+    assert len(a) == len(b) > 0
+    pd.testing.assert_frame_equal(a.drop(columns=["value", "p"]), b.drop(columns=["value", "p"]))
+    assert np.abs(a.value.to_numpy() - b.value.to_numpy()).max() <= tol
+    assert np.abs(a.p.to_numpy() - b.p.to_numpy()).max() <= tol
+
+
+@pytest.mark.parametrize("unit,perturbation,code_set", [
+    ("token", "mask", "gold"), ("word", "delete", "predicted"), ("token", "delete", "gold"),
+    ("word", "mask", "predicted"),
+])
+def test_engine_equals_loop_discrete(unit, perturbation, code_set):
+    g, texts, labels, docs = corpus(seed=1)
+    model = make_model(texts, labels, piece=2, mode="mean", mask_weight=0.2, bias=0.3, seed=1)
+    rat = random_spans(g, docs, labels)
+    kw = dict(unit=unit, perturbation=perturbation, code_set=code_set, threshold=0.5, seed=7, progress=False)
+    fast = faithfulness_discrete(model, docs, rat, batch_size=5, **kw)
+    slow = faithfulness_loop(model, docs, rat, kind="discrete", **kw)
+    assert_same(fast, slow)
+
+
+@pytest.mark.parametrize("variant,unit,perturbation", [
+    ("eraser", "token", "mask"), ("eraser", "word", "delete"), ("edin", "word", "mask"),
+    ("edin", "token", "delete"),
+])
+def test_engine_equals_loop_scored(variant, unit, perturbation):
+    g, texts, labels, docs = corpus(n_notes=4, seed=2)
+    model = make_model(texts, labels, piece=2, mode="mean", mask_weight=-0.1, seed=2)
+    tab = random_scores(g, model, docs, labels)
+    kw = dict(unit=unit, perturbation=perturbation, code_set="gold", seed=3, progress=False)
+    fast = faithfulness_scored(model, docs, tab, variant=variant, batch_size=16, **kw)
+    slow = faithfulness_loop(model, docs, tab, kind=variant, **kw)
+    assert_same(fast, slow)
+
+
+def test_only_needed_labels_and_few_passes():
+    g, texts, labels, docs = corpus(n_notes=5, n_labels=30, seed=3)
+    model = make_model(texts, labels, seed=3)
+    tab = random_scores(g, model, docs, labels, n_codes=3)
+    gold = dict(zip(docs.note_id, docs.codes))
+    needed = {labels.index(c) for n, c in zip(tab.note_id, tab.code) if c in gold[n]}
+    assert {labels.index(c) for c in tab.code} - needed  # the table also scores non-gold codes
+    model.calls.clear()
+    model.rows = 0
+    out = faithfulness_scored(model, docs, tab, code_set="gold", batch_size=32, progress=False)
+    assert model.calls and all(c is not None for c in model.calls)
+    assert all(set(c) <= needed and len(c) == len(set(c)) for c in model.calls)
+    assert all(len(c) <= 32 for c in model.calls)
+    # base pass + perturbations: 2 gold codes x 5 notes x 2 controls x 10 steps = 200 perturbed rows
+    perturbed = model.rows - len(docs)
+    assert perturbed <= 200
+    assert len(model.calls) <= 1 + math.ceil(perturbed / 32) + 1
+    # the loop reads every label, one row per call
+    model.calls.clear()
+    slow = faithfulness_loop(model, docs, tab, kind="eraser", code_set="gold", progress=False)
+    assert all(c is None for c in model.calls) and len(model.calls) >= perturbed
+    assert_same(out, slow)
+
+
+def test_batch_gathers_each_rows_own_label():
+    # two codes of one note with opposite weights land in the same batch
+    text = "alpha beta gamma delta"
+    model = make_model([text], ["A", "B", "C"], {("A", "alpha"): 2.0, ("B", "alpha"): -2.0,
+                                                 ("A", "beta"): 1.0, ("B", "beta"): 3.0}, default=0.0)
+    docs = docs_frame([text], [["A", "B"]])
+    rat = spans([("n0", "A", 0, 5, "", "llm"), ("n0", "B", 6, 10, "", "llm")])
+    model.calls.clear()
+    out = faithfulness_discrete(model, docs, rat, code_set="gold", progress=False)
+    assert model.calls == [[0, 1], [0, 1]]  # base pass, then one batch of all perturbations
+    ra = out[(out.code == "A") & (out.control == "rationale")]
+    rb = out[(out.code == "B") & (out.control == "rationale")]
+    assert value(ra, "comprehensiveness") == pytest.approx(sig(3.0) - sig(1.0), abs=1e-6)
+    assert value(rb, "comprehensiveness") == pytest.approx(sig(1.0) - sig(-2.0), abs=1e-6)
+
+
+# --------------------------------------------------------------------------------------------
+# summaries
+# --------------------------------------------------------------------------------------------
+def test_summarise_and_note():
+    g, texts, labels, docs = corpus(seed=4)
+    model = make_model(texts, labels, seed=4)
+    rat = random_spans(g, docs, labels)
+    out = faithfulness_discrete(model, docs, rat, code_set="gold", progress=False, model_name="tiny")
+    s = summarise(out)
+    assert {"source", "model", "measure", "control", "mean", "n"} <= set(s.columns)
+    for (src, meas, ctl), grp in out.groupby(["source", "measure", "control"]):
+        row = s[(s.source == src) & (s.measure == meas) & (s.control == ctl)]
+        assert row["mean"].iloc[0] == pytest.approx(grp.value.mean())
+        assert row["n"].iloc[0] == len(grp)
+    assert (s.model == "tiny").all()
+    w = summarise(out, wide=True)
+    assert np.allclose(w["difference"], w["rationale"] - w["random"])
+    assert "not comparable across models" in NOTE_AOPC and "NAOPC" in NOTE_AOPC
+
+
+def test_engine_equals_loop_on_project_models():
+    """The engine and the loop agree on the package's CAML and LAAT (tiny sizes), both units and
+    both perturbations: padding, batching and label gathering do not change the values."""
+    models = pytest.importorskip("rationale_kit.models")
+    from rationale_kit.config import ModelParams
+
+    g, texts, labels, docs = corpus(n_notes=4, n_labels=10, seed=5)
+    rat = random_spans(g, docs, labels, n_codes=3)
+    params = ModelParams(embed_dim=8, filters=6, kernel=3, hidden=8, projection=8, dropout=0.0)
+    for name in ("caml", "laat"):
+        torch.manual_seed(0)
+        model = models.build_model(name, params, labels, train_texts=texts)
+        for unit, perturbation in (("token", "mask"), ("word", "delete")):
+            kw = dict(unit=unit, perturbation=perturbation, code_set="gold", progress=False)
+            fast = faithfulness_discrete(model, docs, rat, batch_size=4, **kw)
+            slow = faithfulness_loop(model, docs, rat, **kw)
+            assert_same(fast, slow)
+        tab = random_scores(g, model, docs, labels)
+        fast = faithfulness_scored(model, docs, tab, code_set="gold", batch_size=8, progress=False)
+        slow = faithfulness_loop(model, docs, tab, kind="eraser", code_set="gold", progress=False)
+        assert_same(fast, slow)
