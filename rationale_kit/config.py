@@ -141,6 +141,12 @@ class Rationales:
     llm: LLM = field(default_factory=LLM)
     max_llm_notes: Optional[int] = None  # cap of notes sent to the LLM (None = all annotated)
     train_notes_for_teacher: int = 300  # training notes given LLM rationales for notebook 07
+    gradient_method: Literal["attention_x_gradient", "input_x_gradient", "integrated_gradients"] = "integrated_gradients"
+    ig_steps: int = 16  # integrated-gradients quadrature points (32 is safer for PLM-ICD)
+    attention_batch_size: int = 8
+    entity_fuzzy_threshold: float = 0.8  # char-3gram cosine for fuzzy entity candidates
+    entity_negation_window: int = 8  # tokens a negation trigger reaches
+    entity_filter_historical: bool = False  # also drop "history of"/resolved mentions
 
 
 @dataclass(frozen=True)
