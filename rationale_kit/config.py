@@ -53,6 +53,8 @@ class EmbeddedCorpus:
     indirect_rate: float = 0.15  # share of codes evidenced only indirectly (meds, labs)
     distractor_rate: float = 0.6  # expected negated / family / ruled-out mentions per note
     typo_rate: float = 0.02  # share of evidence mentions with a typo
+    fewshot_per_code: int = 5  # evidenced few-shot notes each code gets in the pool (rarest first)
+    lexicon_path: Optional[str] = None  # custom lexicon (folder or YAML); None = the packaged one
 
 
 @dataclass(frozen=True)
