@@ -133,6 +133,16 @@ class LLM:
     max_new_tokens: int = 512
     temperature: float = 0.0
     allow_remote_credentialed_data: bool = False
+    base_url: Optional[str] = None  # gemini: a different endpoint (a proxy, a local test server)
+    max_output_tokens: int = 8192  # gemini answer budget
+    backoff_base_s: float = 1.0  # retry back-off: base * 2**attempt, with jitter, capped below
+    backoff_max_s: float = 60.0
+    requests_per_minute: Optional[float] = None  # client-side rate limit (None = none)
+    max_note_chars: Optional[int] = None  # cut notes in prompts (None = whole note)
+    record_file: Optional[str] = None  # also write every answer to this replay file
+    price_per_million_in: float = 0.10  # USD, for the cost estimate (check current list prices)
+    price_per_million_out: float = 0.40
+    local_batch_size: int = 1
 
 
 @dataclass(frozen=True)
