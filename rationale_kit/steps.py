@@ -1,0 +1,240 @@
+"""The notebooks' steps: one function per step, so every notebook cell stays short.
+
+Each function reads and writes the canonical tables (documents, span tables, score tables) and the
+profile's parameters; nothing here is specific to one data set.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .config import Profile
+from .records import SPAN_COLUMNS
+
+
+# --------------------------------------------------------------------------------------------
+# splits of the data
+# --------------------------------------------------------------------------------------------
+def label_space(docs: pd.DataFrame) -> list[str]:
+    """The codes the models predict: every code of a training note, sorted."""
+    return sorted({c for cs in docs.loc[docs.split == "train", "codes"] for c in cs})
+
+
+def eval_docs(docs: pd.DataFrame) -> pd.DataFrame:
+    """Annotated test notes: where rationales are evaluated (never few-shot examples)."""
+    sel = docs.annotated & ~docs.fewshot & (docs.split == "test")
+    if not sel.any():  # data sets whose annotated notes are not in test (e.g. MDACE on val)
+        sel = docs.annotated & ~docs.fewshot
+    return docs[sel].reset_index(drop=True)
+
+
+def tuning_ids(docs: pd.DataFrame, fraction: float = 0.25) -> set[str]:
+    """A deterministic ``fraction`` of the evaluation notes reserved for tuning thresholds of soft
+    rationales (chosen by a hash of the note id). Reported numbers use the other notes."""
+    ids = sorted(eval_docs(docs).note_id)
+    ranked = sorted(ids, key=lambda n: hashlib.sha256(n.encode()).hexdigest())
+    return set(ranked[: int(round(fraction * len(ids)))])
+
+
+# --------------------------------------------------------------------------------------------
+# 02: training
+# --------------------------------------------------------------------------------------------
+def fit_model(name: str, profile: Profile, docs: pd.DataFrame, labels: list[str], out_dir: Path,
+              device: str = "cpu", rationale_targets: dict | None = None, lam: float = 0.0,
+              loss: str = "kl", epochs: int | None = None):
+    """Build (seeded) and train model ``name`` with the profile's parameters; resumable in
+    ``out_dir``. Returns the :class:`~rationale_kit.training.TrainResult`; the best model is saved
+    to ``out_dir / "model"``."""
+    from . import models, training
+
+    params = getattr(profile.train, name)
+    torch.manual_seed(profile.common.seed)
+    train = docs[docs.split == "train"]
+    if profile.train.max_train_docs:
+        train = train.head(profile.train.max_train_docs)
+    w2v = profile.train.word2vec if name != "plm_icd" else None
+    if w2v is not None and w2v.dim != params.embed_dim:
+        w2v = type(w2v)(**{**w2v.__dict__, "dim": params.embed_dim})
+    model = models.build_model(name, params, labels, train_texts=train.text, w2v=w2v,
+                               max_words=profile.data.max_words, seed=profile.common.seed)
+    result = training.train_model(
+        model, train, docs[docs.split == "val"], params, profile.train, out_dir, device=device,
+        progress=profile.common.progress, rationale_targets=rationale_targets, lam=lam,
+        rationale_loss=loss, epochs=epochs, seed=profile.common.seed,
+    )
+    models.save(result.model, Path(out_dir) / "model", threshold=result.threshold,
+                extra={"best_epoch": result.best_epoch, "lam": lam, "loss": loss})
+    return result
+
+
+def predictions(model, docs: pd.DataFrame, threshold: float, device: str = "cpu", batch_size: int = 16) -> pd.DataFrame:
+    """Long table ``note_id, code, prob, pred, is_gold`` for every (note, label) of ``docs``."""
+    from .training import predict_probs
+
+    probs = predict_probs(model, docs, batch_size=batch_size, device=device)
+    labels = np.array(model.labels)
+    gold = [set(c) for c in docs.codes]
+    rows = pd.DataFrame({
+        "note_id": np.repeat(docs.note_id.to_numpy(), len(labels)),
+        "code": np.tile(labels, len(docs)),
+        "prob": probs.reshape(-1),
+    })
+    rows["pred"] = rows.prob > threshold
+    rows["is_gold"] = [c in g for c, g in zip(rows.code, np.repeat(gold, len(labels)))]
+    return rows
+
+
+def coding_table(pred_frames: Mapping[str, pd.DataFrame], docs: pd.DataFrame, labels: list[str],
+                 thresholds: Mapping[str, float]) -> pd.DataFrame:
+    """The coding table on the test notes: one row per model plus the frequency baseline."""
+    from .metrics import coding
+
+    test = docs[docs.split == "test"]
+    y = coding.label_matrix(test.codes, labels)
+    rows = {}
+    base = coding.frequency_baseline(docs.loc[docs.split == "train", "codes"], labels, len(test))
+    val = docs[docs.split == "val"]
+    base_val = coding.frequency_baseline(docs.loc[docs.split == "train", "codes"], labels, len(val))
+    t_base, _ = coding.tune_threshold(coding.label_matrix(val.codes, labels), base_val)
+    rows["frequency baseline"] = coding.coding_report(y, base, t_base)
+    for name, frame in pred_frames.items():
+        p = frame.pivot(index="note_id", columns="code", values="prob").reindex(index=test.note_id, columns=labels).to_numpy()
+        rows[name] = coding.coding_report(y, p, thresholds[name])
+    table = pd.DataFrame(rows).T
+    keep = ["micro_f1", "micro_precision", "micro_recall", "macro_f1_mean", "macro_f1_harmonic",
+            "p@5", "p@8", "r@8", "p@15", "r@15", "r_precision", "map", "micro_auc", "macro_auc", "threshold"]
+    return table[[k for k in keep if k in table.columns]]
+
+
+def load_models(train_dir: Path, names: Iterable[str], device: str = "cpu") -> dict:
+    """Trained models saved by notebook 02 (``train_dir/<name>/model``), in eval mode."""
+    from . import models
+
+    out = {}
+    for name in names:
+        model, info = models.load(Path(train_dir) / name / "model", device=device)
+        model.eval()
+        out[name] = model
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# 03: rationales
+# --------------------------------------------------------------------------------------------
+def rationale_pairs(docs: pd.DataFrame, preds: pd.DataFrame, code_set: str = "both") -> pd.DataFrame:
+    """(note_id, code, is_gold, is_predicted, model) pairs to explain, per model."""
+    from .rationales import codes_for_rationales
+
+    parts = []
+    for name, p in preds.groupby("model"):
+        sub = p[p.note_id.isin(docs.note_id)]
+        pairs = codes_for_rationales(docs, sub[["note_id", "code", "prob", "pred"]], code_set)
+        parts.append(pairs.assign(model=name))
+    return pd.concat(parts, ignore_index=True)
+
+
+def model_rationales(models_: Mapping[str, torch.nn.Module], docs: pd.DataFrame, pairs: pd.DataFrame,
+                     profile: Profile, device: str = "cpu") -> tuple[pd.DataFrame, dict]:
+    """Attention and gradient rationales of every model for its pairs; returns the soft table and a
+    report of missing codes and integrated-gradients completeness."""
+    from .rationales import attention_rationales, gradient_rationales
+
+    r = profile.rationales
+    tables, report = [], {}
+    for name, model in models_.items():
+        p = pairs[pairs.model == name][["note_id", "code"]]
+        t0 = time.time()
+        att = attention_rationales(model, docs, p, source="attention", model_name=name,
+                                   batch_size=r.attention_batch_size, device=device, progress=profile.common.progress)
+        grad = gradient_rationales(model, docs, p, method=r.gradient_method, steps=r.ig_steps, source="gradient",
+                                   model_name=name, device=device, progress=profile.common.progress)
+        tables += [att.table, grad.table]
+        diag = grad.diagnostics
+        report[name] = {"pairs": int(len(p)), "missing_codes": int(att.n_missing), "seconds": round(time.time() - t0, 1)}
+        if diag is not None and len(diag) and "rel_error" in diag:
+            report[name]["ig_completeness_rel_error_median"] = float(np.nanmedian(diag["rel_error"]))
+    return pd.concat(tables, ignore_index=True), report
+
+
+def entity_rationales(docs: pd.DataFrame, pairs: pd.DataFrame, codes: pd.DataFrame, profile: Profile,
+                      cache_dir: Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Entity-linking rationales for the pairs (model-independent). Returns ``(spans, mentions)``;
+    ``mentions`` lists every mention found, filtered ones with their reason."""
+    from .entity import EntityLinker, entity_rationales as _entity, link_documents
+
+    r = profile.rationales
+    linker = EntityLinker(sorted(codes.code), kb_cache_dir=cache_dir, fuzzy_threshold=r.entity_fuzzy_threshold,
+                          descriptions=dict(zip(codes.code, codes.description)),
+                          negation_window=r.entity_negation_window, filter_historical=r.entity_filter_historical)
+    mentions = link_documents(docs, linker)
+    spans = _entity(docs, pairs[["note_id", "code"]].drop_duplicates(), linker, mentions=mentions)
+    return spans, mentions
+
+
+def llm_requests(ds, docs: pd.DataFrame, shots: int, profile: Profile):
+    """Requests for ``docs`` (gold codes with descriptions); with ``shots > 0`` each prompt holds up
+    to ``shots`` human-annotated examples per code from the few-shot pool (never an evaluated note)."""
+    from . import llm
+
+    desc = dict(zip(ds.codes.code, ds.codes.description))
+    examples = []
+    if shots > 0:
+        pool = ds.docs[ds.docs.fewshot]
+        pool_spans = ds.spans[ds.spans.note_id.isin(pool.note_id)]
+        codes = sorted({c for cs in docs.codes for c in cs})
+        examples = llm.select_examples(pool, pool_spans, codes, shots, seed=profile.common.seed,
+                                       exclude=set(ds.docs.note_id[ds.docs.annotated]), descriptions=desc)
+    return llm.make_requests(docs, desc, examples, version=profile.rationales.llm.prompt_version,
+                             max_note_chars=profile.rationales.llm.max_note_chars)
+
+
+def llm_rationales(ds, docs: pd.DataFrame, profile: Profile, cache_dir: Path,
+                   teachers: Mapping[str, int]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Quotes of every teacher (``{"llm_zero": 0, "llm_few": k}``: name -> shots per code) for the
+    notes of ``docs``, through the disk cache (a rerun makes no new calls). Returns (quotes, calls)
+    with a ``source`` column naming the teacher."""
+    from . import llm
+
+    cfg = profile.rationales.llm
+    backend = llm.make_backend(cfg)
+    credentialed = bool(docs.get("credentialed", pd.Series(False)).any())
+    quotes, calls = [], []
+    for teacher, shots in teachers.items():
+        reqs = llm_requests(ds, docs, shots, profile)
+        answers, c = llm.run_llm(
+            reqs, backend, cache_dir=cache_dir, concurrency=cfg.concurrency, max_retries=cfg.max_retries,
+            credentialed=credentialed, allow_remote_credentialed_data=cfg.allow_remote_credentialed_data,
+            progress=profile.common.progress, backoff_base_s=cfg.backoff_base_s, backoff_max_s=cfg.backoff_max_s,
+            requests_per_minute=cfg.requests_per_minute, record=cfg.record_file,
+        )
+        quotes.append(answers.assign(source=teacher, shots=shots))
+        calls.append(c.assign(source=teacher, shots=shots))
+    return pd.concat(quotes, ignore_index=True), pd.concat(calls, ignore_index=True)
+
+
+def teacher_notes(docs: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
+    """``n`` training notes (not few-shot examples) that the LLM teacher annotates for notebook 07."""
+    pool = docs[(docs.split == "train") & ~docs.fewshot]
+    return pool.sample(n=min(n, len(pool)), random_state=seed).sort_values("note_id").reset_index(drop=True)
+
+
+def random_rationales(docs: pd.DataFrame, like: pd.DataFrame, seed: int, source: str = "random") -> pd.DataFrame:
+    """A random baseline: for each (note, code) of ``like``, spans of the same number and lengths
+    placed uniformly at random in the note."""
+    rng = np.random.default_rng(seed)
+    lengths = dict(zip(docs.note_id, docs.text.str.len()))
+    rows = []
+    for r in like.itertuples(index=False):
+        n = lengths[r.note_id]
+        size = int(r.end - r.start)
+        start = int(rng.integers(0, max(1, n - size)))
+        rows.append((r.note_id, r.code, start, min(n, start + size), "", source))
+    return pd.DataFrame(rows, columns=SPAN_COLUMNS)
