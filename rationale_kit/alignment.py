@@ -579,4 +579,25 @@ def threshold_effect(ds, quotes: pd.DataFrame, thresholds: Iterable[float] = (1.
             rows.append({"source": src, "threshold": float(t), "alignment_rate": s["alignment_rate"],
                          "n_spans": s["n_spans"], "pi_token_f1": m["token_position_independent"]["f1"],
                          "token_exact_f1": m["token_exact"]["f1"]})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=["source", "threshold", "alignment_rate", "n_spans", "pi_token_f1", "token_exact_f1"])
+
+
+def summary_table(aligned: pd.DataFrame, by: str = "source") -> pd.DataFrame:
+    """:func:`alignment_summary` per ``by`` group as one flat table (quotes per method and per
+    unaligned reason as columns); an empty frame gives an empty table with the same columns."""
+    rows = {}
+    for key, part in aligned.groupby(by) if len(aligned) else []:
+        s = alignment_summary(part)
+        row = {k: v for k, v in s.items() if not isinstance(v, dict)}
+        row.update({f"method: {m}": v["quotes"] for m, v in s["by_method"].items()})
+        row.update({f"unaligned: {r}": v["quotes"] for r, v in s["unaligned_by_reason"].items()})
+        rows[key] = row
+    cols = ["n_quotes", "n_aligned", "n_unaligned", "n_partial", "alignment_rate", "unaligned_rate", "n_spans",
+            "mean_score_aligned"] + [f"method: {m}" for m in METHODS] + [f"unaligned: {r}" for r in REASONS]
+    return pd.DataFrame.from_dict(rows, orient="index", columns=cols)
+
+
+def spans_by_source(aligned: pd.DataFrame, by: str = "source") -> pd.DataFrame:
+    """:func:`aligned_to_spans` of every ``by`` group (the teacher), concatenated."""
+    parts = [aligned_to_spans(part, str(src)) for src, part in aligned.groupby(by)] if len(aligned) else []
+    return pd.concat(parts, ignore_index=True) if parts else aligned_to_spans(aligned.iloc[:0], "")

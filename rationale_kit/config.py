@@ -153,7 +153,8 @@ class Rationales:
     llm: LLM = field(default_factory=LLM)
     max_llm_notes: Optional[int] = None  # cap of notes sent to the LLM (None = all annotated)
     train_notes_for_teacher: int = 300  # training notes given LLM rationales for notebook 07
-    gradient_method: Literal["attention_x_gradient", "input_x_gradient", "integrated_gradients"] = "integrated_gradients"
+    # input x gradient costs one backward pass per batch of codes; integrated gradients ig_steps times that
+    gradient_method: Literal["attention_x_gradient", "input_x_gradient", "integrated_gradients"] = "input_x_gradient"
     ig_steps: int = 16  # integrated-gradients quadrature points (32 is safer for PLM-ICD)
     attention_batch_size: int = 8
     entity_fuzzy_threshold: float = 0.8  # char-3gram cosine for fuzzy entity candidates
@@ -174,7 +175,7 @@ class Faithfulness:
     perturbation: Literal["mask", "delete"] = "mask"
     code_set: Literal["predicted", "gold"] = "predicted"
     aopc_k: list[float] = field(default_factory=lambda: [1.0, 5.0, 10.0, 20.0, 50.0])
-    word_steps: int = 50  # Edin 2024: steps of 2 words up to 100
+    word_steps: int = 50  # Edin 2024: steps of 2 words up to 100 (fewer steps: a shorter curve, cheaper)
     edin_unit: Literal["token", "word"] = "word"  # unit of the Edin et al. 2024 variant
     missing: Literal["skip", "empty"] = "skip"  # pairs without a rationale: skipped or scored empty
     batch_size: int = 32

@@ -238,3 +238,73 @@ def random_rationales(docs: pd.DataFrame, like: pd.DataFrame, seed: int, source:
         start = int(rng.integers(0, max(1, n - size)))
         rows.append((r.note_id, r.code, start, min(n, start + size), "", source))
     return pd.DataFrame(rows, columns=SPAN_COLUMNS)
+
+
+# --------------------------------------------------------------------------------------------
+# 05: faithfulness
+# --------------------------------------------------------------------------------------------
+def discrete_sources(rationales_dir: Path, alignment_dir: Path | None) -> dict[str, pd.DataFrame]:
+    """The discrete (span) rationale sources of notebooks 03/04: entity (exact code and category)
+    and the aligned LLM spans of each teacher."""
+    ent = pd.read_parquet(Path(rationales_dir) / "entity.parquet")
+    out = {f"entity ({m})": part.reset_index(drop=True) for m, part in ent.groupby("method")}
+    if alignment_dir is not None and (Path(alignment_dir) / "llm_spans.parquet").exists():
+        llm_spans = pd.read_parquet(Path(alignment_dir) / "llm_spans.parquet")
+        for src, part in llm_spans.groupby("source"):
+            out[src] = part.reset_index(drop=True)
+    return out
+
+
+def attention_topk_spans(soft: pd.DataFrame, model: str, k: int) -> pd.DataFrame:
+    """The model's attention binarised by its top-``k`` units per pair, as spans."""
+    from .rationales import soft_to_spans
+
+    sub = soft[(soft.source == "attention") & (soft.model == model)]
+    return soft_to_spans(sub, topk=k)
+
+
+def faithfulness_tables(models_: Mapping[str, torch.nn.Module], docs: pd.DataFrame, discrete: Mapping[str, pd.DataFrame],
+                        soft: pd.DataFrame, profile: Profile, device: str = "cpu", gold: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Comprehensiveness and sufficiency of every source under every model (its own attention and
+    gradients as scored rationales; the discrete sources and its top-k attention as span sets),
+    each with a random control of the same size. One long table."""
+    from .metrics import faithfulness as F
+
+    f = profile.faithfulness
+    common = dict(perturbation=f.perturbation, code_set=f.code_set, batch_size=f.batch_size, device=device,
+                  seed=profile.common.seed, progress=profile.common.progress, max_pairs=f.max_pairs)
+    gold_map = None
+    if f.code_set == "gold":
+        gold_map = docs[["note_id", "codes"]]
+    parts = []
+    for name, model in models_.items():
+        spans = dict(discrete)
+        spans[f"attention top-{profile.rationales.topk}"] = attention_topk_spans(soft, name, profile.rationales.topk)
+        for src, table in spans.items():
+            if not len(table):
+                continue
+            t = F.faithfulness_discrete(model, docs, table.assign(source=src), unit=f.unit, model_name=name,
+                                        missing=f.missing, gold=gold_map, **common)
+            parts.append(t)
+        own = soft[soft.model == name]
+        for src, table in own.groupby("source"):
+            parts.append(F.faithfulness_scored(model, docs, table, aopc_k=tuple(f.aopc_k), variant="eraser",
+                                               unit=f.unit, model_name=name, gold=gold_map, **common))
+            parts.append(F.faithfulness_scored(model, docs, table, variant="edin", unit=f.edin_unit,
+                                               word_steps=f.word_steps, model_name=name, gold=gold_map, **common))
+    return pd.concat(parts, ignore_index=True)
+
+
+def attention_vs_entity(summary: pd.DataFrame, k: int) -> pd.DataFrame:
+    """Per model: comprehensiveness and sufficiency of top-k attention vs exact-code entity spans,
+    and whether the paper's finding (attention more comprehensive, less sufficient) holds."""
+    att, ent = f"attention top-{k}", "entity (exact_code)"
+    rows = []
+    for model, part in summary.groupby("model"):
+        get = lambda s, m: part.loc[(part.source == s) & (part.measure == m), "rationale"].mean()
+        c_a, c_e = get(att, "comprehensiveness"), get(ent, "comprehensiveness")
+        s_a, s_e = get(att, "sufficiency"), get(ent, "sufficiency")
+        rows.append({"model": model, "comp attention": c_a, "comp entity": c_e, "suff attention": s_a,
+                     "suff entity": s_e, "attention more comprehensive": bool(c_a > c_e),
+                     "attention less sufficient": bool(s_a > s_e)})
+    return pd.DataFrame(rows)

@@ -215,6 +215,9 @@ def plot_alignment_scores(aligned: pd.DataFrame, threshold: float, path=None):
     import seaborn as sns
 
     fig, ax = plt.subplots(figsize=(7, 3.8))
+    if not len(aligned):
+        ax.text(0.5, 0.5, "no quotes to align", ha="center", va="center", transform=ax.transAxes)
+        return _finish(fig, path)
     frame = aligned.assign(status=np.where(aligned["start"].notna(), "aligned", "unaligned"))
     sns.histplot(data=frame, x="score", hue="status", multiple="stack", bins=np.linspace(0, 2, 41), ax=ax)
     ax.axvline(threshold, ls="--", c="k")
@@ -235,4 +238,23 @@ def plot_threshold_effect(sweep: pd.DataFrame, path=None):
     for ax in axes:
         ax.set_xlabel("threshold")
         ax.legend()
+    return _finish(fig, path)
+
+
+def plot_aopc_curves(curves: pd.DataFrame, path=None):
+    """Per-k AOPC values (columns model, source, measure, k, value, control): one panel per measure,
+    one line per model and source, dashed for the random control."""
+    import matplotlib.pyplot as plt
+
+    measures = sorted(curves["measure"].unique())
+    fig, axes = plt.subplots(1, max(1, len(measures)), figsize=(6 * max(1, len(measures)), 3.8), squeeze=False)
+    mean = curves.groupby(["measure", "model", "source", "control", "k"])["value"].mean().reset_index()
+    for ax, m in zip(axes[0], measures):
+        for (model, src, ctrl), part in mean[mean.measure == m].groupby(["model", "source", "control"]):
+            ax.plot(part["k"], part["value"], marker="o", ls="--" if ctrl == "random" else "-",
+                    label=f"{model} {src}" + (" (random)" if ctrl == "random" else ""))
+        ax.set_xscale("log")
+        ax.set_xlabel("k (% of units)")
+        ax.set_title(m)
+        ax.legend(fontsize=7)
     return _finish(fig, path)
