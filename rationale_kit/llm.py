@@ -174,6 +174,8 @@ class Prompt:
     user: str = field(repr=False)
     version: str
     sha: str
+    #: the codes asked, in order (set by :func:`build_prompt`; not hashed, so it changes no sha).
+    codes: tuple = field(default=(), repr=False, compare=False)
 
     def __repr__(self) -> str:
         return f"Prompt(version={self.version!r}, sha={self.sha!r}, chars={len(self.system) + len(self.user)})"
@@ -257,7 +259,8 @@ def build_prompt(
         examples_block = head + "\n\n".join(rendered) + "\n\n"
     system = _template(version, "system", d).substitute().strip()
     user = _template(version, "user", d).substitute(note=note, codes=code_lines, examples=examples_block).strip()
-    return Prompt(system=system, user=user, version=version, sha=_sha(version, system, user, schema_text(d)))
+    return Prompt(system=system, user=user, version=version, sha=_sha(version, system, user, schema_text(d)),
+                  codes=tuple(c for c, _ in pairs))
 
 
 def repair_prompt(prompt: Prompt, previous: str, problem: str, prompts_dir: str | os.PathLike | None = None,
@@ -267,7 +270,20 @@ def repair_prompt(prompt: Prompt, previous: str, problem: str, prompts_dir: str 
     prev = previous if len(previous) <= max_previous_chars else previous[:max_previous_chars] + " [...]"
     user = _template(prompt.version, "repair", d).substitute(user=prompt.user, problem=problem, previous=prev).strip()
     return Prompt(system=prompt.system, user=user, version=prompt.version,
-                  sha=_sha(prompt.version, "repair", prompt.system, user, schema_text(d)))
+                  sha=_sha(prompt.version, "repair", prompt.system, user, schema_text(d)), codes=prompt.codes)
+
+
+_CODES_BLOCK_RE = re.compile(r"<codes>\s*\n(.*?)\n\s*</codes>", re.S)
+_CODE_LINE_RE = re.compile(r"^\s*-\s*([^:\s][^:]*?)\s*:", re.M)
+
+
+def prompt_codes(prompt: Prompt) -> list[str]:
+    """The codes a prompt asks about, in order: ``prompt.codes`` when set (by :func:`build_prompt`),
+    else read from the last ``<codes>`` block of the user text (``- CODE: description`` lines)."""
+    if prompt.codes:
+        return [str(c) for c in prompt.codes]
+    blocks = _CODES_BLOCK_RE.findall(prompt.user)
+    return _CODE_LINE_RE.findall(blocks[-1]) if blocks else []
 
 
 # --------------------------------------------------------------------------------------------
@@ -546,6 +562,8 @@ class Backend:
     model: str = ""
     remote: bool = False  # sends prompts off this machine
     max_concurrency: Optional[int] = None  # cap on requests in flight (None: no cap)
+    #: settings that change the answers beyond (backend, model, prompt); part of the cache key when set.
+    cache_tag: str = ""
 
     def generate(self, prompt: Prompt) -> LLMResponse:
         raise NotImplementedError
@@ -1139,7 +1157,8 @@ class _JsonlLog:
 
 
 def cache_key(backend: Backend, prompt: Prompt) -> str:
-    return _sha(backend.name, backend.model, prompt.sha)
+    tag = getattr(backend, "cache_tag", "")
+    return _sha(backend.name, backend.model, prompt.sha, tag) if tag else _sha(backend.name, backend.model, prompt.sha)
 
 
 def credential_guard(backend: Backend, credentialed: bool, allow_remote_credentialed_data: bool) -> None:
