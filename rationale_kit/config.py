@@ -200,6 +200,7 @@ class Guided:
     ner_train_sizes: list[int] = field(default_factory=lambda: [100, 300, 1000])
     ner_epochs: int = 3
     ner_formulation: Literal["code_agnostic", "code_conditioned"] = "code_agnostic"
+    ner_teacher: str = "llm_few"  # whose aligned spans the NER tagger learns from (falls back to the first teacher)
 
 
 @dataclass(frozen=True)

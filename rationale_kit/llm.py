@@ -827,14 +827,133 @@ def _reuse_gguf_parsing() -> Any:
         gguf.GGUFReader, gguf.get_tensor_name_map, mg.load_gguf_checkpoint = orig_reader, orig_map, orig_load
 
 
+_QUOTE_STOPS = ('"', "\n")
+
+
+def _guided_answer(
+    lm: Any,
+    tok: Any,
+    prompt_ids: Sequence[int],
+    codes: Sequence[str],
+    *,
+    max_quote_tokens: int = 48,
+    max_quotes_per_code: int = 2,
+    max_new_tokens: int = 512,
+    eos_ids: Iterable[int] = (),
+    temperature: float = 0.0,
+) -> tuple[str, int, str]:
+    """Structured decoding: the JSON answer is written here, the model fills in only the quotes.
+
+    After the prompt the assistant turn is forced to ``{"rationales": [{"code": "<code 1>",
+    "quotes": ["``; the model continues (greedily, or sampled when ``temperature`` > 0) until it
+    writes a double quote or a newline, ends its turn, or reaches ``max_quote_tokens``; the string is
+    closed there. If the model goes on with ``, "`` another quote follows (up to
+    ``max_quotes_per_code``); then ``"]}, {"code": "<code 2>", "quotes": ["`` is forced, and so on.
+    One KV cache serves the whole request: the prompt is read once, and every forced or generated
+    token is fed once. At most ``max_new_tokens`` tokens are generated in all; codes left when they
+    are spent get no quotes (finish reason ``MAX_TOKENS``).
+
+    ``lm(input_ids=..., past_key_values=..., use_cache=True)`` must return ``.logits`` and
+    ``.past_key_values`` (a ``transformers`` causal LM); ``tok`` encodes (``tok(text,
+    add_special_tokens=False)["input_ids"]``) and decodes (``tok.decode(ids)``). Returns ``(text,
+    generated tokens, finish reason)``; ``text`` is always valid JSON of the answer schema, built
+    with ``json.dumps`` from the quotes (empty and repeated quotes are left out).
+    """
+    import torch
+
+    eos = {int(e) for e in eos_ids if e is not None}
+    state: dict[str, Any] = {"cache": None, "logits": None}
+
+    def encode(text: str) -> list[int]:
+        return list(tok(text, add_special_tokens=False)["input_ids"]) if text else []
+
+    def feed(ids: Sequence[int]) -> None:
+        if not ids:
+            return
+        out = lm(input_ids=torch.tensor([list(ids)], dtype=torch.long), past_key_values=state["cache"], use_cache=True)
+        state["cache"], state["logits"] = out.past_key_values, out.logits[0, -1]
+
+    def pick() -> int:
+        logits = state["logits"].float()
+        if temperature > 0:
+            return int(torch.multinomial(torch.softmax(logits / temperature, dim=-1), 1))
+        return int(torch.argmax(logits))
+
+    def decode(ids: Sequence[int]) -> str:
+        return tok.decode(list(ids), skip_special_tokens=True)
+
+    rationales: list[dict] = []
+    n_out = 0
+    spent = False
+    pending_ids = list(prompt_ids)  # fed lazily, right before the next token is needed
+    pending = '{"rationales": ['
+    for j, code in enumerate(codes):
+        quotes: list[str] = []
+        rationales.append({"code": code, "quotes": quotes})
+        if spent:
+            continue
+        pending += (", " if j else "") + '{"code": ' + json.dumps(code, ensure_ascii=False) + ', "quotes": ["'
+        for k in range(max(1, max_quotes_per_code)):
+            feed(pending_ids + encode(pending))
+            pending_ids, pending = [], ""
+            ids: list[int] = []
+            text, tail, how = "", "", "cap"
+            while len(ids) < max_quote_tokens:
+                if n_out >= max_new_tokens:
+                    spent, how = True, "spent"
+                    break
+                t = pick()
+                n_out += 1
+                if t in eos:
+                    how = "eos"
+                    break
+                cand = decode(ids + [t])
+                cuts = [i for i in (cand.find(c, len(text)) for c in _QUOTE_STOPS) if i >= 0]
+                if cuts:  # the token closes the string: keep what comes before the stop, not the token
+                    cut = min(cuts)
+                    pending = cand[len(text):cut]
+                    text, tail, how = cand[:cut], cand[cut:], "stop"
+                    break
+                ids.append(t)
+                text = cand
+                feed([t])
+            q = text.strip().rstrip("\\").strip()
+            if q and q not in quotes:
+                quotes.append(q)
+            pending += '"'
+            if spent or how != "stop" or not tail.startswith('"') or k + 1 >= max_quotes_per_code:
+                break
+            after = tail[1:].lstrip()
+            if not after:  # the token ended with the quote: ask the model whether the list goes on
+                feed(encode(pending))
+                pending = ""
+                after = decode([pick()]).lstrip()
+            if not after.startswith(","):
+                break
+            pending += ', "'
+        pending += "]}"
+    answer = json.dumps({"rationales": rationales}, ensure_ascii=False)
+    return answer, n_out, "MAX_TOKENS" if spent else "STOP"
+
+
 class LocalBackend(Backend):
     """A causal LM run on this machine by ``transformers`` (chat template, greedy by default).
 
     ``path``: a local Hugging Face model folder, or a ``.gguf`` file; None = the bundled
     SmolLM2-135M-Instruct (Q4_1 GGUF, dequantised to float32 on load: 10-30 s on a small CPU). That model
-    is a real LLM but a very weak one: it often ignores the format or invents quotes, so many of
-    its answers are recorded as failures; it exists so the whole pipeline runs offline, not for
+    is a real LLM but a very weak one: left to write the JSON itself it almost never produces a
+    valid answer, and it invents quotes; it exists so the whole pipeline runs offline, not for
     results. Requests run one at a time, or ``batch_size`` at a time (left-padded batches).
+
+    ``structured=True`` (the default) is guided decoding (:func:`_guided_answer`): the backend
+    writes the JSON answer itself, code by code in the order asked, and the model only fills in the
+    quote strings (at most ``max_quote_tokens`` tokens each, up to ``max_quotes_per_code``). The
+    *structure* of every answer is imposed by the backend and always valid; the *content* (the quotes)
+    is the model's alone and may be a paraphrase or invented: alignment to the note judges it. The
+    codes come from ``prompt.codes`` (set by :func:`build_prompt`) or the prompt's ``<codes>`` block;
+    a prompt without either is answered by free generation. Structured requests run one at a time
+    (one KV cache per request), and the setting is part of the cache key (``cache_tag``), so answers
+    cached without it are not reused. ``structured=False`` lets the model write the whole answer.
     """
 
     name = "local"
@@ -848,6 +967,9 @@ class LocalBackend(Backend):
         batch_size: int = 1,
         device: str = "cpu",
         max_input_tokens: Optional[int] = None,
+        structured: bool = True,
+        max_quote_tokens: int = 48,
+        max_quotes_per_code: int = 2,
     ):
         if path is None:
             self.folder, self.gguf_file = bundled_local_model()
@@ -863,6 +985,9 @@ class LocalBackend(Backend):
         self.max_concurrency = self.batch_size
         self.device = device
         self.max_input_tokens = max_input_tokens
+        self.structured = bool(structured)
+        self.max_quote_tokens = max(1, int(max_quote_tokens))
+        self.max_quotes_per_code = max(1, int(max_quotes_per_code))
         self._tok: Any = None
         self._lm: Any = None
         self._load_lock = threading.Lock()
@@ -871,7 +996,20 @@ class LocalBackend(Backend):
         self._worker: Optional[asyncio.Task] = None
 
     def __repr__(self) -> str:
-        return f"LocalBackend(model={self.model!r}, max_new_tokens={self.max_new_tokens}, temperature={self.temperature})"
+        return (f"LocalBackend(model={self.model!r}, max_new_tokens={self.max_new_tokens}, "
+                f"temperature={self.temperature}, structured={self.structured})")
+
+    @property
+    def cache_tag(self) -> str:  # type: ignore[override]
+        if not self.structured:
+            return ""
+        return f"structured-v1:q{self.max_quote_tokens}x{self.max_quotes_per_code}:n{self.max_new_tokens}"
+
+    def _eos_ids(self) -> set[int]:
+        gen_eos = getattr(self._lm.generation_config, "eos_token_id", None)
+        eos = {self._tok.eos_token_id} | set(gen_eos if isinstance(gen_eos, (list, tuple)) else [gen_eos])
+        eos.discard(None)
+        return eos
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
@@ -918,9 +1056,18 @@ class LocalBackend(Backend):
         texts, idx = [], []
         for i, p in enumerate(prompts):
             rendered = self._render(p)
-            n = len(tok(rendered, add_special_tokens=False)["input_ids"])
+            ids = tok(rendered, add_special_tokens=False)["input_ids"]
+            n = len(ids)
+            codes = prompt_codes(p) if self.structured else []
             if n > limit:
                 results[i] = PermanentLLMError(f"prompt has {n} tokens, more than the local model's {limit} (set max_note_chars)")
+            elif codes:
+                with self._gen_lock, torch.inference_mode():
+                    text, n_out, finish = _guided_answer(
+                        lm, tok, ids, codes, max_quote_tokens=self.max_quote_tokens,
+                        max_quotes_per_code=self.max_quotes_per_code, max_new_tokens=self.max_new_tokens,
+                        eos_ids=self._eos_ids(), temperature=self.temperature)
+                results[i] = LLMResponse(text, finish, n, n_out)
             else:
                 texts.append(rendered)
                 idx.append(i)
@@ -1049,7 +1196,8 @@ def make_backend(llm_cfg: Any, **overrides: Any) -> Backend:
                   temperature=llm_cfg.temperature, max_output_tokens=getattr(llm_cfg, "max_output_tokens", 8192))
         return GeminiBackend(**{**kw, **overrides})
     if kind == "local":
-        kw = dict(path=llm_cfg.local_path, max_new_tokens=llm_cfg.max_new_tokens, temperature=llm_cfg.temperature)
+        kw = dict(path=llm_cfg.local_path, max_new_tokens=llm_cfg.max_new_tokens, temperature=llm_cfg.temperature,
+                  structured=getattr(llm_cfg, "local_structured", True))
         return LocalBackend(**{**kw, **overrides})
     if kind == "replay":
         path = overrides.pop("path", llm_cfg.replay_file)

@@ -368,3 +368,200 @@ def headline(table: pd.DataFrame, measure: str = "token_position_independent") -
     """One row per source (and model): P/R/F1 of ``measure`` over all granularities and codes."""
     t = table[(table.measure == measure) & (table.granularity == "all") & (table.code_set == "all")]
     return t[["source", "model", "n_pairs", "precision", "recall", "f1"]].reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------------------------
+# 07/08: guided learning
+# --------------------------------------------------------------------------------------------
+def teacher_targets(ds, llm_spans: pd.DataFrame, oracle_spans: pd.DataFrame, teachers: Iterable[str]) -> dict:
+    """``{teacher: {(note_id, code): [(start, end), ...]}}`` on training notes, gold codes only.
+
+    ``llm_zero``/``llm_few``: aligned LLM spans of that teacher; ``human``: the human spans where
+    they exist (for the embedded corpus, the generator's spans of every training note: an upper
+    reference no real data set has at this scale)."""
+    train = ds.docs[(ds.docs.split == "train") & ~ds.docs.fewshot]
+    gold = {(n, c) for n, cs in zip(train.note_id, train.codes) for c in cs}
+    out = {}
+    for t in teachers:
+        spans = oracle_spans if t == "human" else llm_spans[llm_spans.source == t]
+        targets: dict = {}
+        for n, c, s, e in spans[["note_id", "code", "start", "end"]].itertuples(index=False, name=None):
+            if (n, c) in gold:
+                targets.setdefault((n, c), []).append((int(s), int(e)))
+        out[t] = targets
+    return out
+
+
+def coverage(targets: Mapping[str, dict]) -> pd.DataFrame:
+    return pd.DataFrame([{"teacher": t, "notes": len({n for n, _ in d}), "pairs": len(d),
+                          "spans": sum(len(v) for v in d.values())} for t, d in targets.items()])
+
+
+def evaluate_student(model, threshold: float, ds, profile: Profile, device: str = "cpu") -> dict:
+    """Coding (test micro/macro F1, mAP) and attention plausibility (PI token F1 of the top-k
+    attention, AUPRC) of a trained model on the evaluation notes."""
+    from .metrics import coding
+    from .metrics import plausibility as P
+    from .rationales import attention_rationales
+
+    test = ds.docs[ds.docs.split == "test"]
+    pr = predictions(model, test, threshold, device)
+    labels = list(model.labels)
+    y = coding.label_matrix(test.codes, labels)
+    p = pr.pivot(index="note_id", columns="code", values="prob").reindex(index=test.note_id, columns=labels).to_numpy()
+    rep = coding.coding_report(y, p, threshold)
+    evald = eval_docs(ds.docs)
+    gold = ds.spans[ds.spans.note_id.isin(set(evald.note_id))]
+    pairs = gold[["note_id", "code"]].drop_duplicates()
+    pairs = pairs[pairs.code.isin(set(labels))]
+    att = attention_rationales(model, evald, pairs, model_name="student", device=device, progress=False).table
+    k = profile.rationales.topk
+    spans = P.binarise(att, topk=k)
+    m = P.mdace_measures(gold, spans, evald)
+    soft = P.soft_plausibility(att, gold, evald, ks=(k,))
+    return {"micro_f1": rep["micro_f1"], "macro_f1": rep["macro_f1_mean"], "map": rep["map"],
+            "pi_token_f1": m["token_position_independent"]["f1"], "token_exact_f1": m["token_exact"]["f1"],
+            "auprc": soft["auprc"], f"p@{k}": soft[f"p@{k}"]}
+
+
+def guided_run(name: str, teacher: str, lam: float, targets: dict | None, ds, labels: list[str], profile: Profile,
+               out_dir: Path, device: str = "cpu") -> dict:
+    """Train one student (resumable in ``out_dir``) and evaluate it; returns one result row."""
+    t0 = time.time()
+    res = fit_model(name, profile, ds.docs, labels, Path(out_dir), device, rationale_targets=targets if lam > 0 else None,
+                    lam=lam, loss=profile.guided.loss, epochs=profile.guided.epochs)
+    row = {"model": name, "teacher": teacher if lam > 0 else "none", "lambda": lam,
+           **evaluate_student(res.model, res.threshold, ds, profile, device), "seconds": round(time.time() - t0, 1)}
+    return row
+
+
+def guided_sweep(ds, labels: list[str], targets: Mapping[str, dict], profile: Profile, out_dir: Path,
+                 device: str = "cpu") -> pd.DataFrame:
+    """The lambda sweep: for each model, lambda = 0 once, then every teacher x every lambda > 0."""
+    rows = []
+    g = profile.guided
+    for name in g.models:
+        rows.append(guided_run(name, "none", 0.0, None, ds, labels, profile, Path(out_dir) / f"{name}_lam0", device))
+        for teacher, tg in targets.items():
+            if not tg:
+                print(f"{name}: teacher {teacher} has no aligned rationales on training notes: skipped")
+                continue
+            for lam in [l for l in g.lambdas if l > 0]:
+                rows.append(guided_run(name, teacher, lam, tg, ds, labels, profile,
+                                       Path(out_dir) / f"{name}_{teacher}_lam{lam:g}", device))
+    return pd.DataFrame(rows)
+
+
+def tradeoff_verdict(sweep: pd.DataFrame) -> pd.DataFrame:
+    """Per model and teacher: the best plausibility gain, the F1 change at that λ, and whether any
+    λ > 0 improved both micro-F1 and PI token F1 over λ = 0."""
+    rows = []
+    for model, part in sweep.groupby("model"):
+        base = part[part["lambda"] == 0].iloc[0]
+        for teacher, t in part[part["lambda"] > 0].groupby("teacher"):
+            best = t.loc[t.pi_token_f1.idxmax()]
+            rows.append({"model": model, "teacher": teacher, "best lambda": best["lambda"],
+                         "PI token F1 gain": best.pi_token_f1 - base.pi_token_f1,
+                         "micro-F1 change": best.micro_f1 - base.micro_f1,
+                         "some lambda improves both": bool(((t.micro_f1 > base.micro_f1) & (t.pi_token_f1 > base.pi_token_f1)).any())})
+    return pd.DataFrame(rows)
+
+
+def ner_experiment(ds, targets: Mapping[str, dict], profile: Profile, out_dir: Path, train_dir: Path,
+                   device: str = "cpu") -> pd.DataFrame:
+    """Train the code-agnostic NER tagger on each teacher's spans at each training-set size (capped
+    by the teacher's coverage) and score its spans, assigned to the codes the first guided model
+    predicts, on the evaluation notes. One row per (teacher, size)."""
+    from . import ner as N
+    from .metrics import plausibility as P
+
+    g = profile.guided
+    evald = eval_docs(ds.docs)
+    gold = ds.spans[ds.spans.note_id.isin(set(evald.note_id))]
+    model_name = g.models[0]
+    preds = pd.read_parquet(Path(train_dir) / "predictions.parquet")
+    predicted = preds[(preds.model == model_name) & preds.pred & preds.note_id.isin(set(evald.note_id))][["note_id", "code"]]
+    rows = []
+    with_spans = [t for t, d in targets.items() if d]
+    chosen = [g.ner_teacher] if g.ner_teacher in with_spans else with_spans[:1]
+    if g.ner_teacher not in with_spans:
+        print(f"NER teacher {g.ner_teacher!r} has no aligned spans on training notes; using {chosen or 'none'}")
+    for teacher in chosen:
+        tg = targets[teacher]
+        notes = sorted({n for n, _ in tg})
+        spans = pd.DataFrame([(n, c, s, e) for (n, c), v in tg.items() for s, e in v], columns=["note_id", "code", "start", "end"])
+        for size in g.ner_train_sizes:
+            use = notes[:size]
+            if not use:
+                continue
+            cfg = N.NERConfig(epochs=g.ner_epochs, seed=profile.common.seed, window=profile.train.plm_icd.chunk_size,
+                              encoder_path=profile.train.plm_icd.encoder_path)
+            t0 = time.time()
+            tagger = N.train_ner(ds.docs[ds.docs.note_id.isin(set(use))], spans[spans.note_id.isin(set(use))], cfg,
+                                 out_dir=Path(out_dir) / f"{teacher}_{len(use)}", device=device, progress=profile.common.progress)
+            found = N.assign_codes(tagger.predict_spans(evald[["note_id", "text"]]), predicted)
+            m = P.mdace_measures(gold, found, evald)
+            rows.append({"teacher": teacher, "train notes": len(use), "requested": size, "spans": len(found),
+                         "pi_token_f1": m["token_position_independent"]["f1"], "token_exact_f1": m["token_exact"]["f1"],
+                         "span_exact_f1": m["span_exact"]["f1"], "seconds": round(time.time() - t0, 1)})
+    return pd.DataFrame(rows)
+
+
+def guided_summary(sweep: pd.DataFrame, ner: pd.DataFrame) -> pd.DataFrame:
+    """Paper-style summary: the unguided model, the best-plausibility guided model per teacher, and
+    the NER tagger at its largest size."""
+    rows = []
+    for model, part in sweep.groupby("model"):
+        base = part[part["lambda"] == 0].iloc[0]
+        rows.append({"method": f"{model} (unguided)", "micro_f1": base.micro_f1, "macro_f1": base.macro_f1, "pi_token_f1": base.pi_token_f1})
+        for teacher, t in part[part["lambda"] > 0].groupby("teacher"):
+            b = t.loc[t.pi_token_f1.idxmax()]
+            rows.append({"method": f"{model} + {teacher} (λ={b['lambda']:g})", "micro_f1": b.micro_f1,
+                         "macro_f1": b.macro_f1, "pi_token_f1": b.pi_token_f1})
+    if len(ner):
+        last = ner.sort_values("train notes").groupby("teacher").tail(1)
+        for r in last.itertuples(index=False):
+            rows.append({"method": f"NER ({r.teacher}, {r[1]} notes)", "micro_f1": float("nan"), "macro_f1": float("nan"),
+                         "pi_token_f1": r.pi_token_f1})
+    return pd.DataFrame(rows)
+
+
+def teacher_comparison(plaus: pd.DataFrame, calls: pd.DataFrame, llm_spans: pd.DataFrame) -> pd.DataFrame:
+    """Zero- vs few-shot teacher: calls that returned usable JSON, aligned spans, and plausibility
+    (MDACE PI token / exact token / exact span F1) from notebook 06."""
+    rows = []
+    for t in ("llm_zero", "llm_few"):
+        c = calls[calls.source == t] if "source" in calls else calls.iloc[:0]
+        p = plaus[(plaus.source == t) & (plaus.granularity == "all") & (plaus.code_set == "all")]
+        get = lambda m: float(p.loc[p.measure == m, "f1"].iloc[0]) if (p.measure == m).any() else float("nan")
+        ok = c["outcome"].eq("ok").sum() if "outcome" in c else c["status"].isin(["ok", "cached"]).sum()
+        rows.append({"teacher": t, "requests": int(len(c)), "usable answers": int(ok),
+                     "aligned spans": int((llm_spans.source == t).sum()),
+                     "pi_token_f1": get("token_position_independent"), "token_exact_f1": get("token_exact"),
+                     "span_exact_f1": get("span_exact")})
+    return pd.DataFrame(rows)
+
+
+def few_shot_students(ds, labels: list[str], targets: Mapping[str, dict], profile: Profile, out_dir: Path,
+                      device: str = "cpu") -> pd.DataFrame:
+    """The student model unguided and trained on each teacher's rationales at ``few_shot.lam``."""
+    fs = profile.few_shot
+    rows = [guided_run(fs.student_model, "none", 0.0, None, ds, labels, profile, Path(out_dir) / "unguided", device)]
+    for teacher, tg in targets.items():
+        if not tg:
+            rows.append({"model": fs.student_model, "teacher": teacher, "lambda": fs.lam, "note": "no aligned teacher rationales"})
+            continue
+        rows.append(guided_run(fs.student_model, teacher, fs.lam, tg, ds, labels, profile, Path(out_dir) / teacher, device))
+    return pd.DataFrame(rows)
+
+
+def few_shot_summary(teachers: pd.DataFrame, students: pd.DataFrame) -> pd.DataFrame:
+    """One row for the teacher, one for the student: PI token F1 with the zero-shot and the few-shot
+    teacher, and the gain."""
+    t = teachers.set_index("teacher")["pi_token_f1"]
+    s = students.set_index("teacher")["pi_token_f1"] if "pi_token_f1" in students else pd.Series(dtype=float)
+    rows = [{"role": "teacher", "zero-shot": t.get("llm_zero", np.nan), "few-shot": t.get("llm_few", np.nan)},
+            {"role": "student", "zero-shot": s.get("llm_zero", np.nan), "few-shot": s.get("llm_few", np.nan)}]
+    out = pd.DataFrame(rows)
+    out["gain"] = out["few-shot"] - out["zero-shot"]
+    return out

@@ -258,3 +258,38 @@ def plot_aopc_curves(curves: pd.DataFrame, path=None):
         ax.set_title(m)
         ax.legend(fontsize=7)
     return _finish(fig, path)
+
+
+def plot_tradeoff(sweep: pd.DataFrame, path=None):
+    """Coding micro-F1 against PI token F1 of the attention, one point per λ, a line per teacher."""
+    import matplotlib.pyplot as plt
+
+    models = list(sweep["model"].unique())
+    fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.2), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        part = sweep[sweep.model == model]
+        base = part[part["lambda"] == 0]
+        for teacher, t in part[part["lambda"] > 0].groupby("teacher"):
+            t = pd.concat([base, t]).sort_values("lambda")
+            ax.plot(t["pi_token_f1"], t["micro_f1"], marker="o", label=teacher)
+            for r in t.itertuples(index=False):
+                ax.annotate(f"{r[2]:g}", (r.pi_token_f1, r.micro_f1), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.scatter(base["pi_token_f1"], base["micro_f1"], c="k", zorder=5, label="λ = 0")
+        ax.set_xlabel("plausibility: PI token F1 of top-k attention")
+        ax.set_ylabel("coding micro-F1 (test)")
+        ax.set_title(model)
+        ax.legend(fontsize=8)
+    return _finish(fig, path)
+
+
+def plot_ner_sizes(ner: pd.DataFrame, path=None):
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for teacher, part in ner.groupby("teacher") if len(ner) else []:
+        ax.plot(part["train notes"], part["pi_token_f1"], marker="o", label=teacher)
+        ax.legend()
+    ax.set_xlabel("training notes")
+    ax.set_ylabel("PI token F1")
+    ax.set_title("NER tagger: plausibility against training-set size")
+    return _finish(fig, path)

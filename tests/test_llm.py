@@ -479,3 +479,107 @@ def _smollm_run(tmp_path):
         assert c.status == "ok" and set(answers.code) == {"E11.9"}
     _, again = llm.run_llm(reqs, backend, cache_dir=tmp_path, progress=False, reask=False)
     assert again.status.tolist() == ["cached"]
+
+
+# --------------------------------------------------------------------------------------------
+# structured (guided) decoding of the local backend, with a scripted character-level "model"
+# --------------------------------------------------------------------------------------------
+class _CharTok:
+    """Token = one ASCII character (id = its code), plus two merged tokens and an end token."""
+
+    MERGED = {128: '",', 129: '."'}
+    EOS = 0
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [ord(ch) for ch in text]}
+
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join(self.MERGED.get(i, "" if i == self.EOS else chr(i)) for i in ids)
+
+
+class _ScriptedLM:
+    """What the model "would write" after the forced ``"quotes": ["`` of each code; the cache is
+    the list of token ids fed so far (every forced or generated token must be fed exactly once)."""
+
+    def __init__(self, script):
+        self.script, self.tok, self.calls = script, _CharTok(), 0
+
+    def __call__(self, input_ids, past_key_values=None, use_cache=True):
+        import torch
+        from types import SimpleNamespace
+
+        self.calls += 1
+        ids = (past_key_values or []) + input_ids[0].tolist()
+        ctx = self.tok.decode(ids)
+        code = json.JSONDecoder().raw_decode(ctx, ctx.rindex('{"code": ') + len('{"code": '))[0]
+        written = ctx.rsplit('"quotes": ["', 1)[1]
+        want = self.script.get(code, "")
+        nxt = self.tok.EOS
+        if want.startswith(written) and len(want) > len(written):
+            rest = want[len(written):]
+            merged = [i for i, t in _CharTok.MERGED.items() if rest.startswith(t)]
+            nxt = merged[0] if merged else ord(rest[0])
+        logits = torch.zeros(1, len(input_ids[0]), 130)
+        logits[0, -1, nxt] = 1.0
+        return SimpleNamespace(logits=logits, past_key_values=ids)
+
+
+def test_guided_answer_builds_valid_json_around_the_models_quotes():
+    script = {
+        "E11.9": 'type 2 diabetes", "metformin 500 mg"]}',  # two quotes, the model closes the list
+        "I10": "blood pressure high\nmore text",  # a newline ends the quote
+        "J18.9": 'pneumonia." and more',  # a merged token holding the closing quote
+        "N17.9": "",  # the model ends its turn at once: no quote
+        "E78.5": 'x' * 100,  # cut at max_quote_tokens
+        'A "B"': 'same", "same"]}',  # a repeated quote is kept once; odd code text is escaped
+    }
+    lm = _ScriptedLM(script)
+    prompt_ids = lm.tok("<prompt>")["input_ids"]
+    text, n_out, finish = llm._guided_answer(lm, lm.tok, prompt_ids, list(script), max_quote_tokens=20,
+                                             eos_ids=[_CharTok.EOS])
+    obj, repaired = llm.parse_answer(text, llm.response_schema())
+    assert repaired is None and finish == "STOP"
+    got = {r["code"]: r["quotes"] for r in obj["rationales"]}
+    assert list(got) == list(script)
+    assert got == {"E11.9": ["type 2 diabetes", "metformin 500 mg"], "I10": ["blood pressure high"],
+                   "J18.9": ["pneumonia."], "N17.9": [], "E78.5": ["x" * 20], 'A "B"': ["same"]}
+    assert 0 < n_out <= 6 * 2 * 21 and lm.calls < n_out + 20  # one forward per token, not per prompt
+
+    # the token budget is shared by the request: codes left when it is spent get no quotes
+    text, n_out, finish = llm._guided_answer(lm, lm.tok, prompt_ids, ["E11.9", "I10"], max_new_tokens=5,
+                                             eos_ids=[_CharTok.EOS])
+    assert finish == "MAX_TOKENS" and n_out == 5
+    assert json.loads(text) == {"rationales": [{"code": "E11.9", "quotes": ["type"]}, {"code": "I10", "quotes": []}]}
+
+
+def test_structured_local_backend_codes_and_cache_key():
+    p = llm.build_prompt(note(1), CODES)
+    assert p.codes == ("E11.9", "I10") and llm.prompt_codes(p) == ["E11.9", "I10"]
+    bare = llm.Prompt(system=p.system, user=p.user, version=p.version, sha=p.sha)  # codes read from the text
+    assert bare == p and llm.prompt_codes(bare) == ["E11.9", "I10"]
+    assert llm.prompt_codes(llm.repair_prompt(p, "{", "bad")) == ["E11.9", "I10"]
+    structured, free = llm.LocalBackend(), llm.LocalBackend(structured=False)
+    assert structured.structured and structured.cache_tag and not free.cache_tag
+    assert llm.cache_key(free, p) == llm._sha("local", free.model, p.sha)  # unchanged without the option
+    assert llm.cache_key(structured, p) != llm.cache_key(free, p)
+
+
+@pytest.mark.local_llm
+@pytest.mark.skipif(bool(os.environ.get("RK_SKIP_LOCAL_LLM")), reason="RK_SKIP_LOCAL_LLM is set")
+def test_smollm_structured_answers_every_code(tmp_path):
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        backend = llm.LocalBackend(max_quote_tokens=24)
+        text = "Patient with type 2 diabetes on metformin 500 mg. Blood pressure high: essential hypertension, on lisinopril."
+        reqs = [llm.LLMRequest("n0", llm.build_prompt(text, CODES), tuple(CODES))]
+        answers, calls = llm.run_llm(reqs, backend, cache_dir=tmp_path, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    c = calls.iloc[0]
+    assert c.status == "ok" and c.attempts == 1 and c.repaired is None and c.n_codes == 2
+    ok = answers[answers.status == "ok"]
+    assert set(ok.code) == {"E11.9", "I10"} and ok.quote.str.len().gt(0).all()
+    assert json.loads(c.raw)["rationales"][0]["code"] == "E11.9"

@@ -264,7 +264,10 @@ def test_checkpoint_reuse_and_determinism(trained, toy, encoder, monkeypatch):
     # same seed -> bitwise the same weights (small run)
     sub_docs = toy[0].head(30)
     cfg = _cfg(encoder, epochs=1, max_windows_per_note=1)
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
     m1 = train_ner(sub_docs, toy[1], cfg, progress=False)
+    assert torch.equal(torch.get_rng_state(), state)  # the caller's RNG is left alone
     m2 = train_ner(sub_docs, toy[1], cfg, progress=False)
     for a, b in zip(m1.state_dict().values(), m2.state_dict().values()):
         assert torch.equal(a, b)
