@@ -58,8 +58,9 @@ def fit_model(name: str, profile: Profile, docs: pd.DataFrame, labels: list[str]
     params = getattr(profile.train, name)
     torch.manual_seed(profile.common.seed)
     train = docs[docs.split == "train"]
-    if profile.train.max_train_docs:
-        train = train.head(profile.train.max_train_docs)
+    cap = params.max_train_docs or profile.train.max_train_docs
+    if cap:
+        train = train.head(cap)
     w2v = profile.train.word2vec if name != "plm_icd" else None
     if w2v is not None and w2v.dim != params.embed_dim:
         w2v = type(w2v)(**{**w2v.__dict__, "dim": params.embed_dim})
@@ -477,6 +478,8 @@ def ner_experiment(ds, targets: Mapping[str, dict], profile: Profile, out_dir: P
 
     g = profile.guided
     evald = eval_docs(ds.docs)
+    if g.ner_eval_notes:
+        evald = evald.head(g.ner_eval_notes)
     gold = ds.spans[ds.spans.note_id.isin(set(evald.note_id))]
     model_name = g.models[0]
     preds = pd.read_parquet(Path(train_dir) / "predictions.parquet")
@@ -495,7 +498,7 @@ def ner_experiment(ds, targets: Mapping[str, dict], profile: Profile, out_dir: P
             if not use:
                 continue
             cfg = N.NERConfig(epochs=g.ner_epochs, seed=profile.common.seed, window=profile.train.plm_icd.chunk_size,
-                              encoder_path=profile.train.plm_icd.encoder_path)
+                              encoder_path=profile.train.plm_icd.encoder_path, max_windows_per_note=g.ner_max_windows_per_note)
             t0 = time.time()
             tagger = N.train_ner(ds.docs[ds.docs.note_id.isin(set(use))], spans[spans.note_id.isin(set(use))], cfg,
                                  out_dir=Path(out_dir) / f"{teacher}_{len(use)}", device=device, progress=profile.common.progress)
