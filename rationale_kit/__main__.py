@@ -21,15 +21,40 @@ def _run(argv: list[str]) -> int:
     return 0 if all(r["status"] in ("ok", "skipped") for r in results) else 1
 
 
+def _train(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m rationale_kit train",
+        description="Train one coding model of a profile outside the notebooks (e.g. on several GPUs: "
+                    "torchrun --nproc_per_node 4 -m rationale_kit train --profile mimic --model plm_icd).")
+    ap.add_argument("--profile", default="default")
+    ap.add_argument("--model", required=True, choices=["caml", "laat", "plm_icd"])
+    ap.add_argument("--out", default=None, help="output folder (default: artifacts/<profile>/02_train/<model>)")
+    args = ap.parse_args(argv)
+    from . import data, steps
+    from .pipeline import ROOT, pick_device
+
+    from .config import load_profile
+
+    prof = load_profile(args.profile)
+    ds = data.load_dataset(prof)
+    out = args.out or str(ROOT / prof.common.artifacts_dir / prof.name / "02_train" / args.model)
+    res = steps.fit_model(args.model, prof, ds.docs, steps.label_space(ds.docs), __import__("pathlib").Path(out),
+                          pick_device(prof.common.device))
+    print(f"{args.model}: best epoch {res.best_epoch}, threshold {res.threshold:.3f}, val {res.val_metrics}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"run": "the notebook series", "align": "align LLM quotes to notes", "plausibility": "score spans against gold spans"}
+    commands = {"run": "the notebook series", "train": "train one model (multi-GPU with torchrun)", "align": "align LLM quotes to notes", "plausibility": "score spans against gold spans"}
     if not argv or argv[0] not in commands:
         print("usage: python -m rationale_kit {run,align,plausibility} [options]\n" + "\n".join(f"  {k:<13} {v}" for k, v in commands.items()), file=sys.stderr)
         return 2
     cmd, rest = argv[0], argv[1:]
     if cmd == "run":
         return _run(rest)
+    if cmd == "train":
+        return _train(rest)
     from . import cli
 
     return cli.align_main(rest) if cmd == "align" else cli.plausibility_main(rest)
