@@ -828,6 +828,8 @@ def _reuse_gguf_parsing() -> Any:
 
 
 _QUOTE_STOPS = ('"', "\n")
+#: placeholders of the prompts' answer format (normalised): never a quote.
+_ECHO_KEYS = ("VERBATIMTEXT", "CODE")
 
 
 def _guided_answer(
@@ -857,12 +859,23 @@ def _guided_answer(
     ``.past_key_values`` (a ``transformers`` causal LM); ``tok`` encodes (``tok(text,
     add_special_tokens=False)["input_ids"]``) and decodes (``tok.decode(ids)``). Returns ``(text,
     generated tokens, finish reason)``; ``text`` is always valid JSON of the answer schema, built
-    with ``json.dumps`` from the quotes (empty and repeated quotes are left out).
+    with ``json.dumps`` from the quotes (empty and repeated quotes are left out). A quote may not
+    be one of the request's codes, a format placeholder (``<verbatim text>``) or punctuation only: tokens that
+    would spell the code or a placeholder are ruled out while the quote could still become one, and
+    a quote does not open with ``<``, ``[`` or ``{``.
     """
+    import inspect
+
     import torch
 
     eos = {int(e) for e in eos_ids if e is not None}
     state: dict[str, Any] = {"cache": None, "logits": None}
+    try:
+        params = inspect.signature(getattr(lm, "forward", lm)).parameters
+    except (TypeError, ValueError):
+        params = {}
+    cache_arg = "cache" if "cache" in params else "past_key_values"  # transformers 5 renamed it
+    extra = {"logits_to_keep": 1} if "logits_to_keep" in params else {}  # no logits for the whole prompt
 
     def encode(text: str) -> list[int]:
         return list(tok(text, add_special_tokens=False)["input_ids"]) if text else []
@@ -870,18 +883,32 @@ def _guided_answer(
     def feed(ids: Sequence[int]) -> None:
         if not ids:
             return
-        out = lm(input_ids=torch.tensor([list(ids)], dtype=torch.long), past_key_values=state["cache"], use_cache=True)
-        state["cache"], state["logits"] = out.past_key_values, out.logits[0, -1]
-
-    def pick() -> int:
-        logits = state["logits"].float()
-        if temperature > 0:
-            return int(torch.multinomial(torch.softmax(logits / temperature, dim=-1), 1))
-        return int(torch.argmax(logits))
+        out = lm(input_ids=torch.tensor([list(ids)], dtype=torch.long), use_cache=True,
+                 **{cache_arg: state["cache"]}, **extra)
+        state["cache"], state["logits"] = getattr(out, cache_arg), out.logits[0, -1]
 
     def decode(ids: Sequence[int]) -> str:
         return tok.decode(list(ids), skip_special_tokens=True)
 
+    def pick(text: str = "") -> int:
+        """The next token; while the quote so far could still spell a code or a placeholder of
+        the prompt's answer format, tokens that would continue spelling it are ruled out (a tiny
+        model likes to echo those instead of quoting the note)."""
+        logits = state["logits"].float()
+        so_far = normalize_code(text)
+        keys = [k for k in banned if k and k.startswith(so_far)]
+        opening = not text.strip()
+        if keys or opening:
+            for t in torch.topk(logits, min(32, logits.numel())).indices.tolist():
+                piece = decode([t])
+                spelled = normalize_code(text + piece)
+                if (spelled and any(k.startswith(spelled) for k in keys)) or (opening and piece.strip()[:1] in ("<", "[", "{")):
+                    logits[t] = float("-inf")
+        if temperature > 0:
+            return int(torch.multinomial(torch.softmax(logits / temperature, dim=-1), 1))
+        return int(torch.argmax(logits))
+
+    banned = {normalize_code(c) for c in codes} | set(_ECHO_KEYS)  # never a quote: the codes, placeholders
     rationales: list[dict] = []
     n_out = 0
     spent = False
@@ -902,7 +929,7 @@ def _guided_answer(
                 if n_out >= max_new_tokens:
                     spent, how = True, "spent"
                     break
-                t = pick()
+                t = pick(text)
                 n_out += 1
                 if t in eos:
                     how = "eos"
@@ -918,7 +945,7 @@ def _guided_answer(
                 text = cand
                 feed([t])
             q = text.strip().rstrip("\\").strip()
-            if q and q not in quotes:
+            if normalize_code(q) and q not in quotes and normalize_code(q) not in banned:
                 quotes.append(q)
             pending += '"'
             if spent or how != "stop" or not tail.startswith('"') or k + 1 >= max_quotes_per_code:

@@ -282,12 +282,13 @@ def faithfulness_tables(models_: Mapping[str, torch.nn.Module], docs: pd.DataFra
         spans = dict(discrete)
         spans[f"attention top-{profile.rationales.topk}"] = attention_topk_spans(soft, name, profile.rationales.topk)
         for src, table in spans.items():
+            table = table[table.note_id.isin(set(docs.note_id))]  # e.g. LLM spans of teacher (training) notes
             if not len(table):
                 continue
             t = F.faithfulness_discrete(model, docs, table.assign(source=src), unit=f.unit, model_name=name,
                                         missing=f.missing, gold=gold_map, **common)
             parts.append(t)
-        own = soft[soft.model == name]
+        own = soft[(soft.model == name) & soft.note_id.isin(set(docs.note_id))]
         for src, table in own.groupby("source"):
             parts.append(F.faithfulness_scored(model, docs, table, aopc_k=tuple(f.aopc_k), variant="eraser",
                                                unit=f.unit, model_name=name, gold=gold_map, **common))

@@ -421,19 +421,27 @@ def train_model(
         "grad_accum": accum, "patience": params.patience, "warmup_ratio": train_cfg.warmup_ratio,
         "clip_norm": train_cfg.clip_norm, "seed": seed, "lam": float(lam), "rationale_loss": rationale_loss,
         "targets": _targets_hash(rationale_targets), "world": dist.world,
+        # the architecture and vocabulary: a checkpoint of another code version is not resumed
+        "shapes": hashlib.sha256(repr(sorted((k, tuple(v.shape)) for k, v in model.state_dict().items())).encode()).hexdigest()[:16],
     }
     ckpt_path = out_dir / "checkpoint.pt"
     best_path = out_dir / "best_model.pt"
     state = {"epoch": 0, "history": [], "best_score": None, "best_epoch": 0, "bad_epochs": 0, "stopped": False}
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        diff = {k: (ckpt["fingerprint"].get(k), v) for k, v in fingerprint.items() if ckpt["fingerprint"].get(k) != v}
+        old = ckpt["fingerprint"]
+        # checkpoints written before "shapes" was recorded are checked by loading alone
+        diff = {k: (old.get(k), v) for k, v in fingerprint.items() if old.get(k) != v and (k in old or k != "shapes")}
         if diff:
             raise ValueError(
                 f"{ckpt_path} belongs to a different run (checkpoint vs now: {diff}); use another "
                 "out_dir or delete it to start over"
             )
-        model.load_state_dict(ckpt["model"])
+        try:
+            model.load_state_dict(ckpt["model"])
+        except RuntimeError as exc:
+            raise ValueError(f"{ckpt_path} does not fit this model ({str(exc).splitlines()[1:2]}); it was written by "
+                             "another version of the code or vocabulary: delete the folder to start over") from None
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         if scaler is not None and ckpt.get("scaler"):

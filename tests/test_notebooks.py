@@ -7,7 +7,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from rationale_kit.pipeline import NOTEBOOKS, NOTEBOOKS_DIR, ROOT, run_series
+from rationale_kit.pipeline import NOTEBOOKS, NOTEBOOKS_DIR, run_series
 
 NOTEBOOK_FILES = sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
 
@@ -45,10 +45,16 @@ def test_cells_fit_on_a_screen(path):
 @pytest.mark.notebooks
 def test_series_runs_on_smoke(tmp_path):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    results = run_series("smoke", force=True, runs_dir=tmp_path / "runs")
+    # a fresh artifacts folder: nothing is resumed from earlier runs
+    overrides = {"common": {"artifacts_dir": str(tmp_path / "artifacts"), "figures_dir": str(tmp_path / "figures")}}
+    results = run_series("smoke", force=True, runs_dir=tmp_path / "runs", overrides=overrides)
     failed = [r for r in results if r["status"] not in ("ok", "skipped")]
     assert not failed, f"notebook failed: {failed}"
     assert [r["notebook"] for r in results] == NOTEBOOKS
     for name in NOTEBOOKS:
-        assert (ROOT / "artifacts" / "smoke" / name / "manifest.json").exists()
-    assert (ROOT / "figures" / "smoke" / "PROVENANCE.md").exists()
+        manifest = tmp_path / "artifacts" / "smoke" / name / "manifest.json"
+        assert manifest.exists(), f"{name} wrote no manifest"
+    figures = tmp_path / "figures" / "smoke"
+    assert (figures / "PROVENANCE.md").exists()
+    for fig in ["01_dataset_overview.png", "02_learning_curves.png", "05_aopc_curves.png", "06_pi_token_f1.png", "07_tradeoff.png"]:
+        assert (figures / fig).stat().st_size > 1000, f"figure {fig} missing or empty"
