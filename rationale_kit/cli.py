@@ -25,34 +25,21 @@ from typing import Sequence
 
 import pandas as pd
 
-from .records import DataError, read_spans_jsonl
+from .records import DataError, iter_jsonl_objects, read_spans_jsonl
 
 
 def _read_jsonl(path: str | Path, keys: Sequence[str], strings: Sequence[str] = ()) -> list[tuple[int, dict]]:
     """``(line number, object)`` per non-blank line; checks JSON, object-ness, ``keys`` present and
     ``strings`` being strings. Errors name file and line."""
     out = []
-    try:
-        fh = open(path, encoding="utf-8")
-    except OSError as exc:
-        raise DataError(f"{path}: cannot open ({exc.strerror})") from None
-    with fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{lineno}: malformed JSON ({exc.msg})") from None
-            if not isinstance(rec, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object")
-            for key in keys:
-                if key not in rec or rec[key] is None:
-                    raise DataError(f"{path}:{lineno}: missing key {key!r}")
-            for key in strings:
-                if not isinstance(rec[key], str):
-                    raise DataError(f"{path}:{lineno}: {key!r} must be a string")
-            out.append((lineno, rec))
+    for lineno, rec in iter_jsonl_objects(path):
+        for key in keys:
+            if key not in rec or rec[key] is None:
+                raise DataError(f"{path}:{lineno}: missing key {key!r}")
+        for key in strings:
+            if not isinstance(rec[key], str):
+                raise DataError(f"{path}:{lineno}: {key!r} must be a string")
+        out.append((lineno, rec))
     return out
 
 

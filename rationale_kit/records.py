@@ -133,12 +133,14 @@ def write_spans_jsonl(spans: pd.DataFrame, path: str | Path, docs: pd.DataFrame 
             fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
 
 
-def read_spans_jsonl(path: str | Path, docs: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Read spans JSONL (see :func:`write_spans_jsonl`). With ``docs``, offsets are checked and
-    an optional ``text`` field must equal the covered characters. Errors name file and line."""
-    rows: list[dict] = []
-    texts = dict(zip(docs["note_id"], docs["text"])) if docs is not None else None
-    with open(path, encoding="utf-8") as fh:
+def iter_jsonl_objects(path: str | Path):
+    """``(line number, object)`` for each non-blank line of a JSONL file; a line that is not a JSON
+    object is a :class:`DataError` naming the file and line."""
+    try:
+        fh = open(path, encoding="utf-8")
+    except OSError as exc:
+        raise DataError(f"{path}: cannot open ({exc.strerror})") from None
+    with fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
                 continue
@@ -148,39 +150,48 @@ def read_spans_jsonl(path: str | Path, docs: pd.DataFrame | None = None) -> pd.D
                 raise DataError(f"{path}:{lineno}: malformed JSON ({exc.msg})") from None
             if not isinstance(rec, dict):
                 raise DataError(f"{path}:{lineno}: expected a JSON object")
-            for key in ("note_id", "code", "start", "end"):
-                if key not in rec:
-                    raise DataError(f"{path}:{lineno}: missing key {key!r}")
-            try:
-                start, end = int(rec["start"]), int(rec["end"])
-            except (TypeError, ValueError):
-                raise DataError(f"{path}:{lineno}: start/end must be integers") from None
-            nid = str(rec["note_id"])
-            if texts is not None:
-                if nid not in texts:
-                    raise DataError(f"{path}:{lineno}: unknown note_id {nid!r}")
-                if not (0 <= start < end <= len(texts[nid])):
-                    raise DataError(
-                        f"{path}:{lineno}: offsets [{start}, {end}) outside note {nid!r} "
-                        f"of length {len(texts[nid])}"
-                    )
-                if "text" in rec and texts[nid][start:end] != rec["text"]:
-                    raise DataError(
-                        f"{path}:{lineno}: span text {rec['text']!r} does not match note text "
-                        f"{texts[nid][start:end]!r}"
-                    )
-            elif not (0 <= start < end):
-                raise DataError(f"{path}:{lineno}: need 0 <= start < end, got [{start}, {end})")
-            rows.append(
-                {
-                    "note_id": nid,
-                    "code": str(rec["code"]),
-                    "start": start,
-                    "end": end,
-                    "granularity": str(rec.get("granularity") or ""),
-                    "source": str(rec.get("source") or "human"),
-                }
-            )
+            yield lineno, rec
+
+
+def read_spans_jsonl(path: str | Path, docs: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Read spans JSONL (see :func:`write_spans_jsonl`). With ``docs``, offsets are checked and
+    an optional ``text`` field must equal the covered characters. Errors name file and line."""
+    rows: list[dict] = []
+    texts = dict(zip(docs["note_id"], docs["text"])) if docs is not None else None
+    for lineno, rec in iter_jsonl_objects(path):
+        for key in ("note_id", "code", "start", "end"):
+            if key not in rec:
+                raise DataError(f"{path}:{lineno}: missing key {key!r}")
+        try:
+            start, end = int(rec["start"]), int(rec["end"])
+        except (TypeError, ValueError):
+            raise DataError(f"{path}:{lineno}: start/end must be integers") from None
+        nid = str(rec["note_id"])
+        if texts is not None:
+            if nid not in texts:
+                raise DataError(f"{path}:{lineno}: unknown note_id {nid!r}")
+            if not (0 <= start < end <= len(texts[nid])):
+                raise DataError(
+                    f"{path}:{lineno}: offsets [{start}, {end}) outside note {nid!r} "
+                    f"of length {len(texts[nid])}"
+                )
+            if "text" in rec and texts[nid][start:end] != rec["text"]:
+                raise DataError(
+                    f"{path}:{lineno}: span text {rec['text']!r} does not match note text "
+                    f"{texts[nid][start:end]!r}"
+                )
+        elif not (0 <= start < end):
+            raise DataError(f"{path}:{lineno}: need 0 <= start < end, got [{start}, {end})")
+        rows.append(
+            {
+                "note_id": nid,
+                "code": str(rec["code"]),
+                "start": start,
+                "end": end,
+                "granularity": str(rec.get("granularity") or ""),
+                "source": str(rec.get("source") or "human"),
+            }
+        )
     return pd.DataFrame(rows, columns=SPAN_COLUMNS).astype({"start": "int64", "end": "int64"})
 
 
