@@ -24,6 +24,7 @@ run: $(STAMP)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m rationale_kit run --profile $(PROFILE)
 
 test: $(STAMP)
+	sh tools/install_browser.sh
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q tests
 
 clean-runs:

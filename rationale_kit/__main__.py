@@ -1,4 +1,4 @@
-"""Command line: ``python -m rationale_kit {run,align,plausibility} ...``."""
+"""Command line: ``python -m rationale_kit {run,report,train,align,plausibility} ...``."""
 from __future__ import annotations
 
 import argparse
@@ -44,17 +44,37 @@ def _train(argv: list[str]) -> int:
     return 0
 
 
+def _report(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="python -m rationale_kit report",
+                                 description="Write runs/<profile>/report.html and report.md from the saved artifacts.")
+    ap.add_argument("--profile", default="default", help="params/<profile>.yaml or a path (default: default)")
+    ap.add_argument("--overrides", default=None, help="JSON object of parameter overrides")
+    ap.add_argument("--runs-dir", default=None, help="folder of the executed notebooks (default: runs/<profile>)")
+    args = ap.parse_args(argv)
+    from .config import load_profile
+    from .pipeline import ROOT
+    from .report import build_report
+
+    prof = load_profile(args.profile, json.loads(args.overrides) if args.overrides else None)
+    html_path, md_path = build_report(prof, args.runs_dir or ROOT / "runs" / prof.name)
+    print(f"report: {html_path}\nmarkdown: {md_path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"run": "the notebook series", "train": "train one model (multi-GPU with torchrun)", "align": "align LLM quotes to notes", "plausibility": "score spans against gold spans"}
+    commands = {"run": "the notebook series", "report": "rewrite runs/<profile>/report.html from the artifacts",
+                "train": "train one model (multi-GPU with torchrun)", "align": "align LLM quotes to notes", "plausibility": "score spans against gold spans"}
     if not argv or argv[0] not in commands:
-        print("usage: python -m rationale_kit {run,align,plausibility} [options]\n" + "\n".join(f"  {k:<13} {v}" for k, v in commands.items()), file=sys.stderr)
+        print(f"usage: python -m rationale_kit {{{','.join(commands)}}} [options]\n" + "\n".join(f"  {k:<13} {v}" for k, v in commands.items()), file=sys.stderr)
         return 2
     cmd, rest = argv[0], argv[1:]
     if cmd == "run":
         return _run(rest)
     if cmd == "train":
         return _train(rest)
+    if cmd == "report":
+        return _report(rest)
     from . import cli
 
     return cli.align_main(rest) if cmd == "align" else cli.plausibility_main(rest)

@@ -83,6 +83,8 @@ class ModelParams:
     encoder_path: Optional[str] = None  # PLM-ICD: local HF checkpoint; None = bundled MiniLM
     chunk_size: int = 128  # PLM-ICD chunk length in tokens
     max_chunks: int = 32  # PLM-ICD: chunks kept per note
+    freeze_layers: int = 0  # PLM-ICD: freeze the embeddings and the first N encoder layers (0 = fine-tune all)
+    head_lr: Optional[float] = None  # learning rate of the non-encoder parameters; None = lr
     lr: float = 1e-3
     weight_decay: float = 1e-3
     batch_size: int = 8

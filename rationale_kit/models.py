@@ -454,6 +454,8 @@ class PLMICD(LabelAttentionModel):
         self.head = _LAATHead(dim, params.projection, self.num_labels)
         self.final = nn.Linear(dim, self.num_labels)
         nn.init.xavier_uniform_(self.final.weight)
+        if params.freeze_layers:
+            freeze_encoder_layers(encoder, int(params.freeze_layers))
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.encoder.get_input_embeddings()(input_ids)
@@ -483,6 +485,21 @@ class PLMICD(LabelAttentionModel):
 
     def _scores(self, h: torch.Tensor, label_idx: torch.Tensor | None) -> torch.Tensor:
         return self.head.scores(h, label_idx)
+
+
+def freeze_encoder_layers(encoder: nn.Module, n: int) -> None:
+    """Freeze the embeddings and the first ``n`` transformer layers of a Hugging Face encoder
+    (BERT/RoBERTa-style ``encoder.layer`` lists). Backpropagation then stops above them, which on
+    a CPU saves most of the backward pass."""
+    layers = getattr(getattr(encoder, "encoder", None), "layer", None)
+    if layers is None:
+        raise ValueError(f"freeze_layers: cannot find the transformer layers of {type(encoder).__name__}")
+    if not 0 <= n <= len(layers):
+        raise ValueError(f"freeze_layers must be in 0..{len(layers)}, got {n}")
+    for module in [encoder.get_input_embeddings(), getattr(encoder, "embeddings", None), *list(layers)[:n]]:
+        if module is not None:
+            for p in module.parameters():
+                p.requires_grad_(False)
 
 
 # --------------------------------------------------------------------------------------------

@@ -218,7 +218,8 @@ def _package_hash() -> str:
     h = hashlib.sha256()
     pkg = ROOT / "rationale_kit"
     for p in sorted(pkg.rglob("*")):
-        if p.is_file() and p.suffix in {".py", ".yaml", ".txt", ".json"} and "__pycache__" not in p.parts:
+        # the report module does not change what the notebooks compute
+        if p.is_file() and p.suffix in {".py", ".yaml", ".txt", ".json"} and "__pycache__" not in p.parts and p != pkg / "report.py":
             h.update(str(p.relative_to(pkg)).encode())
             h.update(p.read_bytes())
     return h.hexdigest()[:16]
@@ -316,13 +317,30 @@ def run_series(
         print(f"[{i}/{len(chosen)}] {name}: done in {secs} s", flush=True)
         results.append({"notebook": name, "status": "ok", "seconds": secs, "output": str(out)})
     _write_provenance(prof, results, runs)
+    report_line = _report(prof, runs, results, profile)
     print("\noutputs:")
     print(f"  executed notebooks: {runs}")
     print(f"  artifacts:          {ROOT / prof.common.artifacts_dir / prof.name}")
     print(f"  figures:            {ROOT / prof.common.figures_dir}{'' if prof.name == 'default' else '/' + prof.name}")
+    print(f"  report:             {report_line}")
     for r in results:
         print(f"  {r['notebook']:<20} {r['status']:<8} {r.get('seconds', '')}")
     return results
+
+
+def _report(prof: Profile, runs: Path, results: list[dict], profile: str) -> str:
+    """Write the run report; a failure is described, never raised, so notebook results stay visible."""
+    try:
+        from .report import build_report
+
+        html_path, md_path = build_report(prof, runs, results)
+        return f"{html_path} (and {md_path.name})"
+    except Exception as exc:  # noqa: BLE001
+        import traceback
+
+        traceback.print_exc(file=sys.stderr)
+        return (f"NOT WRITTEN: building the report failed ({type(exc).__name__}: {exc}); the notebook "
+                f"results are unaffected; retry with: python -m rationale_kit report --profile {profile}")
 
 
 def _write_provenance(prof: Profile, results: list[dict], runs: Path) -> None:

@@ -256,6 +256,17 @@ def attention_rationale_loss(
     raise ValueError(f"rationale_loss must be 'kl' or 'bce', got {kind!r}")
 
 
+def param_groups(model: torch.nn.Module, params) -> list[dict]:
+    """AdamW groups: a pretrained ``encoder`` at ``params.lr``, everything else at ``params.head_lr``
+    (default ``lr``); frozen parameters are left out."""
+    enc, rest = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (enc if name.startswith("encoder.") else rest).append(p)
+    head_lr = params.head_lr if params.head_lr is not None else params.lr
+    return [g for g in ({"params": enc, "lr": params.lr}, {"params": rest, "lr": head_lr}) if g["params"]]
+
+
 def _schedule(warmup: int, total: int) -> Callable[[int], float]:
     def f(step: int) -> float:
         if step < warmup:
@@ -406,7 +417,7 @@ def train_model(
     use_amp = bool(train_cfg.amp) and dev.type == "cuda"
     amp_dtype = _amp_dtype(dev) if use_amp else None
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
-    optimizer = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
+    optimizer = torch.optim.AdamW(param_groups(model, params), lr=params.lr, weight_decay=params.weight_decay)
     n_batches = len(dist.shard(list(range(int(math.ceil(len(enc_train) / params.batch_size))))))
     accum = max(1, int(params.grad_accum))
     steps_per_epoch = int(math.ceil(n_batches / accum))

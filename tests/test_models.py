@@ -259,3 +259,25 @@ def test_bundled_minilm_forward():
         out = model(*model.collate([enc]))
     assert out.logits.shape == (1, 4) and out.attention.shape == (1, 4, 32)
     torch.testing.assert_close(out.attention.sum(-1), torch.ones(1, 4))
+
+
+def test_freeze_layers_and_head_lr_groups(tiny_encoder):
+    from rationale_kit.training import param_groups
+
+    model = _build("plm_icd", tiny_encoder, freeze_layers=1, lr=1e-4, head_lr=1e-2)
+    enc = model.encoder
+    assert not any(p.requires_grad for p in enc.embeddings.parameters())
+    assert not any(p.requires_grad for p in enc.encoder.layer[0].parameters())
+    assert all(p.requires_grad for p in enc.encoder.layer[1].parameters())
+    groups = param_groups(model, model.params)
+    assert [g["lr"] for g in groups] == [1e-4, 1e-2]
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert sum(p.numel() for g in groups for p in g["params"]) == n_trainable
+    # gradients still reach the inputs (gradient attributions need them) and the trained layer
+    ids, mask = model.collate([model.tokenizer.encode(TEXTS[0])])
+    emb = model.embed(ids).detach().requires_grad_(True)
+    model.forward_from_embeddings(emb, mask).logits.sum().backward()
+    assert emb.grad is not None and emb.grad.abs().sum() > 0
+    assert enc.encoder.layer[0].attention.self.query.weight.grad is None
+    with pytest.raises(ValueError, match="freeze_layers"):
+        _build("plm_icd", tiny_encoder, freeze_layers=5)

@@ -1,0 +1,341 @@
+"""The run report of a profile: the paper's tables and figures, as ``report.html`` and ``report.md``.
+
+Tables are read from the CSV files the notebooks save next to their artifacts; a section whose
+notebook has no manifest yet says it has not run.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import os
+import time
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
+
+import pandas as pd
+
+from .config import Profile
+from .pipeline import NOTEBOOKS, ROOT, _git_commit
+
+_STATUS = {"ok": "ran", "skipped": "skipped (unchanged)", "failed": "FAILED", "missing": "notebook file missing"}
+
+
+@dataclass(frozen=True)
+class Table:
+    caption: str
+    frame: pd.DataFrame
+    source: str
+    digits: int = 4
+
+
+@dataclass(frozen=True)
+class Figure:
+    caption: str
+    path: Path
+    data: Optional[bytes]
+
+
+@dataclass(frozen=True)
+class Section:
+    notebook: str
+    title: str
+    ran: bool
+    notes: tuple[str, ...] = ()
+    tables: tuple[Table, ...] = ()
+    figures: tuple[Figure, ...] = ()
+
+
+@dataclass(frozen=True)
+class Timing:
+    notebook: str
+    status: str
+    seconds: Optional[float]
+    finished: Optional[str]
+    commit: Optional[str]
+
+
+@dataclass(frozen=True)
+class Report:
+    profile: str
+    header: tuple[tuple[str, str], ...]
+    timings: tuple[Timing, ...]
+    sections: tuple[Section, ...]
+
+
+# --------------------------------------------------------------------------------------------
+# collecting
+# --------------------------------------------------------------------------------------------
+def _json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _csv(folder: Path, name: str, caption: str, digits: int = 4, index: Any = None,
+         shape: Callable[[pd.DataFrame], pd.DataFrame] | None = None) -> Table | str:
+    path = folder / name
+    if not path.exists():
+        return f"table not found: {name} is missing from {folder}"
+    frame = pd.read_csv(path, index_col=index)
+    return Table(caption, shape(frame) if shape else frame, f"{folder.name}/{name}", digits)
+
+
+def _statistics(frame: pd.DataFrame) -> pd.DataFrame:
+    frame.index.name = frame.index.name or "split"
+    return frame
+
+
+def _coding(frame: pd.DataFrame) -> pd.DataFrame:
+    frame.index.name = "model"
+    return frame
+
+
+def _faithfulness(values: str) -> Callable[[pd.DataFrame], pd.DataFrame]:
+    def shape(frame: pd.DataFrame) -> pd.DataFrame:
+        out = frame.pivot_table(index=["model", "source"], columns="measure", values=values)
+        out.columns.name = None
+        return out
+    return shape
+
+
+def _sections(d: Callable[[str], Path], figures_dir: Path) -> list[tuple[str, str, Callable[[], list]]]:
+    def guided() -> list:
+        fig = figures_dir / "07_tradeoff.png"
+        return [Figure("plausibility / coding trade-off of guided learning", fig, fig.read_bytes() if fig.is_file() else None),
+                _csv(d("07_guided_learning"), "summary.csv", "guided learning summary")]
+
+    return [
+        ("01_data", "Dataset", lambda: [_csv(d("01_data"), "statistics.csv", "dataset statistics", 2, 0, _statistics)]),
+        ("02_train", "Coding", lambda: [_csv(d("02_train"), "coding_table.csv", "coding performance on the test notes", 3, 0, _coding)]),
+        ("06_plausibility", "Plausibility", lambda: [_csv(d("06_plausibility"), "plausibility_table.csv",
+                                                          "plausibility (F1, all granularities, all codes)", 4, [0, 1])]),
+        ("05_faithfulness", "Faithfulness", lambda: [
+            _csv(d("05_faithfulness"), "faithfulness_table.csv", "faithfulness of the rationales", 4, None, _faithfulness("rationale")),
+            _csv(d("05_faithfulness"), "faithfulness_table.csv", "rationale minus random control", 4, None, _faithfulness("difference")),
+        ]),
+        ("07_guided_learning", "Guided learning", guided),
+        ("08_few_shot", "Few-shot", lambda: [_csv(d("08_few_shot"), "summary.csv", "PI token F1: zero-shot vs few-shot teacher")]),
+    ]
+
+
+def _section(name: str, title: str, load: Callable[[], list], manifest: dict, timing: Timing | None, profile: str) -> Section:
+    failed = timing is not None and timing.status == _STATUS["failed"]
+    if not manifest:
+        why = "failed in this run and has no earlier successful run" if failed else "has not run yet"
+        return Section(name, title, False, (f"{name} {why} for profile {profile!r} "
+                                            f"(python -m rationale_kit run --profile {profile} --only {name[:2]}).",))
+    notes = []
+    if failed:
+        notes.append(f"{name} failed in this run: what follows comes from an earlier run and may be partial.")
+    tables, figures = [], []
+    try:
+        for item in load():
+            if isinstance(item, Table):
+                tables.append(item)
+            elif isinstance(item, Figure):
+                figures.append(item)
+                if item.data is None:
+                    notes.append(f"figure not found: {item.path}")
+            else:
+                notes.append(item)
+    except Exception as exc:  # noqa: BLE001 - one unreadable artifact must not sink the report
+        notes.append(f"could not build this section: {type(exc).__name__}: {exc}")
+    return Section(name, title, True, tuple(notes), tuple(tables), tuple(figures))
+
+
+def _data_line(profile: Profile, info: dict) -> str:
+    if not info:
+        return f"{profile.common.dataset} (01_data not run yet)"
+    kept = info.get("kept", {})
+    splits = " · ".join(f"{s} {v.get('documents')}" for s, v in info.get("splits", {}).items() if isinstance(v, dict))
+    parts = [f"{kept.get('documents', '?')} documents" + (f" ({splits})" if splits else "")]
+    parts += [f"{kept[k]} {k}" for k in ("codes", "spans") if k in kept]
+    return f"{info.get('name', profile.common.dataset)}: " + ", ".join(parts)
+
+
+def _llm_line(llm: Mapping) -> str:
+    backend = llm.get("backend", "?")
+    if backend == "local":
+        model = llm.get("local_path") or "bundled SmolLM2-135M-Instruct"
+    elif backend == "replay":
+        model = f"{llm.get('model')} (replayed from {llm.get('replay_file')})"
+    else:
+        model = llm.get("model", "?")
+    return f"{backend} · {model}"
+
+
+def _timings(timings: Iterable[Mapping], manifests: Mapping[str, dict]) -> tuple[Timing, ...]:
+    given = {t["notebook"]: t for t in timings}
+    rows = []
+    for name in NOTEBOOKS:
+        t, m = given.get(name, {}), manifests.get(name, {})
+        seconds = t.get("seconds")
+        if t.get("status"):
+            status = _STATUS.get(t["status"], t["status"])
+        else:
+            status = "not run in this invocation" if m or t else "never run"
+            seconds = m.get("seconds") if seconds is None else seconds
+        rows.append(Timing(name, status, seconds, t.get("finished"), m.get("git_commit")))
+    return tuple(rows)
+
+
+def collect(profile: Profile, artifacts_root: str | os.PathLike, figures_dir: str | os.PathLike,
+            timings: Iterable[Mapping] = (), commit: str | None = None, date: str | None = None) -> Report:
+    """Everything the report shows. ``timings``: one dict per notebook (``notebook, status, seconds,
+    finished``), as :func:`runner_timings` gives; missing notebooks use their manifest's duration."""
+    root, figs = Path(artifacts_root), Path(figures_dir)
+    manifests = {n: _json(root / n / "manifest.json") for n in NOTEBOOKS}
+    timing = _timings(timings, manifests)
+    by_name = {t.notebook: t for t in timing}
+    sections = tuple(_section(n, title, load, manifests[n], by_name.get(n), profile.name)
+                     for n, title, load in _sections(lambda n: root / n, figs))
+    thresholds = _json(root / "02_train" / "thresholds.json")
+    trained = ", ".join(thresholds) if thresholds else "none yet (02_train not run)"
+    llm = manifests["03_rationales"].get("parameters", {}).get("rationales", {}).get("llm") or {
+        k: getattr(profile.rationales.llm, k) for k in ("backend", "model", "local_path", "replay_file")}
+    header = (
+        ("profile", profile.name),
+        ("data", _data_line(profile, _json(root / "01_data" / "report.json") if manifests["01_data"] else {})),
+        ("models trained", trained),
+        ("LLM (backend · model)", _llm_line(llm)),
+        ("git commit", commit or _git_commit()),
+        ("date", date or time.strftime("%Y-%m-%d %H:%M:%S")),
+        ("artifacts", str(root)),
+    )
+    return Report(profile.name, header, timing, sections)
+
+
+def runner_timings(results: Sequence[Mapping], state: Mapping[str, Mapping]) -> list[dict]:
+    """Per notebook: the status of this invocation (from ``results``) and the duration and end
+    time of its last successful run (from the runner's ``state.json``)."""
+    now = {r["notebook"]: r for r in results}
+    rows = []
+    for name in NOTEBOOKS:
+        r, s = now.get(name, {}), state.get(name, {})
+        if not r and not s:
+            continue
+        rows.append({"notebook": name, "status": r.get("status"),
+                     "seconds": r.get("seconds", s.get("seconds")),
+                     "finished": s.get("finished") if r.get("status") in (None, "ok", "skipped") else None})
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+# rendering
+# --------------------------------------------------------------------------------------------
+def _plain_index(frame: pd.DataFrame) -> bool:
+    return isinstance(frame.index, pd.RangeIndex) and frame.index.name is None
+
+
+def _cell(value: Any, digits: int) -> str:
+    if isinstance(value, float):
+        return "–" if math.isnan(value) else f"{value:.{digits}f}"
+    return "–" if value is None else str(value)
+
+
+def _seconds(s: Optional[float]) -> str:
+    return "–" if s is None else f"{float(s):.1f}"
+
+
+def _html_table(t: Table) -> str:
+    body = t.frame.to_html(escape=True, index=not _plain_index(t.frame), na_rep="–", border=0,
+                           float_format=lambda x: f"{x:.{t.digits}f}")
+    return (f"<figure class=\"table\"><figcaption>{html.escape(t.caption)} "
+            f"<span class=\"src\">({html.escape(t.source)})</span></figcaption>\n{body}</figure>")
+
+
+def _html_figure(f: Figure) -> str:
+    if f.data is None:
+        return ""
+    mime = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".svg": "image/svg+xml"}.get(f.path.suffix.lower(), "image/png")
+    data = base64.b64encode(f.data).decode("ascii")
+    return (f"<figure><img alt=\"{html.escape(f.caption)}\" src=\"data:{mime};base64,{data}\">"
+            f"<figcaption>{html.escape(f.caption)} <span class=\"src\">({html.escape(f.path.name)})</span></figcaption></figure>")
+
+
+_CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;font-size:0.85em;margin:0.5em 0}th,td{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}
+th{background:#f4f4f4}table.header td,table.header th{text-align:left}figure{margin:1em 0}img{max-width:100%}
+.src{color:#888;font-size:0.85em}.note{color:#a40}"""
+
+
+def to_html(report: Report) -> str:
+    """The report as one self-contained HTML page (figures embedded)."""
+    e = html.escape
+    out = ["<!DOCTYPE html>", "<html lang=\"en\"><head><meta charset=\"utf-8\">",
+           f"<title>Run report: {e(report.profile)}</title><style>{_CSS}</style></head><body>",
+           f"<h1>Run report: profile {e(report.profile)}</h1>", "<table class=\"header\">"]
+    out += [f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in report.header]
+    out += ["</table>", "<h2 id=\"timings\">Notebook timings</h2>", "<table class=\"header\">",
+            "<tr><th>notebook</th><th>this invocation</th><th>seconds</th><th>finished</th><th>commit</th></tr>"]
+    out += [f"<tr><td>{e(t.notebook)}</td><td>{e(t.status)}</td><td>{_seconds(t.seconds)}</td>"
+            f"<td>{e(t.finished or '–')}</td><td>{e(t.commit or '–')}</td></tr>" for t in report.timings]
+    out.append("</table>")
+    for i, s in enumerate(report.sections, 1):
+        out.append(f"<h2 id=\"{s.notebook}\">{i}. {e(s.title)} ({e(s.notebook)})</h2>")
+        out += [f"<p class=\"note\">{e(n)}</p>" for n in s.notes]
+        out += [_html_figure(f) for f in s.figures if f.data is not None]
+        out += [_html_table(t) for t in s.tables]
+    out.append("</body></html>")
+    return "\n".join(out) + "\n"
+
+
+def _md_text(value: Any) -> str:
+    return html.escape(str(value), quote=False).replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+
+
+def _md_table(frame: pd.DataFrame, digits: int = 4) -> list[str]:
+    if not _plain_index(frame):
+        frame = frame.reset_index()
+    cols = [_md_text(c) for c in frame.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for row in frame.itertuples(index=False):
+        lines.append("| " + " | ".join(_md_text(_cell(v, digits)) for v in row) + " |")
+    return lines
+
+
+def to_markdown(report: Report, base_dir: str | os.PathLike | None = None) -> str:
+    """The report as Markdown; figures are linked relative to ``base_dir`` (the report's folder)."""
+    out = [f"# Run report: profile {_md_text(report.profile)}", ""]
+    out += _md_table(pd.DataFrame(list(report.header), columns=["", "value"]))
+    out += ["", "## Notebook timings", ""]
+    out += _md_table(pd.DataFrame([{"notebook": t.notebook, "this invocation": t.status, "seconds": _seconds(t.seconds),
+                                    "finished": t.finished or "–", "commit": t.commit or "–"} for t in report.timings]))
+    for i, s in enumerate(report.sections, 1):
+        out += ["", f"## {i}. {_md_text(s.title)} ({s.notebook})"]
+        if s.notes:
+            out += [""] + [f"> {_md_text(n)}  " for n in s.notes]
+        for f in s.figures:
+            if f.data is not None:
+                rel = os.path.relpath(f.path, base_dir) if base_dir else str(f.path)
+                out += ["", f"![{_md_text(f.caption)}]({urllib.parse.quote(Path(rel).as_posix())})"]
+        for t in s.tables:
+            out += ["", f"*{_md_text(t.caption)}* ({_md_text(t.source)})", ""] + _md_table(t.frame, t.digits)
+    return "\n".join(out) + "\n"
+
+
+def write_report(report: Report, out_dir: str | os.PathLike) -> tuple[Path, Path]:
+    """Write ``report.html`` and ``report.md`` into ``out_dir``; returns their paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    html_path, md_path = out / "report.html", out / "report.md"
+    html_path.write_text(to_html(report), encoding="utf-8")
+    md_path.write_text(to_markdown(report, out), encoding="utf-8")
+    return html_path, md_path
+
+
+def build_report(profile: Profile, runs_dir: str | os.PathLike, results: Sequence[Mapping] = ()) -> tuple[Path, Path]:
+    """Collect and write the report of ``profile`` into ``runs_dir`` (where the runner's
+    ``state.json`` is)."""
+    runs = Path(runs_dir)
+    state = _json(runs / "state.json")
+    figures = ROOT / profile.common.figures_dir
+    if profile.name != "default":
+        figures = figures / profile.name
+    artifacts = ROOT / profile.common.artifacts_dir / profile.name
+    return write_report(collect(profile, artifacts, figures, runner_timings(results, state)), runs)
