@@ -200,12 +200,19 @@ class Guided:
     models: list[str] = field(default_factory=lambda: ["caml", "laat", "plm_icd"])
     teachers: list[str] = field(default_factory=lambda: ["llm_zero", "llm_few", "human"])
     epochs: Optional[int] = None  # None = the model's own epochs
+    # "scratch" trains each student from random initialisation (as the paper does); "trained" starts
+    # from the notebook-02 model and fine-tunes it with the multi-objective loss (cheaper: CPU budgets)
+    init: Literal["scratch", "trained"] = "scratch"
+    max_train_docs: Optional[int] = None  # students see the first N training notes (None = all)
     ner_train_sizes: list[int] = field(default_factory=lambda: [100, 300, 1000])
     ner_epochs: int = 3
     ner_formulation: Literal["code_agnostic", "code_conditioned"] = "code_agnostic"
     ner_max_windows_per_note: Optional[int] = None  # windows with rationale first, then random ones
     ner_eval_notes: Optional[int] = None  # score the tagger on the first N evaluation notes (None = all)
     ner_teacher: str = "llm_few"  # whose aligned spans the NER tagger learns from (falls back to the first teacher)
+    ner_lr: float = 5e-5
+    ner_head_lr: Optional[float] = None  # None = ner_lr
+    ner_freeze_layers: int = 0  # freeze the tagger's embeddings and first N encoder layers
 
 
 @dataclass(frozen=True)

@@ -663,6 +663,15 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
+def save_weights(model: nn.Module, path: str | os.PathLike) -> None:
+    """The state dict as safetensors, each tensor an independent contiguous CPU copy (on CUDA,
+    cuDNN packs an LSTM's weights into one shared buffer, which safetensors refuses to save)."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(path))
+
+
 def save(
     model: LabelAttentionModel,
     path: str | os.PathLike,
@@ -672,8 +681,6 @@ def save(
     """Write ``model`` into folder ``path`` (created): ``config.json`` (name, labels, parameters,
     tokenizer settings, ``threshold`` (default ``model.threshold``), ``extra``),
     ``model.safetensors`` and the tokenizer (``vocab.json`` or ``tokenizer/`` + ``encoder/``)."""
-    from safetensors.torch import save_model
-
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     if threshold is None:
@@ -693,7 +700,7 @@ def save(
     else:
         model.tokenizer.hf.save_pretrained(path / "tokenizer")
         model.encoder.config.save_pretrained(path / "encoder")
-    save_model(model, str(path / "model.safetensors"))
+    save_weights(model, path / "model.safetensors")
     tmp = path / "config.json.tmp"
     tmp.write_text(json.dumps(cfg, indent=1, ensure_ascii=False), encoding="utf-8")
     os.replace(tmp, path / "config.json")

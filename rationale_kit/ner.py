@@ -58,7 +58,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .models import PieceTokenizer, _load_encoder, _load_hf_tokenizer, bundled_encoder_path
+from .models import PieceTokenizer, _load_encoder, _load_hf_tokenizer, bundled_encoder_path, freeze_encoder_layers, save_weights
 from .records import SPAN_COLUMNS, validate_spans
 
 __all__ = [
@@ -88,6 +88,8 @@ class NERConfig:
     max_windows_per_note: int | None = None
     seed: int = 13
     formulation: str = "code_agnostic"
+    freeze_layers: int = 0  # freeze the embeddings and the first N encoder layers (CPU budgets)
+    head_lr: float | None = None  # learning rate of the tagging head; None = lr
 
     def __post_init__(self) -> None:
         if self.window < 1:
@@ -309,13 +311,12 @@ def _cfg_dict(cfg: NERConfig) -> dict:
 
 def save_ner(model: NERModel, path: str | os.PathLike, extra: dict | None = None) -> Path:
     """Write ``model`` into folder ``path``; ``config.json`` is written last (atomically)."""
-    from safetensors.torch import save_model
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     model.tokenizer.hf.save_pretrained(path / "tokenizer")
     model.encoder.config.save_pretrained(path / "encoder")
-    save_model(model, str(path / "model.safetensors"))
+    save_weights(model, path / "model.safetensors")
     info = {"format": FORMAT_VERSION, "config": _cfg_dict(model.cfg), "finished": True} | dict(model.info) | (extra or {})
     tmp = path / "config.json.tmp"
     tmp.write_text(json.dumps(info, indent=1), encoding="utf-8")
@@ -413,14 +414,19 @@ def _train(docs: pd.DataFrame, spans: pd.DataFrame, cfg: NERConfig, dev: torch.d
     model = NERModel(_load_encoder(enc_path), _load_hf_tokenizer(enc_path), cfg)
     nn.init.normal_(model.head.weight, std=0.02)
     nn.init.zeros_(model.head.bias)
+    if cfg.freeze_layers:
+        freeze_encoder_layers(model.encoder, cfg.freeze_layers)
     model.to(dev)
     data = _training_windows(model, docs, spans, cfg, rng)
     n_batches = (len(data) + cfg.batch_size - 1) // cfg.batch_size
     total = max(1, n_batches * cfg.epochs)
-    decay, no_decay = [], []
+    groups: dict[tuple[bool, bool], list] = {}
     for name, p in model.named_parameters():
-        (no_decay if p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(p)
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+        if p.requires_grad:
+            groups.setdefault((name.startswith("head."), p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name), []).append(p)
+    head_lr = cfg.head_lr if cfg.head_lr is not None else cfg.lr
+    opt = torch.optim.AdamW([{"params": ps, "weight_decay": 0.0 if no_decay else 0.01, "lr": head_lr if head else cfg.lr}
+                             for (head, no_decay), ps in groups.items()], lr=cfg.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: max(0.0, 1.0 - step / total))
     history = []
     for epoch in range(cfg.epochs):

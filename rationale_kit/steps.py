@@ -49,23 +49,28 @@ def tuning_ids(docs: pd.DataFrame, fraction: float = 0.25) -> set[str]:
 # --------------------------------------------------------------------------------------------
 def fit_model(name: str, profile: Profile, docs: pd.DataFrame, labels: list[str], out_dir: Path,
               device: str = "cpu", rationale_targets: dict | None = None, lam: float = 0.0,
-              loss: str = "kl", epochs: int | None = None):
+              loss: str = "kl", epochs: int | None = None, init_from: Path | None = None,
+              max_train_docs: int | None = None):
     """Build (seeded) and train model ``name`` with the profile's parameters; resumable in
-    ``out_dir``. Returns the :class:`~rationale_kit.training.TrainResult`; the best model is saved
-    to ``out_dir / "model"``."""
+    ``out_dir``. ``init_from``: start from a saved model (a ``.../model`` folder) instead of a
+    fresh one; ``max_train_docs`` overrides the profile's cap on training notes. Returns the
+    :class:`~rationale_kit.training.TrainResult`; the best model is saved to ``out_dir / "model"``."""
     from . import models, training
 
     params = getattr(profile.train, name)
     torch.manual_seed(profile.common.seed)
     train = docs[docs.split == "train"]
-    cap = params.max_train_docs or profile.train.max_train_docs
+    cap = max_train_docs or params.max_train_docs or profile.train.max_train_docs
     if cap:
         train = train.head(cap)
-    w2v = profile.train.word2vec if name != "plm_icd" else None
-    if w2v is not None and w2v.dim != params.embed_dim:
-        w2v = type(w2v)(**{**w2v.__dict__, "dim": params.embed_dim})
-    model = models.build_model(name, params, labels, train_texts=train.text, w2v=w2v,
-                               max_words=profile.data.max_words, seed=profile.common.seed)
+    if init_from is not None:
+        model, _ = models.load(init_from)
+    else:
+        w2v = profile.train.word2vec if name != "plm_icd" else None
+        if w2v is not None and w2v.dim != params.embed_dim:
+            w2v = type(w2v)(**{**w2v.__dict__, "dim": params.embed_dim})
+        model = models.build_model(name, params, labels, train_texts=train.text, w2v=w2v,
+                                   max_words=profile.data.max_words, seed=profile.common.seed)
     result = training.train_model(
         model, train, docs[docs.split == "val"], params, profile.train, out_dir, device=device,
         progress=profile.common.progress, rationale_targets=rationale_targets, lam=lam,
@@ -427,31 +432,42 @@ def evaluate_student(model, threshold: float, ds, profile: Profile, device: str 
 
 
 def guided_run(name: str, teacher: str, lam: float, targets: dict | None, ds, labels: list[str], profile: Profile,
-               out_dir: Path, device: str = "cpu") -> dict:
-    """Train one student (resumable in ``out_dir``) and evaluate it; returns one result row."""
+               out_dir: Path, device: str = "cpu", trained_dir: Path | None = None) -> dict:
+    """Train one student (resumable in ``out_dir``) and evaluate it; returns one result row. With
+    ``guided.init = "trained"`` the student starts from ``trained_dir / name / "model"`` (notebook 02)."""
     t0 = time.time()
+    g = profile.guided
+    init_from = None
+    if g.init == "trained":
+        if trained_dir is None:
+            raise ValueError("guided.init = 'trained' needs the notebook-02 folder (trained_dir)")
+        init_from = Path(trained_dir) / name / "model"
+        if not (init_from / "config.json").exists():
+            raise FileNotFoundError(f"guided.init = 'trained': no trained {name} at {init_from}: run 02_train with {name} first")
     res = fit_model(name, profile, ds.docs, labels, Path(out_dir), device, rationale_targets=targets if lam > 0 else None,
-                    lam=lam, loss=profile.guided.loss, epochs=profile.guided.epochs)
+                    lam=lam, loss=g.loss, epochs=g.epochs, init_from=init_from, max_train_docs=g.max_train_docs)
     row = {"model": name, "teacher": teacher if lam > 0 else "none", "lambda": lam,
            **evaluate_student(res.model, res.threshold, ds, profile, device), "seconds": round(time.time() - t0, 1)}
     return row
 
 
 def guided_sweep(ds, labels: list[str], targets: Mapping[str, dict], profile: Profile, out_dir: Path,
-                 device: str = "cpu") -> pd.DataFrame:
+                 device: str = "cpu", trained_dir: Path | None = None) -> pd.DataFrame:
     """The lambda sweep: for each model, lambda = 0 once, then every teacher x every lambda > 0."""
     rows = []
     g = profile.guided
     for name in g.models:
-        rows.append(guided_run(name, "none", 0.0, None, ds, labels, profile, Path(out_dir) / f"{name}_lam0", device))
+        rows.append(guided_run(name, "none", 0.0, None, ds, labels, profile, Path(out_dir) / f"{name}_lam0", device, trained_dir))
         for teacher, tg in targets.items():
             if not tg:
                 print(f"{name}: teacher {teacher} has no aligned rationales on training notes: skipped")
                 continue
             for lam in [l for l in g.lambdas if l > 0]:
                 rows.append(guided_run(name, teacher, lam, tg, ds, labels, profile,
-                                       Path(out_dir) / f"{name}_{teacher}_lam{lam:g}", device))
-    return pd.DataFrame(rows)
+                                       Path(out_dir) / f"{name}_{teacher}_lam{lam:g}", device, trained_dir))
+    out = pd.DataFrame(rows)
+    out["init"] = g.init
+    return out
 
 
 def tradeoff_verdict(sweep: pd.DataFrame) -> pd.DataFrame:
@@ -499,7 +515,8 @@ def ner_experiment(ds, targets: Mapping[str, dict], profile: Profile, out_dir: P
             if not use:
                 continue
             cfg = N.NERConfig(epochs=g.ner_epochs, seed=profile.common.seed, window=profile.train.plm_icd.chunk_size,
-                              encoder_path=profile.train.plm_icd.encoder_path, max_windows_per_note=g.ner_max_windows_per_note)
+                              encoder_path=profile.train.plm_icd.encoder_path, max_windows_per_note=g.ner_max_windows_per_note,
+                              lr=g.ner_lr, head_lr=g.ner_head_lr, freeze_layers=g.ner_freeze_layers)
             t0 = time.time()
             tagger = N.train_ner(ds.docs[ds.docs.note_id.isin(set(use))], spans[spans.note_id.isin(set(use))], cfg,
                                  out_dir=Path(out_dir) / f"{teacher}_{len(use)}", device=device, progress=profile.common.progress)
@@ -547,15 +564,28 @@ def teacher_comparison(plaus: pd.DataFrame, calls: pd.DataFrame, llm_spans: pd.D
 
 
 def few_shot_students(ds, labels: list[str], targets: Mapping[str, dict], profile: Profile, out_dir: Path,
-                      device: str = "cpu") -> pd.DataFrame:
-    """The student model unguided and trained on each teacher's rationales at ``few_shot.lam``."""
+                      device: str = "cpu", trained_dir: Path | None = None, sweep: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The student model unguided and trained on each teacher's rationales at ``few_shot.lam``.
+
+    A student that notebook 07 already trained with the same settings (a row of its ``sweep`` with
+    the same model, teacher and lambda; same profile, so the same data, targets and training) is
+    reused rather than trained again; the ``trained_in`` column says which."""
     fs = profile.few_shot
-    rows = [guided_run(fs.student_model, "none", 0.0, None, ds, labels, profile, Path(out_dir) / "unguided", device)]
+
+    def run(teacher: str, lam: float, tg: dict | None, folder: str) -> dict:
+        if sweep is not None and len(sweep):
+            hit = sweep[(sweep.model == fs.student_model) & (sweep.teacher == teacher) & np.isclose(sweep["lambda"], lam)]
+            if len(hit):
+                return {**hit.iloc[0].to_dict(), "trained_in": "07_guided_learning"}
+        row = guided_run(fs.student_model, teacher, lam, tg, ds, labels, profile, Path(out_dir) / folder, device, trained_dir)
+        return {**row, "trained_in": "08_few_shot"}
+
+    rows = [run("none", 0.0, None, "unguided")]
     for teacher, tg in targets.items():
         if not tg:
             rows.append({"model": fs.student_model, "teacher": teacher, "lambda": fs.lam, "note": "no aligned teacher rationales"})
             continue
-        rows.append(guided_run(fs.student_model, teacher, fs.lam, tg, ds, labels, profile, Path(out_dir) / teacher, device))
+        rows.append(run(teacher, fs.lam, tg, teacher))
     return pd.DataFrame(rows)
 
 

@@ -435,6 +435,10 @@ def train_model(
         # the architecture and vocabulary: a checkpoint of another code version is not resumed
         "shapes": hashlib.sha256(repr(sorted((k, tuple(v.shape)) for k, v in model.state_dict().items())).encode()).hexdigest()[:16],
     }
+    # recorded only when set, so that checkpoints written before these options existed still resume
+    for key in ("head_lr", "freeze_layers"):
+        if getattr(params, key, None):
+            fingerprint[key] = getattr(params, key)
     ckpt_path = out_dir / "checkpoint.pt"
     best_path = out_dir / "best_model.pt"
     state = {"epoch": 0, "history": [], "best_score": None, "best_epoch": 0, "bad_epochs": 0, "stopped": False}
@@ -443,6 +447,12 @@ def train_model(
         old = ckpt["fingerprint"]
         # checkpoints written before "shapes" was recorded are checked by loading alone
         diff = {k: (old.get(k), v) for k, v in fingerprint.items() if old.get(k) != v and (k in old or k != "shapes")}
+        diff.update({k: (v, None) for k, v in old.items() if k in ("head_lr", "freeze_layers") and k not in fingerprint})
+        done = ckpt["state"].get("stopped") or ckpt["state"].get("epoch", 0) >= n_epochs
+        if set(diff) == {"world"} and done:
+            # a finished data-parallel run (torchrun/accelerate) reused by one process: nothing
+            # is trained again, so the process count does not matter
+            diff = {}
         if diff:
             raise ValueError(
                 f"{ckpt_path} belongs to a different run (checkpoint vs now: {diff}); use another "

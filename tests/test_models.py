@@ -281,3 +281,18 @@ def test_freeze_layers_and_head_lr_groups(tiny_encoder):
     assert enc.encoder.layer[0].attention.self.query.weight.grad is None
     with pytest.raises(ValueError, match="freeze_layers"):
         _build("plm_icd", tiny_encoder, freeze_layers=5)
+
+
+def test_save_weights_copes_with_shared_storage(tmp_path):
+    # cuDNN packs an LSTM's weights into one buffer on CUDA; simulate it with views of one tensor
+    from safetensors.torch import load_file
+
+    from rationale_kit.models import save_weights
+
+    buf = torch.arange(6, dtype=torch.float32)
+    m = torch.nn.Module()
+    m.a = torch.nn.Parameter(buf[:4])
+    m.b = torch.nn.Parameter(buf[4:])
+    save_weights(m, tmp_path / "w.safetensors")
+    back = load_file(str(tmp_path / "w.safetensors"))
+    assert back["a"].tolist() == [0, 1, 2, 3] and back["b"].tolist() == [4, 5]
