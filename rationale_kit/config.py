@@ -159,6 +159,7 @@ class Rationales:
     # input x gradient costs one backward pass per batch of codes; integrated gradients ig_steps times that
     gradient_method: Literal["attention_x_gradient", "input_x_gradient", "integrated_gradients"] = "input_x_gradient"
     ig_steps: int = 16  # integrated-gradients quadrature points (32 is safer for PLM-ICD)
+    gradient_models: Optional[list[str]] = None  # models given gradient rationales (None = every model)
     attention_batch_size: int = 8
     entity_fuzzy_threshold: float = 0.8  # char-3gram cosine for fuzzy entity candidates
     entity_negation_window: int = 8  # tokens a negation trigger reaches
@@ -181,6 +182,7 @@ class Faithfulness:
     word_steps: int = 50  # Edin 2024: steps of 2 words up to 100 (fewer steps: a shorter curve, cheaper)
     edin_unit: Literal["token", "word"] = "word"  # unit of the Edin et al. 2024 variant
     missing: Literal["skip", "empty"] = "skip"  # pairs without a rationale: skipped or scored empty
+    models: Optional[list[str]] = None  # the coding models that score (None = every trained model)
     batch_size: int = 32
     max_pairs: Optional[int] = None
 

@@ -160,11 +160,15 @@ def model_rationales(models_: Mapping[str, torch.nn.Module], docs: pd.DataFrame,
         t0 = time.time()
         att = attention_rationales(model, docs, p, source="attention", model_name=name,
                                    batch_size=r.attention_batch_size, device=device, progress=profile.common.progress)
-        grad = gradient_rationales(model, docs, p, method=r.gradient_method, steps=r.ig_steps, source="gradient",
-                                   model_name=name, device=device, progress=profile.common.progress)
-        tables += [att.table, grad.table]
-        diag = grad.diagnostics
-        report[name] = {"pairs": int(len(p)), "missing_codes": int(att.n_missing), "seconds": round(time.time() - t0, 1)}
+        tables.append(att.table)
+        diag = None
+        if r.gradient_models is None or name in r.gradient_models:
+            grad = gradient_rationales(model, docs, p, method=r.gradient_method, steps=r.ig_steps, source="gradient",
+                                       model_name=name, device=device, progress=profile.common.progress)
+            tables.append(grad.table)
+            diag = grad.diagnostics
+        report[name] = {"pairs": int(len(p)), "missing_codes": int(att.n_missing), "seconds": round(time.time() - t0, 1),
+                        "gradient": r.gradient_method if diag is not None else "not computed (rationales.gradient_models)"}
         if diag is not None and len(diag) and "rel_error" in diag:
             report[name]["ig_completeness_rel_error_median"] = float(np.nanmedian(diag["rel_error"]))
     return pd.concat(tables, ignore_index=True), report
@@ -284,6 +288,8 @@ def faithfulness_tables(models_: Mapping[str, torch.nn.Module], docs: pd.DataFra
         gold_map = docs[["note_id", "codes"]]
     parts = []
     for name, model in models_.items():
+        if f.models is not None and name not in f.models:
+            continue
         spans = dict(discrete)
         spans[f"attention top-{profile.rationales.topk}"] = attention_topk_spans(soft, name, profile.rationales.topk)
         for src, table in spans.items():

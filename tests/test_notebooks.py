@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 import nbformat
+import pandas as pd
 import pytest
 
 from rationale_kit.pipeline import NOTEBOOKS, NOTEBOOKS_DIR, run_series
@@ -58,3 +59,10 @@ def test_series_runs_on_smoke(tmp_path):
     assert (figures / "PROVENANCE.md").exists()
     for fig in ["01_dataset_overview.png", "02_learning_curves.png", "05_aopc_curves.png", "06_pi_token_f1.png", "07_tradeoff.png"]:
         assert (figures / fig).stat().st_size > 1000, f"figure {fig} missing or empty"
+    # the run report collects the tables in the paper's order
+    html = (tmp_path / "runs" / "report.html").read_text(encoding="utf-8")
+    assert (tmp_path / "runs" / "report.md").exists()
+    assert "coding" in html.lower() and "plausibility" in html.lower() and "data:image/png;base64" in html
+    # notebook 08 reuses the students notebook 07 trained with the same settings
+    students = pd.read_csv(tmp_path / "artifacts" / "smoke" / "08_few_shot" / "students.csv")
+    assert (students.trained_in == "07_guided_learning").any(), students
