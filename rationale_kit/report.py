@@ -103,6 +103,12 @@ def _faithfulness(values: str) -> Callable[[pd.DataFrame], pd.DataFrame]:
     return shape
 
 
+def _aopc_note() -> str:
+    from .metrics.faithfulness import NOTE_AOPC  # lazy: it imports torch
+
+    return NOTE_AOPC
+
+
 def _sections(d: Callable[[str], Path], figures_dir: Path) -> list[tuple[str, str, Callable[[], list]]]:
     def guided() -> list:
         fig = figures_dir / "07_tradeoff.png"
@@ -115,11 +121,15 @@ def _sections(d: Callable[[str], Path], figures_dir: Path) -> list[tuple[str, st
         ("06_plausibility", "Plausibility", lambda: [_csv(d("06_plausibility"), "plausibility_table.csv",
                                                           "plausibility (F1, all granularities, all codes)", 4, [0, 1])]),
         ("05_faithfulness", "Faithfulness", lambda: [
+            _aopc_note(),
             _csv(d("05_faithfulness"), "faithfulness_table.csv", "faithfulness of the rationales", 4, None, _faithfulness("rationale")),
             _csv(d("05_faithfulness"), "faithfulness_table.csv", "rationale minus random control", 4, None, _faithfulness("difference")),
         ]),
         ("07_guided_learning", "Guided learning", guided),
-        ("08_few_shot", "Few-shot", lambda: [_csv(d("08_few_shot"), "summary.csv", "PI token F1: zero-shot vs few-shot teacher")]),
+        ("08_few_shot", "Few-shot", lambda: [
+            "The teacher is the LLM backend named in the header; the bundled local SmolLM2-135M is a very weak "
+            "teacher whose quotes rarely align to the note, so its rows are near zero by construction.",
+            _csv(d("08_few_shot"), "summary.csv", "PI token F1: zero-shot vs few-shot teacher")]),
     ]
 
 

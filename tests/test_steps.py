@@ -1,0 +1,37 @@
+"""Notebook step functions: the profile switches that choose which models get which computation."""
+import pandas as pd
+import torch
+
+from rationale_kit import steps
+from rationale_kit.config import load_profile
+from rationale_kit.models import build_model
+from test_models import LABELS, TEXTS, W2V, WORD_PARAMS
+
+torch.set_num_threads(1)
+
+
+def _setup():
+    torch.manual_seed(0)
+    models = {n: build_model(n, WORD_PARAMS, LABELS, TEXTS, W2V, max_words=4000) for n in ("caml", "laat")}
+    docs = pd.DataFrame({"note_id": ["a", "b"], "text": TEXTS[:2], "codes": [["I10"], ["E11.9"]], "split": ["test", "test"]})
+    pairs = pd.DataFrame([{"model": m, "note_id": n, "code": c} for m in models for n, c in (("a", "I10"), ("b", "E11.9"))])
+    return models, docs, pairs
+
+
+def test_gradient_models_limits_the_gradient_rationales():
+    models, docs, pairs = _setup()
+    prof = load_profile("smoke", {"common": {"progress": False}, "rationales": {"gradient_models": ["laat"]}})
+    soft, report = steps.model_rationales(models, docs, pairs, prof)
+    by = soft.groupby(["model", "source"]).size()
+    assert ("caml", "attention") in by and ("laat", "attention") in by and ("laat", "gradient") in by
+    assert ("caml", "gradient") not in by
+    assert report["caml"]["gradient"].startswith("not computed")
+
+
+def test_faithfulness_models_chooses_the_scorers():
+    models, docs, pairs = _setup()
+    prof = load_profile("smoke", {"common": {"progress": False}, "faithfulness": {"models": ["caml"], "max_pairs": 2}})
+    soft, _ = steps.model_rationales(models, docs, pairs, prof)
+    entity = pd.DataFrame({"note_id": ["a"], "code": ["I10"], "start": [0], "end": [5], "source": ["entity"]})
+    table = steps.faithfulness_tables(models, docs, {"entity": entity}, soft, prof)
+    assert set(table.model) == {"caml"}
