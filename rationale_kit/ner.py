@@ -11,8 +11,10 @@ by default, or a given subset). Why: one encoder pass per note instead of one pe
 pair, and the tagger learns what evidence looks like across codes, which matters for the long tail
 of codes with few training spans. The cost is that a span is not specific to one code.
 The code-conditioned formulation (input = code description + note, one example per (note, code))
-is **not implemented**: ``NERConfig(formulation="code_conditioned")`` raises
-``NotImplementedError``.
+is not offered: it costs one encoder pass per (note, code) pair at training and at inference
+(about five times the tagging cost at five codes per note, and every label of the label space at
+inference when codes are not predicted first), which no CPU profile here can afford;
+``NERConfig(formulation="code_conditioned")`` is a ``ValueError`` that says so.
 
 Units and windows: the note is cut into word pieces by the encoder's *fast* tokenizer without
 special tokens (:class:`rationale_kit.models.PieceTokenizer`, the same units as PLM-ICD, with the
@@ -69,7 +71,7 @@ __all__ = [
 TAGS = ("O", "B", "I")
 O_TAG, B_TAG, I_TAG = 0, 1, 2
 FORMAT_VERSION = 1
-FORMULATIONS = ("code_agnostic", "code_conditioned")
+FORMULATIONS = ("code_agnostic",)
 
 
 @dataclass(frozen=True)
@@ -99,7 +101,8 @@ class NERConfig:
         if self.max_windows_per_note is not None and self.max_windows_per_note < 1:
             raise ValueError("NERConfig.max_windows_per_note must be >= 1 or None")
         if self.formulation not in FORMULATIONS:
-            raise ValueError(f"NERConfig.formulation must be one of {FORMULATIONS}, got {self.formulation!r}")
+            raise ValueError(f"NERConfig.formulation must be one of {FORMULATIONS}, got {self.formulation!r} "
+                             "(the code-conditioned formulation is not offered: see rationale_kit.ner)")
 
     def resolved_encoder(self) -> str:
         return str(self.encoder_path) if self.encoder_path else str(bundled_encoder_path())
@@ -171,8 +174,6 @@ class NERModel(nn.Module):
 
     def __init__(self, encoder: nn.Module, hf_tokenizer: Any, cfg: NERConfig, dropout: float = 0.1):
         super().__init__()
-        if cfg.formulation != "code_agnostic":
-            raise NotImplementedError("only the code-agnostic NER formulation is implemented")
         self.cfg = cfg
         self.encoder = encoder
         if getattr(encoder, "pooler", None) is not None:
@@ -379,8 +380,6 @@ def train_ner(
     checkpoint there with the same data hash and config is loaded instead of training. The caller's
     torch RNG state is left as it was. ``model.info`` holds ``data_hash``, ``n_docs``, ``n_windows``
     and the per-epoch ``history`` (mean loss per piece, seconds)."""
-    if cfg.formulation != "code_agnostic":
-        raise NotImplementedError("only the code-agnostic NER formulation is implemented")
     docs = docs.drop_duplicates("note_id").reset_index(drop=True)
     ids = set(docs["note_id"].astype(str))
     spans = spans[spans["note_id"].astype(str).isin(ids)].copy()

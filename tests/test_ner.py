@@ -277,8 +277,8 @@ def test_checkpoint_reuse_and_determinism(trained, toy, encoder, monkeypatch):
 
 
 def test_bad_inputs(encoder, toy):
-    with pytest.raises(NotImplementedError):
-        train_ner(toy[0], toy[1], _cfg(encoder, formulation="code_conditioned"), progress=False)
+    with pytest.raises(ValueError, match="code-conditioned formulation is not offered"):
+        _cfg(encoder, formulation="code_conditioned")
     with pytest.raises(ValueError):
         NERConfig(window=0)
     with pytest.raises(ValueError, match="window"):
@@ -296,3 +296,14 @@ def test_empty_texts(trained):
     docs = pd.DataFrame({"note_id": ["e", "f"], "text": ["", "   "]})
     out = model.predict_spans(docs)
     assert len(out) == 0 and list(out.columns) == ["note_id", "start", "end", "score"]
+
+
+def test_freeze_layers_keeps_lower_layers_and_trains_the_head(encoder, toy):
+    from transformers import AutoModel
+
+    start = AutoModel.from_pretrained(encoder)
+    model = train_ner(toy[0], toy[1], _cfg(encoder, epochs=1, freeze_layers=1, head_lr=1e-2), progress=False)
+    frozen = model.encoder.encoder.layer[0].attention.self.query.weight
+    assert torch.equal(frozen, start.encoder.layer[0].attention.self.query.weight)
+    assert not torch.equal(model.encoder.encoder.layer[1].attention.self.query.weight,
+                           start.encoder.layer[1].attention.self.query.weight)
