@@ -162,13 +162,14 @@ def model_rationales(models_: Mapping[str, torch.nn.Module], docs: pd.DataFrame,
                                    batch_size=r.attention_batch_size, device=device, progress=profile.common.progress)
         tables.append(att.table)
         diag = None
-        if r.gradient_models is None or name in r.gradient_models:
+        with_gradient = r.gradient_models is None or name in r.gradient_models
+        if with_gradient:
             grad = gradient_rationales(model, docs, p, method=r.gradient_method, steps=r.ig_steps, source="gradient",
                                        model_name=name, device=device, progress=profile.common.progress)
             tables.append(grad.table)
             diag = grad.diagnostics
         report[name] = {"pairs": int(len(p)), "missing_codes": int(att.n_missing), "seconds": round(time.time() - t0, 1),
-                        "gradient": r.gradient_method if diag is not None else "not computed (rationales.gradient_models)"}
+                        "gradient": r.gradient_method if with_gradient else "not computed (rationales.gradient_models)"}
         if diag is not None and len(diag) and "rel_error" in diag:
             report[name]["ig_completeness_rel_error_median"] = float(np.nanmedian(diag["rel_error"]))
     return pd.concat(tables, ignore_index=True), report

@@ -26,6 +26,7 @@ def test_gradient_models_limits_the_gradient_rationales():
     assert ("caml", "attention") in by and ("laat", "attention") in by and ("laat", "gradient") in by
     assert ("caml", "gradient") not in by
     assert report["caml"]["gradient"].startswith("not computed")
+    assert report["laat"]["gradient"] == prof.rationales.gradient_method
 
 
 def test_faithfulness_models_chooses_the_scorers():
