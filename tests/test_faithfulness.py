@@ -589,3 +589,101 @@ def test_engine_equals_loop_on_project_models():
         fast = faithfulness_scored(model, docs, tab, code_set="gold", batch_size=8, progress=False)
         slow = faithfulness_loop(model, docs, tab, kind="eraser", code_set="gold", progress=False)
         assert_same(fast, slow)
+
+
+# --------------------------------------------------------------------------------------------
+# incremental CAML path (mask perturbation)
+# --------------------------------------------------------------------------------------------
+def _tiny_caml(texts, labels, kernel, seed=0):
+    models = pytest.importorskip("rationale_kit.models")
+    from rationale_kit.config import ModelParams
+
+    torch.manual_seed(seed)
+    params = ModelParams(embed_dim=8, filters=6, kernel=kernel, dropout=0.3)
+    model = models.build_model("caml", params, labels, texts, w2v=None)
+    with torch.no_grad():  # a non-zero mask embedding, so masked units still feed the convolution
+        model.embedding.weight[model.tokenizer.mask_id].normal_()
+    return model
+
+
+def _edge_corpus(seed):
+    g, texts, labels, docs = corpus(n_notes=5, n_labels=8, seed=seed)
+    texts = texts[:4] + ["t1 t2 ."]  # shorter than the largest kernels
+    docs = docs_frame(texts, [list(c) for c in docs.codes])
+    rows = []
+    for nid, text, gold in zip(docs.note_id, docs.text, docs.codes):
+        for i, code in enumerate(gold[:2]):
+            if i == 0:  # spans touching the note's start and its end (the zero-padded edges)
+                rows += [(nid, str(code), 0, 5, "", "llm"), (nid, str(code), len(text) - 6, len(text), "", "llm")]
+            else:
+                s = int(g.integers(0, max(1, len(text) - 12)))
+                rows.append((nid, str(code), s, s + 10, "", "llm"))
+            rows.append((nid, str(code), 0, 2, "", "entity"))
+            rows.append((nid, str(code), max(0, len(text) - 3), len(text), "", "entity"))
+    return g, texts, labels, docs, spans(rows)
+
+
+class _Calls:
+    def __init__(self, model):
+        self.rows = 0
+        self.handle = model.register_forward_hook(self)
+
+    def __call__(self, module, args, output):
+        self.rows += args[0].shape[0]
+
+
+@pytest.mark.parametrize("kernel", [1, 2, 3, 4, 7, 10])
+def test_caml_incremental_equals_loop_discrete(kernel):
+    g, texts, labels, docs, rat = _edge_corpus(seed=6)
+    model = _tiny_caml(texts, labels, kernel)
+    for unit in ("token", "word"):
+        kw = dict(unit=unit, perturbation="mask", code_set="gold", seed=2, progress=False)
+        calls = _Calls(model)
+        inc = faithfulness_discrete(model, docs, rat, batch_size=3, **kw)
+        calls.handle.remove()
+        assert calls.rows == len(docs)  # only the base pass runs the model
+        calls = _Calls(model)
+        plain = faithfulness_discrete(model, docs, rat, batch_size=3, incremental=False, **kw)
+        calls.handle.remove()
+        assert calls.rows > len(docs)
+        slow = faithfulness_loop(model, docs, rat, kind="discrete", **kw)
+        assert_same(inc, slow)
+        assert_same(plain, slow)
+        assert_same(inc, plain)
+        assert (inc.value.abs() > 1e-4).any()  # the perturbations do move the probabilities
+
+
+@pytest.mark.parametrize("variant,kernel,unit", [
+    ("eraser", 3, "token"), ("eraser", 4, "word"), ("edin", 5, "word"), ("edin", 6, "token"),
+])
+def test_caml_incremental_equals_loop_scored(variant, kernel, unit):
+    g, texts, labels, docs, _ = _edge_corpus(seed=7)
+    model = _tiny_caml(texts, labels, kernel, seed=1)
+    tab = random_scores(g, model, docs, labels)
+    kw = dict(unit=unit, perturbation="mask", code_set="gold", seed=4, progress=False, word_steps=8)
+    calls = _Calls(model)
+    inc = faithfulness_scored(model, docs, tab, variant=variant, batch_size=7, **kw)
+    calls.handle.remove()
+    assert calls.rows == len(docs)
+    plain = faithfulness_scored(model, docs, tab, variant=variant, batch_size=7, incremental=False, **kw)
+    slow = faithfulness_loop(model, docs, tab, kind=variant, **kw)
+    assert_same(inc, slow)
+    assert_same(plain, slow)
+    assert (inc.value.abs() > 1e-4).any()
+
+
+def test_caml_incremental_only_for_mask_and_eval_caml():
+    g, texts, labels, docs, rat = _edge_corpus(seed=8)
+    model = _tiny_caml(texts, labels, 4)
+    model.train()  # the engine evaluates in eval mode and restores the mode afterwards
+    kw = dict(unit="token", code_set="gold", progress=False)
+    calls = _Calls(model)
+    out = faithfulness_discrete(model, docs, rat, perturbation="mask", **kw)
+    assert calls.rows == len(docs) and model.training
+    calls.rows = 0
+    dele = faithfulness_discrete(model, docs, rat, perturbation="delete", **kw)
+    calls.handle.remove()
+    assert calls.rows > len(docs)  # deletion changes the length: batched forward passes
+    assert_same(dele, faithfulness_loop(model, docs, rat, perturbation="delete", **kw))
+    model.eval()
+    assert_same(out, faithfulness_loop(model, docs, rat, perturbation="mask", **kw))

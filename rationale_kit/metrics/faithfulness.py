@@ -74,6 +74,23 @@ rationale group, rationale and random) are queued, sorted by length and evaluate
 gathered from its own label. Perturbations that remove nothing are not evaluated (their
 probability is ``p``). :func:`faithfulness_loop` is the plain reference: one full forward pass per
 (note, code, step), used by the tests and the benchmark to check agreement.
+
+Incremental path (``incremental=True``, the default of :func:`faithfulness_discrete` and
+:func:`faithfulness_scored`): for the package's CAML (``rationale_kit.models.CAML``, not
+subclassed, in eval mode, float32, plain zero-padded convolution) with ``perturbation="mask"``,
+perturbed inputs are not run through the model. A masked input differs from the note only at the
+removed positions D, and the convolution is linear before its ``tanh``, so per note the engine
+caches (in float64) the pre-activations of the unperturbed note and of the fully masked note (every
+unit = ``mask_id``) and the change that masking position d makes to each of the ``kernel`` outputs
+it reaches. Each perturbed input starts from the base with fewer differing positions (sufficiency
+inputs are close to the fully masked note), adds the changes of its differing positions to the
+outputs within their reach (``t - pad_left .. t + pad_right``), applies ``tanh`` there and computes
+its own label's logit with the model's attention head in float32 (scores over every position of the
+note, the base's cached hidden states elsewhere; softmax; weighted sum; ``w_l . v + b_l``). Rows of
+one note are processed ``batch_size`` at a time. Forward hooks of the model are not called for
+perturbed inputs on this path. The values equal the plain forward pass up to float32 rounding
+(within 1e-6, checked against :func:`faithfulness_loop` by the tests). ``incremental=False``, other
+models and ``perturbation="delete"`` use the batched forward passes described above.
 """
 from __future__ import annotations
 
@@ -142,18 +159,20 @@ def faithfulness_discrete(
     missing: Literal["skip", "empty"] = "skip",
     model_name: str | None = None,
     max_pairs: int | None = None,
+    incremental: bool = True,
 ) -> pd.DataFrame:
     """Comprehensiveness and sufficiency of discrete rationales (span tables), with a random
     control of the same size. ``docs``: documents table (or ``Document`` list). ``gold``: gold
     codes for ``code_set="gold"`` (mapping note_id -> codes, or a table with ``note_id`` and
     ``code`` / ``codes``); default: the documents' ``codes``. ``max_pairs`` keeps the first pairs
     (documents order) of each rationale group. The model must already be on ``device``.
+    ``incremental=False`` switches off the incremental CAML path (module docstring).
     See the module docstring for the exact definitions."""
     return _run(
         model, docs, rationales, kind="discrete", engine=True, threshold=threshold, unit=unit,
         perturbation=perturbation, code_set=code_set, gold=gold, batch_size=batch_size,
         device=device, seed=seed, progress=progress, missing=missing, model_name=model_name,
-        max_pairs=max_pairs,
+        max_pairs=max_pairs, incremental=incremental,
     )
 
 
@@ -177,13 +196,15 @@ def faithfulness_scored(
     curve: bool = True,
     model_name: str | None = None,
     max_pairs: int | None = None,
+    incremental: bool = True,
 ) -> pd.DataFrame:
     """AOPC faithfulness of scored rationales (score tables): ERASER top-k% (``variant="eraser"``,
     measures ``aopc_comp``/``aopc_suff``) or the Edin et al. 2024 word-level variant
     (``variant="edin"``, measures ``edin_comp``/``edin_suff``), each with a random-permutation
     control. ``unit=None`` means ``"token"`` for ERASER and ``"word"`` for Edin. ``curve`` adds the
     per-k / per-step rows to the aggregate rows (``k`` NaN). Raw AOPC is not comparable across
-    models (:data:`NOTE_AOPC`). See the module docstring for the exact steps."""
+    models (:data:`NOTE_AOPC`). ``incremental=False`` switches off the incremental CAML path.
+    See the module docstring for the exact steps."""
     if variant not in MEASURES or variant == "discrete":
         raise ValueError(f"variant must be 'eraser' or 'edin', got {variant!r}")
     return _run(
@@ -191,6 +212,7 @@ def faithfulness_scored(
         unit=unit, perturbation=perturbation, code_set=code_set, gold=gold,
         batch_size=batch_size, device=device, seed=seed, progress=progress,
         word_steps=word_steps, curve=curve, model_name=model_name, max_pairs=max_pairs,
+        incremental=incremental,
     )
 
 
@@ -208,6 +230,7 @@ def faithfulness_loop(
     if kind not in MEASURES:
         raise ValueError(f"kind must be one of {list(MEASURES)}, got {kind!r}")
     kwargs.pop("batch_size", None)
+    kwargs.pop("incremental", None)
     if "variant" in kwargs:
         v = kwargs.pop("variant")
         if kind != "discrete" and v != kind:
@@ -559,6 +582,146 @@ def _evaluate_single(model, jobs: list[_Job], device, perturbation: str, mask_id
 
 
 # --------------------------------------------------------------------------------------------
+# incremental path (CAML, mask perturbation)
+# --------------------------------------------------------------------------------------------
+def _caml_incremental_ok(model) -> bool:
+    """True for an unmodified ``rationale_kit.models.CAML`` in eval mode whose computation the
+    incremental path reproduces: float32 weights, stride/dilation 1, one group, zero padding done
+    by the model (the convolution itself unpadded), no dropout active."""
+    try:
+        from ..models import CAML, LabelAttentionModel
+    except Exception:  # pragma: no cover - the models module needs optional packages
+        return False
+    if not isinstance(model, CAML) or model.training:
+        return False
+    cls = type(model)
+    if (cls.embed is not CAML.embed or cls.hidden is not CAML.hidden or cls._scores is not CAML._scores
+            or cls.forward is not LabelAttentionModel.forward
+            or cls.forward_from_embeddings is not LabelAttentionModel.forward_from_embeddings):
+        return False
+    conv = model.conv
+    if (tuple(conv.stride) != (1,) or tuple(conv.dilation) != (1,) or conv.groups != 1
+            or conv.bias is None or getattr(conv, "padding_mode", "zeros") != "zeros"
+            or (isinstance(conv.padding, str) or tuple(conv.padding) != (0,))):
+        return False
+    k = conv.kernel_size[0]
+    if tuple(model._pad) != ((k - 1) // 2, k - 1 - (k - 1) // 2):
+        return False
+    params = (model.embedding.weight, conv.weight, conv.bias, model.U.weight, model.final.weight,
+              model.final.bias)
+    return all(p.dtype == torch.float32 for p in params)
+
+
+class _CamlNote:
+    """Per-note cache of the incremental path (pre-activations in float64):
+
+    ``P[j, d]``: the change of the pre-activation at output ``d + pad_left - j`` when unit ``d`` is
+    replaced by ``mask_id`` (zero for units that already are ``mask_id``); ``pre[0]`` / ``pre[1]``:
+    the pre-activations of the note / of the fully masked note (the convolution is linear, so the
+    note's are the masked note's minus the changes of all its units); ``H[0]``, ``H[1]``: their
+    ``tanh`` in float32."""
+
+    def __init__(self, model, ids: np.ndarray, mask_id: int, device):
+        conv = model.conv
+        k = self.k = conv.kernel_size[0]
+        pl = self.pad_left = model._pad[0]
+        self.pad_right = model._pad[1]
+        T = self.T = len(ids)
+        ids_t = torch.as_tensor(ids, dtype=torch.long, device=device)
+        w = conv.weight.double()  # [F, E, k]
+        n_f, n_e = w.shape[:2]
+        emb = model.embedding.weight
+        e_mask = emb[mask_id].double()
+        delta = e_mask - emb.index_select(0, ids_t).double()  # [T, E]
+        wk = w.permute(1, 2, 0).reshape(n_e, k * n_f)  # [E, k*F]
+        self.P = (delta @ wk).view(T, k, n_f).transpose(0, 1).contiguous()  # [k, T, F]
+        c = (e_mask @ wk).view(k, n_f)  # each tap's part of a masked unit
+        pre1 = conv.bias.double().expand(T, n_f).clone()
+        pre0 = torch.empty_like(pre1)
+        for j in range(k):  # output t reads unit t + j - pl (zero padding outside the note)
+            lo, hi = max(0, pl - j), min(T, T + pl - j)
+            if lo < hi:
+                pre1[lo:hi] += c[j]
+        pre0.copy_(pre1)
+        for j in range(k):
+            lo, hi = max(0, pl - j), min(T, T + pl - j)
+            if lo < hi:
+                pre0[lo:hi] -= self.P[j, lo + j - pl: hi + j - pl]
+        self.pre = torch.stack([pre0, pre1])  # [2, T, F]
+        self.H = torch.tanh(self.pre).float()  # [2, T, F]
+        self.real = ids != mask_id  # units whose masking changes the input
+
+
+def _evaluate_incremental(model, note: _Note, jobs: list[_Job], batch_size: int, device, mask_id: int):
+    """Probabilities of ``jobs`` (all of one note, mask perturbation) from the cached
+    pre-activations; see the module docstring. Only the outputs within reach of a differing unit
+    are recomputed; the attention reads the cached hidden states everywhere else."""
+    cache = _CamlNote(model, note.ids, mask_id, device)
+    T, k, pl, pr = cache.T, cache.k, cache.pad_left, cache.pad_right
+    n_f = cache.pre.shape[-1]
+    dev = cache.pre.device
+    pre_flat = cache.pre.view(2 * T, n_f)
+    U, Wf, bf = model.U.weight, model.final.weight, model.final.bias
+    for b in range(0, len(jobs), batch_size):
+        chunk = jobs[b: b + batch_size]
+        R = len(chunk)
+        removed = np.stack([j.removed for j in chunk])  # [R, T]
+        d0 = removed & cache.real  # differs from the note
+        d1 = ~removed & cache.real  # differs from the fully masked note
+        from_masked = d1.sum(1) < d0.sum(1)
+        diff = np.where(from_masked[:, None], d1, d0)
+        # outputs t reached by a differing unit d: d - pr <= t <= d + pl
+        cs = np.zeros((R, T + k), dtype=np.int64)
+        np.cumsum(diff, axis=1, out=cs[:, pl + 1: pl + 1 + T])
+        cs[:, pl + 1 + T:] = cs[:, pl + T: pl + T + 1]
+        aff = cs[:, k:] - cs[:, :T] > 0  # sum of diff over [t - pl, t + pr]
+        r_a, t_a = np.nonzero(aff)
+        base = from_masked.astype(np.int64)
+        lab = torch.as_tensor(np.fromiter((j.label for j in chunk), dtype=np.int64, count=R), device=dev)
+        u = U.index_select(0, lab).float()  # [R, F]
+        base_t = torch.as_tensor(base, device=dev)
+        # scores of the base hidden states, then the affected outputs patched
+        scores = torch.bmm(cache.H.index_select(0, base_t), u.unsqueeze(-1)).squeeze(-1)  # [R, T]
+        h_a = None
+        if len(r_a):
+            n_a = len(r_a)
+            # compact index of each affected (row, output); outputs beyond the note go to row n_a
+            pos = np.full((R, T + k), n_a, dtype=np.int64)
+            pos[r_a, t_a + pr] = np.arange(n_a)
+            pre_a = torch.empty(n_a + 1, n_f, dtype=torch.float64, device=dev)
+            torch.index_select(pre_flat, 0, torch.as_tensor(base[r_a] * T + t_a, device=dev), out=pre_a[:n_a])
+            r_d, d_d = np.nonzero(diff)
+            tgt = pos[r_d[:, None], d_d[:, None] + (pl + pr) - np.arange(k)[None, :]]  # [M, k]
+            groups = []
+            for alpha, sel in ((1.0, ~from_masked[r_d]), (-1.0, from_masked[r_d])):  # unmasking undoes P
+                if sel.any():
+                    groups.append((alpha, torch.as_tensor(d_d[sel], device=dev),
+                                   torch.as_tensor(np.ascontiguousarray(tgt[sel].T), device=dev)))
+            for j in range(k):
+                for alpha, d_t, tgt_t in groups:
+                    pre_a.index_add_(0, tgt_t[j], cache.P[j].index_select(0, d_t), alpha=alpha)
+            h_a = torch.tanh(pre_a[:n_a]).float()  # [N, F]
+            r_at = torch.as_tensor(r_a, device=dev)
+            t_at = torch.as_tensor(t_a, device=dev)
+            scores[r_at, t_at] = (h_a * u.index_select(0, r_at)).sum(-1)
+        att = torch.softmax(scores, dim=-1)  # [R, T]
+        keep = torch.as_tensor(~aff, device=dev)
+        a_un = att * keep
+        v = torch.empty(R, n_f, dtype=torch.float32, device=dev)
+        for which in (0, 1):
+            rows = np.flatnonzero(base == which)
+            if len(rows):
+                rt = torch.as_tensor(rows, device=dev)
+                v[rt] = a_un.index_select(0, rt) @ cache.H[which]
+        if h_a is not None:
+            v.index_add_(0, r_at, att[r_at, t_at].unsqueeze(-1) * h_a)
+        logits = (v * Wf.index_select(0, lab).float()).sum(-1) + bf.index_select(0, lab).float()
+        probs = torch.sigmoid(logits.double()).cpu().numpy()
+        for j, pr_ in zip(chunk, probs):
+            j.task.probs[j.slot] = pr_
+
+
+# --------------------------------------------------------------------------------------------
 # driver
 # --------------------------------------------------------------------------------------------
 def _progress(total: int, enabled: bool, desc: str):
@@ -577,6 +740,7 @@ def _run(
     code_set: str = "predicted", gold: Any = None, batch_size: int = 32, device: Any = "cpu",
     seed: int = 0, progress: bool = True, missing: str = "skip", word_steps: int = 50,
     curve: bool = True, model_name: str | None = None, max_pairs: int | None = None,
+    incremental: bool = False,
 ) -> pd.DataFrame:
     if unit is None:
         unit = "word" if kind == "edin" else "token"
@@ -635,9 +799,10 @@ def _run(
                 note_order, notes, base, needed, payloads, groups, kind, label_of, labels, thr,
                 gold_map, code_set, missing, max_pairs,
             )
+            incr = engine and incremental and perturbation == "mask" and _caml_incremental_ok(model)
             rows = _perturb_all(
                 model, notes, tasks_by_group, kind, engine, aopc_k, word_steps, batch_size, device,
-                perturbation, mask_id, seed, progress,
+                perturbation, mask_id, seed, progress, incr,
             )
     finally:
         model.train(was_training)
@@ -701,7 +866,7 @@ def _select_pairs(note_order, notes, base, needed, payloads, groups, kind, label
 
 
 def _perturb_all(model, notes, per_note, kind, engine, aopc_k, word_steps, batch_size, device,
-                 perturbation, mask_id, seed, progress) -> list[_Task]:
+                 perturbation, mask_id, seed, progress, incremental: bool = False) -> list[_Task]:
     tasks: list[_Task] = []
     buffer: list[_Job] = []
     flush = max(batch_size * 8, 64)
@@ -724,7 +889,11 @@ def _perturb_all(model, notes, per_note, kind, engine, aopc_k, word_steps, batch
                         length = note.n if perturbation == "mask" else max(1, note.n - n_removed)
                         buffer.append(_Job(label, removed, length, task, slot, note))
                     tasks.append(task)
-            if engine:
+            if incremental:
+                if buffer:
+                    _evaluate_incremental(model, note, buffer, batch_size, device, mask_id)
+                buffer = []
+            elif engine:
                 if len(buffer) >= flush:
                     cut = len(buffer) - len(buffer) % batch_size
                     buffer.sort(key=lambda j: -j.length)
