@@ -202,7 +202,7 @@ def llm_requests(ds, docs: pd.DataFrame, shots: int, profile: Profile):
         pool_spans = ds.spans[ds.spans.note_id.isin(pool.note_id)]
         codes = sorted({c for cs in docs.codes for c in cs})
         examples = llm.select_examples(pool, pool_spans, codes, shots, seed=profile.common.seed,
-                                       exclude=set(ds.docs.note_id[ds.docs.annotated]), descriptions=desc)
+                                       exclude=set(eval_docs(ds.docs).note_id) | set(docs.note_id), descriptions=desc)
     return llm.make_requests(docs, desc, examples, version=profile.rationales.llm.prompt_version,
                              max_note_chars=profile.rationales.llm.max_note_chars)
 

@@ -36,3 +36,22 @@ def test_faithfulness_models_chooses_the_scorers():
     entity = pd.DataFrame({"note_id": ["a"], "code": ["I10"], "start": [0], "end": [5], "source": ["entity"]})
     table = steps.faithfulness_tables(models, docs, {"entity": entity}, soft, prof)
     assert set(table.model) == {"caml"}
+
+
+def test_few_shot_examples_when_every_document_is_annotated():
+    # CodiEsp-like: every document has spans, the few-shot pool is part of the annotated training notes
+    from types import SimpleNamespace
+
+    docs = pd.DataFrame({
+        "note_id": ["t1", "t2", "p1", "e1"], "text": ["fever and cough"] * 3 + ["cough again"],
+        "codes": [["R05"], ["R05"], ["R05"], ["R05"]], "split": ["train", "train", "train", "test"],
+        "annotated": [True] * 4, "fewshot": [False, False, True, False],
+    })
+    spans = pd.DataFrame({"note_id": ["t1", "t2", "p1", "e1"], "code": ["R05"] * 4, "start": [10, 10, 10, 0],
+                          "end": [15, 15, 15, 5], "granularity": ["mention"] * 4, "source": ["human"] * 4})
+    ds = SimpleNamespace(docs=docs, spans=spans, codes=pd.DataFrame({"code": ["R05"], "description": ["Cough"]}))
+    prof = load_profile("smoke")
+    reqs = steps.llm_requests(ds, steps.eval_docs(docs), 1, prof)
+    assert [r.note_id for r in reqs] == ["e1"]
+    # the example comes from the pool note (its context "fever and"), never from the evaluated note
+    assert "fever and" in reqs[0].prompt.user and reqs[0].prompt.user.count("cough again") == 1
