@@ -31,13 +31,13 @@ def _train(argv: list[str]) -> int:
     ap.add_argument("--out", default=None, help="output folder (default: artifacts/<profile>/02_train/<model>)")
     args = ap.parse_args(argv)
     from . import data, steps
-    from .pipeline import ROOT, pick_device
+    from .pipeline import artifacts_root, pick_device
 
     from .config import load_profile
 
     prof = load_profile(args.profile)
     ds = data.load_dataset(prof)
-    out = args.out or str(ROOT / prof.common.artifacts_dir / prof.name / "02_train" / args.model)
+    out = args.out or str(artifacts_root(prof) / "02_train" / args.model)
     res = steps.fit_model(args.model, prof, ds.docs, steps.label_space(ds.docs), __import__("pathlib").Path(out),
                           pick_device(prof.common.device))
     print(f"{args.model}: best epoch {res.best_epoch}, threshold {res.threshold:.3f}, val {res.val_metrics}")

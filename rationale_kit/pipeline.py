@@ -82,6 +82,17 @@ def seed_everything(seed: int) -> None:
         pass
 
 
+def artifacts_root(profile: Profile) -> Path:
+    """``artifacts/<profile>/``: one folder per notebook below it."""
+    return ROOT / profile.common.artifacts_dir / profile.name
+
+
+def figures_dir(profile: Profile) -> Path:
+    """``figures/`` for the default profile (the committed figures), ``figures/<profile>/`` else."""
+    d = ROOT / profile.common.figures_dir
+    return d if profile.name == "default" else d / profile.name
+
+
 def pick_device(choice: str) -> str:
     try:
         import torch
@@ -110,13 +121,11 @@ class Context:
 
     @property
     def artifacts_root(self) -> Path:
-        return ROOT / self.profile.common.artifacts_dir / self.profile.name
+        return artifacts_root(self.profile)
 
     @property
     def figures_dir(self) -> Path:
-        d = ROOT / self.profile.common.figures_dir
-        if self.profile.name != "default":
-            d = d / self.profile.name
+        d = figures_dir(self.profile)
         d.mkdir(parents=True, exist_ok=True)
         return d
 
@@ -173,7 +182,7 @@ def setup(notebook: str, profile: str | None = None, overrides: dict | None = No
         torch.set_num_threads(max(1, prof.common.threads))
     except ImportError:  # pragma: no cover
         pass
-    out_dir = ROOT / prof.common.artifacts_dir / prof.name / notebook
+    out_dir = artifacts_root(prof) / notebook
     out_dir.mkdir(parents=True, exist_ok=True)
     ctx = Context(notebook=notebook, profile=prof, out_dir=out_dir, device=device, started=time.time())
     if show:
@@ -287,7 +296,7 @@ def run_series(
             break
         key = hashlib.sha256(base.digest() + src.read_bytes() + upstream_key.encode()).hexdigest()[:16]
         upstream_key = key
-        manifest = ROOT / prof.common.artifacts_dir / prof.name / name / "manifest.json"
+        manifest = artifacts_root(prof) / name / "manifest.json"
         prev = state.get(name, {})
         if not force and prev.get("key") == key and manifest.exists() and out.exists():
             print(f"[{i}/{len(chosen)}] {name}: unchanged since its last run, skipped ({prev.get('seconds')} s then)")
@@ -320,8 +329,8 @@ def run_series(
     report_line = _report(prof, runs, results, profile)
     print("\noutputs:")
     print(f"  executed notebooks: {runs}")
-    print(f"  artifacts:          {ROOT / prof.common.artifacts_dir / prof.name}")
-    print(f"  figures:            {ROOT / prof.common.figures_dir}{'' if prof.name == 'default' else '/' + prof.name}")
+    print(f"  artifacts:          {artifacts_root(prof)}")
+    print(f"  figures:            {figures_dir(prof)}")
     print(f"  report:             {report_line}")
     for r in results:
         print(f"  {r['notebook']:<20} {r['status']:<8} {r.get('seconds', '')}")
@@ -344,9 +353,7 @@ def _report(prof: Profile, runs: Path, results: list[dict], profile: str) -> str
 
 
 def _write_provenance(prof: Profile, results: list[dict], runs: Path) -> None:
-    fig_dir = ROOT / prof.common.figures_dir
-    if prof.name != "default":
-        fig_dir = fig_dir / prof.name
+    fig_dir = figures_dir(prof)
     fig_dir.mkdir(parents=True, exist_ok=True)
     lines = [
         "# Provenance of these figures",

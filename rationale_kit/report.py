@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 import pandas as pd
 
 from .config import Profile
-from .pipeline import NOTEBOOKS, ROOT, _git_commit
+from .pipeline import NOTEBOOKS, _git_commit, artifacts_root, figures_dir
 
 _STATUS = {"ok": "ran", "skipped": "skipped (unchanged)", "failed": "FAILED", "missing": "notebook file missing"}
 
@@ -344,8 +344,5 @@ def build_report(profile: Profile, runs_dir: str | os.PathLike, results: Sequenc
     ``state.json`` is)."""
     runs = Path(runs_dir)
     state = _json(runs / "state.json")
-    figures = ROOT / profile.common.figures_dir
-    if profile.name != "default":
-        figures = figures / profile.name
-    artifacts = ROOT / profile.common.artifacts_dir / profile.name
+    figures, artifacts = figures_dir(profile), artifacts_root(profile)
     return write_report(collect(profile, artifacts, figures, runner_timings(results, state)), runs)
