@@ -707,18 +707,25 @@ def save(
     return path
 
 
+def read_saved_config(path: Path, what: str = "model", version: int = FORMAT_VERSION) -> dict:
+    """The ``config.json`` of a folder written by :func:`save` (or ``ner.save_ner``), checked for
+    presence and format ``version``; ``what`` names the kind of model in the errors."""
+    cfg_file = Path(path) / "config.json"
+    if not cfg_file.exists():
+        raise FileNotFoundError(f"{path} holds no saved {what} (no config.json)")
+    cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
+    if cfg.get("format") != version:
+        raise ValueError(f"{cfg_file}: unsupported {what} format {cfg.get('format')!r}")
+    return cfg
+
+
 def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[LabelAttentionModel, dict]:
     """Read a model written by :func:`save`; returns ``(model in eval mode on device, info)`` where
     ``info`` is the saved configuration (``name, labels, params, threshold, extra, ...``)."""
     from safetensors.torch import load_model
 
     path = Path(path)
-    cfg_file = path / "config.json"
-    if not cfg_file.exists():
-        raise FileNotFoundError(f"{path} holds no saved model (no config.json)")
-    cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
-    if cfg.get("format") != FORMAT_VERSION:
-        raise ValueError(f"{cfg_file}: unsupported model format {cfg.get('format')!r}")
+    cfg = read_saved_config(path, "model")
     known = {f.name for f in dataclasses.fields(ModelParams)}
     params = ModelParams(**{k: v for k, v in cfg["params"].items() if k in known})
     name, labels, max_words = cfg["name"], cfg["labels"], int(cfg["max_words"])

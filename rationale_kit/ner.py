@@ -60,7 +60,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .models import PieceTokenizer, _load_encoder, _load_hf_tokenizer, bundled_encoder_path, freeze_encoder_layers, save_weights
+from .models import PieceTokenizer, _load_encoder, _load_hf_tokenizer, bundled_encoder_path, freeze_encoder_layers, read_saved_config, save_weights
 from .records import SPAN_COLUMNS, validate_spans
 
 __all__ = [
@@ -331,12 +331,7 @@ def load_ner(path: str | os.PathLike, device: str | torch.device = "cpu") -> NER
     from safetensors.torch import load_model
 
     path = Path(path)
-    cfg_file = path / "config.json"
-    if not cfg_file.exists():
-        raise FileNotFoundError(f"{path} holds no saved NER model (no config.json)")
-    info = json.loads(cfg_file.read_text(encoding="utf-8"))
-    if info.get("format") != FORMAT_VERSION:
-        raise ValueError(f"{cfg_file}: unsupported NER model format {info.get('format')!r}")
+    info = read_saved_config(path, "NER model", FORMAT_VERSION)
     cfg = NERConfig(**info["config"])
     model = NERModel(_load_encoder(path / "encoder", from_config_only=True), _load_hf_tokenizer(path / "tokenizer"), cfg)
     load_model(model, str(path / "model.safetensors"), strict=True)
