@@ -278,7 +278,10 @@ def faithfulness_tables(models_: Mapping[str, torch.nn.Module], docs: pd.DataFra
                         soft: pd.DataFrame, profile: Profile, device: str = "cpu", gold: pd.DataFrame | None = None) -> pd.DataFrame:
     """Comprehensiveness and sufficiency of every source under every model (its own attention and
     gradients as scored rationales; the discrete sources and its top-k attention as span sets),
-    each with a random control of the same size. One long table."""
+    each with a random control of the same size. One long table.
+
+    Per model the engine is called once per kind (all discrete sources together, all scored
+    sources for ERASER, all for Edin), so each note is encoded and cached once per kind."""
     from .metrics import faithfulness as F
 
     f = profile.faithfulness
@@ -293,18 +296,18 @@ def faithfulness_tables(models_: Mapping[str, torch.nn.Module], docs: pd.DataFra
             continue
         spans = dict(discrete)
         spans[f"attention top-{profile.rationales.topk}"] = attention_topk_spans(soft, name, profile.rationales.topk)
-        for src, table in spans.items():
-            table = table[table.note_id.isin(set(docs.note_id))]  # e.g. LLM spans of teacher (training) notes
-            if not len(table):
-                continue
-            t = F.faithfulness_discrete(model, docs, table.assign(source=src), unit=f.unit, model_name=name,
-                                        missing=f.missing, gold=gold_map, **common)
-            parts.append(t)
-        own = soft[(soft.model == name) & soft.note_id.isin(set(docs.note_id))]
-        for src, table in own.groupby("source"):
-            parts.append(F.faithfulness_scored(model, docs, table, aopc_k=tuple(f.aopc_k), variant="eraser",
+        note_ids = set(docs.note_id)
+        tables = [table[table.note_id.isin(note_ids)].assign(source=src)  # e.g. LLM spans of teacher notes
+                  for src, table in spans.items()]
+        tables = [t for t in tables if len(t)]
+        if tables:
+            parts.append(F.faithfulness_discrete(model, docs, pd.concat(tables, ignore_index=True), unit=f.unit,
+                                                 model_name=name, missing=f.missing, gold=gold_map, **common))
+        own = soft[(soft.model == name) & soft.note_id.isin(note_ids)]
+        if len(own):
+            parts.append(F.faithfulness_scored(model, docs, own, aopc_k=tuple(f.aopc_k), variant="eraser",
                                                unit=f.unit, model_name=name, gold=gold_map, **common))
-            parts.append(F.faithfulness_scored(model, docs, table, variant="edin", unit=f.edin_unit,
+            parts.append(F.faithfulness_scored(model, docs, own, variant="edin", unit=f.edin_unit,
                                                word_steps=f.word_steps, model_name=name, gold=gold_map, **common))
     return pd.concat(parts, ignore_index=True)
 

@@ -641,7 +641,7 @@ def test_caml_incremental_equals_loop_discrete(kernel):
         calls = _Calls(model)
         inc = faithfulness_discrete(model, docs, rat, batch_size=3, **kw)
         calls.handle.remove()
-        assert calls.rows == len(docs)  # only the base pass runs the model
+        assert calls.rows == 0  # the model's forward never runs (base from the cached pre-activations)
         calls = _Calls(model)
         plain = faithfulness_discrete(model, docs, rat, batch_size=3, incremental=False, **kw)
         calls.handle.remove()
@@ -664,7 +664,7 @@ def test_caml_incremental_equals_loop_scored(variant, kernel, unit):
     calls = _Calls(model)
     inc = faithfulness_scored(model, docs, tab, variant=variant, batch_size=7, **kw)
     calls.handle.remove()
-    assert calls.rows == len(docs)
+    assert calls.rows == 0
     plain = faithfulness_scored(model, docs, tab, variant=variant, batch_size=7, incremental=False, **kw)
     slow = faithfulness_loop(model, docs, tab, kind=variant, **kw)
     assert_same(inc, slow)
@@ -679,7 +679,7 @@ def test_caml_incremental_only_for_mask_and_eval_caml():
     kw = dict(unit="token", code_set="gold", progress=False)
     calls = _Calls(model)
     out = faithfulness_discrete(model, docs, rat, perturbation="mask", **kw)
-    assert calls.rows == len(docs) and model.training
+    assert calls.rows == 0 and model.training
     calls.rows = 0
     dele = faithfulness_discrete(model, docs, rat, perturbation="delete", **kw)
     calls.handle.remove()
@@ -687,3 +687,19 @@ def test_caml_incremental_only_for_mask_and_eval_caml():
     assert_same(dele, faithfulness_loop(model, docs, rat, perturbation="delete", **kw))
     model.eval()
     assert_same(out, faithfulness_loop(model, docs, rat, perturbation="mask", **kw))
+
+
+def test_sources_scored_together_equal_sources_scored_apart():
+    """One call over a concatenation of source tables gives each source's rows of separate calls;
+    a group column that only some tables have stays missing (not the string 'nan')."""
+    g, texts, labels, docs, rat = _edge_corpus(seed=9)
+    model = _tiny_caml(texts, labels, 3)
+    kw = dict(unit="token", perturbation="mask", code_set="gold", seed=1, progress=False)
+    a = rat[rat.source == "llm"].drop(columns=["source"]).assign(source="llm")
+    b = rat[rat.source == "entity"].assign(method="exact_code")
+    together = faithfulness_discrete(model, docs, pd.concat([a, b], ignore_index=True), **kw)
+    apart = pd.concat([faithfulness_discrete(model, docs, a, **kw), faithfulness_discrete(model, docs, b, **kw)],
+                      ignore_index=True)
+    assert together["method"].isna().sum() == (together.source == "llm").sum() > 0
+    assert set(together.loc[together.source == "entity", "method"]) == {"exact_code"}
+    assert_same(together.drop(columns=["method"]), apart.drop(columns=["method"]))

@@ -428,6 +428,7 @@ class _Job:
 
 
 def _rng(seed: int, note_id: str, code: str, group: tuple) -> np.random.Generator:
+    group = [g for g in group if g != _NA]  # a column only some concatenated tables have
     key = [zlib.crc32(s.encode("utf-8")) for s in (note_id, code, "\x1f".join(map(str, group)))]
     return np.random.default_rng([int(seed) & 0xFFFFFFFF, *key])
 
@@ -508,6 +509,7 @@ def _gold_map(gold: Any, doc_codes: dict[str, tuple[str, ...]]) -> dict[str, set
 
 
 _GROUP_COLS = (("source", "source"), ("method", "method"), ("model", "rationale_model"))
+_NA = "\x00missing"
 
 
 def _parse_table(table: pd.DataFrame, kind: str, texts: dict[str, str]):
@@ -526,7 +528,9 @@ def _parse_table(table: pd.DataFrame, kind: str, texts: dict[str, str]):
     starts = t["start"].to_numpy(dtype=np.int64)
     ends = t["end"].to_numpy(dtype=np.int64)
     scores = t["score"].to_numpy(dtype=np.float64) if kind != "discrete" else None
-    gvals = [t[c].astype(str).to_numpy() for c in gcols]
+    # a missing group value (a source table without that column, concatenated with one that has
+    # it) stays missing in the output instead of becoming the string "nan"
+    gvals = [t[c].astype(str).where(t[c].notna(), _NA).to_numpy() for c in gcols]
     keys = pd.DataFrame({"n": note_ids, "c": codes, **{f"g{i}": v for i, v in enumerate(gvals)}})
     payloads: dict[tuple[str, str], dict[tuple, Any]] = {}
     groups: dict[tuple, None] = {}
@@ -612,111 +616,95 @@ def _caml_incremental_ok(model) -> bool:
     return all(p.dtype == torch.float32 for p in params)
 
 
+def _caml_pre(model, ids: np.ndarray, device) -> torch.Tensor:
+    """The convolution's pre-activations ``[T, F]`` (float32) of one note, by the model's own
+    embedding and ``conv`` (what its forward pass computes before the ``tanh``)."""
+    ids_t = torch.as_tensor(ids, dtype=torch.long, device=device)
+    x = model.embedding.weight.index_select(0, ids_t).t().unsqueeze(0)  # [1, E, T]
+    return model.conv(torch.nn.functional.pad(x, model._pad))[0].t().contiguous()
+
+
+def _caml_head(model, pre: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Logits ``[R]`` (float32) of rows with pre-activations ``pre [R, T, F]`` (float32), row r
+    read for label ``labels[r]``: ``tanh``, label attention, ``w_l . v + b_l`` as in the model."""
+    h = torch.tanh(pre)
+    uw = torch.stack([model.U.weight.index_select(0, labels),
+                      model.final.weight.index_select(0, labels)], dim=-1).float()  # [R, F, 2]
+    sg = torch.bmm(h, uw)  # [R, T, 2]: attention scores, per-position logits
+    att = torch.softmax(sg[..., 0], dim=-1)
+    return (att * sg[..., 1]).sum(-1) + model.final.bias.index_select(0, labels).float()
+
+
+def _caml_base_probs(model, pres: dict[str, torch.Tensor], needed, device) -> dict[str, dict[int, float]]:
+    """Full-note probabilities from the cached pre-activations (no second convolution)."""
+    base = {}
+    for nid, pre in pres.items():
+        labs = list(range(model.num_labels)) if needed[nid] is None else needed[nid]
+        lab = torch.as_tensor(np.asarray(labs, dtype=np.int64), device=device)
+        pr = torch.sigmoid(_caml_head(model, pre.unsqueeze(0).expand(len(labs), *pre.shape), lab).double())
+        base[nid] = dict(zip((int(l) for l in labs), pr.cpu().numpy().tolist()))
+    return base
+
+
 class _CamlNote:
-    """Per-note cache of the incremental path (pre-activations in float64):
+    """Per-note cache of the incremental CAML path: ``pre [T, F]`` (float32, :func:`_caml_pre`)
+    and ``Q [T, k, F]`` (float32): ``Q[t, j]`` is the change of output ``t``'s pre-activation
+    when the unit it reads through tap ``j`` (unit ``t + j - pad_left``) is replaced by
+    ``mask_id``, i.e. ``W_j (e_mask - e_unit)``; zero outside the note and for units that already
+    are ``mask_id``. ``Q`` is computed once per distinct id of the note."""
 
-    ``P[j, d]``: the change of the pre-activation at output ``d + pad_left - j`` when unit ``d`` is
-    replaced by ``mask_id`` (zero for units that already are ``mask_id``); ``pre[0]`` / ``pre[1]``:
-    the pre-activations of the note / of the fully masked note (the convolution is linear, so the
-    note's are the masked note's minus the changes of all its units); ``H[0]``, ``H[1]``: their
-    ``tanh`` in float32."""
-
-    def __init__(self, model, ids: np.ndarray, mask_id: int, device):
+    def __init__(self, model, ids: np.ndarray, pre: torch.Tensor, mask_id: int, device):
         conv = model.conv
         k = self.k = conv.kernel_size[0]
         pl = self.pad_left = model._pad[0]
-        self.pad_right = model._pad[1]
         T = self.T = len(ids)
-        ids_t = torch.as_tensor(ids, dtype=torch.long, device=device)
-        w = conv.weight.double()  # [F, E, k]
-        n_f, n_e = w.shape[:2]
+        self.pre = pre
         emb = model.embedding.weight
-        e_mask = emb[mask_id].double()
-        delta = e_mask - emb.index_select(0, ids_t).double()  # [T, E]
-        wk = w.permute(1, 2, 0).reshape(n_e, k * n_f)  # [E, k*F]
-        self.P = (delta @ wk).view(T, k, n_f).transpose(0, 1).contiguous()  # [k, T, F]
-        c = (e_mask @ wk).view(k, n_f)  # each tap's part of a masked unit
-        pre1 = conv.bias.double().expand(T, n_f).clone()
-        pre0 = torch.empty_like(pre1)
-        for j in range(k):  # output t reads unit t + j - pl (zero padding outside the note)
-            lo, hi = max(0, pl - j), min(T, T + pl - j)
-            if lo < hi:
-                pre1[lo:hi] += c[j]
-        pre0.copy_(pre1)
-        for j in range(k):
-            lo, hi = max(0, pl - j), min(T, T + pl - j)
-            if lo < hi:
-                pre0[lo:hi] -= self.P[j, lo + j - pl: hi + j - pl]
-        self.pre = torch.stack([pre0, pre1])  # [2, T, F]
-        self.H = torch.tanh(self.pre).float()  # [2, T, F]
-        self.real = ids != mask_id  # units whose masking changes the input
+        n_f, n_e = conv.weight.shape[:2]
+        uniq, inv = np.unique(ids, return_inverse=True)
+        uniq_t = torch.as_tensor(uniq, dtype=torch.long, device=device)
+        delta = emb[mask_id].unsqueeze(0) - emb.index_select(0, uniq_t)  # [U, E]
+        wk = conv.weight.permute(1, 2, 0).reshape(n_e, k * n_f)  # [E, k*F]
+        per_id = (delta @ wk).view(len(uniq) * k, n_f)  # row u*k + j: tap j's change for id u
+        unit = np.arange(T)[:, None] + np.arange(k)[None, :] - pl  # [T, k] unit read by tap j
+        inside = (unit >= 0) & (unit < T)
+        rows = inv.reshape(-1)[np.clip(unit, 0, max(T - 1, 0))] * k + np.arange(k)[None, :]
+        self.Q = per_id.index_select(0, torch.as_tensor(rows.reshape(-1), device=device)).view(T, k, n_f)
+        if not inside.all():  # taps reading the zero padding
+            self.Q[torch.as_tensor(~inside, device=device)] = 0.0
+
+    def shifted(self, removed: np.ndarray) -> np.ndarray:
+        """``[T, R, k]`` float32: 1 where the unit that output ``t`` reads through tap ``j`` is
+        removed in row ``r``."""
+        R, T, k, pl = len(removed), self.T, self.k, self.pad_left
+        padded = np.zeros((R, T + k - 1), dtype=np.float32)
+        padded[:, pl: pl + T] = removed
+        win = np.lib.stride_tricks.sliding_window_view(padded, k, axis=1)  # [R, T, k]
+        return win.transpose(1, 0, 2).copy()
 
 
-def _evaluate_incremental(model, note: _Note, jobs: list[_Job], batch_size: int, device, mask_id: int):
-    """Probabilities of ``jobs`` (all of one note, mask perturbation) from the cached
-    pre-activations; see the module docstring. Only the outputs within reach of a differing unit
-    are recomputed; the attention reads the cached hidden states everywhere else."""
-    cache = _CamlNote(model, note.ids, mask_id, device)
-    T, k, pl, pr = cache.T, cache.k, cache.pad_left, cache.pad_right
-    n_f = cache.pre.shape[-1]
-    dev = cache.pre.device
-    pre_flat = cache.pre.view(2 * T, n_f)
-    U, Wf, bf = model.U.weight, model.final.weight, model.final.bias
-    for b in range(0, len(jobs), batch_size):
-        chunk = jobs[b: b + batch_size]
+#: Rows of one incremental step are limited so that ``T * rows * F`` stays below this many values.
+_INCREMENTAL_ELEMENTS = 2_000_000
+
+
+def _evaluate_incremental(model, note: _Note, pre: torch.Tensor, jobs: list[_Job], batch_size: int,
+                          device, mask_id: int):
+    """Probabilities of ``jobs`` (all of one note, mask perturbation) from the note's cached
+    pre-activations; see the module docstring. Per row: ``pre' = pre + sum_j shift_j(removed) Q_j``
+    (one batched product over positions), then the head (:func:`_caml_head`); neither the
+    embedding nor the convolution runs again."""
+    cache = _CamlNote(model, note.ids, pre, mask_id, device)
+    T = cache.T
+    n_f = pre.shape[-1]
+    step = max(1, min(batch_size, _INCREMENTAL_ELEMENTS // max(1, T * n_f)))
+    for b in range(0, len(jobs), step):
+        chunk = jobs[b: b + step]
         R = len(chunk)
         removed = np.stack([j.removed for j in chunk])  # [R, T]
-        d0 = removed & cache.real  # differs from the note
-        d1 = ~removed & cache.real  # differs from the fully masked note
-        from_masked = d1.sum(1) < d0.sum(1)
-        diff = np.where(from_masked[:, None], d1, d0)
-        # outputs t reached by a differing unit d: d - pr <= t <= d + pl
-        cs = np.zeros((R, T + k), dtype=np.int64)
-        np.cumsum(diff, axis=1, out=cs[:, pl + 1: pl + 1 + T])
-        cs[:, pl + 1 + T:] = cs[:, pl + T: pl + T + 1]
-        aff = cs[:, k:] - cs[:, :T] > 0  # sum of diff over [t - pl, t + pr]
-        r_a, t_a = np.nonzero(aff)
-        base = from_masked.astype(np.int64)
-        lab = torch.as_tensor(np.fromiter((j.label for j in chunk), dtype=np.int64, count=R), device=dev)
-        u = U.index_select(0, lab).float()  # [R, F]
-        base_t = torch.as_tensor(base, device=dev)
-        # scores of the base hidden states, then the affected outputs patched
-        scores = torch.bmm(cache.H.index_select(0, base_t), u.unsqueeze(-1)).squeeze(-1)  # [R, T]
-        h_a = None
-        if len(r_a):
-            n_a = len(r_a)
-            # compact index of each affected (row, output); outputs beyond the note go to row n_a
-            pos = np.full((R, T + k), n_a, dtype=np.int64)
-            pos[r_a, t_a + pr] = np.arange(n_a)
-            pre_a = torch.empty(n_a + 1, n_f, dtype=torch.float64, device=dev)
-            torch.index_select(pre_flat, 0, torch.as_tensor(base[r_a] * T + t_a, device=dev), out=pre_a[:n_a])
-            r_d, d_d = np.nonzero(diff)
-            tgt = pos[r_d[:, None], d_d[:, None] + (pl + pr) - np.arange(k)[None, :]]  # [M, k]
-            groups = []
-            for alpha, sel in ((1.0, ~from_masked[r_d]), (-1.0, from_masked[r_d])):  # unmasking undoes P
-                if sel.any():
-                    groups.append((alpha, torch.as_tensor(d_d[sel], device=dev),
-                                   torch.as_tensor(np.ascontiguousarray(tgt[sel].T), device=dev)))
-            for j in range(k):
-                for alpha, d_t, tgt_t in groups:
-                    pre_a.index_add_(0, tgt_t[j], cache.P[j].index_select(0, d_t), alpha=alpha)
-            h_a = torch.tanh(pre_a[:n_a]).float()  # [N, F]
-            r_at = torch.as_tensor(r_a, device=dev)
-            t_at = torch.as_tensor(t_a, device=dev)
-            scores[r_at, t_at] = (h_a * u.index_select(0, r_at)).sum(-1)
-        att = torch.softmax(scores, dim=-1)  # [R, T]
-        keep = torch.as_tensor(~aff, device=dev)
-        a_un = att * keep
-        v = torch.empty(R, n_f, dtype=torch.float32, device=dev)
-        for which in (0, 1):
-            rows = np.flatnonzero(base == which)
-            if len(rows):
-                rt = torch.as_tensor(rows, device=dev)
-                v[rt] = a_un.index_select(0, rt) @ cache.H[which]
-        if h_a is not None:
-            v.index_add_(0, r_at, att[r_at, t_at].unsqueeze(-1) * h_a)
-        logits = (v * Wf.index_select(0, lab).float()).sum(-1) + bf.index_select(0, lab).float()
-        probs = torch.sigmoid(logits.double()).cpu().numpy()
+        lab = torch.as_tensor(np.fromiter((j.label for j in chunk), dtype=np.int64, count=R), device=device)
+        shifted = torch.as_tensor(cache.shifted(removed), device=device)  # [T, R, k]
+        rows_pre = torch.einsum("trk,tkf->rtf", shifted, cache.Q).add_(pre)  # [R, T, F]
+        probs = torch.sigmoid(_caml_head(model, rows_pre, lab).double()).cpu().numpy()
         for j, pr_ in zip(chunk, probs):
             j.task.probs[j.slot] = pr_
 
@@ -794,15 +782,20 @@ def _run(
     try:
         with torch.inference_mode():
             notes = {nid: _make_note(model, nid, texts[nid], unit) for nid in note_order}
-            base = _base_probs(model, notes, needed, engine, batch_size, device)
+            incr = engine and incremental and perturbation == "mask" and _caml_incremental_ok(model)
+            pres = None
+            if incr:  # the base probabilities come from the cached pre-activations
+                pres = {nid: _caml_pre(model, notes[nid].ids, device) for nid in note_order}
+                base = _caml_base_probs(model, pres, needed, device)
+            else:
+                base = _base_probs(model, notes, needed, engine, batch_size, device)
             tasks_by_group = _select_pairs(
                 note_order, notes, base, needed, payloads, groups, kind, label_of, labels, thr,
                 gold_map, code_set, missing, max_pairs,
             )
-            incr = engine and incremental and perturbation == "mask" and _caml_incremental_ok(model)
             rows = _perturb_all(
                 model, notes, tasks_by_group, kind, engine, aopc_k, word_steps, batch_size, device,
-                perturbation, mask_id, seed, progress, incr,
+                perturbation, mask_id, seed, progress, pres,
             )
     finally:
         model.train(was_training)
@@ -866,7 +859,7 @@ def _select_pairs(note_order, notes, base, needed, payloads, groups, kind, label
 
 
 def _perturb_all(model, notes, per_note, kind, engine, aopc_k, word_steps, batch_size, device,
-                 perturbation, mask_id, seed, progress, incremental: bool = False) -> list[_Task]:
+                 perturbation, mask_id, seed, progress, pres: dict | None = None) -> list[_Task]:
     tasks: list[_Task] = []
     buffer: list[_Job] = []
     flush = max(batch_size * 8, 64)
@@ -889,9 +882,9 @@ def _perturb_all(model, notes, per_note, kind, engine, aopc_k, word_steps, batch
                         length = note.n if perturbation == "mask" else max(1, note.n - n_removed)
                         buffer.append(_Job(label, removed, length, task, slot, note))
                     tasks.append(task)
-            if incremental:
+            if pres is not None:
                 if buffer:
-                    _evaluate_incremental(model, note, buffer, batch_size, device, mask_id)
+                    _evaluate_incremental(model, note, pres[nid], buffer, batch_size, device, mask_id)
                 buffer = []
             elif engine:
                 if len(buffer) >= flush:
@@ -949,7 +942,7 @@ def _to_frame(tasks: list[_Task], kind, curve, name, unit, perturbation, code_se
     groups = cols["group"]
     gframe = {}
     for i, col in enumerate(group_out_cols):
-        gframe[col] = [g[i] for g in groups]
+        gframe[col] = [None if g[i] == _NA else g[i] for g in groups]
     if "source" not in gframe:
         gframe["source"] = ["rationale"] * len(frame)
     for col, vals in gframe.items():
