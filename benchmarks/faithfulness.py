@@ -58,6 +58,8 @@ from rationale_kit.metrics.faithfulness import (  # noqa: E402
 BATCH = 32
 N_LABELS = 60
 AOPC_K = [1.0, 5.0, 10.0, 20.0, 50.0]
+EDIN_STEPS = 6  # the default profile's faithfulness.word_steps
+DISCRETE_SOURCES = ("entity (exact_code)", "entity (category)", "llm_zero", "llm_few")
 
 
 # --------------------------------------------------------------------------------------------
@@ -181,10 +183,11 @@ def make_corpus(n_notes: int, rng: np.random.Generator, min_words=600, max_words
     return texts, vocab
 
 
-def project_models(texts, vocab, labels, names=("caml", "laat", "plm_icd")):
+def project_models(texts, vocab, labels, names=("caml", "laat", "plm_icd"), plm_chunks=(2,)):
     """Untrained models from ``rationale_kit.models.build_model(name, params, labels,
-    train_texts=...)`` at the default profile's sizes (PLM-ICD: ``max_chunks`` 4); raises when the
-    module is missing or does not build."""
+    train_texts=...)`` at the default profile's sizes; PLM-ICD once per ``plm_chunks`` value of
+    ``max_chunks`` (named ``plm_icd`` for the first, ``plm_icd@<n>chunks`` for the others).
+    Raises when the module is missing or does not build."""
     from rationale_kit.config import load_profile
     from rationale_kit.models import build_model
 
@@ -192,12 +195,15 @@ def project_models(texts, vocab, labels, names=("caml", "laat", "plm_icd")):
     out = {}
     for name in names:
         params = getattr(prof.train, name)
+        variants = [(name, params)]
         if name == "plm_icd":
-            params = dataclasses.replace(params, max_chunks=2)
-        torch.manual_seed(0)
-        out[name] = build_model(name, params, labels, train_texts=texts, max_words=prof.data.max_words)
-    return out, ("rationale_kit.models.build_model (default profile sizes; PLM-ICD max_chunks=2; "
-                 "untrained weights)")
+            variants = [(name if i == 0 else f"{name}@{n}chunks", dataclasses.replace(params, max_chunks=n))
+                        for i, n in enumerate(plm_chunks)]
+        for key, p in variants:
+            torch.manual_seed(0)
+            out[key] = build_model(name, p, labels, train_texts=texts, max_words=prof.data.max_words)
+    return out, (f"rationale_kit.models.build_model (default profile sizes; PLM-ICD max_chunks "
+                 f"{', '.join(map(str, plm_chunks))} of {prof.train.plm_icd.chunk_size} tokens; untrained weights)")
 
 
 def fallback_models(vocab, labels, names=("caml", "laat")):
@@ -231,6 +237,24 @@ class Recorder:
         return sum(c[0] for c in self.calls)
 
 
+class EncoderRows:
+    """Counts the chunks a PLM-ICD encoder reads (rows of ``inputs_embeds``); no-op for models
+    without an ``encoder``."""
+
+    def __init__(self, model):
+        self.rows = 0
+        enc = getattr(model, "encoder", None)
+        self.handle = None if enc is None else enc.register_forward_hook(self.hook, with_kwargs=True)
+
+    def hook(self, module, args, kwargs, output):
+        x = kwargs.get("inputs_embeds", args[0] if args else None)
+        self.rows += 0 if x is None else x.shape[0]
+
+    def remove(self):
+        if self.handle is not None:
+            self.handle.remove()
+
+
 def attention_scores(model, docs, gold, device="cpu"):
     rows = []
     lab = {c: i for i, c in enumerate(model.labels)}
@@ -258,6 +282,36 @@ def random_spans(docs, gold, rng):
                 s = int(rng.integers(0, len(text) - 60))
                 rows.append((nid, code, s, s + int(rng.integers(5, 60)), "", "llm"))
     return pd.DataFrame(rows, columns=["note_id", "code", "start", "end", "granularity", "source"])
+
+
+#: Perturbed inputs per (note, code) of each workload shape (for sizing).
+ROWS_PER_PAIR = {"notebook": 2 * (4 * len(AOPC_K) + 2 * (2 * EDIN_STEPS - 1)) + 4 * len(DISCRETE_SOURCES) + 4,
+                 "single": 2 * 2 * len(AOPC_K) + 4}
+
+
+def workload(model, docs, gold, rng, shape: str, device="cpu"):
+    """The engine calls of one model: ``[(function, loop kind, table, keyword arguments)]``.
+
+    ``notebook``: what notebook 05 runs per model (``steps.faithfulness_tables``): one discrete
+    call over every span source (four sources of random spans standing in for the entity and LLM
+    sources, plus the model's top-10 attention units as spans), one ERASER call and one Edin call
+    (word units, ``EDIN_STEPS`` steps) over the model's two scored sources (its attention, and its
+    attention times log-normal noise standing in for gradients). ``single``: one ERASER call on
+    the attention and one discrete call on one source of random spans."""
+    att = attention_scores(model, docs, gold, device)
+    if shape == "single":
+        return [(faithfulness_scored, "eraser", att, dict(aopc_k=AOPC_K)),
+                (faithfulness_discrete, "discrete", random_spans(docs, gold, rng), {})]
+    noisy = att.assign(source="gradient", method="input_x_gradient",
+                       score=att.score * rng.lognormal(0.0, 1.0, len(att)))
+    scored = pd.concat([att, noisy], ignore_index=True)
+    top = (att.sort_values("score", ascending=False, kind="stable").groupby(["note_id", "code"]).head(10)
+           .assign(source="attention top-10", granularity="")[["note_id", "code", "start", "end", "granularity", "source"]])
+    spans = pd.concat([random_spans(docs, gold, rng).assign(source=src) for src in DISCRETE_SOURCES] + [top],
+                      ignore_index=True)
+    return [(faithfulness_discrete, "discrete", spans, {}),
+            (faithfulness_scored, "eraser", scored, dict(aopc_k=AOPC_K)),
+            (faithfulness_scored, "edin", scored, dict(variant="edin", unit="word", word_steps=EDIN_STEPS))]
 
 
 def replay_plain(model, calls, with_labels: bool, vocab_size: int, device="cpu") -> tuple[float, int]:
@@ -296,7 +350,7 @@ def cpu_timed(fn, device="cpu"):
     return time.process_time() - t0, out
 
 
-def bench_model(name, model, docs_all, gold_all, budget_s, rng, reps=2, device="cpu"):
+def bench_model(name, model, docs_all, gold_all, budget_s, rng, reps=2, device="cpu", shape="notebook"):
     """One workload (sized so the loop takes about a third of ``budget_s`` in all), measured
     ``reps`` times round-robin (engine with its forward calls recorded, plain forward passes
     replayed at the recorded shapes, the loop); the fastest repetition of each counts. The model
@@ -308,28 +362,22 @@ def bench_model(name, model, docs_all, gold_all, budget_s, rng, reps=2, device="
     with torch.inference_mode():
         model(*(x.to(device) for x in model.collate([enc])))
         per_single, _ = cpu_timed(lambda: model(*(x.to(device) for x in model.collate([enc]))), device)
-    rows_per_pair = 2 * 2 * len(AOPC_K) + 4
+    rows_per_pair = ROWS_PER_PAIR[shape]
     n_pairs = max(1, int(budget_s / 3 / reps / per_single / rows_per_pair))
     codes_per_note = min(3, n_pairs)
     n_notes = max(1, min(len(docs_all), math.ceil(n_pairs / codes_per_note)))
     docs = docs_all.iloc[:n_notes].reset_index(drop=True)
     gold = {n: list(gold_all[n][:codes_per_note]) for n in docs.note_id}
-    scores = attention_scores(model, docs, gold, device)
-    spans = random_spans(docs, gold, rng)
+    jobs = workload(model, docs, gold, rng, shape, device)
     kw = dict(code_set="gold", gold=gold, progress=False, seed=0, device=device)
 
     def engine(incremental=False):
-        return pd.concat([
-            faithfulness_scored(model, docs, scores, aopc_k=AOPC_K, batch_size=BATCH,
-                                incremental=incremental, **kw),
-            faithfulness_discrete(model, docs, spans, batch_size=BATCH, incremental=incremental, **kw),
-        ])
+        return pd.concat([fn(model, docs, table, batch_size=BATCH, incremental=incremental, **args, **kw)
+                          for fn, _, table, args in jobs])
 
     def loop():
-        return pd.concat([
-            faithfulness_loop(model, docs, scores, kind="eraser", aopc_k=AOPC_K, **kw),
-            faithfulness_loop(model, docs, spans, kind="discrete", **kw),
-        ])
+        return pd.concat([faithfulness_loop(model, docs, table, kind=kind, **args, **kw)
+                          for _, kind, table, args in jobs])
 
     times = {"engine": [], "incr": [], "plain": [], "plain_lab": [], "loop": []}
     for rep in range(reps):
@@ -337,9 +385,10 @@ def bench_model(name, model, docs_all, gold_all, budget_s, rng, reps=2, device="
         t, fast = cpu_timed(engine, device)
         rec.handle.remove()
         times["engine"].append(t)
-        rec_incr = Recorder(model)
+        rec_incr, enc_incr = Recorder(model), EncoderRows(model)
         t, fast_incr = cpu_timed(lambda: engine(True), device)
         rec_incr.handle.remove()
+        enc_incr.remove()
         times["incr"].append(t)
         incr_calls = len(rec_incr.calls)
         calls, rows = rec.calls, rec.rows()
@@ -347,9 +396,10 @@ def bench_model(name, model, docs_all, gold_all, budget_s, rng, reps=2, device="
         times["plain"].append(t)
         t, _ = cpu_timed(lambda: replay_plain(model, calls, True, vocab_size, device), device)
         times["plain_lab"].append(t)
-        rec = Recorder(model)
+        rec, enc_loop = Recorder(model), EncoderRows(model)
         t, slow = cpu_timed(loop, device)
         rec.handle.remove()
+        enc_loop.remove()
         times["loop"].append(t)
         loop_calls = len(rec.calls)
     t_engine, t_incr, t_plain, t_plain_lab, t_loop = (
@@ -396,6 +446,8 @@ def bench_model(name, model, docs_all, gold_all, budget_s, rng, reps=2, device="
         "incr_speedup_vs_loop": t_loop / t_incr,
         "incr_max_abs_diff": max_diff_incr,
         "incr_agree": bool(same_keys_incr and max_diff_incr <= tol),
+        "chunks_engine": enc_incr.rows,
+        "chunks_loop": enc_loop.rows,
     }
 
 
@@ -410,6 +462,11 @@ def main(argv=None):
                     help="where the models run (default cpu); cuda times wall seconds with synchronisation")
     ap.add_argument("--models", default="caml,laat,plm_icd",
                     help="comma-separated project models to run (default caml,laat,plm_icd)")
+    ap.add_argument("--shape", default="notebook", choices=sorted(ROWS_PER_PAIR),
+                    help="workload: 'notebook' (what notebook 05 runs per model, default) or 'single' "
+                         "(one scored and one discrete source)")
+    ap.add_argument("--plm-chunks", default="2,8",
+                    help="PLM-ICD max_chunks values to run (default 2 = the default profile, 8 = 1,024 tokens)")
     args = ap.parse_args(argv)
     names = tuple(n.strip() for n in args.models.split(",") if n.strip())
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -425,7 +482,8 @@ def main(argv=None):
     models = None
     if not args.fallback:
         try:
-            models, source = project_models(texts, vocab, labels, names)
+            plm_chunks = tuple(int(n) for n in args.plm_chunks.split(",") if n.strip())
+            models, source = project_models(texts, vocab, labels, names, plm_chunks)
         except Exception as exc:  # noqa: BLE001
             reason = "".join(traceback.format_exception_only(type(exc), exc)).strip()
             print(f"rationale_kit.models not usable here ({reason}); using the fallback models")
@@ -445,14 +503,14 @@ def main(argv=None):
     clock = "process CPU seconds" if args.device == "cpu" else f"wall seconds on {torch.cuda.get_device_name()}"
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {args.device}, batch {BATCH}, "
           f"times = {clock}, best of 2 round-robin repetitions, "
-          f"ERASER k={AOPC_K} on the model's attention + discrete random spans, <= 3 gold codes per note, "
-          f"mask perturbation, token units")
+          f"workload '{args.shape}' ({ROWS_PER_PAIR[args.shape]} perturbed inputs per (note, code); "
+          f"see workload()), <= 3 gold codes per note, mask perturbation")
     results = []
     per_model = args.budget / len(models)
     t_all = time.perf_counter()
     for name, model in models.items():
         try:
-            r = bench_model(name, model, docs, gold, per_model, rng, device=args.device)
+            r = bench_model(name, model, docs, gold, per_model, rng, device=args.device, shape=args.shape)
         except Exception:  # noqa: BLE001
             print(f"[{name}] failed:\n{traceback.format_exc()}")
             continue
@@ -471,6 +529,9 @@ def main(argv=None):
         print(f"  incremental=True: (a) {r['incr_rows_per_s']:.1f} rows/s ({r['incr_calls']} forward calls), "
               f"ratio engine/plain = {r['incr_ratio_vs_plain']:.2f} (all labels), "
               f"{r['incr_ratio_vs_plain_same_labels']:.2f} (same labels)")
+        if r["chunks_loop"]:
+            print(f"      chunks encoded: {r['chunks_engine']} by the engine, {r['chunks_loop']} by the loop "
+                  f"({r['chunks_loop'] / max(1, r['chunks_engine']):.1f}x fewer)")
         print(f"      (b) {r['incr_s']:.2f} s: speed-up {r['incr_speedup_vs_loop']:.1f}x over the loop; "
               f"max |engine - loop| = {r['incr_max_abs_diff']:.2e} "
               f"({'agree' if r['incr_agree'] else 'DISAGREE'} at {r['tolerance']:g})")

@@ -301,7 +301,18 @@ class LabelAttentionModel(nn.Module):
             mask = torch.ones(b, t, dtype=torch.bool, device=embeds.device)
         else:
             mask = attention_mask.to(device=embeds.device, dtype=torch.bool)
-        h = self.hidden(embeds, mask)
+        return self.attend(self.hidden(embeds, mask), mask, label_idx, with_log_attention)
+
+    def attend(
+        self,
+        h: torch.Tensor,
+        mask: torch.Tensor,
+        label_idx: torch.Tensor | None = None,
+        with_log_attention: bool | tuple[torch.Tensor, torch.Tensor] = False,
+    ) -> ModelOutput:
+        """The label-wise attention head on hidden states ``h [B, T, D]`` with ``mask [B, T]``
+        (bool): attention ``[B, K, T]`` and logits ``[B, K]`` for ``label_idx`` (all labels when
+        None). Always float32."""
         with torch.autocast(device_type=h.device.type, enabled=False):
             h = h.float()
             scores = self._scores(h, label_idx)  # [B, K, T]

@@ -632,8 +632,18 @@ class _Calls:
         self.rows += args[0].shape[0]
 
 
+@pytest.fixture(params=["dense", "local", "mixed"])
+def caml_route(request, monkeypatch):
+    """Every row through the dense route, every row through the local one, or the default split."""
+    import rationale_kit.metrics.faithfulness as F
+
+    fraction = {"dense": -1.0, "local": 2.0, "mixed": F._LOCAL_FRACTION}[request.param]
+    monkeypatch.setattr(F, "_LOCAL_FRACTION", fraction)
+    return request.param
+
+
 @pytest.mark.parametrize("kernel", [1, 2, 3, 4, 7, 10])
-def test_caml_incremental_equals_loop_discrete(kernel):
+def test_caml_incremental_equals_loop_discrete(kernel, caml_route):
     g, texts, labels, docs, rat = _edge_corpus(seed=6)
     model = _tiny_caml(texts, labels, kernel)
     for unit in ("token", "word"):
@@ -656,7 +666,7 @@ def test_caml_incremental_equals_loop_discrete(kernel):
 @pytest.mark.parametrize("variant,kernel,unit", [
     ("eraser", 3, "token"), ("eraser", 4, "word"), ("edin", 5, "word"), ("edin", 6, "token"),
 ])
-def test_caml_incremental_equals_loop_scored(variant, kernel, unit):
+def test_caml_incremental_equals_loop_scored(variant, kernel, unit, caml_route):
     g, texts, labels, docs, _ = _edge_corpus(seed=7)
     model = _tiny_caml(texts, labels, kernel, seed=1)
     tab = random_scores(g, model, docs, labels)
@@ -703,3 +713,57 @@ def test_sources_scored_together_equal_sources_scored_apart():
     assert together["method"].isna().sum() == (together.source == "llm").sum() > 0
     assert set(together.loc[together.source == "entity", "method"]) == {"exact_code"}
     assert_same(together.drop(columns=["method"]), apart.drop(columns=["method"]))
+
+
+# --------------------------------------------------------------------------------------------
+# chunk reuse (PLM-ICD, mask perturbation)
+# --------------------------------------------------------------------------------------------
+class _EncoderRows:
+    """Counts the chunks the PLM-ICD encoder reads."""
+
+    def __init__(self, model):
+        self.rows = 0
+        self.handle = model.encoder.register_forward_hook(self, with_kwargs=True)
+
+    def __call__(self, module, args, kwargs, output):
+        self.rows += kwargs["inputs_embeds"].shape[0]
+
+
+@pytest.fixture(scope="module")
+def tiny_plm(tmp_path_factory):
+    pytest.importorskip("transformers")
+    from test_models import _tiny_encoder
+
+    from rationale_kit.config import ModelParams
+    from rationale_kit.models import build_model
+
+    g, texts, labels, docs = corpus(n_notes=4, n_labels=6, seed=11)
+    path = _tiny_encoder(tmp_path_factory.mktemp("plm"), texts * 2, chunk_size=8)
+    torch.manual_seed(3)
+    model = build_model("plm_icd", ModelParams(encoder_path=path, chunk_size=8, max_chunks=6, projection=5), labels)
+    return g, labels, docs, model.eval()
+
+
+@pytest.mark.parametrize("kind", ["discrete", "eraser", "edin"])
+def test_plm_chunk_reuse_equals_loop(tiny_plm, kind):
+    g, labels, docs, model = tiny_plm
+    kw = dict(unit="token", perturbation="mask", code_set="gold", seed=5, progress=False)
+    if kind == "discrete":
+        table = random_spans(g, docs, labels)
+        run = lambda inc: faithfulness_discrete(model, docs, table, batch_size=4, incremental=inc, **kw)  # noqa: E731
+    else:
+        table = random_scores(g, model, docs, labels)
+        kw["word_steps"] = 5
+        run = lambda inc: faithfulness_scored(model, docs, table, variant=kind, batch_size=4,  # noqa: E731
+                                              incremental=inc, **kw)
+    enc = _EncoderRows(model)
+    reuse = run(True)
+    reuse_rows, enc.rows = enc.rows, 0
+    plain = run(False)
+    plain_rows = enc.rows
+    enc.handle.remove()
+    slow = faithfulness_loop(model, docs, table, kind=kind, **kw)
+    assert_same(reuse, slow, tol=2e-6)
+    assert_same(plain, slow, tol=2e-6)
+    assert (reuse.value.abs() > 1e-4).any()
+    assert reuse_rows < plain_rows  # unchanged and repeated chunks are not encoded again

@@ -531,12 +531,21 @@ def _parse_table(table: pd.DataFrame, kind: str, texts: dict[str, str]):
     # a missing group value (a source table without that column, concatenated with one that has
     # it) stays missing in the output instead of becoming the string "nan"
     gvals = [t[c].astype(str).where(t[c].notna(), _NA).to_numpy() for c in gcols]
-    keys = pd.DataFrame({"n": note_ids, "c": codes, **{f"g{i}": v for i, v in enumerate(gvals)}})
     payloads: dict[tuple[str, str], dict[tuple, Any]] = {}
     groups: dict[tuple, None] = {}
-    for key, idx in keys.groupby(list(keys.columns), sort=False).indices.items():
-        key = key if isinstance(key, tuple) else (key,)
-        nid, code, group = key[0], key[1], tuple(key[2:])
+    # one integer key per (note, code, group) row; groups are visited in order of first appearance
+    key = np.zeros(len(t), dtype=np.int64)
+    for col in [note_ids, codes, *gvals]:
+        codes_i, uniques = pd.factorize(col, sort=False)
+        key = key * max(1, len(uniques)) + codes_i
+    _, first, inv = np.unique(key, return_index=True, return_inverse=True)
+    inv = inv.reshape(-1)
+    order = np.argsort(inv, kind="stable")
+    bounds = np.searchsorted(inv[order], np.arange(len(first) + 1))
+    for g in np.argsort(first, kind="stable"):
+        idx = order[bounds[g]: bounds[g + 1]]
+        i0 = first[g]
+        nid, code, group = note_ids[i0], codes[i0], tuple(v[i0] for v in gvals)
         groups[group] = None
         if kind == "discrete":
             pay = list(zip(starts[idx].tolist(), ends[idx].tolist()))
@@ -600,7 +609,7 @@ def _caml_incremental_ok(model) -> bool:
         return False
     cls = type(model)
     if (cls.embed is not CAML.embed or cls.hidden is not CAML.hidden or cls._scores is not CAML._scores
-            or cls.forward is not LabelAttentionModel.forward
+            or cls.forward is not LabelAttentionModel.forward or cls.attend is not LabelAttentionModel.attend
             or cls.forward_from_embeddings is not LabelAttentionModel.forward_from_embeddings):
         return False
     conv = model.conv
@@ -624,13 +633,14 @@ def _caml_pre(model, ids: np.ndarray, device) -> torch.Tensor:
     return model.conv(torch.nn.functional.pad(x, model._pad))[0].t().contiguous()
 
 
-def _caml_head(model, pre: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def _caml_head(model, pre: torch.Tensor, labels: torch.Tensor, inplace: bool = False) -> torch.Tensor:
     """Logits ``[R]`` (float32) of rows with pre-activations ``pre [R, T, F]`` (float32), row r
-    read for label ``labels[r]``: ``tanh``, label attention, ``w_l . v + b_l`` as in the model."""
-    h = torch.tanh(pre)
+    read for label ``labels[r]``: ``tanh``, label attention, ``w_l . v + b_l`` as in the model.
+    ``inplace`` overwrites ``pre`` with the hidden states."""
+    h = pre.tanh_() if inplace else torch.tanh(pre)
     uw = torch.stack([model.U.weight.index_select(0, labels),
                       model.final.weight.index_select(0, labels)], dim=-1).float()  # [R, F, 2]
-    sg = torch.bmm(h, uw)  # [R, T, 2]: attention scores, per-position logits
+    sg = torch.einsum("rtf,rfc->rtc", h, uw)  # [R, T, 2]: attention scores, per-position logits
     att = torch.softmax(sg[..., 0], dim=-1)
     return (att * sg[..., 1]).sum(-1) + model.final.bias.index_select(0, labels).float()
 
@@ -669,18 +679,23 @@ class _CamlNote:
         unit = np.arange(T)[:, None] + np.arange(k)[None, :] - pl  # [T, k] unit read by tap j
         inside = (unit >= 0) & (unit < T)
         rows = inv.reshape(-1)[np.clip(unit, 0, max(T - 1, 0))] * k + np.arange(k)[None, :]
-        self.Q = per_id.index_select(0, torch.as_tensor(rows.reshape(-1), device=device)).view(T, k, n_f)
+        q = torch.empty(T, k + 1, n_f, dtype=torch.float32, device=device)
+        q[:, :k] = per_id.index_select(0, torch.as_tensor(rows.reshape(-1), device=device)).view(T, k, n_f)
         if not inside.all():  # taps reading the zero padding
-            self.Q[torch.as_tensor(~inside, device=device)] = 0.0
+            q[:, :k][torch.as_tensor(~inside, device=device)] = 0.0
+        q[:, k] = pre  # an extra tap, always on: the products below add the base pre-activations
+        self.Q = q
 
     def shifted(self, removed: np.ndarray) -> np.ndarray:
-        """``[T, R, k]`` float32: 1 where the unit that output ``t`` reads through tap ``j`` is
-        removed in row ``r``."""
+        """``[T, R, k + 1]`` float32: 1 where the unit that output ``t`` reads through tap ``j``
+        is removed in row ``r``; the last column (the base tap) is 1."""
         R, T, k, pl = len(removed), self.T, self.k, self.pad_left
         padded = np.zeros((R, T + k - 1), dtype=np.float32)
         padded[:, pl: pl + T] = removed
-        win = np.lib.stride_tricks.sliding_window_view(padded, k, axis=1)  # [R, T, k]
-        return win.transpose(1, 0, 2).copy()
+        out = np.empty((T, R, k + 1), dtype=np.float32)
+        out[:, :, :k] = np.lib.stride_tricks.sliding_window_view(padded, k, axis=1).transpose(1, 0, 2)
+        out[:, :, k] = 1.0
+        return out
 
 
 #: Rows of one incremental step are limited so that ``T * rows * F`` stays below this many values.
@@ -690,23 +705,178 @@ _INCREMENTAL_ELEMENTS = 2_000_000
 def _evaluate_incremental(model, note: _Note, pre: torch.Tensor, jobs: list[_Job], batch_size: int,
                           device, mask_id: int):
     """Probabilities of ``jobs`` (all of one note, mask perturbation) from the note's cached
-    pre-activations; see the module docstring. Per row: ``pre' = pre + sum_j shift_j(removed) Q_j``
-    (one batched product over positions), then the head (:func:`_caml_head`); neither the
-    embedding nor the convolution runs again."""
+    pre-activations; see the module docstring. Rows whose perturbation reaches at most
+    ``_LOCAL_FRACTION`` of the outputs (counted from the nearer of the note and the fully masked
+    note) are recomputed only there (:func:`_local_rows`); the others densely: ``pre' = pre +
+    sum_j shift_j(removed) Q_j`` (one batched product over positions), then the head
+    (:func:`_caml_head`). Neither the embedding nor the convolution runs again."""
     cache = _CamlNote(model, note.ids, pre, mask_id, device)
-    T = cache.T
+    T, k, pl = cache.T, cache.k, cache.pad_left
     n_f = pre.shape[-1]
+    removed = np.stack([j.removed for j in jobs])  # [N, T]
+    real = note.ids != mask_id  # units whose masking changes the input
+    d0, d1 = removed & real, ~removed & real  # differs from the note / from the fully masked note
+    from_masked = d1.sum(1) < d0.sum(1)
+    diff = np.where(from_masked[:, None], d1, d0)
+    # output t reads units t - pl .. t - pl + k - 1: it is affected when any of them differs
+    csum = np.zeros((len(jobs), T + 1), dtype=np.int64)
+    np.cumsum(diff, axis=1, out=csum[:, 1:])
+    t = np.arange(T)
+    affected = csum[:, np.clip(t - pl + k, 0, T)] - csum[:, np.clip(t - pl, 0, T)] > 0  # [N, T]
+    n_aff = affected.sum(1)
+    local = n_aff <= _LOCAL_FRACTION * T
+    if local.any():
+        sel = np.flatnonzero(local)
+        _local_rows(model, cache, [jobs[i] for i in sel], diff[sel], from_masked[sel], affected[sel],
+                    n_aff[sel], batch_size, device)
+    dense = np.flatnonzero(~local)
     step = max(1, min(batch_size, _INCREMENTAL_ELEMENTS // max(1, T * n_f)))
-    for b in range(0, len(jobs), step):
-        chunk = jobs[b: b + step]
-        R = len(chunk)
-        removed = np.stack([j.removed for j in chunk])  # [R, T]
-        lab = torch.as_tensor(np.fromiter((j.label for j in chunk), dtype=np.int64, count=R), device=device)
-        shifted = torch.as_tensor(cache.shifted(removed), device=device)  # [T, R, k]
-        rows_pre = torch.einsum("trk,tkf->rtf", shifted, cache.Q).add_(pre)  # [R, T, F]
-        probs = torch.sigmoid(_caml_head(model, rows_pre, lab).double()).cpu().numpy()
+    for b in range(0, len(dense), step):
+        rows = dense[b: b + step]
+        chunk = [jobs[i] for i in rows]
+        lab = torch.as_tensor(np.fromiter((j.label for j in chunk), dtype=np.int64, count=len(chunk)), device=device)
+        shifted = torch.as_tensor(cache.shifted(removed[rows]), device=device)  # [T, R, k + 1]
+        rows_pre = torch.bmm(shifted, cache.Q).transpose(0, 1)  # [R, T, F]
+        probs = torch.sigmoid(_caml_head(model, rows_pre, lab, inplace=True).double()).cpu().numpy()
         for j, pr_ in zip(chunk, probs):
             j.task.probs[j.slot] = pr_
+
+
+#: Rows whose perturbation reaches at most this fraction of a note's outputs take the local route.
+_LOCAL_FRACTION = 0.25
+
+
+def _local_rows(model, cache: _CamlNote, jobs: list[_Job], diff: np.ndarray, from_masked: np.ndarray,
+                affected: np.ndarray, n_aff: np.ndarray, batch_size: int, device):
+    """Rows recomputed only at their affected outputs (``[R, A]``, padded): ``pre'`` there is the
+    base's (the note's, or the fully masked note's) plus the taps of the differing units (minus
+    them when unmasking, from the fully masked note); every other position keeps the base's
+    attention score and per-position logit (``w_l . h_t``), computed once per (base, label)."""
+    T, k, pl = cache.T, cache.k, cache.pad_left
+    n_f = cache.pre.shape[-1]
+    q = cache.Q[:, :k]  # [T, k, F]
+    pres = torch.stack([cache.pre, cache.pre + q.sum(1)]).view(2 * T, n_f)  # the note; the fully masked note
+    labels = sorted({j.label for j in jobs})
+    col = {l: i for i, l in enumerate(labels)}
+    n_lab = len(labels)
+    lab_t = torch.as_tensor(labels, device=device)
+    uw = torch.cat([model.U.weight.index_select(0, lab_t), model.final.weight.index_select(0, lab_t)]).float()
+    sg_base = (uw @ torch.tanh(pres).t()).view(2 * n_lab, 2, T).transpose(0, 1).reshape(2 * 2 * n_lab, T)
+    # row b * 2L + c: base b's attention scores (c < L) or per-position logits (c >= L) of label c
+    padded = np.zeros((len(jobs), T + k - 1), dtype=np.float32)
+    padded[:, pl: pl + T] = diff
+    padded *= np.where(from_masked, -1.0, 1.0).astype(np.float32)[:, None]  # unmasking undoes Q
+    order = np.argsort(n_aff, kind="stable")  # rows of similar size share a padded batch
+    for b in range(0, len(order), batch_size):
+        rows = order[b: b + batch_size]
+        R, A = len(rows), max(1, int(n_aff[rows].max()))
+        idx = np.zeros((R, A), dtype=np.int64)  # affected outputs, padded with output 0 (weight 0)
+        valid = np.zeros((R, A), dtype=bool)
+        for r, i in enumerate(rows):
+            pos = np.flatnonzero(affected[i])
+            idx[r, : len(pos)] = pos
+            valid[r, : len(pos)] = True
+        taps = np.take_along_axis(padded[rows], (idx[:, :, None] + np.arange(k)).reshape(R, -1), axis=1)
+        taps = torch.as_tensor(taps.reshape(R, A, k) * valid[:, :, None], device=device)
+        base = torch.as_tensor(from_masked[rows].astype(np.int64), device=device)
+        idx_t = torch.as_tensor(idx, device=device)
+        q_g = q.index_select(0, idx_t.reshape(-1)).view(R, A, k, n_f)
+        pre_g = pres.index_select(0, (base[:, None] * T + idx_t).reshape(-1)).view(R, A, n_f)
+        h = torch.tanh(pre_g + torch.einsum("rak,rakf->raf", taps, q_g))  # [R, A, F]
+        c = torch.as_tensor([col[jobs[i].label] for i in rows], device=device)
+        u_w = torch.stack([uw[c], uw[n_lab + c]], dim=-1)  # [R, F, 2]
+        sg_new = torch.einsum("raf,rfc->rca", h, u_w)  # [R, 2, A]
+        pick = torch.stack([base * 2 * n_lab + c, base * 2 * n_lab + n_lab + c], dim=1)  # [R, 2]
+        sg = sg_base.index_select(0, pick.reshape(-1)).view(R, 2, T)
+        r_i, a_i = np.nonzero(valid)
+        r_t, a_t = torch.as_tensor(r_i, device=device), torch.as_tensor(a_i, device=device)
+        sg[r_t, :, idx_t[r_t, a_t]] = sg_new[r_t, :, a_t]
+        att = torch.softmax(sg[:, 0], dim=-1)
+        logits = (att * sg[:, 1]).sum(-1) + model.final.bias.index_select(0, lab_t[c]).float()
+        for i, pr_ in zip(rows, torch.sigmoid(logits.double()).cpu().numpy()):
+            jobs[i].task.probs[jobs[i].slot] = pr_
+
+
+# --------------------------------------------------------------------------------------------
+# chunk reuse (PLM-ICD, mask perturbation)
+# --------------------------------------------------------------------------------------------
+def _chunk_reuse_ok(model) -> bool:
+    """True for the package's PLM-ICD (``hidden`` not overridden) in eval mode: its encoder reads
+    each chunk of ``chunk_size`` units on its own, so a chunk's hidden states depend only on that
+    chunk's ids."""
+    try:
+        from ..models import PLMICD, LabelAttentionModel
+    except Exception:  # pragma: no cover - the models module needs optional packages
+        return False
+    if not isinstance(model, PLMICD) or model.training:
+        return False
+    cls = type(model)
+    return (cls.hidden is PLMICD.hidden and cls.embed is PLMICD.embed
+            and cls.forward is LabelAttentionModel.forward
+            and cls.forward_from_embeddings is LabelAttentionModel.forward_from_embeddings)
+
+
+#: Hidden-state values (rows x positions x dimensions) assembled at once by the chunk path.
+_CHUNK_ELEMENTS = 8_000_000
+
+
+def _encode_chunks(model, segments: list[np.ndarray], batch_size: int, device) -> list[torch.Tensor]:
+    """Hidden states ``[len, D]`` (float32) of each id segment (at most ``chunk_size`` long),
+    each encoded as one chunk by the model's own ``embed`` and ``hidden``."""
+    s = model.chunk_size
+    out = []
+    for b in range(0, len(segments), batch_size):
+        part = segments[b: b + batch_size]
+        ids = np.full((len(part), s), model.tokenizer.pad_id, dtype=np.int64)
+        mask = np.zeros((len(part), s), dtype=bool)
+        for i, seg in enumerate(part):
+            ids[i, : len(seg)] = seg
+            mask[i, : len(seg)] = True
+        ids_t = torch.as_tensor(ids, device=device)
+        mask_t = torch.as_tensor(mask, device=device)
+        h = model.hidden(model.embed(ids_t), mask_t).float()  # [n, s, D]
+        out.extend(h[i, : len(seg)] for i, seg in enumerate(part))
+    return out
+
+
+def _evaluate_chunks(model, note: _Note, jobs: list[_Job], batch_size: int, device, mask_id: int):
+    """Probabilities of ``jobs`` (all of one note, mask perturbation), encoding each distinct
+    chunk once: chunks a perturbation leaves as in the note reuse the note's hidden states, and
+    identical perturbed chunks (the all-mask chunk of every sufficiency input, chunks shared by
+    nested top-k steps) are encoded once per group of rows. The head (``model.attend``) then runs
+    on the assembled states, reading only each row's own label."""
+    s, ids = model.chunk_size, note.ids
+    bounds = [(c, min(c + s, note.n)) for c in range(0, note.n, s)]
+    base = _encode_chunks(model, [ids[a:b] for a, b in bounds], batch_size, device)
+    known_base = {ids[a:b].tobytes(): h for (a, b), h in zip(bounds, base)}
+    dim = base[0].shape[-1] if base else 1
+    group = max(1, min(4 * batch_size, _CHUNK_ELEMENTS // max(1, note.n * dim)))
+    mask = torch.ones(1, note.n, dtype=torch.bool, device=device)
+    for g in range(0, len(jobs), group):
+        rows = jobs[g: g + group]
+        known = dict(known_base)
+        keys: list[list[bytes]] = []
+        todo: dict[bytes, np.ndarray] = {}
+        for j in rows:
+            x = ids.copy()
+            x[j.removed] = mask_id
+            row_keys = []
+            for a, b in bounds:
+                key = x[a:b].tobytes()
+                if key not in known and key not in todo:
+                    todo[key] = x[a:b]
+                row_keys.append(key)
+            keys.append(row_keys)
+        known.update(zip(todo, _encode_chunks(model, list(todo.values()), batch_size, device)))
+        for b in range(0, len(rows), batch_size):
+            part, part_keys = rows[b: b + batch_size], keys[b: b + batch_size]
+            h = torch.stack([torch.cat([known[k] for k in rk]) for rk in part_keys])  # [R, T, D]
+            labels = np.fromiter((j.label for j in part), dtype=np.int64, count=len(part))
+            uniq, inv = np.unique(labels, return_inverse=True)
+            out = model.attend(h, mask.expand(len(part), -1), torch.as_tensor(uniq, device=device))
+            logits = out.logits[torch.arange(len(part), device=device), torch.as_tensor(inv, device=device)]
+            for j, pr_ in zip(part, torch.sigmoid(logits.double()).cpu().numpy()):
+                j.task.probs[j.slot] = pr_
 
 
 # --------------------------------------------------------------------------------------------
@@ -782,20 +952,25 @@ def _run(
     try:
         with torch.inference_mode():
             notes = {nid: _make_note(model, nid, texts[nid], unit) for nid in note_order}
-            incr = engine and incremental and perturbation == "mask" and _caml_incremental_ok(model)
-            pres = None
-            if incr:  # the base probabilities come from the cached pre-activations
+            fast = engine and incremental and perturbation == "mask"
+            evaluate = None  # per-note evaluation of an incremental path, else batched forward passes
+            if fast and _caml_incremental_ok(model):  # base probabilities from the cached pre-activations
                 pres = {nid: _caml_pre(model, notes[nid].ids, device) for nid in note_order}
                 base = _caml_base_probs(model, pres, needed, device)
+                evaluate = lambda note, jobs: _evaluate_incremental(  # noqa: E731
+                    model, note, pres[note.note_id], jobs, batch_size, device, mask_id)
             else:
                 base = _base_probs(model, notes, needed, engine, batch_size, device)
+                if fast and _chunk_reuse_ok(model):
+                    evaluate = lambda note, jobs: _evaluate_chunks(  # noqa: E731
+                        model, note, jobs, batch_size, device, mask_id)
             tasks_by_group = _select_pairs(
                 note_order, notes, base, needed, payloads, groups, kind, label_of, labels, thr,
                 gold_map, code_set, missing, max_pairs,
             )
             rows = _perturb_all(
                 model, notes, tasks_by_group, kind, engine, aopc_k, word_steps, batch_size, device,
-                perturbation, mask_id, seed, progress, pres,
+                perturbation, mask_id, seed, progress, evaluate,
             )
     finally:
         model.train(was_training)
@@ -859,7 +1034,7 @@ def _select_pairs(note_order, notes, base, needed, payloads, groups, kind, label
 
 
 def _perturb_all(model, notes, per_note, kind, engine, aopc_k, word_steps, batch_size, device,
-                 perturbation, mask_id, seed, progress, pres: dict | None = None) -> list[_Task]:
+                 perturbation, mask_id, seed, progress, evaluate=None) -> list[_Task]:
     tasks: list[_Task] = []
     buffer: list[_Job] = []
     flush = max(batch_size * 8, 64)
@@ -882,9 +1057,9 @@ def _perturb_all(model, notes, per_note, kind, engine, aopc_k, word_steps, batch
                         length = note.n if perturbation == "mask" else max(1, note.n - n_removed)
                         buffer.append(_Job(label, removed, length, task, slot, note))
                     tasks.append(task)
-            if pres is not None:
+            if evaluate is not None:
                 if buffer:
-                    _evaluate_incremental(model, note, pres[nid], buffer, batch_size, device, mask_id)
+                    evaluate(note, buffer)
                 buffer = []
             elif engine:
                 if len(buffer) >= flush:
@@ -904,27 +1079,21 @@ def _perturb_all(model, notes, per_note, kind, engine, aopc_k, word_steps, batch
 
 
 def _to_frame(tasks: list[_Task], kind, curve, name, unit, perturbation, code_set, group_out_cols):
-    cols: dict[str, list] = {c: [] for c in ("note_id", "code", "group", "measure", "k", "value",
-                                             "control", "p", "rationale_size", "n_units")}
-
-    def add(task, measure, k, value, size):
-        cols["note_id"].append(task.note_id)
-        cols["code"].append(task.code)
-        cols["group"].append(task.group)
-        cols["measure"].append(measure)
-        cols["k"].append(k)
-        cols["value"].append(float(value))
-        cols["control"].append(task.control)
-        cols["p"].append(task.p)
-        cols["rationale_size"].append(size)
-        cols["n_units"].append(task.n_units)
-
-    for t in tasks:
+    # per task: its rows' measure, k, value and size; task-level columns are repeated afterwards
+    measures: list[str] = []
+    ks: list[float] = []
+    values: list[np.ndarray] = []
+    sizes: list[float] = []
+    n_rows = np.zeros(len(tasks), dtype=np.int64)
+    for i, t in enumerate(tasks):
         p, probs = t.p, t.probs
         if kind == "discrete":
             (m0, _, s0), (m1, _, s1) = t.steps
-            add(t, m0, np.nan, p - probs[0], s0)
-            add(t, m1, np.nan, p - probs[1], s1)
+            measures += [m0, m1]
+            ks += [np.nan, np.nan]
+            values.append(p - probs[:2])
+            sizes += [s0, s1]
+            n_rows[i] = 2
             continue
         drops = p - probs
         half = len(t.steps) // 2
@@ -934,15 +1103,31 @@ def _to_frame(tasks: list[_Task], kind, curve, name, unit, perturbation, code_se
             if kind == "edin":
                 vals = vals / p if part == 0 else np.maximum(vals, 0.0) / p
             if curve:
-                for j in range(lo, hi):
-                    add(t, measure, t.steps[j][1], vals[j - lo], t.steps[j][2])
-            add(t, measure, np.nan, vals.mean(), np.nan)
+                measures += [measure] * (hi - lo)
+                ks += [st[1] for st in t.steps[lo:hi]]
+                sizes += [st[2] for st in t.steps[lo:hi]]
+                values.append(vals)
+                n_rows[i] += hi - lo
+            measures.append(measure)
+            ks.append(np.nan)
+            sizes.append(np.nan)
+            values.append(np.asarray([vals.mean()]))
+            n_rows[i] += 1
 
-    frame = pd.DataFrame({c: v for c, v in cols.items() if c != "group"})
-    groups = cols["group"]
+    def rep(get, dtype=object):
+        return np.repeat(np.asarray([get(t) for t in tasks], dtype=dtype), n_rows)
+
+    cols = {
+        "note_id": rep(lambda t: t.note_id), "code": rep(lambda t: t.code),
+        "measure": np.asarray(measures, dtype=object), "k": np.asarray(ks, dtype=np.float64),
+        "value": np.concatenate(values) if values else np.zeros(0),
+        "control": rep(lambda t: t.control), "p": rep(lambda t: t.p, np.float64),
+        "rationale_size": np.asarray(sizes, dtype=np.float64), "n_units": rep(lambda t: t.n_units, np.int64),
+    }
+    frame = pd.DataFrame(cols)
     gframe = {}
     for i, col in enumerate(group_out_cols):
-        gframe[col] = [None if g[i] == _NA else g[i] for g in groups]
+        gframe[col] = rep(lambda t, i=i: None if t.group[i] == _NA else t.group[i])
     if "source" not in gframe:
         gframe["source"] = ["rationale"] * len(frame)
     for col, vals in gframe.items():
