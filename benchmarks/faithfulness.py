@@ -52,7 +52,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from rationale_kit.metrics.faithfulness import (  # noqa: E402
-    faithfulness_discrete, faithfulness_loop, faithfulness_scored,
+    NoteCache, faithfulness_discrete, faithfulness_loop, faithfulness_scored,
 )
 
 BATCH = 32
@@ -372,8 +372,9 @@ def bench_model(name, model, docs_all, gold_all, budget_s, rng, reps=2, device="
     kw = dict(code_set="gold", gold=gold, progress=False, seed=0, device=device)
 
     def engine(incremental=False):
-        return pd.concat([fn(model, docs, table, batch_size=BATCH, incremental=incremental, **args, **kw)
-                          for fn, _, table, args in jobs])
+        cache = NoteCache()  # one per run, as steps.faithfulness_tables does per model
+        return pd.concat([fn(model, docs, table, batch_size=BATCH, incremental=incremental, cache=cache,
+                             **args, **kw) for fn, _, table, args in jobs])
 
     def loop():
         return pd.concat([faithfulness_loop(model, docs, table, kind=kind, **args, **kw)

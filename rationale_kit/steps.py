@@ -294,6 +294,7 @@ def faithfulness_tables(models_: Mapping[str, torch.nn.Module], docs: pd.DataFra
     for name, model in models_.items():
         if f.models is not None and name not in f.models:
             continue
+        shared = dict(common, cache=F.NoteCache())  # each note encoded once for the three calls
         spans = dict(discrete)
         spans[f"attention top-{profile.rationales.topk}"] = attention_topk_spans(soft, name, profile.rationales.topk)
         note_ids = set(docs.note_id)
@@ -302,13 +303,13 @@ def faithfulness_tables(models_: Mapping[str, torch.nn.Module], docs: pd.DataFra
         tables = [t for t in tables if len(t)]
         if tables:
             parts.append(F.faithfulness_discrete(model, docs, pd.concat(tables, ignore_index=True), unit=f.unit,
-                                                 model_name=name, missing=f.missing, gold=gold_map, **common))
+                                                 model_name=name, missing=f.missing, gold=gold_map, **shared))
         own = soft[(soft.model == name) & soft.note_id.isin(note_ids)]
         if len(own):
             parts.append(F.faithfulness_scored(model, docs, own, aopc_k=tuple(f.aopc_k), variant="eraser",
-                                               unit=f.unit, model_name=name, gold=gold_map, **common))
+                                               unit=f.unit, model_name=name, gold=gold_map, **shared))
             parts.append(F.faithfulness_scored(model, docs, own, variant="edin", unit=f.edin_unit,
-                                               word_steps=f.word_steps, model_name=name, gold=gold_map, **common))
+                                               word_steps=f.word_steps, model_name=name, gold=gold_map, **shared))
     return pd.concat(parts, ignore_index=True)
 
 

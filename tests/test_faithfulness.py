@@ -767,3 +767,26 @@ def test_plm_chunk_reuse_equals_loop(tiny_plm, kind):
     assert_same(plain, slow, tol=2e-6)
     assert (reuse.value.abs() > 1e-4).any()
     assert reuse_rows < plain_rows  # unchanged and repeated chunks are not encoded again
+
+
+def test_note_cache_shared_across_calls_and_invalidated_by_training():
+    from rationale_kit.metrics.faithfulness import NoteCache
+
+    g, texts, labels, docs, rat = _edge_corpus(seed=12)
+    model = _tiny_caml(texts, labels, 3)
+    tab = random_scores(g, model, docs, labels)
+    kw = dict(unit="token", perturbation="mask", code_set="gold", seed=3, progress=False)
+    cache = NoteCache()
+    first = faithfulness_discrete(model, docs, rat, cache=cache, **kw)
+    assert cache._notes and cache._caml  # filled by the first call
+    second = faithfulness_scored(model, docs, tab, cache=cache, **kw)
+    assert_same(first, faithfulness_discrete(model, docs, rat, **kw), tol=0)
+    assert_same(second, faithfulness_scored(model, docs, tab, **kw), tol=0)
+    with torch.no_grad():  # an in-place update, as an optimiser step makes
+        model.conv.weight.mul_(1.5)
+    after = faithfulness_discrete(model, docs, rat, cache=cache, **kw)
+    assert_same(after, faithfulness_loop(model, docs, rat, **kw))
+    assert np.abs(after.value.to_numpy() - first.sort_index().value.to_numpy()).max() > 1e-4
+    small = NoteCache(max_bytes=1)  # nothing fits: every call recomputes, results unchanged
+    assert_same(faithfulness_discrete(model, docs, rat, cache=small, **kw), after, tol=0)
+    assert not small._caml

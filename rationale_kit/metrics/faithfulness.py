@@ -96,6 +96,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections import OrderedDict
 import warnings
 import zlib
 from dataclasses import dataclass, field
@@ -109,7 +110,7 @@ from ..records import DataError
 from ..text import span_mask, word_units
 
 __all__ = [
-    "NOTE_AOPC", "MEASURES", "OUTPUT_COLUMNS", "faithfulness_discrete", "faithfulness_scored",
+    "NOTE_AOPC", "MEASURES", "OUTPUT_COLUMNS", "NoteCache", "faithfulness_discrete", "faithfulness_scored",
     "faithfulness_loop", "summarise",
 ]
 
@@ -160,19 +161,21 @@ def faithfulness_discrete(
     model_name: str | None = None,
     max_pairs: int | None = None,
     incremental: bool = True,
+    cache: "NoteCache | None" = None,
 ) -> pd.DataFrame:
     """Comprehensiveness and sufficiency of discrete rationales (span tables), with a random
     control of the same size. ``docs``: documents table (or ``Document`` list). ``gold``: gold
     codes for ``code_set="gold"`` (mapping note_id -> codes, or a table with ``note_id`` and
     ``code`` / ``codes``); default: the documents' ``codes``. ``max_pairs`` keeps the first pairs
     (documents order) of each rationale group. The model must already be on ``device``.
-    ``incremental=False`` switches off the incremental CAML path (module docstring).
+    ``incremental=False`` switches off the incremental paths (module docstring). ``cache``: a
+    :class:`NoteCache` shared by several calls with this model.
     See the module docstring for the exact definitions."""
     return _run(
         model, docs, rationales, kind="discrete", engine=True, threshold=threshold, unit=unit,
         perturbation=perturbation, code_set=code_set, gold=gold, batch_size=batch_size,
         device=device, seed=seed, progress=progress, missing=missing, model_name=model_name,
-        max_pairs=max_pairs, incremental=incremental,
+        max_pairs=max_pairs, incremental=incremental, cache=cache,
     )
 
 
@@ -197,13 +200,15 @@ def faithfulness_scored(
     model_name: str | None = None,
     max_pairs: int | None = None,
     incremental: bool = True,
+    cache: "NoteCache | None" = None,
 ) -> pd.DataFrame:
     """AOPC faithfulness of scored rationales (score tables): ERASER top-k% (``variant="eraser"``,
     measures ``aopc_comp``/``aopc_suff``) or the Edin et al. 2024 word-level variant
     (``variant="edin"``, measures ``edin_comp``/``edin_suff``), each with a random-permutation
     control. ``unit=None`` means ``"token"`` for ERASER and ``"word"`` for Edin. ``curve`` adds the
     per-k / per-step rows to the aggregate rows (``k`` NaN). Raw AOPC is not comparable across
-    models (:data:`NOTE_AOPC`). ``incremental=False`` switches off the incremental CAML path.
+    models (:data:`NOTE_AOPC`). ``incremental=False`` switches off the incremental paths;
+    ``cache``: a :class:`NoteCache` shared by several calls with this model.
     See the module docstring for the exact steps."""
     if variant not in MEASURES or variant == "discrete":
         raise ValueError(f"variant must be 'eraser' or 'edin', got {variant!r}")
@@ -212,7 +217,7 @@ def faithfulness_scored(
         unit=unit, perturbation=perturbation, code_set=code_set, gold=gold,
         batch_size=batch_size, device=device, seed=seed, progress=progress,
         word_steps=word_steps, curve=curve, model_name=model_name, max_pairs=max_pairs,
-        incremental=incremental,
+        incremental=incremental, cache=cache,
     )
 
 
@@ -231,6 +236,7 @@ def faithfulness_loop(
         raise ValueError(f"kind must be one of {list(MEASURES)}, got {kind!r}")
     kwargs.pop("batch_size", None)
     kwargs.pop("incremental", None)
+    kwargs.pop("cache", None)
     if "variant" in kwargs:
         v = kwargs.pop("variant")
         if kind != "discrete" and v != kind:
@@ -669,6 +675,7 @@ class _CamlNote:
         pl = self.pad_left = model._pad[0]
         T = self.T = len(ids)
         self.pre = pre
+        self.mask_id = mask_id
         emb = model.embedding.weight
         n_f, n_e = conv.weight.shape[:2]
         uniq, inv = np.unique(ids, return_inverse=True)
@@ -702,7 +709,7 @@ class _CamlNote:
 _INCREMENTAL_ELEMENTS = 2_000_000
 
 
-def _evaluate_incremental(model, note: _Note, pre: torch.Tensor, jobs: list[_Job], batch_size: int,
+def _evaluate_incremental(model, note: _Note, cache: "_CamlNote", jobs: list[_Job], batch_size: int,
                           device, mask_id: int):
     """Probabilities of ``jobs`` (all of one note, mask perturbation) from the note's cached
     pre-activations; see the module docstring. Rows whose perturbation reaches at most
@@ -710,9 +717,8 @@ def _evaluate_incremental(model, note: _Note, pre: torch.Tensor, jobs: list[_Job
     note) are recomputed only there (:func:`_local_rows`); the others densely: ``pre' = pre +
     sum_j shift_j(removed) Q_j`` (one batched product over positions), then the head
     (:func:`_caml_head`). Neither the embedding nor the convolution runs again."""
-    cache = _CamlNote(model, note.ids, pre, mask_id, device)
     T, k, pl = cache.T, cache.k, cache.pad_left
-    n_f = pre.shape[-1]
+    n_f = cache.pre.shape[-1]
     removed = np.stack([j.removed for j in jobs])  # [N, T]
     real = note.ids != mask_id  # units whose masking changes the input
     d0, d1 = removed & real, ~removed & real  # differs from the note / from the fully masked note
@@ -880,6 +886,67 @@ def _evaluate_chunks(model, note: _Note, jobs: list[_Job], batch_size: int, devi
 
 
 # --------------------------------------------------------------------------------------------
+# per-note work shared across calls
+# --------------------------------------------------------------------------------------------
+class NoteCache:
+    """Per-note work that several engine calls with the same model share: each note's units (per
+    unit kind) and, on the incremental CAML path, its pre-activations and tap changes. Pass one
+    instance as ``cache=`` to every call that scores with one model (``steps.faithfulness_tables``
+    does: discrete, ERASER and Edin calls then encode each note once). It empties itself when used
+    with another model or device, or after the model's parameters changed (storage or in-place
+    version). ``max_bytes`` bounds the tap changes kept (least recently used dropped first); the
+    units and pre-activations are small and always kept."""
+
+    def __init__(self, max_bytes: int = 512 * 2**20):
+        self.max_bytes = int(max_bytes)
+        self._key: tuple | None = None
+        self._notes: dict[tuple[str, str], tuple[str, _Note]] = {}
+        self._pre: dict[str, tuple[np.ndarray, torch.Tensor]] = {}
+        self._caml: "OrderedDict[str, _CamlNote]" = OrderedDict()
+        self._bytes = 0
+
+    def _bind(self, model, device) -> None:
+        key = (id(model), str(device), tuple((p.data_ptr(), p._version) for p in model.parameters()))
+        if key != self._key:
+            self._notes.clear()
+            self._pre.clear()
+            self._caml.clear()
+            self._bytes = 0
+            self._key = key
+
+    def note(self, model, note_id: str, text: str, unit: str) -> _Note:
+        hit = self._notes.get((note_id, unit))
+        if hit is not None and hit[0] == text:
+            return hit[1]
+        note = _make_note(model, note_id, text, unit)
+        self._notes[(note_id, unit)] = (text, note)
+        return note
+
+    def caml_pre(self, model, note: _Note, device) -> torch.Tensor:
+        hit = self._pre.get(note.note_id)
+        if hit is not None and np.array_equal(hit[0], note.ids):
+            return hit[1]
+        pre = _caml_pre(model, note.ids, device)
+        self._pre[note.note_id] = (note.ids, pre)
+        return pre
+
+    def caml_note(self, model, note: _Note, pre: torch.Tensor, mask_id: int, device) -> "_CamlNote":
+        hit = self._caml.get(note.note_id)
+        if hit is not None and hit.pre is pre and hit.mask_id == mask_id:
+            self._caml.move_to_end(note.note_id)
+            return hit
+        entry = _CamlNote(model, note.ids, pre, mask_id, device)
+        size = entry.Q.numel() * entry.Q.element_size()
+        if size <= self.max_bytes:
+            self._caml[note.note_id] = entry
+            self._bytes += size
+            while self._bytes > self.max_bytes:
+                _, old = self._caml.popitem(last=False)
+                self._bytes -= old.Q.numel() * old.Q.element_size()
+        return entry
+
+
+# --------------------------------------------------------------------------------------------
 # driver
 # --------------------------------------------------------------------------------------------
 def _progress(total: int, enabled: bool, desc: str):
@@ -898,7 +965,7 @@ def _run(
     code_set: str = "predicted", gold: Any = None, batch_size: int = 32, device: Any = "cpu",
     seed: int = 0, progress: bool = True, missing: str = "skip", word_steps: int = 50,
     curve: bool = True, model_name: str | None = None, max_pairs: int | None = None,
-    incremental: bool = False,
+    incremental: bool = False, cache: "NoteCache | None" = None,
 ) -> pd.DataFrame:
     if unit is None:
         unit = "word" if kind == "edin" else "token"
@@ -951,14 +1018,18 @@ def _run(
     model.eval()
     try:
         with torch.inference_mode():
-            notes = {nid: _make_note(model, nid, texts[nid], unit) for nid in note_order}
+            if cache is None or not engine:
+                cache = NoteCache(max_bytes=0)  # nothing kept beyond this call
+            cache._bind(model, device)
+            notes = {nid: cache.note(model, nid, texts[nid], unit) for nid in note_order}
             fast = engine and incremental and perturbation == "mask"
             evaluate = None  # per-note evaluation of an incremental path, else batched forward passes
             if fast and _caml_incremental_ok(model):  # base probabilities from the cached pre-activations
-                pres = {nid: _caml_pre(model, notes[nid].ids, device) for nid in note_order}
+                pres = {nid: cache.caml_pre(model, notes[nid], device) for nid in note_order}
                 base = _caml_base_probs(model, pres, needed, device)
                 evaluate = lambda note, jobs: _evaluate_incremental(  # noqa: E731
-                    model, note, pres[note.note_id], jobs, batch_size, device, mask_id)
+                    model, note, cache.caml_note(model, note, pres[note.note_id], mask_id, device), jobs,
+                    batch_size, device, mask_id)
             else:
                 base = _base_probs(model, notes, needed, engine, batch_size, device)
                 if fast and _chunk_reuse_ok(model):
