@@ -75,22 +75,33 @@ gathered from its own label. Perturbations that remove nothing are not evaluated
 probability is ``p``). :func:`faithfulness_loop` is the plain reference: one full forward pass per
 (note, code, step), used by the tests and the benchmark to check agreement.
 
-Incremental path (``incremental=True``, the default of :func:`faithfulness_discrete` and
-:func:`faithfulness_scored`): for the package's CAML (``rationale_kit.models.CAML``, not
-subclassed, in eval mode, float32, plain zero-padded convolution) with ``perturbation="mask"``,
-perturbed inputs are not run through the model. A masked input differs from the note only at the
-removed positions D, and the convolution is linear before its ``tanh``, so per note the engine
-caches (in float64) the pre-activations of the unperturbed note and of the fully masked note (every
-unit = ``mask_id``) and the change that masking position d makes to each of the ``kernel`` outputs
-it reaches. Each perturbed input starts from the base with fewer differing positions (sufficiency
-inputs are close to the fully masked note), adds the changes of its differing positions to the
-outputs within their reach (``t - pad_left .. t + pad_right``), applies ``tanh`` there and computes
-its own label's logit with the model's attention head in float32 (scores over every position of the
-note, the base's cached hidden states elsewhere; softmax; weighted sum; ``w_l . v + b_l``). Rows of
-one note are processed ``batch_size`` at a time. Forward hooks of the model are not called for
-perturbed inputs on this path. The values equal the plain forward pass up to float32 rounding
-(within 1e-6, checked against :func:`faithfulness_loop` by the tests). ``incremental=False``, other
-models and ``perturbation="delete"`` use the batched forward passes described above.
+Incremental paths (``incremental=True``, the default of :func:`faithfulness_discrete` and
+:func:`faithfulness_scored`; ``perturbation="mask"`` only). Values equal the plain forward pass up
+to float32 rounding (within 1e-6 of :func:`faithfulness_loop`, checked by the tests).
+
+- CAML (``rationale_kit.models.CAML``, not subclassed, in eval mode, float32, plain zero-padded
+  convolution): perturbed inputs are not run through the model at all, and neither is the note
+  (its probabilities come from the same cache; forward hooks of the model are not called). A
+  masked input differs from the note only at the removed units, and the convolution is linear
+  before its ``tanh``, so per note the engine keeps the pre-activations ``pre [T, F]`` (the
+  model's own convolution) and, for every output ``t`` and tap ``j``, the change ``Q[t, j]`` that
+  masking the unit read through that tap makes. A row whose differing units (counted from the
+  nearer of the note and the fully masked note, so sufficiency inputs start from the latter)
+  reach at most ``_LOCAL_FRACTION`` (a quarter) of the outputs is recomputed only at those
+  outputs, the other positions keeping the base's cached attention score and per-position logit;
+  other rows are recomputed densely as ``pre + sum_j shift_j(removed) Q_j`` (one batched product).
+  Then ``tanh`` and the label-attention head for the row's own label, in float32.
+- PLM-ICD (``rationale_kit.models.PLMICD``, ``hidden`` not overridden, eval mode): its encoder
+  reads every chunk of ``chunk_size`` units on its own, so only chunks whose ids differ from the
+  note's are encoded, and identical perturbed chunks (the all-mask chunk of sufficiency inputs,
+  chunks shared by nested steps) once per group of rows; ``model.attend`` then runs the head on
+  the assembled hidden states. The gain grows with the number of chunks and shrinks with how
+  scattered the removed units are (random controls touch most chunks).
+- Other models (LAAT: a BiLSTM's state at every position depends on every unit before / after
+  it), ``incremental=False`` and ``perturbation="delete"`` use the batched forward passes above.
+
+:class:`NoteCache` (``cache=``) keeps each note's units and the CAML caches across several calls
+with one model, so the discrete, ERASER and Edin calls of notebook 05 encode each note once.
 """
 from __future__ import annotations
 
