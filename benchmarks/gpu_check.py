@@ -399,6 +399,10 @@ def faithfulness(trained: dict, docs, dev: torch.device, budget: float, n_docs: 
                   f"(ratio {r['ratio_vs_plain']:.2f}, same labels {r['ratio_vs_plain_same_labels']:.2f}); "
                   f"speed-up vs loop {r['speedup_vs_loop']:.1f}x; max diff {r['max_abs_diff']:.1e} "
                   f"({'agree' if r['agree'] else 'DISAGREE'} at {r['tolerance']:g})", flush=True)
+            print(f"{name}: incremental=True {r['incr_rows_per_s']:.0f} rows/s (ratio {r['incr_ratio_vs_plain']:.2f}); "
+                  f"speed-up vs loop {r['incr_speedup_vs_loop']:.1f}x; max diff {r['incr_max_abs_diff']:.1e} "
+                  f"({'agree' if r['incr_agree'] else 'DISAGREE'}); chunks encoded {r['chunks_engine']} vs "
+                  f"{r['chunks_loop']} by the loop", flush=True)
         except Exception:  # noqa: BLE001
             out[name] = {"error": traceback.format_exc()}
             print(f"{name} FAILED:\n{out[name]['error']}", flush=True)
