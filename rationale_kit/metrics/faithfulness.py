@@ -80,7 +80,9 @@ Incremental paths (``incremental=True``, the default of :func:`faithfulness_disc
 to float32 rounding (within 1e-6 of :func:`faithfulness_loop`, checked by the tests).
 
 - CAML (``rationale_kit.models.CAML``, not subclassed, in eval mode, float32, plain zero-padded
-  convolution): perturbed inputs are not run through the model at all, and neither is the note
+  convolution; on a CPU only: on a GPU the batched forward passes are faster, measured on an H200,
+  and cuDNN's TF32 convolutions make the model's own probabilities differ from an exact float32
+  patch by up to ~2e-4): perturbed inputs are not run through the model at all, and neither is the note
   (its probabilities come from the same cache; forward hooks of the model are not called). A
   masked input differs from the note only at the removed units, and the convolution is linear
   before its ``tanh``, so per note the engine keeps the pre-activations ``pre [T, F]`` (the
@@ -1035,7 +1037,9 @@ def _run(
             notes = {nid: cache.note(model, nid, texts[nid], unit) for nid in note_order}
             fast = engine and incremental and perturbation == "mask"
             evaluate = None  # per-note evaluation of an incremental path, else batched forward passes
-            if fast and _caml_incremental_ok(model):  # base probabilities from the cached pre-activations
+            # CAML's patching runs on a CPU only: on a GPU batched forward passes are faster, and
+            # cuDNN's TF32 convolutions move the model's own values by ~1e-4 from an exact patch
+            if fast and torch.device(device).type == "cpu" and _caml_incremental_ok(model):
                 pres = {nid: cache.caml_pre(model, notes[nid], device) for nid in note_order}
                 base = _caml_base_probs(model, pres, needed, device)
                 evaluate = lambda note, jobs: _evaluate_incremental(  # noqa: E731
