@@ -616,20 +616,27 @@ def _evaluate_single(model, jobs: list[_Job], device, perturbation: str, mask_id
 # --------------------------------------------------------------------------------------------
 # incremental path (CAML, mask perturbation)
 # --------------------------------------------------------------------------------------------
+def _package_model(model, name: str, own: Sequence[str]) -> bool:
+    """True when ``model`` is in eval mode and an instance of ``rationale_kit.models.<name>`` that
+    overrides none of ``own`` (methods of that class) nor ``forward``, ``forward_from_embeddings`` or
+    ``attend`` of the base class: an incremental path reproduces exactly that computation."""
+    try:
+        from .. import models as M
+    except Exception:  # pragma: no cover - the models module needs optional packages
+        return False
+    ref, base = getattr(M, name), M.LabelAttentionModel
+    if not isinstance(model, ref) or model.training:
+        return False
+    cls = type(model)
+    return (all(getattr(cls, m) is getattr(ref, m) for m in own)
+            and all(getattr(cls, m) is getattr(base, m) for m in ("forward", "forward_from_embeddings", "attend")))
+
+
 def _caml_incremental_ok(model) -> bool:
     """True for an unmodified ``rationale_kit.models.CAML`` in eval mode whose computation the
     incremental path reproduces: float32 weights, stride/dilation 1, one group, zero padding done
     by the model (the convolution itself unpadded), no dropout active."""
-    try:
-        from ..models import CAML, LabelAttentionModel
-    except Exception:  # pragma: no cover - the models module needs optional packages
-        return False
-    if not isinstance(model, CAML) or model.training:
-        return False
-    cls = type(model)
-    if (cls.embed is not CAML.embed or cls.hidden is not CAML.hidden or cls._scores is not CAML._scores
-            or cls.forward is not LabelAttentionModel.forward or cls.attend is not LabelAttentionModel.attend
-            or cls.forward_from_embeddings is not LabelAttentionModel.forward_from_embeddings):
+    if not _package_model(model, "CAML", ("embed", "hidden", "_scores")):
         return False
     conv = model.conv
     if (tuple(conv.stride) != (1,) or tuple(conv.dilation) != (1,) or conv.groups != 1
@@ -823,16 +830,7 @@ def _chunk_reuse_ok(model) -> bool:
     """True for the package's PLM-ICD (``hidden`` not overridden) in eval mode: its encoder reads
     each chunk of ``chunk_size`` units on its own, so a chunk's hidden states depend only on that
     chunk's ids."""
-    try:
-        from ..models import PLMICD, LabelAttentionModel
-    except Exception:  # pragma: no cover - the models module needs optional packages
-        return False
-    if not isinstance(model, PLMICD) or model.training:
-        return False
-    cls = type(model)
-    return (cls.hidden is PLMICD.hidden and cls.embed is PLMICD.embed
-            and cls.forward is LabelAttentionModel.forward
-            and cls.forward_from_embeddings is LabelAttentionModel.forward_from_embeddings)
+    return _package_model(model, "PLMICD", ("embed", "hidden"))
 
 
 #: Hidden-state values (rows x positions x dimensions) assembled at once by the chunk path.
