@@ -839,19 +839,14 @@ _CHUNK_ELEMENTS = 8_000_000
 
 def _encode_chunks(model, segments: list[np.ndarray], batch_size: int, device) -> list[torch.Tensor]:
     """Hidden states ``[len, D]`` (float32) of each id segment (at most ``chunk_size`` long),
-    each encoded as one chunk by the model's own ``embed`` and ``hidden``."""
-    s = model.chunk_size
+    each encoded as one chunk by the model's own ``collate``, ``embed`` and ``hidden``."""
+    from ..models import Encoded
+
     out = []
     for b in range(0, len(segments), batch_size):
         part = segments[b: b + batch_size]
-        ids = np.full((len(part), s), model.tokenizer.pad_id, dtype=np.int64)
-        mask = np.zeros((len(part), s), dtype=bool)
-        for i, seg in enumerate(part):
-            ids[i, : len(seg)] = seg
-            mask[i, : len(seg)] = True
-        ids_t = torch.as_tensor(ids, device=device)
-        mask_t = torch.as_tensor(mask, device=device)
-        h = model.hidden(model.embed(ids_t), mask_t).float()  # [n, s, D]
+        ids, mask = model.collate([Encoded(seg, np.zeros((len(seg), 2), dtype=np.int64)) for seg in part])
+        h = model.hidden(model.embed(ids.to(device)), mask.to(device)).float()  # [n, chunk_size, D]
         out.extend(h[i, : len(seg)] for i, seg in enumerate(part))
     return out
 
