@@ -712,6 +712,14 @@ class _CamlNote:
             q[:, :k][torch.as_tensor(~inside, device=device)] = 0.0
         q[:, k] = pre  # an extra tap, always on: the products below add the base pre-activations
         self.Q = q
+        self._masked: torch.Tensor | None = None
+
+    @property
+    def pre_masked(self) -> torch.Tensor:
+        """Pre-activations ``[T, F]`` of the fully masked note (every unit ``mask_id``)."""
+        if self._masked is None:
+            self._masked = self.pre + self.Q[:, : self.k].sum(1)
+        return self._masked
 
     def shifted(self, removed: np.ndarray) -> np.ndarray:
         """``[T, R, k + 1]`` float32: 1 where the unit that output ``t`` reads through tap ``j``
@@ -781,7 +789,7 @@ def _local_rows(model, cache: _CamlNote, jobs: list[_Job], diff: np.ndarray, fro
     T, k, pl = cache.T, cache.k, cache.pad_left
     n_f = cache.pre.shape[-1]
     q = cache.Q[:, :k]  # [T, k, F]
-    pres = torch.stack([cache.pre, cache.pre + q.sum(1)]).view(2 * T, n_f)  # the note; the fully masked note
+    pres = torch.stack([cache.pre, cache.pre_masked]).view(2 * T, n_f)  # the note; the fully masked note
     labels = sorted({j.label for j in jobs})
     col = {l: i for i, l in enumerate(labels)}
     n_lab = len(labels)
