@@ -1,7 +1,9 @@
 """Benchmark of the faithfulness engine (rationale_kit.metrics.faithfulness) on this machine.
 
-For each coding model it reports, side by side in one run and on one workload (ERASER AOPC on the
-model's own attention plus discrete random spans, up to 3 gold codes per note, mask perturbation):
+For each coding model it reports, side by side in one run and on one workload (``--shape notebook``,
+the default: what notebook 05 runs per model, see ``workload()``; ``--shape single``: ERASER AOPC on
+the model's attention plus one source of random spans; up to 3 gold codes per note, mask
+perturbation):
 
 (a) throughput: rows per second through the engine (every forward row it runs: the base pass and
     all perturbed inputs) against plain forward passes of the same model replayed at exactly the
@@ -11,16 +13,18 @@ model's own attention plus discrete random spans, up to 3 gold codes per note, m
 (b) the speed-up over the straightforward loop (``faithfulness_loop``: one full forward pass of
     batch one per note and per (note, code, step)), and the largest difference between the values.
 
-Both are reported for the engine with its incremental path (``incremental=True``, the default: for
-CAML with mask perturbation, perturbed inputs are patched from cached per-note pre-activations
-instead of being run through the model) and without it (``incremental=False``: batched forward
-passes), side by side on the same workload. The incremental path runs no forward pass for perturbed
-inputs, so its rows/s in (a) counts the same rows as the batched engine (base pass + every perturbed
-input) over its own time; for models without an incremental path both lines measure the same code.
+Both are reported for the engine with its incremental paths (``incremental=True``, the default:
+CAML on a CPU patches perturbed inputs from cached per-note pre-activations instead of running the
+model; PLM-ICD encodes only the chunks a perturbation changes, and the chunks encoded by the engine
+and by the loop are printed) and without them (``incremental=False``: batched forward passes), side
+by side on the same workload, the engine sharing one ``NoteCache`` per run as notebook 05 does. The
+incremental rows/s in (a) counts the same rows as the batched engine (base pass + every perturbed
+input) over its own time; for LAAT, which has no incremental path, both lines measure the same code.
 
 Times are process CPU seconds with one torch thread (other jobs share this machine's cores, so wall
 time is noisy), best of two round-robin repetitions. Models: ``rationale_kit.models.build_model``
-(CAML and LAAT at the default profile's sizes, PLM-ICD with ``max_chunks=2``; untrained weights,
+(CAML and LAAT at the default profile's sizes, PLM-ICD at each ``--plm-chunks`` value of
+``max_chunks``, default 2 and 8; untrained weights,
 which does not change the cost) when it imports and builds, else the contract-conforming CNN and
 BiLSTM with label attention defined here (``--fallback`` forces them); the output says which.
 ``--big-labels`` adds CAML with a MIMIC-like label count, where reading only the needed labels
@@ -31,7 +35,7 @@ between ``torch.cuda.synchronize()`` calls (process CPU time does not measure GP
 budget is in wall seconds. The default ``--device cpu`` measures exactly as described above.
 
     .venv/bin/python benchmarks/faithfulness.py [--threads 1] [--budget 70] [--big-labels 2000] [--device cpu]
-        [--models caml,laat,plm_icd]
+        [--models caml,laat,plm_icd] [--shape notebook|single] [--plm-chunks 2,8]
 """
 from __future__ import annotations
 
