@@ -281,7 +281,8 @@ def faithfulness_tables(models_: Mapping[str, torch.nn.Module], docs: pd.DataFra
     each with a random control of the same size. One long table.
 
     Per model the engine is called once per kind (all discrete sources together, all scored
-    sources for ERASER, all for Edin), so each note is encoded and cached once per kind."""
+    sources for ERASER, all for Edin), the three calls sharing one ``NoteCache``, so each note is
+    encoded and cached once per model."""
     from .metrics import faithfulness as F
 
     f = profile.faithfulness
@@ -291,13 +292,13 @@ def faithfulness_tables(models_: Mapping[str, torch.nn.Module], docs: pd.DataFra
     if f.code_set == "gold":
         gold_map = docs[["note_id", "codes"]]
     parts = []
+    note_ids = set(docs.note_id)
     for name, model in models_.items():
         if f.models is not None and name not in f.models:
             continue
         shared = dict(common, cache=F.NoteCache())  # each note encoded once for the three calls
         spans = dict(discrete)
         spans[f"attention top-{profile.rationales.topk}"] = attention_topk_spans(soft, name, profile.rationales.topk)
-        note_ids = set(docs.note_id)
         tables = [table[table.note_id.isin(note_ids)].assign(source=src)  # e.g. LLM spans of teacher notes
                   for src, table in spans.items()]
         tables = [t for t in tables if len(t)]
