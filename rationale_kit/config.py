@@ -37,6 +37,9 @@ class Common:
     artifacts_dir: str = "artifacts"  # artifacts/<profile>/<NN_name>/
     figures_dir: str = "figures"
     progress: bool = True  # progress bars (tqdm.auto: widgets in JupyterLab, text under papermill)
+    # training seeds of the experiments that repeat over seeds (notebook 07's sweep and the
+    # students of 08): tables give the mean and spread across seeds; None = [seed] (one run)
+    seeds: Optional[list[int]] = None
 
 
 @dataclass(frozen=True)
@@ -225,6 +228,14 @@ class FewShot:
 
 
 @dataclass(frozen=True)
+class Evaluation:
+    tuning_fraction: float = 0.25  # share of the evaluation notes kept for tuning (never reported)
+    bootstrap_resamples: int = 1000  # notes resampled with replacement, per interval
+    seed: int = 0  # seed of the bootstrap's resampling weights
+    level: float = 0.95  # interval coverage (percentile intervals)
+
+
+@dataclass(frozen=True)
 class Profile:
     common: Common = field(default_factory=Common)
     data: Data = field(default_factory=Data)
@@ -235,6 +246,7 @@ class Profile:
     plausibility: Plausibility = field(default_factory=Plausibility)
     guided: Guided = field(default_factory=Guided)
     few_shot: FewShot = field(default_factory=FewShot)
+    evaluation: Evaluation = field(default_factory=Evaluation)
     name: str = "default"
 
 
@@ -343,7 +355,27 @@ def load_profile(profile: str | os.PathLike = "default", overrides: dict | None 
         if not isinstance(overrides, dict):
             raise ConfigError("overrides: expected a mapping of sections")
         prof = _build(Profile, overrides, f"{where} (overrides)", prof)
+    _validate(prof, where)
     return prof
+
+
+def _validate(prof: Profile, where: str) -> None:
+    """Range checks the types cannot express."""
+    ev = prof.evaluation
+    if ev.bootstrap_resamples < 1:
+        raise ConfigError(f"{where}: evaluation.bootstrap_resamples must be >= 1, got {ev.bootstrap_resamples}")
+    if not 0.0 < ev.level < 1.0:
+        raise ConfigError(f"{where}: evaluation.level must be in (0, 1), got {ev.level}")
+    if not 0.0 <= ev.tuning_fraction < 1.0:
+        raise ConfigError(f"{where}: evaluation.tuning_fraction must be in [0, 1), got {ev.tuning_fraction}")
+    seeds = prof.common.seeds
+    if seeds is not None and (not seeds or len(set(seeds)) != len(seeds)):
+        raise ConfigError(f"{where}: common.seeds must be a non-empty list of distinct integers, got {seeds}")
+
+
+def seeds(profile: Profile) -> list[int]:
+    """The training seeds: ``common.seeds``, else ``[common.seed]``."""
+    return list(profile.common.seeds) if profile.common.seeds else [profile.common.seed]
 
 
 def to_dict(profile: Profile) -> dict:

@@ -1,0 +1,415 @@
+"""The evaluation design, written once: which notes are evaluated, which are for tuning, which are
+reported, and on which (note, code) pairs each rationale source was run. Every comparison of two
+sources or two models is made on the units both have, with a paired bootstrap over notes.
+
+* **Evaluation notes**: annotated test notes that are not few-shot examples (annotated non-few-shot
+  notes when a data set has none in test, e.g. MDACE on validation).
+* **Tuning notes**: a deterministic ``tuning_fraction`` of the evaluation notes (the smallest
+  SHA-256 hashes of the note ids). Every choice (soft-rationale thresholds, the guided-learning
+  lambda) is made on them; they are never reported.
+* **Report notes**: the other evaluation notes.
+* **Run-on pairs** (``run_on``: ``source, model, note_id, code``): the pairs a source was run on
+  (``model`` is ``"-"`` for model-independent sources). A source run on a subset (the LLM on
+  ``max_llm_notes`` notes) is scored on that subset only, never counted as missing elsewhere.
+
+Plausibility counts are kept per (note, code) pair (:func:`pair_counts`): MDACE's keys all contain
+the code, so the counts of a note are the sums over its pairs and any restriction to a set of pairs
+or notes is a sum. Intervals resample notes (:mod:`rationale_kit.metrics.uncertainty`).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .records import DataError
+
+RUN_ON_COLUMNS = ["source", "model", "note_id", "code"]
+COUNT_COLUMNS = ["note_id", "code", "measure", "tp", "fp", "fn"]
+VERDICT_COLUMNS = ["finding", "comparison", "model", "dataset", "measure", "units", "a", "b", "effect",
+                   "lo", "hi", "n_notes", "n_pairs", "expect", "verdict"]
+DESIGN_FILE = "evaluation_design.json"
+RUN_ON_FILE = "run_on.parquet"
+
+
+# --------------------------------------------------------------------------------------------
+# time spent in the bootstrap (item: its share of each notebook's time)
+# --------------------------------------------------------------------------------------------
+_TIMER = {"seconds": 0.0, "calls": 0}
+
+
+@contextmanager
+def _timed():
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        _TIMER["seconds"] += time.perf_counter() - t0
+        _TIMER["calls"] += 1
+
+
+def bootstrap_time(reset: bool = False) -> dict:
+    """``{"seconds", "calls"}`` spent in this module's bootstrap calls since the last reset."""
+    out = dict(_TIMER)
+    if reset:
+        _TIMER.update(seconds=0.0, calls=0)
+    return out
+
+
+def save_timing(out_dir: Path, notebook_seconds: float | None = None) -> dict:
+    """Write ``bootstrap_timing.json`` (bootstrap seconds and calls, and their share of
+    ``notebook_seconds`` when given) in ``out_dir``; returns it."""
+    t = bootstrap_time()
+    out = {"bootstrap_seconds": round(t["seconds"], 3), "bootstrap_calls": t["calls"]}
+    if notebook_seconds:
+        out["notebook_seconds"] = round(notebook_seconds, 1)
+        out["share"] = round(t["seconds"] / notebook_seconds, 4)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    (Path(out_dir) / "bootstrap_timing.json").write_text(json.dumps(out, indent=1))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# the design
+# --------------------------------------------------------------------------------------------
+def evaluation_notes(docs: pd.DataFrame) -> pd.DataFrame:
+    """Annotated test notes, never few-shot examples (annotated non-few-shot notes of any split
+    when no test note is annotated)."""
+    sel = docs.annotated & ~docs.fewshot & (docs.split == "test")
+    if not sel.any():
+        sel = docs.annotated & ~docs.fewshot
+    return docs[sel].reset_index(drop=True)
+
+
+def tuning_split(ids: Iterable[str], fraction: float) -> set[str]:
+    """The ``round(fraction * n)`` ids with the smallest SHA-256 of the id (deterministic)."""
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"tuning fraction must be in [0, 1), got {fraction}")
+    ids = sorted(set(ids))
+    ranked = sorted(ids, key=lambda n: hashlib.sha256(n.encode()).hexdigest())
+    return set(ranked[: int(round(fraction * len(ids)))])
+
+
+def _as_run_on(frame: pd.DataFrame, where: str) -> pd.DataFrame:
+    missing = [c for c in RUN_ON_COLUMNS if c not in frame.columns]
+    if missing:
+        raise DataError(f"{where}: missing column(s) {missing} (need {RUN_ON_COLUMNS})")
+    out = frame[RUN_ON_COLUMNS].astype(str).drop_duplicates()
+    return out.sort_values(RUN_ON_COLUMNS, kind="stable").reset_index(drop=True)
+
+
+@dataclass(frozen=True, eq=False)
+class EvaluationDesign:
+    """Evaluation, tuning and report note ids (sorted tuples) and the pairs every source was run on."""
+
+    eval_ids: tuple[str, ...]
+    tuning_ids: tuple[str, ...]
+    report_ids: tuple[str, ...]
+    tuning_fraction: float
+    run_on: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=RUN_ON_COLUMNS))
+
+    def __post_init__(self):
+        ev, tu, re_ = set(self.eval_ids), set(self.tuning_ids), set(self.report_ids)
+        if tu & re_:
+            raise ValueError(f"tuning and report notes overlap: {sorted(tu & re_)[:3]}")
+        if tu | re_ != ev:
+            raise ValueError("tuning and report notes must together be the evaluation notes")
+
+    def with_run_on(self, frame: pd.DataFrame) -> "EvaluationDesign":
+        """A copy where the (source, model) groups of ``frame`` replace any earlier ones."""
+        frame = _as_run_on(frame, "run_on")
+        keys = set(zip(frame.source, frame.model))
+        old = self.run_on[[k not in keys for k in zip(self.run_on.source, self.run_on.model)]] if len(self.run_on) else self.run_on
+        both = pd.concat([old, frame], ignore_index=True) if len(old) else frame
+        return EvaluationDesign(self.eval_ids, self.tuning_ids, self.report_ids, self.tuning_fraction,
+                                _as_run_on(both, "run_on"))
+
+    def sources(self) -> list[tuple[str, str]]:
+        return sorted(set(zip(self.run_on.source, self.run_on.model)))
+
+    def pairs(self, source: str, model: str = "-") -> set[tuple[str, str]] | None:
+        """The (note, code) pairs ``source`` (under ``model``) was run on; None when not recorded."""
+        part = self.run_on[(self.run_on.source == source) & (self.run_on.model == model)]
+        if not len(part):
+            return None
+        return set(zip(part.note_id, part.code))
+
+    def save(self, folder: Path) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        meta = {"eval_ids": list(self.eval_ids), "tuning_ids": list(self.tuning_ids),
+                "report_ids": list(self.report_ids), "tuning_fraction": self.tuning_fraction}
+        (folder / DESIGN_FILE).write_text(json.dumps(meta, indent=1))
+        self.run_on.to_parquet(folder / RUN_ON_FILE, index=False)
+
+    @classmethod
+    def load(cls, folder: Path) -> "EvaluationDesign":
+        folder = Path(folder)
+        path = folder / DESIGN_FILE
+        if not path.exists():
+            raise FileNotFoundError(f"no evaluation design at {path}: run 03_rationales first")
+        meta = json.loads(path.read_text())
+        for key in ("eval_ids", "tuning_ids", "report_ids", "tuning_fraction"):
+            if key not in meta:
+                raise DataError(f"{path}: missing key {key!r}")
+        run_on = pd.read_parquet(folder / RUN_ON_FILE) if (folder / RUN_ON_FILE).exists() else pd.DataFrame(columns=RUN_ON_COLUMNS)
+        return cls(tuple(meta["eval_ids"]), tuple(meta["tuning_ids"]), tuple(meta["report_ids"]),
+                   float(meta["tuning_fraction"]), _as_run_on(run_on, str(folder / RUN_ON_FILE)))
+
+
+def make_design(docs: pd.DataFrame, tuning_fraction: float = 0.25) -> EvaluationDesign:
+    """The design of ``docs``: evaluation notes, their tuning fraction and the report notes."""
+    ev = sorted(evaluation_notes(docs).note_id.astype(str))
+    tune = tuning_split(ev, tuning_fraction)
+    return EvaluationDesign(tuple(ev), tuple(sorted(tune)), tuple(n for n in ev if n not in tune), tuning_fraction)
+
+
+def run_on_frame(source: str, pairs: pd.DataFrame | Iterable[tuple[str, str]], model: str = "-") -> pd.DataFrame:
+    """``source, model, note_id, code`` rows for the given pairs (a frame with note_id, code)."""
+    if isinstance(pairs, pd.DataFrame):
+        p = pairs[["note_id", "code"]]
+    else:
+        p = pd.DataFrame(list(pairs), columns=["note_id", "code"])
+    return _as_run_on(p.assign(source=source, model=model), f"run_on[{source}]")
+
+
+def llm_run_on(docs: pd.DataFrame, source: str) -> pd.DataFrame:
+    """The pairs an LLM teacher was asked about: every gold code of every note sent to it."""
+    rows = [(n, c) for n, cs in zip(docs.note_id, docs.codes) for c in cs]
+    return run_on_frame(source, rows)
+
+
+def pick_report_first(evald: pd.DataFrame, design: EvaluationDesign, n: int | None) -> pd.DataFrame:
+    """The first ``n`` evaluation notes, report notes before tuning notes (a source run on few
+    notes, such as the LLM, is then scored on notes that are reported)."""
+    if not n:
+        return evald
+    report = set(design.report_ids)
+    order = np.argsort(~evald.note_id.isin(report).to_numpy(), kind="stable")
+    return evald.iloc[order].head(n).sort_index().reset_index(drop=True)
+
+
+def restrict(frame: pd.DataFrame, pairs: set[tuple[str, str]] | None) -> pd.DataFrame:
+    """Rows of ``frame`` whose (note_id, code) is in ``pairs`` (all rows when ``pairs`` is None)."""
+    if pairs is None or not len(frame):
+        return frame
+    keys = zip(frame["note_id"].astype(str), frame["code"].astype(str))
+    return frame[[k in pairs for k in keys]]
+
+
+def coverage_table(design: EvaluationDesign, gold: pd.DataFrame, notes: str = "report") -> pd.DataFrame:
+    """Per recorded (source, model): the gold pairs of the ``notes`` ("report", "tuning", "eval")
+    it was run on, out of all of them. ``scored_on`` says whether it is scored on every eligible
+    pair or on a subset."""
+    ids = set({"report": design.report_ids, "tuning": design.tuning_ids, "eval": design.eval_ids}[notes])
+    g = gold[gold.note_id.astype(str).isin(ids)]
+    eligible = set(zip(g.note_id.astype(str), g.code.astype(str)))
+    rows = []
+    for source, model in design.sources():
+        run = design.pairs(source, model) & eligible
+        rows.append({"source": source, "model": model, "notes_run_on": len({n for n, _ in run}),
+                     "notes_eligible": len({n for n, _ in eligible}), "pairs_run_on": len(run),
+                     "pairs_eligible": len(eligible), "coverage": len(run) / len(eligible) if eligible else 0.0,
+                     "scored_on": "all eligible pairs" if run == eligible else f"subset ({len(run)} of {len(eligible)} pairs)"})
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------------------------
+# per-pair plausibility counts
+# --------------------------------------------------------------------------------------------
+def pair_counts(gold: pd.DataFrame, pred: pd.DataFrame, docs: pd.DataFrame,
+                measures: Sequence[str] | None = None, unit: str = "mdace") -> pd.DataFrame:
+    """``note_id, code, measure, tp, fp, fn`` of MDACE's measures for every gold pair (predictions
+    of other pairs are ignored). Summed over pairs they equal
+    :func:`rationale_kit.metrics.plausibility.mdace_measures` (``pairs="gold"``); a pair without
+    predictions has ``tp = fp = 0``."""
+    from .metrics import plausibility as P
+
+    measures = list(measures or P.MDACE_MEASURES)
+    bad = [m for m in measures if m not in P.MDACE_MEASURES]
+    if bad:
+        raise ValueError(f"measures: {bad} are not MDACE measures {list(P.MDACE_MEASURES)}")
+    tokens = P.Tokens(docs, unit)
+    gold = P._check_spans(gold, tokens, "gold")
+    pred = P._check_spans(pred, tokens, "pred")
+    pred = restrict(pred, set(zip(gold.note_id, gold.code)))
+    g_by = gold.groupby(["note_id", "code"], sort=True)
+    p_by = dict(list(pred.groupby(["note_id", "code"], sort=False))) if len(pred) else {}
+    rows = []
+    for (nid, code), gpart in g_by:
+        text = tokens.text(nid)
+        _, _, words = tokens.get(nid)
+        ppart = p_by.get((nid, code))
+        sets = []
+        for part in (gpart, ppart):
+            ks = {m: set() for m in measures}
+            if part is not None:
+                for s, e in zip(part.start.to_numpy(), part.end.to_numpy()):
+                    s, e = int(s), int(e)
+                    ks.get("span_exact", set()).add((s, e))
+                    ks.get("span_position_independent", set()).add(text[s:e].lower())
+                    if "token_exact" in ks or "token_position_independent" in ks:
+                        for t in tokens.covered(nid, s, e):
+                            ks.get("token_exact", set()).add(t)
+                            ks.get("token_position_independent", set()).add(words[t])
+            sets.append(ks)
+        for m in measures:
+            gs, ps = sets[0][m], sets[1][m]
+            rows.append((nid, code, m, len(gs & ps), len(ps - gs), len(gs - ps)))
+    out = pd.DataFrame(rows, columns=COUNT_COLUMNS)
+    return out.astype({"tp": "int64", "fp": "int64", "fn": "int64"})
+
+
+def per_note(counts: pd.DataFrame, columns: Sequence[str] = ("tp", "fp", "fn"),
+             pairs: set[tuple[str, str]] | None = None, notes: Iterable[str] | None = None) -> pd.DataFrame:
+    """Sums of ``columns`` per note (index ``note_id``), over the rows of ``pairs`` / ``notes``."""
+    c = restrict(counts, pairs)
+    if notes is not None:
+        c = c[c.note_id.isin(set(notes))]
+    return c.groupby("note_id")[list(columns)].sum().sort_index()
+
+
+def prf(sums: Mapping) -> dict:
+    tp, fp, fn = (float(sums[k]) for k in ("tp", "fp", "fn"))
+    p = tp / (tp + fp) if tp + fp else 0.0
+    r = tp / (tp + fn) if tp + fn else 0.0
+    return {"precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r else 0.0}
+
+
+# --------------------------------------------------------------------------------------------
+# intervals and verdicts
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Bootstrap:
+    """How intervals are computed (profile ``evaluation``)."""
+
+    n_resamples: int = 1000
+    seed: int = 0
+    level: float = 0.95
+
+
+def _stat(name: str) -> Callable:
+    from .metrics import uncertainty as U
+
+    return {"f1": U.f1_statistic, "precision": U.precision_statistic, "recall": U.recall_statistic,
+            "mean": U.mean_statistic}[name]
+
+
+def interval(notes_frame: pd.DataFrame, statistic: str, boot: Bootstrap):
+    """Bootstrap interval of ``statistic`` ("f1", "precision", "recall" over tp/fp/fn columns;
+    "mean" over sum/count columns) from a per-note frame; None when it has no note."""
+    from .metrics import uncertainty as U
+
+    if not len(notes_frame):
+        return None
+    with _timed():
+        return U.bootstrap(notes_frame, _stat(statistic), n_resamples=boot.n_resamples, seed=boot.seed, level=boot.level)
+
+
+def paired_interval(a: pd.DataFrame, b: pd.DataFrame, statistic: str, boot: Bootstrap):
+    """Paired bootstrap interval of ``statistic(a) - statistic(b)`` on the notes both per-note
+    frames have (same resampling weights); None when they share no note."""
+    from .metrics import uncertainty as U
+
+    common = a.index.intersection(b.index)
+    if not len(common):
+        return None
+    with _timed():
+        return U.paired_bootstrap(a.loc[common], b.loc[common], _stat(statistic), n_resamples=boot.n_resamples,
+                                  seed=boot.seed, level=boot.level)
+
+
+def compare_counts(a: pd.DataFrame, b: pd.DataFrame, boot: Bootstrap, notes: Iterable[str] | None = None,
+                   measure: str = "token_position_independent", statistic: str = "f1") -> dict:
+    """Two sources' pair counts (``pair_counts`` frames) compared on the pairs both were scored on
+    (of ``notes`` when given): ``a, b, effect, lo, hi, n_notes, n_pairs`` (NaN without common pairs)."""
+    a = a[a.measure == measure]
+    b = b[b.measure == measure]
+    common = set(zip(a.note_id, a.code)) & set(zip(b.note_id, b.code))
+    if notes is not None:
+        keep = set(notes)
+        common = {p for p in common if p[0] in keep}
+    out = {"a": np.nan, "b": np.nan, "effect": np.nan, "lo": np.nan, "hi": np.nan,
+           "n_notes": len({n for n, _ in common}), "n_pairs": len(common)}
+    if not common:
+        return out
+    na, nb = per_note(a, pairs=common), per_note(b, pairs=common)
+    out["a"], out["b"] = prf(na.sum())[statistic], prf(nb.sum())[statistic]
+    iv = paired_interval(na, nb, statistic, boot)
+    out.update(effect=out["a"] - out["b"], lo=iv.lo, hi=iv.hi)
+    return out
+
+
+def compare_values(a: pd.DataFrame, b: pd.DataFrame, boot: Bootstrap) -> dict:
+    """Two per-pair value tables (``note_id, code, value``) compared on their common pairs: the
+    means over those pairs, their difference and its paired bootstrap interval over notes."""
+    ka = a.groupby(["note_id", "code"])["value"].mean()
+    kb = b.groupby(["note_id", "code"])["value"].mean()
+    common = ka.index.intersection(kb.index)
+    out = {"a": np.nan, "b": np.nan, "effect": np.nan, "lo": np.nan, "hi": np.nan,
+           "n_notes": len(set(common.get_level_values(0))) if len(common) else 0, "n_pairs": len(common)}
+    if not len(common):
+        return out
+    na = ka.loc[common].groupby(level=0).agg(sum="sum", count="count")
+    nb = kb.loc[common].groupby(level=0).agg(sum="sum", count="count")
+    out["a"], out["b"] = float(ka.loc[common].mean()), float(kb.loc[common].mean())
+    iv = paired_interval(na, nb, "mean", boot)
+    out.update(effect=out["a"] - out["b"], lo=iv.lo, hi=iv.hi)
+    return out
+
+
+def decide(effect_row: Mapping, expect: str) -> str:
+    """"holds" / "does not hold" / "inconclusive" from a comparison's interval (no common units:
+    inconclusive)."""
+    from .metrics import uncertainty as U
+
+    if not effect_row.get("n_pairs") or not np.isfinite(effect_row.get("lo", np.nan)):
+        return "inconclusive"
+    iv = U.Interval(estimate=float(effect_row["effect"]), lo=float(effect_row["lo"]), hi=float(effect_row["hi"]),
+                    n_notes=int(effect_row["n_notes"]), n_resamples=0, level=0.95)
+    return U.verdict(iv, expect=expect)
+
+
+def verdict_row(finding: str, comparison: str, model: str, dataset: str, measure: str, units: str,
+                result: Mapping, expect: str) -> dict:
+    """One row of ``verdicts.csv``: the comparison ``a - b`` with its interval, n and verdict."""
+    row = {"finding": finding, "comparison": comparison, "model": model, "dataset": dataset, "measure": measure,
+           "units": units, **{k: result.get(k, np.nan) for k in ("a", "b", "effect", "lo", "hi", "n_notes", "n_pairs")},
+           "expect": expect}
+    row["verdict"] = decide(row, expect)
+    return row
+
+
+def combine(verdicts: Sequence[str]) -> str:
+    """A finding made of several comparisons: holds when all hold, does not hold when any does
+    not, inconclusive otherwise (and when there is none)."""
+    v = list(verdicts)
+    if v and all(x == "holds" for x in v):
+        return "holds"
+    if any(x == "does not hold" for x in v):
+        return "does not hold"
+    return "inconclusive"
+
+
+def verdicts_frame(rows: Sequence[Mapping]) -> pd.DataFrame:
+    return pd.DataFrame(list(rows), columns=VERDICT_COLUMNS)
+
+
+def with_interval(row: dict, iv, prefix: str = "") -> dict:
+    """Add ``<prefix>lo``, ``<prefix>hi`` (NaN without an interval) to ``row``."""
+    row[f"{prefix}lo"] = iv.lo if iv is not None else np.nan
+    row[f"{prefix}hi"] = iv.hi if iv is not None else np.nan
+    return row
+
+
+def seed_spread(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation across seeds (std NaN for one seed)."""
+    v = np.asarray(list(values), dtype=float)
+    return float(v.mean()) if len(v) else np.nan, float(v.std(ddof=1)) if len(v) > 1 else np.nan
