@@ -75,8 +75,11 @@ def note_weights(n_notes: int, n_resamples: int = 1000, seed: int = 0) -> np.nda
     if int(n_resamples) < 1:
         raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
     rng = np.random.default_rng(seed)
-    n = int(n_notes)
-    return rng.multinomial(n, np.full(n, 1.0 / n), size=int(n_resamples)).astype(np.int64)
+    n, r = int(n_notes), int(n_resamples)
+    # the N draws of each resample as note indices, counted per row (a multinomial row; ~10x
+    # faster than Generator.multinomial for a few hundred notes)
+    draws = rng.integers(0, n, size=(r, n)) + (np.arange(r) * n)[:, None]
+    return np.bincount(draws.ravel(), minlength=r * n).reshape(r, n).astype(np.int64)
 
 
 def _values(per_note: pd.DataFrame, where: str) -> tuple[pd.DataFrame, np.ndarray]:
