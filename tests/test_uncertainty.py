@@ -1,0 +1,170 @@
+"""Bootstrap over notes: weights, pooled statistics, paired differences, verdicts."""
+import time
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from rationale_kit.metrics.uncertainty import (
+    BootstrapWarning, Interval, bootstrap, f1_statistic, mean_statistic, note_weights,
+    paired_bootstrap, precision_statistic, recall_statistic, verdict,
+)
+
+
+def test_note_weights_rows_sum_to_n_and_are_seeded():
+    w = note_weights(7, 50, seed=3)
+    assert w.shape == (50, 7) and w.dtype == np.int64
+    assert (w.sum(axis=1) == 7).all() and (w >= 0).all()
+    assert np.array_equal(w, note_weights(7, 50, seed=3))
+    assert not np.array_equal(w, note_weights(7, 50, seed=4))
+    # each note is drawn 1 time per resample on average (N draws among N notes)
+    big = note_weights(5, 20000, seed=0)
+    assert np.allclose(big.mean(axis=0), 1.0, atol=0.03)
+    with pytest.raises(ValueError, match="n_notes"):
+        note_weights(0)
+
+
+def _three_notes():
+    # note a: 2 gold tokens both found (tp 2); b: 2 false positives; c: 2 misses.
+    return pd.DataFrame({"tp": [2, 0, 0], "fp": [0, 2, 0], "fn": [0, 0, 2]}, index=["a", "b", "c"])
+
+
+def test_three_note_bootstrap_matches_the_enumerated_distribution():
+    # A resample draws note a k times (k ~ Binomial(3, 1/3)) and b/c the other 3 - k times, so
+    # tp = 2k, fp + fn = 2(3 - k) and pooled F1 = 4k / (4k + 6 - 2k) = 2k / (k + 3):
+    #   k = 0 -> 0 (p 8/27), 1 -> 0.5 (12/27), 2 -> 0.8 (6/27), 3 -> 1 (1/27).
+    # Full sample (k = 1): F1 = 0.5, whereas the mean of per-note F1s is (1 + 0 + 0) / 3.
+    # Quantiles: P(F1 = 0) = 0.296 > 0.025 -> lo = 0; P(F1 <= 0.8) = 26/27 = 0.963 < 0.975 -> hi = 1.
+    seen = []
+
+    def stat(sums):
+        if np.ndim(sums["tp"]):
+            seen.append({k: np.asarray(v).copy() for k, v in sums.items()})
+        return f1_statistic(sums)
+
+    iv = bootstrap(_three_notes(), stat, n_resamples=20000, seed=1)
+    assert iv.estimate == pytest.approx(0.5)
+    assert iv.estimate != pytest.approx(1 / 3)
+    assert (iv.lo, iv.hi) == (0.0, 1.0)
+    assert iv.n_notes == 3 and iv.n_resamples == 20000 and iv.level == 0.95 and iv.n_nan == 0
+    # resampled sums are the weight matrix times the per-note columns (notes sorted a, b, c)
+    w = note_weights(3, 20000, seed=1)
+    assert np.array_equal(seen[0]["tp"], w @ np.array([2.0, 0, 0]))
+    assert np.array_equal(seen[0]["fn"], w @ np.array([0, 0, 2.0]))
+    f1 = f1_statistic(seen[0])
+    assert set(np.unique(f1)) <= {0.0, 0.5, 0.8, 1.0}
+    for value, p in ((0.0, 8 / 27), (0.5, 12 / 27), (0.8, 6 / 27), (1.0, 1 / 27)):
+        assert np.mean(f1 == value) == pytest.approx(p, abs=0.015)
+
+
+def test_bootstrap_sorts_notes_so_row_order_does_not_matter():
+    df = _three_notes()
+    a = bootstrap(df, f1_statistic, n_resamples=300, seed=5)
+    b = bootstrap(df.iloc[::-1], f1_statistic, n_resamples=300, seed=5)
+    assert a == b
+
+
+def test_pooled_precision_recall_and_mean():
+    # tp 3, fp 1, fn 3 pooled: P = 3/4, R = 3/6, F1 = 6 / (6 + 4) = 0.6
+    df = pd.DataFrame({"tp": [1, 2], "fp": [1, 0], "fn": [0, 3]}, index=["n1", "n2"])
+    assert bootstrap(df, precision_statistic, n_resamples=50).estimate == pytest.approx(0.75)
+    assert bootstrap(df, recall_statistic, n_resamples=50).estimate == pytest.approx(0.5)
+    assert bootstrap(df, f1_statistic, n_resamples=50).estimate == pytest.approx(0.6)
+    # mean over 3 pairs (values 1, 0.5, 0 -> note n1 holds two of them): 1.5 / 3
+    m = pd.DataFrame({"sum": [1.5, 0.0], "count": [2, 1]}, index=["n1", "n2"])
+    iv = bootstrap(m, mean_statistic, n_resamples=2000, seed=0)
+    assert iv.estimate == pytest.approx(0.5)
+    # resamples: n1 twice -> 0.75, once -> 0.5, never -> 0
+    assert (iv.lo, iv.hi) == (0.0, 0.75)
+    # zero denominators: F1/P/R give 0 (MDACE convention)
+    z = {"tp": np.array([0.0]), "fp": np.array([0.0]), "fn": np.array([0.0])}
+    assert f1_statistic(z)[0] == 0.0 and precision_statistic(z)[0] == 0.0 and recall_statistic(z)[0] == 0.0
+
+
+def test_nan_resamples_are_dropped_counted_and_warned():
+    # note x has no pair (count 0): a resample drawing only x (prob (1/2)^2 = 1/4) is undefined
+    m = pd.DataFrame({"sum": [0.0, 1.0], "count": [0, 1]}, index=["x", "y"])
+    with pytest.warns(BootstrapWarning, match="undefined"):
+        iv = bootstrap(m, mean_statistic, n_resamples=4000, seed=2)
+    assert iv.n_nan / 4000 == pytest.approx(0.25, abs=0.03)
+    assert iv.nan_share == iv.n_nan / 4000
+    assert (iv.lo, iv.hi) == (1.0, 1.0) and iv.estimate == 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        bootstrap(_three_notes(), f1_statistic, n_resamples=100)
+
+
+def test_paired_identical_gives_zero_width_and_uses_common_notes():
+    df = _three_notes()
+    iv = paired_bootstrap(df, df.copy(), f1_statistic, n_resamples=500, seed=0)
+    assert (iv.estimate, iv.lo, iv.hi) == (0.0, 0.0, 0.0)
+    assert verdict(iv) == "inconclusive"
+    # b lacks note c and has an extra note d: paired on {a, b} only
+    b = pd.DataFrame({"tp": [1, 0, 9], "fp": [1, 0, 0], "fn": [0, 2, 0]}, index=["a", "b", "d"])
+    iv = paired_bootstrap(df, b, f1_statistic, n_resamples=500, seed=0)
+    assert iv.n_notes == 2
+    # on {a, b}: a: tp 2 fp 2 fn 0 -> 4 / (4 + 2) = 2/3; b: tp 1 fp 1 fn 2 -> 2 / (2 + 3) = 2/5
+    assert iv.estimate == pytest.approx(2 / 3 - 2 / 5)
+
+
+def test_paired_uses_the_same_weights_for_both_sides():
+    # a = b shifted: per-note F1s move together, so the paired interval is much narrower than
+    # the difference of two independent intervals would suggest.
+    rng = np.random.default_rng(0)
+    n = 150
+    tp = rng.integers(0, 10, n)
+    a = pd.DataFrame({"tp": tp + 2, "fp": rng.integers(0, 5, n), "fn": rng.integers(0, 5, n)},
+                     index=[f"n{i:03d}" for i in range(n)])
+    b = a.assign(tp=a["tp"] - 1, fn=a["fn"] + 1)
+    iv = paired_bootstrap(a, b, f1_statistic, n_resamples=1000, seed=0)
+    assert iv.lo > 0 and verdict(iv) == "holds" and verdict(iv, "less") == "does not hold"
+    ia = bootstrap(a, f1_statistic, n_resamples=1000, seed=0)
+    assert iv.hi - iv.lo < (ia.hi - ia.lo) / 2
+    # same weights: the paired delta equals the difference of the two unpaired runs' resamples
+    w = note_weights(n, 1000, seed=0)
+    cols = ["tp", "fp", "fn"]
+    sa = dict(zip(cols, (w @ a[cols].to_numpy(float)).T))
+    sb = dict(zip(cols, (w @ b[cols].to_numpy(float)).T))
+    d = f1_statistic(sa) - f1_statistic(sb)
+    # 95% of 1,000 resamples: the 25th and the 975th smallest delta
+    assert (iv.lo, iv.hi) == (np.sort(d)[24], np.sort(d)[974])
+
+
+def test_verdict_rules():
+    def iv(lo, hi):
+        return Interval(estimate=(lo + hi) / 2, lo=lo, hi=hi, n_notes=10, n_resamples=100, level=0.95)
+
+    assert verdict(iv(0.01, 0.2)) == "holds"
+    assert verdict(iv(-0.2, -0.01)) == "does not hold"
+    assert verdict(iv(-0.1, 0.1)) == "inconclusive"
+    assert verdict(iv(0.0, 0.1)) == "inconclusive"  # touching 0 is not strictly above it
+    assert verdict(iv(-0.2, -0.01), "less") == "holds"
+    assert verdict(iv(0.01, 0.2), "less") == "does not hold"
+    assert verdict(iv(float("nan"), float("nan"))) == "inconclusive"
+    with pytest.raises(ValueError, match="expect"):
+        verdict(iv(0, 1), "bigger")
+
+
+def test_bad_input_is_named():
+    df = _three_notes()
+    with pytest.raises(ValueError, match="more than once"):
+        bootstrap(pd.concat([df, df]), f1_statistic)
+    with pytest.raises(ValueError, match="no note in common"):
+        paired_bootstrap(df, df.rename(index=lambda s: s + "x"), f1_statistic)
+    with pytest.raises(ValueError, match="no notes"):
+        bootstrap(df.iloc[:0], f1_statistic)
+    with pytest.raises(ValueError, match="level"):
+        bootstrap(df, f1_statistic, level=95)
+
+
+def test_bootstrap_is_fast():
+    # 1,000 resamples over 150 notes: one matrix product, milliseconds
+    n = 150
+    df = pd.DataFrame({"tp": np.arange(n) % 7, "fp": np.arange(n) % 3, "fn": np.arange(n) % 5},
+                      index=[str(i) for i in range(n)])
+    bootstrap(df, f1_statistic)
+    t0 = time.perf_counter()
+    for _ in range(10):
+        paired_bootstrap(df, df.assign(tp=df["tp"] + 1), f1_statistic)
+    assert (time.perf_counter() - t0) / 10 < 0.1
