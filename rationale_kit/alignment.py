@@ -560,26 +560,32 @@ def examples(aligned: pd.DataFrame, docs: pd.DataFrame, per_method: int = 2, wid
 
 
 def threshold_effect(ds, quotes: pd.DataFrame, thresholds: Iterable[float] = (1.5, 1.7, 2.0),
-                     occurrences: Occurrences = "all") -> pd.DataFrame:
+                     occurrences: Occurrences = "all", design=None) -> pd.DataFrame:
     """Per teacher (``quotes.source``) and threshold: alignment rate and the plausibility of the
-    aligned spans on the evaluation notes (annotated, not few-shot): position-independent token
-    F1 and exact token F1 against all human spans."""
+    aligned spans (position-independent token F1 and exact token F1) against the human spans of
+    the evaluation design's report notes, on the pairs that teacher was run on (``design``:
+    :class:`rationale_kit.evaluation.EvaluationDesign`; None = the design of ``ds.docs`` with
+    every evaluation pair). ``n_pairs`` says on how many."""
+    from .evaluation import make_design, restrict
     from .metrics.plausibility import mdace_measures
 
     docs = ds.docs[["note_id", "text"]]
-    eval_ids = set(ds.docs.note_id[ds.docs.annotated & ~ds.docs.fewshot])
-    gold = ds.spans[ds.spans.note_id.isin(eval_ids)]
+    design = design or make_design(ds.docs)
+    report = set(design.report_ids)
+    gold_all = ds.spans[ds.spans.note_id.isin(report)]
     rows = []
     for src, q in quotes.groupby("source"):
+        gold = restrict(gold_all, design.pairs(str(src)))
         for t in thresholds:
             a = align_quotes(docs, q, t, occurrences)
             s = alignment_summary(a)
             spans = aligned_to_spans(a, src)
-            m = mdace_measures(gold, spans[spans.note_id.isin(eval_ids)], ds.docs)
+            m = mdace_measures(gold, spans[spans.note_id.isin(report)], ds.docs)
             rows.append({"source": src, "threshold": float(t), "alignment_rate": s["alignment_rate"],
                          "n_spans": s["n_spans"], "pi_token_f1": m["token_position_independent"]["f1"],
-                         "token_exact_f1": m["token_exact"]["f1"]})
-    return pd.DataFrame(rows, columns=["source", "threshold", "alignment_rate", "n_spans", "pi_token_f1", "token_exact_f1"])
+                         "token_exact_f1": m["token_exact"]["f1"],
+                         "n_pairs": int(len(gold[["note_id", "code"]].drop_duplicates()))})
+    return pd.DataFrame(rows, columns=["source", "threshold", "alignment_rate", "n_spans", "pi_token_f1", "token_exact_f1", "n_pairs"])
 
 
 def summary_table(aligned: pd.DataFrame, by: str = "source") -> pd.DataFrame:

@@ -580,6 +580,29 @@ def plausibility_verdicts(counts: pd.DataFrame, profile: Profile, dataset: str,
     return E.verdicts_frame(rows)
 
 
+def plausibility_wide(table: pd.DataFrame) -> pd.DataFrame:
+    """The paper's table: F1 of every measure per source and model (granularity all, all gold
+    codes), with the units (``n_notes``, ``n_pairs``, ``coverage``, ``scored_on``) and the
+    interval of the PI token F1 (``pi_lo``, ``pi_hi``)."""
+    t = table[(table.granularity == "all") & (table.code_set == "all")]
+    wide = t.pivot_table(index=["source", "model"], columns="measure", values="f1")
+    pi = t[t.measure == PI].set_index(["source", "model"])
+    cols = [c for c in ("n_notes", "n_pairs", "n_pairs_eligible", "coverage", "scored_on") if c in pi.columns]
+    wide = wide.join(pi[cols])
+    if "f1_lo" in pi.columns:
+        wide = wide.join(pi[["f1_lo", "f1_hi"]].rename(columns={"f1_lo": "pi_lo", "f1_hi": "pi_hi"}))
+    wide.columns.name = None
+    return wide
+
+
+def save_bootstrap_timing(ctx) -> dict:
+    """Write the bootstrap's seconds and its share of the notebook's time so far
+    (``bootstrap_timing.json`` in the notebook's artifact folder)."""
+    from .evaluation import save_timing
+
+    return save_timing(ctx.out_dir, time.time() - ctx.started)
+
+
 def headline(table: pd.DataFrame, measure: str = "token_position_independent") -> pd.DataFrame:
     """One row per source (and model): P/R/F1 of ``measure`` over all granularities and codes."""
     t = table[(table.measure == measure) & (table.granularity == "all") & (table.code_set == "all")]

@@ -422,16 +422,31 @@ def plot_learning_curves(history: pd.DataFrame, path=None):
     return _finish(fig, path)
 
 
-def plot_bars(table: pd.DataFrame, x: str, y: str, hue: str | None = None, title: str = "", path=None, ylabel: str | None = None):
-    """A labelled bar chart of ``y`` by ``x`` (and ``hue``)."""
+def plot_bars(table: pd.DataFrame, x: str, y: str, hue: str | None = None, title: str = "", path=None, ylabel: str | None = None,
+              lo: str | None = None, hi: str | None = None):
+    """A labelled bar chart of ``y`` by ``x`` (and ``hue``); with ``lo``/``hi`` (columns of the
+    interval bounds, one row per bar) each bar gets its interval as an error bar."""
     import matplotlib.pyplot as plt
     import seaborn as sns
 
     fig, ax = plt.subplots(figsize=(max(6, 0.7 * table[x].nunique() * (table[hue].nunique() if hue else 1)), 4))
     sns.barplot(data=table, x=x, y=y, hue=hue, ax=ax, errorbar=None)
+    if lo is not None and hi is not None and len(table):
+        xs = list(dict.fromkeys(table[x]))
+        hues = list(dict.fromkeys(table[hue])) if hue else [None]
+        bounds = {(r[x], r[hue] if hue else None): (r[lo], r[hi]) for _, r in table.iterrows()}
+        for cont, h in zip(list(ax.containers), hues):
+            for bar, xv in zip(cont, xs):
+                b = bounds.get((xv, h))
+                if b is None or not np.isfinite(b[0]) or not np.isfinite(b[1]):
+                    continue
+                v = bar.get_height()
+                ax.errorbar(bar.get_x() + bar.get_width() / 2, v, yerr=[[max(0.0, v - b[0])], [max(0.0, b[1] - v)]],
+                            fmt="none", ecolor="black", capsize=3, lw=1)
     for cont in ax.containers:
-        ax.bar_label(cont, fmt="%.2f", fontsize=7)
-    ax.set_title(title)
+        if hasattr(cont, "patches"):
+            ax.bar_label(cont, fmt="%.2f", fontsize=7)
+    ax.set_title(title + (" (95% bootstrap intervals over notes)" if lo is not None else ""))
     ax.set_ylabel(ylabel or y)
     ax.tick_params(axis="x", rotation=30)
     return _finish(fig, path)
