@@ -56,6 +56,7 @@ class Timing:
     seconds: Optional[float]
     finished: Optional[str]
     commit: Optional[str]
+    bootstrap_seconds: Optional[float] = None  # time the notebook spent in the bootstrap
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,7 @@ class Report:
     header: tuple[tuple[str, str], ...]
     timings: tuple[Timing, ...]
     sections: tuple[Section, ...]
+    opening: tuple[Section, ...] = ()  # the verdicts and compact tables the report opens with
 
 
 # --------------------------------------------------------------------------------------------
@@ -133,6 +135,99 @@ def _sections(d: Callable[[str], Path], figures_dir: Path) -> list[tuple[str, st
     ]
 
 
+VERDICT_FILES = (("06_plausibility", "a"), ("05_faithfulness", "b"), ("07_guided_learning", "c"), ("08_few_shot", "d"))
+FINDINGS = {"a": "plausibility: LLM > entity > attention (PI token F1)",
+            "b": "attention more comprehensive, entity more sufficient",
+            "c": "guided learning raises plausibility at a coding cost",
+            "d": "few-shot examples help the teacher and the students"}
+
+
+def _ci(est: Any, lo: Any, hi: Any, digits: int = 3) -> str:
+    """``"0.412 [0.350, 0.470]"``; ``–`` for a missing estimate, no brackets without an interval."""
+    f = lambda v: v is not None and isinstance(v, (int, float)) and not math.isnan(float(v))
+    if not f(est):
+        return "–"
+    out = f"{float(est):.{digits}f}"
+    return out + (f" [{float(lo):.{digits}f}, {float(hi):.{digits}f}]" if f(lo) and f(hi) else "")
+
+
+def _verdicts(root: Path) -> Section:
+    parts, missing = [], []
+    for nb, finding in VERDICT_FILES:
+        path = root / nb / "verdicts.csv"
+        if path.exists():
+            parts.append(pd.read_csv(path))
+        else:
+            missing.append(f"finding ({finding}) {FINDINGS[finding]}: no verdicts yet ({nb}/verdicts.csv not written)")
+    notes = ["Each comparison is a - b on the units both sides have, with a 95% paired bootstrap interval over "
+             "notes: 'holds' when the whole interval lies on the expected side of 0, 'does not hold' when it lies "
+             "on the other side, otherwise 'inconclusive'. Rows marked 'as above' combine the rows before them."]
+    tables = []
+    if parts:
+        v = pd.concat(parts, ignore_index=True)
+        v["finding"] = v["finding"].map(lambda f: f"({f}) {FINDINGS.get(f, '')}")
+        v["effect [95% CI]"] = [_ci(e, lo, hi) for e, lo, hi in zip(v.effect, v.lo, v.hi)]
+        cols = ["finding", "comparison", "model", "dataset", "a", "b", "effect [95% CI]", "n_notes", "n_pairs", "verdict"]
+        tables.append(Table("the paper's findings as verdicts", v[[c for c in cols if c in v.columns]], "*/verdicts.csv", 3))
+    return Section("verdicts", "Verdicts on the paper's four findings", True, tuple(notes + missing), tuple(tables))
+
+
+def _compact(root: Path, profile: Profile) -> Section:
+    tables, notes = [], []
+    k = profile.rationales.topk
+    p = root / "06_plausibility" / "plausibility_table.csv"
+    if p.exists():
+        t = pd.read_csv(p)
+        if {"pi_lo", "pi_hi", "token_position_independent"} <= set(t.columns):
+            keep = (t.model == "-") | t.source.str.endswith(f"(top-{k})")
+            t = t[keep]
+            frame = pd.DataFrame({"source": t.source, "model": t.model,
+                                  "PI token F1 [95% CI]": [_ci(*x) for x in zip(t.token_position_independent, t.pi_lo, t.pi_hi)],
+                                  "exact token F1": t.get("token_exact"), "n_notes": t.get("n_notes"), "n_pairs": t.get("n_pairs"),
+                                  "coverage": t.get("coverage")})
+            tables.append(Table(f"plausibility (report notes; model rationales as top-{k})", frame.reset_index(drop=True),
+                                "06_plausibility/plausibility_table.csv", 3))
+    f = root / "05_faithfulness" / "faithfulness_table.csv"
+    if f.exists():
+        t = pd.read_csv(f)
+        if "rationale_lo" in t.columns:
+            t = t[t.measure.isin(["comprehensiveness", "sufficiency"])]
+            t = t.assign(value=[_ci(*x) for x in zip(t.rationale, t.rationale_lo, t.rationale_hi)])
+            wide = t.pivot_table(index=["model", "source"], columns="measure", values="value", aggfunc="first")
+            wide = wide.join(t.groupby(["model", "source"])[["n_pairs", "n_notes"]].max())
+            wide.columns.name = None
+            tables.append(Table("faithfulness of discrete rationales (mean over pairs [95% CI])", wide,
+                                "05_faithfulness/faithfulness_table.csv", 3))
+    g = root / "07_guided_learning" / "tradeoff_verdict.csv"
+    if g.exists():
+        t = pd.read_csv(g)
+        if "gain lo" in t.columns:
+            frame = pd.DataFrame({"model": t.model, "teacher": t.teacher, "lambda (tuning notes)": t["lambda (chosen on tuning notes)"],
+                                  "PI token F1 gain [95% CI]": [_ci(*x) for x in zip(t["PI token F1 gain"], t["gain lo"], t["gain hi"])],
+                                  "micro-F1 change [95% CI]": [_ci(*x) for x in zip(t["micro-F1 change"], t["change lo"], t["change hi"])],
+                                  "n_notes": t.n_notes, "seeds": t.seeds})
+            tables.append(Table("guided learning against the unguided model (report notes)", frame,
+                                "07_guided_learning/tradeoff_verdict.csv", 3))
+    s = root / "08_few_shot" / "summary.csv"
+    if s.exists():
+        t = pd.read_csv(s)
+        if "gain lo" in t.columns:
+            frame = pd.DataFrame({"role": t.role, "zero-shot": t["zero-shot"], "few-shot": t["few-shot"],
+                                  "gain [95% CI]": [_ci(*x) for x in zip(t.gain, t["gain lo"], t["gain hi"])],
+                                  "n_notes": t.n_notes, "n_pairs": t.n_pairs})
+            tables.append(Table("few-shot vs zero-shot teacher and students (same units)", frame, "08_few_shot/summary.csv", 3))
+    if not tables:
+        notes.append("no table with intervals yet (notebooks 05-08 not run with the evaluation design)")
+    return Section("headline", "Headline tables with 95% bootstrap intervals over notes", True, tuple(notes), tuple(tables))
+
+
+def _safe(name: str, title: str, build: Callable[[], Section]) -> Section:
+    try:
+        return build()
+    except Exception as exc:  # noqa: BLE001 - one unreadable artifact must not sink the report
+        return Section(name, title, True, (f"could not build this section: {type(exc).__name__}: {exc}",))
+
+
 def _section(name: str, title: str, load: Callable[[], list], manifest: dict, timing: Timing | None, profile: str) -> Section:
     failed = timing is not None and timing.status == _STATUS["failed"]
     if not manifest:
@@ -179,8 +274,10 @@ def _llm_line(llm: Mapping) -> str:
     return f"{backend} · {model}"
 
 
-def _timings(timings: Iterable[Mapping], manifests: Mapping[str, dict]) -> tuple[Timing, ...]:
+def _timings(timings: Iterable[Mapping], manifests: Mapping[str, dict],
+             boot: Mapping[str, float] | None = None) -> tuple[Timing, ...]:
     given = {t["notebook"]: t for t in timings}
+    boot = boot or {}
     rows = []
     for name in NOTEBOOKS:
         t, m = given.get(name, {}), manifests.get(name, {})
@@ -190,7 +287,7 @@ def _timings(timings: Iterable[Mapping], manifests: Mapping[str, dict]) -> tuple
         else:
             status = "not run in this invocation" if m or t else "never run"
             seconds = m.get("seconds") if seconds is None else seconds
-        rows.append(Timing(name, status, seconds, t.get("finished"), m.get("git_commit")))
+        rows.append(Timing(name, status, seconds, t.get("finished"), m.get("git_commit"), boot.get(name)))
     return tuple(rows)
 
 
@@ -200,7 +297,8 @@ def collect(profile: Profile, artifacts_root: str | os.PathLike, figures_dir: st
     finished``), as :func:`runner_timings` gives; missing notebooks use their manifest's duration."""
     root, figs = Path(artifacts_root), Path(figures_dir)
     manifests = {n: _json(root / n / "manifest.json") for n in NOTEBOOKS}
-    timing = _timings(timings, manifests)
+    boot = {n: _json(root / n / "bootstrap_timing.json").get("bootstrap_seconds") for n in NOTEBOOKS}
+    timing = _timings(timings, manifests, {n: v for n, v in boot.items() if v is not None})
     by_name = {t.notebook: t for t in timing}
     sections = tuple(_section(n, title, load, manifests[n], by_name.get(n), profile.name)
                      for n, title, load in _sections(lambda n: root / n, figs))
@@ -217,7 +315,9 @@ def collect(profile: Profile, artifacts_root: str | os.PathLike, figures_dir: st
         ("date", date or time.strftime("%Y-%m-%d %H:%M:%S")),
         ("artifacts", str(root)),
     )
-    return Report(profile.name, header, timing, sections)
+    opening = (_safe("verdicts", "Verdicts on the paper's four findings", lambda: _verdicts(root)),
+               _safe("headline", "Headline tables with 95% bootstrap intervals over notes", lambda: _compact(root, profile)))
+    return Report(profile.name, header, timing, sections, opening)
 
 
 def runner_timings(results: Sequence[Mapping], state: Mapping[str, Mapping]) -> list[dict]:
@@ -252,6 +352,14 @@ def _seconds(s: Optional[float]) -> str:
     return "–" if s is None else f"{float(s):.1f}"
 
 
+def _boot(t: Timing) -> str:
+    """Seconds in the bootstrap and their share of the notebook's time."""
+    if t.bootstrap_seconds is None:
+        return "–"
+    share = f" ({100 * t.bootstrap_seconds / t.seconds:.1f}%)" if t.seconds else ""
+    return f"{t.bootstrap_seconds:.2f} s{share}"
+
+
 def _html_table(t: Table) -> str:
     body = t.frame.to_html(escape=True, index=not _plain_index(t.frame), na_rep="–", border=0,
                            float_format=lambda x: f"{x:.{t.digits}f}")
@@ -279,12 +387,17 @@ def to_html(report: Report) -> str:
     e = html.escape
     out = ["<!DOCTYPE html>", "<html lang=\"en\"><head><meta charset=\"utf-8\">",
            f"<title>Run report: {e(report.profile)}</title><style>{_CSS}</style></head><body>",
-           f"<h1>Run report: profile {e(report.profile)}</h1>", "<table class=\"header\">"]
+           f"<h1>Run report: profile {e(report.profile)}</h1>"]
+    for s in report.opening:
+        out.append(f"<h2 id=\"{s.notebook}\">{e(s.title)}</h2>")
+        out += [f"<p class=\"note\">{e(n)}</p>" for n in s.notes]
+        out += [_html_table(t) for t in s.tables]
+    out.append("<h2 id=\"run\">The run</h2><table class=\"header\">")
     out += [f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in report.header]
     out += ["</table>", "<h2 id=\"timings\">Notebook timings</h2>", "<table class=\"header\">",
-            "<tr><th>notebook</th><th>this invocation</th><th>seconds</th><th>finished</th><th>commit</th></tr>"]
+            "<tr><th>notebook</th><th>this invocation</th><th>seconds</th><th>finished</th><th>commit</th><th>bootstrap</th></tr>"]
     out += [f"<tr><td>{e(t.notebook)}</td><td>{e(t.status)}</td><td>{_seconds(t.seconds)}</td>"
-            f"<td>{e(t.finished or '–')}</td><td>{e(t.commit or '–')}</td></tr>" for t in report.timings]
+            f"<td>{e(t.finished or '–')}</td><td>{e(t.commit or '–')}</td><td>{e(_boot(t))}</td></tr>" for t in report.timings]
     out.append("</table>")
     for i, s in enumerate(report.sections, 1):
         out.append(f"<h2 id=\"{s.notebook}\">{i}. {e(s.title)} ({e(s.notebook)})</h2>")
@@ -311,11 +424,19 @@ def _md_table(frame: pd.DataFrame, digits: int = 4) -> list[str]:
 
 def to_markdown(report: Report, base_dir: str | os.PathLike | None = None) -> str:
     """The report as Markdown; figures are linked relative to ``base_dir`` (the report's folder)."""
-    out = [f"# Run report: profile {_md_text(report.profile)}", ""]
+    out = [f"# Run report: profile {_md_text(report.profile)}"]
+    for s in report.opening:
+        out += ["", f"## {_md_text(s.title)}"]
+        if s.notes:
+            out += [""] + [f"> {_md_text(n)}  " for n in s.notes]
+        for t in s.tables:
+            out += ["", f"*{_md_text(t.caption)}* ({_md_text(t.source)})", ""] + _md_table(t.frame, t.digits)
+    out += ["", "## The run", ""]
     out += _md_table(pd.DataFrame(list(report.header), columns=["", "value"]))
     out += ["", "## Notebook timings", ""]
     out += _md_table(pd.DataFrame([{"notebook": t.notebook, "this invocation": t.status, "seconds": _seconds(t.seconds),
-                                    "finished": t.finished or "–", "commit": t.commit or "–"} for t in report.timings]))
+                                    "finished": t.finished or "–", "commit": t.commit or "–", "bootstrap": _boot(t)}
+                                   for t in report.timings]))
     for i, s in enumerate(report.sections, 1):
         out += ["", f"## {i}. {_md_text(s.title)} ({s.notebook})"]
         if s.notes:

@@ -164,3 +164,28 @@ def test_runner_writes_report_and_survives_its_failure(prof, tmp_path, capsys, m
     out = capsys.readouterr()
     assert res[0]["status"] == "missing" and "notebook not found" in out.out
     assert "NOT WRITTEN" in out.out and "no report today" in out.out and "01_data" in out.out.split("NOT WRITTEN")[1]
+
+
+def test_report_opens_with_verdicts_and_interval_tables(prof, tmp_path):
+    root = _artifacts(tmp_path)
+    cols = ["finding", "comparison", "model", "dataset", "measure", "units", "a", "b", "effect", "lo", "hi",
+            "n_notes", "n_pairs", "expect", "verdict"]
+    pd.DataFrame([["a", "llm_few > entity (exact_code)", "-", "toy", "pi", "u", 0.5, 0.25, 0.25, 0.125, 0.375, 12, 30,
+                   "greater", "holds"]], columns=cols).to_csv(root / "06_plausibility" / "verdicts.csv", index=False)
+    pd.DataFrame({"source": ["entity", "attention (top-10)"], "model": ["-", "caml"], "token_position_independent": [0.5, 0.25],
+                  "pi_lo": [0.375, 0.125], "pi_hi": [0.625, 0.375], "n_notes": [12, 12], "n_pairs": [30, 28],
+                  "coverage": [1.0, 0.9]}).to_csv(root / "06_plausibility" / "plausibility_table.csv", index=False)
+    (root / "06_plausibility" / "bootstrap_timing.json").write_text('{"bootstrap_seconds": 0.03}')
+    rep = _collect(prof, tmp_path, [{"notebook": "06_plausibility", "status": "ok", "seconds": 3.0}])
+    md = report.to_markdown(rep)
+    _in_order(md, ["# Run report", "## Verdicts on the paper's four findings", "## Headline tables", "## The run",
+                   "## Notebook timings", "## 1. Dataset"])
+    # finding (a) with its effect and interval; the other three say they have no verdicts yet
+    assert "| (a) plausibility: LLM &gt; entity &gt; attention (PI token F1) | llm_few &gt; entity (exact_code) |" in md
+    assert "0.250 [0.125, 0.375] | 12 | 30 | holds |" in md
+    assert md.count("no verdicts yet") == 3
+    assert "| attention (top-10) | caml | 0.250 [0.125, 0.375] |" in md
+    assert "| 06_plausibility | ran | 3.0 | – | abc1234 | 0.03 s (1.0%) |" in md
+    page = report.to_html(rep)
+    assert page.index("Verdicts on the paper") < page.index("The run") < page.index("1. Dataset")
+    assert page.count("<h2") == md.count("\n## ")
