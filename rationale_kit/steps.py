@@ -373,7 +373,7 @@ def plausibility_tables(ds, discrete: Mapping[str, pd.DataFrame], soft: pd.DataF
         predicted = preds[(preds.model == model) & preds.pred][["note_id", "code"]]
         res = P.soft_plausibility(test_scores, gold, docs, threshold=t, ks=tuple(pl.topk))
         soft_rows.append({"model": model, "source": src, **res})
-        binarised = {f"{src} (threshold {t:.3f})": P.binarise(test_scores, threshold=t)}
+        binarised = {f"{src} (threshold {t:.3f})": P.binarise(test_scores, threshold=t, docs=docs)}
         for k in pl.topk:
             binarised[f"{src} (top-{k})"] = P.binarise(test_scores, topk=k)
         for name, spans in binarised.items():

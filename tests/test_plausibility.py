@@ -68,7 +68,10 @@ def test_overlapping_adjacent_nested_discontinuous():
     # IoU: {aa} vs {aa,bb} = .5 ok; {bb} vs {aa,bb} = .5 ok; {bb,cc} 1/3 with both; {aa@15} 0
     iou = res["span_iou_f1"]
     assert (iou["n_pred"], iou["correct_pred"], iou["n_gold"], iou["matched_gold"]) == (4, 2, 2, 1)
-    close(iou, 0.5, 0.5, 0.5)
+    # ERASER's partial_match_score: recall = matched *predicted* spans / gold spans = 2 / 2
+    close(iou, 0.5, 1.0, 2 / 3)
+    # the gold-matched variant (the workbook's earlier definition) keeps its own name
+    close(pl.span_iou_f1(gold, pred, DOCS, recall="gold_matched"), 0.5, 0.5, 0.5)
 
 
 def test_numbers_above_ten_dropped_and_word_unit():
@@ -242,13 +245,21 @@ def test_tune_threshold_and_missing_pairs():
 
 
 def test_binarise():
-    out = pl.binarise(scores(RAW), threshold=0.15)  # units 0,1,2 -> one run
+    out = pl.binarise(scores(RAW), threshold=0.15, level="unit")  # units 0,1,2 -> one run
     assert out[["start", "end"]].values.tolist() == [[0, 8]]
     assert out.iloc[0].source == "attn" and list(out.columns[:6]) == ["note_id", "code", "start", "end", "granularity", "source"]
     out = pl.binarise(scores(RAW), topk=2)  # .4 and the first .2 (unit 1)
     assert out[["start", "end"]].values.tolist() == [[0, 5]]
-    out = pl.binarise(scores(RAW), threshold=0.05)  # units 0,1,2 and 5,6
+    out = pl.binarise(scores(RAW), threshold=0.05, level="unit")  # units 0,1,2 and 5,6
     assert out[["start", "end"]].values.tolist() == [[0, 8], [15, 20]]
-    assert len(pl.binarise(scores(RAW).iloc[:0], threshold=0.1)) == 0
+    # at token level (the default with a threshold) "12" is no MDACE token: tokens aa(.4) bb(.2)
+    # pass .15 -> [0, 5); at .05 also aa@15(.1) bb@18(.1) -> [15, 20)
+    out = pl.binarise(scores(RAW), threshold=0.15, docs=DOCS)
+    assert out[["start", "end"]].values.tolist() == [[0, 5]]
+    out = pl.binarise(scores(RAW), threshold=0.05, docs=DOCS)
+    assert out[["start", "end"]].values.tolist() == [[0, 5], [15, 20]]
+    assert len(pl.binarise(scores(RAW).iloc[:0], threshold=0.1, docs=DOCS)) == 0
     with pytest.raises(ValueError):
         pl.binarise(scores(RAW))
+    with pytest.raises(ValueError, match="needs docs"):
+        pl.binarise(scores(RAW), threshold=0.1)
