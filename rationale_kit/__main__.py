@@ -1,4 +1,4 @@
-"""Command line: ``python -m rationale_kit {run,report,train,align,plausibility} ...``."""
+"""Command line: ``python -m rationale_kit {run,report,train,align,plausibility,compare} ...``."""
 from __future__ import annotations
 
 import argparse
@@ -64,7 +64,8 @@ def _report(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = {"run": "the notebook series", "report": "rewrite runs/<profile>/report.html from the artifacts",
-                "train": "train one model (multi-GPU with torchrun)", "align": "align LLM quotes to notes", "plausibility": "score spans against gold spans"}
+                "train": "train one model (multi-GPU with torchrun)", "align": "align LLM quotes to notes", "plausibility": "score spans against gold spans",
+                "compare": "compare two span sources on the notes both cover (paired bootstrap)"}
     if not argv or argv[0] not in commands:
         print(f"usage: python -m rationale_kit {{{','.join(commands)}}} [options]\n" + "\n".join(f"  {k:<13} {v}" for k, v in commands.items()), file=sys.stderr)
         return 2
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         return _report(rest)
     from . import cli
 
-    return cli.align_main(rest) if cmd == "align" else cli.plausibility_main(rest)
+    return {"align": cli.align_main, "plausibility": cli.plausibility_main, "compare": cli.compare_main}[cmd](rest)
 
 
 if __name__ == "__main__":

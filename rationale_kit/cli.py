@@ -1,15 +1,26 @@
-"""Command-line entry points ``align`` and ``plausibility`` (dispatched by ``python -m rationale_kit``).
+"""Command-line entry points ``align``, ``plausibility`` and ``compare`` (dispatched by ``python -m rationale_kit``).
 
 ``align --docs DOCS.jsonl --quotes QUOTES.jsonl [--threshold T] [--occurrences all|first] [--out FILE]``
     Docs lines ``{"note_id", "text"}``; quote lines ``{"note_id", "code", "quote"}``. Writes JSONL
     (stdout or ``--out``): one line per aligned span ``{note_id, code, quote, start, end, score,
     method}``; an unaligned quote (or split part) has ``start``/``end`` null and a ``reason``.
 
-``plausibility --docs DOCS.jsonl --gold GOLD.jsonl --pred PRED.jsonl [--pairs gold|all] [--unit mdace|word]``
+``plausibility --docs DOCS.jsonl --gold GOLD.jsonl --pred PRED.jsonl [--pairs gold|gold_notes|all] [--units gold|covered] [--unit mdace|word] [--bootstrap N --seed S]``
     Span lines ``{"note_id", "code", "start", "end"}`` (optional ``granularity``, ``source``,
-    ``text``). Prints one JSON object: ``span_exact``, ``span_position_independent``,
-    ``token_exact``, ``token_position_independent`` (each ``tp, fp, fn, precision, recall, f1``),
-    ``eraser_token_micro``, ``eraser_token_macro`` and ``span_iou_f1``.
+    ``text``; in PRED a line with null ``start`` and ``end`` marks a covered note without a span).
+    Prints one JSON object keyed by measure (:data:`rationale_kit.metrics.plausibility.ALL_MEASURES`):
+    ``span_exact``, ``span_position_independent``, ``token_exact``, ``token_position_independent``
+    (MDACE's scorer), ``eraser_token_micro``, ``eraser_token_macro``, ``span_iou_f1``,
+    ``span_iou_f1_macro`` (ERASER) and the overlap variants ``token_exact_overlap``,
+    ``token_position_independent_overlap``. Additive measures carry ``tp, fp, fn, precision,
+    recall, f1, n_notes, n_pairs`` and, with ``--bootstrap N``, ``f1_ci: [lo, hi]`` (95%
+    percentile, notes resampled). Units: the (note, code) pairs with gold spans.
+
+``compare --docs D --gold G --pred-a A --pred-b B [--units covered|gold] [--bootstrap N --seed S]``
+    Per additive measure ``a``, ``b`` (pooled F1), ``delta`` (a minus b) and ``delta_ci`` (paired
+    bootstrap, default 1,000 resamples), with ``n_notes``, ``n_pairs`` (the units: gold pairs on
+    the notes with gold spans that both files cover, i.e. have a line for) and ``n_gold_notes``,
+    ``n_gold_pairs`` (the eligible units).
 
 Bad input (malformed line, missing key, unknown note, offsets outside the text) exits with
 status 2 and a message on stderr naming the file and line.
@@ -25,7 +36,7 @@ from typing import Sequence
 
 import pandas as pd
 
-from .records import DataError, iter_jsonl_objects, read_spans_jsonl
+from .records import SPAN_COLUMNS, DataError, iter_jsonl_objects, read_spans_jsonl
 
 
 def _read_jsonl(path: str | Path, keys: Sequence[str], strings: Sequence[str] = ()) -> list[tuple[int, dict]]:
@@ -124,23 +135,158 @@ def align_main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def plausibility_main(argv: Sequence[str] | None = None) -> int:
-    from .metrics.plausibility import span_plausibility
+def read_pred_jsonl(path: str | Path, docs: pd.DataFrame) -> tuple[pd.DataFrame, set[str]]:
+    """Predicted spans JSONL and the notes the file covers.
 
-    ap = argparse.ArgumentParser(prog="rationale_kit plausibility", description="Plausibility of predicted spans.")
+    Lines as :func:`rationale_kit.records.read_spans_jsonl`; in addition a line whose ``start`` and
+    ``end`` are both null (as ``align`` writes for an unaligned quote) carries no span but marks its
+    note as covered. A note is covered when the file has any line for it. Errors name file and line.
+    """
+    texts = dict(zip(docs["note_id"], docs["text"]))
+    rows, covered = [], set()
+    for lineno, rec in iter_jsonl_objects(path):
+        for key in ("note_id", "code", "start", "end"):
+            if key not in rec:
+                raise DataError(f"{path}:{lineno}: missing key {key!r}")
+        nid = str(rec["note_id"])
+        if nid not in texts:
+            raise DataError(f"{path}:{lineno}: unknown note_id {nid!r}")
+        covered.add(nid)
+        if rec["start"] is None and rec["end"] is None:
+            continue
+        try:
+            start, end = int(rec["start"]), int(rec["end"])
+        except (TypeError, ValueError):
+            raise DataError(f"{path}:{lineno}: start/end must be integers (or both null: no span)") from None
+        if not (0 <= start < end <= len(texts[nid])):
+            raise DataError(f"{path}:{lineno}: offsets [{start}, {end}) outside note {nid!r} of length {len(texts[nid])}")
+        if rec.get("text") is not None and texts[nid][start:end] != rec["text"]:
+            raise DataError(f"{path}:{lineno}: span text {rec['text']!r} does not match note text "
+                            f"{texts[nid][start:end]!r}")
+        rows.append({"note_id": nid, "code": str(rec["code"]), "start": start, "end": end,
+                     "granularity": str(rec.get("granularity") or ""), "source": str(rec.get("source") or "pred")})
+    frame = pd.DataFrame(rows, columns=SPAN_COLUMNS).astype({"start": "int64", "end": "int64"})
+    return frame, covered
+
+
+def _add_bootstrap_args(ap: argparse.ArgumentParser, default: int) -> None:
+    ap.add_argument("--bootstrap", type=int, default=default, metavar="N",
+                    help=f"resamples of the notes for 95%% percentile intervals (0: none; default {default})")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the resampling (default 0)")
+
+
+def _per_note(per: pd.DataFrame, measure: str) -> pd.DataFrame:
+    return per[per["measure"] == measure].set_index("note_id")[["tp", "fp", "fn"]]
+
+
+def _ci(interval) -> list | None:
+    return None if math.isnan(interval.lo) else [interval.lo, interval.hi]
+
+
+def plausibility_main(argv: Sequence[str] | None = None) -> int:
+    from .metrics import plausibility as P
+    from .metrics.uncertainty import bootstrap, f1_statistic
+
+    ap = argparse.ArgumentParser(
+        prog="rationale_kit plausibility", description="Plausibility of predicted spans against gold spans.",
+        epilog="Units: the (note, code) pairs with gold spans (--pairs gold), on every gold note "
+               "(--units gold) or on the notes the prediction file covers (--units covered: notes with at "
+               "least one line in PRED; a line with null start and end marks a note as covered without a span). "
+               "With --bootstrap N every additive measure gains f1_ci [lo, hi]: 95%% percentile interval, "
+               "notes resampled with replacement, pooled counts recomputed per resample.")
     ap.add_argument("--docs", required=True, help="JSONL, one {note_id, text} per line")
     ap.add_argument("--gold", required=True, help="spans JSONL (human)")
     ap.add_argument("--pred", required=True, help="spans JSONL (rationales)")
-    ap.add_argument("--pairs", choices=["gold", "all"], default="gold",
-                    help="evaluate the (note, code) pairs with gold spans (default) or all pairs")
-    ap.add_argument("--unit", choices=["mdace", "word"], default="mdace")
+    ap.add_argument("--pairs", choices=["gold", "gold_notes", "all"], default="gold",
+                    help="pairs with gold spans (default), every code on notes with gold spans (MDACE's scorer), "
+                         "or all pairs")
+    ap.add_argument("--units", choices=["gold", "covered"], default="gold",
+                    help="every gold note (default) or only the notes PRED covers")
+    ap.add_argument("--unit", choices=["mdace", "word"], default="mdace",
+                    help="note tokens of the overlap and ERASER measures (MDACE's own measures tokenise span texts)")
+    _add_bootstrap_args(ap, 0)
     args = ap.parse_args(argv)
+    if args.bootstrap < 0:
+        return _fail(ValueError(f"--bootstrap must be >= 0, got {args.bootstrap}"))
     try:
         docs = read_docs_jsonl(args.docs)
         gold = read_spans_jsonl(args.gold, docs)
-        pred = read_spans_jsonl(args.pred, docs)
-        res = span_plausibility(gold, pred, docs, pairs=args.pairs, unit=args.unit)
+        pred, covered = read_pred_jsonl(args.pred, docs)
+        if args.units == "covered":
+            gold = gold[gold["note_id"].isin(covered)]
+            pred = pred[pred["note_id"].isin(covered)]
+        tokens = P.Tokens(docs, args.unit)
+        ev = P._evaluate(gold, pred, tokens, args.pairs, 0.5)
+        res = P._all_measures(gold, pred, tokens, args.pairs, _ev=ev)
+        per = P._note_counts(ev, P.COUNT_MEASURES)
     except DataError as exc:
         return _fail(exc)
-    print(json.dumps(res, indent=None, sort_keys=False))
+    n_notes = len({n for n, _ in ev.keys})
+    for measure in P.COUNT_MEASURES:
+        res[measure]["n_notes"], res[measure]["n_pairs"] = n_notes, len(ev.keys)
+        if args.bootstrap:
+            if n_notes:
+                iv = bootstrap(_per_note(per, measure), f1_statistic, n_resamples=args.bootstrap, seed=args.seed)
+                res[measure]["f1_ci"] = _ci(iv)
+            else:
+                res[measure]["f1_ci"] = None
+    print(json.dumps(res, indent=None, sort_keys=False, default=_json_value))
+    return 0
+
+
+def compare_main(argv: Sequence[str] | None = None) -> int:
+    from .metrics import plausibility as P
+    from .metrics.uncertainty import f1_statistic, paired_bootstrap
+
+    ap = argparse.ArgumentParser(
+        prog="rationale_kit compare",
+        description="Compare two rationale sources (A minus B) on the same units, with a paired bootstrap.",
+        epilog="Both cover: a prediction file covers a note when it has at least one line for it (a span, or a "
+               "line with null start and end, as align writes for an unaligned quote: the source ran there and "
+               "found nothing). The units are the (note, code) pairs with gold spans on the notes that have gold "
+               "spans and that BOTH files cover (--units covered, default); --units gold takes every gold pair, "
+               "counting a note a file lacks as empty predictions. Per additive measure: a and b (pooled F1), "
+               "delta = a - b, delta_ci (95%% percentile interval of a paired bootstrap: the same resampled "
+               "notes for A and B), n_notes and n_pairs (the units), n_gold_notes and n_gold_pairs (eligible).")
+    ap.add_argument("--docs", required=True, help="JSONL, one {note_id, text} per line")
+    ap.add_argument("--gold", required=True, help="spans JSONL (human)")
+    ap.add_argument("--pred-a", required=True, help="spans JSONL of source A")
+    ap.add_argument("--pred-b", required=True, help="spans JSONL of source B")
+    ap.add_argument("--units", choices=["covered", "gold"], default="covered",
+                    help="gold pairs on notes both files cover (default) or every gold pair")
+    ap.add_argument("--unit", choices=["mdace", "word"], default="mdace",
+                    help="note tokens of the overlap and ERASER measures")
+    _add_bootstrap_args(ap, 1000)
+    args = ap.parse_args(argv)
+    if args.bootstrap < 0:
+        return _fail(ValueError(f"--bootstrap must be >= 0, got {args.bootstrap}"))
+    try:
+        docs = read_docs_jsonl(args.docs)
+        gold = read_spans_jsonl(args.gold, docs)
+        pred_a, cov_a = read_pred_jsonl(args.pred_a, docs)
+        pred_b, cov_b = read_pred_jsonl(args.pred_b, docs)
+        gold_notes = set(gold["note_id"])
+        n_gold_pairs = len(gold[["note_id", "code"]].drop_duplicates())
+        notes = gold_notes & cov_a & cov_b if args.units == "covered" else gold_notes
+        if not notes:
+            raise DataError(
+                f"no units to compare: {len(gold_notes)} notes have gold spans, {len(gold_notes & cov_a)} of them "
+                f"covered by {args.pred_a}, {len(gold_notes & cov_b)} by {args.pred_b}, none by both")
+        gold = gold[gold["note_id"].isin(notes)]
+        tokens = P.Tokens(docs, args.unit)
+        ev_a = P._evaluate(gold, pred_a, tokens, "gold", 0.5)
+        ev_b = P._evaluate(gold, pred_b, tokens, "gold", 0.5)
+        per_a, per_b = P._note_counts(ev_a, P.COUNT_MEASURES), P._note_counts(ev_b, P.COUNT_MEASURES)
+    except DataError as exc:
+        return _fail(exc)
+    out = {}
+    for measure in P.COUNT_MEASURES:
+        a, b = _per_note(per_a, measure), _per_note(per_b, measure)
+        fa, fb = P._pooled(ev_a, measure)["f1"], P._pooled(ev_b, measure)["f1"]
+        row = {"a": fa, "b": fb, "delta": fa - fb, "delta_ci": None, "n_notes": len(notes),
+               "n_pairs": len(ev_a.keys), "n_gold_notes": len(gold_notes), "n_gold_pairs": n_gold_pairs}
+        if args.bootstrap:
+            row["delta_ci"] = _ci(paired_bootstrap(a, b, f1_statistic, n_resamples=args.bootstrap, seed=args.seed))
+        out[measure] = row
+    print(json.dumps(out, indent=None, sort_keys=False, default=_json_value))
     return 0

@@ -536,7 +536,7 @@ def plausibility_tables(ds, discrete: Mapping[str, pd.DataFrame], soft: pd.DataF
         predicted = set(zip(p_.note_id.astype(str), p_.code.astype(str)))
         res = P.soft_plausibility(test_scores, E.restrict(gold, run_on), docs, threshold=t, ks=tuple(pl.topk))
         soft_rows.append({"model": model, "source": src, **res})
-        binarised = {f"{src} (threshold {t:.3f})": P.binarise(test_scores, threshold=t)}
+        binarised = {f"{src} (threshold {t:.3f})": P.binarise(test_scores, threshold=t, docs=docs)}
         for k in pl.topk:
             binarised[f"{src} (top-{k})"] = P.binarise(test_scores, topk=k)
         for name, spans in binarised.items():

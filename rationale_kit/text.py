@@ -7,6 +7,7 @@ these offsets, so no preprocessing ever loses the way back to the raw text.
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Sequence
 
 import numpy as np
@@ -23,16 +24,31 @@ def word_units(text: str) -> np.ndarray:
 def mdace_tokens(text: str, max_number: int = 10) -> list[tuple[int, int, str]]:
     """MDACE tokens: ``\\w+`` on lower-cased text; numbers above ``max_number`` are dropped.
 
-    Returns ``(start, end, token)`` triples with offsets into ``text``.
+    Returns ``(start, end, token)`` triples with offsets into the lower-cased ``text`` (the same
+    as into ``text`` unless lower-casing changes its length). A token is a number when
+    ``str.isdigit()`` holds, as in MDACE's scorer; its value is read digit by digit with
+    :func:`unicodedata.digit`, so superscript and other non-decimal digits ("²") are numbers too
+    (``int("²")`` raises, which crashes the scorer itself).
     """
     out = []
     lowered = text.lower()
     for m in WORD_RE.finditer(lowered):
         tok = m.group()
-        if tok.isdigit() and int(tok) > max_number:
+        if tok.isdigit() and _digits_value(tok) > max_number:
             continue
         out.append((m.start(), m.end(), tok))
     return out
+
+
+def _digits_value(tok: str) -> int:
+    """Value of a string of digits (``str.isdigit()``), any Unicode digits included."""
+    try:
+        return int(tok)
+    except ValueError:
+        value = 0
+        for ch in tok:
+            value = 10 * value + unicodedata.digit(ch)
+        return value
 
 
 def span_mask(offsets: np.ndarray, spans: Sequence[tuple[int, int]]) -> np.ndarray:

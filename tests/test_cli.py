@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from rationale_kit.cli import align_main, plausibility_main
+from rationale_kit.cli import align_main, compare_main, plausibility_main
 
 TEXT = "aa bb 12 cc dd aa bb ee"
 NOTE = "Patient with chest pain.\nHypertension, poorly controlled."
@@ -75,7 +75,8 @@ def test_plausibility_json(tmp_path, docs, capsys):
     assert plausibility_main(["--docs", docs, "--gold", gold, "--pred", pred]) == 0
     res = json.loads(capsys.readouterr().out)
     assert set(res) == {"span_exact", "span_position_independent", "token_exact", "token_position_independent",
-                        "eraser_token_micro", "eraser_token_macro", "span_iou_f1"}
+                        "eraser_token_micro", "eraser_token_macro", "span_iou_f1",
+                        "span_iou_f1_macro", "token_exact_overlap", "token_position_independent_overlap"}
     for key in ("span_exact", "span_position_independent", "token_exact", "token_position_independent"):
         assert {"tp", "fp", "fn", "precision", "recall", "f1"} <= set(res[key])
     assert (res["span_exact"]["tp"], res["span_exact"]["fp"], res["span_exact"]["fn"]) == (1, 2, 1)
@@ -97,3 +98,104 @@ def test_plausibility_bad_input(tmp_path, docs, capsys, row, message):
     assert plausibility_main(["--docs", docs, "--gold", gold, "--pred", pred]) == 2
     captured = capsys.readouterr()
     assert message in captured.err and captured.out == ""
+
+
+# --- bootstrap intervals and paired comparisons ---------------------------------------------------
+
+TEXT3 = "aa bb cc"  # MDACE tokens aa@0 bb@3 cc@6
+
+
+@pytest.fixture
+def three(tmp_path):
+    """Notes m1..m3 = TEXT3; gold "aa bb" [0, 5) for code A on every note, and on m3 also code B "cc"."""
+    docs = write_jsonl(tmp_path / "docs.jsonl", [{"note_id": f"m{i}", "text": TEXT3} for i in (1, 2, 3)])
+    gold = write_jsonl(tmp_path / "gold.jsonl", [{"note_id": f"m{i}", "code": "A", "start": 0, "end": 5}
+                                                 for i in (1, 2, 3)] + [{"note_id": "m3", "code": "B", "start": 6, "end": 8}])
+    return docs, gold
+
+
+def test_plausibility_bootstrap_interval(tmp_path, three, capsys):
+    docs, gold = three
+    # m1: exact "aa bb" (tp 2 tokens); m2: "cc" (fp 1, fn 2); m3: nothing (fn 2 + fn 1 for B)
+    pred = write_jsonl(tmp_path / "pred.jsonl", [{"note_id": "m1", "code": "A", "start": 0, "end": 5},
+                                                 {"note_id": "m2", "code": "A", "start": 6, "end": 8}])
+    args = ["--docs", docs, "--gold", gold, "--pred", pred]
+    assert plausibility_main(args + ["--bootstrap", "2000", "--seed", "1"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    te = res["token_exact"]
+    # pooled: tp 2, fp 1, fn 5 -> F1 = 4 / (4 + 1 + 5) = 0.4
+    assert (te["tp"], te["fp"], te["fn"]) == (2, 1, 5) and te["f1"] == pytest.approx(0.4)
+    assert (te["n_notes"], te["n_pairs"]) == (3, 4)
+    # resamples: F1 = 4 k1 / (4 k1 + 3 k2 + 3 k3) over draws (k1, k2, k3) of the notes; lowest 0
+    # (m1 never drawn: p (2/3)^3 = 0.30 > 0.025), highest 1 (m1 drawn 3 times: p 1/27 = 0.037 > 0.025)
+    assert te["f1_ci"] == [0.0, 1.0]
+    assert set(res["span_exact"]) >= {"tp", "fp", "fn", "precision", "recall", "f1", "f1_ci"}
+    # same seed, same interval; without --bootstrap no interval
+    assert plausibility_main(args + ["--bootstrap", "2000", "--seed", "1"]) == 0
+    assert json.loads(capsys.readouterr().out)["token_exact"]["f1_ci"] == [0.0, 1.0]
+    assert plausibility_main(args) == 0
+    assert "f1_ci" not in json.loads(capsys.readouterr().out)["token_exact"]
+    # --units covered: only the notes PRED has a line for (m1, m2)
+    assert plausibility_main(args + ["--units", "covered"]) == 0
+    te = json.loads(capsys.readouterr().out)["token_exact"]
+    assert (te["tp"], te["fp"], te["fn"], te["n_notes"], te["n_pairs"]) == (2, 1, 2, 2, 2)
+    assert plausibility_main(args + ["--bootstrap", "-1"]) == 2
+    assert "--bootstrap" in capsys.readouterr().err
+
+
+def test_compare_on_notes_both_cover(tmp_path, three, capsys):
+    docs, gold = three
+    # A covers m1, m2 (m2 with a null-offset line: ran there, found nothing); B covers m1, m2, m3
+    pred_a = write_jsonl(tmp_path / "a.jsonl", [{"note_id": "m1", "code": "A", "start": 0, "end": 5},
+                                                {"note_id": "m2", "code": "A", "start": None, "end": None}])
+    pred_b = write_jsonl(tmp_path / "b.jsonl", [{"note_id": "m1", "code": "A", "start": 0, "end": 2},
+                                                {"note_id": "m2", "code": "A", "start": 0, "end": 5},
+                                                {"note_id": "m3", "code": "A", "start": 0, "end": 5},
+                                                {"note_id": "m3", "code": "B", "start": 6, "end": 8}])
+    args = ["--docs", docs, "--gold", gold, "--pred-a", pred_a, "--pred-b", pred_b]
+    assert compare_main(args + ["--seed", "3"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    te = res["token_exact"]
+    # units: m1, m2 (both cover), gold pairs (m1, A), (m2, A)
+    # A: m1 tp 2; m2 fn 2 -> F1 4 / 6 = 2/3.  B: m1 "aa" tp 1 fn 1; m2 tp 2 -> F1 6 / 7
+    assert (te["n_notes"], te["n_pairs"], te["n_gold_notes"], te["n_gold_pairs"]) == (2, 2, 3, 4)
+    assert te["a"] == pytest.approx(2 / 3) and te["b"] == pytest.approx(6 / 7)
+    assert te["delta"] == pytest.approx(2 / 3 - 6 / 7)
+    # resamples (k = times m1 is drawn of 2, p 1/4, 1/2, 1/4): k=2: A 4/4 = 1, B tp 2 fn 2 -> 2/3,
+    # delta +1/3; k=1: 2/3 - 6/7 = -4/21; k=0: A 0, B 1 -> -1. 2.5% and 97.5% quantiles: -1, +1/3
+    lo, hi = te["delta_ci"]
+    assert lo == pytest.approx(-1.0) and hi == pytest.approx(1 / 3)
+    # span exact: A m1 tp 1, m2 fn 1 -> 2/3; B m1 fp 1 fn 1, m2 tp 1 -> 2/4
+    assert res["span_exact"]["a"] == pytest.approx(2 / 3) and res["span_exact"]["b"] == pytest.approx(0.5)
+    # --units gold: all 4 gold pairs, m3 empty for A
+    assert compare_main(args + ["--units", "gold", "--bootstrap", "0"]) == 0
+    te = json.loads(capsys.readouterr().out)["token_exact"]
+    assert (te["n_notes"], te["n_pairs"], te["delta_ci"]) == (3, 4, None)
+    # A: tp 2, fn 5 -> 4/9; B: tp 1+2+2+1 = 6, fn 1 -> 12/13
+    assert te["a"] == pytest.approx(4 / 9) and te["b"] == pytest.approx(12 / 13)
+
+
+def test_compare_errors(tmp_path, three, capsys):
+    docs, gold = three
+    a = write_jsonl(tmp_path / "a.jsonl", [{"note_id": "m1", "code": "A", "start": 0, "end": 5}])
+    b = write_jsonl(tmp_path / "b.jsonl", [{"note_id": "m2", "code": "A", "start": 0, "end": 5}])
+    assert compare_main(["--docs", docs, "--gold", gold, "--pred-a", a, "--pred-b", b]) == 2
+    err = capsys.readouterr().err
+    assert "no units to compare" in err and "a.jsonl" in err and "none by both" in err
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"note_id": "m1", "code": "A", "start": 0, "end": 5},
+                                               {"note_id": "m1", "code": "A", "start": None, "end": 3}])
+    assert compare_main(["--docs", docs, "--gold", gold, "--pred-a", a, "--pred-b", bad]) == 2
+    assert "bad.jsonl:2: start/end must be integers" in capsys.readouterr().err
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"note_id": "zz", "code": "A", "start": None, "end": None}])
+    assert compare_main(["--docs", docs, "--gold", gold, "--pred-a", bad, "--pred-b", a]) == 2
+    assert "bad.jsonl:1: unknown note_id 'zz'" in capsys.readouterr().err
+
+
+def test_module_dispatches_compare(tmp_path, three, capsys):
+    from rationale_kit.__main__ import main
+
+    docs, gold = three
+    a = write_jsonl(tmp_path / "a.jsonl", [{"note_id": "m1", "code": "A", "start": 0, "end": 5}])
+    assert main(["compare", "--docs", docs, "--gold", gold, "--pred-a", a, "--pred-b", a, "--bootstrap", "50"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["span_exact"]["delta"] == 0.0 and res["span_exact"]["delta_ci"] == [0.0, 0.0]

@@ -387,6 +387,35 @@ def test_aopc_curve_known_ranking():
     assert agg.k.isna().all() and len(agg) == 4
 
 
+def test_eraser_aopc_is_the_scripts_average_over_bins():
+    # ERASER's metrics.py (_instances_aopc): drops p - p_k per instance and bin, then np.average over
+    # the flattened [instances x bins] array: the mean over the |B| bins (no k = 0 bin), averaged
+    # over instances. Two pairs, bins 10% and 50%, additive logits (sum of the kept words' weights):
+    #   n0 "a1 a2 a3 a4", weights 2, 1, 0, -1, ranked a1 > a2 > a3 > a4; p = sig(2)
+    #     10%: ceil(0.4) = 1 unit  -> comp sig(2) - sig(0),  suff sig(2) - sig(2) = 0
+    #     50%: 2 units (a1, a2)     -> comp sig(2) - sig(-1), suff sig(2) - sig(3)
+    #   n1 "b1 b2", weights 1, 0.5, ranked b2 > b1; p = sig(1.5)
+    #     10% and 50%: 1 unit (b2) -> comp sig(1.5) - sig(1), suff sig(1.5) - sig(0.5)
+    texts = ["a1 a2 a3 a4", "b1 b2"]
+    w = {"a1": 2.0, "a2": 1.0, "a3": 0.0, "a4": -1.0, "b1": 1.0, "b2": 0.5}
+    model = make_model(texts, ["X"], {("X", t): v for t, v in w.items()}, default=0.0)
+    docs = docs_frame(texts, [["X"], ["X"]])
+    tab = score_table(model, docs, "X", {"n0": [4, 3, 2, 1], "n1": [1, 2]})
+    out = faithfulness_scored(model, docs, tab, aopc_k=[10.0, 50.0], code_set="gold", progress=False)
+    comp = np.array([[sig(2) - sig(0), sig(2) - sig(-1)], [sig(1.5) - sig(1), sig(1.5) - sig(1)]])
+    suff = np.array([[0.0, sig(2) - sig(3)], [sig(1.5) - sig(0.5), sig(1.5) - sig(0.5)]])
+    agg = out[out.k.isna() & (out.control == "rationale")].set_index(["measure", "note_id"])["value"]
+    for measure, drops in (("aopc_comp", comp), ("aopc_suff", suff)):
+        # per pair: mean over the 2 bins (the paper's printed 1 / (|B| + 1) would divide by 3)
+        assert agg[(measure, "n0")] == pytest.approx(drops[0].mean(), abs=1e-6)
+        assert agg[(measure, "n1")] == pytest.approx(drops[1].mean(), abs=1e-6)
+        assert agg[(measure, "n0")] != pytest.approx(drops[0].sum() / 3, abs=1e-3)
+        # the table's summary (mean over pairs) is the script's flattened average
+        s = summarise(out[out.k.isna()])
+        row = s[(s.measure == measure) & (s.control == "rationale")]
+        assert row["mean"].iloc[0] == pytest.approx(np.average(drops), abs=1e-6)
+
+
 def test_scores_mapped_to_words_by_max():
     text = "abcdef gh ijklmn"  # pieces: abc def gh ijk lmn
     weights = {("X", "abc"): 1.0, ("X", "def"): 2.0, ("X", "gh"): 0.5, ("X", "ijk"): -1.0, ("X", "lmn"): 0.25}

@@ -68,7 +68,10 @@ def test_overlapping_adjacent_nested_discontinuous():
     # IoU: {aa} vs {aa,bb} = .5 ok; {bb} vs {aa,bb} = .5 ok; {bb,cc} 1/3 with both; {aa@15} 0
     iou = res["span_iou_f1"]
     assert (iou["n_pred"], iou["correct_pred"], iou["n_gold"], iou["matched_gold"]) == (4, 2, 2, 1)
-    close(iou, 0.5, 0.5, 0.5)
+    # ERASER's partial_match_score: recall = matched *predicted* spans / gold spans = 2 / 2
+    close(iou, 0.5, 1.0, 2 / 3)
+    # the gold-matched variant (the workbook's earlier definition) keeps its own name
+    close(pl.span_iou_f1(gold, pred, DOCS, recall="gold_matched"), 0.5, 0.5, 0.5)
 
 
 def test_numbers_above_ten_dropped_and_word_unit():
@@ -242,13 +245,173 @@ def test_tune_threshold_and_missing_pairs():
 
 
 def test_binarise():
-    out = pl.binarise(scores(RAW), threshold=0.15)  # units 0,1,2 -> one run
+    out = pl.binarise(scores(RAW), threshold=0.15, level="unit")  # units 0,1,2 -> one run
     assert out[["start", "end"]].values.tolist() == [[0, 8]]
     assert out.iloc[0].source == "attn" and list(out.columns[:6]) == ["note_id", "code", "start", "end", "granularity", "source"]
     out = pl.binarise(scores(RAW), topk=2)  # .4 and the first .2 (unit 1)
     assert out[["start", "end"]].values.tolist() == [[0, 5]]
-    out = pl.binarise(scores(RAW), threshold=0.05)  # units 0,1,2 and 5,6
+    out = pl.binarise(scores(RAW), threshold=0.05, level="unit")  # units 0,1,2 and 5,6
     assert out[["start", "end"]].values.tolist() == [[0, 8], [15, 20]]
-    assert len(pl.binarise(scores(RAW).iloc[:0], threshold=0.1)) == 0
+    # at token level (the default with a threshold) "12" is no MDACE token: tokens aa(.4) bb(.2)
+    # pass .15 -> [0, 5); at .05 also aa@15(.1) bb@18(.1) -> [15, 20)
+    out = pl.binarise(scores(RAW), threshold=0.15, docs=DOCS)
+    assert out[["start", "end"]].values.tolist() == [[0, 5]]
+    out = pl.binarise(scores(RAW), threshold=0.05, docs=DOCS)
+    assert out[["start", "end"]].values.tolist() == [[0, 5], [15, 20]]
+    assert len(pl.binarise(scores(RAW).iloc[:0], threshold=0.1, docs=DOCS)) == 0
     with pytest.raises(ValueError):
         pl.binarise(scores(RAW))
+    with pytest.raises(ValueError, match="needs docs"):
+        pl.binarise(scores(RAW), threshold=0.1)
+
+
+# --- reference-exact definitions, worked by hand ---------------------------------------------------
+
+# positions: "Severe"0-6 "diabetes"7-15 ","15 "25"17-19 "mg"20-22 "²"23 "ok"25-27
+TEXT2 = "Severe diabetes, 25 mg ² ok"
+DOCS2 = pd.DataFrame({"note_id": ["m1", "m2"], "text": [TEXT2, TEXT]})
+
+
+def counts(res, measure):
+    r = res[measure]
+    return (r["tp"], r["fp"], r["fn"])
+
+
+def test_mdace_tokens_come_from_the_span_text():
+    # pair A: gold "diabetes"[7,15), pred "diab"[7,11) cuts the word.
+    #   MDACE token exact: gold {7}, pred {7} (token "diab" starts at 7)   -> 1, 0, 0
+    #   MDACE token PI: {"diabetes"} vs {"diab"}                          -> 0, 1, 1
+    #   overlap variants: both cover the note token "diabetes"            -> 1, 0, 0
+    # pair B: gold "diabetes"[7,15), pred "abetes"[9,15)
+    #   MDACE token exact: {7} vs {9} -> 0, 1, 1; token PI: {"diabetes"} vs {"abetes"} -> 0, 1, 1
+    #   overlap: 1, 0, 0 (and the same for PI)
+    gold = spans(("m1", "A", 7, 15), ("m1", "B", 7, 15))
+    pred = spans(("m1", "A", 7, 11), ("m1", "B", 9, 15))
+    res = pl.span_plausibility(gold, pred, DOCS2)
+    assert counts(res, "token_exact") == (1, 1, 1)
+    assert counts(res, "token_position_independent") == (0, 2, 2)
+    assert counts(res, "token_exact_overlap") == (2, 0, 0)
+    assert counts(res, "token_position_independent_overlap") == (2, 0, 0)
+    assert counts(res, "span_exact") == (0, 2, 2)
+    assert counts(res, "span_position_independent") == (0, 2, 2)  # "diab", "abetes" vs "diabetes"
+    close(res["token_exact"], 0.5, 0.5, 0.5)
+
+
+def test_numbers_above_ten_and_superscript_digits():
+    # gold "25 mg ² ok"[17,27): span tokens 25 (dropped: a number > 10), mg@20, ²@23 ("²" is a
+    # digit worth 2 <= 10: kept; int("²") would raise), ok@25. pred "25 mg"[17,22): mg@20.
+    # pred "25"[17,19) of pair B has no token at all.
+    assert pl.mdace_span_tokens(TEXT2, 17, 27) == [(20, "mg"), (23, "²"), (25, "ok")]
+    gold = spans(("m1", "A", 17, 27), ("m1", "B", 17, 22))
+    pred = spans(("m1", "A", 17, 22), ("m1", "B", 17, 19))
+    res = pl.span_plausibility(gold, pred, DOCS2)
+    # A: {20,23,25} vs {20} -> tp 1, fn 2; B: {20} vs {} -> fn 1
+    assert counts(res, "token_exact") == (1, 0, 3)
+    assert counts(res, "token_position_independent") == (1, 0, 3)
+    from rationale_kit.text import mdace_tokens
+    assert [t for _, _, t in mdace_tokens("x ² 10² 7 12")] == ["x", "²", "7"]  # 10² = 102 > 10
+
+
+def test_duplicates_within_and_across_pairs():
+    # the same span under two codes is two keys (the code is part of every key); a span given twice
+    # for one pair is one key; "aa" at 0 and at 15 is one position-independent key.
+    gold = spans(("n1", "A", 0, 2), ("n1", "A", 15, 17), ("n1", "B", 0, 2))
+    pred = spans(("n1", "A", 0, 2), ("n1", "A", 0, 2))
+    res = pl.span_plausibility(gold, pred, DOCS)
+    assert counts(res, "span_exact") == (1, 0, 2)  # A: {0-2, 15-17} vs {0-2}; B: missed
+    assert counts(res, "span_position_independent") == (1, 0, 1)  # A: {"aa"} vs {"aa"}; B: {"aa"} missed
+    assert counts(res, "token_exact") == (1, 0, 2)
+    assert counts(res, "token_position_independent") == (1, 0, 1)
+    iou = res["span_iou_f1"]
+    assert (iou["n_pred"], iou["n_gold"], iou["correct_pred"]) == (1, 3, 1)
+
+
+def test_eraser_iou_counts_predicted_spans():
+    # gold: one span "aa bb 12 cc dd" -> token range [0, 4) {aa, bb, cc, dd}; predictions
+    # "aa bb" [0, 2) and "cc dd" [2, 4): IoU 2/4 each -> both correct (>= 0.5).
+    # "aa " and "aa" map to the same token range [0, 1) and count once (IoU 1/4: not correct).
+    # ERASER: P = 2 / 3, R = correct predicted / gold = 2 / 1, F1 = 2PR / (P + R) = (8/3) / (8/3) = 1
+    # gold-matched variant: R = 1 / 1, F1 = 2 (2/3) / (5/3) = 0.8
+    gold = spans(("n1", "A", 0, 14))
+    pred = spans(("n1", "A", 0, 5), ("n1", "A", 9, 14), ("n1", "A", 0, 3), ("n1", "A", 0, 2))
+    res = pl.span_iou_f1(gold, pred, DOCS)
+    assert (res["n_pred"], res["n_gold"], res["correct_pred"], res["matched_gold"]) == (3, 1, 2, 1)
+    close(res, 2 / 3, 2.0, 1.0)
+    assert (res["tp"], res["fp"], res["fn"]) == (2, 1, -1)
+    close(res["macro"], 2 / 3, 2.0, 1.0)
+    old = pl.span_iou_f1(gold, pred, DOCS, recall="gold_matched")
+    close(old, 2 / 3, 1.0, 0.8)
+    # macro: recall over gold pairs, precision over pairs with predictions, then F1 of the means.
+    # A: as above (r 2, p 2/3); B: gold "ee", no prediction (r 0, not in the precision mean)
+    gold2 = pd.concat([gold, spans(("n1", "B", 21, 23))], ignore_index=True)
+    res = pl.span_iou_f1(gold2, pred, DOCS)
+    close(res["macro"], 2 / 3, 1.0, 0.8)
+    close(res, 2 / 3, 1.0, 0.8)  # micro: 2 correct of 3 predicted; 2 of 2 gold
+
+
+def test_pairs_gold_notes_is_mdace_scorers_unit():
+    gold = spans(("n1", "A", 0, 5))
+    pred = spans(("n1", "A", 0, 5), ("n1", "Z", 9, 11), ("n2", "Y", 0, 2))
+    assert counts(pl.mdace_measures(gold, pred, DOCS), "span_exact") == (1, 0, 0)
+    assert counts(pl.mdace_measures(gold, pred, DOCS, pairs="gold_notes"), "span_exact") == (1, 1, 0)
+    assert counts(pl.mdace_measures(gold, pred, DOCS, pairs="all"), "span_exact") == (1, 2, 0)
+    with pytest.raises(ValueError, match="pairs"):
+        pl.mdace_measures(gold, pred, DOCS, pairs="notes")
+
+
+def test_per_note_counts_sum_to_pooled_counts():
+    gold = pd.concat([
+        spans(("n1", "A", 0, 5), ("n1", "A", 12, 14), ("n2", "A", 0, 5), ("n2", "B", 21, 23), granularity="mention"),
+    ], ignore_index=True)
+    pred = spans(("n1", "A", 0, 3), ("n1", "A", 15, 20), ("n2", "A", 9, 11), ("n2", "C", 0, 2))
+    per = pl.per_note_counts(gold, pred, DOCS, measures=pl.COUNT_MEASURES)
+    assert set(per.note_id) == {"n1", "n2"} and list(per.columns) == ["note_id", "measure", "n_pairs", "tp", "fp", "fn"]
+    assert per[per.measure == "span_exact"].set_index("note_id")["n_pairs"].to_dict() == {"n1": 1, "n2": 2}
+    pooled = pl.span_plausibility(gold, pred, DOCS)
+    table = pl.plausibility_table(gold, {"x": pred}, DOCS, by=("source",)).set_index("measure")
+    for m in pl.COUNT_MEASURES:
+        sums = tuple(int(v) for v in per[per.measure == m][["tp", "fp", "fn"]].sum())
+        assert sums == counts(pooled, m), m
+        assert sums == tuple(int(table.loc[m, c]) for c in ("tp", "fp", "fn")), m
+    # n1 MDACE token exact: gold {0, 3, 12} vs pred "aa "[0,3) {0} + "aa bb"[15,20) {15, 18}
+    n1 = per[(per.note_id == "n1") & (per.measure == "token_exact")].iloc[0]
+    assert (n1.tp, n1.fp, n1.fn) == (1, 2, 2)
+    # a note whose pairs get no prediction is kept with zero tp/fp
+    only = pl.per_note_counts(gold, pred[pred.note_id == "n1"], DOCS)
+    n2 = only[(only.note_id == "n2") & (only.measure == "span_exact")].iloc[0]
+    assert (n2.tp, n2.fp, n2.fn, n2.n_pairs) == (0, 0, 2, 2)
+    with pytest.raises(ValueError, match="eraser_token_macro"):
+        pl.per_note_counts(gold, pred, DOCS, measures=("eraser_token_macro",))
+    long = pl.pair_counts(gold, pred, DOCS)
+    assert len(long) == 3 * len(pl.COUNT_MEASURES)
+
+
+# note m3 = "diabetes mellitus type"; PLM-ICD-like word pieces with raw scores summing to 1:
+# dia[0,3) .1, betes[3,8) .1, mell[9,13) .3, itus[13,17) .3, type[18,22) .2
+# words (sum of their pieces): diabetes .2, mellitus .6, type .2
+PIECES = pd.DataFrame({
+    "note_id": "m3", "code": "E11", "source": "attention", "method": "attention", "model": "plm_icd",
+    "unit": np.arange(5), "start": [0, 3, 9, 13, 18], "end": [3, 8, 13, 17, 22], "score": [0.1, 0.1, 0.3, 0.3, 0.2],
+})
+DOCS3 = pd.DataFrame({"note_id": ["m3"], "text": ["diabetes mellitus type"]})
+
+
+def test_threshold_binarises_at_the_level_it_was_tuned_at():
+    gold = spans(("m3", "E11", 0, 17))  # "diabetes mellitus"
+    # tuned on words: > .15 selects all 3 words (tp 2, fp 1: F1 .8); > .25 only mellitus (F1 2/3)
+    t = pl.tune_soft_threshold(PIECES, gold, DOCS3, grid=[0.15, 0.25])
+    assert t == 0.15
+    tuned = pl.soft_plausibility(PIECES, gold, DOCS3, threshold=t)
+    assert (tuned["tp"], tuned["fp"], tuned["fn"]) == (2, 1, 0)
+    words = pl.binarise(PIECES, threshold=t, docs=DOCS3)
+    assert words[["start", "end"]].values.tolist() == [[0, 22]]
+    res = pl.span_plausibility(gold, words, DOCS3)
+    assert counts(res, "token_exact_overlap") == (2, 1, 0)  # the tuned selection exactly
+    # per piece, .15 drops dia/betes (.1 each): "mellitus type" only
+    pieces = pl.binarise(PIECES, threshold=t, docs=DOCS3, level="unit")
+    assert pieces[["start", "end"]].values.tolist() == [[9, 22]]
+    assert counts(pl.span_plausibility(gold, pieces, DOCS3), "token_exact_overlap") == (1, 1, 1)
+    # > .25: mellitus (.6) at both levels
+    assert pl.binarise(PIECES, threshold=0.25, docs=DOCS3)[["start", "end"]].values.tolist() == [[9, 17]]
+    # max aggregation as tuned with agg="max": words .1, .3, .2 -> > .15 selects mellitus, type
+    assert pl.binarise(PIECES, threshold=0.15, docs=DOCS3, agg="max")[["start", "end"]].values.tolist() == [[9, 22]]

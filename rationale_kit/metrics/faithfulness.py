@@ -43,8 +43,14 @@ score``): each unit of the chosen kind gets the maximum score of the score rows 
 - ``variant="eraser"`` (DeYoung et al. 2020): for each ``k`` in ``aopc_k`` (percent, default 1, 5,
   10, 20, 50) ``m_k = ceil(k * n / 100)`` units (at least 1, at most ``n``) are the top-k
   rationale; ``aopc_comp`` at ``k`` = ``p - p(x without top m_k)``, ``aopc_suff`` at ``k`` =
-  ``p - p(only top m_k)``. The aggregate (row with ``k`` NaN) is the mean over the ``k`` values
-  (ERASER's own formula divides by ``|B| + 1``, counting a zero-removal bin; this one does not).
+  ``p - p(only top m_k)``. The aggregate (row with ``k`` NaN) is the mean over the ``|B|`` values
+  of ``k``, and its mean over pairs (:func:`summarise`) is exactly what ERASER's
+  ``rationale_benchmark/metrics.py`` reports as AOPC (``np.average`` over the instances x bins
+  drops, default bins 1, 5, 10, 20, 50%; no zero-removal bin). The ERASER paper's printed
+  formula divides by ``|B| + 1`` instead, with a ``k = 0`` bin; that normalisation is not
+  offered (its ``k = 0`` sufficiency term, keeping nothing, is not computed here). For
+  comprehensiveness the ``k = 0`` term is 0 (nothing removed), so the paper's number is
+  ``|B| / (|B| + 1)`` times this one.
 - ``variant="edin"`` (Edin et al. 2024, words; ``unit`` defaults to ``"word"`` here): with
   ``S = word_steps`` (50) and steps ``i = 0..S-1``: ``edin_comp`` step ``i`` =
   ``(p - p(x without the top min(2i, n) words)) / p``; ``edin_suff`` step ``i`` =

@@ -7,32 +7,56 @@ Conventions
 -----------
 * **Pairs.** The evaluation unit is a ``(note_id, code)`` pair. With ``pairs="gold"`` (default,
   METHOD.md: "pairs with human spans") only pairs having at least one gold span are evaluated and
-  predicted spans of other pairs are ignored; ``pairs="all"`` evaluates the union of gold and
-  predicted pairs (predictions for codes without gold spans then count as false positives).
-* **Tokens.** ``unit="mdace"`` (default): :func:`rationale_kit.text.mdace_tokens` of the *note*
-  (``\\w+`` on the lower-cased text, numbers above 10 dropped); ``unit="word"``: every ``\\w+`` word
-  (:func:`rationale_kit.text.word_units`, numbers kept). A span covers the note tokens it overlaps
-  by at least one character (as :func:`rationale_kit.text.span_mask`), so a span cutting a word
-  still covers the whole word, and a span with no word character covers no token.
+  predicted spans of other pairs are ignored; ``pairs="gold_notes"`` is the unit of MDACE's own
+  scorer (it loops over the notes with gold evidence and scores every code predicted there, so a
+  prediction for a code without gold in such a note is a false positive, and notes without gold
+  are ignored); ``pairs="all"`` evaluates the union of gold and predicted pairs.
 * **Zero denominators.** Precision, recall and F1 are 0 when their denominator is 0 (no
-  predictions, no gold, or precision + recall = 0). Macro averages are over the evaluated pairs
-  (0 when there are none).
+  predictions, no gold, or precision + recall = 0). MDACE's scorer gets the same 0 from its
+  ``1e-6`` smoothing (its other values differ from these exact ratios by less than 1e-5).
+  Macro averages are over the evaluated pairs (0 when there are none).
+* **Codes** are compared as given (strings; MDACE's scorer compares ``(code, code system)``
+  without normalising either). Spans are not trimmed (the scorer's trimming is an option, off by
+  default); duplicate spans of a pair count once (its counts are set operations).
 
-MDACE's four measures (:func:`mdace_measures`) — true positives etc. are set operations per note,
-summed over notes:
+MDACE's four measures (:func:`mdace_measures`, :data:`MDACE_MEASURES`), as MDACE's scorer
+(``mdace/metrics.py``, ``mdace/text.py``) computes them: per pair, sets of keys of the gold and of
+the predicted spans; ``tp = |G & P|``, ``fp = |P - G|``, ``fn = |G - P|``, summed over pairs (the
+scorer's per-note sets carry the code in every key, so per-pair sums are the same):
 
-* ``span_exact``: key ``(note, start, end, code)``;
-* ``span_position_independent``: key ``(lower-cased span text, code)`` within a note;
-* ``token_exact``: key ``(note, token start, code)``;
-* ``token_position_independent``: key ``(token text, code)`` within a note.
+* ``span_exact``: key ``(start, end)`` (and the pair's note and code);
+* ``span_position_independent``: key the lower-cased span text (spaces and punctuation kept);
+* ``token_exact``: the tokens *of each span's own text* (:func:`mdace_span_tokens`: ``\\w+`` on the
+  lower-cased covered text, numbers above 10 dropped), key the token's absolute start offset only
+  (the scorer sets a token's end to its start): a span cutting a word yields the word's fragment,
+  and a fragment starting where the gold token starts matches it;
+* ``token_position_independent``: key the token text of those span tokens.
 
-ERASER (:func:`eraser_token_prf`, :func:`span_iou_f1`): token P/R/F1 per pair, pooled (micro, equal
-to ``token_exact`` for the same pairs) and averaged over pairs (macro: mean of per-pair P, R and
-F1); span IoU-F1: a predicted span is correct when its best token IoU with a gold span of the same
-pair is ``>= 0.5``; ``P = correct predicted / predicted``, ``R = gold spans matched / gold spans``
-(a gold span is matched when some predicted span of the pair has IoU ``>= 0.5`` with it); counts
-pooled over pairs. Spans are taken as given (overlapping or nested predicted spans each count;
-identical ``(start, end)`` within a pair are counted once); IoU of spans without tokens is 0.
+The overlap variants (:data:`OVERLAP_MEASURES`, not MDACE's numbers): ``token_exact_overlap``
+(key: index of each note token a span overlaps by at least one character, tokens of
+:func:`rationale_kit.text.mdace_tokens` of the *note* for ``unit="mdace"`` or every ``\\w+`` word
+for ``unit="word"``), ``token_position_independent_overlap`` (key: those tokens' texts). A span
+cutting a word covers the whole word, a span with no word character covers no token.
+
+ERASER (``rationale_benchmark/metrics.py``; its documents are pre-tokenised, here a span's tokens
+are the note tokens it overlaps, as above):
+
+* ``eraser_token_micro`` / ``eraser_token_macro`` (:func:`eraser_token_prf`, as
+  ``score_hard_rationale_predictions`` on token-level rationales): micro pools ``tp, fp, fn`` over
+  pairs (equal to ``token_exact_overlap``); macro is the mean over the evaluated pairs of per-pair
+  P, R and F1 (0 for a pair without predictions).
+* ``span_iou_f1`` / ``span_iou_f1_macro`` (:func:`span_iou_f1`, as ``partial_match_score``): each
+  span becomes its token range ``[first, last + 1)`` (identical ranges within a pair count once);
+  a *predicted* span is correct when its best IoU with a gold range of the pair is ``>= iou``
+  (0.5; IoU 0 when the union is empty). Micro: ``P = correct / predicted``, ``R = correct / gold``
+  (ERASER counts matched predicted spans for both, so R can exceed 1 when several predictions hit
+  one gold span); ``F1 = 2PR / (P + R)``. Macro: R averaged over pairs with gold spans, P over
+  pairs with predicted spans, and the F1 of these two averages. ``recall="gold_matched"`` gives
+  the earlier workbook variant (R = gold spans reached / gold spans), never under ERASER's name.
+
+Per-pair and per-note counts (:func:`pair_counts`, :func:`per_note_counts`) of every additive
+measure (:data:`COUNT_MEASURES`) sum to the pooled counts; they feed the note bootstrap of
+:mod:`rationale_kit.metrics.uncertainty`.
 
 Soft rationales (:func:`soft_plausibility`): score table ``note_id, code, unit, start, end, score``.
 Per pair, negative scores are clipped to 0 and the scores are divided by their sum (all-zero pairs
@@ -44,6 +68,7 @@ its pair (ties broken by position).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Iterable, Literal, Mapping, Sequence
 
 import numpy as np
@@ -53,10 +78,15 @@ from ..records import SPAN_COLUMNS, DataError, merge_intervals
 from ..text import mdace_tokens, word_units
 
 Unit = Literal["mdace", "word"]
-Pairs = Literal["gold", "all"]
+Pairs = Literal["gold", "gold_notes", "all"]
 
 MDACE_MEASURES = ("span_exact", "span_position_independent", "token_exact", "token_position_independent")
-ALL_MEASURES = MDACE_MEASURES + ("eraser_token_micro", "eraser_token_macro", "span_iou_f1")
+#: The overlap-based token variants (the note's tokens a span overlaps): not MDACE's numbers.
+OVERLAP_MEASURES = ("token_exact_overlap", "token_position_independent_overlap")
+#: Measures whose counts add up over pairs and notes (pooled = sum of per-note counts).
+COUNT_MEASURES = MDACE_MEASURES + OVERLAP_MEASURES + ("eraser_token_micro", "span_iou_f1")
+ALL_MEASURES = MDACE_MEASURES + ("eraser_token_micro", "eraser_token_macro", "span_iou_f1", "span_iou_f1_macro") \
+    + OVERLAP_MEASURES
 
 
 # --- helpers -------------------------------------------------------------------------------------
@@ -77,7 +107,7 @@ def _f1(p: float, r: float) -> float:
 class Tokens:
     """Tokens of each note (cached): sorted ``starts``, ``ends`` (int64) and ``texts``."""
 
-    def __init__(self, docs: pd.DataFrame, unit: Unit = "mdace"):
+    def __init__(self, docs: pd.DataFrame, unit: Unit = "mdace", max_number: int = 10):
         if unit not in ("mdace", "word"):
             raise ValueError(f"unit must be 'mdace' or 'word', got {unit!r}")
         for col in ("note_id", "text"):
@@ -85,6 +115,7 @@ class Tokens:
                 raise DataError(f"docs: missing column {col!r}")
         self.texts = dict(zip(docs["note_id"].astype(str), docs["text"]))
         self.unit = unit
+        self.max_number = max_number
         self._cache: dict[str, tuple[np.ndarray, np.ndarray, list[str]]] = {}
 
     def text(self, note_id: str) -> str:
@@ -98,7 +129,7 @@ class Tokens:
         if hit is None:
             text = self.text(note_id)
             if self.unit == "mdace":
-                toks = mdace_tokens(text)
+                toks = mdace_tokens(text, max_number=self.max_number)
                 starts = np.array([t[0] for t in toks], dtype=np.int64)
                 ends = np.array([t[1] for t in toks], dtype=np.int64)
                 words = [t[2] for t in toks]
@@ -150,8 +181,8 @@ def _pair_spans(
     gold: pd.DataFrame, pred: pd.DataFrame, tokens: Tokens, pairs: Pairs
 ) -> tuple[list[tuple[str, str]], dict, dict]:
     """Evaluated pairs (sorted) and ``{pair: [(start, end), ...]}`` for gold and predictions."""
-    if pairs not in ("gold", "all"):
-        raise ValueError(f"pairs must be 'gold' or 'all', got {pairs!r}")
+    if pairs not in ("gold", "gold_notes", "all"):
+        raise ValueError(f"pairs must be 'gold', 'gold_notes' or 'all', got {pairs!r}")
     gold = _check_spans(gold, tokens, "gold")
     pred = _check_spans(pred, tokens, "pred")
 
@@ -162,8 +193,166 @@ def _pair_spans(
         return out
 
     g, p = group(gold), group(pred)
-    keys = set(g) if pairs == "gold" else set(g) | set(p)
+    if pairs == "gold":
+        keys = set(g)
+    elif pairs == "gold_notes":
+        notes = {n for n, _ in g}
+        keys = set(g) | {k for k in p if k[0] in notes}
+    else:
+        keys = set(g) | set(p)
     return sorted(keys), g, p
+
+
+# --- per-pair counts ------------------------------------------------------------------------------
+
+
+def mdace_span_tokens(text: str, start: int, end: int, max_number: int = 10) -> list[tuple[int, str]]:
+    """MDACE's scorer tokens of one span: ``(absolute token start, token text)`` for the ``\\w+``
+    tokens of the lower-cased ``text[start:end]`` (numbers above ``max_number`` dropped; see
+    :func:`rationale_kit.text.mdace_tokens`). Offsets are those of the lower-cased span text added
+    to ``start``, as the scorer does (they differ from the raw text only where lower-casing
+    changes a string's length, e.g. "İ")."""
+    return [(start + a, tok) for a, _, tok in mdace_tokens(text[start:end], max_number=max_number)]
+
+
+def _iou_match(gr: list[tuple[int, int]], pr: list[tuple[int, int]], iou: float) -> tuple[int, int]:
+    """ERASER ``partial_match_score`` on token ranges ``[lo, hi)`` of one pair: (predicted ranges
+    whose best IoU with a gold range is ``>= iou``, gold ranges some prediction reaches)."""
+    if not pr:
+        return 0, 0
+    g = np.asarray(gr, dtype=np.int64).reshape(-1, 2)
+    q = np.asarray(pr, dtype=np.int64).reshape(-1, 2)
+    inter = np.clip(np.minimum(q[:, None, 1], g[None, :, 1]) - np.maximum(q[:, None, 0], g[None, :, 0]), 0, None)
+    union = (q[:, None, 1] - q[:, None, 0]) + (g[None, :, 1] - g[None, :, 0]) - inter
+    m = np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+    best = m.max(axis=1) if len(g) else np.zeros(len(q))  # ERASER starts each best IoU at 0.0
+    return int((best >= iou).sum()), int((m >= iou).any(axis=0).sum()) if len(g) else 0
+
+
+def _pair_counts(keys, g: dict, p: dict, tokens: Tokens, iou: float) -> tuple[np.ndarray, np.ndarray]:
+    """``[n_pairs, len(COUNT_MEASURES), 3]`` (tp, fp, fn) per pair and the gold spans matched by
+    span IoU per pair (``[n_pairs]``)."""
+    out = np.zeros((len(keys), len(COUNT_MEASURES), 3), dtype=np.int64)
+    matched = np.zeros(len(keys), dtype=np.int64)
+    for i, (nid, code) in enumerate(keys):
+        text = tokens.text(nid)
+        words = tokens.get(nid)[2]
+        sides = []
+        for table in (g, p):
+            spans = set(table.get((nid, code), ()))
+            span_pi = {text[s:e].lower() for s, e in spans}
+            tok = [t for s, e in spans for t in mdace_span_tokens(text, s, e, tokens.max_number)]
+            ranges = {(r.start, r.stop) for r in (tokens.covered(nid, s, e) for s, e in spans)}
+            over = {t for lo, hi in ranges for t in range(lo, hi)}
+            sides.append((spans, span_pi, {a for a, _ in tok}, {w for _, w in tok}, over,
+                          {words[t] for t in over}, over, sorted(ranges)))
+        gs, ps = sides
+        for j in range(len(COUNT_MEASURES) - 1):
+            a, b = gs[j], ps[j]
+            out[i, j] = (len(a & b), len(b - a), len(a - b))
+        correct, matched[i] = _iou_match(gs[-1], ps[-1], iou)
+        out[i, -1] = (correct, len(ps[-1]) - correct, len(gs[-1]) - correct)
+    return out, matched
+
+
+@dataclass(frozen=True)
+class _Evaluated:
+    keys: list  # evaluated (note_id, code) pairs, sorted
+    counts: np.ndarray  # [n_pairs, len(COUNT_MEASURES), 3]
+    matched_gold: np.ndarray  # [n_pairs]
+
+
+def _evaluate(gold, pred, tokens: Tokens, pairs: Pairs, iou: float) -> _Evaluated:
+    keys, g, p = _pair_spans(gold, pred, tokens, pairs)
+    counts, matched = _pair_counts(keys, g, p, tokens, iou)
+    return _Evaluated(keys, counts, matched)
+
+
+def _pooled(ev: _Evaluated, measure: str) -> dict:
+    return prf(*ev.counts[:, COUNT_MEASURES.index(measure)].sum(axis=0)) if len(ev.keys) else prf(0, 0, 0)
+
+
+def _per_pair_prf(c: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    tp, fp, fn = (c[:, k].astype(np.float64) for k in range(3))
+    p = np.divide(tp, tp + fp, out=np.zeros_like(tp), where=tp + fp > 0)
+    r = np.divide(tp, tp + fn, out=np.zeros_like(tp), where=tp + fn > 0)
+    f = np.divide(2 * p * r, p + r, out=np.zeros_like(tp), where=p + r > 0)
+    return p, r, f
+
+
+def _eraser_token_macro(ev: _Evaluated) -> dict:
+    p, r, f = _per_pair_prf(ev.counts[:, COUNT_MEASURES.index("eraser_token_micro")])
+    mean = (lambda v: float(v.mean()) if len(v) else 0.0)
+    return {"precision": mean(p), "recall": mean(r), "f1": mean(f), "n_pairs": len(ev.keys)}
+
+
+def _span_iou(ev: _Evaluated, recall: str = "eraser") -> dict:
+    c = ev.counts[:, COUNT_MEASURES.index("span_iou_f1")]
+    tp, n_pred, n_gold = c[:, 0], c[:, 0] + c[:, 1], c[:, 0] + c[:, 2]
+    correct, matched = int(tp.sum()), int(ev.matched_gold.sum())
+    hits = correct if recall == "eraser" else matched
+    prec = correct / n_pred.sum() if n_pred.sum() else 0.0
+    rec = hits / n_gold.sum() if n_gold.sum() else 0.0
+    # macro as partial_match_score: recall averaged over pairs with gold spans, precision over
+    # pairs with predicted spans, then the F1 of the two averages
+    rs = tp[n_gold > 0] / n_gold[n_gold > 0]
+    ps = tp[n_pred > 0] / n_pred[n_pred > 0]
+    mr = float(rs.mean()) if len(rs) else 0.0
+    mp = float(ps.mean()) if len(ps) else 0.0
+    return {
+        "n_pred": int(n_pred.sum()), "n_gold": int(n_gold.sum()), "correct_pred": correct, "matched_gold": matched,
+        "tp": hits, "fp": int(n_pred.sum()) - correct, "fn": int(n_gold.sum()) - hits,
+        "precision": prec, "recall": rec, "f1": _f1(prec, rec),
+        "macro": {"precision": mp, "recall": mr, "f1": _f1(mp, mr), "n_pairs": len(ev.keys)},
+    }
+
+
+def pair_counts(
+    gold: pd.DataFrame, pred: pd.DataFrame, docs: pd.DataFrame, pairs: Pairs = "gold", unit: Unit = "mdace",
+    iou: float = 0.5,
+) -> pd.DataFrame:
+    """Long table ``note_id, code, measure, tp, fp, fn``: one row per evaluated pair and measure of
+    :data:`COUNT_MEASURES` (sums over pairs are the pooled counts; see module doc)."""
+    ev = _evaluate(gold, pred, Tokens(docs, unit), pairs, iou)
+    return _long_counts(ev)
+
+
+def _long_counts(ev: _Evaluated) -> pd.DataFrame:
+    n, m = len(ev.keys), len(COUNT_MEASURES)
+    c = ev.counts.reshape(n * m, 3)
+    return pd.DataFrame({
+        "note_id": np.repeat(np.asarray([k[0] for k in ev.keys], dtype=object), m),
+        "code": np.repeat(np.asarray([k[1] for k in ev.keys], dtype=object), m),
+        "measure": np.tile(np.asarray(COUNT_MEASURES, dtype=object), n),
+        "tp": c[:, 0], "fp": c[:, 1], "fn": c[:, 2],
+    })
+
+
+def per_note_counts(
+    gold: pd.DataFrame, pred: pd.DataFrame, docs: pd.DataFrame, measures: Sequence[str] = MDACE_MEASURES,
+    pairs: Pairs = "gold", unit: Unit = "mdace", iou: float = 0.5,
+) -> pd.DataFrame:
+    """Additive per-note counts for the bootstrap (:mod:`rationale_kit.metrics.uncertainty`):
+    columns ``note_id, measure, n_pairs, tp, fp, fn``, one row per evaluated note (every note with
+    an evaluated pair, zero counts included) and measure of ``measures`` (a subset of
+    :data:`COUNT_MEASURES`; macro measures are not sums of per-note counts). Column sums per
+    measure are the pooled counts of :func:`mdace_measures` / :func:`plausibility_table`.
+    ``span_iou_f1``: ``tp`` = predicted spans matched, ``fp = n_pred - tp``, ``fn = n_gold - tp``
+    (ERASER's recall divides matched *predicted* spans by gold spans, so ``fn`` can be negative
+    on a note where several predictions match one gold span)."""
+    bad = [m for m in measures if m not in COUNT_MEASURES]
+    if bad:
+        raise ValueError(f"measures: {bad} have no additive counts; choose from {list(COUNT_MEASURES)}")
+    ev = _evaluate(gold, pred, Tokens(docs, unit), pairs, iou)
+    return _note_counts(ev, measures)
+
+
+def _note_counts(ev: _Evaluated, measures: Sequence[str]) -> pd.DataFrame:
+    long = _long_counts(ev)
+    long = long[long["measure"].isin(list(measures))]
+    out = (long.assign(n_pairs=1).groupby(["note_id", "measure"], sort=True)[["n_pairs", "tp", "fp", "fn"]]
+           .sum().reset_index())
+    return out.astype({"n_pairs": "int64", "tp": "int64", "fp": "int64", "fn": "int64"})
 
 
 # --- MDACE ---------------------------------------------------------------------------------------
@@ -173,36 +362,10 @@ def mdace_measures(
     gold: pd.DataFrame, pred: pd.DataFrame, docs: pd.DataFrame, pairs: Pairs = "gold",
     unit: Unit = "mdace", _tokens: Tokens | None = None,
 ) -> dict[str, dict]:
-    """MDACE's four measures, each ``{tp, fp, fn, precision, recall, f1}`` (see module doc)."""
-    tokens = _tokens or Tokens(docs, unit)
-    keys, g, p = _pair_spans(gold, pred, tokens, pairs)
-    by_note: dict[str, list[str]] = {}
-    for nid, code in keys:
-        by_note.setdefault(nid, []).append(code)
-    counts = {m: [0, 0, 0] for m in MDACE_MEASURES}
-
-    def add(measure: str, gs: set, ps: set) -> None:
-        c = counts[measure]
-        c[0] += len(gs & ps)
-        c[1] += len(ps - gs)
-        c[2] += len(gs - ps)
-
-    for nid, codes in by_note.items():
-        text = tokens.text(nid)
-        _, _, words = tokens.get(nid)
-        sets = {side: {m: set() for m in MDACE_MEASURES} for side in ("g", "p")}
-        for code in codes:
-            for side, table in (("g", g), ("p", p)):
-                for s, e in table.get((nid, code), ()):
-                    ks = sets[side]
-                    ks["span_exact"].add((s, e, code))
-                    ks["span_position_independent"].add((text[s:e].lower(), code))
-                    for t in tokens.covered(nid, s, e):
-                        ks["token_exact"].add((t, code))
-                        ks["token_position_independent"].add((words[t], code))
-        for m in MDACE_MEASURES:
-            add(m, sets["g"][m], sets["p"][m])
-    return {m: prf(*counts[m]) for m in MDACE_MEASURES}
+    """MDACE's four measures as its scorer computes them, each ``{tp, fp, fn, precision, recall,
+    f1}`` (see module doc); ``unit`` only matters for the other measures."""
+    ev = _evaluate(gold, pred, _tokens or Tokens(docs, unit), pairs, 0.5)
+    return {m: _pooled(ev, m) for m in MDACE_MEASURES}
 
 
 # --- ERASER --------------------------------------------------------------------------------------
@@ -220,56 +383,24 @@ def eraser_token_prf(
     pairs: Pairs = "gold", _tokens: Tokens | None = None,
 ) -> dict[str, dict]:
     """ERASER token-level P/R/F1: ``{"micro": prf(...), "macro": {precision, recall, f1, n_pairs}}``."""
-    tokens = _tokens or Tokens(docs, unit)
-    keys, g, p = _pair_spans(gold, pred, tokens, pairs)
-    tp = fp = fn = 0
-    ps, rs, fs = [], [], []
-    for nid, code in keys:
-        gs = _token_set(tokens, nid, g.get((nid, code), ()))
-        pset = _token_set(tokens, nid, p.get((nid, code), ()))
-        a, b, c = len(gs & pset), len(pset - gs), len(gs - pset)
-        tp, fp, fn = tp + a, fp + b, fn + c
-        q = prf(a, b, c)
-        ps.append(q["precision"]), rs.append(q["recall"]), fs.append(q["f1"])
-    mean = (lambda v: float(np.mean(v)) if v else 0.0)
-    return {
-        "micro": prf(tp, fp, fn),
-        "macro": {"precision": mean(ps), "recall": mean(rs), "f1": mean(fs), "n_pairs": len(keys)},
-    }
+    ev = _evaluate(gold, pred, _tokens or Tokens(docs, unit), pairs, 0.5)
+    return {"micro": _pooled(ev, "eraser_token_micro"), "macro": _eraser_token_macro(ev)}
 
 
 def span_iou_f1(
     gold: pd.DataFrame, pred: pd.DataFrame, docs: pd.DataFrame, iou: float = 0.5,
-    unit: Unit = "mdace", pairs: Pairs = "gold", _tokens: Tokens | None = None,
+    unit: Unit = "mdace", pairs: Pairs = "gold", recall: Literal["eraser", "gold_matched"] = "eraser",
+    _tokens: Tokens | None = None,
 ) -> dict:
-    """ERASER span IoU-F1 (see module doc): ``n_pred, n_gold, correct_pred, matched_gold,
-    precision, recall, f1``; ``tp = correct_pred``, ``fp = n_pred - correct_pred``,
-    ``fn = n_gold - matched_gold``."""
-    tokens = _tokens or Tokens(docs, unit)
-    keys, g, p = _pair_spans(gold, pred, tokens, pairs)
-    n_pred = n_gold = correct = matched = 0
-    for nid, code in keys:
-        gsp = [_token_set(tokens, nid, [s]) for s in dict.fromkeys(g.get((nid, code), ()))]
-        psp = [_token_set(tokens, nid, [s]) for s in dict.fromkeys(p.get((nid, code), ()))]
-        n_pred += len(psp)
-        n_gold += len(gsp)
-        if not psp or not gsp:
-            continue
-        m = np.zeros((len(psp), len(gsp)))
-        for i, a in enumerate(psp):
-            for j, b in enumerate(gsp):
-                union = len(a | b)
-                m[i, j] = len(a & b) / union if union else 0.0
-        ok = m >= iou - 1e-12
-        correct += int(ok.any(axis=1).sum())
-        matched += int(ok.any(axis=0).sum())
-    prec = correct / n_pred if n_pred else 0.0
-    rec = matched / n_gold if n_gold else 0.0
-    return {
-        "n_pred": n_pred, "n_gold": n_gold, "correct_pred": correct, "matched_gold": matched,
-        "tp": correct, "fp": n_pred - correct, "fn": n_gold - matched,
-        "precision": prec, "recall": rec, "f1": _f1(prec, rec),
-    }
+    """ERASER span IoU-F1 (``partial_match_score``, see module doc): ``n_pred, n_gold,
+    correct_pred, matched_gold, tp, fp, fn, precision, recall, f1`` (micro) and ``macro``
+    (``precision, recall, f1, n_pairs``). ``recall="eraser"`` (default): ``R = correct_pred /
+    n_gold``; ``recall="gold_matched"``: ``R = matched_gold / n_gold`` (gold spans some prediction
+    reaches; not ERASER's number), with ``tp = matched_gold``, ``fn = n_gold - matched_gold``."""
+    if recall not in ("eraser", "gold_matched"):
+        raise ValueError(f"recall must be 'eraser' or 'gold_matched', got {recall!r}")
+    ev = _evaluate(gold, pred, _tokens or Tokens(docs, unit), pairs, iou)
+    return _span_iou(ev, recall)
 
 
 def span_plausibility(
@@ -280,13 +411,15 @@ def span_plausibility(
     return _all_measures(gold, pred, Tokens(docs, unit), pairs, iou)
 
 
-def _all_measures(gold, pred, tokens: Tokens, pairs: Pairs = "gold", iou: float = 0.5) -> dict:
-    out = mdace_measures(gold, pred, None, pairs=pairs, _tokens=tokens)
-    er = eraser_token_prf(gold, pred, None, pairs=pairs, _tokens=tokens)
-    out["eraser_token_micro"] = er["micro"]
-    out["eraser_token_macro"] = er["macro"]
-    out["span_iou_f1"] = span_iou_f1(gold, pred, None, iou=iou, pairs=pairs, _tokens=tokens)
-    return out
+def _all_measures(gold, pred, tokens: Tokens, pairs: Pairs = "gold", iou: float = 0.5,
+                  _ev: _Evaluated | None = None) -> dict:
+    ev = _ev or _evaluate(gold, pred, tokens, pairs, iou)
+    out = {m: _pooled(ev, m) for m in COUNT_MEASURES if m != "span_iou_f1"}
+    out["eraser_token_macro"] = _eraser_token_macro(ev)
+    sp = _span_iou(ev)
+    out["span_iou_f1_macro"] = sp.pop("macro")
+    out["span_iou_f1"] = sp
+    return {m: out[m] for m in ALL_MEASURES}
 
 
 # --- breakdowns ----------------------------------------------------------------------------------
@@ -420,19 +553,27 @@ def soft_token_scores(
         for t in _token_set(tokens, nid, gpairs[(nid, code)]):
             mask[t] = True
         grp = groups.get((nid, code))
-        if grp is not None and len(starts):
-            us = grp["start"].to_numpy(np.int64)
-            ue = grp["end"].to_numpy(np.int64)
-            sc = grp["score"].to_numpy(np.float64)
-            lo = np.searchsorted(ends, us, side="right")
-            hi = np.maximum(np.searchsorted(starts, ue, side="left"), lo)
-            n = hi - lo
-            if n.sum():
-                idx = np.repeat(lo, n) + (np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n))
-                vals = np.repeat(sc, n)
-                (np.add.at if agg == "sum" else np.maximum.at)(tok, idx, vals)
+        if grp is not None:
+            tok = _to_tokens(starts, ends, grp["start"].to_numpy(np.int64), grp["end"].to_numpy(np.int64),
+                             grp["score"].to_numpy(np.float64), agg)
         out.append((nid, code, tok, mask))
     return out
+
+
+def _to_tokens(starts: np.ndarray, ends: np.ndarray, us: np.ndarray, ue: np.ndarray, sc: np.ndarray,
+               agg: str) -> np.ndarray:
+    """Token scores ``[n_tokens]``: the ``agg`` (sum / max) of the scores ``sc`` of the units
+    ``[us, ue)`` overlapping each token ``[starts, ends)``; 0 where no unit does."""
+    tok = np.zeros(len(starts))
+    if not len(starts) or not len(us):
+        return tok
+    lo = np.searchsorted(ends, us, side="right")
+    hi = np.maximum(np.searchsorted(starts, ue, side="left"), lo)
+    n = hi - lo
+    if n.sum():
+        idx = np.repeat(lo, n) + (np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n))
+        (np.add.at if agg == "sum" else np.maximum.at)(tok, idx, np.repeat(sc, n))
+    return tok
 
 
 def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -544,18 +685,40 @@ def soft_plausibility(
     return out
 
 
-def binarise(scores: pd.DataFrame, threshold: float | None = None, topk: int | None = None) -> pd.DataFrame:
-    """Discrete spans from a soft rationale: per ``(note_id, code)`` (and ``source, method, model``
-    when present), units are normalised as in :func:`soft_plausibility`, units scoring strictly
-    above ``threshold`` or the ``topk`` best (ties by unit order) are selected, and runs of
-    consecutive selected units (by ``unit`` index) are merged into one span from the first unit's
-    start to the last unit's end. Overlapping resulting spans are merged. Returns a span table
-    (``source`` from the scores, else ``"soft"``; ``granularity`` ``""``)."""
+def binarise(
+    scores: pd.DataFrame, threshold: float | None = None, topk: int | None = None, *,
+    docs: pd.DataFrame | None = None, level: Literal["token", "unit"] | None = None,
+    agg: Literal["sum", "max"] = "sum", unit: Unit = "mdace",
+) -> pd.DataFrame:
+    """Discrete spans from a soft rationale, per ``(note_id, code)`` (and ``source, method, model``
+    when present); each group's unit scores are normalised as in :func:`soft_plausibility`.
+
+    ``level="token"`` (the default with ``threshold``, which :func:`tune_soft_threshold` tunes on
+    token scores): unit scores are carried to the note's tokens exactly as
+    :func:`soft_token_scores` does (``agg``, ``unit``; needs ``docs``), tokens scoring strictly
+    above ``threshold`` (or the ``topk`` best, ties by position) are selected, and each run of
+    consecutive selected tokens becomes one span from its first token's start to its last token's
+    end; so a PLM-ICD word split into pieces is selected when its pieces' summed score passes the
+    threshold, as it was tuned. ``level="unit"`` (the default with ``topk``): the model's own units
+    are selected (above ``threshold`` or the ``topk`` best) and runs of consecutive unit indices
+    merged. Overlapping resulting spans are merged. Returns a span table (``source`` from the
+    scores, else ``"soft"``; ``granularity`` ``""``)."""
     if (threshold is None) == (topk is None):
         raise ValueError("give exactly one of threshold and topk")
+    level = level or ("token" if threshold is not None else "unit")
+    if level not in ("token", "unit"):
+        raise ValueError(f"level must be 'token' or 'unit', got {level!r}")
+    if agg not in ("sum", "max"):
+        raise ValueError(f"agg must be 'sum' or 'max', got {agg!r}")
     missing = [c for c in ("note_id", "code", "unit", "start", "end", "score") if c not in scores.columns]
     if missing:
         raise DataError(f"scores: missing column(s) {missing}")
+    tokens = None
+    if level == "token":
+        if docs is None:
+            raise ValueError("binarise at level='token' (the level thresholds are tuned at) needs docs; "
+                             "pass docs=..., or level='unit' to select the model's own units")
+        tokens = Tokens(docs, unit)
     keys = ["note_id", "code"] + [c for c in ("source", "method", "model") if c in scores.columns]
     extra = [c for c in ("method", "model") if c in scores.columns]
     rows = []
@@ -568,13 +731,18 @@ def binarise(scores: pd.DataFrame, threshold: float | None = None, topk: int | N
             sc = grp["score"].to_numpy()
             total = sc.sum()
             sc = sc / total if total > 0 else np.zeros_like(sc)
-            sel = _select(sc, threshold, topk)
-            units = grp["unit"].to_numpy()[sel]
-            st = grp["start"].to_numpy(np.int64)[sel]
-            en = grp["end"].to_numpy(np.int64)[sel]
+            st = grp["start"].to_numpy(np.int64)
+            en = grp["end"].to_numpy(np.int64)
+            if tokens is not None:
+                t_start, t_end, _ = tokens.get(str(key["note_id"]))
+                sel = _select(_to_tokens(t_start, t_end, st, en, sc, agg), threshold, topk)
+                index, st, en = np.flatnonzero(sel), t_start[sel], t_end[sel]
+            else:
+                sel = _select(sc, threshold, topk)
+                index, st, en = grp["unit"].to_numpy()[sel], st[sel], en[sel]
             runs = []
-            for i in range(len(units)):
-                if runs and units[i] == units[i - 1] + 1:
+            for i in range(len(index)):
+                if runs and index[i] == index[i - 1] + 1:
                     runs[-1][1] = max(runs[-1][1], en[i])
                 else:
                     runs.append([st[i], en[i]])
