@@ -227,8 +227,9 @@ def coverage_table(design: EvaluationDesign, gold: pd.DataFrame, notes: str = "r
 def pair_counts(gold: pd.DataFrame, pred: pd.DataFrame, docs: pd.DataFrame,
                 measures: Sequence[str] | None = None, unit: str = "mdace") -> pd.DataFrame:
     """``note_id, code, measure, tp, fp, fn`` of MDACE's measures for every gold pair (predictions
-    of other pairs are ignored). Summed over pairs they equal
-    :func:`rationale_kit.metrics.plausibility.mdace_measures` (``pairs="gold"``); a pair without
+    of other pairs are ignored), as :mod:`rationale_kit.metrics.plausibility` counts them (the
+    per-pair rows behind its ``per_note_counts``). Summed over pairs they equal
+    :func:`~rationale_kit.metrics.plausibility.mdace_measures` (``pairs="gold"``); a pair without
     predictions has ``tp = fp = 0``."""
     from .metrics import plausibility as P
 
@@ -236,35 +237,10 @@ def pair_counts(gold: pd.DataFrame, pred: pd.DataFrame, docs: pd.DataFrame,
     bad = [m for m in measures if m not in P.MDACE_MEASURES]
     if bad:
         raise ValueError(f"measures: {bad} are not MDACE measures {list(P.MDACE_MEASURES)}")
-    tokens = P.Tokens(docs, unit)
-    gold = P._check_spans(gold, tokens, "gold")
-    pred = P._check_spans(pred, tokens, "pred")
-    pred = restrict(pred, set(zip(gold.note_id, gold.code)))
-    g_by = gold.groupby(["note_id", "code"], sort=True)
-    p_by = dict(list(pred.groupby(["note_id", "code"], sort=False))) if len(pred) else {}
-    rows = []
-    for (nid, code), gpart in g_by:
-        text = tokens.text(nid)
-        _, _, words = tokens.get(nid)
-        ppart = p_by.get((nid, code))
-        sets = []
-        for part in (gpart, ppart):
-            ks = {m: set() for m in measures}
-            if part is not None:
-                for s, e in zip(part.start.to_numpy(), part.end.to_numpy()):
-                    s, e = int(s), int(e)
-                    ks.get("span_exact", set()).add((s, e))
-                    ks.get("span_position_independent", set()).add(text[s:e].lower())
-                    if "token_exact" in ks or "token_position_independent" in ks:
-                        for t in tokens.covered(nid, s, e):
-                            ks.get("token_exact", set()).add(t)
-                            ks.get("token_position_independent", set()).add(words[t])
-            sets.append(ks)
-        for m in measures:
-            gs, ps = sets[0][m], sets[1][m]
-            rows.append((nid, code, m, len(gs & ps), len(ps - gs), len(gs - ps)))
-    out = pd.DataFrame(rows, columns=COUNT_COLUMNS)
-    return out.astype({"tp": "int64", "fp": "int64", "fn": "int64"})
+    ev = P._evaluate(gold, pred, P.Tokens(docs, unit), "gold", 0.5)
+    out = P._long_counts(ev)
+    out = out[out.measure.isin(measures)].reset_index(drop=True)[COUNT_COLUMNS]
+    return out.astype({"note_id": str, "code": str, "tp": "int64", "fp": "int64", "fn": "int64"})
 
 
 def per_note(counts: pd.DataFrame, columns: Sequence[str] = ("tp", "fp", "fn"),
