@@ -640,7 +640,8 @@ def coverage(targets: Mapping[str, dict]) -> pd.DataFrame:
 PI = "token_position_independent"
 
 
-def _student_counts(model, threshold: float, ds, design, topk: int, device: str = "cpu") -> tuple[pd.DataFrame, pd.DataFrame]:
+def _student_counts(model, threshold: float, ds, design, topk: int, device: str = "cpu",
+                    pr: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """A coding model's units, for paired comparisons: MDACE counts of its top-k attention per
     gold (note, code) pair of the evaluation notes whose code it knows (``pair_counts`` rows), and
     coding counts per test note (``measure "coding"``, ``code "-"``: tp/fp/fn of its predicted
@@ -650,8 +651,8 @@ def _student_counts(model, threshold: float, ds, design, topk: int, device: str 
     from .rationales import attention_rationales
 
     labels = set(model.labels)
-    test = ds.docs[ds.docs.split == "test"]
-    pr = predictions(model, test, threshold, device)
+    if pr is None:  # the predictions of every test note
+        pr = predictions(model, ds.docs[ds.docs.split == "test"], threshold, device)
     c = pr.assign(tp=pr.pred & pr.is_gold, fp=pr.pred & ~pr.is_gold, fn=~pr.pred & pr.is_gold)
     coding_ = c.groupby("note_id")[["tp", "fp", "fn"]].sum().astype("int64").reset_index()
     coding_ = coding_.assign(code="-", measure="coding")[E.COUNT_COLUMNS]
@@ -677,11 +678,12 @@ def evaluate_student(model, threshold: float, ds, profile: Profile, device: str 
 
     design = design or evaluation_design(ds.docs, profile)
     k = profile.rationales.topk
-    counts, att = _student_counts(model, threshold, ds, design, k, device)
     report, tune = set(design.report_ids), set(design.tuning_ids)
+    all_pr = predictions(model, ds.docs[ds.docs.split == "test"], threshold, device)
+    counts, att = _student_counts(model, threshold, ds, design, k, device, all_pr)
     test = ds.docs[(ds.docs.split == "test") & ~ds.docs.note_id.isin(tune)]
     labels = list(model.labels)
-    pr = predictions(model, test, threshold, device)
+    pr = all_pr[all_pr.note_id.isin(set(test.note_id))]
     y = coding.label_matrix(test.codes, labels)
     p = pr.pivot(index="note_id", columns="code", values="prob").reindex(index=test.note_id, columns=labels).to_numpy()
     rep = coding.coding_report(y, p, threshold)
