@@ -227,3 +227,32 @@ def test_evaluation_and_seeds_keys_are_validated(tmp_path):
         load_profile("smoke", {"evaluation": {"bootstrap_resamples": 0}})
     with pytest.raises(ConfigError, match="unknown key 'resamples'"):
         load_profile("smoke", {"evaluation": {"resamples": 10}})
+
+
+def test_run_on_pairs_of_notebook_03_sources():
+    docs = _docs()
+    design = E.make_design(docs, 0.0)
+    pairs = pd.DataFrame({"model": ["caml", "caml", "laat"], "note_id": ["a", "b", "a"], "code": ["R05", "R05", "R05"]})
+    soft = pd.DataFrame({"model": ["caml", "laat", "laat"], "source": ["attention", "attention", "gradient"]})
+    llm_docs = docs[docs.note_id == "c"].assign(codes=[["R05", "R50"]])
+    d = steps.record_run_on(design, pairs, soft, ["exact_code", "category"], llm_docs, ["llm_zero", "llm_few"])
+    assert d.pairs("attention", "caml") == {("a", "R05"), ("b", "R05")}
+    assert d.pairs("gradient", "laat") == {("a", "R05")} and d.pairs("gradient", "caml") is None
+    assert d.pairs("entity (exact_code)") == d.pairs("random") == {("a", "R05"), ("b", "R05")}
+    # an LLM teacher is run on every gold code of the notes sent to it
+    assert d.pairs("llm_few") == {("c", "R05"), ("c", "R50")}
+    cov = E.coverage_table(d, GOLD).set_index(["source", "model"])
+    # eligible: the 3 gold pairs of the report notes; the LLM covers (c, R05) only
+    assert cov.loc[("llm_zero", "-"), "pairs_run_on"] == 1 and cov.loc[("llm_zero", "-"), "pairs_eligible"] == 3
+    assert cov.loc[("llm_zero", "-"), "scored_on"] == "subset (1 of 3 pairs)"
+
+
+def test_threshold_effect_scores_each_teacher_on_its_pairs():
+    from rationale_kit import alignment
+
+    docs = _docs()
+    design = E.make_design(docs, 0.0).with_run_on(E.run_on_frame("llm_zero", [("a", "R05")]))
+    quotes = pd.DataFrame({"note_id": ["a"], "code": ["R05"], "quote": ["cough"], "source": ["llm_zero"], "status": ["ok"]})
+    out = alignment.threshold_effect(SimpleNamespace(docs=docs, spans=GOLD), quotes, [2.0], design=design)
+    # the exact quote "cough" of note a against the gold "cough" of a: F1 1 on 1 pair (not 0.5 over 3)
+    assert out.pi_token_f1.tolist() == [1.0] and out.n_pairs.tolist() == [1]
