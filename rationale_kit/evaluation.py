@@ -375,7 +375,8 @@ def combine(verdicts: Sequence[str]) -> str:
 
 
 def verdicts_frame(rows: Sequence[Mapping]) -> pd.DataFrame:
-    return pd.DataFrame(list(rows), columns=VERDICT_COLUMNS)
+    """Verdict rows as a table (counts as nullable integers: combined rows have none)."""
+    return pd.DataFrame(list(rows), columns=VERDICT_COLUMNS).astype({"n_notes": "Int64", "n_pairs": "Int64"})
 
 
 def with_interval(row: dict, iv, prefix: str = "") -> dict:

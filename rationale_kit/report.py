@@ -165,6 +165,7 @@ def _verdicts(root: Path) -> Section:
     tables = []
     if parts:
         v = pd.concat(parts, ignore_index=True)
+        v = v.astype({c: "Int64" for c in ("n_notes", "n_pairs") if c in v.columns})
         v["finding"] = v["finding"].map(lambda f: f"({f}) {FINDINGS.get(f, '')}")
         v["effect [95% CI]"] = [_ci(e, lo, hi) for e, lo, hi in zip(v.effect, v.lo, v.hi)]
         cols = ["finding", "comparison", "model", "dataset", "a", "b", "effect [95% CI]", "n_notes", "n_pairs", "verdict"]

@@ -759,11 +759,12 @@ def sweep_counts(sweep: pd.DataFrame) -> pd.DataFrame:
     """The per-unit counts of every run of ``sweep`` (``run_dir/note_counts.parquet``), with the
     run's ``model, teacher, lambda, seed``."""
     parts = []
-    for r in sweep.itertuples(index=False):
-        path = Path(str(getattr(r, "run_dir", ""))) / "note_counts.parquet"
+    for r in sweep.to_dict("records"):
+        path = Path(str(r.get("run_dir", ""))) / "note_counts.parquet"
         if not path.exists():
-            raise FileNotFoundError(f"no per-unit counts of run {r.model}/{r.teacher}/lambda={r[2]} at {path}")
-        parts.append(pd.read_parquet(path).assign(model=r.model, teacher=r.teacher, **{"lambda": float(r[2])}, seed=int(r.seed)))
+            raise FileNotFoundError(f"no per-unit counts of run {r['model']}/{r['teacher']}/lambda={r['lambda']} at {path}")
+        parts.append(pd.read_parquet(path).assign(model=r["model"], teacher=r["teacher"], **{"lambda": float(r["lambda"])},
+                                                  seed=int(r["seed"])))
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 

@@ -256,3 +256,26 @@ def test_threshold_effect_scores_each_teacher_on_its_pairs():
     out = alignment.threshold_effect(SimpleNamespace(docs=docs, spans=GOLD), quotes, [2.0], design=design)
     # the exact quote "cough" of note a against the gold "cough" of a: F1 1 on 1 pair (not 0.5 over 3)
     assert out.pi_token_f1.tolist() == [1.0] and out.n_pairs.tolist() == [1]
+
+
+def test_seeds_are_summed_for_intervals_and_spread_across_seeds(tmp_path):
+    design = E.EvaluationDesign(("r1", "r2", "t1"), ("t1",), ("r1", "r2"), 1 / 3)
+    parts, rows = [], []
+    # seed 1: the guided run gains 1 tp on each report note; seed 2: 3 tp. Unguided: 1 tp everywhere
+    for seed, tp in ((1, 2), (2, 4)):
+        for teacher, lam, t in (("none", 0.0, 1), ("human", 1.0, tp)):
+            c = _counts("caml", teacher, lam, seed, {"t1": 2, "r1": t, "r2": t}).drop(columns=["model", "teacher", "lambda", "seed"])
+            d = tmp_path / f"{teacher}_{seed}"
+            d.mkdir()
+            c.to_parquet(d / "note_counts.parquet")
+            rows.append({"model": "caml", "teacher": teacher, "lambda": lam, "seed": seed, "micro_f1": 0.5,
+                         "macro_f1": 0.5, "pi_token_f1": t / 4, "run_dir": str(d)})
+    sweep = pd.DataFrame(rows)
+    counts = steps.sweep_counts(sweep)
+    assert len(counts) == 4 * 6 and set(counts.seed) == {1, 2}
+    prof = load_profile("smoke", {"evaluation": {"bootstrap_resamples": 200}})
+    row = steps.tradeoff(sweep, counts, design, prof)[0].iloc[0]
+    # pooled over seeds per report note: guided tp 2 + 4 = 6 of 8 -> 0.75; unguided 2 of 8 -> 0.25
+    assert row["PI token F1 gain"] == pytest.approx(0.5) and row.seeds == 2
+    # per seed: gains 0.25 and 0.75 -> mean 0.5, sample std 0.3536
+    assert row["gain seed mean"] == pytest.approx(0.5) and row["gain seed std"] == pytest.approx(np.sqrt(0.125))
