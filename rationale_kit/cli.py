@@ -215,15 +215,12 @@ def plausibility_main(argv: Sequence[str] | None = None) -> int:
         if args.units == "covered":
             gold = gold[gold["note_id"].isin(covered)]
             pred = pred[pred["note_id"].isin(covered)]
-        tokens = P.Tokens(docs, args.unit)
-        ev = P._evaluate(gold, pred, tokens, args.pairs, 0.5)
-        res = P._all_measures(gold, pred, tokens, args.pairs, _ev=ev)
-        per = P._note_counts(ev, P.COUNT_MEASURES)
+        ev = P.evaluate_spans(gold, pred, docs, pairs=args.pairs, unit=args.unit)
     except DataError as exc:
         return _fail(exc)
-    n_notes = len({n for n, _ in ev.keys})
+    res, per, n_notes = ev.measures(), ev.note_counts(), ev.n_notes
     for measure in P.COUNT_MEASURES:
-        res[measure]["n_notes"], res[measure]["n_pairs"] = n_notes, len(ev.keys)
+        res[measure]["n_notes"], res[measure]["n_pairs"] = n_notes, ev.n_pairs
         if args.bootstrap:
             if n_notes:
                 iv = bootstrap(_per_note(per, measure), f1_statistic, n_resamples=args.bootstrap, seed=args.seed)
@@ -274,17 +271,17 @@ def compare_main(argv: Sequence[str] | None = None) -> int:
                 f"covered by {args.pred_a}, {len(gold_notes & cov_b)} by {args.pred_b}, none by both")
         gold = gold[gold["note_id"].isin(notes)]
         tokens = P.Tokens(docs, args.unit)
-        ev_a = P._evaluate(gold, pred_a, tokens, "gold", 0.5)
-        ev_b = P._evaluate(gold, pred_b, tokens, "gold", 0.5)
-        per_a, per_b = P._note_counts(ev_a, P.COUNT_MEASURES), P._note_counts(ev_b, P.COUNT_MEASURES)
+        ev_a = P.evaluate_spans(gold, pred_a, docs, tokens=tokens)
+        ev_b = P.evaluate_spans(gold, pred_b, docs, tokens=tokens)
     except DataError as exc:
         return _fail(exc)
+    per_a, per_b = ev_a.note_counts(), ev_b.note_counts()
     out = {}
     for measure in P.COUNT_MEASURES:
         a, b = _per_note(per_a, measure), _per_note(per_b, measure)
-        fa, fb = P._pooled(ev_a, measure)["f1"], P._pooled(ev_b, measure)["f1"]
-        row = {"a": fa, "b": fb, "delta": fa - fb, "delta_ci": None, "n_notes": len(notes),
-               "n_pairs": len(ev_a.keys), "n_gold_notes": len(gold_notes), "n_gold_pairs": n_gold_pairs}
+        fa, fb = ev_a.pooled(measure)["f1"], ev_b.pooled(measure)["f1"]
+        row = {"a": fa, "b": fb, "delta": fa - fb, "delta_ci": None, "n_notes": ev_a.n_notes,
+               "n_pairs": ev_a.n_pairs, "n_gold_notes": len(gold_notes), "n_gold_pairs": n_gold_pairs}
         if args.bootstrap:
             row["delta_ci"] = _ci(paired_bootstrap(a, b, f1_statistic, n_resamples=args.bootstrap, seed=args.seed))
         out[measure] = row

@@ -415,3 +415,18 @@ def test_threshold_binarises_at_the_level_it_was_tuned_at():
     assert pl.binarise(PIECES, threshold=0.25, docs=DOCS3)[["start", "end"]].values.tolist() == [[9, 17]]
     # max aggregation as tuned with agg="max": words .1, .3, .2 -> > .15 selects mellitus, type
     assert pl.binarise(PIECES, threshold=0.15, docs=DOCS3, agg="max")[["start", "end"]].values.tolist() == [[9, 22]]
+
+
+def test_span_evaluation_gives_every_view_of_one_scoring():
+    gold = spans(("n1", "A", 0, 5), ("n1", "A", 12, 14), ("n2", "B", 21, 23))
+    pred = spans(("n1", "A", 0, 5), ("n1", "A", 15, 20), ("n2", "B", 18, 23))
+    ev = pl.evaluate_spans(gold, pred, DOCS)
+    assert (ev.n_notes, ev.n_pairs) == (2, 2)
+    assert ev.measures() == pl.span_plausibility(gold, pred, DOCS)
+    # n2 "bb ee"[18,23) vs gold "ee"[21,23): MDACE tokens {18, 21} vs {21} -> tp 1, fp 1
+    per = ev.note_counts(("token_exact",)).set_index("note_id")
+    assert tuple(per.loc["n2", ["tp", "fp", "fn"]]) == (1, 1, 0)
+    # n1: gold {0, 3, 12}, pred {0, 3, 15, 18} -> tp 2, fp 2, fn 1; pooled: 3, 3, 1
+    assert tuple(per.loc["n1", ["tp", "fp", "fn"]]) == (2, 2, 1)
+    assert counts({"x": ev.pooled("token_exact")}, "x") == (3, 3, 1)
+    assert ev.pair_counts().equals(pl.pair_counts(gold, pred, DOCS))

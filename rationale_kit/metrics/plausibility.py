@@ -56,7 +56,8 @@ are the note tokens it overlaps, as above):
 
 Per-pair and per-note counts (:func:`pair_counts`, :func:`per_note_counts`) of every additive
 measure (:data:`COUNT_MEASURES`) sum to the pooled counts; they feed the note bootstrap of
-:mod:`rationale_kit.metrics.uncertainty`.
+:mod:`rationale_kit.metrics.uncertainty`. :func:`evaluate_spans` scores a table once and gives
+all of these views (:class:`SpanEvaluation`).
 
 Soft rationales (:func:`soft_plausibility`): score table ``note_id, code, unit, start, end, score``.
 Per pair, negative scores are clipped to 0 and the scores are divided by their sum (all-zero pairs
@@ -256,19 +257,65 @@ def _pair_counts(keys, g: dict, p: dict, tokens: Tokens, iou: float) -> tuple[np
 
 
 @dataclass(frozen=True)
-class _Evaluated:
-    keys: list  # evaluated (note_id, code) pairs, sorted
-    counts: np.ndarray  # [n_pairs, len(COUNT_MEASURES), 3]
-    matched_gold: np.ndarray  # [n_pairs]
+class SpanEvaluation:
+    """Counts of one prediction table against gold, per evaluated pair (:func:`evaluate_spans`).
+
+    ``keys``: the evaluated ``(note_id, code)`` pairs, sorted; ``counts``: ``[n_pairs,
+    len(COUNT_MEASURES), 3]`` int64 ``tp, fp, fn``; ``matched_gold``: ``[n_pairs]`` gold spans
+    reached by span IoU (the ``gold_matched`` variant only)."""
+
+    keys: list
+    counts: np.ndarray
+    matched_gold: np.ndarray
+
+    @property
+    def n_notes(self) -> int:
+        return len({n for n, _ in self.keys})
+
+    @property
+    def n_pairs(self) -> int:
+        return len(self.keys)
+
+    def pooled(self, measure: str) -> dict:
+        """``prf`` of the counts of an additive measure summed over pairs."""
+        return _pooled(self, measure)
+
+    def measures(self) -> dict[str, dict]:
+        """Every measure of :data:`ALL_MEASURES` (as :func:`span_plausibility`)."""
+        return _all_measures(None, None, None, _ev=self)
+
+    def note_counts(self, measures: Sequence[str] = COUNT_MEASURES) -> pd.DataFrame:
+        """Per-note counts ``note_id, measure, n_pairs, tp, fp, fn`` (as :func:`per_note_counts`)."""
+        _check_count_measures(measures)
+        return _note_counts(self, measures)
+
+    def pair_counts(self) -> pd.DataFrame:
+        """Per-pair counts ``note_id, code, measure, tp, fp, fn`` (as :func:`pair_counts`)."""
+        return _long_counts(self)
 
 
-def _evaluate(gold, pred, tokens: Tokens, pairs: Pairs, iou: float) -> _Evaluated:
+def evaluate_spans(
+    gold: pd.DataFrame, pred: pd.DataFrame, docs: pd.DataFrame | None, pairs: Pairs = "gold",
+    unit: Unit = "mdace", iou: float = 0.5, tokens: Tokens | None = None,
+) -> SpanEvaluation:
+    """Score ``pred`` against ``gold`` once; every measure, pooled or per note, comes from the
+    result. ``tokens`` (a :class:`Tokens` of ``docs``) may be shared across calls."""
+    return _evaluate(gold, pred, tokens or Tokens(docs, unit), pairs, iou)
+
+
+def _evaluate(gold, pred, tokens: Tokens, pairs: Pairs, iou: float) -> SpanEvaluation:
     keys, g, p = _pair_spans(gold, pred, tokens, pairs)
     counts, matched = _pair_counts(keys, g, p, tokens, iou)
-    return _Evaluated(keys, counts, matched)
+    return SpanEvaluation(keys, counts, matched)
 
 
-def _pooled(ev: _Evaluated, measure: str) -> dict:
+def _check_count_measures(measures: Sequence[str]) -> None:
+    bad = [m for m in measures if m not in COUNT_MEASURES]
+    if bad:
+        raise ValueError(f"measures: {bad} have no additive counts; choose from {list(COUNT_MEASURES)}")
+
+
+def _pooled(ev: SpanEvaluation, measure: str) -> dict:
     return prf(*ev.counts[:, COUNT_MEASURES.index(measure)].sum(axis=0)) if len(ev.keys) else prf(0, 0, 0)
 
 
@@ -280,13 +327,13 @@ def _per_pair_prf(c: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return p, r, f
 
 
-def _eraser_token_macro(ev: _Evaluated) -> dict:
+def _eraser_token_macro(ev: SpanEvaluation) -> dict:
     p, r, f = _per_pair_prf(ev.counts[:, COUNT_MEASURES.index("eraser_token_micro")])
     mean = (lambda v: float(v.mean()) if len(v) else 0.0)
     return {"precision": mean(p), "recall": mean(r), "f1": mean(f), "n_pairs": len(ev.keys)}
 
 
-def _span_iou(ev: _Evaluated, recall: str = "eraser") -> dict:
+def _span_iou(ev: SpanEvaluation, recall: str = "eraser") -> dict:
     c = ev.counts[:, COUNT_MEASURES.index("span_iou_f1")]
     tp, n_pred, n_gold = c[:, 0], c[:, 0] + c[:, 1], c[:, 0] + c[:, 2]
     correct, matched = int(tp.sum()), int(ev.matched_gold.sum())
@@ -317,7 +364,7 @@ def pair_counts(
     return _long_counts(ev)
 
 
-def _long_counts(ev: _Evaluated) -> pd.DataFrame:
+def _long_counts(ev: SpanEvaluation) -> pd.DataFrame:
     n, m = len(ev.keys), len(COUNT_MEASURES)
     c = ev.counts.reshape(n * m, 3)
     return pd.DataFrame({
@@ -340,14 +387,12 @@ def per_note_counts(
     ``span_iou_f1``: ``tp`` = predicted spans matched, ``fp = n_pred - tp``, ``fn = n_gold - tp``
     (ERASER's recall divides matched *predicted* spans by gold spans, so ``fn`` can be negative
     on a note where several predictions match one gold span)."""
-    bad = [m for m in measures if m not in COUNT_MEASURES]
-    if bad:
-        raise ValueError(f"measures: {bad} have no additive counts; choose from {list(COUNT_MEASURES)}")
+    _check_count_measures(measures)
     ev = _evaluate(gold, pred, Tokens(docs, unit), pairs, iou)
     return _note_counts(ev, measures)
 
 
-def _note_counts(ev: _Evaluated, measures: Sequence[str]) -> pd.DataFrame:
+def _note_counts(ev: SpanEvaluation, measures: Sequence[str]) -> pd.DataFrame:
     long = _long_counts(ev)
     long = long[long["measure"].isin(list(measures))]
     out = (long.assign(n_pairs=1).groupby(["note_id", "measure"], sort=True)[["n_pairs", "tp", "fp", "fn"]]
@@ -412,7 +457,7 @@ def span_plausibility(
 
 
 def _all_measures(gold, pred, tokens: Tokens, pairs: Pairs = "gold", iou: float = 0.5,
-                  _ev: _Evaluated | None = None) -> dict:
+                  _ev: SpanEvaluation | None = None) -> dict:
     ev = _ev or _evaluate(gold, pred, tokens, pairs, iou)
     out = {m: _pooled(ev, m) for m in COUNT_MEASURES if m != "span_iou_f1"}
     out["eraser_token_macro"] = _eraser_token_macro(ev)
