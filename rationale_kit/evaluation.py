@@ -227,8 +227,8 @@ def coverage_table(design: EvaluationDesign, gold: pd.DataFrame, notes: str = "r
 def pair_counts(gold: pd.DataFrame, pred: pd.DataFrame, docs: pd.DataFrame,
                 measures: Sequence[str] | None = None, unit: str = "mdace") -> pd.DataFrame:
     """``note_id, code, measure, tp, fp, fn`` of MDACE's measures for every gold pair (predictions
-    of other pairs are ignored), as :mod:`rationale_kit.metrics.plausibility` counts them (the
-    per-pair rows behind its ``per_note_counts``). Summed over pairs they equal
+    of other pairs are ignored), as :func:`rationale_kit.metrics.plausibility.pair_counts` counts
+    them (restricted to ``measures``, default MDACE's four). Summed over pairs they equal
     :func:`~rationale_kit.metrics.plausibility.mdace_measures` (``pairs="gold"``); a pair without
     predictions has ``tp = fp = 0``."""
     from .metrics import plausibility as P
@@ -237,8 +237,7 @@ def pair_counts(gold: pd.DataFrame, pred: pd.DataFrame, docs: pd.DataFrame,
     bad = [m for m in measures if m not in P.MDACE_MEASURES]
     if bad:
         raise ValueError(f"measures: {bad} are not MDACE measures {list(P.MDACE_MEASURES)}")
-    ev = P._evaluate(gold, pred, P.Tokens(docs, unit), "gold", 0.5)
-    out = P._long_counts(ev)
+    out = P.pair_counts(gold, pred, docs, pairs="gold", unit=unit)
     out = out[out.measure.isin(measures)].reset_index(drop=True)[COUNT_COLUMNS]
     return out.astype({"note_id": str, "code": str, "tp": "int64", "fp": "int64", "fn": "int64"})
 
