@@ -518,6 +518,9 @@ def train_model(
         rng = ckpt["rng"]
         _set_rng_state(rng[dist.rank] if len(rng) == dist.world else rng[0])
         state = ckpt["state"]
+        if show:
+            print(f"{ckpt_path}: resuming after epoch {state['epoch']} of {n_epochs}" +
+                  (" (finished: nothing to train)" if state["stopped"] or state["epoch"] >= n_epochs else ""))
     else:
         random.seed(seed + dist.rank)
         np.random.seed(seed + dist.rank)

@@ -164,3 +164,18 @@ def test_runner_writes_report_and_survives_its_failure(prof, tmp_path, capsys, m
     out = capsys.readouterr()
     assert res[0]["status"] == "missing" and "notebook not found" in out.out
     assert "NOT WRITTEN" in out.out and "no report today" in out.out and "01_data" in out.out.split("NOT WRITTEN")[1]
+
+
+def test_markdown_neutralises_links_and_images_from_the_data():
+    frame = pd.DataFrame({"source": ["[click](javascript:alert(1))", "![x](https://evil.example/p.png)"],
+                          "note": ["`code`", "a \\[b]"]})
+    rep = report.Report("p", (("data", "[home](javascript:x)"),), (),
+                        (report.Section("01_data", "t", True, ("see ![i](http://remote/i.png)",),
+                                        (report.Table("[cap](javascript:y)", frame, "f.csv"),)),))
+    md = report.to_markdown(rep)
+    import re
+
+    assert not re.search(r"(?<!\\)\]\(", md)  # no unescaped "](": no link or image can form
+    assert not re.search(r"(?<!\\)\[", md) and not re.search(r"(?<!\\)`", md)
+    assert r"\[click\](javascript:alert(1))" in md and r"!\[x\](https://evil.example/p.png)" in md
+    assert r"\`code\`" in md and r"a \\\[b\]" in md
