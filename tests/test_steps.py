@@ -1,5 +1,6 @@
 """Notebook step functions: the profile switches that choose which models get which computation."""
 import pandas as pd
+import pytest
 import torch
 
 from rationale_kit import steps
@@ -116,3 +117,31 @@ def test_rationale_sources_switch_off_gradient_entity_and_teachers(tmp_path):
     quotes, calls = steps.llm_rationales(None, docs, load_profile("smoke", {"rationales": {"sources": ["attention"]}}),
                                          tmp_path, {"llm_zero": 0, "llm_few": 1})
     assert len(quotes) == 0 and {"source", "note_id", "quote"} <= set(quotes.columns)
+
+
+@pytest.mark.parametrize("change, shown", [
+    ({"data": {"max_words": 3000}}, "key.max_words: 4000 -> 3000"),
+    ({"train": {"word2vec": {"window": 2}}}, "key.word2vec.window: 3 -> 2"),
+    ({"train": {"amp": False}}, "train_cfg.amp: True -> False"),
+    ({"train": {"caml": {"dropout": 0.6}}}, "params.dropout: 0.2 -> 0.6"),
+])
+def test_any_setting_of_the_model_restarts_a_finished_checkpoint(tmp_path, capsys, change, shown):
+    import json as _json
+
+    _, docs = _fit_setup(tmp_path)
+    labels = ["E11.9", "J18.9"]
+    base = {"common": {"progress": False, "seed": 3}, "data": {"max_words": 4000},
+            "train": {"max_train_docs": 10, "word2vec": {"dim": 8, "epochs": 1, "min_count": 1, "window": 3},
+                      "caml": {"embed_dim": 8, "filters": 4, "kernel": 3, "epochs": 1, "patience": 1}}}
+    steps.fit_model("caml", load_profile("smoke", base), docs, labels, tmp_path / "m2")
+
+    def merge(a, b):
+        return {k: merge(a[k], v) if isinstance(v, dict) and isinstance(a.get(k), dict) else v for k, v in {**a, **b}.items()}
+
+    capsys.readouterr()
+    res = steps.fit_model("caml", load_profile("smoke", merge(base, change)), docs, labels, tmp_path / "m2")
+    out = capsys.readouterr().out
+    assert res.timing["steps"] > 0 and "starting over" in out and shown in out, out
+    saved = _json.loads((tmp_path / "m2" / "model" / "config.json").read_text())
+    if "caml" in change.get("train", {}):
+        assert saved["params"]["dropout"] == 0.6  # the saved config and the weights agree
