@@ -15,9 +15,8 @@
   validation predictions (``val_micro_f1`` in the history: an optimistic monitor, not a test
   figure);
 - the decision threshold is tuned on validation with the best model (grid of ``threshold_grid``
-  points over [0, 1], maximise micro-F1) and saved with the model into ``out_dir/model``;
-- the decision threshold is tuned on float32 validation probabilities (no autocast), the precision
-  of the test predictions it is applied to;
+  points over [0, 1], maximise micro-F1) on float32 probabilities (no autocast: the precision of
+  the test predictions it is applied to) and saved with the model into ``out_dir/model``;
 - a checkpoint after every epoch (``out_dir/checkpoint.pt``: model, optimiser, scheduler, scaler,
   RNG states, history, early-stopping state) keyed on everything that determines the result (every
   model parameter, the training settings, note ids, texts and codes of the training and validation
