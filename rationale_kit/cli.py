@@ -2,10 +2,12 @@
 
 ``align --docs DOCS.jsonl --quotes QUOTES.jsonl [--threshold T] [--occurrences all|first] [--out FILE]``
     Docs lines ``{"note_id", "text"}``; quote lines ``{"note_id", "code", "quote"}``. Writes JSONL
-    (stdout or ``--out``): one line per aligned span ``{note_id, code, quote, start, end, score,
-    method}``; an unaligned quote (or split part) has ``start``/``end`` null and a ``reason``.
+    (stdout or ``--out``; its folder is created when missing): one line per aligned span
+    ``{note_id, code, quote, start, end, score, method}``; an unaligned quote (or split part) has
+    ``start``/``end`` null and a ``reason``. ``--threshold`` (token precision + token recall) must
+    lie in [0, 2].
 
-``plausibility --docs DOCS.jsonl --gold GOLD.jsonl --pred PRED.jsonl [--pairs gold|gold_notes|all] [--units gold|covered] [--unit mdace|word] [--bootstrap N --seed S]``
+``plausibility --docs DOCS.jsonl --gold GOLD.jsonl --pred PRED.jsonl [--pairs gold|gold_notes|all] [--units gold|covered] [--unit mdace|word] [--code-system auto|cm|pcs] [--bootstrap N --seed S]``
     Span lines ``{"note_id", "code", "start", "end"}`` (optional ``granularity``, ``source``,
     ``text``; in PRED a line with null ``start`` and ``end`` marks a covered note without a span).
     Prints one JSON object keyed by measure (:data:`rationale_kit.metrics.plausibility.ALL_MEASURES`):
@@ -14,7 +16,9 @@
     ``span_iou_f1_macro`` (ERASER) and the overlap variants ``token_exact_overlap``,
     ``token_position_independent_overlap``. Additive measures carry ``tp, fp, fn, precision,
     recall, f1, n_notes, n_pairs`` and, with ``--bootstrap N``, ``f1_ci: [lo, hi]`` (95%
-    percentile, notes resampled). Units: the (note, code) pairs with gold spans.
+    percentile, notes resampled). Units: the (note, code) pairs with gold spans. Codes are
+    normalised (``rationale_kit.icd.normalize_code``: ``E119`` and ``e11.9`` are ``E11.9``) before
+    gold and predicted spans are matched (``compare`` too); a malformed code is an error.
 
 ``compare --docs D --gold G --pred-a A --pred-b B [--units covered|gold] [--bootstrap N --seed S]``
     Per additive measure ``a``, ``b`` (pooled F1), ``delta`` (a minus b) and ``delta_ci`` (paired
@@ -22,8 +26,9 @@
     the notes with gold spans that both files cover, i.e. have a line for) and ``n_gold_notes``,
     ``n_gold_pairs`` (the eligible units).
 
-Bad input (malformed line, missing key, unknown note, offsets outside the text) exits with
-status 2 and a message on stderr naming the file and line.
+Bad input (malformed line, missing key, unknown note, offsets outside the text, bytes that are not
+UTF-8, a lone surrogate escape in a text, an output that cannot be written) exits with status 2
+and a message on stderr naming the file (and the line where there is one).
 """
 from __future__ import annotations
 
@@ -39,17 +44,47 @@ import pandas as pd
 from .records import SPAN_COLUMNS, DataError, iter_jsonl_objects, read_spans_jsonl
 
 
+def _utf8_error(path: str | Path) -> DataError:
+    """The first line of ``path`` that is not UTF-8, as a :class:`DataError` naming file and line."""
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                return DataError(f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at column "
+                                 f"{exc.start + 1}); save the file as UTF-8")
+    return DataError(f"{path}: not UTF-8 text; save the file as UTF-8")  # pragma: no cover
+
+
+def _objects(path: str | Path):
+    """:func:`iter_jsonl_objects` with bytes that are not UTF-8 reported by file and line."""
+    try:
+        yield from iter_jsonl_objects(path)
+    except UnicodeDecodeError:
+        raise _utf8_error(path) from None
+
+
+def _check_text(value: str, path: str | Path, lineno: int, key: str) -> None:
+    """A JSON string may escape a lone surrogate (``"\\ud800"``): not text, and not writable as UTF-8."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise DataError(f"{path}:{lineno}: {key!r} holds a lone surrogate (U+{ord(value[exc.start]):04X} at "
+                        f"character {exc.start}), which is not valid Unicode text") from None
+
+
 def _read_jsonl(path: str | Path, keys: Sequence[str], strings: Sequence[str] = ()) -> list[tuple[int, dict]]:
-    """``(line number, object)`` per non-blank line; checks JSON, object-ness, ``keys`` present and
-    ``strings`` being strings. Errors name file and line."""
+    """``(line number, object)`` per non-blank line; checks UTF-8, JSON, object-ness, ``keys``
+    present and ``strings`` being valid Unicode strings. Errors name file and line."""
     out = []
-    for lineno, rec in iter_jsonl_objects(path):
+    for lineno, rec in _objects(path):
         for key in keys:
             if key not in rec or rec[key] is None:
                 raise DataError(f"{path}:{lineno}: missing key {key!r}")
         for key in strings:
             if not isinstance(rec[key], str):
                 raise DataError(f"{path}:{lineno}: {key!r} must be a string")
+            _check_text(rec[key], path, lineno, key)
         out.append((lineno, rec))
     return out
 
@@ -77,6 +112,8 @@ def read_quotes_jsonl(path: str | Path, docs: pd.DataFrame | None = None) -> pd.
             raise DataError(f"{path}:{lineno}: unknown note_id {nid!r}")
         if not isinstance(rec["quote"], str):
             raise DataError(f"{path}:{lineno}: 'quote' must be a string")
+        _check_text(rec["quote"], path, lineno, "quote")
+        _check_text(str(rec["code"]), path, lineno, "code")
         rows.append({**rec, "note_id": nid, "code": str(rec["code"])})
     cols = ["note_id", "code", "quote"]
     frame = pd.DataFrame(rows)
@@ -86,6 +123,46 @@ def read_quotes_jsonl(path: str | Path, docs: pd.DataFrame | None = None) -> pd.
 def _fail(exc: Exception) -> int:
     print(f"error: {exc}", file=sys.stderr)
     return 2
+
+
+def _threshold(value: str) -> float:
+    """``--threshold``: a number in [0, 2] (token precision + token recall)."""
+    try:
+        t = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if not (0.0 <= t <= 2.0):  # also rejects nan
+        raise argparse.ArgumentTypeError(f"{value} is outside [0, 2] (token precision + token recall)")
+    return t
+
+
+def _write_out(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` (UTF-8), creating its folder; failures name the file."""
+    out = Path(path)
+    try:
+        if not out.parent.exists():
+            out.parent.mkdir(parents=True)
+            print(f"created the folder {out.parent} for --out", file=sys.stderr)
+        out.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise DataError(f"{out}: cannot write --out ({exc.strerror or exc})") from None
+
+
+def read_codes_checked(path: str | Path, system: str = "auto") -> dict[str, str]:
+    """``{code as written: normalised code}`` of the spans JSONL ``path``; a malformed code is a
+    :class:`DataError` naming file and line."""
+    from .icd import CodeError, normalize_code
+
+    out: dict[str, str] = {}
+    for lineno, rec in _objects(path):
+        raw = rec.get("code")
+        if raw is None or str(raw) in out:
+            continue
+        try:
+            out[str(raw)] = normalize_code(str(raw), system)
+        except CodeError as exc:
+            raise DataError(f"{path}:{lineno}: {exc}") from None
+    return out
 
 
 def _json_value(v):
@@ -109,7 +186,7 @@ def align_main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="rationale_kit align", description="Align LLM quotes to note spans.")
     ap.add_argument("--docs", required=True, help="JSONL, one {note_id, text} per line")
     ap.add_argument("--quotes", required=True, help="JSONL, one {note_id, code, quote} per line")
-    ap.add_argument("--threshold", type=float, default=1.7, help="token precision + recall in [0, 2] (default 1.7)")
+    ap.add_argument("--threshold", type=_threshold, default=1.7, help="token precision + recall in [0, 2] (default 1.7)")
     ap.add_argument("--occurrences", choices=["all", "first"], default="all")
     ap.add_argument("--out", help="output JSONL (default: stdout)")
     args = ap.parse_args(argv)
@@ -129,7 +206,10 @@ def align_main(argv: Sequence[str] | None = None) -> int:
         lines.append(json.dumps(out, ensure_ascii=False))
     text = "".join(line + "\n" for line in lines)
     if args.out:
-        Path(args.out).write_text(text, encoding="utf-8")
+        try:
+            _write_out(args.out, text)
+        except DataError as exc:
+            return _fail(exc)
     else:
         sys.stdout.write(text)
     return 0
@@ -144,7 +224,7 @@ def read_pred_jsonl(path: str | Path, docs: pd.DataFrame) -> tuple[pd.DataFrame,
     """
     texts = dict(zip(docs["note_id"], docs["text"]))
     rows, covered = [], set()
-    for lineno, rec in iter_jsonl_objects(path):
+    for lineno, rec in _objects(path):
         for key in ("note_id", "code", "start", "end"):
             if key not in rec:
                 raise DataError(f"{path}:{lineno}: missing key {key!r}")
@@ -173,6 +253,22 @@ def _add_bootstrap_args(ap: argparse.ArgumentParser, default: int) -> None:
     ap.add_argument("--bootstrap", type=int, default=default, metavar="N",
                     help=f"resamples of the notes for 95%% percentile intervals (0: none; default {default})")
     ap.add_argument("--seed", type=int, default=0, help="seed of the resampling (default 0)")
+
+
+def _add_code_system_arg(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--code-system", choices=["auto", "cm", "pcs"], default="auto",
+                    help="how codes are normalised before matching (rationale_kit.icd.normalize_code; default auto)")
+
+
+def _read_normalised(reader, path: str | Path, docs: pd.DataFrame, system: str):
+    """``reader(path, docs)`` with the codes of its spans normalised; codes (and bytes that are not
+    UTF-8) are checked first, so errors name the file and line. Returns what ``reader`` returns."""
+    codes = read_codes_checked(path, system)
+    out = reader(path, docs)
+    frame = out[0] if isinstance(out, tuple) else out
+    if len(frame):
+        frame = frame.assign(code=frame["code"].map(codes))
+    return (frame, *out[1:]) if isinstance(out, tuple) else frame
 
 
 def _per_note(per: pd.DataFrame, measure: str) -> pd.DataFrame:
@@ -204,14 +300,15 @@ def plausibility_main(argv: Sequence[str] | None = None) -> int:
                     help="every gold note (default) or only the notes PRED covers")
     ap.add_argument("--unit", choices=["mdace", "word"], default="mdace",
                     help="note tokens of the overlap and ERASER measures (MDACE's own measures tokenise span texts)")
+    _add_code_system_arg(ap)
     _add_bootstrap_args(ap, 0)
     args = ap.parse_args(argv)
     if args.bootstrap < 0:
         return _fail(ValueError(f"--bootstrap must be >= 0, got {args.bootstrap}"))
     try:
         docs = read_docs_jsonl(args.docs)
-        gold = read_spans_jsonl(args.gold, docs)
-        pred, covered = read_pred_jsonl(args.pred, docs)
+        gold = _read_normalised(read_spans_jsonl, args.gold, docs, args.code_system)
+        pred, covered = _read_normalised(read_pred_jsonl, args.pred, docs, args.code_system)
         if args.units == "covered":
             gold = gold[gold["note_id"].isin(covered)]
             pred = pred[pred["note_id"].isin(covered)]
@@ -253,15 +350,16 @@ def compare_main(argv: Sequence[str] | None = None) -> int:
                     help="gold pairs on notes both files cover (default) or every gold pair")
     ap.add_argument("--unit", choices=["mdace", "word"], default="mdace",
                     help="note tokens of the overlap and ERASER measures")
+    _add_code_system_arg(ap)
     _add_bootstrap_args(ap, 1000)
     args = ap.parse_args(argv)
     if args.bootstrap < 0:
         return _fail(ValueError(f"--bootstrap must be >= 0, got {args.bootstrap}"))
     try:
         docs = read_docs_jsonl(args.docs)
-        gold = read_spans_jsonl(args.gold, docs)
-        pred_a, cov_a = read_pred_jsonl(args.pred_a, docs)
-        pred_b, cov_b = read_pred_jsonl(args.pred_b, docs)
+        gold = _read_normalised(read_spans_jsonl, args.gold, docs, args.code_system)
+        pred_a, cov_a = _read_normalised(read_pred_jsonl, args.pred_a, docs, args.code_system)
+        pred_b, cov_b = _read_normalised(read_pred_jsonl, args.pred_b, docs, args.code_system)
         gold_notes = set(gold["note_id"])
         n_gold_pairs = len(gold[["note_id", "code"]].drop_duplicates())
         notes = gold_notes & cov_a & cov_b if args.units == "covered" else gold_notes

@@ -151,16 +151,25 @@ class LLM:
     local_batch_size: int = 1
 
 
+RATIONALE_SOURCES = ("attention", "gradient", "entity", "llm_zero", "llm_few")
+#: the gradient method used when none is given (config, rationales.gradient_rationales, models.explain_encoded)
+DEFAULT_GRADIENT_METHOD = "input_x_gradient"
+
+
 @dataclass(frozen=True)
 class Rationales:
-    sources: list[str] = field(default_factory=lambda: ["attention", "gradient", "entity", "llm_zero", "llm_few"])
+    # sources computed in 03 (attention is always computed: top-k attention, 05 and 07 build on it);
+    # without "gradient" no model gets gradient rationales, without "entity" the entity linker is not
+    # run (e.g. CodiEsp: its lexicon is English), an absent llm_* teacher is not asked
+    sources: list[Literal["attention", "gradient", "entity", "llm_zero", "llm_few"]] = field(
+        default_factory=lambda: list(RATIONALE_SOURCES))
     code_set: Literal["gold", "predicted", "both"] = "both"
     topk: int = 10  # units kept when binarising soft rationales by top-k
     llm: LLM = field(default_factory=LLM)
     max_llm_notes: Optional[int] = None  # cap of notes sent to the LLM (None = all annotated)
     train_notes_for_teacher: int = 300  # training notes given LLM rationales for notebook 07
     # input x gradient costs one backward pass per batch of codes; integrated gradients ig_steps times that
-    gradient_method: Literal["attention_x_gradient", "input_x_gradient", "integrated_gradients"] = "input_x_gradient"
+    gradient_method: Literal["attention_x_gradient", "input_x_gradient", "integrated_gradients"] = DEFAULT_GRADIENT_METHOD
     ig_steps: int = 16  # integrated-gradients quadrature points (32 is safer for PLM-ICD)
     gradient_models: Optional[list[str]] = None  # models given gradient rationales (None = every model)
     attention_batch_size: int = 8
@@ -192,7 +201,6 @@ class Faithfulness:
 
 @dataclass(frozen=True)
 class Plausibility:
-    macro: bool = False  # pool counts over pairs (micro) unless true
     threshold_grid_max: float = 0.1
     threshold_grid_steps: int = 51
     topk: list[int] = field(default_factory=lambda: [5, 10, 20])
@@ -208,10 +216,12 @@ class Guided:
     # "scratch" trains each student from random initialisation (as the paper does); "trained" starts
     # from the notebook-02 model and fine-tunes it with the multi-objective loss (cheaper: CPU budgets)
     init: Literal["scratch", "trained"] = "scratch"
-    max_train_docs: Optional[int] = None  # students see the first N training notes (None = all)
+    # students (and their notebook-07/08 reruns) see the first N training notes; it replaces
+    # train.max_train_docs and the model's own cap for them (None = those caps apply)
+    max_train_docs: Optional[int] = None
     ner_train_sizes: list[int] = field(default_factory=lambda: [100, 300, 1000])
     ner_epochs: int = 3
-    ner_formulation: Literal["code_agnostic"] = "code_agnostic"  # why not code-conditioned: rationale_kit/ner.py
+    ner_formulation: Literal["code_agnostic"] = "code_agnostic"  # the tagger's formulation; why not code-conditioned: rationale_kit/ner.py
     ner_max_windows_per_note: Optional[int] = None  # windows with rationale first, then random ones
     ner_eval_notes: Optional[int] = None  # score the tagger on the first N evaluation notes (None = all)
     ner_teacher: str = "llm_few"  # whose aligned spans the NER tagger learns from (falls back to the first teacher)
@@ -222,7 +232,8 @@ class Guided:
 
 @dataclass(frozen=True)
 class FewShot:
-    shots: list[int] = field(default_factory=lambda: [0, 5])
+    # the two teachers compared are notebook 03's llm_zero (0 shots) and llm_few
+    # (rationales.llm.shots_per_code examples per code)
     student_model: str = "laat"
     lam: float = 1.0
 
@@ -248,6 +259,15 @@ class Profile:
     few_shot: FewShot = field(default_factory=FewShot)
     evaluation: Evaluation = field(default_factory=Evaluation)
     name: str = "default"
+
+
+#: keys that were removed, with what to do instead (an old profile that sets one gets this error)
+REMOVED_KEYS = {
+    ("FewShot", "shots"): "few_shot.shots was removed: the zero-shot teacher uses 0 examples and the "
+                           "few-shot teacher rationales.llm.shots_per_code examples per code; set that instead",
+    ("Plausibility", "macro"): "plausibility.macro was removed: notebook 06 always reports both the pooled "
+                               "(micro) measures and the per-pair average (eraser_token_macro); delete the key",
+}
 
 
 # --------------------------------------------------------------------------------------------
@@ -304,6 +324,9 @@ def _build(cls: type, values: dict, where: str, base: Any = None) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     for key in values:
         if key not in names:
+            removed = REMOVED_KEYS.get((cls.__name__, key))
+            if removed:
+                raise ConfigError(f"{where}.{key}: {removed}")
             raise ConfigError(f"{where}: unknown key {key!r} (allowed: {sorted(names)})")
     kwargs = {}
     for f in dataclasses.fields(cls):

@@ -790,8 +790,12 @@ class EntityLinker:
             accepted += fz
             spans.update({k: fuzzy_spans[k] for k in fz})
 
-        # ---- context
-        ctx = self._context(text, toks, low, gaps)
+        # ---- context; a trigger word inside an accepted mention ("diabetes mellitus without
+        # complications") is part of that title, not a negation of what follows
+        inside = np.zeros(n, dtype=bool)
+        for i, j in accepted:
+            inside[i:j + 1] = True
+        ctx = self._context(text, toks, low, gaps, inside)
         out: list[Mention] = []
         for i, j in sorted(accepted):
             s, e = toks[i][0], toks[j][1]
@@ -860,7 +864,7 @@ class EntityLinker:
                 out[ij] = found
         return out
 
-    def _context(self, text, toks, low, gaps):
+    def _context(self, text, toks, low, gaps, inside=None):
         n = len(toks)
         sent = np.zeros(n, dtype=np.int64)
         clause = np.zeros(n, dtype=np.int64)
@@ -877,11 +881,13 @@ class EntityLinker:
             blocked[a:b + 1] = True
         for a, _b in _find_phrases(low, sent, _TERM, blocked):
             clause[a:] += 1
+        if inside is not None:
+            blocked = blocked | inside
         pre = _find_phrases(low, sent, _PRE, blocked)
         post = _find_phrases(low, sent, _POST, blocked)
         fam_sents = {int(sent[a]) for a, _ in _find_phrases(low, sent, _FAM)}
-        hpre = _find_phrases(low, sent, _HPRE)
-        hpost = _find_phrases(low, sent, _HPOST)
+        hpre = _find_phrases(low, sent, _HPRE, inside)
+        hpost = _find_phrases(low, sent, _HPOST, inside)
         fam_sections = _family_sections(text)
         w = self.negation_window
 

@@ -750,7 +750,7 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[L
         tok = PieceTokenizer(_load_hf_tokenizer(path / "tokenizer"), tcfg["max_tokens"], tcfg.get("max_words"))
         model = PLMICD(labels, tok, params, _load_encoder(path / "encoder", from_config_only=True), max_words)
     else:
-        raise ValueError(f"{cfg_file}: unknown model name {name!r}")
+        raise ValueError(f"{path / 'config.json'}: unknown model name {name!r} (known: caml, laat, plm_icd)")
     load_model(model, str(path / "model.safetensors"), strict=True)
     model.threshold = cfg.get("threshold")
     model.to(device).eval()

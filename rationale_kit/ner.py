@@ -390,6 +390,11 @@ def train_ner(
             info = {}
         if info.get("finished") and info.get("data_hash") == dhash and info.get("config") == want_cfg:
             return load_ner(ckpt, device)
+        changed = [k for k in sorted(set(want_cfg) | set(info.get("config") or {}))
+                   if (info.get("config") or {}).get(k) != want_cfg.get(k)]
+        why = ("unreadable or unfinished" if not info.get("finished") else
+               ", ".join((["training data"] if info.get("data_hash") != dhash else []) + changed))
+        print(f"{ckpt}: starting over, the saved tagger does not match ({why})")
 
     dev = torch.device(device)
     fork = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []

@@ -41,6 +41,7 @@ import numpy as np
 import pandas as pd
 
 from . import text as _text
+from .config import DEFAULT_GRADIENT_METHOD
 from .records import (
     SCORE_COLUMNS,
     SPAN_COLUMNS,
@@ -548,7 +549,7 @@ def explain_encoded(
     model,
     enc,
     label_rows: Sequence[int],
-    method: GradientMethod = "integrated_gradients",
+    method: GradientMethod = DEFAULT_GRADIENT_METHOD,
     steps: int = 16,
     device=None,
 ) -> dict:
@@ -619,7 +620,7 @@ def gradient_rationales(
     model,
     docs,
     codes_per_note: pd.DataFrame,
-    method: GradientMethod = "attention_x_gradient",
+    method: GradientMethod = DEFAULT_GRADIENT_METHOD,
     steps: int = 16,
     source: str = "gradient",
     model_name: Optional[str] = None,

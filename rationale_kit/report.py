@@ -409,8 +409,14 @@ def to_html(report: Report) -> str:
     return "\n".join(out) + "\n"
 
 
+_MD_ACTIVE = str.maketrans({c: "\\" + c for c in "\\`[]"})
+
+
 def _md_text(value: Any) -> str:
-    return html.escape(str(value), quote=False).replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+    """Text from the data as inert Markdown: HTML escaped, and the characters that open links,
+    images (``[x](javascript:...)``, ``![](https://remote/...)``) and code spans backslash-escaped."""
+    text = html.escape(str(value), quote=False).translate(_MD_ACTIVE)
+    return text.replace("|", "\\|").replace("\r", " ").replace("\n", " ")
 
 
 def _md_table(frame: pd.DataFrame, digits: int = 4) -> list[str]:

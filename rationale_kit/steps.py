@@ -91,8 +91,13 @@ def fit_model(name: str, profile: Profile, docs: pd.DataFrame, labels: list[str]
               max_train_docs: int | None = None):
     """Build (seeded) and train model ``name`` with the profile's parameters; resumable in
     ``out_dir``. ``init_from``: start from a saved model (a ``.../model`` folder) instead of a
-    fresh one; ``max_train_docs`` overrides the profile's cap on training notes. Returns the
-    :class:`~rationale_kit.training.TrainResult`; the best model is saved to ``out_dir / "model"``."""
+    fresh one; ``max_train_docs`` replaces the profile's cap on training notes (``train.max_train_docs``
+    and the model's own cap do not apply then). The checkpoint's key also holds what builds the
+    starting model (the ``init_from`` model's hash, word2vec settings, ``data.max_words``) and the
+    hash of the training code. Returns the :class:`~rationale_kit.training.TrainResult`; the best
+    model is saved to ``out_dir / "model"``."""
+    import dataclasses
+
     from . import models, training
 
     params = getattr(profile.train, name)
@@ -101,22 +106,46 @@ def fit_model(name: str, profile: Profile, docs: pd.DataFrame, labels: list[str]
     cap = max_train_docs or params.max_train_docs or profile.train.max_train_docs
     if cap:
         train = train.head(cap)
+    key = {"max_words": profile.data.max_words, "code": training_code_hash()}
     if init_from is not None:
         model, _ = models.load(init_from)
+        key["init_from"] = saved_model_hash(init_from)
     else:
         w2v = profile.train.word2vec if name != "plm_icd" else None
         if w2v is not None and w2v.dim != params.embed_dim:
             w2v = type(w2v)(**{**w2v.__dict__, "dim": params.embed_dim})
+        key["word2vec"] = dataclasses.asdict(w2v) if w2v is not None else None
         model = models.build_model(name, params, labels, train_texts=train.text, w2v=w2v,
                                    max_words=profile.data.max_words, seed=profile.common.seed)
     result = training.train_model(
-        model, train, docs[docs.split == "val"], params, profile.train, out_dir, device=device,
-        progress=profile.common.progress, rationale_targets=rationale_targets, lam=lam,
-        rationale_loss=loss, epochs=epochs, seed=profile.common.seed,
+        # the cap was applied above (train_model would cut again at train.max_train_docs)
+        model, train, docs[docs.split == "val"], params, dataclasses.replace(profile.train, max_train_docs=None),
+        out_dir, device=device, progress=profile.common.progress, rationale_targets=rationale_targets, lam=lam,
+        rationale_loss=loss, epochs=epochs, seed=profile.common.seed, key=key,
     )
     models.save(result.model, Path(out_dir) / "model", threshold=result.threshold,
                 extra={"best_epoch": result.best_epoch, "lam": lam, "loss": loss})
     return result
+
+
+def saved_model_hash(folder: Path) -> str:
+    """Hash of a saved model folder (its weights and configuration)."""
+    h = hashlib.sha256()
+    for f in sorted(Path(folder).rglob("*")):
+        if f.is_file():
+            h.update(str(f.relative_to(folder)).encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def training_code_hash() -> str:
+    """Hash of the sources that determine a trained model (models, training, text units)."""
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for rel in ("models.py", "training.py", "text.py"):
+        h.update(rel.encode())
+        h.update((root / rel).read_bytes())
+    return h.hexdigest()[:16]
 
 
 def predictions(model, docs: pd.DataFrame, threshold: float, device: str = "cpu", batch_size: int = 16) -> pd.DataFrame:
@@ -200,14 +229,15 @@ def model_rationales(models_: Mapping[str, torch.nn.Module], docs: pd.DataFrame,
                                    batch_size=r.attention_batch_size, device=device, progress=profile.common.progress)
         tables.append(att.table)
         diag = None
-        with_gradient = r.gradient_models is None or name in r.gradient_models
+        with_gradient = "gradient" in r.sources and (r.gradient_models is None or name in r.gradient_models)
         if with_gradient:
             grad = gradient_rationales(model, docs, p, method=r.gradient_method, steps=r.ig_steps, source="gradient",
                                        model_name=name, device=device, progress=profile.common.progress)
             tables.append(grad.table)
             diag = grad.diagnostics
         report[name] = {"pairs": int(len(p)), "missing_codes": int(att.n_missing), "seconds": round(time.time() - t0, 1),
-                        "gradient": r.gradient_method if with_gradient else "not computed (rationales.gradient_models)"}
+                        "gradient": r.gradient_method if with_gradient else
+                        f"not computed (rationales.{'gradient_models' if 'gradient' in r.sources else 'sources'})"}
         if diag is not None and len(diag) and "rel_error" in diag:
             report[name]["ig_completeness_rel_error_median"] = float(np.nanmedian(diag["rel_error"]))
     return pd.concat(tables, ignore_index=True), report
@@ -216,10 +246,14 @@ def model_rationales(models_: Mapping[str, torch.nn.Module], docs: pd.DataFrame,
 def entity_rationales(docs: pd.DataFrame, pairs: pd.DataFrame, codes: pd.DataFrame, profile: Profile,
                       cache_dir: Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Entity-linking rationales for the pairs (model-independent). Returns ``(spans, mentions)``;
-    ``mentions`` lists every mention found, filtered ones with their reason."""
+    ``mentions`` lists every mention found, filtered ones with their reason. Without "entity" in
+    ``rationales.sources`` both tables are empty (the linker is not run)."""
     from .entity import EntityLinker, entity_rationales as _entity, link_documents
 
     r = profile.rationales
+    if "entity" not in r.sources:
+        print("entity rationales: not computed ('entity' is not in rationales.sources)")
+        docs, pairs = docs.iloc[:0], pairs.iloc[:0]
     linker = EntityLinker(sorted(codes.code), kb_cache_dir=cache_dir, fuzzy_threshold=r.entity_fuzzy_threshold,
                           descriptions=dict(zip(codes.code, codes.description)),
                           negation_window=r.entity_negation_window, filter_historical=r.entity_filter_historical)
@@ -249,9 +283,16 @@ def llm_rationales(ds, docs: pd.DataFrame, profile: Profile, cache_dir: Path,
                    teachers: Mapping[str, int]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Quotes of every teacher (``{"llm_zero": 0, "llm_few": k}``: name -> shots per code) for the
     notes of ``docs``, through the disk cache (a rerun makes no new calls). Returns (quotes, calls)
-    with a ``source`` column naming the teacher."""
+    with a ``source`` column naming the teacher. Teachers not in ``rationales.sources`` are not asked."""
     from . import llm
 
+    skipped = [t for t in teachers if t not in profile.rationales.sources]
+    if skipped:
+        print(f"LLM teachers not asked ({', '.join(skipped)} not in rationales.sources)")
+    teachers = {t: k for t, k in teachers.items() if t in profile.rationales.sources}
+    if not teachers:
+        return (pd.DataFrame(columns=[*llm.ANSWER_COLUMNS, "source", "shots"]),
+                pd.DataFrame(columns=[*llm.CALL_COLUMNS, "source", "shots"]))
     cfg = profile.rationales.llm
     backend = llm.make_backend(cfg)
     credentialed = bool(docs.get("credentialed", pd.Series(False)).any())
@@ -882,7 +923,8 @@ def ner_experiment(ds, targets: Mapping[str, dict], profile: Profile, out_dir: P
                 continue
             cfg = N.NERConfig(epochs=g.ner_epochs, seed=profile.common.seed, window=profile.train.plm_icd.chunk_size,
                               encoder_path=profile.train.plm_icd.encoder_path, max_windows_per_note=g.ner_max_windows_per_note,
-                              lr=g.ner_lr, head_lr=g.ner_head_lr, freeze_layers=g.ner_freeze_layers)
+                              lr=g.ner_lr, head_lr=g.ner_head_lr, freeze_layers=g.ner_freeze_layers,
+                              formulation=g.ner_formulation)
             t0 = time.time()
             run_dir = Path(out_dir) / f"{teacher}_{len(use)}"
             tagger = N.train_ner(ds.docs[ds.docs.note_id.isin(set(use))], spans[spans.note_id.isin(set(use))], cfg,

@@ -15,12 +15,16 @@
   validation predictions (``val_micro_f1`` in the history: an optimistic monitor, not a test
   figure);
 - the decision threshold is tuned on validation with the best model (grid of ``threshold_grid``
-  points over [0, 1], maximise micro-F1) and saved with the model into ``out_dir/model``;
+  points over [0, 1], maximise micro-F1) on float32 probabilities (no autocast: the precision of
+  the test predictions it is applied to) and saved with the model into ``out_dir/model``;
 - a checkpoint after every epoch (``out_dir/checkpoint.pt``: model, optimiser, scheduler, scaler,
-  RNG states, history, early-stopping state). Calling :func:`train_model` again with the same
-  ``out_dir`` and the same settings resumes after the last finished epoch; on CPU the result equals
-  an uninterrupted run's. A checkpoint of a different run (other data, model or settings) is an
-  error, not silently mixed in;
+  RNG states, history, early-stopping state) keyed on everything that determines the result (every
+  model parameter, the training settings, note ids, texts and codes of the training and validation
+  notes, the teacher targets, the architecture, the seed, and the caller's ``key``: e.g. the
+  starting model's hash). Calling :func:`train_model` again with the same ``out_dir`` and the same
+  key resumes after the last finished epoch; on CPU the result equals an uninterrupted run's. A
+  checkpoint with another key (or an unreadable one) is moved aside to ``checkpoint.stale.pt`` and
+  training starts over, saying so in one line;
 - a non-finite loss stops training with :class:`NonFiniteLoss` naming the epoch and step.
 
 Guided learning (multi-objective): ``L = BCE + lam * L_rationale``. For each (note, gold code) pair
@@ -48,6 +52,7 @@ model. Without a launcher (``WORLD_SIZE`` unset or 1) nothing of this is active.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import math
 import os
@@ -302,10 +307,28 @@ def _unwrap(model: torch.nn.Module) -> LabelAttentionModel:
 
 
 def _docs_hash(docs: pd.DataFrame) -> str:
+    """Note ids, codes and texts (in order)."""
     h = hashlib.sha256()
-    for nid, codes in zip(docs["note_id"], docs["codes"]):
-        h.update(f"{nid}\t{','.join(codes)}\n".encode())
+    for nid, codes, text in zip(docs["note_id"], docs["codes"], docs["text"]):
+        h.update(f"{nid}\t{','.join(codes)}\t{len(str(text))}\n".encode())
+        h.update(hashlib.sha256(str(text).encode("utf-8", "surrogatepass")).digest())
     return h.hexdigest()[:16]
+
+
+def _plain(value: Any) -> Any:
+    """JSON-like form of a config value (for checkpoint keys)."""
+    if dataclasses.is_dataclass(value):
+        return {k: _plain(v) for k, v in dataclasses.asdict(value).items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return value if value is None or isinstance(value, (bool, int, float, str)) else str(value)
+
+
+def _use_amp(train_cfg: Train, device: torch.device) -> bool:
+    """Mixed precision is used for training on CUDA only."""
+    return bool(train_cfg.amp) and device.type == "cuda"
 
 
 def _targets_hash(targets: dict | None) -> str:
@@ -359,6 +382,48 @@ def _amp_dtype(device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
+def _key_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """``["params.dropout: 0.0 -> 0.9", ...]``: the entries of two checkpoint keys that differ."""
+    out = []
+    for k in sorted(set(old) | set(new), key=str):
+        a, b = old.get(k, "<absent>"), new.get(k, "<absent>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _key_diff(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: {a} -> {b}")
+    return out
+
+
+def _matching_checkpoint(path: Path, fingerprint: dict, n_epochs: int, dist: "_Dist", show: bool) -> dict | None:
+    """The checkpoint at ``path`` when its key equals ``fingerprint`` (a finished data-parallel run
+    is also reused by a single process); otherwise ``None`` after moving it (and the best model of
+    that run) aside, with one line saying why."""
+    if not path.exists():
+        return None
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        old = ckpt["fingerprint"]
+        done = ckpt["state"].get("stopped") or ckpt["state"].get("epoch", 0) >= n_epochs
+        diff = _key_diff(old, fingerprint)
+        if diff and done and all(d.startswith("world:") for d in diff):
+            # a finished data-parallel run (torchrun/accelerate) reused by one process: nothing is
+            # trained again, so the process count does not matter
+            diff = []
+        why = "its key differs: " + "; ".join(diff[:4]) + (f"; +{len(diff) - 4} more" if len(diff) > 4 else "")
+    except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint is replaced, never trusted
+        ckpt, diff, why = None, ["unreadable"], f"it is unreadable ({type(exc).__name__}: {exc})"
+    if not diff:
+        return ckpt
+    dist.barrier()
+    if dist.main:
+        os.replace(path, path.with_name("checkpoint.stale.pt"))
+        (path.parent / "best_model.pt").unlink(missing_ok=True)
+    dist.barrier()
+    if show:
+        print(f"{path}: starting over, {why} (the old checkpoint is kept as checkpoint.stale.pt)")
+    return None
+
+
 # --------------------------------------------------------------------------------------------
 # training
 # --------------------------------------------------------------------------------------------
@@ -378,12 +443,15 @@ def train_model(
     *,
     seed: int = 13,
     callback: Callable[[dict], None] | None = None,
+    key: dict | None = None,
 ) -> TrainResult:
     """Train ``model`` (see the module docstring); returns a :class:`TrainResult`.
 
     ``epochs`` overrides ``params.epochs``; ``seed`` seeds python/numpy/torch at the start of a new
     run and the batch order of each epoch; ``callback`` (optional) is called with
-    ``{"event": "step" | "epoch", "epoch", "step", "loss", ...}`` after every batch and epoch.
+    ``{"event": "step" | "epoch", "epoch", "step", "loss", ...}`` after every batch and epoch;
+    ``key`` (JSON-like) adds what else determines the result to the checkpoint's key (the starting
+    model, the vocabulary settings, ...).
     """
     if rationale_loss not in ("kl", "bce"):
         raise ValueError(f"rationale_loss must be 'kl' or 'bce', got {rationale_loss!r}")
@@ -414,7 +482,7 @@ def train_model(
     use_rationales = any(pairs)
 
     model.to(dev)
-    use_amp = bool(train_cfg.amp) and dev.type == "cuda"
+    use_amp = _use_amp(train_cfg, dev)
     amp_dtype = _amp_dtype(dev) if use_amp else None
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
     optimizer = torch.optim.AdamW(param_groups(model, params), lr=params.lr, weight_decay=params.weight_decay)
@@ -428,41 +496,20 @@ def train_model(
     fingerprint = {
         "model": model.name, "labels": hashlib.sha256("\n".join(labels).encode()).hexdigest()[:16],
         "train": _docs_hash(train_docs), "val": _docs_hash(val_docs), "epochs": n_epochs,
-        "lr": params.lr, "weight_decay": params.weight_decay, "batch_size": params.batch_size,
-        "grad_accum": accum, "patience": params.patience, "warmup_ratio": train_cfg.warmup_ratio,
-        "clip_norm": train_cfg.clip_norm, "seed": seed, "lam": float(lam), "rationale_loss": rationale_loss,
+        "params": _plain(params), "grad_accum": accum,
+        "train_cfg": {k: _plain(getattr(train_cfg, k)) for k in ("warmup_ratio", "clip_norm", "amp", "threshold_grid")},
+        "amp_dtype": str(amp_dtype), "seed": seed, "lam": float(lam), "rationale_loss": rationale_loss,
         "targets": _targets_hash(rationale_targets), "world": dist.world,
         # the architecture and vocabulary: a checkpoint of another code version is not resumed
         "shapes": hashlib.sha256(repr(sorted((k, tuple(v.shape)) for k, v in model.state_dict().items())).encode()).hexdigest()[:16],
+        "key": _plain(key or {}),
     }
-    # recorded only when set, so that checkpoints written before these options existed still resume
-    for key in ("head_lr", "freeze_layers"):
-        if getattr(params, key, None):
-            fingerprint[key] = getattr(params, key)
     ckpt_path = out_dir / "checkpoint.pt"
     best_path = out_dir / "best_model.pt"
     state = {"epoch": 0, "history": [], "best_score": None, "best_epoch": 0, "bad_epochs": 0, "stopped": False}
-    if ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        old = ckpt["fingerprint"]
-        # checkpoints written before "shapes" was recorded are checked by loading alone
-        diff = {k: (old.get(k), v) for k, v in fingerprint.items() if old.get(k) != v and (k in old or k != "shapes")}
-        diff.update({k: (v, None) for k, v in old.items() if k in ("head_lr", "freeze_layers") and k not in fingerprint})
-        done = ckpt["state"].get("stopped") or ckpt["state"].get("epoch", 0) >= n_epochs
-        if set(diff) == {"world"} and done:
-            # a finished data-parallel run (torchrun/accelerate) reused by one process: nothing
-            # is trained again, so the process count does not matter
-            diff = {}
-        if diff:
-            raise ValueError(
-                f"{ckpt_path} belongs to a different run (checkpoint vs now: {diff}); use another "
-                "out_dir or delete it to start over"
-            )
-        try:
-            model.load_state_dict(ckpt["model"])
-        except RuntimeError as exc:
-            raise ValueError(f"{ckpt_path} does not fit this model ({str(exc).splitlines()[1:2]}); it was written by "
-                             "another version of the code or vocabulary: delete the folder to start over") from None
+    ckpt = _matching_checkpoint(ckpt_path, fingerprint, n_epochs, dist, show=dist.main)
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         if scaler is not None and ckpt.get("scaler"):
@@ -470,6 +517,9 @@ def train_model(
         rng = ckpt["rng"]
         _set_rng_state(rng[dist.rank] if len(rng) == dist.world else rng[0])
         state = ckpt["state"]
+        if show:
+            print(f"{ckpt_path}: resuming after epoch {state['epoch']} of {n_epochs}" +
+                  (" (finished: nothing to train)" if state["stopped"] or state["epoch"] >= n_epochs else ""))
     else:
         random.seed(seed + dist.rank)
         np.random.seed(seed + dist.rank)
@@ -630,7 +680,8 @@ def train_model(
     if best_path.exists():
         model.load_state_dict(torch.load(best_path, map_location="cpu", weights_only=True))
     model.to(dev)
-    val_probs = _predict_encoded(model, enc_val, max(1, params.batch_size * 2), dev, amp_dtype)
+    # float32, as the test predictions the threshold is applied to (bf16 probabilities differ)
+    val_probs = _predict_encoded(model, enc_val, max(1, params.batch_size * 2), dev, None)
     threshold, _ = tune_threshold(y_val, val_probs, train_cfg.threshold_grid)
     threshold = dist.broadcast(threshold)
     val_metrics = coding_report(y_val, val_probs, threshold)

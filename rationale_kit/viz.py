@@ -38,6 +38,17 @@ class _Seg:
     shade: float = 0.0
 
 
+def styled_table(frame: pd.DataFrame, number_format: str = "{:.3f}"):
+    """A pandas ``Styler`` of ``frame`` with numbers formatted and every label and text cell
+    HTML-escaped (code names, model names and sources come from the data)."""
+    def fmt(v):
+        is_number = isinstance(v, (int, float, np.number)) and not isinstance(v, (bool, np.bool_))
+        return number_format.format(v) if is_number else v  # text arrives HTML-escaped
+
+    return (frame.style.format(fmt, escape="html", na_rep="–")
+            .format_index(escape="html", axis=0).format_index(escape="html", axis=1))
+
+
 def layers_for_pair(
     note_id: str,
     code: str,

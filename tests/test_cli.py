@@ -64,13 +64,13 @@ def test_align_bad_docs(tmp_path, capsys):
 
 def test_plausibility_json(tmp_path, docs, capsys):
     gold = write_jsonl(tmp_path / "gold.jsonl", [
-        {"note_id": "n1", "code": "A", "start": 0, "end": 5, "granularity": "mention"},
-        {"note_id": "n1", "code": "A", "start": 12, "end": 14},
+        {"note_id": "n1", "code": "I10", "start": 0, "end": 5, "granularity": "mention"},
+        {"note_id": "n1", "code": "I10", "start": 12, "end": 14},
     ])
     pred = write_jsonl(tmp_path / "pred.jsonl", [
-        {"note_id": "n1", "code": "A", "start": 0, "end": 5, "source": "llm"},
-        {"note_id": "n1", "code": "A", "start": 15, "end": 20},
-        {"note_id": "n1", "code": "A", "start": 9, "end": 11},
+        {"note_id": "n1", "code": "I10", "start": 0, "end": 5, "source": "llm"},
+        {"note_id": "n1", "code": "I10", "start": 15, "end": 20},
+        {"note_id": "n1", "code": "I10", "start": 9, "end": 11},
     ])
     assert plausibility_main(["--docs", docs, "--gold", gold, "--pred", pred]) == 0
     res = json.loads(capsys.readouterr().out)
@@ -86,15 +86,15 @@ def test_plausibility_json(tmp_path, docs, capsys):
 
 
 @pytest.mark.parametrize("row, message", [
-    ({"note_id": "zz", "code": "A", "start": 0, "end": 2}, "pred.jsonl:2: unknown note_id 'zz'"),
-    ({"note_id": "n1", "code": "A", "start": 20, "end": 99}, "pred.jsonl:2: offsets [20, 99) outside note 'n1'"),
-    ({"note_id": "n1", "code": "A", "start": 0}, "pred.jsonl:2: missing key 'end'"),
+    ({"note_id": "zz", "code": "I10", "start": 0, "end": 2}, "pred.jsonl:2: unknown note_id 'zz'"),
+    ({"note_id": "n1", "code": "I10", "start": 20, "end": 99}, "pred.jsonl:2: offsets [20, 99) outside note 'n1'"),
+    ({"note_id": "n1", "code": "I10", "start": 0}, "pred.jsonl:2: missing key 'end'"),
     ('{"note_id": "n1", ', "pred.jsonl:2: malformed JSON"),
-    ({"note_id": "n1", "code": "A", "start": "x", "end": 2}, "pred.jsonl:2: start/end must be integers"),
+    ({"note_id": "n1", "code": "I10", "start": "x", "end": 2}, "pred.jsonl:2: start/end must be integers"),
 ])
 def test_plausibility_bad_input(tmp_path, docs, capsys, row, message):
-    gold = write_jsonl(tmp_path / "gold.jsonl", [{"note_id": "n1", "code": "A", "start": 0, "end": 5}])
-    pred = write_jsonl(tmp_path / "pred.jsonl", [{"note_id": "n1", "code": "A", "start": 0, "end": 5}, row])
+    gold = write_jsonl(tmp_path / "gold.jsonl", [{"note_id": "n1", "code": "I10", "start": 0, "end": 5}])
+    pred = write_jsonl(tmp_path / "pred.jsonl", [{"note_id": "n1", "code": "I10", "start": 0, "end": 5}, row])
     assert plausibility_main(["--docs", docs, "--gold", gold, "--pred", pred]) == 2
     captured = capsys.readouterr()
     assert message in captured.err and captured.out == ""
@@ -107,18 +107,18 @@ TEXT3 = "aa bb cc"  # MDACE tokens aa@0 bb@3 cc@6
 
 @pytest.fixture
 def three(tmp_path):
-    """Notes m1..m3 = TEXT3; gold "aa bb" [0, 5) for code A on every note, and on m3 also code B "cc"."""
+    """Notes m1..m3 = TEXT3; gold "aa bb" [0, 5) for code I10 on every note, and on m3 also code R07.9 "cc"."""
     docs = write_jsonl(tmp_path / "docs.jsonl", [{"note_id": f"m{i}", "text": TEXT3} for i in (1, 2, 3)])
-    gold = write_jsonl(tmp_path / "gold.jsonl", [{"note_id": f"m{i}", "code": "A", "start": 0, "end": 5}
-                                                 for i in (1, 2, 3)] + [{"note_id": "m3", "code": "B", "start": 6, "end": 8}])
+    gold = write_jsonl(tmp_path / "gold.jsonl", [{"note_id": f"m{i}", "code": "I10", "start": 0, "end": 5}
+                                                 for i in (1, 2, 3)] + [{"note_id": "m3", "code": "R07.9", "start": 6, "end": 8}])
     return docs, gold
 
 
 def test_plausibility_bootstrap_interval(tmp_path, three, capsys):
     docs, gold = three
     # m1: exact "aa bb" (tp 2 tokens); m2: "cc" (fp 1, fn 2); m3: nothing (fn 2 + fn 1 for B)
-    pred = write_jsonl(tmp_path / "pred.jsonl", [{"note_id": "m1", "code": "A", "start": 0, "end": 5},
-                                                 {"note_id": "m2", "code": "A", "start": 6, "end": 8}])
+    pred = write_jsonl(tmp_path / "pred.jsonl", [{"note_id": "m1", "code": "I10", "start": 0, "end": 5},
+                                                 {"note_id": "m2", "code": "I10", "start": 6, "end": 8}])
     args = ["--docs", docs, "--gold", gold, "--pred", pred]
     assert plausibility_main(args + ["--bootstrap", "2000", "--seed", "1"]) == 0
     res = json.loads(capsys.readouterr().out)
@@ -146,12 +146,12 @@ def test_plausibility_bootstrap_interval(tmp_path, three, capsys):
 def test_compare_on_notes_both_cover(tmp_path, three, capsys):
     docs, gold = three
     # A covers m1, m2 (m2 with a null-offset line: ran there, found nothing); B covers m1, m2, m3
-    pred_a = write_jsonl(tmp_path / "a.jsonl", [{"note_id": "m1", "code": "A", "start": 0, "end": 5},
-                                                {"note_id": "m2", "code": "A", "start": None, "end": None}])
-    pred_b = write_jsonl(tmp_path / "b.jsonl", [{"note_id": "m1", "code": "A", "start": 0, "end": 2},
-                                                {"note_id": "m2", "code": "A", "start": 0, "end": 5},
-                                                {"note_id": "m3", "code": "A", "start": 0, "end": 5},
-                                                {"note_id": "m3", "code": "B", "start": 6, "end": 8}])
+    pred_a = write_jsonl(tmp_path / "a.jsonl", [{"note_id": "m1", "code": "I10", "start": 0, "end": 5},
+                                                {"note_id": "m2", "code": "I10", "start": None, "end": None}])
+    pred_b = write_jsonl(tmp_path / "b.jsonl", [{"note_id": "m1", "code": "I10", "start": 0, "end": 2},
+                                                {"note_id": "m2", "code": "I10", "start": 0, "end": 5},
+                                                {"note_id": "m3", "code": "I10", "start": 0, "end": 5},
+                                                {"note_id": "m3", "code": "R07.9", "start": 6, "end": 8}])
     args = ["--docs", docs, "--gold", gold, "--pred-a", pred_a, "--pred-b", pred_b]
     assert compare_main(args + ["--seed", "3"]) == 0
     res = json.loads(capsys.readouterr().out)
@@ -177,16 +177,16 @@ def test_compare_on_notes_both_cover(tmp_path, three, capsys):
 
 def test_compare_errors(tmp_path, three, capsys):
     docs, gold = three
-    a = write_jsonl(tmp_path / "a.jsonl", [{"note_id": "m1", "code": "A", "start": 0, "end": 5}])
-    b = write_jsonl(tmp_path / "b.jsonl", [{"note_id": "m2", "code": "A", "start": 0, "end": 5}])
+    a = write_jsonl(tmp_path / "a.jsonl", [{"note_id": "m1", "code": "I10", "start": 0, "end": 5}])
+    b = write_jsonl(tmp_path / "b.jsonl", [{"note_id": "m2", "code": "I10", "start": 0, "end": 5}])
     assert compare_main(["--docs", docs, "--gold", gold, "--pred-a", a, "--pred-b", b]) == 2
     err = capsys.readouterr().err
     assert "no units to compare" in err and "a.jsonl" in err and "none by both" in err
-    bad = write_jsonl(tmp_path / "bad.jsonl", [{"note_id": "m1", "code": "A", "start": 0, "end": 5},
-                                               {"note_id": "m1", "code": "A", "start": None, "end": 3}])
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"note_id": "m1", "code": "I10", "start": 0, "end": 5},
+                                               {"note_id": "m1", "code": "I10", "start": None, "end": 3}])
     assert compare_main(["--docs", docs, "--gold", gold, "--pred-a", a, "--pred-b", bad]) == 2
     assert "bad.jsonl:2: start/end must be integers" in capsys.readouterr().err
-    bad = write_jsonl(tmp_path / "bad.jsonl", [{"note_id": "zz", "code": "A", "start": None, "end": None}])
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"note_id": "zz", "code": "I10", "start": None, "end": None}])
     assert compare_main(["--docs", docs, "--gold", gold, "--pred-a", bad, "--pred-b", a]) == 2
     assert "bad.jsonl:1: unknown note_id 'zz'" in capsys.readouterr().err
 
@@ -195,7 +195,69 @@ def test_module_dispatches_compare(tmp_path, three, capsys):
     from rationale_kit.__main__ import main
 
     docs, gold = three
-    a = write_jsonl(tmp_path / "a.jsonl", [{"note_id": "m1", "code": "A", "start": 0, "end": 5}])
+    a = write_jsonl(tmp_path / "a.jsonl", [{"note_id": "m1", "code": "I10", "start": 0, "end": 5}])
     assert main(["compare", "--docs", docs, "--gold", gold, "--pred-a", a, "--pred-b", a, "--bootstrap", "50"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["span_exact"]["delta"] == 0.0 and res["span_exact"]["delta_ci"] == [0.0, 0.0]
+
+# --------------------------------------------------------------------------------------------
+# hostile input: exit 2 naming the file and line
+# --------------------------------------------------------------------------------------------
+def test_non_utf8_input_names_file_and_line(tmp_path, docs, capsys):
+    quotes = tmp_path / "q.jsonl"
+    quotes.write_bytes(b'{"note_id": "n1", "code": "A", "quote": "aa"}\n{"note_id": "n1", "code": "A", "quote": "caf\xe9"}\n')
+    assert align_main(["--docs", docs, "--quotes", str(quotes)]) == 2
+    assert "q.jsonl:2: not UTF-8 text (byte 0xe9 at column" in capsys.readouterr().err
+    gold = tmp_path / "gold.jsonl"
+    gold.write_bytes(b'{"note_id": "n1", "code": "I10", "start": 0, "end": 5}\n\xff\n')
+    assert plausibility_main(["--docs", docs, "--gold", str(gold), "--pred", str(gold)]) == 2
+    assert "gold.jsonl:2: not UTF-8 text (byte 0xff at column 1)" in capsys.readouterr().err
+
+
+def test_lone_surrogate_in_a_quote(tmp_path, docs, capsys):
+    quotes = write_jsonl(tmp_path / "q.jsonl", ['{"note_id": "n1", "code": "A", "quote": "aa \\ud800 bb"}'])
+    assert align_main(["--docs", docs, "--quotes", quotes, "--out", str(tmp_path / "o.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert "q.jsonl:1: 'quote' holds a lone surrogate (U+D800 at character 3)" in err
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_out_into_a_missing_folder_is_created(tmp_path, docs, capsys):
+    quotes = write_jsonl(tmp_path / "q.jsonl", [{"note_id": "n2", "code": "R07.9", "quote": "chest pain"}])
+    out = tmp_path / "new" / "deeper" / "out.jsonl"
+    assert align_main(["--docs", docs, "--quotes", quotes, "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["start"] == 13
+    assert f"created the folder {out.parent}" in capsys.readouterr().err
+    blocker = tmp_path / "file"
+    blocker.write_text("x")  # a file where the folder should be
+    assert align_main(["--docs", docs, "--quotes", quotes, "--out", str(blocker / "out.jsonl")]) == 2
+    assert f"{blocker / 'out.jsonl'}: cannot write --out" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["nan", "-1", "5", "2.0001", "x"])
+def test_align_threshold_outside_0_2_is_rejected(tmp_path, docs, capsys, value):
+    quotes = write_jsonl(tmp_path / "q.jsonl", [{"note_id": "n2", "code": "R07.9", "quote": "chest pain"}])
+    with pytest.raises(SystemExit) as exc:
+        align_main(["--docs", docs, "--quotes", quotes, "--threshold", value])
+    assert exc.value.code == 2
+    assert "--threshold" in capsys.readouterr().err
+
+
+def test_align_threshold_bounds_accepted(tmp_path, docs, capsys):
+    quotes = write_jsonl(tmp_path / "q.jsonl", [{"note_id": "n2", "code": "R07.9", "quote": "chest pain"}])
+    for value in ("0", "2"):
+        assert align_main(["--docs", docs, "--quotes", quotes, "--threshold", value]) == 0
+
+
+def test_plausibility_normalises_and_validates_codes(tmp_path, docs, capsys):
+    gold = write_jsonl(tmp_path / "gold.jsonl", [{"note_id": "n1", "code": "E119", "start": 0, "end": 5}])
+    pred = write_jsonl(tmp_path / "pred.jsonl", [{"note_id": "n1", "code": "e11.9", "start": 0, "end": 5}])
+    assert plausibility_main(["--docs", docs, "--gold", gold, "--pred", pred]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert (res["span_exact"]["tp"], res["span_exact"]["fp"], res["span_exact"]["fn"]) == (1, 0, 0)
+    assert res["token_exact"]["f1"] == 1.0
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"note_id": "n1", "code": "E11.9", "start": 0, "end": 5},
+                                             {"note_id": "n1", "code": "E11..9", "start": 0, "end": 5}])
+    assert plausibility_main(["--docs", docs, "--gold", gold, "--pred", bad]) == 2
+    captured = capsys.readouterr()
+    assert "bad.jsonl:2: malformed ICD-10-CM code 'E11..9'" in captured.err and captured.out == ""

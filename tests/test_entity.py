@@ -143,3 +143,14 @@ def test_entity_rationales_exact_and_category(linker):
     assert {"negated", "family"} <= set(full["filtered_reason"])
     with pytest.warns(UserWarning, match="not in the linker"):
         E.entity_rationales(docs, pd.DataFrame({"note_id": ["a"], "code": ["K35.80"]}), linker)
+
+
+def test_negation_word_inside_a_mention_does_not_negate_the_next(linker):
+    """ICD titles often hold "without": it belongs to the title, not to the next mention."""
+    ms = linker.link("Type 2 diabetes mellitus without complications and essential hypertension.")
+    by_code = {m.code: m for m in ms}
+    assert by_code["E11.9"].text == "Type 2 diabetes mellitus without complications"
+    assert not by_code["I10"].negated and by_code["I10"].kept and by_code["I10"].text == "essential hypertension"
+    # a real negation before the next mention still counts
+    ms = linker.link("Type 2 diabetes mellitus without complications; no essential hypertension.")
+    assert {m.code: m.negated for m in ms} == {"E11.9": False, "I10": True}

@@ -296,3 +296,15 @@ def test_save_weights_copes_with_shared_storage(tmp_path):
     save_weights(m, tmp_path / "w.safetensors")
     back = load_file(str(tmp_path / "w.safetensors"))
     assert back["a"].tolist() == [0, 1, 2, 3] and back["b"].tolist() == [4, 5]
+
+
+def test_load_unknown_model_name_is_a_clear_error(tmp_path):
+    import json
+
+    model = _build("caml", None).eval()
+    save(model, tmp_path / "m", threshold=0.5)
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    cfg["name"] = "bert_icd"
+    (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=r"m/config.json: unknown model name 'bert_icd' \(known: caml, laat, plm_icd\)"):
+        load(tmp_path / "m")

@@ -260,6 +260,8 @@ def test_checkpoint_reuse_and_determinism(trained, toy, encoder, monkeypatch):
         train_ner(toy[0], toy[1], _cfg(encoder, epochs=1), out_dir=out, progress=False)
     with pytest.raises(AssertionError, match="retrained"):  # other data -> retrain
         train_ner(toy[0].head(50), toy[1], _cfg(encoder), out_dir=out, progress=False)
+    with pytest.raises(AssertionError, match="retrained"):  # same ids and spans, other texts -> retrain
+        train_ner(toy[0].assign(text=toy[0].text.str.upper()), toy[1], _cfg(encoder), out_dir=out, progress=True)
     monkeypatch.undo()
     # same seed -> bitwise the same weights (small run)
     sub_docs = toy[0].head(30)

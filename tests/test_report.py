@@ -182,10 +182,26 @@ def test_report_opens_with_verdicts_and_interval_tables(prof, tmp_path):
                    "## Notebook timings", "## 1. Dataset"])
     # finding (a) with its effect and interval; the other three say they have no verdicts yet
     assert "| (a) plausibility: LLM &gt; entity &gt; attention (PI token F1) | llm_few &gt; entity (exact_code) |" in md
-    assert "0.250 [0.125, 0.375] | 12 | 30 | holds |" in md
+    # brackets are escaped in Markdown cells (no link can form from data); they render as brackets
+    assert r"0.250 \[0.125, 0.375\] | 12 | 30 | holds |" in md
     assert md.count("no verdicts yet") == 3
-    assert "| attention (top-10) | caml | 0.250 [0.125, 0.375] |" in md
+    assert r"| attention (top-10) | caml | 0.250 \[0.125, 0.375\] |" in md
     assert "| 06_plausibility | ran | 3.0 | – | abc1234 | 0.03 s (1.0%) |" in md
     page = report.to_html(rep)
     assert page.index("Verdicts on the paper") < page.index("The run") < page.index("1. Dataset")
     assert page.count("<h2") == md.count("\n## ")
+
+
+def test_markdown_neutralises_links_and_images_from_the_data():
+    frame = pd.DataFrame({"source": ["[click](javascript:alert(1))", "![x](https://evil.example/p.png)"],
+                          "note": ["`code`", "a \\[b]"]})
+    rep = report.Report("p", (("data", "[home](javascript:x)"),), (),
+                        (report.Section("01_data", "t", True, ("see ![i](http://remote/i.png)",),
+                                        (report.Table("[cap](javascript:y)", frame, "f.csv"),)),))
+    md = report.to_markdown(rep)
+    import re
+
+    assert not re.search(r"(?<!\\)\]\(", md)  # no unescaped "](": no link or image can form
+    assert not re.search(r"(?<!\\)\[", md) and not re.search(r"(?<!\\)`", md)
+    assert r"\[click\](javascript:alert(1))" in md and r"!\[x\](https://evil.example/p.png)" in md
+    assert r"\`code\`" in md and r"a \\\[b\]" in md

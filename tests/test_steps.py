@@ -1,5 +1,6 @@
 """Notebook step functions: the profile switches that choose which models get which computation."""
 import pandas as pd
+import pytest
 import torch
 
 from rationale_kit import steps
@@ -55,3 +56,92 @@ def test_few_shot_examples_when_every_document_is_annotated():
     assert [r.note_id for r in reqs] == ["e1"]
     # the example comes from the pool note (its context "fever and"), never from the evaluated note
     assert "fever and" in reqs[0].prompt.user and reqs[0].prompt.user.count("cough again") == 1
+
+
+# --------------------------------------------------------------------------------------------
+# fit_model: caps and checkpoint keys
+# --------------------------------------------------------------------------------------------
+def _fit_setup(tmp_path, **overrides):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    words = ["fever", "cough", "sugar", "pain", "bone", "x", "y", "z"]
+    rows = []
+    for i in range(40):
+        codes = ["J18.9"] if i % 2 else ["E11.9"]
+        rows.append({"note_id": f"n{i}", "text": " ".join(rng.choice(words, 12)) + (" pneumonia" if i % 2 else " diabetes"),
+                     "codes": codes, "split": "train" if i < 30 else "val"})
+    docs = pd.DataFrame(rows)
+    base = {"common": {"progress": False, "seed": 3},
+            "train": {"max_train_docs": 10, "word2vec": {"dim": 8, "epochs": 1, "min_count": 1},
+                      "caml": {"embed_dim": 8, "filters": 4, "kernel": 3, "epochs": 1, "patience": 1}}}
+    prof = load_profile("smoke", {**base, **overrides})
+    return prof, docs
+
+
+def test_guided_cap_replaces_the_training_cap(tmp_path):
+    prof, docs = _fit_setup(tmp_path)
+    res = steps.fit_model("caml", prof, docs, ["E11.9", "J18.9"], tmp_path / "a")
+    assert res.timing["docs"] == 10  # train.max_train_docs
+    res = steps.fit_model("caml", prof, docs, ["E11.9", "J18.9"], tmp_path / "b", max_train_docs=25)
+    assert res.timing["docs"] == 25  # guided.max_train_docs = 25 is not cut back to 10
+
+
+def test_student_retrains_when_its_starting_model_changes(tmp_path, capsys):
+    prof, docs = _fit_setup(tmp_path)
+    labels = ["E11.9", "J18.9"]
+    steps.fit_model("caml", prof, docs, labels, tmp_path / "t1")
+    first = steps.fit_model("caml", prof, docs, labels, tmp_path / "student", init_from=tmp_path / "t1" / "model")
+    assert first.timing["steps"] > 0
+    again = steps.fit_model("caml", prof, docs, labels, tmp_path / "student", init_from=tmp_path / "t1" / "model")
+    assert again.timing["steps"] == 0  # same key: reused
+    other = load_profile("smoke", {"common": {"progress": False, "seed": 3}, "train": {
+        "max_train_docs": 10, "word2vec": {"dim": 8, "epochs": 1, "min_count": 1},
+        "caml": {"embed_dim": 8, "filters": 4, "kernel": 3, "epochs": 1, "patience": 1, "dropout": 0.7}}})
+    steps.fit_model("caml", other, docs, labels, tmp_path / "t2")  # another trained model
+    capsys.readouterr()
+    moved = steps.fit_model("caml", prof, docs, labels, tmp_path / "student", init_from=tmp_path / "t2" / "model")
+    assert moved.timing["steps"] > 0
+    assert "key.init_from" in capsys.readouterr().out
+
+
+def test_rationale_sources_switch_off_gradient_entity_and_teachers(tmp_path):
+    models, docs, pairs = _setup()
+    prof = load_profile("smoke", {"common": {"progress": False}, "rationales": {"sources": ["attention", "llm_zero"]}})
+    soft, report = steps.model_rationales(models, docs, pairs, prof)
+    assert set(soft.source) == {"attention"}
+    assert report["caml"]["gradient"] == "not computed (rationales.sources)"
+    codes = pd.DataFrame({"code": ["I10", "E11.9"], "description": ["Essential hypertension", "Type 2 diabetes"]})
+    spans, mentions = steps.entity_rationales(docs, pairs, codes, prof)
+    assert len(spans) == 0 and len(mentions) == 0 and "start" in spans.columns
+    quotes, calls = steps.llm_rationales(None, docs, load_profile("smoke", {"rationales": {"sources": ["attention"]}}),
+                                         tmp_path, {"llm_zero": 0, "llm_few": 1})
+    assert len(quotes) == 0 and {"source", "note_id", "quote"} <= set(quotes.columns)
+
+
+@pytest.mark.parametrize("change, shown", [
+    ({"data": {"max_words": 3000}}, "key.max_words: 4000 -> 3000"),
+    ({"train": {"word2vec": {"window": 2}}}, "key.word2vec.window: 3 -> 2"),
+    ({"train": {"amp": False}}, "train_cfg.amp: True -> False"),
+    ({"train": {"caml": {"dropout": 0.6}}}, "params.dropout: 0.2 -> 0.6"),
+])
+def test_any_setting_of_the_model_restarts_a_finished_checkpoint(tmp_path, capsys, change, shown):
+    import json as _json
+
+    _, docs = _fit_setup(tmp_path)
+    labels = ["E11.9", "J18.9"]
+    base = {"common": {"progress": False, "seed": 3}, "data": {"max_words": 4000},
+            "train": {"max_train_docs": 10, "word2vec": {"dim": 8, "epochs": 1, "min_count": 1, "window": 3},
+                      "caml": {"embed_dim": 8, "filters": 4, "kernel": 3, "epochs": 1, "patience": 1}}}
+    steps.fit_model("caml", load_profile("smoke", base), docs, labels, tmp_path / "m2")
+
+    def merge(a, b):
+        return {k: merge(a[k], v) if isinstance(v, dict) and isinstance(a.get(k), dict) else v for k, v in {**a, **b}.items()}
+
+    capsys.readouterr()
+    res = steps.fit_model("caml", load_profile("smoke", merge(base, change)), docs, labels, tmp_path / "m2")
+    out = capsys.readouterr().out
+    assert res.timing["steps"] > 0 and "starting over" in out and shown in out, out
+    saved = _json.loads((tmp_path / "m2" / "model" / "config.json").read_text())
+    if "caml" in change.get("train", {}):
+        assert saved["params"]["dropout"] == 0.6  # the saved config and the weights agree

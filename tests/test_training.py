@@ -121,9 +121,11 @@ def test_resume_after_interruption_matches_uninterrupted(tmp_path):
     # finished run: calling again trains nothing and returns the same result
     again = _train(tmp_path / "cut", epochs=4, seed=3, callback=lambda info: seen.append(-1))
     assert -1 not in seen and again.threshold == full.threshold
-    # a checkpoint of other settings is refused
-    with pytest.raises(ValueError, match="different run"):
-        _train(tmp_path / "cut", epochs=5, seed=3)
+    # a checkpoint of other settings is not reused: training starts over (and says so)
+    fresh = _train(tmp_path / "five", epochs=5, seed=3)
+    restarted = _train(tmp_path / "cut", epochs=5, seed=3)
+    pd.testing.assert_frame_equal(_core(restarted.history), _core(fresh.history))
+    assert (tmp_path / "cut" / "checkpoint.stale.pt").exists()
 
 
 def test_early_stopping(tmp_path):
@@ -302,3 +304,67 @@ def test_data_parallel_launch_with_torchrun(tmp_path):
     # 48 notes / 8 = 6 batches per epoch, 3 per process, 2 epochs
     assert all(steps == "6" for _, steps in found)
     assert (tmp_path / "out" / "model" / "config.json").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# checkpoint keys: every setting that determines the result
+# --------------------------------------------------------------------------------------------
+def _same_weights(a, b) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+@pytest.mark.parametrize("change", ["dropout", "text", "key"])
+def test_finished_checkpoint_not_reused_when_anything_it_depends_on_changes(tmp_path, capsys, change):
+    first = _train(tmp_path, epochs=2, seed=4)
+    params, train, key = PARAMS, TRAIN, {"init_from": "aaaa"}
+    if change == "dropout":  # not a shape: the old weights used to come back under the new setting
+        params = ModelParams(**{**PARAMS.__dict__, "dropout": 0.9})
+    elif change == "text":  # same ids and codes, other words
+        train = TRAIN.assign(text=TRAIN.text.str.replace("w1", "w2", regex=False))
+    trained = []
+    res = train_model(_model(params=params), train, VAL, params, CFG, tmp_path, epochs=2, seed=4,
+                      progress=True, key=key if change == "key" else None,
+                      callback=lambda i: trained.append(i["epoch"]) if i["event"] == "epoch" else None)
+    out = capsys.readouterr().out
+    assert "starting over, its key differs" in out and "checkpoint.stale.pt" in out
+    assert {"dropout": "params.dropout: 0.2 -> 0.9", "text": "train:", "key": "key.init_from: <absent> -> aaaa"}[change] in out
+    assert trained == [1, 2]  # trained again from the start
+    if change != "key":  # (with only the key changed the same training gives the same weights)
+        assert not _same_weights(first.model, res.model)
+    # the new checkpoint is now the one reused
+    seen = []
+    again = train_model(_model(params=params), train, VAL, params, CFG, tmp_path, epochs=2, seed=4, progress=False,
+                        key=key if change == "key" else None, callback=lambda i: seen.append(i))
+    assert seen == [] and _same_weights(again.model, res.model)
+
+
+def test_unreadable_checkpoint_starts_over(tmp_path, capsys):
+    _train(tmp_path, epochs=1, seed=4)
+    (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    res = _train(tmp_path, epochs=1, seed=4, progress=True)
+    assert "starting over, it is unreadable" in capsys.readouterr().out
+    assert res.history["epoch"].tolist() == [1]
+
+
+def test_threshold_tuned_on_float32_probabilities(tmp_path, monkeypatch):
+    """With mixed precision (bf16 autocast, here forced on CPU) the final tuning of the threshold
+    uses float32 predictions, the precision of the test predictions."""
+    import rationale_kit.training as T
+
+    monkeypatch.setattr(T, "_use_amp", lambda cfg, dev: True)
+    monkeypatch.setattr(T, "_amp_dtype", lambda dev: torch.bfloat16)
+    calls = []
+    real = T._predict_encoded
+
+    def spy(model, encoded, batch_size, device, amp_dtype=None):
+        calls.append(amp_dtype)
+        return real(model, encoded, batch_size, device, amp_dtype)
+
+    monkeypatch.setattr(T, "_predict_encoded", spy)
+    res = _train(tmp_path, epochs=2, seed=4)
+    assert calls[:2] == [torch.bfloat16, torch.bfloat16]  # per-epoch monitoring under autocast
+    assert calls[-1] is None  # the threshold: float32
+    probs = predict_probs(res.model, VAL, batch_size=16)
+    from rationale_kit.metrics.coding import label_matrix, tune_threshold
+
+    assert res.threshold == tune_threshold(label_matrix(VAL["codes"], list(KEYS)), probs, CFG.threshold_grid)[0]

@@ -188,3 +188,14 @@ def test_explorer_starts_at_the_given_selection_from_prepared_data():
     assert c["output"].value == viz.selection_html(data(), "n1", "R07.9", ["llm_few"], "laat")
     c["whole_note"].value = True
     assert c["output"].value == viz.selection_html(data(), "n1", "R07.9", ["llm_few"], "laat", whole_note=True)
+
+
+def test_styled_table_escapes_labels_and_text():
+    evil = "<img src=x onerror=alert(1)>"
+    frame = pd.DataFrame({"f1": [0.12345, float("nan")], "note": [evil, "ok"]},
+                         index=pd.Index([evil, "caml"], name="model"))
+    frame.columns = pd.Index(["f1", "<b>note</b>"])
+    out = viz.styled_table(frame).to_html()
+    assert "<img" not in out and "<b>" not in out
+    assert out.count("&lt;img src=x onerror=alert(1)&gt;") == 2 and "&lt;b&gt;note&lt;/b&gt;" in out
+    assert "0.123" in out and "0.12345" not in out
