@@ -5,7 +5,7 @@ profile's parameters; nothing here is specific to one data set.
 """
 from __future__ import annotations
 
-import json
+import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path

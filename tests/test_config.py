@@ -119,7 +119,7 @@ def test_every_config_field_is_read_somewhere():
                 unread.append(f"{cls.__name__}.{f.name}")
     assert unread == []
     for cls_name, name in READ_BY_NAME:
-        assert f"getattr(profile.train, name)" in src and name in C.Train.__dataclass_fields__
+        assert "getattr(profile.train, name)" in src and name in C.Train.__dataclass_fields__
 
 
 def test_removed_key_names_what_to_set_instead(tmp_path):

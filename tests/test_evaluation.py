@@ -260,7 +260,7 @@ def test_threshold_effect_scores_each_teacher_on_its_pairs():
 
 def test_seeds_are_summed_for_intervals_and_spread_across_seeds(tmp_path):
     design = E.EvaluationDesign(("r1", "r2", "t1"), ("t1",), ("r1", "r2"), 1 / 3)
-    parts, rows = [], []
+    rows = []
     # seed 1: the guided run gains 1 tp on each report note; seed 2: 3 tp. Unguided: 1 tp everywhere
     for seed, tp in ((1, 2), (2, 4)):
         for teacher, lam, t in (("none", 0.0, 1), ("human", 1.0, tp)):

@@ -2,7 +2,6 @@
 the whole series executed on the tiny ``smoke`` profile through the runner."""
 import ast
 import os
-from pathlib import Path
 
 import nbformat
 import pandas as pd

@@ -79,7 +79,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 SAVE = ("import rationale_kit as rk\nctx = rk.setup('{n}', profile, overrides)\n{body}\n"
         "ctx.save_manifest()\nprint('ran {n}')")
@@ -158,7 +157,7 @@ def test_second_run_of_a_profile_is_locked_out_and_stale_lock_taken_over(tmp_pat
     # the same lock of a process that is gone is taken over
     res = run_series(str(prof), runs_dir=runs, notebooks_dir=nbs, only=["01"])
     assert [r["status"] for r in res] == ["ok"] and not (runs / ".lock").exists()
-    assert f"stale lock" in capsys.readouterr().out
+    assert "stale lock" in capsys.readouterr().out
 
 
 def test_relative_profile_path_is_resolved_for_the_notebooks(tmp_path, monkeypatch):
