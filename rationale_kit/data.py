@@ -17,8 +17,10 @@ with MDACE evidence or spans in the project's JSONL format. Bad input raises
 """
 from __future__ import annotations
 
+import csv
 import gzip
 import hashlib
+import io
 import json
 import os
 import re
@@ -32,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from . import icd
-from .records import SPAN_COLUMNS, DataError, read_spans_jsonl
+from .records import SPAN_COLUMNS, DataError, _read_spans_jsonl, iter_jsonl_objects, read_spans_jsonl
 from .text import WORD_RE
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -105,19 +107,54 @@ def read_text_file(path: str | Path) -> str:
 
 
 def _read_csv(path: Path, required: Iterable[str]) -> pd.DataFrame:
-    """A CSV (optionally gzipped) with every column as a string; "" for empty fields."""
+    """A CSV (optionally gzipped) with every column as a string; "" for empty fields.
+
+    Read with the ``csv`` module so that damage is seen, not papered over: a row with more or fewer
+    fields than the header, or a NUL byte in a field, is a :class:`DataError` naming the data row
+    (1-based, header excluded) and its first line. A UTF-8 byte-order mark is removed; blank lines
+    are not records. The frame's index is the data row minus one.
+    """
     if not path.exists():
         raise DataError(f"{path}: file not found")
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+        with _open_bytes(path) as fh:
+            raw = fh.read()
+    except (EOFError, OSError) as exc:
+        raise DataError(f"{path}: cannot read ({exc})") from None
+    try:
+        content = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise _utf8_error(path) from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, EOFError, OSError) as exc:
-        raise DataError(f"{path}: cannot read as CSV ({exc})") from None
-    missing = [c for c in required if c not in frame.columns]
+    del raw
+    has_nul = "\x00" in content
+    csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))  # notes longer than the 128 KiB default
+    reader = csv.reader(io.StringIO(content, newline=""), strict=True)
+    try:
+        header = next(reader, None)
+        if not header:
+            raise DataError(f"{path}: empty file (no header row)")
+        rows: list[list[str]] = []
+        line = reader.line_num
+        for row in reader:
+            first_line, line = line + 1, reader.line_num
+            if not row:
+                continue
+            if len(row) != len(header):
+                raise DataError(f"{path} data row {len(rows) + 1} (line {first_line}): {len(row)} fields, "
+                                f"expected {len(header)} ({', '.join(header)})")
+            if has_nul:
+                bad = [h for h, v in zip(header, row) if "\x00" in v]
+                if bad:
+                    raise DataError(f"{path} data row {len(rows) + 1} (line {first_line}): NUL byte in column "
+                                    f"{bad[0]!r} (a damaged file: the field would be cut there)")
+            rows.append(row)
+    except csv.Error as exc:
+        raise DataError(f"{path} line {reader.line_num}: cannot read as CSV ({exc})") from None
+    del content
+    missing = [c for c in required if c not in header]
     if missing:
-        raise DataError(f"{path}: missing column(s) {missing} (found {list(frame.columns)})")
-    return frame
+        raise DataError(f"{path}: missing column(s) {missing} (found {header})")
+    return pd.DataFrame(rows, columns=header, dtype=object)
 
 
 def _ws(s: str) -> str:
@@ -199,11 +236,12 @@ def resolve_path(path: str | os.PathLike) -> Path:
 # --------------------------------------------------------------------------------------------
 # MIMIC-IV
 # --------------------------------------------------------------------------------------------
-def _find_file(root: Path, rel: str) -> Path:
+def _find_file(root: Path, rel: str, key: str = "data.mimic_dir") -> Path:
     for cand in (root / rel, root / rel.removesuffix(".gz")):
         if cand.exists():
             return cand
-    raise DataError(f"{root / rel}: file not found (mimic_dir must hold note/ and hosp/)")
+    hint = "must hold note/ and hosp/" if key == "data.mimic_dir" else "must hold it"
+    raise DataError(f"{root / rel}: file not found ({key} {hint})")
 
 
 def patient_split(subjects: Iterable[str], seed: int, fractions=(0.8, 0.1, 0.1)) -> dict[str, str]:
@@ -256,11 +294,13 @@ def _read_codes(path: Path, system: str, report: dict, kind: str) -> pd.DataFram
 
 
 def load_mimic(
-    mimic_dir: str | os.PathLike,
+    mimic_dir: Optional[str | os.PathLike],
     split_file: Optional[str | os.PathLike] = None,
     min_code_count: int = 10,
     seed: int = 0,
     fewshot_pool: int = 0,
+    hosp_dir: Optional[str | os.PathLike] = None,
+    note_dir: Optional[str | os.PathLike] = None,
 ) -> Dataset:
     """MIMIC-IV ICD-10 following Edin et al. (2023).
 
@@ -272,11 +312,25 @@ def load_mimic(
     file (``_id`` = hadm_id, ``split``) when given, else :func:`patient_split` by ``subject_id``.
     Descriptions come from ``hosp/d_icd_{diagnoses,procedures}.csv.gz`` when present.
     """
-    root = resolve_path(mimic_dir)
-    report: dict = {"dataset": "mimic", "read": {}, "skipped": {}, "kept": {}}
-    note_path = _find_file(root, "note/discharge.csv.gz")
+    if mimic_dir is None and (hosp_dir is None or note_dir is None):
+        raise DataError("MIMIC-IV location not set: set data.mimic_dir (a folder holding hosp/ and note/) "
+                        "or both data.mimic_hosp_dir and data.mimic_note_dir")
+    root = resolve_path(mimic_dir) if mimic_dir is not None else None
+    report: dict = {"dataset": "mimic", "read": {}, "skipped": {}, "kept": {}, "warnings": {}}
+    note_path = _find_file(root, "note/discharge.csv.gz") if note_dir is None else _find_file(resolve_path(note_dir), "discharge.csv.gz", "data.mimic_note_dir")
     notes = _read_csv(note_path, ["subject_id", "hadm_id", "text"])
     report["read"]["discharge summaries"] = int(len(notes))
+
+    def hosp(name: str) -> Path:
+        if hosp_dir is not None:
+            return _find_file(resolve_path(hosp_dir), name, "data.mimic_hosp_dir")
+        return _find_file(root, f"hosp/{name}")
+
+    if "note_type" in notes:
+        other = notes["note_type"].str.strip() != "DS"
+        if other.any():  # discharge.csv holds DS rows; anything else (an addendum) never replaces one
+            report["skipped"]["notes whose note_type is not DS"] = int(other.sum())
+            notes = notes[~other]
     hadm = notes["hadm_id"].str.strip()
     no_hadm = hadm == ""
     if no_hadm.any():
@@ -293,7 +347,16 @@ def load_mimic(
     notes = notes.assign(hadm_id=hadm, _order=np.arange(len(notes)))[~no_hadm & ~empty]
     sort_cols = []
     if "charttime" in notes:
-        notes = notes.assign(_time=pd.to_datetime(notes["charttime"], errors="coerce"))
+        raw_time = notes["charttime"].str.strip()
+        time = pd.to_datetime(raw_time, errors="coerce", format="ISO8601")
+        bad_time = (raw_time != "") & time.isna()
+        if bad_time.any():
+            i = notes.index[bad_time.to_numpy()][0]
+            raise DataError(f"{note_path} data row {int(i) + 1}: charttime {raw_time.loc[i]!r} is not a date "
+                            f"(expected YYYY-MM-DD HH:MM:SS)")
+        if (raw_time == "").any():
+            report["warnings"]["discharge summaries without charttime (ordered before dated ones)"] = int((raw_time == "").sum())
+        notes = notes.assign(_time=time)
         sort_cols.append("_time")
     if "note_seq" in notes:
         notes = notes.assign(_seq=pd.to_numeric(notes["note_seq"], errors="coerce"))
@@ -306,8 +369,8 @@ def load_mimic(
 
     codes = pd.concat(
         [
-            _read_codes(_find_file(root, "hosp/diagnoses_icd.csv.gz"), "cm", report, "diagnosis"),
-            _read_codes(_find_file(root, "hosp/procedures_icd.csv.gz"), "pcs", report, "procedure"),
+            _read_codes(hosp("diagnoses_icd.csv.gz"), "cm", report, "diagnosis"),
+            _read_codes(hosp("procedures_icd.csv.gz"), "pcs", report, "procedure"),
         ],
         ignore_index=True,
     )
@@ -368,7 +431,7 @@ def load_mimic(
     descs: dict[str, str] = {}
     for name in ("hosp/d_icd_diagnoses.csv.gz", "hosp/d_icd_procedures.csv.gz"):
         try:
-            descs.update(icd.load_mimic_descriptions(_find_file(root, name)))
+            descs.update(icd.load_mimic_descriptions(hosp(name.removeprefix("hosp/"))))
         except DataError as exc:
             if "file not found" not in str(exc):
                 raise
@@ -470,6 +533,8 @@ def load_mdace(
             for key in ("note_id", "category", "annotations"):
                 if not isinstance(note, dict) or key not in note:
                     raise DataError(f"{path}: notes[{j}] missing key {key!r}")
+            if not isinstance(note["annotations"], list):
+                raise DataError(f"{path}: notes[{j}].annotations must be a list, got {type(note['annotations']).__name__}")
             if str(note["category"]).strip().lower() == "discharge summary":
                 ds_notes.append((j, note))
             else:
@@ -556,22 +621,14 @@ def load_spans_jsonl(
         raise DataError(f"{path}: file not found")
     texts = dict(zip(docs["note_id"].astype(str), docs["text"]))
     skipped = {str(s) for s in skipped_note_ids}
-    content = read_text_file(path)
-    linenos = []
-    for lineno, line in enumerate(content.split("\n"), 1):
-        if not line.strip():
-            continue
-        linenos.append(lineno)
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # reported by read_spans_jsonl with its line
-        nid = str(rec.get("note_id")) if isinstance(rec, dict) else None
+    read_text_file(path)  # strict UTF-8 first: the error names the byte offset
+    for lineno, rec in iter_jsonl_objects(path):
+        nid = str(rec.get("note_id"))
         if nid in texts and not texts[nid].strip():
             raise DataError(f"{path}:{lineno}: note_id {nid!r} is an empty note")
         if nid in skipped and nid not in texts:
             raise DataError(f"{path}:{lineno}: note_id {nid!r} is a note the loader skipped (empty note)")
-    spans = read_spans_jsonl(path, docs)
+    spans, linenos = _read_spans_jsonl(path, docs)
     codes_of = {str(n): set(cs) for n, cs in zip(docs["note_id"], docs["codes"])}
     spans["code"] = [
         _code_for_doc(c, "auto", codes_of[n], f"{path}:{ln}")
@@ -662,7 +719,8 @@ def _read_tsv(path: Path, n_fields: int) -> list[tuple[int, list[str]]]:
     if not path.exists():
         raise DataError(f"{path}: file not found")
     out = []
-    for lineno, line in enumerate(read_text_file(path).split("\n"), 1):
+    # a UTF-8 byte-order mark would otherwise become part of the first document id
+    for lineno, line in enumerate(read_text_file(path).removeprefix("\ufeff").split("\n"), 1):
         line = line.rstrip("\r")
         if not line.strip():
             continue
