@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from . import icd
-from .records import SPAN_COLUMNS, DataError, _read_spans_jsonl, iter_jsonl_objects, read_spans_jsonl
+from .records import SPAN_COLUMNS, DataError, _read_spans_jsonl, iter_jsonl_objects, read_spans_jsonl, write_spans_jsonl
 from .text import WORD_RE
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -1408,6 +1408,23 @@ def save_dataset(ds: Dataset, out_dir: str | os.PathLike) -> list[Path]:
     ds.codes.to_parquet(paths[3], index=False)
     paths[4].write_text(json.dumps({"name": ds.name, **ds.report}, indent=1, default=str))
     return paths
+
+
+def export_dataset(ds: Dataset, out_dir: str | os.PathLike) -> tuple[Path, Path]:
+    """Write the canonical tables as JSONL (what ``export-data`` writes): ``docs.jsonl``, one object
+    per document with the docs table's columns (``note_id, text, codes, split, annotated, fewshot,
+    credentialed``), and ``spans.jsonl`` with the human spans notebook 01 saves
+    (:func:`human_spans`: ``note_id, code, start, end, granularity, source``). Returns the paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    docs_path, spans_path = out / "docs.jsonl", out / "spans.jsonl"
+    with open(docs_path, "w", encoding="utf-8") as fh:
+        for r in ds.docs[DATASET_DOC_COLUMNS].itertuples(index=False):
+            rec = {"note_id": str(r.note_id), "text": r.text, "codes": [str(c) for c in r.codes], "split": r.split,
+                   "annotated": bool(r.annotated), "fewshot": bool(r.fewshot), "credentialed": bool(r.credentialed)}
+            fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    write_spans_jsonl(human_spans(ds)[SPAN_COLUMNS], spans_path)
+    return docs_path, spans_path
 
 
 def load_saved(folder: str | os.PathLike, oracle: bool = False) -> Dataset:
