@@ -79,6 +79,10 @@ class Data:
     mdace_unseen_codes: Literal["keep", "drop"] = "keep"
     spans_jsonl: Optional[str] = None  # human spans in the project's JSONL format
     max_words: int = 4000  # notes are cut here before modelling
+    # keep only the N codes carried by the most training documents (ties: code order), like the
+    # MIMIC "top-50" setups: other codes and their spans are removed from every split (counted and
+    # stated in notebook 01's report and notebook 02's table); None = every code
+    top_codes: Optional[int] = None
     credentialed: bool = False  # set for MIMIC: marks documents as credentialed data
     fewshot_pool: int = 100  # CodiEsp/MIMIC: annotated training notes reserved for few-shot prompts
 

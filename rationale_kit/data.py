@@ -1234,7 +1234,51 @@ def download_codiesp(dest: str | os.PathLike, url: str, sha256: str, timeout: fl
 # --------------------------------------------------------------------------------------------
 # dispatch, reports, statistics
 # --------------------------------------------------------------------------------------------
+def restrict_top_codes(ds: Dataset, n: int) -> Dataset:
+    """``ds`` restricted to the ``n`` codes carried by the most training documents (ties broken by
+    code): other codes leave every document's ``codes`` and their spans are removed. Documents are
+    kept even when no code is left (negatives for every label); annotated / few-shot documents
+    left without spans lose those flags. ``report["top codes"]`` counts what was removed, per split."""
+    if n < 1:
+        raise DataError(f"data.top_codes must be at least 1, got {n}")
+    docs = ds.docs.copy()
+    counts = Counter(c for cs, s in zip(docs["codes"], docs["split"]) if s == "train" for c in set(cs))
+    keep = set(sorted(counts, key=lambda c: (-counts[c], c))[:n])
+    before = {s: int(sum(len(cs) for cs, sp in zip(docs["codes"], docs["split"]) if sp == s)) for s in SPLITS}
+    docs["codes"] = [[c for c in cs if c in keep] for cs in docs["codes"]]
+    after = {s: int(sum(len(cs) for cs, sp in zip(docs["codes"], docs["split"]) if sp == s)) for s in SPLITS}
+    spans = ds.spans[ds.spans["code"].isin(keep)].reset_index(drop=True)
+    with_spans = set(spans["note_id"])
+    lost_ann = docs["annotated"] & ~docs["note_id"].isin(with_spans)
+    lost_few = docs["fewshot"] & ~docs["note_id"].isin(with_spans)
+    docs["annotated"] = docs["annotated"] & ~lost_ann
+    docs["fewshot"] = docs["fewshot"] & ~lost_few
+    report = dict(ds.report)
+    report["top codes"] = {
+        "rule": f"the {len(keep)} codes on the most training documents (of {len(counts)} training codes); "
+                "other codes removed from every split with their spans",
+        **{f"{s} gold code occurrences removed": f"{before[s] - after[s]} of {before[s]} "
+                                                  f"({(before[s] - after[s]) / before[s]:.1%})" if before[s] else "0 of 0"
+           for s in SPLITS},
+        "spans removed": int(len(ds.spans) - len(spans)),
+        "documents left without codes (kept as negatives)": int(sum(not cs for cs in docs["codes"])),
+        "annotated documents left without spans (no longer annotated)": int(lost_ann.sum()),
+        "few-shot documents left without spans (no longer in the pool)": int(lost_few.sum()),
+    }
+    report["splits"] = _split_counts(docs, spans)
+    descs = dict(zip(ds.codes["code"], ds.codes["description"]))
+    return Dataset(ds.name, docs, spans, codes_table(docs, descriptions=descs), report)
+
+
 def load_dataset(profile) -> Dataset:
+    """The data set a profile names, restricted to ``data.top_codes`` when set
+    (:func:`restrict_top_codes`); see :func:`_load_dataset`."""
+    ds = _load_dataset(profile)
+    top = getattr(profile.data, "top_codes", None)
+    return restrict_top_codes(ds, top) if top else ds
+
+
+def _load_dataset(profile) -> Dataset:
     """The data set a profile names (``common.dataset``), with its ``data`` parameters.
 
     - ``embedded``: :func:`rationale_kit.corpus.generate_corpus` (``data.embedded``, ``common.seed``).

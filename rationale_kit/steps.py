@@ -123,7 +123,9 @@ def coding_table(pred_frames: Mapping[str, pd.DataFrame], docs: pd.DataFrame, la
     keep = ["micro_f1", "micro_precision", "micro_recall", "macro_f1_mean", "macro_f1_harmonic",
             "p@5", "p@8", "r@8", "p@15", "r@15", "r_precision", "map", "micro_auc", "macro_auc", "threshold",
             "unseen_gold_share"]
-    return table[[k for k in keep if k in table.columns]]
+    table = table[[k for k in keep if k in table.columns]]
+    table["labels"] = float(len(labels))  # the label space (e.g. data.top_codes) beside every row
+    return table
 
 
 def load_models(train_dir: Path, names: Iterable[str], device: str = "cpu") -> dict:

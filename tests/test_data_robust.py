@@ -105,3 +105,36 @@ def test_codiesp_tsv_with_utf8_bom(tmp_path):
     a1 = ds.docs.set_index("note_id").loc["A1", "codes"]
     assert a1[:2] == ["R50.9", "R10.9"]
     assert "\ufeffA1" not in str(ds.report)
+
+
+def test_restrict_top_codes():
+    docs = data._docs_frame([
+        {"note_id": "a", "text": "x", "codes": ["A", "B", "C"], "split": "train", "annotated": True, "fewshot": True, "credentialed": False},
+        {"note_id": "b", "text": "x", "codes": ["A", "B"], "split": "train", "annotated": False, "fewshot": False, "credentialed": False},
+        {"note_id": "c", "text": "x", "codes": ["A", "D"], "split": "train", "annotated": False, "fewshot": False, "credentialed": False},
+        {"note_id": "d", "text": "x", "codes": ["C", "D"], "split": "test", "annotated": True, "fewshot": False, "credentialed": False},
+        {"note_id": "e", "text": "x", "codes": ["B", "E"], "split": "val", "annotated": False, "fewshot": False, "credentialed": False},
+    ])
+    spans = data._spans_frame([
+        {"note_id": "a", "code": "C", "start": 0, "end": 1, "granularity": "mention", "source": "human"},
+        {"note_id": "d", "code": "D", "start": 0, "end": 1, "granularity": "mention", "source": "human"},
+        {"note_id": "d", "code": "C", "start": 0, "end": 1, "granularity": "mention", "source": "human"},
+    ])
+    ds = data.Dataset("t", docs, spans, data.codes_table(docs), {})
+    # training document counts: A 3, B 2, C 1, D 1 -> top 2 = A, B
+    out = data.restrict_top_codes(ds, 2)
+    assert out.docs.codes.tolist() == [["A", "B"], ["A", "B"], ["A"], [], ["B"]]
+    assert len(out.spans) == 0
+    assert out.docs.annotated.tolist() == [False] * 5 and not out.docs.fewshot.any()
+    rep = out.report["top codes"]
+    assert rep["train gold code occurrences removed"] == "2 of 7 (28.6%)"
+    assert rep["test gold code occurrences removed"] == "2 of 2 (100.0%)"
+    assert rep["val gold code occurrences removed"] == "1 of 2 (50.0%)"
+    assert rep["spans removed"] == 3 and rep["documents left without codes (kept as negatives)"] == 1
+    assert out.codes.code.tolist() == ["A", "B"]
+    # ties broken by code: top 3 = A, B, C (C and D both on one training document)
+    out3 = data.restrict_top_codes(ds, 3)
+    assert out3.spans[["note_id", "code"]].values.tolist() == [["a", "C"], ["d", "C"]]
+    assert out3.docs.annotated.tolist() == [True, False, False, True, False]
+    with pytest.raises(DataError, match="top_codes must be at least 1"):
+        data.restrict_top_codes(ds, 0)
