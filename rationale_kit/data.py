@@ -110,48 +110,40 @@ def read_text_file(path: str | Path) -> str:
 def _read_csv(path: Path, required: Iterable[str]) -> pd.DataFrame:
     """A CSV (optionally gzipped) with every column as a string; "" for empty fields.
 
-    Read with the ``csv`` module so that damage is seen, not papered over: a row with more or fewer
-    fields than the header, or a NUL byte in a field, is a :class:`DataError` naming the data row
-    (1-based, header excluded) and its first line. A UTF-8 byte-order mark is removed; blank lines
-    are not records. The frame's index is the data row minus one.
+    Streamed through the ``csv`` module so that damage is seen, not papered over: a row with more
+    or fewer fields than the header, or a NUL byte in a field, is a :class:`DataError` naming the
+    data row (1-based, header excluded) and its first line. A UTF-8 byte-order mark is removed;
+    blank lines are not records. The frame's index is the data row minus one.
     """
     if not path.exists():
         raise DataError(f"{path}: file not found")
+    csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))  # notes longer than the 128 KiB default
+    rows: list[list[str]] = []
     try:
-        with _open_bytes(path) as fh:
-            raw = fh.read()
-    except (EOFError, OSError) as exc:
-        raise DataError(f"{path}: cannot read ({exc})") from None
-    try:
-        content = raw.decode("utf-8-sig")
+        with io.TextIOWrapper(_open_bytes(path), encoding="utf-8-sig", newline="") as fh:
+            reader = csv.reader(fh, strict=True)
+            header = next(reader, None)
+            if not header:
+                raise DataError(f"{path}: empty file (no header row)")
+            line = reader.line_num
+            for row in reader:
+                first_line, line = line + 1, reader.line_num
+                if not row:
+                    continue
+                if len(row) != len(header):
+                    raise DataError(f"{path} data row {len(rows) + 1} (line {first_line}): {len(row)} fields, "
+                                    f"expected {len(header)} ({', '.join(header)})")
+                for h, v in zip(header, row):
+                    if "\x00" in v:
+                        raise DataError(f"{path} data row {len(rows) + 1} (line {first_line}): NUL byte in column "
+                                        f"{h!r} (a damaged file: the field would be cut there)")
+                rows.append(row)
     except UnicodeDecodeError:
         raise _utf8_error(path) from None
-    del raw
-    has_nul = "\x00" in content
-    csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))  # notes longer than the 128 KiB default
-    reader = csv.reader(io.StringIO(content, newline=""), strict=True)
-    try:
-        header = next(reader, None)
-        if not header:
-            raise DataError(f"{path}: empty file (no header row)")
-        rows: list[list[str]] = []
-        line = reader.line_num
-        for row in reader:
-            first_line, line = line + 1, reader.line_num
-            if not row:
-                continue
-            if len(row) != len(header):
-                raise DataError(f"{path} data row {len(rows) + 1} (line {first_line}): {len(row)} fields, "
-                                f"expected {len(header)} ({', '.join(header)})")
-            if has_nul:
-                bad = [h for h, v in zip(header, row) if "\x00" in v]
-                if bad:
-                    raise DataError(f"{path} data row {len(rows) + 1} (line {first_line}): NUL byte in column "
-                                    f"{bad[0]!r} (a damaged file: the field would be cut there)")
-            rows.append(row)
     except csv.Error as exc:
         raise DataError(f"{path} line {reader.line_num}: cannot read as CSV ({exc})") from None
-    del content
+    except (EOFError, OSError) as exc:
+        raise DataError(f"{path}: cannot read ({exc})") from None
     missing = [c for c in required if c not in header]
     if missing:
         raise DataError(f"{path}: missing column(s) {missing} (found {header})")

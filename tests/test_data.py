@@ -523,6 +523,10 @@ def test_load_dataset_codiesp_profile(codiesp_dir):
     prof = load_profile("codiesp", {"data": {"codiesp_dir": str(codiesp_dir), "codiesp_language": "en"}})
     ds = data.load_dataset(prof)
     assert ds.name == "codiesp_en" and len(ds.docs) == 4 and not ds.docs["credentialed"].any()
+    # the profile's data.top_codes: 50 keeps every training code of this tiny fixture; the test
+    # note's I10 is on no training note, so the top-50 label space cannot hold it (reported)
+    assert ds.report["top codes"]["train gold code occurrences removed"] == "0 of 4 (0.0%)"
+    assert ds.report["top codes"]["test gold code occurrences removed"] == "1 of 1 (100.0%)"
 
 
 # --------------------------------------------------------------------------------------------
