@@ -330,8 +330,8 @@ def load_mimic(
         report["skipped"]["discharge summaries without hadm_id"] = int(no_hadm.sum())
     bad = (~no_hadm & ~hadm.str.fullmatch(r"\d+")).to_numpy()
     if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise DataError(f"{note_path} data row {i + 1}: hadm_id must be an integer, got {hadm.iloc[i]!r}")
+        i = int(np.flatnonzero(bad)[0])  # the index is the data row - 1 (rows may have been skipped)
+        raise DataError(f"{note_path} data row {int(notes.index[i]) + 1}: hadm_id must be an integer, got {hadm.iloc[i]!r}")
     empty = notes["text"].str.strip() == ""
     n_empty = int((empty & ~no_hadm).sum())
     if n_empty:
