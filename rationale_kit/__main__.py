@@ -61,11 +61,38 @@ def _report(argv: list[str]) -> int:
     return 0
 
 
+def _export_data(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m rationale_kit export-data",
+        description="Write a profile's canonical tables (what notebook 01 saves) as DIR/docs.jsonl "
+                    "(note_id, text, codes, split, annotated, fewshot, credentialed) and DIR/spans.jsonl "
+                    "(note_id, code, start, end, granularity, source).")
+    ap.add_argument("--profile", default="default", help="params/<profile>.yaml or a path (default: default)")
+    ap.add_argument("--out", required=True, help="output folder (created)")
+    ap.add_argument("--overrides", default=None, help="JSON object of parameter overrides")
+    args = ap.parse_args(argv)
+    from . import data
+    from .config import ConfigError, load_profile
+
+    try:
+        prof = load_profile(args.profile, json.loads(args.overrides) if args.overrides else None)
+        ds = data.load_dataset(prof)
+        docs_path, spans_path = data.export_dataset(ds, args.out)
+    except (data.DataError, ConfigError, OSError, json.JSONDecodeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{len(ds.docs)} documents: {docs_path}\n{len(data.human_spans(ds))} spans: {spans_path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = {"run": "the notebook series", "report": "rewrite runs/<profile>/report.html from the artifacts",
                 "train": "train one model (multi-GPU with torchrun)", "align": "align LLM quotes to notes", "plausibility": "score spans against gold spans",
                 "compare": "compare two span sources on the notes both cover (paired bootstrap)"}
+    commands["export-data"] = "write a profile's documents and human spans as JSONL"
+    if argv and argv[0] == "export-data":
+        return _export_data(argv[1:])
     if not argv or argv[0] not in commands:
         print(f"usage: python -m rationale_kit {{{','.join(commands)}}} [options]\n" + "\n".join(f"  {k:<13} {v}" for k, v in commands.items()), file=sys.stderr)
         return 2

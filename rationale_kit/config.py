@@ -65,12 +65,27 @@ class Data:
     embedded: EmbeddedCorpus = field(default_factory=EmbeddedCorpus)
     codiesp_dir: Optional[str] = None  # or env RK_CODIESP_DIR; default ../shared/data/codiesp_v4
     codiesp_language: Literal["es", "en"] = "es"
-    mimic_dir: Optional[str] = None  # root holding note/ and hosp/
-    mimic_split_file: Optional[str] = None  # Edin et al. feather split (_id, split)
+    mimic_dir: Optional[str] = None  # MIMIC-IV: a folder holding both hosp/ (MIMIC-IV) and note/ (MIMIC-IV-Note)
+    mimic_hosp_dir: Optional[str] = None  # MIMIC-IV hosp/ (diagnoses_icd, procedures_icd[, d_icd_*]); wins over mimic_dir/hosp
+    mimic_note_dir: Optional[str] = None  # MIMIC-IV-Note note/ (discharge.csv.gz); wins over mimic_dir/note
+    mimic_split_file: Optional[str] = None  # Edin et al. 2023 feather split (_id = hadm_id, split); None = patient split
     mimic_min_code_count: int = 10
-    mdace_dir: Optional[str] = None  # MDACE evidence JSON (one file per admission)
+    # MDACE's data/ folder as released (Inpatient/ICD-10 used; Profee and ICD-9 copies skipped, counted).
+    # Its offsets refer to MIMIC-III notes: needs mimic3_noteevents
+    mdace_dir: Optional[str] = None
+    mimic3_noteevents: Optional[str] = None  # MIMIC-III NOTEEVENTS.csv or .csv.gz: the text of MDACE's notes
+    # span edges: "edges" strips all punctuation/whitespace at both ends; "edin" = Edin et al. 2024's
+    # one-character rule verbatim (looks at text[end], the character after the span); "none"
+    mdace_trim: Literal["edges", "edin", "none"] = "edges"
+    # MDACE codes no MIMIC-IV training document carries (after version mapping): "keep" them as gold
+    # codes (misses for every model) with their spans, or "drop" them and their spans; counted either way
+    mdace_unseen_codes: Literal["keep", "drop"] = "keep"
     spans_jsonl: Optional[str] = None  # human spans in the project's JSONL format
     max_words: int = 4000  # notes are cut here before modelling
+    # keep only the N codes carried by the most training documents (ties: code order), like the
+    # MIMIC "top-50" setups: other codes and their spans are removed from every split (counted and
+    # stated in notebook 01's report and notebook 02's table); None = every code
+    top_codes: Optional[int] = None
     credentialed: bool = False  # set for MIMIC: marks documents as credentialed data
     fewshot_pool: int = 100  # CodiEsp/MIMIC: annotated training notes reserved for few-shot prompts
 

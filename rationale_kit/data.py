@@ -17,11 +17,14 @@ with MDACE evidence or spans in the project's JSONL format. Bad input raises
 """
 from __future__ import annotations
 
+import csv
 import gzip
 import hashlib
+import io
 import json
 import os
 import re
+import string
 import zipfile
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -32,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from . import icd
-from .records import SPAN_COLUMNS, DataError, read_spans_jsonl
+from .records import SPAN_COLUMNS, DataError, _read_spans_jsonl, iter_jsonl_objects, write_spans_jsonl
 from .text import WORD_RE
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -105,19 +108,46 @@ def read_text_file(path: str | Path) -> str:
 
 
 def _read_csv(path: Path, required: Iterable[str]) -> pd.DataFrame:
-    """A CSV (optionally gzipped) with every column as a string; "" for empty fields."""
+    """A CSV (optionally gzipped) with every column as a string; "" for empty fields.
+
+    Streamed through the ``csv`` module so that damage is seen, not papered over: a row with more
+    or fewer fields than the header, or a NUL byte in a field, is a :class:`DataError` naming the
+    data row (1-based, header excluded) and its first line. A UTF-8 byte-order mark is removed;
+    blank lines are not records. The frame's index is the data row minus one.
+    """
     if not path.exists():
         raise DataError(f"{path}: file not found")
+    csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))  # notes longer than the 128 KiB default
+    rows: list[list[str]] = []
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+        with io.TextIOWrapper(_open_bytes(path), encoding="utf-8-sig", newline="") as fh:
+            reader = csv.reader(fh, strict=True)
+            header = next(reader, None)
+            if not header:
+                raise DataError(f"{path}: empty file (no header row)")
+            line = reader.line_num
+            for row in reader:
+                first_line, line = line + 1, reader.line_num
+                if not row:
+                    continue
+                if len(row) != len(header):
+                    raise DataError(f"{path} data row {len(rows) + 1} (line {first_line}): {len(row)} fields, "
+                                    f"expected {len(header)} ({', '.join(header)})")
+                for h, v in zip(header, row):
+                    if "\x00" in v:
+                        raise DataError(f"{path} data row {len(rows) + 1} (line {first_line}): NUL byte in column "
+                                        f"{h!r} (a damaged file: the field would be cut there)")
+                rows.append(row)
     except UnicodeDecodeError:
         raise _utf8_error(path) from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, EOFError, OSError) as exc:
-        raise DataError(f"{path}: cannot read as CSV ({exc})") from None
-    missing = [c for c in required if c not in frame.columns]
+    except csv.Error as exc:
+        raise DataError(f"{path} line {reader.line_num}: cannot read as CSV ({exc})") from None
+    except (EOFError, OSError) as exc:
+        raise DataError(f"{path}: cannot read ({exc})") from None
+    missing = [c for c in required if c not in header]
     if missing:
-        raise DataError(f"{path}: missing column(s) {missing} (found {list(frame.columns)})")
-    return frame
+        raise DataError(f"{path}: missing column(s) {missing} (found {header})")
+    return pd.DataFrame(rows, columns=header, dtype=object)
 
 
 def _ws(s: str) -> str:
@@ -199,11 +229,12 @@ def resolve_path(path: str | os.PathLike) -> Path:
 # --------------------------------------------------------------------------------------------
 # MIMIC-IV
 # --------------------------------------------------------------------------------------------
-def _find_file(root: Path, rel: str) -> Path:
+def _find_file(root: Path, rel: str, key: str = "data.mimic_dir") -> Path:
     for cand in (root / rel, root / rel.removesuffix(".gz")):
         if cand.exists():
             return cand
-    raise DataError(f"{root / rel}: file not found (mimic_dir must hold note/ and hosp/)")
+    hint = "must hold note/ and hosp/" if key == "data.mimic_dir" else "must hold it"
+    raise DataError(f"{root / rel}: file not found ({key} {hint})")
 
 
 def patient_split(subjects: Iterable[str], seed: int, fractions=(0.8, 0.1, 0.1)) -> dict[str, str]:
@@ -256,11 +287,13 @@ def _read_codes(path: Path, system: str, report: dict, kind: str) -> pd.DataFram
 
 
 def load_mimic(
-    mimic_dir: str | os.PathLike,
+    mimic_dir: Optional[str | os.PathLike],
     split_file: Optional[str | os.PathLike] = None,
     min_code_count: int = 10,
     seed: int = 0,
     fewshot_pool: int = 0,
+    hosp_dir: Optional[str | os.PathLike] = None,
+    note_dir: Optional[str | os.PathLike] = None,
 ) -> Dataset:
     """MIMIC-IV ICD-10 following Edin et al. (2023).
 
@@ -272,19 +305,33 @@ def load_mimic(
     file (``_id`` = hadm_id, ``split``) when given, else :func:`patient_split` by ``subject_id``.
     Descriptions come from ``hosp/d_icd_{diagnoses,procedures}.csv.gz`` when present.
     """
-    root = resolve_path(mimic_dir)
-    report: dict = {"dataset": "mimic", "read": {}, "skipped": {}, "kept": {}}
-    note_path = _find_file(root, "note/discharge.csv.gz")
+    if mimic_dir is None and (hosp_dir is None or note_dir is None):
+        raise DataError("MIMIC-IV location not set: set data.mimic_dir (a folder holding hosp/ and note/) "
+                        "or both data.mimic_hosp_dir and data.mimic_note_dir")
+    root = resolve_path(mimic_dir) if mimic_dir is not None else None
+    report: dict = {"dataset": "mimic", "read": {}, "skipped": {}, "kept": {}, "warnings": {}}
+    note_path = _find_file(root, "note/discharge.csv.gz") if note_dir is None else _find_file(resolve_path(note_dir), "discharge.csv.gz", "data.mimic_note_dir")
     notes = _read_csv(note_path, ["subject_id", "hadm_id", "text"])
     report["read"]["discharge summaries"] = int(len(notes))
+
+    def hosp(name: str) -> Path:
+        if hosp_dir is not None:
+            return _find_file(resolve_path(hosp_dir), name, "data.mimic_hosp_dir")
+        return _find_file(root, f"hosp/{name}")
+
+    if "note_type" in notes:
+        other = notes["note_type"].str.strip() != "DS"
+        if other.any():  # discharge.csv holds DS rows; anything else (an addendum) never replaces one
+            report["skipped"]["notes whose note_type is not DS"] = int(other.sum())
+            notes = notes[~other]
     hadm = notes["hadm_id"].str.strip()
     no_hadm = hadm == ""
     if no_hadm.any():
         report["skipped"]["discharge summaries without hadm_id"] = int(no_hadm.sum())
     bad = (~no_hadm & ~hadm.str.fullmatch(r"\d+")).to_numpy()
     if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise DataError(f"{note_path} data row {i + 1}: hadm_id must be an integer, got {hadm.iloc[i]!r}")
+        i = int(np.flatnonzero(bad)[0])  # the index is the data row - 1 (rows may have been skipped)
+        raise DataError(f"{note_path} data row {int(notes.index[i]) + 1}: hadm_id must be an integer, got {hadm.iloc[i]!r}")
     empty = notes["text"].str.strip() == ""
     n_empty = int((empty & ~no_hadm).sum())
     if n_empty:
@@ -293,7 +340,16 @@ def load_mimic(
     notes = notes.assign(hadm_id=hadm, _order=np.arange(len(notes)))[~no_hadm & ~empty]
     sort_cols = []
     if "charttime" in notes:
-        notes = notes.assign(_time=pd.to_datetime(notes["charttime"], errors="coerce"))
+        raw_time = notes["charttime"].str.strip()
+        time = pd.to_datetime(raw_time, errors="coerce", format="ISO8601")
+        bad_time = (raw_time != "") & time.isna()
+        if bad_time.any():
+            i = notes.index[bad_time.to_numpy()][0]
+            raise DataError(f"{note_path} data row {int(i) + 1}: charttime {raw_time.loc[i]!r} is not a date "
+                            f"(expected YYYY-MM-DD HH:MM:SS)")
+        if (raw_time == "").any():
+            report["warnings"]["discharge summaries without charttime (ordered before dated ones)"] = int((raw_time == "").sum())
+        notes = notes.assign(_time=time)
         sort_cols.append("_time")
     if "note_seq" in notes:
         notes = notes.assign(_seq=pd.to_numeric(notes["note_seq"], errors="coerce"))
@@ -306,8 +362,8 @@ def load_mimic(
 
     codes = pd.concat(
         [
-            _read_codes(_find_file(root, "hosp/diagnoses_icd.csv.gz"), "cm", report, "diagnosis"),
-            _read_codes(_find_file(root, "hosp/procedures_icd.csv.gz"), "pcs", report, "procedure"),
+            _read_codes(hosp("diagnoses_icd.csv.gz"), "cm", report, "diagnosis"),
+            _read_codes(hosp("procedures_icd.csv.gz"), "pcs", report, "procedure"),
         ],
         ignore_index=True,
     )
@@ -368,7 +424,7 @@ def load_mimic(
     descs: dict[str, str] = {}
     for name in ("hosp/d_icd_diagnoses.csv.gz", "hosp/d_icd_procedures.csv.gz"):
         try:
-            descs.update(icd.load_mimic_descriptions(_find_file(root, name)))
+            descs.update(icd.load_mimic_descriptions(hosp(name.removeprefix("hosp/"))))
         except DataError as exc:
             if "file not found" not in str(exc):
                 raise
@@ -425,34 +481,109 @@ def _code_for_doc(code: str, system: str, doc_codes: set[str], where: str) -> st
         raise DataError(f"{where}: {exc}") from None
 
 
-def load_mdace(
-    mdace_dir: str | os.PathLike,
-    docs: pd.DataFrame,
-    on_mismatch: Literal["error", "skip"] = "error",
-) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    """MDACE evidence (one JSON file per admission, searched recursively under ``mdace_dir``):
-    ``{hadm_id, notes: [{note_id, category, annotations: [{begin, end, code, code_system,
-    description, type}]}]}``.
+#: Code versions newer than MIMIC-IV's that no prefix maps back (Edin et al. 2024,
+#: explainable-medical-coding ``make_mdace_icd10_inpatient.py``): MDACE code -> MIMIC-IV code.
+MDACE_CODE_TABLE = {
+    "F32.A": "F32.9",  # depression, unspecified (F32.A added FY2022)
+    "S02.122A": "S02.19XA",
+    "D75.839": "D75.89",
+    "F10.139": "F10.10",
+    "G90.51": "G90.519",
+}
 
-    Spans are keyed to ``note_id = str(hadm_id)`` of ``docs`` and use only notes of category
-    "Discharge summary" (other notes are counted and skipped; when an admission has several, the
-    one with the lowest MDACE ``note_id`` is used, the others being addenda). ``begin``/``end`` are
-    half-open offsets checked against the note text (and against ``covered_text`` / ``text`` when an
-    annotation carries it): a failure raises :class:`DataError` naming the file and annotation, or
-    with ``on_mismatch="skip"`` is counted. ICD-9 annotations and admissions absent from ``docs``
-    are counted and skipped. Granularity ``evidence``; the MDACE ``type`` is kept in
-    ``evidence_type``. Returns ``(docs with annotated=True on matched documents, spans, report)``.
+#: Characters trimmed from span edges (Edin et al. 2024: ``string.punctuation`` + newline, tab, space).
+TRIM_CHARS = frozenset(string.punctuation + "\n\t \r")
+
+
+def map_code_version(code: str, known: set[str]) -> tuple[str, str]:
+    """``(code, how)``: ``code`` itself when ``known`` holds it (``how="same"``); else its longest
+    prefix (at least 3 characters, trailing dot dropped) in ``known`` (``"prefix"``: N18.30 -> N18.3);
+    else :data:`MDACE_CODE_TABLE` (``"table"``: F32.A -> F32.9); else unchanged (``"unmapped"``).
+    The order is Edin et al. 2024's (known, prefix, then their table)."""
+    if code in known:
+        return code, "same"
+    head = code[:-1]
+    while len(head) >= 3:
+        if head.rstrip(".") in known:
+            return head.rstrip("."), "prefix"
+        head = head[:-1]
+    if code in MDACE_CODE_TABLE:
+        return MDACE_CODE_TABLE[code], "table"
+    return code, "unmapped"
+
+
+def trim_span(text: str, start: int, end: int, rule: Literal["edges", "edin", "none"] = "edges") -> tuple[int, int]:
+    """Span ``[start, end)`` of ``text`` with punctuation and whitespace (:data:`TRIM_CHARS`) trimmed.
+
+    ``edges``: every such character at either end is removed (may return ``start == end``).
+    ``edin``: Edin et al. 2024's rule, verbatim: ``end - 1`` when ``text[end]`` (the character
+    *after* the half-open span) is one, then ``start + 1`` when ``text[start]`` is one (one
+    character each side). ``none``: unchanged."""
+    if rule == "none":
+        return start, end
+    if rule == "edin":
+        if end < len(text) and text[end] in TRIM_CHARS:
+            end -= 1
+        if start < len(text) and text[start] in TRIM_CHARS:
+            start += 1
+        return start, end
+    if rule != "edges":
+        raise ValueError(f"trim rule must be 'edges', 'edin' or 'none', got {rule!r}")
+    while start < end and text[start] in TRIM_CHARS:
+        start += 1
+    while end > start and text[end - 1] in TRIM_CHARS:
+        end -= 1
+    return start, end
+
+
+def _int_id(value: Any, where: str, what: str) -> int:
+    if isinstance(value, bool):
+        raise DataError(f"{where}: {what} must be an integer, got {value!r}")
+    return _int(value, where, what)
+
+
+@dataclass(frozen=True)
+class MdaceNote:
+    """One MDACE admission's chosen discharge summary and its validated annotations."""
+
+    path: Path
+    hadm_id: int
+    note_index: int  # position in the file's ``notes``
+    note_id: int  # MIMIC-III NOTEEVENTS ROW_ID
+    description: str
+    annotations: tuple  # (k, begin, end, code, system "cm"|"pcs", type)
+
+
+def read_mdace(mdace_dir: str | os.PathLike) -> tuple[list[MdaceNote], dict]:
+    """MDACE as released (``data/{Inpatient,Profee}/{ICD-10,ICD-9}/1.0/<hadm_id>-<system>.json``;
+    a sub-folder, or a folder of such files, also works): the Inpatient ICD-10 admissions.
+
+    Each file is ``{hadm_id, notes: [{note_id, category, description, annotations: [{begin, end,
+    code, code_system, description, type}]}]}``. Files under ``Profee/`` or ``ICD-9/`` are skipped
+    and counted, as are annotations whose ``code_system`` is ``CPT`` or ICD-9, and notes whose
+    category is not "Discharge summary". Per admission the note used is the discharge summary
+    whose description is "Report" (a missing description counts as a report), the lowest integer
+    ``note_id`` when there are several; addenda ("Addendum") and further reports are counted and
+    skipped: their offsets point into their own text, never the report's. Structural problems
+    (wrong types, missing keys, an admission in two files) are a :class:`DataError` naming the file
+    and key. Returns ``(notes, report)``.
     """
     root = resolve_path(mdace_dir)
     if not root.is_dir():
-        raise DataError(f"{root}: MDACE folder not found")
+        raise DataError(f"{root}: MDACE folder not found (data.mdace_dir should be MDACE's data/ folder)")
     files = sorted(root.rglob("*.json"))
-    report: dict = {"source": f"MDACE {root}", "read": {"files": len(files)}, "skipped": Counter()}
-    texts = dict(zip(docs["note_id"].astype(str), docs["text"]))
-    codes_of = {str(n): set(cs) for n, cs in zip(docs["note_id"], docs["codes"])}
-    rows: list[dict] = []
-    n_ann = 0
+    report: dict = {"source": f"MDACE {root}", "read": Counter(), "skipped": Counter()}
+    out: list[MdaceNote] = []
+    seen: dict[int, Path] = {}
     for path in files:
+        parts = {p.lower() for p in path.relative_to(root).parts[:-1]}
+        if "profee" in parts:
+            report["skipped"]["Profee files (professional-fee coding)"] += 1
+            continue
+        if "icd-9" in parts or "icd9" in parts:
+            report["skipped"]["ICD-9 files"] += 1
+            continue
+        report["read"]["files"] += 1
         try:
             obj = json.loads(read_text_file(path))
         except json.JSONDecodeError as exc:
@@ -462,56 +593,107 @@ def load_mdace(
         for key in ("hadm_id", "notes"):
             if key not in obj:
                 raise DataError(f"{path}: missing key {key!r}")
-        nid = str(obj["hadm_id"]).strip()
+        hadm = _int_id(obj["hadm_id"], str(path), "hadm_id")
+        if hadm in seen:
+            raise DataError(f"{path}: admission hadm_id {hadm} also in {seen[hadm]}")
+        seen[hadm] = path
         if not isinstance(obj["notes"], list):
-            raise DataError(f"{path}: 'notes' must be a list")
+            raise DataError(f"{path}: 'notes' must be a list, got {type(obj['notes']).__name__}")
         ds_notes = []
         for j, note in enumerate(obj["notes"]):
             for key in ("note_id", "category", "annotations"):
                 if not isinstance(note, dict) or key not in note:
                     raise DataError(f"{path}: notes[{j}] missing key {key!r}")
+            if not isinstance(note["annotations"], list):
+                raise DataError(f"{path}: notes[{j}].annotations must be a list, got {type(note['annotations']).__name__}")
+            nid = _int_id(note["note_id"], f"{path}: notes[{j}]", "note_id")
+            report["read"]["annotations"] += len(note["annotations"])
             if str(note["category"]).strip().lower() == "discharge summary":
-                ds_notes.append((j, note))
+                ds_notes.append((j, nid, str(note.get("description") or "Report").strip(), note))
             else:
-                report["skipped"]["annotations on notes other than discharge summaries"] += len(note["annotations"])
                 report["skipped"]["notes other than discharge summaries"] += 1
-        if not ds_notes:
-            report["skipped"]["admissions without an annotated discharge summary"] += 1
+                report["skipped"]["annotations on notes other than discharge summaries"] += len(note["annotations"])
+        reports = sorted([x for x in ds_notes if x[2].lower() == "report"], key=lambda x: x[1])
+        for j, nid, desc, note in ds_notes:
+            if reports and (j, nid) == reports[0][:2]:
+                continue
+            if desc.lower() == "addendum":  # offsets refer to the addendum's own text
+                report["skipped"]["addenda (description Addendum) of an admission"] += 1
+                report["skipped"]["annotations on addenda"] += len(note["annotations"])
+            else:
+                report["skipped"]["additional discharge summaries (addenda) of an admission"] += 1
+                report["skipped"]["annotations on additional discharge summaries"] += len(note["annotations"])
+        if not reports:
+            report["skipped"]["admissions without a discharge summary report"] += 1
             continue
-        ds_notes.sort(key=lambda jn: str(jn[1]["note_id"]))
-        for _, extra in ds_notes[1:]:
-            report["skipped"]["additional discharge summaries (addenda) of an admission"] += 1
-            report["skipped"]["annotations on additional discharge summaries"] += len(extra["annotations"])
-        j, note = ds_notes[0]
-        if nid not in texts:
-            report["skipped"]["admissions not among the documents"] += 1
-            report["skipped"]["annotations of admissions not among the documents"] += len(note["annotations"])
-            continue
-        text = texts[nid]
+        j, nid, desc, note = reports[0]
+        anns = []
         for k, ann in enumerate(note["annotations"]):
-            n_ann += 1
             where = f"{path}: notes[{j}].annotations[{k}]"
             if not isinstance(ann, dict):
                 raise DataError(f"{where}: expected an object")
             for key in ("begin", "end", "code", "code_system"):
                 if key not in ann:
                     raise DataError(f"{where}: missing key {key!r}")
-            system = str(ann["code_system"]).upper().replace(" ", "")
+            system = str(ann["code_system"]).upper().replace(" ", "").replace("_", "-")
             if "ICD-9" in system or "ICD9" in system:
                 report["skipped"]["ICD-9 annotations"] += 1
                 continue
-            sys = "pcs" if "PCS" in system else ("cm" if "CM" in system or "ICD-10" in system or "ICD10" in system else None)
+            if system == "CPT":
+                report["skipped"]["CPT annotations"] += 1
+                continue
+            sys = "pcs" if "PCS" in system else ("cm" if "CM" in system or system in ("ICD-10", "ICD10") else None)
             if sys is None:
-                raise DataError(f"{where}: unknown code_system {ann['code_system']!r}")
-            code = _code_for_doc(str(ann["code"]), sys, codes_of[nid], where)
-            start, end = _int(ann["begin"], where, "begin"), _int(ann["end"], where, "end")
+                raise DataError(f"{where}: unknown code_system {ann['code_system']!r} (expected ICD-10-CM, ICD-10-PCS, ICD-9-CM or CPT)")
+            if not isinstance(ann["code"], str):
+                raise DataError(f"{where}: code must be a string, got {ann['code']!r}")
+            begin = _int_id(ann["begin"], where, "begin")
+            end = _int_id(ann["end"], where, "end")
+            anns.append((k, begin, end, ann["code"], sys, str(ann.get("type", "")), ann.get("covered_text", ann.get("text"))))
+        out.append(MdaceNote(path, hadm, j, nid, desc, tuple(anns)))
+    report["read"]["admissions (Inpatient ICD-10) with a report"] = len(out)
+    report["read"] = dict(report["read"])
+    return out, report
+
+
+def load_mdace(
+    mdace_dir: str | os.PathLike,
+    docs: pd.DataFrame,
+    on_mismatch: Literal["error", "skip"] = "error",
+) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """MDACE-format evidence keyed to ``docs`` by admission (``note_id = str(hadm_id)``): for files
+    whose offsets refer to the texts of ``docs`` (e.g. MDACE-style annotations made on MIMIC-IV).
+    MDACE *as released* refers to MIMIC-III notes: use :func:`load_mdace_mimic3` for it.
+
+    Files, notes and annotations are selected by :func:`read_mdace`. ``begin``/``end`` are half-open
+    offsets checked against the note text (and against ``covered_text`` / ``text`` when an
+    annotation carries it): a failure raises :class:`DataError` naming the file and annotation, or
+    with ``on_mismatch="skip"`` is counted. Admissions absent from ``docs`` are counted and skipped.
+    Granularity ``evidence``; the MDACE ``type`` is kept in ``evidence_type``. Returns ``(docs with
+    annotated=True on matched documents, spans, report)``.
+    """
+    notes, report = read_mdace(mdace_dir)
+    report["skipped"] = Counter(report["skipped"])
+    texts = dict(zip(docs["note_id"].astype(str), docs["text"]))
+    codes_of = {str(n): set(cs) for n, cs in zip(docs["note_id"], docs["codes"])}
+    rows: list[dict] = []
+    n_ann = 0
+    for note in notes:
+        nid = str(note.hadm_id)
+        if nid not in texts:
+            report["skipped"]["admissions not among the documents"] += 1
+            report["skipped"]["annotations of admissions not among the documents"] += len(note.annotations)
+            continue
+        text = texts[nid]
+        for k, start, end, raw_code, sys, etype, quoted in note.annotations:
+            n_ann += 1
+            where = f"{note.path}: notes[{note.note_index}].annotations[{k}]"
+            code = _code_for_doc(raw_code, sys, codes_of[nid], where)
             problem = None
             if not (0 <= start < end <= len(text)):
                 problem = f"offsets [{start}, {end}) outside note {nid!r} of length {len(text)}"
-            else:
-                quoted = ann.get("covered_text", ann.get("text"))
-                if quoted is not None and _ws(str(quoted)) != _ws(text[start:end]):
-                    problem = f"span text {quoted!r} does not match note text {text[start:end]!r}"
+            elif quoted is not None and _ws(str(quoted)) != _ws(text[start:end]):
+                problem = f"span text {quoted!r} does not match note text {text[start:end]!r}"
             if problem:
                 if on_mismatch == "error":
                     raise DataError(f"{where}: {problem}")
@@ -519,10 +701,8 @@ def load_mdace(
                 continue
             if code not in codes_of[nid]:
                 report.setdefault("warnings", Counter())["span codes not among the document's codes (kept)"] += 1
-            rows.append(
-                {"note_id": nid, "code": code, "start": start, "end": end, "granularity": "evidence",
-                 "source": "human", "evidence_type": str(ann.get("type", "")), "source_note_id": str(note["note_id"])}
-            )
+            rows.append({"note_id": nid, "code": code, "start": start, "end": end, "granularity": "evidence",
+                         "source": "human", "evidence_type": etype, "source_note_id": str(note.note_id)})
     spans = _spans_frame(rows, ["evidence_type", "source_note_id"])
     dup = spans.duplicated(["note_id", "code", "start", "end"])
     if dup.any():
@@ -535,6 +715,161 @@ def load_mdace(
         report["warnings"] = dict(report["warnings"])
     docs = docs.copy()
     docs["annotated"] = docs["annotated"] | docs["note_id"].isin(set(spans["note_id"]))
+    return docs, spans, report
+
+
+#: NOTEEVENTS columns the MIMIC-III reader needs.
+NOTEEVENTS_COLUMNS = ["ROW_ID", "HADM_ID", "CATEGORY", "DESCRIPTION", "TEXT"]
+
+
+def read_noteevents(path: str | os.PathLike, row_ids: set[int]) -> dict[int, dict]:
+    """The MIMIC-III ``NOTEEVENTS.csv`` (or ``.csv.gz``) rows whose integer ``ROW_ID`` is in
+    ``row_ids``, streamed (the file is ~4 GB): ``ROW_ID -> {hadm_id, category, description,
+    iserror, text, line}``. A bad header, a row with the wrong number of fields or a non-integer
+    ``ROW_ID`` is a :class:`DataError` naming the file and line."""
+    path = resolve_path(path)
+    if not path.exists():
+        raise DataError(f"{path}: file not found (data.mimic3_noteevents should be MIMIC-III NOTEEVENTS.csv or .csv.gz)")
+    csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
+    out: dict[int, dict] = {}
+    raw = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+    try:
+        with io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as fh:
+            reader = csv.reader(fh, strict=True)
+            header = next(reader, None) or []
+            missing = [c for c in NOTEEVENTS_COLUMNS if c not in header]
+            if missing:
+                raise DataError(f"{path}: missing column(s) {missing} (found {header})")
+            col = {c: header.index(c) for c in header}
+            line = reader.line_num
+            for row in reader:
+                first, line = line + 1, reader.line_num
+                if not row:
+                    continue
+                if len(row) != len(header):
+                    raise DataError(f"{path} line {first}: {len(row)} fields, expected {len(header)}")
+                rid = _int(row[col["ROW_ID"]], f"{path} line {first}", "ROW_ID")
+                if rid in row_ids:
+                    if "\x00" in row[col["TEXT"]]:
+                        raise DataError(f"{path} line {first}: NUL byte in TEXT of ROW_ID {rid}")
+                    out[rid] = {"hadm_id": row[col["HADM_ID"]].strip(), "category": row[col["CATEGORY"]].strip(),
+                                "description": row[col["DESCRIPTION"]].strip(), "text": row[col["TEXT"]],
+                                "iserror": row[col["ISERROR"]].strip() if "ISERROR" in col else "", "line": first}
+    except UnicodeDecodeError:
+        raise _utf8_error(path) from None
+    except csv.Error as exc:
+        raise DataError(f"{path}: cannot read as CSV ({exc})") from None
+    except (EOFError, OSError) as exc:
+        raise DataError(f"{path}: cannot read ({exc})") from None
+    return out
+
+
+def load_mdace_mimic3(
+    mdace_dir: str | os.PathLike,
+    noteevents: str | os.PathLike,
+    train_docs: pd.DataFrame,
+    trim: Literal["edges", "edin", "none"] = "edges",
+    unseen: Literal["keep", "drop"] = "keep",
+    split: str = "test",
+) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """MDACE's Inpatient ICD-10 admissions as evaluation documents, their text from MIMIC-III
+    (the route of Edin et al. 2024: train on MIMIC-IV, evaluate rationales on MDACE).
+
+    - Notes: :func:`read_mdace` picks each admission's discharge-summary report; its MDACE
+      ``note_id`` is the NOTEEVENTS ``ROW_ID`` (integers compared as integers). The document is
+      ``note_id = "mimic3_<ROW_ID>"``, ``split`` (default ``test``), ``annotated=True``,
+      ``credentialed=True``. A ROW_ID absent from NOTEEVENTS, or whose HADM_ID or CATEGORY differ
+      from MDACE's, is an error naming both files.
+    - Spans: offsets are checked against the text (``0 <= begin < end <= len``: else an error),
+      then trimmed (:func:`trim_span`, rule ``trim``); spans empty after trimming are counted and
+      skipped; duplicates (same note, code, offsets) counted and merged.
+    - Codes: normalised (dotted ICD-10-CM, undotted PCS), then mapped to the code versions of the
+      MIMIC-IV documents ``train_docs`` (:func:`map_code_version`; counted by how). A code no
+      training document carries is counted and listed; ``unseen="keep"`` keeps it (its spans,
+      and it stays a gold code, a miss for every model), ``"drop"`` removes it and its spans.
+    - ``codes`` of a document: its mapped codes with at least one kept span, in first-span order.
+
+    Returns ``(documents, spans, report)``; the report holds every count.
+    """
+    notes, report = read_mdace(mdace_dir)
+    sk: Counter = Counter(report["skipped"])
+    known = {c for cs in train_docs["codes"] for c in cs}
+    trained = {c for cs, s in zip(train_docs["codes"], train_docs["split"]) if s == "train" for c in cs}
+    rows_of = read_noteevents(noteevents, {n.note_id for n in notes})
+    ne_path = resolve_path(noteevents)
+    mapped: Counter = Counter()
+    mapping_used: dict[str, str] = {}
+    unseen_codes: Counter = Counter()
+    n_trimmed = 0
+    doc_rows, span_rows = [], []
+    for note in notes:
+        row = rows_of.get(note.note_id)
+        if row is None:
+            raise DataError(f"{note.path}: note_id {note.note_id} (hadm_id {note.hadm_id}) is not a ROW_ID of {ne_path}")
+        if row["hadm_id"] and _int(row["hadm_id"], f"{ne_path} line {row['line']}", "HADM_ID") != note.hadm_id:
+            raise DataError(f"{note.path}: hadm_id {note.hadm_id} but {ne_path} line {row['line']} (ROW_ID {note.note_id}) "
+                            f"has HADM_ID {row['hadm_id']}")
+        if row["category"].lower() != "discharge summary":
+            raise DataError(f"{note.path}: note_id {note.note_id} is a {row['category']!r} note in {ne_path} "
+                            f"line {row['line']}, not a discharge summary")
+        if row["iserror"] == "1":
+            report.setdefault("warnings", Counter())["notes marked ISERROR in NOTEEVENTS (kept: MDACE annotated them)"] += 1
+        text = row["text"]
+        nid = f"mimic3_{note.note_id}"
+        codes: list[str] = []
+        for k, start, end, raw_code, sys, etype, quoted in note.annotations:
+            where = f"{note.path}: notes[{note.note_index}].annotations[{k}]"
+            if not (0 <= start < end <= len(text)):
+                raise DataError(f"{where}: offsets [{start}, {end}) outside NOTEEVENTS ROW_ID {note.note_id} of length {len(text)}")
+            if quoted is not None and _ws(str(quoted)) != _ws(text[start:end]):
+                raise DataError(f"{where}: span text {quoted!r} does not match note text {text[start:end]!r}")
+            try:
+                code = icd.normalize_code(raw_code, sys)
+            except icd.CodeError as exc:
+                raise DataError(f"{where}: {exc}") from None
+            new, how = map_code_version(code, known)
+            mapped[f"annotations whose code is {how}" if how != "same" else "annotations whose code MIMIC-IV has"] += 1
+            if how in ("prefix", "table"):
+                mapping_used[code] = new
+            if new not in trained:
+                unseen_codes[new] += 1
+                if unseen == "drop":
+                    sk["annotations of codes no training document carries (dropped)"] += 1
+                    continue
+            s, e = trim_span(text, start, end, trim)
+            if (s, e) != (start, end):
+                n_trimmed += 1
+            if s >= e:
+                sk["spans empty after trimming punctuation and whitespace"] += 1
+                continue
+            span_rows.append({"note_id": nid, "code": new, "start": s, "end": e, "granularity": "evidence",
+                              "source": "human", "evidence_type": etype, "source_note_id": str(note.note_id)})
+            if new not in codes:
+                codes.append(new)
+        if not codes:
+            sk["admissions left without spans"] += 1
+            continue
+        doc_rows.append({"note_id": nid, "text": text, "codes": codes, "split": split, "annotated": True,
+                         "fewshot": False, "credentialed": True})
+    docs = _docs_frame(doc_rows)
+    spans = _spans_frame(span_rows, ["evidence_type", "source_note_id"])
+    dup = spans.duplicated(["note_id", "code", "start", "end"])
+    if dup.any():
+        sk["duplicate spans (same note, code and offsets, after mapping and trimming)"] += int(dup.sum())
+        spans = spans[~dup].reset_index(drop=True)
+    report["source"] += f" with MIMIC-III text from {ne_path}"
+    report["code versions"] = {**dict(mapped), "mapping used": dict(sorted(mapping_used.items()))}
+    report["codes no training document carries"] = {
+        "rule": f"{unseen}: " + ("kept as gold codes (misses for every model) with their spans" if unseen == "keep"
+                                 else "dropped with their spans"),
+        "distinct codes": len(unseen_codes), "annotations": int(sum(unseen_codes.values())),
+        "codes": dict(sorted(unseen_codes.items())),
+    }
+    report["trimming"] = {"rule": trim, "spans trimmed": n_trimmed}
+    report["skipped"] = dict(sk)
+    if "warnings" in report:
+        report["warnings"] = dict(report["warnings"])
+    report["kept"] = {"documents": int(len(docs)), "spans": int(len(spans)), "split": split}
     return docs, spans, report
 
 
@@ -556,22 +891,14 @@ def load_spans_jsonl(
         raise DataError(f"{path}: file not found")
     texts = dict(zip(docs["note_id"].astype(str), docs["text"]))
     skipped = {str(s) for s in skipped_note_ids}
-    content = read_text_file(path)
-    linenos = []
-    for lineno, line in enumerate(content.split("\n"), 1):
-        if not line.strip():
-            continue
-        linenos.append(lineno)
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # reported by read_spans_jsonl with its line
-        nid = str(rec.get("note_id")) if isinstance(rec, dict) else None
+    read_text_file(path)  # strict UTF-8 first: the error names the byte offset
+    for lineno, rec in iter_jsonl_objects(path):
+        nid = str(rec.get("note_id"))
         if nid in texts and not texts[nid].strip():
             raise DataError(f"{path}:{lineno}: note_id {nid!r} is an empty note")
         if nid in skipped and nid not in texts:
             raise DataError(f"{path}:{lineno}: note_id {nid!r} is a note the loader skipped (empty note)")
-    spans = read_spans_jsonl(path, docs)
+    spans, linenos = _read_spans_jsonl(path, docs)
     codes_of = {str(n): set(cs) for n, cs in zip(docs["note_id"], docs["codes"])}
     spans["code"] = [
         _code_for_doc(c, "auto", codes_of[n], f"{path}:{ln}")
@@ -662,7 +989,8 @@ def _read_tsv(path: Path, n_fields: int) -> list[tuple[int, list[str]]]:
     if not path.exists():
         raise DataError(f"{path}: file not found")
     out = []
-    for lineno, line in enumerate(read_text_file(path).split("\n"), 1):
+    # a UTF-8 byte-order mark would otherwise become part of the first document id
+    for lineno, line in enumerate(read_text_file(path).removeprefix("\ufeff").split("\n"), 1):
         line = line.rstrip("\r")
         if not line.strip():
             continue
@@ -898,15 +1226,63 @@ def download_codiesp(dest: str | os.PathLike, url: str, sha256: str, timeout: fl
 # --------------------------------------------------------------------------------------------
 # dispatch, reports, statistics
 # --------------------------------------------------------------------------------------------
+def restrict_top_codes(ds: Dataset, n: int) -> Dataset:
+    """``ds`` restricted to the ``n`` codes carried by the most training documents (ties broken by
+    code): other codes leave every document's ``codes`` and their spans are removed. Documents are
+    kept even when no code is left (negatives for every label); annotated / few-shot documents
+    left without spans lose those flags. ``report["top codes"]`` counts what was removed, per split."""
+    if n < 1:
+        raise DataError(f"data.top_codes must be at least 1, got {n}")
+    docs = ds.docs.copy()
+    counts = Counter(c for cs, s in zip(docs["codes"], docs["split"]) if s == "train" for c in set(cs))
+    keep = set(sorted(counts, key=lambda c: (-counts[c], c))[:n])
+    before = {s: int(sum(len(cs) for cs, sp in zip(docs["codes"], docs["split"]) if sp == s)) for s in SPLITS}
+    docs["codes"] = [[c for c in cs if c in keep] for cs in docs["codes"]]
+    after = {s: int(sum(len(cs) for cs, sp in zip(docs["codes"], docs["split"]) if sp == s)) for s in SPLITS}
+    spans = ds.spans[ds.spans["code"].isin(keep)].reset_index(drop=True)
+    with_spans = set(spans["note_id"])
+    lost_ann = docs["annotated"] & ~docs["note_id"].isin(with_spans)
+    lost_few = docs["fewshot"] & ~docs["note_id"].isin(with_spans)
+    docs["annotated"] = docs["annotated"] & ~lost_ann
+    docs["fewshot"] = docs["fewshot"] & ~lost_few
+    report = dict(ds.report)
+    report["top codes"] = {
+        "rule": f"the {len(keep)} codes on the most training documents (of {len(counts)} training codes); "
+                "other codes removed from every split with their spans",
+        **{f"{s} gold code occurrences removed": f"{before[s] - after[s]} of {before[s]} "
+                                                  f"({(before[s] - after[s]) / before[s]:.1%})" if before[s] else "0 of 0"
+           for s in SPLITS},
+        "spans removed": int(len(ds.spans) - len(spans)),
+        "documents left without codes (kept as negatives)": int(sum(not cs for cs in docs["codes"])),
+        "annotated documents left without spans (no longer annotated)": int(lost_ann.sum()),
+        "few-shot documents left without spans (no longer in the pool)": int(lost_few.sum()),
+    }
+    report["splits"] = _split_counts(docs, spans)
+    descs = dict(zip(ds.codes["code"], ds.codes["description"]))
+    return Dataset(ds.name, docs, spans, codes_table(docs, descriptions=descs), report)
+
+
 def load_dataset(profile) -> Dataset:
+    """The data set a profile names, restricted to ``data.top_codes`` when set
+    (:func:`restrict_top_codes`); see :func:`_load_dataset`."""
+    ds = _load_dataset(profile)
+    top = getattr(profile.data, "top_codes", None)
+    return restrict_top_codes(ds, top) if top else ds
+
+
+def _load_dataset(profile) -> Dataset:
     """The data set a profile names (``common.dataset``), with its ``data`` parameters.
 
     - ``embedded``: :func:`rationale_kit.corpus.generate_corpus` (``data.embedded``, ``common.seed``).
     - ``codiesp``: :func:`load_codiesp` (``data.codiesp_dir`` or ``$RK_CODIESP_DIR``,
       ``data.codiesp_language``).
-    - ``mimic``: :func:`load_mimic` (``data.mimic_dir``, ``data.mimic_split_file``,
-      ``data.mimic_min_code_count``) plus :func:`load_mdace` (``data.mdace_dir``) and
-      :func:`load_spans_jsonl` (``data.spans_jsonl``) when set; documents are credentialed.
+    - ``mimic``: :func:`load_mimic` (``data.mimic_dir`` or ``data.mimic_hosp_dir`` +
+      ``data.mimic_note_dir``, ``data.mimic_split_file``, ``data.mimic_min_code_count``) for the
+      coding data, plus the rationale evaluation documents of :func:`load_mdace_mimic3`
+      (``data.mdace_dir`` + ``data.mimic3_noteevents``, ``data.mdace_trim``,
+      ``data.mdace_unseen_codes``) and/or spans on MIMIC-IV notes from :func:`load_spans_jsonl`
+      (``data.spans_jsonl``). At least one span source is required (checked here, at load time);
+      documents are credentialed.
     Texts are kept whole: models cut them to ``data.max_words`` themselves.
     """
     data, seed = profile.data, profile.common.seed
@@ -938,21 +1314,38 @@ def load_dataset(profile) -> Dataset:
         return load_codiesp(data.codiesp_dir, data.codiesp_language, seed=seed,
                             credentialed=bool(data.credentialed), **kwargs)
     if name == "mimic":
-        if not data.mimic_dir:
-            raise DataError("profile data.mimic_dir is not set (the folder holding MIMIC-IV note/ and hosp/)")
-        ds = load_mimic(data.mimic_dir, data.mimic_split_file, data.mimic_min_code_count, seed)
+        if not data.mimic_dir and not (data.mimic_hosp_dir and data.mimic_note_dir):
+            raise DataError("profile data.mimic_dir is not set (the folder holding MIMIC-IV note/ and hosp/); "
+                            "or set both data.mimic_hosp_dir and data.mimic_note_dir")
+        if not data.mdace_dir and not data.spans_jsonl:
+            raise DataError("mimic profile without rationale spans: set data.mdace_dir (MDACE's data/ folder) and "
+                            "data.mimic3_noteevents (MIMIC-III NOTEEVENTS.csv[.gz]), or data.spans_jsonl")
+        if data.mdace_dir and not data.mimic3_noteevents:
+            raise DataError("data.mdace_dir is set but data.mimic3_noteevents is not: MDACE's offsets refer to "
+                            "MIMIC-III discharge summaries (note_id = NOTEEVENTS ROW_ID), so set "
+                            "data.mimic3_noteevents to MIMIC-III NOTEEVENTS.csv or .csv.gz")
+        ds = load_mimic(data.mimic_dir, data.mimic_split_file, data.mimic_min_code_count, seed,
+                        hosp_dir=data.mimic_hosp_dir, note_dir=data.mimic_note_dir)
         docs, spans, report = ds.docs, [ds.spans], dict(ds.report)
         if data.mdace_dir:
-            docs, s, report["mdace"] = load_mdace(data.mdace_dir, docs)
+            ev_docs, s, report["mdace"] = load_mdace_mimic3(data.mdace_dir, data.mimic3_noteevents, docs,
+                                                            trim=data.mdace_trim, unseen=data.mdace_unseen_codes)
+            if not len(s):
+                raise DataError(f"{resolve_path(data.mdace_dir)}: no MDACE span could be used (see the counts: "
+                                f"{report['mdace']['skipped']}); check data.mdace_dir points at MDACE's data/ folder")
+            docs = pd.concat([docs, ev_docs], ignore_index=True)
             spans.append(s)
         if data.spans_jsonl:
             docs, s, report["spans_jsonl"] = load_spans_jsonl(data.spans_jsonl, docs, report.get("empty_note_ids", ()))
+            if not len(s):
+                raise DataError(f"{resolve_path(data.spans_jsonl)}: no spans in the file (data.spans_jsonl)")
             spans.append(s)
         spans = pd.concat([s for s in spans if len(s)] or [spans[0]], ignore_index=True)
         if pool:
             docs = mark_fewshot(docs, pool, seed)
         report["splits"] = _split_counts(docs, spans)
-        return Dataset("mimic", docs, spans, ds.codes, report)
+        codes = codes_table(docs, descriptions=dict(zip(ds.codes["code"], ds.codes["description"])))
+        return Dataset("mimic", docs, spans, codes, report)
     raise DataError(f"unknown dataset {name!r} (use embedded, codiesp or mimic)")
 
 
@@ -1051,6 +1444,23 @@ def save_dataset(ds: Dataset, out_dir: str | os.PathLike) -> list[Path]:
     ds.codes.to_parquet(paths[3], index=False)
     paths[4].write_text(json.dumps({"name": ds.name, **ds.report}, indent=1, default=str))
     return paths
+
+
+def export_dataset(ds: Dataset, out_dir: str | os.PathLike) -> tuple[Path, Path]:
+    """Write the canonical tables as JSONL (what ``export-data`` writes): ``docs.jsonl``, one object
+    per document with the docs table's columns (``note_id, text, codes, split, annotated, fewshot,
+    credentialed``), and ``spans.jsonl`` with the human spans notebook 01 saves
+    (:func:`human_spans`: ``note_id, code, start, end, granularity, source``). Returns the paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    docs_path, spans_path = out / "docs.jsonl", out / "spans.jsonl"
+    with open(docs_path, "w", encoding="utf-8") as fh:
+        for r in ds.docs[DATASET_DOC_COLUMNS].itertuples(index=False):
+            rec = {"note_id": str(r.note_id), "text": r.text, "codes": [str(c) for c in r.codes], "split": r.split,
+                   "annotated": bool(r.annotated), "fewshot": bool(r.fewshot), "credentialed": bool(r.credentialed)}
+            fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    write_spans_jsonl(human_spans(ds)[SPAN_COLUMNS], spans_path)
+    return docs_path, spans_path
 
 
 def load_saved(folder: str | os.PathLike, oracle: bool = False) -> Dataset:

@@ -155,17 +155,30 @@ def iter_jsonl_objects(path: str | Path):
 
 def read_spans_jsonl(path: str | Path, docs: pd.DataFrame | None = None) -> pd.DataFrame:
     """Read spans JSONL (see :func:`write_spans_jsonl`). With ``docs``, offsets are checked and
-    an optional ``text`` field must equal the covered characters. Errors name file and line."""
+    an optional ``text`` field must equal the covered characters. ``start``/``end`` must be JSON
+    integers (not floats, booleans or strings). Lines end at ``\n``, ``\r\n`` or a bare ``\r``.
+    Errors name file and line."""
+    return _read_spans_jsonl(path, docs)[0]
+
+
+def _json_int(value, where: str, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise DataError(f"{where}: start/end must be integers ({key} is {type(value).__name__} {value!r})")
+    return value
+
+
+def _read_spans_jsonl(path: str | Path, docs: pd.DataFrame | None = None) -> tuple[pd.DataFrame, list[int]]:
+    """:func:`read_spans_jsonl` plus the line number of each row."""
     rows: list[dict] = []
+    linenos: list[int] = []
     texts = dict(zip(docs["note_id"], docs["text"])) if docs is not None else None
     for lineno, rec in iter_jsonl_objects(path):
         for key in ("note_id", "code", "start", "end"):
             if key not in rec:
                 raise DataError(f"{path}:{lineno}: missing key {key!r}")
-        try:
-            start, end = int(rec["start"]), int(rec["end"])
-        except (TypeError, ValueError):
-            raise DataError(f"{path}:{lineno}: start/end must be integers") from None
+        start = _json_int(rec["start"], f"{path}:{lineno}", "start")
+        end = _json_int(rec["end"], f"{path}:{lineno}", "end")
+        linenos.append(lineno)
         nid = str(rec["note_id"])
         if texts is not None:
             if nid not in texts:
@@ -192,7 +205,7 @@ def read_spans_jsonl(path: str | Path, docs: pd.DataFrame | None = None) -> pd.D
                 "source": str(rec.get("source") or "human"),
             }
         )
-    return pd.DataFrame(rows, columns=SPAN_COLUMNS).astype({"start": "int64", "end": "int64"})
+    return pd.DataFrame(rows, columns=SPAN_COLUMNS).astype({"start": "int64", "end": "int64"}), linenos
 
 
 def merge_intervals(intervals: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:

@@ -167,24 +167,32 @@ def predictions(model, docs: pd.DataFrame, threshold: float, device: str = "cpu"
 
 def coding_table(pred_frames: Mapping[str, pd.DataFrame], docs: pd.DataFrame, labels: list[str],
                  thresholds: Mapping[str, float]) -> pd.DataFrame:
-    """The coding table on the test notes: one row per model plus the frequency baseline."""
+    """The coding table on the test notes: one row per model plus the frequency baseline.
+
+    Test codes outside ``labels`` (no training document carries them) count as misses in micro
+    recall/F1, R@k and R-precision; ``unseen_gold_share`` is their share of the gold occurrences
+    (macro measures, mAP and AUC are over ``labels``)."""
     from .metrics import coding
 
     test = docs[docs.split == "test"]
     y = coding.label_matrix(test.codes, labels)
+    unseen = coding.unseen_counts(test.codes, labels)
     rows = {}
     base = coding.frequency_baseline(docs.loc[docs.split == "train", "codes"], labels, len(test))
     val = docs[docs.split == "val"]
     base_val = coding.frequency_baseline(docs.loc[docs.split == "train", "codes"], labels, len(val))
     t_base, _ = coding.tune_threshold(coding.label_matrix(val.codes, labels), base_val)
-    rows["frequency baseline"] = coding.coding_report(y, base, t_base)
+    rows["frequency baseline"] = coding.coding_report(y, base, t_base, unseen=unseen)
     for name, frame in pred_frames.items():
         p = frame.pivot(index="note_id", columns="code", values="prob").reindex(index=test.note_id, columns=labels).to_numpy()
-        rows[name] = coding.coding_report(y, p, thresholds[name])
+        rows[name] = coding.coding_report(y, p, thresholds[name], unseen=unseen)
     table = pd.DataFrame(rows).T
     keep = ["micro_f1", "micro_precision", "micro_recall", "macro_f1_mean", "macro_f1_harmonic",
-            "p@5", "p@8", "r@8", "p@15", "r@15", "r_precision", "map", "micro_auc", "macro_auc", "threshold"]
-    return table[[k for k in keep if k in table.columns]]
+            "p@5", "p@8", "r@8", "p@15", "r@15", "r_precision", "map", "micro_auc", "macro_auc", "threshold",
+            "unseen_gold_share"]
+    table = table[[k for k in keep if k in table.columns]]
+    table["labels"] = float(len(labels))  # the label space (e.g. data.top_codes) beside every row
+    return table
 
 
 def load_models(train_dir: Path, names: Iterable[str], device: str = "cpu") -> dict:
@@ -727,7 +735,7 @@ def evaluate_student(model, threshold: float, ds, profile: Profile, device: str 
     pr = all_pr[all_pr.note_id.isin(set(test.note_id))]
     y = coding.label_matrix(test.codes, labels)
     p = pr.pivot(index="note_id", columns="code", values="prob").reindex(index=test.note_id, columns=labels).to_numpy()
-    rep = coding.coding_report(y, p, threshold)
+    rep = coding.coding_report(y, p, threshold, unseen=coding.unseen_counts(test.codes, labels))
     plaus = counts[counts.measure != "coding"]
     f1 = lambda m, notes: E.prf(E.per_note(plaus[plaus.measure == m], notes=notes).sum())["f1"]
     gold = ds.spans[ds.spans.note_id.isin(report) & ds.spans.code.isin(set(labels))]

@@ -124,3 +124,51 @@ def test_degenerate_inputs():
     assert rep["micro_f1"] == 0.0 and np.isnan(rep["map"]) and np.isnan(rep["macro_auc"])
     with pytest.raises(ValueError):
         coding.coding_report(np.zeros((2, 2)), np.zeros((2, 3)), 0.5)
+
+
+def test_unseen_gold_codes_are_misses():
+    """A model that predicts exactly the gold codes it knows must not get micro-F1 1.0 when some
+    gold codes are outside the label space (issue #15: CodiEsp's unseen test codes)."""
+    labels = ["A", "B", "C"]
+    gold = [["A", "X"], ["B"], ["C", "Y", "Z"]]  # X, Y, Z: no training document carries them
+    unseen = coding.unseen_counts(gold, labels)
+    assert unseen.tolist() == [1, 0, 2]
+    y = coding.label_matrix(gold, labels)
+    probs = y.astype(float) * 0.9 + 0.05  # exactly the known gold codes above 0.5
+    old = coding.coding_report(y, probs, 0.5)
+    assert old["micro_f1"] == 1.0 and old["unseen_gold"] == 0  # what dropping them reported
+    rep = coding.coding_report(y, probs, 0.5, unseen=unseen)
+    # TP 3, FP 0, FN 0 inside the label space + 3 unseen: P = 1, R = 3/6, F1 = 2/3
+    assert rep["micro_precision"] == 1.0
+    assert rep["micro_recall"] == pytest.approx(0.5)
+    assert rep["micro_f1"] == pytest.approx(2 / 3)
+    assert rep["unseen_gold"] == 3 and rep["unseen_gold_share"] == pytest.approx(0.5)
+    # R@k and R-precision count them in each document's gold total: doc 1 1/2, doc 2 1/1, doc 3 1/3
+    assert rep["r@5"] == pytest.approx((1 / 2 + 1 + 1 / 3) / 3)
+    # R-precision: R = 2, 1, 3 (capped at L = 3): hits 1, 1, 1
+    assert rep["r_precision"] == pytest.approx((1 / 2 + 1 + 1 / 3) / 3)
+    # macro measures stay over the label space
+    assert rep["macro_f1_mean"] == 1.0 and rep["p@5"] == old["p@5"]
+    with pytest.raises(ValueError, match="one non-negative count per document"):
+        coding.coding_report(y, probs, 0.5, unseen=[1, 2])
+
+
+def test_coding_table_reports_unseen_share():
+    import pandas as pd
+
+    from rationale_kit import steps
+
+    docs = pd.DataFrame({
+        "note_id": ["t1", "t2", "v1", "s1", "s2"],
+        "codes": [["A"], ["B", "A"], ["A"], ["A", "Q"], ["B"]],
+        "split": ["train", "train", "val", "test", "test"],
+    })
+    labels = steps.label_space(docs)
+    assert labels == ["A", "B"]
+    perfect = pd.DataFrame({"note_id": ["s1", "s1", "s2", "s2"], "code": ["A", "B", "A", "B"],
+                            "prob": [0.9, 0.1, 0.1, 0.9]})
+    table = steps.coding_table({"perfect": perfect}, docs, labels, {"perfect": 0.5})
+    # 2 known gold codes found, Q (unseen) missed: P 1, R 2/3, F1 0.8; Q is 1 of 3 gold occurrences
+    assert table.loc["perfect", "micro_f1"] == pytest.approx(0.8)
+    assert table.loc["perfect", "unseen_gold_share"] == pytest.approx(1 / 3)
+    assert table.loc["frequency baseline", "unseen_gold_share"] == pytest.approx(1 / 3)

@@ -352,21 +352,28 @@ def test_spans_jsonl_errors(tmp_path, mimic_docs):
 
 def test_load_dataset_mimic_profile(tmp_path, mimic_dir):
     s = TEXT_101.index("hypertension")
-    jsonl = _jsonl(tmp_path / "spans.jsonl", [{"note_id": "101", "code": "I10", "start": s, "end": s + 12}])
+    jsonl = _jsonl(tmp_path / "spans.jsonl", [{"note_id": "101", "code": "I10", "start": s, "end": s + 12},
+                                              {"note_id": "102", "code": "I10", "start": 0, "end": 12}])
+    prof = load_profile("default", {"common": {"dataset": "mimic"}, "data": {
+        "mimic_dir": str(mimic_dir), "mimic_min_code_count": 2, "spans_jsonl": str(jsonl)}})
+    ds = data.load_dataset(prof)
+    assert ds.name == "mimic" and ds.docs["credentialed"].all()
+    assert sorted(ds.spans["note_id"]) == ["101", "102"]
+    assert ds.docs["annotated"].tolist() == [True, True, False]
+    assert "spans_jsonl" in ds.report
+    assert sum(v["spans"] for v in ds.report["splits"].values()) == 2
+    with pytest.raises(DataError, match="mimic_dir is not set"):
+        data.load_dataset(load_profile("default", {"common": {"dataset": "mimic"}}))
+    # MDACE as released refers to MIMIC-III notes: without their text it is an error at load time
+    # (tests/test_mimic_route.py loads it with NOTEEVENTS)
     mdace = tmp_path / "mdace"
     p = TEXT_102.index("appendectomy")
     _mdace_file(mdace / "102.json", 102, [
         {"note_id": 8, "category": "Discharge summary", "annotations": [_ann(p, p + 12, "0DTJ4ZZ", "ICD-10-PCS")]}])
     prof = load_profile("default", {"common": {"dataset": "mimic"}, "data": {
-        "mimic_dir": str(mimic_dir), "mimic_min_code_count": 2, "mdace_dir": str(mdace), "spans_jsonl": str(jsonl)}})
-    ds = data.load_dataset(prof)
-    assert ds.name == "mimic" and ds.docs["credentialed"].all()
-    assert sorted(ds.spans["note_id"]) == ["101", "102"]
-    assert ds.docs["annotated"].tolist() == [True, True, False]
-    assert "mdace" in ds.report and "spans_jsonl" in ds.report
-    assert sum(v["spans"] for v in ds.report["splits"].values()) == 2
-    with pytest.raises(DataError, match="mimic_dir is not set"):
-        data.load_dataset(load_profile("default", {"common": {"dataset": "mimic"}}))
+        "mimic_dir": str(mimic_dir), "mimic_min_code_count": 2, "mdace_dir": str(mdace)}})
+    with pytest.raises(DataError, match="data.mdace_dir is set but data.mimic3_noteevents is not"):
+        data.load_dataset(prof)
 
 
 # --------------------------------------------------------------------------------------------
@@ -516,6 +523,10 @@ def test_load_dataset_codiesp_profile(codiesp_dir):
     prof = load_profile("codiesp", {"data": {"codiesp_dir": str(codiesp_dir), "codiesp_language": "en"}})
     ds = data.load_dataset(prof)
     assert ds.name == "codiesp_en" and len(ds.docs) == 4 and not ds.docs["credentialed"].any()
+    # the profile's data.top_codes: 50 keeps every training code of this tiny fixture; the test
+    # note's I10 is on no training note, so the top-50 label space cannot hold it (reported)
+    assert ds.report["top codes"]["train gold code occurrences removed"] == "0 of 4 (0.0%)"
+    assert ds.report["top codes"]["test gold code occurrences removed"] == "1 of 1 (100.0%)"
 
 
 # --------------------------------------------------------------------------------------------

@@ -16,6 +16,14 @@ Definitions (see METHOD.md section 3):
   mean.
 
 A code is predicted when ``prob > threshold`` (strictly above, as everywhere in the package).
+
+Gold codes outside the label space (test codes no training document carries: on CodiEsp 18.6% of
+the test occurrences) cannot be in ``y_true [N, L]``. Pass their count per document as ``unseen
+[N]`` (:func:`unseen_counts`): they are false negatives of micro recall / F1, count in the gold
+total of R@k and R-precision, and their share is reported (``unseen_gold_share``). Precision, P@k
+and the per-code measures (macro, mAP, AUC) stay over the label space: a code the model cannot
+output has no per-code precision or ranking, so macro means are over label-space codes and the
+unseen share is reported beside them.
 """
 from __future__ import annotations
 
@@ -56,21 +64,38 @@ def _f1(p: float, r: float) -> float:
 # --------------------------------------------------------------------------------------------
 # thresholded metrics
 # --------------------------------------------------------------------------------------------
-def precision_recall_f1(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+def unseen_counts(codes: Iterable[Iterable[str]], labels: Sequence[str]) -> np.ndarray:
+    """``[N]`` int: per document, its distinct gold codes that are not in ``labels``."""
+    known = set(labels)
+    return np.array([len({c for c in cs if c not in known}) for cs in codes], dtype=np.int64)
+
+
+def _unseen(unseen, n: int) -> np.ndarray:
+    if unseen is None:
+        return np.zeros(n, dtype=np.int64)
+    u = np.asarray(unseen, dtype=np.int64).reshape(-1)
+    if len(u) != n or (u < 0).any():
+        raise ValueError(f"unseen must hold one non-negative count per document ({n}), got shape {u.shape}")
+    return u
+
+
+def precision_recall_f1(y_true: np.ndarray, y_pred: np.ndarray, unseen=None) -> dict[str, float]:
     """Micro and macro precision, recall and F1 of binary predictions ``y_pred [N, L]``.
 
     Returns ``micro_precision, micro_recall, micro_f1, macro_precision, macro_recall`` (means over
     all codes, 0 for 0/0), ``macro_f1_mean`` (Edin: mean per-code F1 over codes present in
     ``y_true``), ``macro_f1_harmonic`` (CAML/LAAT/PLM-ICD: harmonic mean of macro P and R over all
-    codes) and ``n_codes_present``.
+    codes) and ``n_codes_present``. ``unseen [N]``: gold codes outside the label space per
+    document, false negatives of micro recall/F1 (the macro measures stay over label-space codes).
     """
     y, pred = _check(y_true, y_pred)
     pred = pred.astype(bool)
+    n_unseen = float(_unseen(unseen, len(y)).sum())
     tp = (y & pred).sum(0).astype(np.float64)
     fp = (~y & pred).sum(0).astype(np.float64)
     fn = (y & ~pred).sum(0).astype(np.float64)
     micro_p = float(_safe_div(tp.sum(), tp.sum() + fp.sum()))
-    micro_r = float(_safe_div(tp.sum(), tp.sum() + fn.sum()))
+    micro_r = float(_safe_div(tp.sum(), tp.sum() + fn.sum() + n_unseen))
     p_code = _safe_div(tp, tp + fp)
     r_code = _safe_div(tp, tp + fn)
     f1_code = _safe_div(2 * tp, 2 * tp + fp + fn)
@@ -144,27 +169,29 @@ def precision_at_k(y_true: np.ndarray, probs: np.ndarray, k: int) -> float:
     return float((_top_k_hits(y, p, k) / k).mean())
 
 
-def recall_at_k(y_true: np.ndarray, probs: np.ndarray, k: int) -> float:
-    """Mean over documents with gold codes of (gold codes among the top ``k``) / (gold codes)."""
+def recall_at_k(y_true: np.ndarray, probs: np.ndarray, k: int, unseen=None) -> float:
+    """Mean over documents with gold codes of (gold codes among the top ``k``) / (gold codes);
+    ``unseen [N]`` gold codes outside the label space count in the gold codes."""
     y, p = _check(y_true, probs)
-    n_gold = y.sum(1)
+    n_gold = y.sum(1) + _unseen(unseen, len(y))
     has = n_gold > 0
     if not has.any():
         return 0.0
     return float((_top_k_hits(y[has], p[has], k) / n_gold[has]).mean())
 
 
-def r_precision(y_true: np.ndarray, probs: np.ndarray) -> float:
-    """Mean over documents with gold codes of precision at R = the document's number of codes."""
+def r_precision(y_true: np.ndarray, probs: np.ndarray, unseen=None) -> float:
+    """Mean over documents with gold codes of precision at R = the document's number of codes
+    (``unseen [N]`` gold codes outside the label space included in R; R is capped at L)."""
     y, p = _check(y_true, probs)
-    n_gold = y.sum(1)
+    n_gold = y.sum(1) + _unseen(unseen, len(y))
     has = np.flatnonzero(n_gold > 0)
     if len(has) == 0:
         return 0.0
     order = np.argsort(-p[has], axis=1, kind="stable")
     ranked = np.take_along_axis(y[has], order, axis=1)
-    cum = ranked.cumsum(1)
-    hits = cum[np.arange(len(has)), n_gold[has] - 1]
+    cum = np.concatenate([np.zeros((len(has), 1), dtype=np.int64), ranked.cumsum(1)], axis=1)
+    hits = cum[np.arange(len(has)), np.minimum(n_gold[has], y.shape[1])]
     return float((hits / n_gold[has]).mean())
 
 
@@ -224,26 +251,30 @@ def roc_auc(y_true: np.ndarray, probs: np.ndarray) -> dict[str, float]:
 # reports and baselines
 # --------------------------------------------------------------------------------------------
 def coding_report(
-    y_true: np.ndarray, probs: np.ndarray, threshold: float, ks: Sequence[int] = DEFAULT_KS
+    y_true: np.ndarray, probs: np.ndarray, threshold: float, ks: Sequence[int] = DEFAULT_KS, unseen=None
 ) -> dict[str, float]:
     """All coding metrics of ``probs`` at decision ``threshold``, as one flat dict.
 
     Keys: the outputs of :func:`precision_recall_f1` (at ``probs > threshold``), ``p@k`` and
     ``r@k`` for each k, ``r_precision``, ``map``, ``micro_auc``, ``macro_auc``, ``threshold``,
-    ``n_docs``, ``n_codes``.
+    ``n_docs``, ``n_codes``, ``unseen_gold`` and ``unseen_gold_share`` (gold code occurrences
+    outside the label space, ``unseen [N]``, counted as misses; share of all gold occurrences).
     """
     y, p = _check(y_true, probs)
+    u = _unseen(unseen, len(y))
     out: dict[str, float] = {}
-    out.update(precision_recall_f1(y, p > threshold))
+    out.update(precision_recall_f1(y, p > threshold, u))
     for k in ks:
         out[f"p@{k}"] = precision_at_k(y, p, k)
-        out[f"r@{k}"] = recall_at_k(y, p, k)
-    out["r_precision"] = r_precision(y, p)
+        out[f"r@{k}"] = recall_at_k(y, p, k, u)
+    out["r_precision"] = r_precision(y, p, u)
     out["map"] = mean_average_precision(y, p)
     out.update(roc_auc(y, p))
     out["threshold"] = float(threshold)
     out["n_docs"] = int(y.shape[0])
     out["n_codes"] = int(y.shape[1])
+    out["unseen_gold"] = int(u.sum())
+    out["unseen_gold_share"] = float(_safe_div(u.sum(), u.sum() + y.sum()))
     return out
 
 
@@ -280,4 +311,4 @@ def label_matrix(codes: Iterable[Iterable[str]], labels: Sequence[str]) -> np.nd
     return y
 
 
-__all__.append("label_matrix")
+__all__ += ["label_matrix", "unseen_counts"]

@@ -1,0 +1,140 @@
+"""The MIMIC route on files in the published formats (tests/mimic_formats.py): MIMIC-IV for
+training, MDACE's Inpatient ICD-10 admissions with MIMIC-III NOTEEVENTS text for rationale
+evaluation; counts checked against the hand-worked expectations of the fixture."""
+from __future__ import annotations
+
+import pytest
+
+from mimic_formats import ADDENDUM_B, REPORT_A, REPORT_B, REPORT_C, write_all
+from rationale_kit import data
+from rationale_kit.config import load_profile
+from rationale_kit.records import DataError
+
+
+@pytest.fixture(scope="module")
+def fixture_keys(tmp_path_factory):
+    return write_all(tmp_path_factory.mktemp("mimic_formats"))
+
+
+def _profile(keys, **extra):
+    return load_profile("mimic", {"common": {"device": "cpu", "threads": 2}, "data": {**keys, "mimic_dir": None, **extra}})
+
+
+def test_map_code_version_and_trim_rules():
+    known = {"N18.3", "F32.9", "I10", "S02.19XA"}
+    assert data.map_code_version("I10", known) == ("I10", "same")
+    assert data.map_code_version("N18.30", known) == ("N18.3", "prefix")
+    assert data.map_code_version("N18.32", known) == ("N18.3", "prefix")
+    assert data.map_code_version("F32.A", known) == ("F32.9", "table")
+    assert data.map_code_version("Z99.11", known) == ("Z99.11", "unmapped")
+    text = "1. Hypertension.\n, x"
+    assert data.trim_span(text, 2, 17, "edges") == (3, 15)  # " Hypertension.\n" -> "Hypertension"
+    assert data.trim_span(text, 3, 16, "edges") == (3, 15)
+    # Edin et al. 2024: looks at text[end] (the character after the span) and text[start], one step each
+    assert data.trim_span(text, 3, 16, "edin") == (3, 15)  # text[16] == "\n" -> end - 1
+    # on half-open offsets that rule cuts a real character when the next one is punctuation:
+    # " Hypertension" (2, 15) is followed by "." -> end 14 ("Hypertensio"); the default "edges" does not
+    assert data.trim_span(text, 2, 15, "edin") == (3, 14)
+    assert data.trim_span(text, 2, 15, "edges") == (3, 15)
+    assert data.trim_span(text, 3, 16, "none") == (3, 16)
+    assert data.trim_span(",;", 0, 2, "edges") == (2, 2)
+
+
+def test_mimiciv_from_separate_hosp_and_note_folders(fixture_keys):
+    ds = data.load_mimic(None, fixture_keys["mimic_split_file"], min_code_count=2,
+                         hosp_dir=fixture_keys["mimic_hosp_dir"], note_dir=fixture_keys["mimic_note_dir"])
+    counts = ds.docs.split.value_counts().to_dict()
+    assert counts == {"train": 6, "val": 2, "test": 2}
+    assert ds.report["skipped"]["diagnosis rows with icd_version 9"] == 3
+    assert ds.report["skipped"]["procedure rows with icd_version 9"] == 1
+    assert ds.report["skipped"]["admissions without ICD-10 codes"] == 1
+    assert ds.report["split file admissions without a kept document"] == 1
+    assert ds.docs.set_index("note_id").loc["20000004", "codes"] == ["N18.3", "E11.9", "F32.9", "0DTJ4ZZ"]
+    with pytest.raises(DataError, match=r"set data.mimic_dir .* or both data.mimic_hosp_dir and data.mimic_note_dir"):
+        data.load_mimic(None, hosp_dir=fixture_keys["mimic_hosp_dir"])
+
+
+def test_mdace_on_mimic3_counts(fixture_keys):
+    ds = data.load_dataset(_profile(fixture_keys))
+    docs = ds.docs.set_index("note_id")
+    # documents per split: MIMIC-IV 6/2/2, plus the 3 MDACE admissions as annotated test documents
+    assert ds.docs.split.value_counts().to_dict() == {"train": 6, "test": 5, "val": 2}
+    assert sorted(ds.docs.note_id[ds.docs.annotated]) == ["mimic3_1500", "mimic3_501", "mimic3_900"]
+    assert docs.loc["mimic3_900", "text"] == REPORT_B  # the report, not the addendum (ROW_ID 1200 < "900" as strings)
+    assert docs.loc["mimic3_501", "codes"] == ["I10", "N18.3", "F32.9", "Z99.11"]
+    assert docs.loc["mimic3_900", "codes"] == ["J44.9", "E11.9", "0DTJ4ZZ"]
+    assert docs.loc["mimic3_1500", "codes"] == ["E11.9", "I10"]
+    rep = ds.report["mdace"]
+    assert rep["read"]["files"] == 3 and rep["read"]["annotations"] == 13
+    sk = rep["skipped"]
+    assert sk["ICD-9 files"] == 2 and sk["Profee files (professional-fee coding)"] == 1
+    assert sk["CPT annotations"] == 1
+    assert sk["addenda (description Addendum) of an admission"] == 1 and sk["annotations on addenda"] == 1
+    assert sk["notes other than discharge summaries"] == 1
+    assert sk["duplicate spans (same note, code and offsets, after mapping and trimming)"] == 1
+    assert rep["code versions"] == {"annotations whose code MIMIC-IV has": 7, "annotations whose code is prefix": 1,
+                                    "annotations whose code is table": 1, "annotations whose code is unmapped": 1,
+                                    "mapping used": {"F32.A": "F32.9", "N18.30": "N18.3"}}
+    assert rep["codes no training document carries"]["codes"] == {"Z99.11": 1}
+    assert rep["trimming"] == {"rule": "edges", "spans trimmed": 5}
+    assert rep["kept"] == {"documents": 3, "spans": 9, "split": "test"}
+    # every span is checked against the text; trimmed edges hold no punctuation or space
+    texts = dict(zip(ds.docs.note_id, ds.docs.text))
+    covered = {(r.note_id, r.code): texts[r.note_id][r.start:r.end] for r in ds.spans.itertuples()}
+    assert covered[("mimic3_501", "I10")] == "Hypertension"
+    assert covered[("mimic3_501", "N18.3")] == "Chronic kidney disease stage 3"
+    assert covered[("mimic3_501", "F32.9")] == "Depression"
+    assert covered[("mimic3_900", "E11.9")] == "diabetes"
+    assert covered[("mimic3_1500", "I10")] == "hypertension"
+    assert set(ds.spans.source_note_id) == {"501", "900", "1500"}
+    assert ds.report["splits"]["test"] == {"documents": 5, "annotated documents": 3, "spans": 9}
+    assert ds.docs.credentialed.all()
+    # codes table: MIMIC-IV descriptions kept; the unseen code has n_train 0
+    codes = ds.codes.set_index("code")
+    assert codes.loc["I10", "description"] == "Essential (primary) hypertension"
+    assert codes.loc["Z99.11", "n_train"] == 0 and codes.loc["I10", "n_train"] == 4
+
+
+def test_unseen_codes_dropped_and_edin_trim(fixture_keys):
+    ds = data.load_dataset(_profile(fixture_keys, mdace_unseen_codes="drop", mdace_trim="edin"))
+    assert "Z99.11" not in set(ds.spans.code)
+    assert ds.docs.set_index("note_id").loc["mimic3_501", "codes"] == ["I10", "N18.3", "F32.9"]
+    rep = ds.report["mdace"]
+    assert rep["skipped"]["annotations of codes no training document carries (dropped)"] == 1
+    texts = dict(zip(ds.docs.note_id, ds.docs.text))
+    i10 = ds.spans[(ds.spans.note_id == "mimic3_501") & (ds.spans.code == "I10")].iloc[0]
+    # Edin's rule looks one character past the half-open end ("\n" after "Hypertension.")
+    assert texts["mimic3_501"][i10.start:i10.end] == "Hypertension"
+    assert REPORT_A and ADDENDUM_B and REPORT_C
+
+
+def test_span_source_errors_at_load_time(fixture_keys, tmp_path):
+    with pytest.raises(DataError, match=r"data.mdace_dir is set but data.mimic3_noteevents is not"):
+        data.load_dataset(_profile(fixture_keys, mimic3_noteevents=None))
+    with pytest.raises(DataError, match=r"without rationale spans: set data.mdace_dir .* or data.spans_jsonl"):
+        data.load_dataset(_profile(fixture_keys, mdace_dir=None, mimic3_noteevents=None))
+    with pytest.raises(DataError, match=r"MDACE folder not found"):
+        data.load_dataset(_profile(fixture_keys, mdace_dir=str(tmp_path / "nowhere")))
+    empty = tmp_path / "empty_mdace"
+    empty.mkdir()
+    with pytest.raises(DataError, match=r"no MDACE span could be used"):
+        data.load_dataset(_profile(fixture_keys, mdace_dir=str(empty)))
+    with pytest.raises(DataError, match=r"NOTEEVENTS.csv: file not found \(data.mimic3_noteevents"):
+        data.load_dataset(_profile(fixture_keys, mimic3_noteevents=str(tmp_path / "NOTEEVENTS.csv")))
+
+
+def test_mdace_note_missing_from_noteevents(fixture_keys, tmp_path):
+    import gzip
+
+    import pandas as pd
+    ne = pd.read_csv(fixture_keys["mimic3_noteevents"], dtype=str, keep_default_na=False)
+    path = tmp_path / "NOTEEVENTS.csv"
+    ne[ne.ROW_ID != "900"].to_csv(path, index=False)
+    with pytest.raises(DataError, match=r"100002-ICD-10\.json: note_id 900 \(hadm_id 100002\) is not a ROW_ID of .*NOTEEVENTS\.csv"):
+        data.load_dataset(_profile(fixture_keys, mimic3_noteevents=str(path)))
+    ne2 = ne.copy()
+    ne2.loc[ne2.ROW_ID == "900", "HADM_ID"] = "199999"
+    ne2.to_csv(path, index=False)
+    with pytest.raises(DataError, match=r"hadm_id 100002 but .*NOTEEVENTS\.csv line \d+ \(ROW_ID 900\) has HADM_ID 199999"):
+        data.load_dataset(_profile(fixture_keys, mimic3_noteevents=str(path)))
+    assert gzip  # gzip and plain CSV are both read
