@@ -75,6 +75,7 @@ import asyncio
 import collections
 import concurrent.futures
 import contextlib
+import contextvars
 import copy
 import dataclasses
 import functools
@@ -107,14 +108,20 @@ PRICE_PER_MILLION_OUT = 0.40
 #: Finish reasons meaning the provider withheld the answer.
 BLOCK_FINISH_REASONS = {"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY"}
 
-CALL_STATUSES = ("ok", "failed", "blocked", "empty", "cached")
+CALL_STATUSES = ("ok", "truncated", "failed", "blocked", "empty", "cached")
+
+#: Default caps on what one answer may contribute (``run_llm(max_answer_chars=...,
+#: max_quotes_per_code=...)``, profile keys of the same names): a longer answer is not parsed
+#: (outcome failed, its text kept only up to the cap), quotes past the cap are dropped and counted.
+MAX_ANSWER_CHARS = 100_000
+MAX_QUOTES_PER_CODE = 20
 
 ANSWER_COLUMNS = ["note_id", "code", "quote_index", "quote", "status", "prompt_sha", "backend", "model"]
 CALL_COLUMNS = [
     "note_id", "prompt_sha", "prompt_version", "backend", "model", "status", "outcome", "cached",
     "attempts", "input_tokens", "output_tokens", "latency_s", "error", "finish_reason",
     "blocked_reason", "repaired", "n_codes", "n_quotes", "empty_codes", "dropped_quotes",
-    "unasked_codes", "raw", "raw_repair",
+    "unasked_codes", "truncated_codes", "capped_quotes", "raw", "raw_repair",
 ]
 
 
@@ -176,6 +183,9 @@ class Prompt:
     sha: str
     #: the codes asked, in order (set by :func:`build_prompt`; not hashed, so it changes no sha).
     codes: tuple = field(default=(), repr=False, compare=False)
+    #: the note as shown in the prompt (set by :func:`build_prompt`; not hashed): what verbatim
+    #: decoding quotes from.
+    note: Optional[str] = field(default=None, repr=False, compare=False)
 
     def __repr__(self) -> str:
         return f"Prompt(version={self.version!r}, sha={self.sha!r}, chars={len(self.system) + len(self.user)})"
@@ -260,7 +270,7 @@ def build_prompt(
     system = _template(version, "system", d).substitute().strip()
     user = _template(version, "user", d).substitute(note=note, codes=code_lines, examples=examples_block).strip()
     return Prompt(system=system, user=user, version=version, sha=_sha(version, system, user, schema_text(d)),
-                  codes=tuple(c for c, _ in pairs))
+                  codes=tuple(c for c, _ in pairs), note=note)
 
 
 def repair_prompt(prompt: Prompt, previous: str, problem: str, prompts_dir: str | os.PathLike | None = None,
@@ -270,10 +280,21 @@ def repair_prompt(prompt: Prompt, previous: str, problem: str, prompts_dir: str 
     prev = previous if len(previous) <= max_previous_chars else previous[:max_previous_chars] + " [...]"
     user = _template(prompt.version, "repair", d).substitute(user=prompt.user, problem=problem, previous=prev).strip()
     return Prompt(system=prompt.system, user=user, version=prompt.version,
-                  sha=_sha(prompt.version, "repair", prompt.system, user, schema_text(d)), codes=prompt.codes)
+                  sha=_sha(prompt.version, "repair", prompt.system, user, schema_text(d)), codes=prompt.codes,
+                  note=prompt.note)
 
 
 _CODES_BLOCK_RE = re.compile(r"<codes>\s*\n(.*?)\n\s*</codes>", re.S)
+_NOTE_BLOCK_RE = re.compile(r"<note>\n(.*?)\n</note>", re.S)
+
+
+def prompt_note(prompt: Prompt) -> Optional[str]:
+    """The note a prompt asks about: ``prompt.note`` when set, else the last ``<note>`` block of
+    the user text (few-shot excerpts come before it); None when there is none."""
+    if prompt.note is not None:
+        return prompt.note
+    blocks = _NOTE_BLOCK_RE.findall(prompt.user)
+    return blocks[-1] if blocks else None
 _CODE_LINE_RE = re.compile(r"^\s*-\s*([^:\s][^:]*?)\s*:", re.M)
 
 
@@ -554,6 +575,10 @@ def _run_coro(coro: Any) -> Any:
             raise
 
 
+#: set by run_llm (in its own context) once its credentialed-data check has passed
+_RUN_CLEARED: "contextvars.ContextVar[bool]" = contextvars.ContextVar("rk_llm_run_cleared", default=False)
+
+
 class Backend:
     """``generate(prompt) -> LLMResponse``. Backends raise :class:`TransientLLMError` for what is
     worth retrying and :class:`PermanentLLMError` for other request-level failures."""
@@ -564,12 +589,41 @@ class Backend:
     max_concurrency: Optional[int] = None  # cap on requests in flight (None: no cap)
     #: settings that change the answers beyond (backend, model, prompt); part of the cache key when set.
     cache_tag: str = ""
+    #: whether the documents this backend is given are credentialed (None: not said, which a
+    #: remote backend treats as credentialed) and whether the user has acknowledged that their
+    #: remote set-up may receive them (see :func:`credential_guard`).
+    credentialed: Optional[bool] = None
+    allow_remote_credentialed_data: bool = False
+
+    def settings(self) -> dict:
+        """Every setting besides (backend, model, prompt) that determines the answer (sampling
+        temperature, output budget, decoding constraints...): part of :func:`cache_key`."""
+        return {}
+
+    def secrets(self) -> list[str]:
+        """Strings that must never be persisted (API keys); :meth:`scrub` masks them."""
+        return []
+
+    def scrub(self, s: Optional[str]) -> Optional[str]:
+        """``s`` with every secret replaced by ``***``."""
+        if not s:
+            return s
+        for sec in self.secrets():
+            if sec:
+                s = s.replace(sec, "***")
+        return s
 
     def generate(self, prompt: Prompt) -> LLMResponse:
         raise NotImplementedError
 
     async def agenerate(self, prompt: Prompt) -> LLMResponse:
         return await asyncio.to_thread(self.generate, prompt)
+
+    def _check_clearance(self) -> None:
+        """A remote backend's own check before it sends anything; inside :func:`run_llm` (which
+        checked the run's documents itself) it is not repeated."""
+        if not _RUN_CLEARED.get():
+            credential_guard(self, self.credentialed, self.allow_remote_credentialed_data)
 
     async def aclose(self) -> None:
         """Release per-event-loop resources (HTTP clients) at the end of a run."""
@@ -596,11 +650,52 @@ def _retry_delay(details: Any) -> Optional[float]:
     return None
 
 
+def parse_retry_after(value: Any, now: Optional[float] = None) -> Optional[float]:
+    """Seconds to wait from an HTTP ``Retry-After`` header: delta-seconds (``"12"``) or an
+    HTTP-date (``"Wed, 21 Oct 2015 07:28:00 GMT"``, counted from ``now``, a Unix time); None when
+    absent or unreadable; never negative."""
+    if value is None:
+        return None
+    v = str(value).strip()
+    if not v:
+        return None
+    try:
+        secs = float(v)
+        return max(0.0, secs) if secs == secs else None
+    except ValueError:
+        pass
+    import email.utils
+
+    try:
+        when = email.utils.parsedate_to_datetime(v)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def _header(response: Any, name: str) -> Optional[str]:
+    headers = getattr(response, "headers", None)
+    try:
+        return headers.get(name) if headers is not None else None
+    except Exception:  # noqa: BLE001 - an odd response object: no header
+        return None
+
+
 class GeminiBackend(Backend):
     """The Gemini API through ``google-genai`` (async client), JSON mode with the response schema.
 
     ``api_key`` defaults to ``$GEMINI_API_KEY`` or ``$GOOGLE_API_KEY``; it is kept out of every
-    repr, log, cache, record file and pickle. ``base_url`` points the client elsewhere (tests use
+    repr, log, cache, record file and pickle (an answer that repeats it is masked too).
+
+    **Vertex AI** (``vertexai=True``, ``project``, ``location``): the same models through a Google
+    Cloud project (``POST {base}/v1beta1/projects/{project}/locations/{location}/publishers/google/
+    models/{model}:generateContent``), the route PhysioNet's guidance names for credentialed data
+    under a zero-retention set-up. No API key: credentials come from the environment as
+    google-genai reads them (application-default credentials: ``gcloud auth application-default
+    login`` or ``GOOGLE_APPLICATION_CREDENTIALS``), never from a profile; ``credentials`` (a
+    ``google.auth`` credentials object) is for tests and embedding code only. ``base_url`` points the client elsewhere (tests use
     a local fake server); ``transport`` is an optional ``httpx``/``httpx2`` async transport handed
     to the HTTP client (tests, proxies). ``structured_output=False`` sends no response schema
     (for models or endpoints that reject one); the JSON mime type is still asked for.
@@ -623,8 +718,19 @@ class GeminiBackend(Backend):
         api_version: str = "v1beta",
         safety_settings: Optional[list] = None,
         prompts_dir: str | os.PathLike | None = None,
+        vertexai: bool = False,
+        project: Optional[str] = None,
+        location: Optional[str] = None,
+        credentials: Any = None,
+        credentialed: Optional[bool] = None,
+        allow_remote_credentialed_data: bool = False,
     ):
         self.model = model
+        self.vertexai = bool(vertexai)
+        self.project, self.location = project, location
+        self._credentials = credentials
+        self.credentialed = credentialed
+        self.allow_remote_credentialed_data = bool(allow_remote_credentialed_data)
         self.base_url = base_url
         self.timeout_s = float(timeout_s)
         self.transport = transport
@@ -634,8 +740,15 @@ class GeminiBackend(Backend):
         self.api_version = api_version
         self.safety_settings = safety_settings
         self._schema = response_schema(prompts_dir)
-        self._key = api_key or os.environ.get("GEMINI_API_KEY") or os.environ.get("GOOGLE_API_KEY")
-        if not self._key:
+        if self.vertexai:
+            if not project or not location:
+                raise LLMConfigError("Gemini on Vertex AI needs rationales.llm.project and rationales.llm.location")
+            if api_version == "v1beta":
+                self.api_version = "v1beta1"
+            self._key = None
+        else:
+            self._key = api_key or os.environ.get("GEMINI_API_KEY") or os.environ.get("GOOGLE_API_KEY")
+        if not self._key and not self.vertexai:
             raise LLMConfigError(
                 "no Gemini API key: set GEMINI_API_KEY (or GOOGLE_API_KEY) in the environment "
                 "(never in a profile or notebook), or use the local or replay backend"
@@ -646,21 +759,31 @@ class GeminiBackend(Backend):
         self._build_config("")  # imports google-genai and builds its models now, not in the first call
 
     def __repr__(self) -> str:
-        return f"GeminiBackend(model={self.model!r}, base_url={self.base_url!r}, timeout_s={self.timeout_s})"
+        where = f", vertexai=True, project={self.project!r}, location={self.location!r}" if self.vertexai else ""
+        return f"GeminiBackend(model={self.model!r}, base_url={self.base_url!r}, timeout_s={self.timeout_s}{where})"
 
-    def __getstate__(self) -> dict:  # never pickle the key or live clients
+    def __getstate__(self) -> dict:  # never pickle the key, credentials or live clients
         state = dict(self.__dict__)
         state.pop("_key", None)
+        state["_credentials"] = None
         state["_client"] = state["_client_loop"] = None
         state["transport"], state["_configs"] = None, {}
         return state
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        self._key = os.environ.get("GEMINI_API_KEY") or os.environ.get("GOOGLE_API_KEY")
+        self._key = None if self.vertexai else (os.environ.get("GEMINI_API_KEY") or os.environ.get("GOOGLE_API_KEY"))
+
+    def settings(self) -> dict:
+        return {"temperature": self.temperature, "max_output_tokens": self.max_output_tokens,
+                "structured_output": self.structured_output, "safety_settings": repr(self.safety_settings),
+                "schema": _sha(json.dumps(self._schema, sort_keys=True)) if self.structured_output else None}
+
+    def secrets(self) -> list[str]:
+        return [self._key] if self._key else []
 
     def _scrub(self, s: str) -> str:
-        return s.replace(self._key, "***") if self._key else s
+        return self.scrub(s) or ""
 
     def _make_client(self) -> Any:
         from google import genai
@@ -671,6 +794,9 @@ class GeminiBackend(Backend):
             opts["base_url"] = self.base_url
         if self.transport is not None:
             opts["async_client_args"] = {"transport": self.transport}
+        if self.vertexai:
+            return genai.Client(vertexai=True, project=self.project, location=self.location,
+                                credentials=self._credentials, http_options=types.HttpOptions(**opts))
         return genai.Client(api_key=self._key, http_options=types.HttpOptions(**opts))
 
     def _config(self, prompt: Prompt) -> Any:
@@ -699,7 +825,11 @@ class GeminiBackend(Backend):
         return types.GenerateContentConfig(**kwargs)
 
     async def agenerate(self, prompt: Prompt) -> LLMResponse:
-        if not self._key:
+        self._check_clearance()
+        return await self._send(prompt)
+
+    async def _send(self, prompt: Prompt) -> LLMResponse:
+        if not self._key and not self.vertexai:
             raise LLMConfigError("no Gemini API key: set GEMINI_API_KEY (or GOOGLE_API_KEY)")
         loop = asyncio.get_running_loop()
         if self._client is None or self._client_loop is not loop:
@@ -719,7 +849,8 @@ class GeminiBackend(Backend):
             code = int(exc.code or 0)
             msg = self._scrub(f"HTTP {code} {exc.status or ''}: {exc.message or ''}".strip())
             if code in (408, 429) or 500 <= code < 600:
-                return TransientLLMError(msg, status=code, retry_after=_retry_delay(exc.details))
+                after = parse_retry_after(_header(getattr(exc, "response", None), "retry-after"))
+                return TransientLLMError(msg, status=code, retry_after=after if after is not None else _retry_delay(exc.details))
             return PermanentLLMError(msg, status=code)
         name = type(exc).__name__
         msg = self._scrub(f"{name}: {exc}")
@@ -828,6 +959,77 @@ def _reuse_gguf_parsing() -> Any:
 
 
 _QUOTE_STOPS = ('"', "\n")
+_WS_RE = re.compile(r"\s+")
+
+
+def verbatim_norm(s: str) -> str:
+    """The comparison form of verbatim decoding: lower case, every run of white space one space."""
+    return _WS_RE.sub(" ", s.lower())
+
+
+class VerbatimIndex:
+    """Which next tokens keep a quote a verbatim substring of a note (case and white space
+    normalised by :func:`verbatim_norm`).
+
+    ``pieces[i]`` is the text of token ``i`` on its own (``tok.decode([i])``). A token is allowed
+    after the quote so far ``q`` when ``q`` + its text up to the first string stop (a double quote
+    or a newline, which close the quote) is still in the note; a token that closes the quote is
+    allowed once the quote is not empty. Candidates are looked up by their first character from
+    the characters that follow ``q``'s occurrences in the note, so a step costs a few thousand
+    substring tests at most (the whole vocabulary only for the first token of a quote).
+    """
+
+    def __init__(self, note: str, pieces: Sequence[str]):
+        self.note = verbatim_norm(note)
+        self.size = len(pieces)
+        self.prefix: list[str] = []
+        self.closes: list[bool] = []
+        by_first: dict[str, list[int]] = {}
+        closers: list[int] = []
+        for i, p in enumerate(pieces):
+            cuts = [j for j in (p.find(c) for c in _QUOTE_STOPS) if j >= 0]
+            cut = min(cuts) if cuts else None
+            pre = verbatim_norm(p[:cut] if cut is not None else p)
+            self.prefix.append(pre)
+            self.closes.append(cut is not None)
+            if pre:
+                by_first.setdefault(pre[0], []).append(i)
+            elif cut is not None:
+                closers.append(i)
+        self.by_first = by_first
+        self.closers = closers
+
+    def fits(self, q: str, pre: str) -> bool:
+        if q.endswith(" ") and pre.startswith(" "):
+            pre = pre[1:]
+        return (q + pre) in self.note
+
+    def allowed(self, text: str) -> list[int]:
+        """Token ids allowed after the quote text ``text`` (raw, as decoded so far)."""
+        q = verbatim_norm(text)
+        if q and q not in self.note:
+            return []
+        if not q:
+            firsts = set(self.note)
+        else:
+            firsts, i = set(), self.note.find(q)
+            while i >= 0:
+                if i + len(q) < len(self.note):
+                    firsts.add(self.note[i + len(q)])
+                i = self.note.find(q, i + 1)
+            if q.endswith(" "):
+                firsts.add(" ")
+        out = [t for c in firsts for t in self.by_first.get(c, ()) if self.fits(q, self.prefix[t])]
+        if q:
+            out += self.closers
+        return out
+
+    def longest_prefix_in_note(self, quote: str) -> str:
+        """``quote`` cut back (at the end) until it is in the note: the guarantee at the end of a
+        quote, whatever a tokenizer's decoding does at token boundaries."""
+        while quote and verbatim_norm(quote) not in self.note:
+            quote = quote[:-1]
+        return quote
 #: placeholders of the prompts' answer format (normalised): never a quote.
 _ECHO_KEYS = ("VERBATIMTEXT", "CODE")
 
@@ -843,8 +1045,14 @@ def _guided_answer(
     max_new_tokens: int = 512,
     eos_ids: Iterable[int] = (),
     temperature: float = 0.0,
+    verbatim: Optional[VerbatimIndex] = None,
 ) -> tuple[str, int, str]:
     """Structured decoding: the JSON answer is written here, the model fills in only the quotes.
+
+    With ``verbatim`` (a :class:`VerbatimIndex` of the note) every token generated inside a quote
+    must keep the quote a substring of the note (:meth:`VerbatimIndex.allowed`; case and white
+    space normalised): the quotes are verbatim by construction, and only *which* part of the note
+    is quoted is the model's choice.
 
     After the prompt the assistant turn is forced to ``{"rationales": [{"code": "<code 1>",
     "quotes": ["``; the model continues (greedily, or sampled when ``temperature`` > 0) until it
@@ -853,7 +1061,8 @@ def _guided_answer(
     ``max_quotes_per_code``); then ``"]}, {"code": "<code 2>", "quotes": ["`` is forced, and so on.
     One KV cache serves the whole request: the prompt is read once, and every forced or generated
     token is fed once. At most ``max_new_tokens`` tokens are generated in all; codes left when they
-    are spent get no quotes (finish reason ``MAX_TOKENS``).
+    are spent are left out of the answer (finish reason ``MAX_TOKENS``), so that the runner reports
+    them as truncated rather than as codes the model found nothing for.
 
     ``lm(input_ids=..., past_key_values=..., use_cache=True)`` must return ``.logits`` and
     ``.past_key_values`` (a ``transformers`` causal LM); ``tok`` encodes (``tok(text,
@@ -890,11 +1099,17 @@ def _guided_answer(
     def decode(ids: Sequence[int]) -> str:
         return tok.decode(list(ids), skip_special_tokens=True)
 
-    def pick(text: str = "") -> int:
+    def pick(text: str = "", allowed: Optional[list[int]] = None) -> int:
         """The next token; while the quote so far could still spell a code or a placeholder of
         the prompt's answer format, tokens that would continue spelling it are ruled out (a tiny
-        model likes to echo those instead of quoting the note)."""
+        model likes to echo those instead of quoting the note). ``allowed``: the only tokens
+        that may be picked (verbatim decoding)."""
         logits = state["logits"].float()
+        if allowed is not None:
+            keep = torch.full_like(logits, float("-inf"))
+            idx = torch.tensor([a for a in allowed if a < logits.numel()], dtype=torch.long)
+            keep[idx] = logits[idx]
+            logits = keep
         so_far = normalize_code(text)
         keys = [k for k in banned if k and k.startswith(so_far)]
         opening = not text.strip()
@@ -915,10 +1130,10 @@ def _guided_answer(
     pending_ids = list(prompt_ids)  # fed lazily, right before the next token is needed
     pending = '{"rationales": ['
     for j, code in enumerate(codes):
+        if spent:  # codes never reached are left out (not "no quotes"): the runner marks them truncated
+            break
         quotes: list[str] = []
         rationales.append({"code": code, "quotes": quotes})
-        if spent:
-            continue
         pending += (", " if j else "") + '{"code": ' + json.dumps(code, ensure_ascii=False) + ', "quotes": ["'
         for k in range(max(1, max_quotes_per_code)):
             feed(pending_ids + encode(pending))
@@ -929,7 +1144,13 @@ def _guided_answer(
                 if n_out >= max_new_tokens:
                     spent, how = True, "spent"
                     break
-                t = pick(text)
+                allowed = None
+                if verbatim is not None:
+                    allowed = verbatim.allowed(text) + (sorted(eos) if text.strip() else [])
+                    if not allowed:  # nothing in the note continues the quote: close it here
+                        how = "cap"
+                        break
+                t = pick(text, allowed)
                 n_out += 1
                 if t in eos:
                     how = "eos"
@@ -945,6 +1166,8 @@ def _guided_answer(
                 text = cand
                 feed([t])
             q = text.strip().rstrip("\\").strip()
+            if verbatim is not None:
+                q = verbatim.longest_prefix_in_note(q).strip()
             if normalize_code(q) and q not in quotes and normalize_code(q) not in banned:
                 quotes.append(q)
             pending += '"'
@@ -997,6 +1220,7 @@ class LocalBackend(Backend):
         structured: bool = True,
         max_quote_tokens: int = 48,
         max_quotes_per_code: int = 2,
+        verbatim: bool = True,
     ):
         if path is None:
             self.folder, self.gguf_file = bundled_local_model()
@@ -1015,6 +1239,8 @@ class LocalBackend(Backend):
         self.structured = bool(structured)
         self.max_quote_tokens = max(1, int(max_quote_tokens))
         self.max_quotes_per_code = max(1, int(max_quotes_per_code))
+        self.verbatim = bool(verbatim)
+        self._pieces: Optional[list[str]] = None
         self._tok: Any = None
         self._lm: Any = None
         self._load_lock = threading.Lock()
@@ -1024,7 +1250,12 @@ class LocalBackend(Backend):
 
     def __repr__(self) -> str:
         return (f"LocalBackend(model={self.model!r}, max_new_tokens={self.max_new_tokens}, "
-                f"temperature={self.temperature}, structured={self.structured})")
+                f"temperature={self.temperature}, structured={self.structured}, verbatim={self.verbatim})")
+
+    def settings(self) -> dict:
+        return {"temperature": self.temperature, "max_new_tokens": self.max_new_tokens,
+                "max_input_tokens": self.max_input_tokens, "structured": self.cache_tag,
+                "verbatim": bool(self.structured and self.verbatim)}
 
     @property
     def cache_tag(self) -> str:  # type: ignore[override]
@@ -1040,7 +1271,7 @@ class LocalBackend(Backend):
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        for k in ("_tok", "_lm", "_load_lock", "_gen_lock", "_worker"):
+        for k in ("_tok", "_lm", "_load_lock", "_gen_lock", "_worker", "_pieces"):
             state[k] = None
         state["_pending"] = []
         return state
@@ -1064,6 +1295,15 @@ class LocalBackend(Backend):
                     tok.pad_token = tok.eos_token
                 self._tok, self._lm = tok, lm
         return self
+
+    def _verbatim_index(self, prompt: Prompt) -> Optional[VerbatimIndex]:
+        """The note's :class:`VerbatimIndex` when verbatim decoding is on and the prompt has a note."""
+        note = prompt_note(prompt) if self.verbatim else None
+        if note is None:
+            return None
+        if self._pieces is None:  # the text of every token on its own, once per backend
+            self._pieces = [self._tok.decode([i]) for i in range(len(self._tok))]
+        return VerbatimIndex(note, self._pieces)
 
     def _render(self, prompt: Prompt) -> str:
         messages = [{"role": "system", "content": prompt.system}, {"role": "user", "content": prompt.user}]
@@ -1089,11 +1329,12 @@ class LocalBackend(Backend):
             if n > limit:
                 results[i] = PermanentLLMError(f"prompt has {n} tokens, more than the local model's {limit} (set max_note_chars)")
             elif codes:
+                index = self._verbatim_index(p)
                 with self._gen_lock, torch.inference_mode():
                     text, n_out, finish = _guided_answer(
                         lm, tok, ids, codes, max_quote_tokens=self.max_quote_tokens,
                         max_quotes_per_code=self.max_quotes_per_code, max_new_tokens=self.max_new_tokens,
-                        eos_ids=self._eos_ids(), temperature=self.temperature)
+                        eos_ids=self._eos_ids(), temperature=self.temperature, verbatim=index)
                 results[i] = LLMResponse(text, finish, n, n_out)
             else:
                 texts.append(rendered)
@@ -1215,23 +1456,225 @@ class ReplayBackend(Backend):
         return self.generate(prompt)
 
 
-def make_backend(llm_cfg: Any, **overrides: Any) -> Backend:
-    """The backend a profile's ``rationales.llm`` section asks for (``config.LLM``)."""
+class OpenAIBackend(Backend):
+    """Any OpenAI-compatible chat-completions server (vLLM, SGLang, Ollama, llama.cpp server, TGI,
+    Azure OpenAI, OpenAI): ``POST {base_url}/chat/completions`` with the system and user messages,
+    through ``httpx`` (no ``openai`` package needed).
+
+    * ``base_url``: the API root, e.g. ``http://localhost:8000/v1`` (vLLM), ``http://localhost:11434/v1``
+      (Ollama). ``api_key`` defaults to ``$OPENAI_API_KEY``; sent as ``Authorization: Bearer``
+      only when set, and kept out of every repr, log, cache, record file and pickle.
+    * ``response_format``: ``json_schema`` sends the answer schema as
+      ``{"type": "json_schema", "json_schema": {"name", "schema", "strict"}}`` (vLLM and Ollama
+      constrain decoding with it), ``json_object`` asks for JSON without a schema, ``none`` sends
+      nothing (the prompt alone). The answer is checked and repaired the same way in every case.
+    * ``local_endpoint=True`` says the server runs on this machine or the user's own network, so it
+      is not a remote third party (``remote`` False): only the user can say so, it is never
+      guessed from the URL.
+
+    Errors: 408, 409, 429 and 5xx are retried (honouring ``Retry-After``: seconds or an HTTP
+    date), time-outs and dropped connections too; other statuses are permanent. ``finish_reason``
+    ``length`` is reported as ``MAX_TOKENS`` (a cut answer), ``content_filter`` and a ``refusal``
+    as a blocked answer.
+    """
+
+    name = "openai"
+
+    def __init__(
+        self,
+        model: str,
+        base_url: str,
+        api_key: Optional[str] = None,
+        timeout_s: float = 60.0,
+        *,
+        temperature: float = 0.0,
+        max_output_tokens: int = 8192,
+        response_format: str = "json_schema",
+        local_endpoint: bool = False,
+        transport: Any = None,
+        prompts_dir: str | os.PathLike | None = None,
+        credentialed: Optional[bool] = None,
+        allow_remote_credentialed_data: bool = False,
+    ):
+        if not base_url:
+            raise LLMConfigError("backend 'openai' needs rationales.llm.base_url (e.g. http://localhost:8000/v1)")
+        if response_format not in ("json_schema", "json_object", "none"):
+            raise LLMConfigError(f"response_format must be json_schema, json_object or none, not {response_format!r}")
+        self.model = model
+        self.base_url = base_url.rstrip("/")
+        self.timeout_s = float(timeout_s)
+        self.temperature = temperature
+        self.max_output_tokens = int(max_output_tokens)
+        self.response_format = response_format
+        self.local_endpoint = bool(local_endpoint)
+        self.remote = not self.local_endpoint
+        self.transport = transport
+        self.credentialed = credentialed
+        self.allow_remote_credentialed_data = bool(allow_remote_credentialed_data)
+        self._schema = response_schema(prompts_dir)
+        self._key = api_key or os.environ.get("OPENAI_API_KEY") or None
+        self._client: Any = None
+        self._client_loop: Any = None
+
+    def __repr__(self) -> str:
+        return (f"OpenAIBackend(model={self.model!r}, base_url={self.base_url!r}, "
+                f"local_endpoint={self.local_endpoint}, response_format={self.response_format!r})")
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state.pop("_key", None)
+        state["_client"] = state["_client_loop"] = state["transport"] = None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._key = os.environ.get("OPENAI_API_KEY") or None
+
+    def settings(self) -> dict:
+        return {"temperature": self.temperature, "max_output_tokens": self.max_output_tokens,
+                "response_format": self.response_format, "base_url": self.base_url,
+                "schema": _sha(json.dumps(self._schema, sort_keys=True)) if self.response_format == "json_schema" else None}
+
+    def secrets(self) -> list[str]:
+        return [self._key] if self._key else []
+
+    def request_body(self, prompt: Prompt) -> dict:
+        """The JSON body of one chat-completions request."""
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": [{"role": "system", "content": prompt.system}, {"role": "user", "content": prompt.user}],
+            "temperature": self.temperature,
+            "max_tokens": self.max_output_tokens,
+        }
+        if self.response_format == "json_schema":
+            body["response_format"] = {"type": "json_schema",
+                                       "json_schema": {"name": "rationales", "schema": self._schema, "strict": True}}
+        elif self.response_format == "json_object":
+            body["response_format"] = {"type": "json_object"}
+        return body
+
+    async def agenerate(self, prompt: Prompt) -> LLMResponse:
+        self._check_clearance()
+        return await self._send(prompt)
+
+    def generate(self, prompt: Prompt) -> LLMResponse:
+        async def once() -> LLMResponse:
+            try:
+                return await self.agenerate(prompt)
+            finally:
+                await self.aclose()
+
+        return _run_coro(once())
+
+    async def _send(self, prompt: Prompt) -> LLMResponse:
+        import httpx
+
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._client_loop is not loop:
+            kw: dict[str, Any] = {"timeout": httpx.Timeout(self.timeout_s)}
+            if self.transport is not None:
+                kw["transport"] = self.transport
+            self._client, self._client_loop = httpx.AsyncClient(**kw), loop
+        headers = {"Content-Type": "application/json"}
+        if self._key:
+            headers["Authorization"] = f"Bearer {self._key}"
+        try:
+            async with asyncio.timeout(self.timeout_s * 1.5 + 1.0):
+                resp = await self._client.post(f"{self.base_url}/chat/completions", json=self.request_body(prompt),
+                                               headers=headers)
+        except (asyncio.TimeoutError, TimeoutError, httpx.TimeoutException) as exc:
+            raise TransientLLMError(f"time-out after {self.timeout_s:g} s ({type(exc).__name__})") from None
+        except httpx.TransportError as exc:
+            raise TransientLLMError(self.scrub(f"{type(exc).__name__}: {exc}")) from None
+        if resp.status_code != 200:
+            try:
+                detail = resp.json().get("error", resp.text)
+                detail = detail.get("message", detail) if isinstance(detail, dict) else detail
+            except (ValueError, AttributeError):
+                detail = resp.text
+            msg = self.scrub(f"HTTP {resp.status_code}: {str(detail)[:500]}")
+            if resp.status_code in (408, 409, 429) or resp.status_code >= 500:
+                raise TransientLLMError(msg, status=resp.status_code,
+                                        retry_after=parse_retry_after(resp.headers.get("retry-after")))
+            raise PermanentLLMError(msg, status=resp.status_code)
+        try:
+            data = resp.json()
+        except ValueError:
+            raise PermanentLLMError(self.scrub(f"the server's answer is not JSON: {resp.text[:200]!r}")) from None
+        return self._to_response(data)
+
+    @staticmethod
+    def _to_response(data: Any) -> LLMResponse:
+        if not isinstance(data, dict):
+            raise PermanentLLMError(f"the server's answer is a {type(data).__name__}, not a chat completion")
+        usage = data.get("usage") or {}
+        n_in = int(usage.get("prompt_tokens") or 0)
+        n_out = int(usage.get("completion_tokens") or 0)
+        choices = data.get("choices") or []
+        if not choices:
+            return LLMResponse("", None, n_in, n_out)
+        c = choices[0] if isinstance(choices[0], dict) else {}
+        msg = c.get("message") or {}
+        finish = {"stop": "STOP", "length": "MAX_TOKENS", "content_filter": "CONTENT_FILTER",
+                  "tool_calls": "TOOL_CALLS"}.get(c.get("finish_reason"), c.get("finish_reason"))
+        text = msg.get("content") if isinstance(msg.get("content"), str) else ""
+        refusal = msg.get("refusal")
+        blocked = None
+        if refusal:
+            blocked = f"REFUSAL: {str(refusal)[:200]}"
+        elif finish == "CONTENT_FILTER" and not text.strip():
+            blocked = "CONTENT_FILTER"
+        return LLMResponse(text or "", finish, n_in, n_out, blocked)
+
+    async def aclose(self) -> None:
+        client, self._client, self._client_loop = self._client, None, None
+        if client is not None:
+            try:
+                await client.aclose()
+            except Exception:  # noqa: BLE001 - closing is best effort
+                pass
+
+
+def _auto_device(device: str) -> str:
+    if device != "auto":
+        return device
+    try:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except ImportError:
+        return "cpu"
+
+
+def make_backend(llm_cfg: Any, credentialed: Optional[bool] = None, **overrides: Any) -> Backend:
+    """The backend a profile's ``rationales.llm`` section asks for (``config.LLM``).
+
+    ``credentialed``: whether the documents it will be given are credentialed (None: not said,
+    which remote backends treat as credentialed); with ``allow_remote_credentialed_data`` of the
+    section it decides whether a remote backend may send them (:func:`credential_guard`)."""
     kind = overrides.pop("backend", llm_cfg.backend)
+    guard = dict(credentialed=credentialed, allow_remote_credentialed_data=llm_cfg.allow_remote_credentialed_data)
     if kind == "gemini":
-        kw = dict(model=llm_cfg.model, base_url=getattr(llm_cfg, "base_url", None), timeout_s=llm_cfg.timeout_s,
-                  temperature=llm_cfg.temperature, max_output_tokens=getattr(llm_cfg, "max_output_tokens", 8192))
+        kw = dict(model=llm_cfg.model, base_url=llm_cfg.base_url, timeout_s=llm_cfg.timeout_s,
+                  temperature=llm_cfg.temperature, max_output_tokens=llm_cfg.max_output_tokens,
+                  vertexai=llm_cfg.vertexai, project=llm_cfg.project, location=llm_cfg.location, **guard)
         return GeminiBackend(**{**kw, **overrides})
+    if kind == "openai":
+        kw = dict(model=llm_cfg.model, base_url=llm_cfg.base_url, timeout_s=llm_cfg.timeout_s,
+                  temperature=llm_cfg.temperature, max_output_tokens=llm_cfg.max_output_tokens,
+                  response_format=llm_cfg.response_format, local_endpoint=llm_cfg.local_endpoint, **guard)
+        return OpenAIBackend(**{**kw, **overrides})
     if kind == "local":
         kw = dict(path=llm_cfg.local_path, max_new_tokens=llm_cfg.max_new_tokens, temperature=llm_cfg.temperature,
-                  structured=getattr(llm_cfg, "local_structured", True))
+                  structured=llm_cfg.local_structured, verbatim=llm_cfg.local_verbatim,
+                  batch_size=llm_cfg.local_batch_size, device=_auto_device(llm_cfg.local_device))
         return LocalBackend(**{**kw, **overrides})
     if kind == "replay":
         path = overrides.pop("path", llm_cfg.replay_file)
         if not path:
             raise LLMConfigError("backend 'replay' needs rationales.llm.replay_file (a file written with run_llm(record=...))")
         return ReplayBackend(path)
-    raise LLMConfigError(f"unknown LLM backend {kind!r} (gemini, local, replay)")
+    raise LLMConfigError(f"unknown LLM backend {kind!r} (gemini, openai, local, replay)")
 
 
 # --------------------------------------------------------------------------------------------
@@ -1332,14 +1775,22 @@ class _JsonlLog:
 
 
 def cache_key(backend: Backend, prompt: Prompt) -> str:
-    tag = getattr(backend, "cache_tag", "")
-    return _sha(backend.name, backend.model, prompt.sha, tag) if tag else _sha(backend.name, backend.model, prompt.sha)
+    """Key of a cached answer: backend, model, prompt sha and every setting that determines the
+    answer (:meth:`Backend.settings`: temperature, output budget, decoding constraints), so that
+    changing any of them asks again instead of reusing an answer given under other settings."""
+    settings = json.dumps(backend.settings(), sort_keys=True, default=str)
+    return _sha(backend.name, backend.model, prompt.sha, settings)
 
 
-def credential_guard(backend: Backend, credentialed: bool, allow_remote_credentialed_data: bool) -> None:
-    """Raise :class:`CredentialedDataError` when credentialed documents would go to a remote LLM."""
-    if credentialed and backend.remote and not allow_remote_credentialed_data:
+def credential_guard(backend: Backend, credentialed: Optional[bool], allow_remote_credentialed_data: bool) -> None:
+    """Raise :class:`CredentialedDataError` when documents that are (or are not said not to be)
+    credentialed would go to a remote LLM. Fails closed: ``credentialed=None`` (unknown) counts as
+    credentialed, and only ``allow_remote_credentialed_data=True`` lets them go."""
+    if credentialed is not False and backend.remote and not allow_remote_credentialed_data:
+        unknown = ("It is not known whether these documents are credentialed (say credentialed=False "
+                   "for public data). " if credentialed is None else "")
         raise CredentialedDataError(
+            unknown +
             f"refusing to send credentialed documents (MIMIC) to the remote LLM backend {backend.name!r} "
             f"({backend.model}). Under the PhysioNet credentialed data use agreement you may not share the "
             "data with anyone who is not a credentialed user, and sending notes to an online service is "
@@ -1348,6 +1799,19 @@ def credential_guard(backend: Backend, credentialed: bool, allow_remote_credenti
             "local or replay backend, or, once you have checked that your account and settings meet those "
             "terms, set allow_remote_credentialed_data=True (profile: rationales.llm.allow_remote_credentialed_data)."
         )
+
+
+def is_credentialed(profile: Any, docs: Optional[pd.DataFrame] = None) -> bool:
+    """Whether the documents of a run are credentialed data, decided from the profile and the data
+    source, not only from a column that an older or hand-built table may lack: the MIMIC data set
+    (``common.dataset: mimic``) or ``data.credentialed: true`` makes them credentialed, and so does
+    any document marked ``credentialed`` in ``docs``."""
+    if getattr(profile.data, "credentialed", False) or getattr(profile.common, "dataset", None) == "mimic":
+        return True
+    if docs is not None and "credentialed" in docs.columns:
+        col = docs["credentialed"]
+        return bool(col.isna().any() or col.astype(bool).any())  # an unknown value counts as credentialed
+    return False
 
 
 class _RateLimiter:
@@ -1389,11 +1853,13 @@ def _interpret(r: LLMResponse, schema: Mapping[str, Any]) -> tuple[str, Any, Opt
     return "ok", obj, repaired
 
 
-def _quotes_by_code(obj: Any, codes: Sequence[str]) -> tuple[dict[str, list[str]], int, list[str]]:
-    """Asked code -> deduplicated quotes; quotes for codes not asked are dropped and counted."""
+def _quotes_by_code(obj: Any, codes: Sequence[str], max_quotes: Optional[int] = None
+                    ) -> tuple[dict[str, list[str]], int, list[str], int]:
+    """Asked code -> deduplicated quotes (at most ``max_quotes`` each); quotes for codes not asked
+    are dropped and counted, as are quotes past the cap: ``(quotes, dropped, unasked, capped)``."""
     asked = {normalize_code(c): c for c in codes}
     out: dict[str, list[str]] = {c: [] for c in codes}
-    dropped, unasked = 0, []
+    dropped, unasked, capped = 0, [], 0
     for item in obj.get("rationales", []):
         code = asked.get(normalize_code(item.get("code", "")))
         quotes = [q.strip() for q in item.get("quotes", []) if isinstance(q, str) and q.strip()]
@@ -1403,20 +1869,33 @@ def _quotes_by_code(obj: Any, codes: Sequence[str]) -> tuple[dict[str, list[str]
             continue
         for q in quotes:
             if q not in out[code]:
+                if max_quotes is not None and len(out[code]) >= max_quotes:
+                    capped += 1
+                    continue
                 out[code].append(q)
-    return out, dropped, unasked
+    return out, dropped, unasked, capped
+
+
+def _reached_codes(obj: Any, codes: Sequence[str]) -> set[str]:
+    """The asked codes that an answer object mentions (whatever their quotes)."""
+    asked = {normalize_code(c): c for c in codes}
+    items = obj.get("rationales", []) if isinstance(obj, dict) else []
+    return {asked[k] for k in (normalize_code(i.get("code", "")) for i in items if isinstance(i, dict)) if k in asked}
 
 
 async def _call(backend: Backend, prompt: Prompt, max_retries: int, base: float, cap: float,
-                limiter: _RateLimiter, sink: "_ResponseCollector", note_id: str) -> tuple[Optional[LLMResponse], int, Optional[str]]:
-    """One prompt with retries: ``(response or None, attempts, error)``."""
+                limiter: _RateLimiter, sink: "_ResponseCollector", note_id: str,
+                max_chars: int = MAX_ANSWER_CHARS) -> tuple[Optional[LLMResponse], int, Optional[str]]:
+    """One prompt with retries: ``(response or None, attempts, error)``. An answer longer than
+    ``max_chars`` is kept (and recorded) only up to ``max_chars + 1`` characters: still too long,
+    so it reads the same when replayed, without megabytes going to the cache."""
     last = ""
     for attempt in range(max_retries + 1):
         await limiter.wait()
         try:
             r = await backend.agenerate(prompt)
         except TransientLLMError as exc:
-            last = str(exc)
+            last = backend.scrub(str(exc)) or ""
             if attempt == max_retries:
                 break
             delay = min(cap, base * 2 ** attempt) * (0.5 + random.random() / 2)  # exponential + jitter
@@ -1426,7 +1905,10 @@ async def _call(backend: Backend, prompt: Prompt, max_retries: int, base: float,
             await asyncio.sleep(delay)
             continue
         except (PermanentLLMError, LLMConfigError) as exc:
-            return None, attempt + 1, str(exc)
+            return None, attempt + 1, backend.scrub(str(exc))
+        # an answer that repeats a secret (the API key reflected by a proxy or a model) is masked
+        # before it is cached, recorded or written anywhere
+        r = dataclasses.replace(r, text=backend.scrub(r.text[: max_chars + 1]) or "", blocked_reason=backend.scrub(r.blocked_reason))
         await sink.aappend(_response_record(prompt, backend, r))
         return r, attempt + 1, None
     return None, max_retries + 1, f"gave up after {max_retries + 1} attempts: {last}"
@@ -1441,15 +1923,24 @@ async def _answer(req: LLMRequest, backend: Backend, schema: Mapping[str, Any], 
         "prompt_version": req.prompt.version, "note_id": req.note_id, "outcome": "failed", "error": None,
         "raw": None, "raw_repair": None, "parsed": None, "repaired": None, "finish_reason": None,
         "blocked_reason": None, "attempts": 0, "input_tokens": 0, "output_tokens": 0, "cacheable": True,
+        "truncated_codes": [],
     }
-    args = (opts["max_retries"], opts["backoff_base_s"], opts["backoff_max_s"], limiter, sink, req.note_id)
+    cap = opts.get("max_answer_chars") or MAX_ANSWER_CHARS
+    args = (opts["max_retries"], opts["backoff_base_s"], opts["backoff_max_s"], limiter, sink, req.note_id, cap)
+
+    def too_long(r: LLMResponse) -> Optional[str]:
+        return (f"answer longer than max_answer_chars={cap} characters (kept only that far): not parsed"
+                if len(r.text) > cap else None)
+
     r, n, err = await _call(backend, req.prompt, *args)
     entry["attempts"] += n
     if r is None:
         entry.update(error=err, cacheable=False)
     else:
-        entry.update(raw=r.text, finish_reason=r.finish_reason, input_tokens=r.input_tokens, output_tokens=r.output_tokens)
-        kind, obj, detail = _interpret(r, schema)
+        entry.update(raw=r.text[:cap], finish_reason=r.finish_reason, input_tokens=r.input_tokens, output_tokens=r.output_tokens)
+        last = r
+        oversize = too_long(r)
+        kind, obj, detail = ("oversize", None, oversize) if oversize else _interpret(r, schema)
         if kind == "invalid" and opts["reask"]:
             rp = repair_prompt(req.prompt, r.text, detail or "", opts.get("prompts_dir"))
             r2, n2, err2 = await _call(backend, rp, *args)
@@ -1458,39 +1949,55 @@ async def _answer(req: LLMRequest, backend: Backend, schema: Mapping[str, Any], 
                 entry.update(error=f"{detail}; the re-ask failed: {err2}", cacheable=False)
                 kind = "failed"
             else:
-                entry.update(raw_repair=r2.text, input_tokens=entry["input_tokens"] + r2.input_tokens,
+                entry.update(raw_repair=r2.text[:cap], input_tokens=entry["input_tokens"] + r2.input_tokens,
                              output_tokens=entry["output_tokens"] + r2.output_tokens)
-                kind2, obj2, detail2 = _interpret(r2, schema)
+                oversize2 = too_long(r2)
+                kind2, obj2, detail2 = ("oversize", None, oversize2) if oversize2 else _interpret(r2, schema)
                 if kind2 == "ok":
-                    kind, obj, detail = "ok", obj2, "reask"
+                    kind, obj, detail, last = "ok", obj2, "reask", r2
                 else:
                     detail = f"{detail}; after the re-ask: {detail2}"
         if kind == "ok":
             entry.update(outcome="ok", parsed=obj, repaired=detail)
+            codes = req.code_list()
+            if last.finish_reason == "MAX_TOKENS":
+                # cut at the output budget: the codes the answer never reached were not answered,
+                # which is not the same as "the model found nothing" for them
+                reached = _reached_codes(obj, codes)
+                missing = [c for c in codes if c not in reached]
+                if missing:
+                    entry.update(outcome="truncated", truncated_codes=missing,
+                                 error=f"answer cut at the output token limit before {len(missing)} of {len(codes)} codes")
         elif kind in ("blocked", "empty"):
             entry.update(outcome=kind, blocked_reason=detail if kind == "blocked" else None, error=detail)
-        elif kind == "invalid":
+        elif kind in ("invalid", "oversize"):
             entry.update(outcome="failed", error=detail)
     entry["latency_s"] = round(time.perf_counter() - t0, 4)
     return entry
 
 
-def _rows(req: LLMRequest, entry: dict, cached: bool, backend: Backend) -> tuple[list[dict], dict]:
+def _rows(req: LLMRequest, entry: dict, cached: bool, backend: Backend,
+          max_quotes: Optional[int] = MAX_QUOTES_PER_CODE) -> tuple[list[dict], dict]:
     codes = req.code_list()
     call = {k: entry.get(k) for k in CALL_COLUMNS if k in entry}
     call.update(note_id=req.note_id, prompt_sha=req.prompt.sha, prompt_version=req.prompt.version,
                 backend=entry.get("backend", backend.name), model=entry.get("model", backend.model),
                 cached=cached, status="cached" if cached else entry["outcome"], n_codes=len(codes),
-                n_quotes=0, empty_codes=0, dropped_quotes=0, unasked_codes=[])
+                n_quotes=0, empty_codes=0, dropped_quotes=0, unasked_codes=[], truncated_codes=0, capped_quotes=0)
     if cached:
         call["attempts"], call["latency_s"] = 0, 0.0
     base = {"note_id": req.note_id, "prompt_sha": req.prompt.sha, "backend": call["backend"], "model": call["model"]}
     answers: list[dict] = []
-    if entry["outcome"] == "ok":
-        quotes, dropped, unasked = _quotes_by_code(entry["parsed"], codes)
-        call.update(dropped_quotes=dropped, unasked_codes=unasked,
-                    n_quotes=sum(len(q) for q in quotes.values()), empty_codes=sum(not q for q in quotes.values()))
+    if entry["outcome"] in ("ok", "truncated"):
+        quotes, dropped, unasked, capped = _quotes_by_code(entry["parsed"], codes, max_quotes)
+        cut = set(entry.get("truncated_codes") or []) if entry["outcome"] == "truncated" else set()
+        call.update(dropped_quotes=dropped, unasked_codes=unasked, capped_quotes=capped, truncated_codes=len(cut),
+                    n_quotes=sum(len(q) for q in quotes.values()),
+                    empty_codes=sum(not q for c, q in quotes.items() if c not in cut))
         for code in codes:
+            if code in cut:
+                answers.append({**base, "code": code, "quote_index": pd.NA, "quote": None, "status": "truncated"})
+                continue
             if not quotes[code]:
                 answers.append({**base, "code": code, "quote_index": pd.NA, "quote": None, "status": "no_quotes"})
             for i, q in enumerate(quotes[code]):
@@ -1500,13 +2007,65 @@ def _rows(req: LLMRequest, entry: dict, cached: bool, backend: Backend) -> tuple
     return answers, call
 
 
+def _load_cache(path: Path, schema: Mapping[str, Any], keep: Optional[set] = None) -> tuple[dict[str, dict], list[str]]:
+    """Cache entries by key, and one problem per line that was skipped (``file:line: why``).
+
+    A damaged line (bytes that are not UTF-8, not JSON, not an object, no ``key`` or ``outcome``,
+    an unknown outcome, an ok answer whose ``parsed`` is not a valid answer object) is skipped
+    with a warning naming the file and line, and its request is asked again; it never stops the
+    run. ``keep``: the outcomes to keep (None: all)."""
+    cache: dict[str, dict] = {}
+    problems: list[str] = []
+    if not path.exists():
+        return cache, problems
+    outcomes = {"ok", "truncated", "failed", "blocked", "empty"}
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            if not raw.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                rec = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError as exc:
+                problems.append(f"{where}: not UTF-8 ({exc.reason} at byte {exc.start})")
+                continue
+            except json.JSONDecodeError as exc:
+                problems.append(f"{where}: not JSON ({exc.msg}; a run stopped while writing?)")
+                continue
+            if not isinstance(rec, dict):
+                problems.append(f"{where}: not a JSON object")
+                continue
+            if not isinstance(rec.get("key"), str):
+                problems.append(f"{where}: no 'key'")
+                continue
+            if rec.get("outcome") not in outcomes:
+                problems.append(f"{where}: 'outcome' is {rec.get('outcome')!r}, not one of {sorted(outcomes)}")
+                continue
+            if rec["outcome"] in ("ok", "truncated"):
+                parsed = rec.get("parsed")
+                errs = validate(parsed, schema) if isinstance(parsed, dict) else [f"'parsed' is {type(parsed).__name__}, not an object"]
+                if errs:
+                    problems.append(f"{where}: {errs[0]}")
+                    continue
+                if rec["outcome"] == "truncated" and not isinstance(rec.get("truncated_codes"), list):
+                    problems.append(f"{where}: a truncated answer without 'truncated_codes'")
+                    continue
+            if keep is None or rec["outcome"] in keep:
+                cache[rec["key"]] = rec
+    for p in problems:
+        log.warning("skipping a damaged LLM cache line (its request is asked again): %s", p)
+    if problems:
+        log.warning("%d damaged line(s) skipped in %s", len(problems), path)
+    return cache, problems
+
+
 def run_llm(
     requests: Sequence[LLMRequest],
     backend: Backend,
     cache_dir: str | os.PathLike | None = None,
     concurrency: int = 8,
     max_retries: int = 5,
-    credentialed: bool = False,
+    credentialed: Optional[bool] = None,
     allow_remote_credentialed_data: bool = False,
     progress: bool = True,
     *,
@@ -1518,6 +2077,9 @@ def run_llm(
     rerun_failed: bool = False,
     fsync: bool = True,
     prompts_dir: str | os.PathLike | None = None,
+    max_answer_chars: int = MAX_ANSWER_CHARS,
+    max_quotes_per_code: Optional[int] = MAX_QUOTES_PER_CODE,
+    skipped_cache_lines: Optional[list] = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Ask ``backend`` about every request; return ``(answers, calls)``.
 
@@ -1534,22 +2096,37 @@ def run_llm(
     appended to ``cache_dir/llm_cache.jsonl`` as soon as it is known, keyed by (backend, model,
     prompt sha): a rerun makes no call for them and a killed run resumes where it stopped. Calls
     that failed for transport reasons (retries exhausted, permanent HTTP errors) are not cached;
-    ``rerun_failed=True`` also re-asks cached answers that were not ok.
+    ``rerun_failed=True`` also re-asks cached answers that were not ok. A damaged cache line is
+    skipped with a warning naming the file and line (appended to ``skipped_cache_lines`` when a
+    list is given) and its request asked again.
+
+    An answer cut at the output token limit (finish reason ``MAX_TOKENS``) that does not reach
+    every code asked has outcome ``truncated``: the codes it reached keep their quotes, the others
+    get status ``truncated`` (not ``no_quotes``: nothing was said about them), ``truncated_codes``
+    counts them, a warning gives the totals, and ``rerun_failed=True`` asks again. Caps:
+    an answer longer than ``max_answer_chars`` is not parsed (outcome failed); at most
+    ``max_quotes_per_code`` quotes are kept per code (the rest counted in ``capped_quotes``).
+
+    Credentialed data: ``credentialed`` says whether the documents are credentialed (MIMIC);
+    None (not said) counts as credentialed, so a remote backend is refused unless
+    ``allow_remote_credentialed_data`` (:func:`credential_guard`).
     ``record`` appends every raw answer (new or cached) to a replay file for :class:`ReplayBackend`.
     Retries: ``max_retries`` after the first attempt, back-off ``backoff_base_s * 2**i`` (capped at
     ``backoff_max_s``) times a random factor in [0.5, 1). ``requests_per_minute`` spaces calls out.
     """
     credential_guard(backend, credentialed, allow_remote_credentialed_data)
+    if int(max_answer_chars) < 1:
+        raise ValueError(f"max_answer_chars must be at least 1, got {max_answer_chars}")
     requests = list(requests)
     schema = response_schema(prompts_dir)
     opts = dict(max_retries=max(0, int(max_retries)), backoff_base_s=backoff_base_s, backoff_max_s=backoff_max_s,
-                reask=reask, prompts_dir=prompts_dir)
+                reask=reask, prompts_dir=prompts_dir, max_answer_chars=int(max_answer_chars))
     cache_path = Path(cache_dir) / CACHE_FILE if cache_dir is not None else None
     cache: dict[str, dict] = {}
     if cache_path is not None:
-        for rec in _read_jsonl(cache_path):
-            if "key" in rec and (not rerun_failed or rec.get("outcome") == "ok"):
-                cache[rec["key"]] = rec
+        cache, problems = _load_cache(cache_path, schema, keep={"ok"} if rerun_failed else None)
+        if skipped_cache_lines is not None:
+            skipped_cache_lines.extend(problems)
     record_path = Path(record) if record is not None else None
     recorded = {r.get("sha") for r in _read_jsonl(record_path)} if record_path is not None else set()
 
@@ -1562,6 +2139,7 @@ def run_llm(
     results: dict[str, dict] = {}
 
     async def main() -> None:
+        _RUN_CLEARED.set(True)  # this coroutine's context only: the tasks it starts inherit it
         cache_log = _JsonlLog(cache_path, fsync) if cache_path is not None else None
         record_log = _JsonlLog(record_path, fsync) if record_path is not None else None
         bar = _progress_bar(len(requests), progress, backend)
@@ -1623,14 +2201,21 @@ def run_llm(
         else:
             entry, cached = (cache.get(k) or results[k]), True
         seen.add(k)
-        a, c = _rows(req, entry, cached, backend)
+        a, c = _rows(req, entry, cached, backend, max_quotes_per_code)
         answer_rows += a
         call_rows.append(c)
     answers = pd.DataFrame(answer_rows, columns=ANSWER_COLUMNS)
     answers["quote_index"] = answers["quote_index"].astype("Int64")
     calls = pd.DataFrame(call_rows, columns=CALL_COLUMNS)
-    for col in ("attempts", "input_tokens", "output_tokens", "n_codes", "n_quotes", "empty_codes", "dropped_quotes"):
+    for col in ("attempts", "input_tokens", "output_tokens", "n_codes", "n_quotes", "empty_codes", "dropped_quotes",
+                "truncated_codes", "capped_quotes"):
         calls[col] = calls[col].fillna(0).astype("int64")
+    cut = calls[calls.outcome == "truncated"]
+    if len(cut):
+        log.warning("%d of %d answers were cut at the output token limit before %d code(s) (status 'truncated'; "
+                    "raise the output budget and run again)", len(cut), len(calls), int(cut.truncated_codes.sum()))
+    if calls.capped_quotes.sum():
+        log.warning("%d quote(s) past max_quotes_per_code=%s dropped", int(calls.capped_quotes.sum()), max_quotes_per_code)
     return answers, calls
 
 
@@ -1680,6 +2265,9 @@ def calls_summary(
         "cached": int(calls["cached"].astype(bool).sum()),
         "ok": int(outcome.get("ok", 0)),
         "failures": int(outcome.get("failed", 0)),
+        "truncated": int(outcome.get("truncated", 0)),
+        "truncated_codes": int(calls["truncated_codes"].sum()) if "truncated_codes" in calls else 0,
+        "capped_quotes": int(calls["capped_quotes"].sum()) if "capped_quotes" in calls else 0,
         "blocked": int(outcome.get("blocked", 0)),
         "empty": int(outcome.get("empty", 0)),
         "repaired": int(calls["repaired"].notna().sum()),
@@ -1693,6 +2281,7 @@ def calls_summary(
 
 __all__ = [
     "Backend", "CredentialedDataError", "FewShotExample", "GeminiBackend", "LLMConfigError", "LLMError",
+    "OpenAIBackend", "VerbatimIndex", "is_credentialed", "parse_retry_after", "plan_llm", "prompt_note",
     "LLMRequest", "LLMResponse", "LocalBackend", "PermanentLLMError", "Prompt", "ReplayBackend",
     "ReplayMissError", "TransientLLMError", "build_prompt", "calls_summary", "credential_guard",
     "estimate_cost", "local_repair", "make_backend", "make_requests", "parse_answer", "prompt_versions",

@@ -215,8 +215,8 @@ def llm_rationales(ds, docs: pd.DataFrame, profile: Profile, cache_dir: Path,
     from . import llm
 
     cfg = profile.rationales.llm
-    backend = llm.make_backend(cfg)
-    credentialed = bool(docs.get("credentialed", pd.Series(False)).any())
+    credentialed = llm.is_credentialed(profile, docs)  # from the profile and data source, not a column alone
+    backend = llm.make_backend(cfg, credentialed=credentialed)
     quotes, calls = [], []
     for teacher, shots in teachers.items():
         reqs = llm_requests(ds, docs, shots, profile)
@@ -225,6 +225,7 @@ def llm_rationales(ds, docs: pd.DataFrame, profile: Profile, cache_dir: Path,
             credentialed=credentialed, allow_remote_credentialed_data=cfg.allow_remote_credentialed_data,
             progress=profile.common.progress, backoff_base_s=cfg.backoff_base_s, backoff_max_s=cfg.backoff_max_s,
             requests_per_minute=cfg.requests_per_minute, record=cfg.record_file,
+            max_answer_chars=cfg.max_answer_chars, max_quotes_per_code=cfg.max_quotes_per_code,
         )
         quotes.append(answers.assign(source=teacher, shots=shots))
         calls.append(c.assign(source=teacher, shots=shots))

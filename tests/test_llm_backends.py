@@ -1,0 +1,247 @@
+"""rationale_kit.llm: settings in the cache key, truncated answers, damaged caches, the
+credentialed-data guard, secrets in answers, Retry-After, answer caps, and the backends added for
+credentialed data (Gemini on Vertex AI, OpenAI-compatible servers), each against a loopback fake
+server speaking its wire format (``tests/fake_gemini.py``, ``tests/fake_openai.py``)."""
+from __future__ import annotations
+
+import datetime
+import email.utils
+import json
+import logging
+import pickle
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fake_gemini import FakeGemini, Reply  # noqa: E402
+from fake_openai import FakeOpenAI, OAReply  # noqa: E402
+
+from rationale_kit import config, llm  # noqa: E402
+
+FAKE_KEY = "AIzaSyFAKE-never-leak-0123456789abcdef"
+OA_KEY = "sk-FAKE-never-leak-abcdef0123456789"
+CODES = [("E11.9", "Type 2 diabetes mellitus without complications"), ("I10", "Essential (primary) hypertension")]
+
+
+def note(i: int) -> str:
+    return f"[note {i}] Patient with type 2 diabetes on metformin. Blood pressure high, essential hypertension. No chest pain."
+
+
+def reqs(n: int, start: int = 0) -> list[llm.LLMRequest]:
+    return [llm.LLMRequest(f"n{i}", llm.build_prompt(note(i), CODES), tuple(CODES)) for i in range(start, start + n)]
+
+
+def run(requests, backend, tmp_path=None, **kw):
+    kw.setdefault("backoff_base_s", 0.01)
+    kw.setdefault("backoff_max_s", 0.05)
+    kw.setdefault("progress", False)
+    kw.setdefault("credentialed", False)
+    return llm.run_llm(requests, backend, cache_dir=tmp_path / "cache" if tmp_path else None, **kw)
+
+
+@pytest.fixture
+def gserver():
+    with FakeGemini() as srv:
+        yield srv
+
+
+@pytest.fixture
+def oserver():
+    with FakeOpenAI() as srv:
+        yield srv
+
+
+def gemini(srv, **kw):
+    return llm.GeminiBackend(api_key=FAKE_KEY, base_url=srv.base_url, timeout_s=kw.pop("timeout_s", 1.0), **kw)
+
+
+def openai(srv, **kw):
+    kw.setdefault("timeout_s", 1.0)
+    return llm.OpenAIBackend("fake-model", srv.base_url, api_key=kw.pop("api_key", OA_KEY), **kw)
+
+
+# --------------------------------------------------------------------------------------------
+# issue 14: cache key, truncation, damaged cache, guard, secrets, Retry-After, caps
+# --------------------------------------------------------------------------------------------
+def test_cache_key_holds_every_setting_that_determines_the_answer(gserver, tmp_path):
+    run(reqs(2), gemini(gserver), tmp_path)
+    assert gserver.hits == 2
+    run(reqs(2), gemini(gserver), tmp_path)  # same settings: cached
+    assert gserver.hits == 2
+    run(reqs(2), gemini(gserver, temperature=0.9), tmp_path)  # another temperature: asked again
+    assert gserver.hits == 4
+    run(reqs(2), gemini(gserver, max_output_tokens=64), tmp_path)  # another output budget: asked again
+    assert gserver.hits == 6
+    assert gserver.requests[-1]["body"]["generationConfig"]["maxOutputTokens"] == 64
+    p = reqs(1)[0].prompt
+    a, b = llm.LocalBackend(temperature=0.0), llm.LocalBackend(temperature=0.5)
+    assert llm.cache_key(a, p) != llm.cache_key(b, p)
+    assert llm.cache_key(a, p) != llm.cache_key(llm.LocalBackend(verbatim=False), p)
+    assert llm.cache_key(a, p) == llm.cache_key(llm.LocalBackend(temperature=0.0), p)
+
+
+def test_truncated_local_answer_marks_unreached_codes(tmp_path):
+    class Cut(llm.LocalBackend):  # what guided decoding returns when the token budget runs out
+        def _generate_batch(self, prompts):
+            return [llm.LLMResponse('{"rationales": [{"code": "E11.9", "quotes": ["type 2 diabetes"]}]}',
+                                    "MAX_TOKENS", 50, 160) for _ in prompts]
+
+    answers, calls = run(reqs(1), Cut(), tmp_path)
+    assert calls.status.tolist() == ["truncated"] and calls.truncated_codes.tolist() == [1]
+    assert answers.set_index("code").status.to_dict() == {"E11.9": "ok", "I10": "truncated"}
+    # a STOP answer that leaves a code out: the model found nothing for it (no_quotes)
+    class Stop(Cut):
+        def _generate_batch(self, prompts):
+            return [dataclass_replace(r, finish_reason="STOP") for r in super()._generate_batch(prompts)]
+
+    answers, calls = run(reqs(1), Stop(), tmp_path / "b")
+    assert calls.status.tolist() == ["ok"] and answers.set_index("code").status.to_dict() == {"E11.9": "ok", "I10": "no_quotes"}
+
+
+def dataclass_replace(r, **kw):
+    import dataclasses
+
+    return dataclasses.replace(r, **kw)
+
+
+def test_damaged_cache_lines_are_skipped_with_a_warning_and_redone(gserver, tmp_path, caplog):
+    backend = gemini(gserver)
+    run(reqs(4), backend, tmp_path)
+    path = tmp_path / "cache" / llm.CACHE_FILE
+    lines = path.read_bytes().splitlines(keepends=True)
+    assert len(lines) == 4
+    recs = [json.loads(x) for x in lines]
+    no_outcome = {k: v for k, v in recs[1].items() if k != "outcome"}
+    bad_parsed = {**recs[2], "parsed": ["not", "an", "object"]}
+    path.write_bytes(lines[0][:10] + b"\xff\xfe" + lines[0][10:] + (json.dumps(no_outcome) + "\n").encode()
+                     + (json.dumps(bad_parsed) + "\n").encode() + lines[3])
+    caplog.set_level(logging.WARNING)
+    skipped: list = []
+    gserver.reset()
+    answers, calls = run(reqs(4), backend, tmp_path, skipped_cache_lines=skipped)
+    assert gserver.hits == 3  # the three damaged entries are asked again, the good one is not
+    assert calls.status.tolist() == ["ok", "ok", "ok", "cached"]
+    assert len(skipped) == 3 and [s.split(": ")[0] for s in skipped] == [f"{path}:{i}" for i in (1, 2, 3)]
+    assert "not UTF-8" in skipped[0] and "'outcome' is None" in skipped[1] and "not an object" in skipped[2]
+    assert f"{path}:2" in caplog.text and "3 damaged line(s) skipped" in caplog.text
+    gserver.reset()
+    run(reqs(4), backend, tmp_path)  # the redone answers were appended: nothing is asked now
+    assert gserver.hits == 0
+
+
+def test_credentialed_guard_fails_closed(gserver, tmp_path, monkeypatch):
+    backend = gemini(gserver)
+    with pytest.raises(llm.CredentialedDataError, match="not known whether"):  # not said: refused
+        llm.run_llm(reqs(1), backend, cache_dir=tmp_path, progress=False)
+    with pytest.raises(llm.CredentialedDataError):  # the backend on its own refuses too
+        backend.generate(reqs(1)[0].prompt)
+    assert gserver.hits == 0
+    ok = gemini(gserver, credentialed=False)
+    assert json.loads(ok.generate(reqs(1)[0].prompt).text)["rationales"]
+    # the profile and data source decide, not a column an older table may lack
+    mimic = config.load_profile("mimic")
+    docs = pd.DataFrame({"note_id": ["a"], "text": ["x"], "codes": [["I10"]]})  # no credentialed column
+    assert llm.is_credentialed(mimic, docs) and llm.is_credentialed(mimic)
+    default = config.load_profile("default")
+    assert not llm.is_credentialed(default, docs)
+    assert llm.is_credentialed(default, docs.assign(credentialed=[True]))
+    assert llm.is_credentialed(config.load_profile("default", {"data": {"credentialed": True}}), docs)
+    monkeypatch.setenv("GEMINI_API_KEY", FAKE_KEY)
+    cfg = config.load_profile("mimic", {"rationales": {"llm": {"base_url": gserver.base_url}}}).rationales.llm
+    b = llm.make_backend(cfg, credentialed=llm.is_credentialed(mimic, docs))
+    with pytest.raises(llm.CredentialedDataError):
+        b.generate(reqs(1)[0].prompt)
+    cfg = config.load_profile("mimic", {"rationales": {"llm": {"base_url": gserver.base_url,
+                                                               "allow_remote_credentialed_data": True}}}).rationales.llm
+    assert llm.make_backend(cfg, credentialed=True).generate(reqs(1)[0].prompt).text
+    # a local OpenAI-compatible server is not a third party only when the profile says so
+    lo = llm.make_backend(config.LLM(backend="openai", base_url="http://127.0.0.1:9/v1", model="m"), credentialed=True)
+    assert lo.remote
+    lo = llm.make_backend(config.LLM(backend="openai", base_url="http://10.0.0.1:9/v1", model="m", local_endpoint=True),
+                          credentialed=True)
+    assert not lo.remote
+
+
+def test_an_answer_that_reflects_the_key_is_masked_everywhere(gserver, oserver, tmp_path):
+    gserver.script("[note 0]", Reply.rationales({"E11.9": [f"key {FAKE_KEY}"], "I10": ["essential hypertension"]}))
+    gserver.script("[note 1]", Reply.malformed(f"oops {FAKE_KEY}"), Reply.malformed(f"again {FAKE_KEY}"))
+    answers, calls = run(reqs(2), gemini(gserver), tmp_path, record=tmp_path / "rec.jsonl")
+    oserver.script("[note 0]", OAReply.rationales({"E11.9": [f"key {OA_KEY}"]}))
+    a2, c2 = run(reqs(1), openai(oserver), tmp_path / "oa", record=tmp_path / "oa.jsonl")
+    assert oserver.requests[0]["headers"]["Authorization"] == f"Bearer {OA_KEY}"
+    answers.to_parquet(tmp_path / "answers.parquet")
+    calls.to_parquet(tmp_path / "calls.parquet")
+    a2.to_parquet(tmp_path / "a2.parquet")
+    assert "key ***" in answers.quote.tolist() and "key ***" in a2.quote.tolist()
+    for p in tmp_path.rglob("*"):
+        if p.is_file():
+            blob = p.read_bytes()
+            assert FAKE_KEY.encode() not in blob and OA_KEY.encode() not in blob, p
+    assert OA_KEY.encode() not in pickle.dumps(openai(oserver)) and OA_KEY not in repr(openai(oserver))
+
+
+def test_parse_retry_after():
+    now = time.time()
+    assert llm.parse_retry_after("12") == 12.0 and llm.parse_retry_after(" 0.5 ") == 0.5
+    assert llm.parse_retry_after("-3") == 0.0 and llm.parse_retry_after(None) is None
+    assert llm.parse_retry_after("soon") is None and llm.parse_retry_after("") is None
+    later = email.utils.format_datetime(datetime.datetime.fromtimestamp(now + 30, datetime.timezone.utc), usegmt=True)
+    assert llm.parse_retry_after(later, now=now) == pytest.approx(30, abs=1.0)
+    assert llm.parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=now) == 0.0  # in the past
+
+
+@pytest.mark.parametrize("kind", ["gemini", "openai"])
+def test_retry_after_header_is_honoured(kind, gserver, oserver, tmp_path):
+    srv, R, backend = (gserver, Reply, gemini(gserver)) if kind == "gemini" else (oserver, OAReply, openai(oserver))
+    later = email.utils.format_datetime(datetime.datetime.fromtimestamp(time.time() + 2.6, datetime.timezone.utc), usegmt=True)
+    srv.script("[note 0]", R.error(429, retry_after="0.6"), R.error(503, retry_after=later))
+    t0 = time.perf_counter()
+    _, calls = run(reqs(1), backend, tmp_path, backoff_base_s=0.01, backoff_max_s=5.0)
+    elapsed = time.perf_counter() - t0
+    assert calls.status.tolist() == ["ok"] and calls.attempts.tolist() == [3]
+    # 0.6 s, then up to the HTTP date (2.6 s from the start, cut to whole seconds: at least 1.6 s)
+    assert elapsed >= 1.5
+    srv.script("[note 1]", R.error(429))  # without Retry-After: the back-off alone (10 ms here)
+    t0 = time.perf_counter()
+    _, calls = run(reqs(1, start=1), backend, tmp_path)
+    assert calls.attempts.tolist() == [2] and time.perf_counter() - t0 < 1.0
+
+
+def test_answer_size_and_quotes_are_capped(gserver, tmp_path, caplog):
+    huge = {"rationales": [{"code": "E11.9", "quotes": [f"q{i} " + "x" * 200 for i in range(100_000)]}]}
+    many = {"rationales": [{"code": "E11.9", "quotes": [f"quote {i}" for i in range(50)]},
+                           {"code": "I10", "quotes": ["essential hypertension"]}]}
+    gserver.script("[note 0]", Reply.json(huge))
+    gserver.script("[note 1]", Reply.json(many))
+    caplog.set_level(logging.WARNING)
+    answers, calls = run(reqs(2), gemini(gserver, timeout_s=10), tmp_path, max_answer_chars=50_000, max_quotes_per_code=20)
+    c = calls.set_index("note_id")
+    assert c.loc["n0", "status"] == "failed" and "max_answer_chars=50000" in c.loc["n0", "error"]
+    assert len(c.loc["n0", "raw"]) == 50_000 and c.loc["n0", "attempts"] == 1  # not re-asked with 20 MB
+    assert len(answers[answers.note_id == "n0"]) == 2  # one failed row per code, not 100,000
+    assert c.loc["n1", "n_quotes"] == 21 and c.loc["n1", "capped_quotes"] == 30
+    assert (answers[answers.note_id == "n1"].code == "E11.9").sum() == 20
+    assert "30 quote(s) past max_quotes_per_code=20" in caplog.text
+    assert (tmp_path / "cache" / llm.CACHE_FILE).stat().st_size < 200_000
+
+
+def test_llm_config_keys_are_read(monkeypatch):
+    cfg = config.LLM(local_batch_size=4, local_structured=False, local_verbatim=False, local_device="cpu", temperature=0.3)
+    b = llm.make_backend(cfg)
+    assert b.batch_size == 4 and b.max_concurrency == 4 and not b.structured and not b.verbatim and b.device == "cpu"
+    assert b.temperature == 0.3
+    monkeypatch.setenv("GEMINI_API_KEY", FAKE_KEY)
+    g = llm.make_backend(config.LLM(backend="gemini", max_output_tokens=99, temperature=0.2))
+    assert g.max_output_tokens == 99 and g.temperature == 0.2
+    with pytest.raises(config.ConfigError, match="local_batch_size"):
+        config.load_profile("default", {"rationales": {"llm": {"local_batch_size": "four"}}})
+    calls = pd.DataFrame({"input_tokens": [2_000_000], "output_tokens": [1_000_000], "cached": [False],
+                          "outcome": ["ok"], "attempts": [1], "repaired": [None], "dropped_quotes": [0], "empty_codes": [0]})
+    prof = config.load_profile("default", {"rationales": {"llm": {"price_per_million_in": 1.0, "price_per_million_out": 3.0}}})
+    assert llm.calls_summary(calls, prof.rationales.llm.price_per_million_in,
+                             prof.rationales.llm.price_per_million_out)["estimated_cost_usd"] == pytest.approx(5.0)
