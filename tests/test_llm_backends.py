@@ -245,3 +245,93 @@ def test_llm_config_keys_are_read(monkeypatch):
     prof = config.load_profile("default", {"rationales": {"llm": {"price_per_million_in": 1.0, "price_per_million_out": 3.0}}})
     assert llm.calls_summary(calls, prof.rationales.llm.price_per_million_in,
                              prof.rationales.llm.price_per_million_out)["estimated_cost_usd"] == pytest.approx(5.0)
+
+
+# --------------------------------------------------------------------------------------------
+# OpenAI-compatible servers
+# --------------------------------------------------------------------------------------------
+def test_openai_request_answers_and_faults(oserver, tmp_path):
+    good = {"rationales": [{"code": "E11.9", "quotes": ["type 2 diabetes"]}, {"code": "I10", "quotes": ["essential hypertension"]}]}
+    oserver.script("[note 0]", OAReply.json(good))
+    oserver.script("[note 1]", OAReply.error(500), OAReply.error(503), OAReply.json(good))  # 5xx retried
+    oserver.script("[note 2]", OAReply.timeout(3.0), OAReply.json(good))  # time-out retried
+    oserver.script("[note 3]", OAReply.schema_violation(), OAReply.schema_violation())  # re-asked once, then failed
+    oserver.script("[note 4]", OAReply.refusal("I can't help with that."))
+    oserver.script("[note 5]", OAReply.content_filter())
+    oserver.script("[note 6]", OAReply.truncated(good, keep=0.6))
+    oserver.script("[note 7]", OAReply.error(400, "bad request"))  # permanent: not retried
+    oserver.script("[note 8]", OAReply.error(429), OAReply.error(429), OAReply.error(429))  # retries exhausted
+    answers, calls = run(reqs(9), openai(oserver, timeout_s=0.5), tmp_path, max_retries=2)
+    c = calls.set_index("note_id")
+    body = [r for r in oserver.requests if "[note 0]" in json.dumps(r["body"])][0]
+    assert body["path"] == "/v1/chat/completions" and body["headers"]["Authorization"] == f"Bearer {OA_KEY}"
+    b = body["body"]
+    assert b["model"] == "fake-model" and b["temperature"] == 0.0 and b["max_tokens"] == 8192
+    assert [m["role"] for m in b["messages"]] == ["system", "user"] and "[note 0]" in b["messages"][1]["content"]
+    assert b["response_format"]["type"] == "json_schema"
+    assert b["response_format"]["json_schema"]["schema"] == llm.response_schema()
+    assert c.loc["n0", "status"] == "ok" and c.loc["n0", "input_tokens"] == 100
+    assert c.loc["n1", "status"] == "ok" and c.loc["n1", "attempts"] == 3
+    assert c.loc["n2", "status"] == "ok" and c.loc["n2", "attempts"] == 2
+    assert c.loc["n3", "status"] == "failed" and c.loc["n3", "attempts"] == 2 and "missing key 'rationales'" in c.loc["n3", "error"]
+    assert c.loc["n4", "status"] == "blocked" and c.loc["n4", "blocked_reason"].startswith("REFUSAL: I can't")
+    assert c.loc["n5", "status"] == "blocked" and c.loc["n5", "blocked_reason"] == "CONTENT_FILTER"
+    assert c.loc["n6", "status"] == "truncated" and c.loc["n6", "finish_reason"] == "MAX_TOKENS"
+    assert c.loc["n7", "status"] == "failed" and c.loc["n7", "attempts"] == 1 and "HTTP 400: bad request" in c.loc["n7", "error"]
+    assert c.loc["n8", "status"] == "failed" and c.loc["n8", "attempts"] == 3 and "gave up after 3" in c.loc["n8", "error"]
+    ok = answers[(answers.note_id == "n0") & (answers.status == "ok")]
+    assert dict(zip(ok.code, ok.quote)) == {"E11.9": "type 2 diabetes", "I10": "essential hypertension"}
+    # same cache and resume rules as Gemini: a rerun asks only what failed for transport reasons
+    oserver.reset()
+    _, again = run(reqs(9), openai(oserver), tmp_path)
+    assert oserver.hits == 2 and set(again[~again.cached].note_id) == {"n7", "n8"}
+
+
+def test_openai_response_format_flag_and_keyless_server(oserver, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    p = reqs(1)[0].prompt
+    for fmt, expect in (("json_object", {"type": "json_object"}), ("none", None)):
+        b = llm.OpenAIBackend("m", oserver.base_url, response_format=fmt, local_endpoint=True)
+        assert not b.remote and b.generate(p).finish_reason == "STOP"  # local endpoint: no clearance needed
+        sent = oserver.requests[-1]
+        assert sent["body"].get("response_format") == expect and "Authorization" not in sent["headers"]
+    with pytest.raises(llm.LLMConfigError, match="base_url"):
+        llm.make_backend(config.LLM(backend="openai", model="m"))
+    with pytest.raises(llm.LLMConfigError, match="response_format"):
+        llm.OpenAIBackend("m", oserver.base_url, response_format="xml")
+    with pytest.raises(config.ConfigError, match="response_format"):
+        config.load_profile("default", {"rationales": {"llm": {"response_format": "xml"}}})
+
+
+# --------------------------------------------------------------------------------------------
+# Gemini on Vertex AI
+# --------------------------------------------------------------------------------------------
+def _token_credentials(token: str = "ya29.fake-token"):
+    import google.oauth2.credentials
+
+    expiry = datetime.datetime.utcnow() + datetime.timedelta(hours=1)
+    return google.oauth2.credentials.Credentials(token=token, expiry=expiry)
+
+
+def test_gemini_vertex_ai_mode(gserver, tmp_path, monkeypatch):
+    monkeypatch.delenv("GEMINI_API_KEY", raising=False)
+    monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
+    b = llm.GeminiBackend("gemini-2.0-flash", base_url=gserver.base_url, vertexai=True, project="my-proj",
+                          location="europe-west4", credentials=_token_credentials(), timeout_s=1.0)
+    assert b.remote and "vertexai=True" in repr(b) and "ya29" not in repr(b)
+    gserver.script("[note 1]", Reply.error(429, retry_after="0.2"), Reply.rationales({"I10": ["essential hypertension"]}))
+    gserver.script("[note 2]", Reply.blocked_prompt())
+    answers, calls = run(reqs(3), b, tmp_path)
+    r = gserver.requests[0]
+    assert r["path"] == "/v1beta1/projects/my-proj/locations/europe-west4/publishers/google/models/gemini-2.0-flash:generateContent"
+    assert r["headers"]["Authorization"] == "Bearer ya29.fake-token" and "x-goog-api-key" not in {k.lower() for k in r["headers"]}
+    c = calls.set_index("note_id")
+    assert c.loc["n0", "status"] == "ok" and c.loc["n1", "attempts"] == 2 and c.loc["n2", "status"] == "blocked"
+    assert b"ya29" not in pickle.dumps(b)
+    with pytest.raises(llm.LLMConfigError, match="project"):
+        llm.GeminiBackend(vertexai=True, location="europe-west4")
+    cfg = config.LLM(backend="gemini", vertexai=True, project="p", location="us-central1")
+    vb = llm.make_backend(cfg, credentialed=False)
+    assert vb.vertexai and vb.project == "p" and vb.api_version == "v1beta1"
+    with pytest.raises(config.ConfigError, match="credentials"):  # credentials never come from a profile
+        config.load_profile("default", {"rationales": {"llm": {"credentials": "/key.json"}}})
