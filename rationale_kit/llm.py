@@ -613,6 +613,11 @@ class Backend:
                 s = s.replace(sec, "***")
         return s
 
+    def count_tokens(self, prompt: Prompt) -> Optional[int]:
+        """Input tokens of ``prompt`` by the backend's own tokenizer, without calling a service;
+        None when the backend has none here (the dry run then estimates, and says so)."""
+        return None
+
     def generate(self, prompt: Prompt) -> LLMResponse:
         raise NotImplementedError
 
@@ -959,12 +964,29 @@ def _reuse_gguf_parsing() -> Any:
 
 
 _QUOTE_STOPS = ('"', "\n")
-_WS_RE = re.compile(r"\s+")
+
+
+def _norm_map(s: str) -> tuple[str, list[int]]:
+    """:func:`verbatim_norm` of ``s`` and, for each of its characters, the index in ``s`` it comes from."""
+    out: list[str] = []
+    where: list[int] = []
+    for i, ch in enumerate(s):
+        if ch.isspace():
+            if out and out[-1] == " ":
+                continue
+            out.append(" ")
+            where.append(i)
+            continue
+        for lc in ch.lower():
+            out.append(lc)
+            where.append(i)
+    return "".join(out), where
 
 
 def verbatim_norm(s: str) -> str:
-    """The comparison form of verbatim decoding: lower case, every run of white space one space."""
-    return _WS_RE.sub(" ", s.lower())
+    """The comparison form of verbatim decoding: lower case (character by character), every run
+    of white space one space."""
+    return _norm_map(s)[0]
 
 
 class VerbatimIndex:
@@ -980,7 +1002,8 @@ class VerbatimIndex:
     """
 
     def __init__(self, note: str, pieces: Sequence[str]):
-        self.note = verbatim_norm(note)
+        self.text = note
+        self.note, self._where = _norm_map(note)
         self.size = len(pieces)
         self.prefix: list[str] = []
         self.closes: list[bool] = []
@@ -1024,6 +1047,15 @@ class VerbatimIndex:
             out += self.closers
         return out
 
+    def original(self, quote: str) -> str:
+        """The note's own text for ``quote`` (its first occurrence, as the note spells it: case
+        and white space), or ``quote`` unchanged when it is not in the note."""
+        nq = verbatim_norm(quote)
+        i = self.note.find(nq) if nq else -1
+        if i < 0:
+            return quote
+        return self.text[self._where[i]: self._where[i + len(nq) - 1] + 1]
+
     def longest_prefix_in_note(self, quote: str) -> str:
         """``quote`` cut back (at the end) until it is in the note: the guarantee at the end of a
         quote, whatever a tokenizer's decoding does at token boundaries."""
@@ -1032,6 +1064,115 @@ class VerbatimIndex:
         return quote
 #: placeholders of the prompts' answer format (normalised): never a quote.
 _ECHO_KEYS = ("VERBATIMTEXT", "CODE")
+
+
+def _pick_token(logits: Any, text: str, allowed: Optional[list[int]], banned: set, decode: Any,
+                temperature: float, generator: Any = None) -> int:
+    """The next token from one row of logits; while the quote so far could still spell a code or a
+    placeholder of the prompt's answer format, tokens that would continue spelling it are ruled
+    out (a tiny model likes to echo those instead of quoting the note). ``allowed``: the only
+    tokens that may be picked (verbatim decoding)."""
+    import torch
+
+    logits = logits.float().clone()
+    if allowed is not None:
+        keep = torch.full_like(logits, float("-inf"))
+        idx = torch.tensor([a for a in allowed if a < logits.numel()], dtype=torch.long, device=logits.device)
+        keep[idx] = logits[idx]
+        logits = keep
+    so_far = normalize_code(text)
+    keys = [k for k in banned if k and k.startswith(so_far)]
+    opening = not text.strip()
+    if keys or opening:
+        for t in torch.topk(logits, min(32, logits.numel())).indices.tolist():
+            piece = decode([t])
+            spelled = normalize_code(text + piece)
+            if (spelled and any(k.startswith(spelled) for k in keys)) or (opening and piece.strip()[:1] in ("<", "[", "{")):
+                logits[t] = float("-inf")
+    if temperature > 0:
+        return int(torch.multinomial(torch.softmax(logits / temperature, dim=-1), 1, generator=generator))
+    return int(torch.argmax(logits))
+
+
+def _guided_steps(codes: Sequence[str], encode: Any, decode: Any, eos: set, *, max_quote_tokens: int,
+                  max_quotes_per_code: int, max_new_tokens: int, verbatim: Optional[VerbatimIndex]) -> Any:
+    """The answer of one request as a generator of decoding steps, shared by the one-request and
+    the batched drivers: it yields ``("feed", ids)`` (tokens the backend writes: the JSON around
+    the quotes, and each generated quote token) and ``("pick", text, allowed)`` (the model chooses
+    the next token after everything fed so far; the driver sends the token id back), and returns
+    ``(answer text, generated tokens, finish reason)``."""
+    rationales: list[dict] = []
+    n_out = 0
+    spent = False
+    banned = {normalize_code(c) for c in codes} | set(_ECHO_KEYS)  # never a quote: the codes, placeholders
+    pending = '{"rationales": ['
+    for j, code in enumerate(codes):
+        if spent:  # codes never reached are left out (not "no quotes"): the runner marks them truncated
+            break
+        quotes: list[str] = []
+        rationales.append({"code": code, "quotes": quotes})
+        pending += (", " if j else "") + '{"code": ' + json.dumps(code, ensure_ascii=False) + ', "quotes": ["'
+        for k in range(max(1, max_quotes_per_code)):
+            yield ("feed", encode(pending))
+            pending = ""
+            ids: list[int] = []
+            text, tail, how = "", "", "cap"
+            while len(ids) < max_quote_tokens:
+                if n_out >= max_new_tokens:
+                    spent, how = True, "spent"
+                    break
+                allowed = None
+                if verbatim is not None:
+                    allowed = verbatim.allowed(text) + (sorted(eos) if text.strip() else [])
+                    if not allowed:  # nothing in the note continues the quote: close it here
+                        how = "cap"
+                        break
+                t = yield ("pick", text, allowed)
+                n_out += 1
+                if t in eos:
+                    how = "eos"
+                    break
+                cand = decode(ids + [t])
+                cuts = [i for i in (cand.find(c, len(text)) for c in _QUOTE_STOPS) if i >= 0]
+                if cuts:  # the token closes the string: keep what comes before the stop, not the token
+                    cut = min(cuts)
+                    pending = cand[len(text):cut]
+                    text, tail, how = cand[:cut], cand[cut:], "stop"
+                    break
+                ids.append(t)
+                text = cand
+                yield ("feed", [t])
+            q = text.strip().rstrip("\\").strip()
+            if verbatim is not None:
+                q = verbatim.original(verbatim.longest_prefix_in_note(q)).strip()
+            if normalize_code(q) and q not in quotes and normalize_code(q) not in banned:
+                quotes.append(q)
+            pending += '"'
+            if spent or how != "stop" or not tail.startswith('"') or k + 1 >= max_quotes_per_code:
+                break
+            after = tail[1:].lstrip()
+            if not after:  # the token ended with the quote: ask the model whether the list goes on
+                yield ("feed", encode(pending))
+                pending = ""
+                after = decode([(yield ("pick", "", None))]).lstrip()
+            if not after.startswith(","):
+                break
+            pending += ', "'
+        pending += "]}"
+    answer = json.dumps({"rationales": rationales}, ensure_ascii=False)
+    return answer, n_out, "MAX_TOKENS" if spent else "STOP"
+
+
+def _forward_args(lm: Any) -> tuple[str, dict]:
+    import inspect
+
+    try:
+        params = inspect.signature(getattr(lm, "forward", lm)).parameters
+    except (TypeError, ValueError):
+        params = {}
+    cache_arg = "cache" if "cache" in params else "past_key_values"  # transformers 5 renamed it
+    extra = {"logits_to_keep": 1} if "logits_to_keep" in params else {}  # no logits for the whole prompt
+    return cache_arg, extra
 
 
 def _guided_answer(
@@ -1049,20 +1190,21 @@ def _guided_answer(
 ) -> tuple[str, int, str]:
     """Structured decoding: the JSON answer is written here, the model fills in only the quotes.
 
-    With ``verbatim`` (a :class:`VerbatimIndex` of the note) every token generated inside a quote
-    must keep the quote a substring of the note (:meth:`VerbatimIndex.allowed`; case and white
-    space normalised): the quotes are verbatim by construction, and only *which* part of the note
-    is quoted is the model's choice.
-
     After the prompt the assistant turn is forced to ``{"rationales": [{"code": "<code 1>",
     "quotes": ["``; the model continues (greedily, or sampled when ``temperature`` > 0) until it
     writes a double quote or a newline, ends its turn, or reaches ``max_quote_tokens``; the string is
     closed there. If the model goes on with ``, "`` another quote follows (up to
     ``max_quotes_per_code``); then ``"]}, {"code": "<code 2>", "quotes": ["`` is forced, and so on.
     One KV cache serves the whole request: the prompt is read once, and every forced or generated
-    token is fed once. At most ``max_new_tokens`` tokens are generated in all; codes left when they
-    are spent are left out of the answer (finish reason ``MAX_TOKENS``), so that the runner reports
-    them as truncated rather than as codes the model found nothing for.
+    token is fed once (forced text in one forward pass). At most ``max_new_tokens`` tokens are
+    generated in all; codes left when they are spent are left out of the answer (finish reason
+    ``MAX_TOKENS``), so that the runner reports them as truncated rather than as codes the model
+    found nothing for.
+
+    With ``verbatim`` (a :class:`VerbatimIndex` of the note) every token generated inside a quote
+    must keep the quote a substring of the note (:meth:`VerbatimIndex.allowed`; case and white
+    space normalised), and the quote is written as the note spells it: the quotes are verbatim by
+    construction, only *which* part of the note is quoted is the model's choice.
 
     ``lm(input_ids=..., past_key_values=..., use_cache=True)`` must return ``.logits`` and
     ``.past_key_values`` (a ``transformers`` causal LM); ``tok`` encodes (``tok(text,
@@ -1071,119 +1213,126 @@ def _guided_answer(
     with ``json.dumps`` from the quotes (empty and repeated quotes are left out). A quote may not
     be one of the request's codes, a format placeholder (``<verbatim text>``) or punctuation only: tokens that
     would spell the code or a placeholder are ruled out while the quote could still become one, and
-    a quote does not open with ``<``, ``[`` or ``{``.
+    a quote does not open with ``<``, ``[`` or ``{``. :func:`_guided_answers_batched` runs several
+    requests in one batch.
     """
-    import inspect
-
     import torch
 
     eos = {int(e) for e in eos_ids if e is not None}
+    cache_arg, extra = _forward_args(lm)
     state: dict[str, Any] = {"cache": None, "logits": None}
-    try:
-        params = inspect.signature(getattr(lm, "forward", lm)).parameters
-    except (TypeError, ValueError):
-        params = {}
-    cache_arg = "cache" if "cache" in params else "past_key_values"  # transformers 5 renamed it
-    extra = {"logits_to_keep": 1} if "logits_to_keep" in params else {}  # no logits for the whole prompt
 
     def encode(text: str) -> list[int]:
         return list(tok(text, add_special_tokens=False)["input_ids"]) if text else []
 
-    def feed(ids: Sequence[int]) -> None:
-        if not ids:
-            return
-        out = lm(input_ids=torch.tensor([list(ids)], dtype=torch.long), use_cache=True,
-                 **{cache_arg: state["cache"]}, **extra)
-        state["cache"], state["logits"] = getattr(out, cache_arg), out.logits[0, -1]
+    def decode(ids: Sequence[int]) -> str:
+        return tok.decode(list(ids), skip_special_tokens=True)
+
+    banned = {normalize_code(c) for c in codes} | set(_ECHO_KEYS)
+    steps = _guided_steps(codes, encode, decode, eos, max_quote_tokens=max_quote_tokens,
+                          max_quotes_per_code=max_quotes_per_code, max_new_tokens=max_new_tokens, verbatim=verbatim)
+    pending = list(prompt_ids)  # fed lazily, right before the next token is needed
+    reply: Any = None
+    while True:
+        try:
+            op = steps.send(reply)
+        except StopIteration as done:
+            return done.value
+        reply = None
+        if op[0] == "feed":
+            pending += op[1]
+            continue
+        if pending:
+            out = lm(input_ids=torch.tensor([pending], dtype=torch.long), use_cache=True,
+                     **{cache_arg: state["cache"]}, **extra)
+            state["cache"], state["logits"] = getattr(out, cache_arg), out.logits[0, -1]
+            pending = []
+        reply = _pick_token(state["logits"], op[1], op[2], banned, decode, temperature)
+
+
+def _guided_answers_batched(
+    lm: Any,
+    tok: Any,
+    prompts: Sequence[tuple[Sequence[int], Sequence[str], Optional[VerbatimIndex]]],
+    *,
+    max_quote_tokens: int = 48,
+    max_quotes_per_code: int = 2,
+    max_new_tokens: int = 512,
+    eos_ids: Iterable[int] = (),
+    temperature: float = 0.0,
+    pad_id: int = 0,
+) -> list[tuple[str, int, str]]:
+    """:func:`_guided_answer` for several requests ``(prompt ids, codes, verbatim index)`` at once,
+    sharing every forward pass: each pass feeds, per request, everything it has to feed before its
+    next pick (the prompt, the JSON around the quotes, the token it picked last), padded on the
+    right and masked out, with explicit positions; a finished request feeds nothing until the last
+    one ends. Answers are those of :func:`_guided_answer` up to floating-point differences of
+    batched arithmetic."""
+    import torch
+
+    eos = {int(e) for e in eos_ids if e is not None}
+    cache_arg, _ = _forward_args(lm)  # logits of every position: each request's last one is read
+    device = next(lm.parameters()).device if hasattr(lm, "parameters") else "cpu"
+
+    def encode(text: str) -> list[int]:
+        return list(tok(text, add_special_tokens=False)["input_ids"]) if text else []
 
     def decode(ids: Sequence[int]) -> str:
         return tok.decode(list(ids), skip_special_tokens=True)
 
-    def pick(text: str = "", allowed: Optional[list[int]] = None) -> int:
-        """The next token; while the quote so far could still spell a code or a placeholder of
-        the prompt's answer format, tokens that would continue spelling it are ruled out (a tiny
-        model likes to echo those instead of quoting the note). ``allowed``: the only tokens
-        that may be picked (verbatim decoding)."""
-        logits = state["logits"].float()
-        if allowed is not None:
-            keep = torch.full_like(logits, float("-inf"))
-            idx = torch.tensor([a for a in allowed if a < logits.numel()], dtype=torch.long)
-            keep[idx] = logits[idx]
-            logits = keep
-        so_far = normalize_code(text)
-        keys = [k for k in banned if k and k.startswith(so_far)]
-        opening = not text.strip()
-        if keys or opening:
-            for t in torch.topk(logits, min(32, logits.numel())).indices.tolist():
-                piece = decode([t])
-                spelled = normalize_code(text + piece)
-                if (spelled and any(k.startswith(spelled) for k in keys)) or (opening and piece.strip()[:1] in ("<", "[", "{")):
-                    logits[t] = float("-inf")
-        if temperature > 0:
-            return int(torch.multinomial(torch.softmax(logits / temperature, dim=-1), 1))
-        return int(torch.argmax(logits))
-
-    banned = {normalize_code(c) for c in codes} | set(_ECHO_KEYS)  # never a quote: the codes, placeholders
-    rationales: list[dict] = []
-    n_out = 0
-    spent = False
-    pending_ids = list(prompt_ids)  # fed lazily, right before the next token is needed
-    pending = '{"rationales": ['
-    for j, code in enumerate(codes):
-        if spent:  # codes never reached are left out (not "no quotes"): the runner marks them truncated
-            break
-        quotes: list[str] = []
-        rationales.append({"code": code, "quotes": quotes})
-        pending += (", " if j else "") + '{"code": ' + json.dumps(code, ensure_ascii=False) + ', "quotes": ["'
-        for k in range(max(1, max_quotes_per_code)):
-            feed(pending_ids + encode(pending))
-            pending_ids, pending = [], ""
-            ids: list[int] = []
-            text, tail, how = "", "", "cap"
-            while len(ids) < max_quote_tokens:
-                if n_out >= max_new_tokens:
-                    spent, how = True, "spent"
-                    break
-                allowed = None
-                if verbatim is not None:
-                    allowed = verbatim.allowed(text) + (sorted(eos) if text.strip() else [])
-                    if not allowed:  # nothing in the note continues the quote: close it here
-                        how = "cap"
+    n = len(prompts)
+    gens = [_guided_steps(codes, encode, decode, eos, max_quote_tokens=max_quote_tokens,
+                          max_quotes_per_code=max_quotes_per_code, max_new_tokens=max_new_tokens, verbatim=v)
+            for _, codes, v in prompts]
+    banned = [{normalize_code(c) for c in codes} | set(_ECHO_KEYS) for _, codes, _ in prompts]
+    queues: list[list[int]] = [list(p) for p, _, _ in prompts]  # the prompts are the first chunk
+    results: list[Any] = [None] * n
+    waiting: list[Any] = [None] * n  # a "pick" op waiting for the logits after the queued tokens
+    replies: list[Any] = [None] * n
+    row_logits: list[Any] = [None] * n
+    mask = torch.zeros((n, 0), dtype=torch.long, device=device)
+    next_pos = torch.zeros(n, dtype=torch.long, device=device)
+    cache: Any = None
+    while True:
+        for i in range(n):  # advance each request to its next pick that needs new logits
+            while results[i] is None:
+                if waiting[i] is not None:
+                    if queues[i]:
                         break
-                t = pick(text, allowed)
-                n_out += 1
-                if t in eos:
-                    how = "eos"
+                    op, waiting[i] = waiting[i], None
+                    replies[i] = _pick_token(row_logits[i], op[1], op[2], banned[i], decode, temperature)
+                try:
+                    op = gens[i].send(replies[i])
+                except StopIteration as done:
+                    results[i] = done.value
                     break
-                cand = decode(ids + [t])
-                cuts = [i for i in (cand.find(c, len(text)) for c in _QUOTE_STOPS) if i >= 0]
-                if cuts:  # the token closes the string: keep what comes before the stop, not the token
-                    cut = min(cuts)
-                    pending = cand[len(text):cut]
-                    text, tail, how = cand[:cut], cand[cut:], "stop"
-                    break
-                ids.append(t)
-                text = cand
-                feed([t])
-            q = text.strip().rstrip("\\").strip()
-            if verbatim is not None:
-                q = verbatim.longest_prefix_in_note(q).strip()
-            if normalize_code(q) and q not in quotes and normalize_code(q) not in banned:
-                quotes.append(q)
-            pending += '"'
-            if spent or how != "stop" or not tail.startswith('"') or k + 1 >= max_quotes_per_code:
-                break
-            after = tail[1:].lstrip()
-            if not after:  # the token ended with the quote: ask the model whether the list goes on
-                feed(encode(pending))
-                pending = ""
-                after = decode([pick()]).lstrip()
-            if not after.startswith(","):
-                break
-            pending += ', "'
-        pending += "]}"
-    answer = json.dumps({"rationales": rationales}, ensure_ascii=False)
-    return answer, n_out, "MAX_TOKENS" if spent else "STOP"
+                replies[i] = None
+                if op[0] == "feed":
+                    queues[i] += op[1]
+                else:
+                    waiting[i] = op
+        lens = [len(q) for q in queues]
+        width = max(lens)
+        if width == 0:
+            return results
+        # every request's tokens in one forward pass: left-aligned, padded on the right and masked
+        # out (the mask keeps them out of every later step too); explicit positions per request
+        ids = torch.full((n, width), pad_id, dtype=torch.long)
+        new_mask = torch.zeros((n, width), dtype=torch.long)
+        for i, q in enumerate(queues):
+            if q:
+                ids[i, : len(q)] = torch.tensor(q, dtype=torch.long)
+                new_mask[i, : len(q)] = 1
+        ids, new_mask = ids.to(device), new_mask.to(device)
+        pos = next_pos[:, None] + torch.arange(width, device=device)[None, :]
+        mask = torch.cat([mask, new_mask], dim=1)
+        out = lm(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **{cache_arg: cache})
+        cache = getattr(out, cache_arg)
+        for i, k in enumerate(lens):
+            if k:
+                row_logits[i] = out.logits[i, k - 1]
+        next_pos = next_pos + torch.tensor(lens, dtype=torch.long, device=device)
+        queues = [[] for _ in range(n)]
 
 
 class LocalBackend(Backend):
@@ -1201,9 +1350,14 @@ class LocalBackend(Backend):
     *structure* of every answer is imposed by the backend and always valid; the *content* (the quotes)
     is the model's alone and may be a paraphrase or invented: alignment to the note judges it. The
     codes come from ``prompt.codes`` (set by :func:`build_prompt`) or the prompt's ``<codes>`` block;
-    a prompt without either is answered by free generation. Structured requests run one at a time
-    (one KV cache per request), and the setting is part of the cache key (``cache_tag``), so answers
-    cached without it are not reused. ``structured=False`` lets the model write the whole answer.
+    a prompt without either is answered by free generation. With ``batch_size`` > 1 the requests
+    of a batch are decoded together (:func:`_guided_answers_batched`: left-padded prompts, one
+    token per request per forward pass). Every setting is part of the cache key
+    (:meth:`settings`). ``structured=False`` lets the model write the whole answer.
+
+    ``verbatim=True`` (the default, with ``structured``) constrains every quote token so that the
+    quote stays a substring of the note shown in the prompt (:class:`VerbatimIndex`): a small model
+    can only choose *what* to quote, never write text that is not in the note.
     """
 
     name = "local"
@@ -1288,13 +1442,36 @@ class LocalBackend(Backend):
 
                 kw = {"gguf_file": self.gguf_file} if self.gguf_file else {}
                 with _reuse_gguf_parsing() if self.gguf_file else contextlib.nullcontext():
-                    tok = AutoTokenizer.from_pretrained(self.folder, **kw)
+                    tok = self._tok if self._tok is not None else AutoTokenizer.from_pretrained(self.folder, **kw)
                     lm = AutoModelForCausalLM.from_pretrained(self.folder, **kw).to(self.device).eval()
                 tok.padding_side = "left"
                 if tok.pad_token_id is None:
                     tok.pad_token = tok.eos_token
                 self._tok, self._lm = tok, lm
         return self
+
+    def _tokenizer(self) -> Any:
+        """The tokenizer alone (the model is not loaded for counting)."""
+        if self._tok is None:
+            with self._load_lock:
+                if self._tok is None:
+                    from transformers import AutoTokenizer
+
+                    kw = {"gguf_file": self.gguf_file} if self.gguf_file else {}
+                    with _reuse_gguf_parsing() if self.gguf_file else contextlib.nullcontext():
+                        tok = AutoTokenizer.from_pretrained(self.folder, **kw)
+                    tok.padding_side = "left"
+                    if tok.pad_token_id is None:
+                        tok.pad_token = tok.eos_token
+                    self._tok = tok
+        return self._tok
+
+    def count_tokens(self, prompt: Prompt) -> Optional[int]:
+        tok = self._tokenizer()
+        messages = [{"role": "system", "content": prompt.system}, {"role": "user", "content": prompt.user}]
+        text = (tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+                if getattr(tok, "chat_template", None) else f"{prompt.system}\n\n{prompt.user}\n\n")
+        return len(tok(text, add_special_tokens=False)["input_ids"])
 
     def _verbatim_index(self, prompt: Prompt) -> Optional[VerbatimIndex]:
         """The note's :class:`VerbatimIndex` when verbatim decoding is on and the prompt has a note."""
@@ -1321,6 +1498,7 @@ class LocalBackend(Backend):
         )
         results: list[Union[LLMResponse, LLMError, None]] = [None] * len(prompts)
         texts, idx = [], []
+        guided: list[tuple[int, list[int], list[str], Optional[VerbatimIndex]]] = []
         for i, p in enumerate(prompts):
             rendered = self._render(p)
             ids = tok(rendered, add_special_tokens=False)["input_ids"]
@@ -1329,16 +1507,23 @@ class LocalBackend(Backend):
             if n > limit:
                 results[i] = PermanentLLMError(f"prompt has {n} tokens, more than the local model's {limit} (set max_note_chars)")
             elif codes:
-                index = self._verbatim_index(p)
-                with self._gen_lock, torch.inference_mode():
-                    text, n_out, finish = _guided_answer(
-                        lm, tok, ids, codes, max_quote_tokens=self.max_quote_tokens,
-                        max_quotes_per_code=self.max_quotes_per_code, max_new_tokens=self.max_new_tokens,
-                        eos_ids=self._eos_ids(), temperature=self.temperature, verbatim=index)
-                results[i] = LLMResponse(text, finish, n, n_out)
+                guided.append((i, list(ids), codes, self._verbatim_index(p)))
             else:
                 texts.append(rendered)
                 idx.append(i)
+        opts = dict(max_quote_tokens=self.max_quote_tokens, max_quotes_per_code=self.max_quotes_per_code,
+                    max_new_tokens=self.max_new_tokens, eos_ids=self._eos_ids(), temperature=self.temperature)
+        if len(guided) == 1:
+            i, ids, codes, index = guided[0]
+            with self._gen_lock, torch.inference_mode():
+                text, n_out, finish = _guided_answer(lm, tok, ids, codes, verbatim=index, **opts)
+            results[i] = LLMResponse(text, finish, len(ids), n_out)
+        elif guided:  # one left-padded batch, every request one token per forward pass
+            with self._gen_lock, torch.inference_mode():
+                outs = _guided_answers_batched(lm, tok, [(ids, codes, index) for _, ids, codes, index in guided],
+                                               pad_id=tok.pad_token_id, **opts)
+            for (i, ids, _, _), (text, n_out, finish) in zip(guided, outs):
+                results[i] = LLMResponse(text, finish, len(ids), n_out)
         if texts:
             enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
             kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "pad_token_id": tok.pad_token_id}
@@ -2236,6 +2421,70 @@ def _progress_bar(total: int, enabled: bool, backend: Backend) -> Any:
     from .pipeline import progress as _progress
 
     return _progress(None, enabled=enabled, total=total, desc=f"LLM {backend.name}", unit="note")
+
+
+#: characters per token assumed when a backend has no tokenizer here (English clinical text with
+#: common BPE tokenizers: about 4; the dry run labels such counts "estimate").
+CHARS_PER_TOKEN = 4.0
+#: output tokens assumed per code asked for the expected-cost column (two short quotes and the
+#: JSON around them); the budget column uses the backend's output limit instead.
+OUTPUT_TOKENS_PER_CODE = 40
+
+
+def plan_llm(
+    requests: Sequence[LLMRequest],
+    backend: Backend,
+    cache_dir: str | os.PathLike | None = None,
+    price_per_million_in: float = PRICE_PER_MILLION_IN,
+    price_per_million_out: float = PRICE_PER_MILLION_OUT,
+    *,
+    reask: bool = True,
+    prompts_dir: str | os.PathLike | None = None,
+) -> dict:
+    """The dry run of :func:`run_llm`: what a run would send, before anything is sent or paid.
+
+    Returns ``backend, model, requests, cached`` (requests answered from ``cache_dir``), ``calls``
+    (distinct prompts to send: retries and re-asks come on top), ``input_tokens`` of those calls and how
+    they were counted (``input_count``: ``tokenizer`` of the backend when it has one here, else
+    ``estimate`` at :data:`CHARS_PER_TOKEN` characters per token), ``output_tokens_expected``
+    (:data:`OUTPUT_TOKENS_PER_CODE` per code asked: an estimate) and ``output_tokens_max`` (the
+    backend's output budget per call), and the cost in USD from the prices: ``cost_usd_expected``
+    and ``cost_usd_max`` (every answer using its whole budget, and one re-ask per call when
+    ``reask``: the most the run can cost). Nothing is sent; no API key is needed."""
+    requests = list(requests)
+    cache: dict[str, dict] = {}
+    if cache_dir is not None:
+        cache, _ = _load_cache(Path(cache_dir) / CACHE_FILE, response_schema(prompts_dir))
+    seen: set[str] = set()
+    todo: list[LLMRequest] = []
+    n_cached = 0
+    for r in requests:
+        k = cache_key(backend, r.prompt)
+        n_cached += k in cache
+        if k not in cache and k not in seen:
+            todo.append(r)
+        seen.add(k)
+    how = "tokenizer"
+    n_in = 0
+    for r in todo:
+        n = backend.count_tokens(r.prompt)
+        if n is None:
+            how = "estimate"
+            n = int(round((len(r.prompt.system) + len(r.prompt.user)) / CHARS_PER_TOKEN))
+        n_in += n
+    budget = int(getattr(backend, "max_output_tokens", None) or getattr(backend, "max_new_tokens", 0) or 0)
+    out_expected = sum(OUTPUT_TOKENS_PER_CODE * len(r.codes) for r in todo)
+    out_max = budget * len(todo)
+    per_in, per_out = price_per_million_in / 1e6, price_per_million_out / 1e6
+    worst = 2 if reask else 1
+    return {
+        "backend": backend.name, "model": backend.model, "remote": bool(backend.remote),
+        "requests": len(requests), "cached": n_cached, "calls": len(todo),
+        "input_tokens": n_in, "input_count": how,
+        "output_tokens_expected": out_expected, "output_count": "estimate", "output_tokens_max": out_max,
+        "cost_usd_expected": round(n_in * per_in + out_expected * per_out, 6),
+        "cost_usd_max": round(worst * (n_in * per_in + out_max * per_out), 6),
+    }
 
 
 def estimate_cost(

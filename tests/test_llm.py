@@ -592,3 +592,5 @@ def test_smollm_structured_answers_every_code(tmp_path):
     ok = answers[answers.status == "ok"]
     assert set(ok.code) == {"E11.9", "I10"} and ok.quote.str.len().gt(0).all()
     assert json.loads(c.raw)["rationales"][0]["code"] == "E11.9"
+    # verbatim decoding (the default): every quote the real model produced is a substring of the note
+    assert all(q in text for q in ok.quote), ok.quote.tolist()

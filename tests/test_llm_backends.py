@@ -335,3 +335,74 @@ def test_gemini_vertex_ai_mode(gserver, tmp_path, monkeypatch):
     assert vb.vertexai and vb.project == "p" and vb.api_version == "v1beta1"
     with pytest.raises(config.ConfigError, match="credentials"):  # credentials never come from a profile
         config.load_profile("default", {"rationales": {"llm": {"credentials": "/key.json"}}})
+
+
+# --------------------------------------------------------------------------------------------
+# the local backend: verbatim decoding and batched guided decoding (a tiny random Llama over a
+# character tokenizer: real transformers forward passes, KV caches and masks, in a second)
+# --------------------------------------------------------------------------------------------
+class CharTok:
+    """Token = one ASCII character (id = its code); id 0 ends the turn; 1 pads."""
+
+    pad_token_id = 1
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [ord(ch) for ch in text]}
+
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join("" if i < 2 else chr(i) for i in ids)
+
+
+def tiny_llama(seed: int = 0):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024)
+    return LlamaForCausalLM(cfg).eval()
+
+
+NOTES = ["Pt with type 2 diabetes on metformin; essential hypertension on lisinopril.",
+         "Chest pain ruled out. HbA1c 8.1, diabetes type 2. BP 160/95: hypertension.",
+         "T2DM controlled; HTN on amlodipine 5 mg daily."]
+
+
+def test_verbatim_index_allows_only_continuations_of_the_note():
+    tok = CharTok()
+    idx = llm.VerbatimIndex("Type 2  Diabetes\nmellitus", [tok.decode([i]) for i in range(128)])
+    assert idx.note == "type 2 diabetes mellitus"  # case and white space runs normalised
+    allowed = {chr(t) for t in idx.allowed("type 2 d") if t >= 2}
+    assert allowed == {"i", "I", '"', "\n"}  # the next letter (any case), or a stop closing the quote
+    opening = {chr(t) for t in idx.allowed("") if t >= 2}
+    assert opening >= {"t", "T", "2", " "} and '"' not in opening and "x" not in opening
+    assert idx.allowed("type 3") == []  # not in the note: nothing continues it
+    assert idx.original("TYPE 2 diabetes") == "Type 2  Diabetes"  # the note's own spelling and spacing
+    assert idx.longest_prefix_in_note("Diabetes mellitus x") == "Diabetes mellitus"
+
+
+def test_verbatim_quotes_are_substrings_and_batched_equals_single():
+    import torch
+
+    tok, lm = CharTok(), tiny_llama()
+    pieces = [tok.decode([i]) for i in range(128)]
+    codes = ["E11.9", "I10"]
+    prompts = [(tok(f"<note>{n}</note> quote:")["input_ids"], codes, llm.VerbatimIndex(n, pieces)) for n in NOTES]
+    opts = dict(max_quote_tokens=12, max_quotes_per_code=2, max_new_tokens=60, eos_ids=[0])
+    with torch.inference_mode():
+        single = [llm._guided_answer(lm, tok, p, c, verbatim=v, **opts) for p, c, v in prompts]
+        batched = llm._guided_answers_batched(lm, tok, prompts, pad_id=1, **opts)
+        free = [llm._guided_answer(lm, tok, p, c, **opts) for p, c, _ in prompts]
+    assert batched == single
+    n_quotes = 0
+    for (text, n_out, finish), note_text in zip(single, NOTES):
+        obj = json.loads(text)
+        assert not llm.validate(obj, llm.response_schema()) and 0 < n_out <= 60
+        for r in obj["rationales"]:
+            for q in r["quotes"]:
+                n_quotes += 1
+                assert q in note_text  # verbatim, as the note spells it
+    assert n_quotes >= 3
+    # without the constraint this random model writes text that is not in the notes
+    free_quotes = [q for text, _, _ in free for r in json.loads(text)["rationales"] for q in r["quotes"]]
+    assert any(not any(q in n for n in NOTES) for q in free_quotes)
