@@ -1,4 +1,4 @@
-"""Command line: ``python -m rationale_kit {run,report,train,align,plausibility} ...``."""
+"""Command line: ``python -m rationale_kit {run,report,train,align,plausibility,quote} ...``."""
 from __future__ import annotations
 
 import argparse
@@ -64,7 +64,8 @@ def _report(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = {"run": "the notebook series", "report": "rewrite runs/<profile>/report.html from the artifacts",
-                "train": "train one model (multi-GPU with torchrun)", "align": "align LLM quotes to notes", "plausibility": "score spans against gold spans"}
+                "train": "train one model (multi-GPU with torchrun)", "align": "align LLM quotes to notes", "plausibility": "score spans against gold spans",
+                "quote": "LLM quotes for your own notes, aligned to spans"}
     if not argv or argv[0] not in commands:
         print(f"usage: python -m rationale_kit {{{','.join(commands)}}} [options]\n" + "\n".join(f"  {k:<13} {v}" for k, v in commands.items()), file=sys.stderr)
         return 2
@@ -75,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
         return _train(rest)
     if cmd == "report":
         return _report(rest)
+    if cmd == "quote":
+        from .quote import main as quote_main
+
+        return quote_main(rest)
     from . import cli
 
     return cli.align_main(rest) if cmd == "align" else cli.plausibility_main(rest)

@@ -2487,6 +2487,35 @@ def plan_llm(
     }
 
 
+def plan_backend(llm_cfg: Any, credentialed: Optional[bool] = None) -> Backend:
+    """The profile's backend for a dry run: as :func:`make_backend` builds it, but a Gemini API
+    key is not needed (the dry run sends nothing, and the key does not change the cache key)."""
+    try:
+        return make_backend(llm_cfg, credentialed=credentialed)
+    except LLMConfigError:
+        if llm_cfg.backend != "gemini" or llm_cfg.vertexai:
+            raise
+        return make_backend(llm_cfg, credentialed=credentialed, api_key="dry-run: no key needed")
+
+
+def plan_table(rows: Sequence[dict]) -> pd.DataFrame:
+    """Dry-run rows (:func:`plan_llm`, with a leading label column) and a ``total`` row."""
+    frame = pd.DataFrame(list(rows))
+    if frame.empty:
+        return frame
+    label = frame.columns[0]
+    total = {c: frame[c].sum() for c in ("requests", "cached", "calls", "input_tokens", "output_tokens_expected",
+                                         "output_tokens_max", "cost_usd_expected", "cost_usd_max")}
+    total.update({label: "total", "backend": frame.backend.iloc[0], "model": frame.model.iloc[0],
+                  "remote": bool(frame.remote.iloc[0]),
+                  "input_count": "tokenizer" if (frame.input_count == "tokenizer").all() else "estimate",
+                  "output_count": "estimate"})
+    frame = pd.concat([frame, pd.DataFrame([total])], ignore_index=True)
+    for c in ("cost_usd_expected", "cost_usd_max"):
+        frame[c] = frame[c].astype(float).round(6)
+    return frame
+
+
 def estimate_cost(
     calls: pd.DataFrame,
     price_per_million_in: float = PRICE_PER_MILLION_IN,
@@ -2530,7 +2559,7 @@ def calls_summary(
 
 __all__ = [
     "Backend", "CredentialedDataError", "FewShotExample", "GeminiBackend", "LLMConfigError", "LLMError",
-    "OpenAIBackend", "VerbatimIndex", "is_credentialed", "parse_retry_after", "plan_llm", "prompt_note",
+    "OpenAIBackend", "VerbatimIndex", "is_credentialed", "plan_backend", "plan_table", "parse_retry_after", "plan_llm", "prompt_note",
     "LLMRequest", "LLMResponse", "LocalBackend", "PermanentLLMError", "Prompt", "ReplayBackend",
     "ReplayMissError", "TransientLLMError", "build_prompt", "calls_summary", "credential_guard",
     "estimate_cost", "local_repair", "make_backend", "make_requests", "parse_answer", "prompt_versions",

@@ -232,6 +232,20 @@ def llm_rationales(ds, docs: pd.DataFrame, profile: Profile, cache_dir: Path,
     return pd.concat(quotes, ignore_index=True), pd.concat(calls, ignore_index=True)
 
 
+def llm_plan(ds, docs: pd.DataFrame, profile: Profile, cache_dir: Path, teachers: Mapping[str, int]) -> pd.DataFrame:
+    """The dry run of :func:`llm_rationales`, before any call: per teacher and in total, the calls
+    still to make (cached answers left out), input and output tokens (``input_count``: the
+    backend's tokenizer, or an estimate) and the cost from the profile's prices. Sends nothing."""
+    from . import llm
+
+    cfg = profile.rationales.llm
+    backend = llm.plan_backend(cfg, credentialed=llm.is_credentialed(profile, docs))
+    rows = [{"teacher": t, **llm.plan_llm(llm_requests(ds, docs, shots, profile), backend, cache_dir,
+                                          cfg.price_per_million_in, cfg.price_per_million_out)}
+            for t, shots in teachers.items()]
+    return llm.plan_table(rows)
+
+
 def teacher_notes(docs: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
     """``n`` training notes (not few-shot examples) that the LLM teacher annotates for notebook 07."""
     pool = docs[(docs.split == "train") & ~docs.fewshot]

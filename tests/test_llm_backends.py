@@ -406,3 +406,44 @@ def test_verbatim_quotes_are_substrings_and_batched_equals_single():
     # without the constraint this random model writes text that is not in the notes
     free_quotes = [q for text, _, _ in free for r in json.loads(text)["rationales"] for q in r["quotes"]]
     assert any(not any(q in n for n in NOTES) for q in free_quotes)
+
+
+# --------------------------------------------------------------------------------------------
+# the dry run
+# --------------------------------------------------------------------------------------------
+def test_dry_run_counts_calls_tokens_and_cost_before_any_call(gserver, tmp_path, monkeypatch):
+    monkeypatch.delenv("GEMINI_API_KEY", raising=False)
+    monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
+    cfg = config.LLM(backend="gemini", base_url=gserver.base_url, max_output_tokens=1000,
+                     price_per_million_in=2.0, price_per_million_out=10.0)
+    backend = llm.plan_backend(cfg, credentialed=False)  # no API key needed to plan
+    requests = reqs(3) + reqs(1)  # the 4th repeats the 1st: one call for both
+    plan = llm.plan_llm(requests, backend, tmp_path / "cache", cfg.price_per_million_in, cfg.price_per_million_out)
+    chars = sum(len(r.prompt.system) + len(r.prompt.user) for r in requests[:3])
+    assert plan["requests"] == 4 and plan["cached"] == 0 and plan["calls"] == 3 and plan["input_count"] == "estimate"
+    assert plan["input_tokens"] == pytest.approx(chars / 4, abs=3)
+    assert plan["output_tokens_expected"] == 3 * 2 * llm.OUTPUT_TOKENS_PER_CODE and plan["output_tokens_max"] == 3000
+    cost = plan["input_tokens"] * 2e-6 + 240 * 10e-6
+    assert plan["cost_usd_expected"] == pytest.approx(cost, abs=1e-6)
+    assert plan["cost_usd_max"] == pytest.approx(2 * (plan["input_tokens"] * 2e-6 + 3000 * 10e-6), abs=1e-6)
+    assert gserver.hits == 0
+    # after a run, the cached answers are not planned again
+    run(reqs(2), gemini(gserver, max_output_tokens=1000), tmp_path)
+    plan2 = llm.plan_llm(requests, gemini(gserver, max_output_tokens=1000), tmp_path / "cache", 2.0, 10.0)
+    assert plan2["cached"] == 3 and plan2["calls"] == 1
+    table = llm.plan_table([{"teacher": "zero", **plan}, {"teacher": "few", **plan2}])
+    total = table.set_index("teacher").loc["total"]
+    assert total.calls == 4 and total.cost_usd_max == pytest.approx(plan["cost_usd_max"] + plan2["cost_usd_max"])
+    assert total.input_count == "estimate"
+
+
+def test_dry_run_local_backend_counts_with_its_tokenizer():
+    b = llm.LocalBackend()
+    plan = llm.plan_llm(reqs(2), b, None, 0.0, 0.0)
+    tok = b._tokenizer()
+    p = reqs(1)[0].prompt
+    rendered = tok.apply_chat_template([{"role": "system", "content": p.system}, {"role": "user", "content": p.user}],
+                                       tokenize=False, add_generation_prompt=True)
+    n = len(tok(rendered, add_special_tokens=False)["input_ids"])
+    assert plan["input_count"] == "tokenizer" and plan["input_tokens"] == pytest.approx(2 * n, abs=2)
+    assert plan["cost_usd_max"] == 0.0 and b._lm is None  # the model itself is not loaded to count
