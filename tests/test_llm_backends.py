@@ -447,3 +447,37 @@ def test_dry_run_local_backend_counts_with_its_tokenizer():
     n = len(tok(rendered, add_special_tokens=False)["input_ids"])
     assert plan["input_count"] == "tokenizer" and plan["input_tokens"] == pytest.approx(2 * n, abs=2)
     assert plan["cost_usd_max"] == 0.0 and b._lm is None  # the model itself is not loaded to count
+
+
+# --------------------------------------------------------------------------------------------
+# steps: the guard decides from the profile; the dry run of a notebook's teachers
+# --------------------------------------------------------------------------------------------
+def _tiny_ds():
+    docs = pd.DataFrame({  # an older / hand-built table: no "credentialed" column
+        "note_id": ["t1", "p1", "e1"], "text": ["fever and cough", "cough since monday", "cough again today"],
+        "codes": [["R05"], ["R05"], ["R05"]], "split": ["train", "train", "test"],
+        "annotated": [True, True, True], "fewshot": [False, True, False],
+    })
+    spans = pd.DataFrame({"note_id": ["p1", "e1"], "code": ["R05"] * 2, "start": [0, 0], "end": [5, 5],
+                          "granularity": ["mention"] * 2, "source": ["human"] * 2})
+    return SimpleNamespace(docs=docs, spans=spans, codes=pd.DataFrame({"code": ["R05"], "description": ["Cough"]}))
+
+
+def test_steps_llm_rationales_guard_reads_the_profile(gserver, tmp_path, monkeypatch):
+    from rationale_kit import steps
+
+    monkeypatch.setenv("GEMINI_API_KEY", FAKE_KEY)
+    ds = _tiny_ds()
+    llm_over = {"backend": "gemini", "base_url": gserver.base_url, "max_retries": 0}
+    mimic_like = config.load_profile("smoke", {"common": {"dataset": "mimic", "progress": False},
+                                               "rationales": {"llm": llm_over}})
+    with pytest.raises(llm.CredentialedDataError):
+        steps.llm_rationales(ds, ds.docs[ds.docs.note_id == "e1"], mimic_like, tmp_path / "c", {"llm_zero": 0})
+    assert gserver.hits == 0
+    public = config.load_profile("smoke", {"common": {"progress": False}, "rationales": {"llm": llm_over}})
+    quotes, calls = steps.llm_rationales(ds, ds.docs[ds.docs.note_id == "e1"], public, tmp_path / "c", {"llm_zero": 0})
+    assert gserver.hits == 1 and calls.status.tolist() == ["ok"]
+    plan = steps.llm_plan(ds, ds.docs[ds.docs.note_id == "e1"], public, tmp_path / "c", {"llm_zero": 0, "llm_few": 1})
+    p = plan.set_index("teacher")
+    assert p.loc["llm_zero", "cached"] == 1 and p.loc["llm_zero", "calls"] == 0  # answered above
+    assert p.loc["llm_few", "calls"] == 1 and p.loc["total", "calls"] == 1 and gserver.hits == 1
