@@ -247,11 +247,12 @@ def build_prompt(
     there (at a word boundary) and the cut is marked.
     """
     d = Path(prompts_dir) if prompts_dir else PROMPTS_DIR
-    note = note_text
+    note = shown = note_text
     if max_note_chars is not None and len(note) > max_note_chars:
         cut = note.rfind(" ", 0, max_note_chars)
         cut = cut if cut > max_note_chars // 2 else max_note_chars
-        note = note[:cut] + f"\n[... note truncated: {len(note_text) - cut} more characters not shown ...]"
+        shown = note[:cut]  # what verbatim decoding may quote: the note's text, not the cut marker
+        note = shown + f"\n[... note truncated: {len(note_text) - cut} more characters not shown ...]"
     pairs = [_code_and_description(c) for c in codes]
     code_lines = "\n".join(f"- {c}: {desc}" if desc else f"- {c}:" for c, desc in pairs)
     examples_block = ""
@@ -270,7 +271,7 @@ def build_prompt(
     system = _template(version, "system", d).substitute().strip()
     user = _template(version, "user", d).substitute(note=note, codes=code_lines, examples=examples_block).strip()
     return Prompt(system=system, user=user, version=version, sha=_sha(version, system, user, schema_text(d)),
-                  codes=tuple(c for c, _ in pairs), note=note)
+                  codes=tuple(c for c, _ in pairs), note=shown)
 
 
 def repair_prompt(prompt: Prompt, previous: str, problem: str, prompts_dir: str | os.PathLike | None = None,

@@ -96,6 +96,7 @@ def test_long_notes_whole_unless_max_note_chars():
     assert long_note.strip() in llm.build_prompt(long_note, CODES).user
     p = llm.build_prompt(long_note, CODES, max_note_chars=1000)
     assert "note truncated" in p.user and len(p.user) < 2000
+    assert "truncated" not in p.note and p.note in p.user and len(p.note) <= 1000  # what verbatim decoding may quote
 
 
 # --------------------------------------------------------------------------------------------
