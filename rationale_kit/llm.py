@@ -2449,7 +2449,8 @@ def plan_llm(
     they were counted (``input_count``: ``tokenizer`` of the backend when it has one here, else
     ``estimate`` at :data:`CHARS_PER_TOKEN` characters per token), ``output_tokens_expected``
     (:data:`OUTPUT_TOKENS_PER_CODE` per code asked: an estimate) and ``output_tokens_max`` (the
-    backend's output budget per call), and the cost in USD from the prices: ``cost_usd_expected``
+    backend's output budget per call), and the cost in USD from the prices (zero for a backend
+    that is not remote: ``cost_basis`` says which): ``cost_usd_expected``
     and ``cost_usd_max`` (every answer using its whole budget, and one re-ask per call when
     ``reask``: the most the run can cost). Nothing is sent; no API key is needed."""
     requests = list(requests)
@@ -2476,13 +2477,17 @@ def plan_llm(
     budget = int(getattr(backend, "max_output_tokens", None) or getattr(backend, "max_new_tokens", 0) or 0)
     out_expected = sum(OUTPUT_TOKENS_PER_CODE * len(r.codes) for r in todo)
     out_max = budget * len(todo)
-    per_in, per_out = price_per_million_in / 1e6, price_per_million_out / 1e6
+    # a backend that runs on the user's own machine or network (local, replay, an openai server with
+    # local_endpoint) is not billed per token: the profile's prices are a provider's
+    paid = bool(backend.remote)
+    per_in, per_out = (price_per_million_in / 1e6, price_per_million_out / 1e6) if paid else (0.0, 0.0)
     worst = 2 if reask else 1
     return {
         "backend": backend.name, "model": backend.model, "remote": bool(backend.remote),
         "requests": len(requests), "cached": n_cached, "calls": len(todo),
         "input_tokens": n_in, "input_count": how,
         "output_tokens_expected": out_expected, "output_count": "estimate", "output_tokens_max": out_max,
+        "cost_basis": "profile prices" if paid else "not billed (runs on your own machine or network)",
         "cost_usd_expected": round(n_in * per_in + out_expected * per_out, 6),
         "cost_usd_max": round(worst * (n_in * per_in + out_max * per_out), 6),
     }
@@ -2510,6 +2515,7 @@ def plan_table(rows: Sequence[dict]) -> pd.DataFrame:
     total.update({label: "total", "backend": frame.backend.iloc[0], "model": frame.model.iloc[0],
                   "remote": bool(frame.remote.iloc[0]),
                   "input_count": "tokenizer" if (frame.input_count == "tokenizer").all() else "estimate",
+                  "cost_basis": frame.cost_basis.iloc[0],
                   "output_count": "estimate"})
     frame = pd.concat([frame, pd.DataFrame([total])], ignore_index=True)
     for c in ("cost_usd_expected", "cost_usd_max"):

@@ -421,6 +421,7 @@ def test_dry_run_counts_calls_tokens_and_cost_before_any_call(gserver, tmp_path,
     plan = llm.plan_llm(requests, backend, tmp_path / "cache", cfg.price_per_million_in, cfg.price_per_million_out)
     chars = sum(len(r.prompt.system) + len(r.prompt.user) for r in requests[:3])
     assert plan["requests"] == 4 and plan["cached"] == 0 and plan["calls"] == 3 and plan["input_count"] == "estimate"
+    assert plan["cost_basis"] == "profile prices"
     assert plan["input_tokens"] == pytest.approx(chars / 4, abs=3)
     assert plan["output_tokens_expected"] == 3 * 2 * llm.OUTPUT_TOKENS_PER_CODE and plan["output_tokens_max"] == 3000
     cost = plan["input_tokens"] * 2e-6 + 240 * 10e-6
@@ -446,7 +447,9 @@ def test_dry_run_local_backend_counts_with_its_tokenizer():
                                        tokenize=False, add_generation_prompt=True)
     n = len(tok(rendered, add_special_tokens=False)["input_ids"])
     assert plan["input_count"] == "tokenizer" and plan["input_tokens"] == pytest.approx(2 * n, abs=2)
-    assert plan["cost_usd_max"] == 0.0 and b._lm is None  # the model itself is not loaded to count
+    assert b._lm is None  # the model itself is not loaded to count
+    plan = llm.plan_llm(reqs(2), b, None, 2.0, 10.0)
+    assert plan["cost_usd_max"] == 0.0 and plan["cost_basis"].startswith("not billed")  # runs here: no per-token bill
 
 
 # --------------------------------------------------------------------------------------------
