@@ -1590,14 +1590,14 @@ def _read_jsonl(path: Path) -> list[dict]:
     out = []
     if not path.exists():
         return out
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            if not raw.strip():
                 continue
             try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                log.warning("%s:%d: skipping an unreadable line (a run stopped while writing?)", path, lineno)
+                rec = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                log.warning("%s:%d: skipping an unreadable line (not UTF-8 JSON: a run stopped while writing?)", path, lineno)
                 continue
             if isinstance(rec, dict):
                 out.append(rec)

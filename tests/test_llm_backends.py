@@ -484,3 +484,12 @@ def test_steps_llm_rationales_guard_reads_the_profile(gserver, tmp_path, monkeyp
     p = plan.set_index("teacher")
     assert p.loc["llm_zero", "cached"] == 1 and p.loc["llm_zero", "calls"] == 0  # answered above
     assert p.loc["llm_few", "calls"] == 1 and p.loc["total", "calls"] == 1 and gserver.hits == 1
+
+
+def test_replay_file_with_a_damaged_line_still_loads(tmp_path, caplog):
+    rec = tmp_path / "r.jsonl"
+    good = {"sha": "abc", "text": "{}", "backend": "gemini", "model": "m"}
+    rec.write_bytes(b'{"sha": "x\xff"}\n' + (json.dumps(good) + "\n").encode() + b'{"sha": "torn')
+    caplog.set_level(logging.WARNING)
+    r = llm.ReplayBackend(rec)
+    assert len(r) == 1 and f"{rec}:1" in caplog.text and f"{rec}:3" in caplog.text
