@@ -18,10 +18,14 @@ Pieces
   human-annotated examples per code, each an excerpt of a few-shot-pool note around its spans.
 * **Backends** share one interface, ``generate(prompt) -> LLMResponse`` (and ``agenerate``):
   :class:`GeminiBackend` (the Gemini API through ``google-genai``, JSON mode with the response
-  schema), :class:`LocalBackend` (a causal LM run by ``transformers`` on this machine; by default the
-  bundled SmolLM2-135M-Instruct, a real but very weak model: expect many invalid answers) and
+  schema; or Vertex AI), :class:`OpenAIBackend` (any OpenAI-compatible chat-completions server:
+  vLLM, Ollama, ...), :class:`LocalBackend` (a causal LM run by ``transformers`` on this machine,
+  the backend writing the JSON and constraining each quote to a verbatim substring of the note; by
+  default the bundled SmolLM2-135M-Instruct, a real but very weak model) and
   :class:`ReplayBackend` (answers from a recorded JSONL file, no model at all).
-* :func:`run_llm` runs many requests with a disk cache keyed by (backend, model, prompt sha), so a
+* :func:`plan_llm` is the dry run: calls, tokens and cost before anything is sent.
+* :func:`run_llm` runs many requests with a disk cache keyed by (backend, model, prompt sha and
+  every setting that determines the answer), so a
   rerun makes no new calls and a killed run resumes where it stopped; bounded concurrency;
   retries with exponential back-off and jitter on rate limits (429), server errors (5xx) and
   time-outs; one cheap local repair and then one re-ask for malformed JSON; blocked and empty
@@ -37,8 +41,11 @@ sharing unless the service is used under terms that PhysioNet's guidance for onl
 allows (no retention of the data, no human review, a provider agreement that covers it). So
 ``run_llm(..., credentialed=True)`` refuses a remote backend (Gemini) unless
 ``allow_remote_credentialed_data=True`` (profile key ``rationales.llm.allow_remote_credentialed_data``)
-is set by someone who has checked that their account and settings meet those terms. The local and
-replay backends never send anything anywhere.
+is set by someone who has checked that their account and settings meet those terms. The check
+fails closed: ``credentialed=None`` (not said) counts as credentialed, remote backends refuse on
+their own too, and :func:`is_credentialed` decides from the profile and data source (the MIMIC
+data set is credentialed whatever its table says). The local and replay backends never send
+anything anywhere; an OpenAI-compatible server counts as local only with ``local_endpoint=True``.
 
 Scaling the Gemini path
 -----------------------
