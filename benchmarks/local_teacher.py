@@ -65,6 +65,8 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=None)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument("--decodings", nargs="+", choices=["free", "verbatim"], default=["free", "verbatim"])
+    ap.add_argument("--no-throughput", action="store_true")
     args = ap.parse_args()
     import torch
 
@@ -85,7 +87,7 @@ def main() -> int:
         return b
 
     with tempfile.TemporaryDirectory() as tmp:
-        for verbatim in (False, True):
+        for verbatim in [d == "verbatim" for d in args.decodings]:
             b = backend(verbatim, 1)
             for t, rs in reqs.items():
                 t0 = time.perf_counter()
@@ -97,7 +99,7 @@ def main() -> int:
                 results["quality"].append(row)
                 print(json.dumps(row), flush=True)
         batch = args.batch or max(4, cfg.local_batch_size)
-        for size in (1, batch):
+        for size in () if args.no_throughput else (1, batch):
             b = backend(True, size)
             t0 = time.perf_counter()
             _, calls = llm.run_llm(reqs["llm_zero"], b, cache_dir=None, progress=False, credentialed=False,

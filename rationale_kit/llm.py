@@ -997,24 +997,44 @@ def verbatim_norm(s: str) -> str:
     return _norm_map(s)[0]
 
 
+#: placeholders of the prompts' answer format (normalised): never a quote.
+_ECHO_KEYS = ("VERBATIMTEXT", "CODE")
+
+
+def _word(c: str) -> bool:
+    return c.isalnum() or c == "_"
+
+
 class VerbatimIndex:
     """Which next tokens keep a quote a verbatim substring of a note (case and white space
-    normalised by :func:`verbatim_norm`).
+    normalised by :func:`verbatim_norm`) that starts and ends on word boundaries.
 
     ``pieces[i]`` is the text of token ``i`` on its own (``tok.decode([i])``). A token is allowed
     after the quote so far ``q`` when ``q`` + its text up to the first string stop (a double quote
-    or a newline, which close the quote) is still in the note; a token that closes the quote is
-    allowed once the quote is not empty. Candidates are looked up by their first character from
-    the characters that follow ``q``'s occurrences in the note, so a step costs a few thousand
-    substring tests at most (the whole vocabulary only for the first token of a quote).
+    or a newline, which close the quote) still occurs in the note at a place where the quote
+    does not begin inside a word; a token that closes the quote (and the end of the turn) is allowed
+    only where the quote is not empty and does not end inside a word. So every quote is a run of
+    whole words of the note (the alignment's exact match never cuts a word either). Candidates
+    are looked up by their first character from the characters that follow ``q``'s occurrences,
+    and the first token of a quote through the set of the note's substrings that start a word
+    (up to :attr:`OPEN_CHARS` characters): a step costs a few thousand substring tests at most.
     """
+
+    OPEN_CHARS = 24
 
     def __init__(self, note: str, pieces: Sequence[str]):
         self.text = note
         self.note, self._where = _norm_map(note)
+        n = self.note
+        self._start_ok = [i == 0 or i >= len(n) or not _word(n[i - 1]) or not _word(n[i]) for i in range(len(n) + 1)]
+        self._end_ok = [j == 0 or j >= len(n) or not _word(n[j]) or not _word(n[j - 1]) for j in range(len(n) + 1)]
+        self._open: set[str] = set()  # substrings of the note that begin a word (or with a space before one)
+        for i in range(len(n)):
+            if n[i] != " " and self._start_ok[i]:
+                for k in range(1, min(self.OPEN_CHARS, len(n) - i) + 1):
+                    self._open.add(n[i: i + k])
         self.size = len(pieces)
         self.prefix: list[str] = []
-        self.closes: list[bool] = []
         by_first: dict[str, list[int]] = {}
         closers: list[int] = []
         for i, p in enumerate(pieces):
@@ -1022,7 +1042,6 @@ class VerbatimIndex:
             cut = min(cuts) if cuts else None
             pre = verbatim_norm(p[:cut] if cut is not None else p)
             self.prefix.append(pre)
-            self.closes.append(cut is not None)
             if pre:
                 by_first.setdefault(pre[0], []).append(i)
             elif cut is not None:
@@ -1030,48 +1049,83 @@ class VerbatimIndex:
         self.by_first = by_first
         self.closers = closers
 
-    def fits(self, q: str, pre: str) -> bool:
-        if q.endswith(" ") and pre.startswith(" "):
-            pre = pre[1:]
-        return (q + pre) in self.note
+    @staticmethod
+    def _join(q: str, pre: str) -> str:
+        return q + pre[1:] if q.endswith(" ") and pre.startswith(" ") else q + pre
+
+    def _anchors(self, q: str) -> list[int]:
+        """Where the normalised quote ``q`` occurs with its first word character on a word start."""
+        lead = len(q) - len(q.lstrip(" "))
+        out, i = [], self.note.find(q)
+        while i >= 0:
+            if self._start_ok[i + lead]:
+                out.append(i)
+            i = self.note.find(q, i + 1)
+        return out
+
+    def _opens(self, q: str) -> bool:
+        body = q.lstrip(" ")
+        if not body:
+            return True
+        if len(body) <= self.OPEN_CHARS:
+            return body in self._open and (body == q or bool(self._anchors(q)))
+        return bool(self._anchors(q))
+
+    def can_close(self, text: str) -> bool:
+        """Whether the quote ``text`` may end here: not empty, in the note, not ending inside a word."""
+        q = verbatim_norm(text)
+        core = q.rstrip(" ")
+        if not core.strip():
+            return False
+        return any(self._end_ok[i + len(core)] for i in self._anchors(q))
 
     def allowed(self, text: str) -> list[int]:
         """Token ids allowed after the quote text ``text`` (raw, as decoded so far)."""
         q = verbatim_norm(text)
-        if q and q not in self.note:
+        if not q.strip():  # the first word of the quote: any token that begins a word of the note
+            out = [t for ts in self.by_first.values() for t in ts if self._opens(self._join(q, self.prefix[t]))]
+            return out
+        anchors = self._anchors(q)
+        if not anchors:
             return []
-        if not q:
-            firsts = set(self.note)
-        else:
-            firsts, i = set(), self.note.find(q)
-            while i >= 0:
-                if i + len(q) < len(self.note):
-                    firsts.add(self.note[i + len(q)])
-                i = self.note.find(q, i + 1)
-            if q.endswith(" "):
-                firsts.add(" ")
-        out = [t for c in firsts for t in self.by_first.get(c, ()) if self.fits(q, self.prefix[t])]
-        if q:
+        firsts = {self.note[i + len(q)] for i in anchors if i + len(q) < len(self.note)}
+        if q.endswith(" "):
+            firsts.add(" ")
+        out = []
+        for c in firsts:
+            for t in self.by_first.get(c, ()):
+                new = self._join(q, self.prefix[t])
+                if any(self.note.startswith(new, i) for i in anchors):
+                    out.append(t)
+        if any(self._end_ok[i + len(q.rstrip(" "))] for i in anchors):
             out += self.closers
         return out
 
+    def _whole(self, quote: str) -> Optional[int]:
+        """Start of an occurrence of ``quote`` (normalised, stripped) on word boundaries, or None."""
+        nq = verbatim_norm(quote).strip(" ")
+        if not nq:
+            return None
+        for i in self._anchors(nq):
+            if self._end_ok[i + len(nq)]:
+                return i
+        return None
+
     def original(self, quote: str) -> str:
-        """The note's own text for ``quote`` (its first occurrence, as the note spells it: case
-        and white space), or ``quote`` unchanged when it is not in the note."""
-        nq = verbatim_norm(quote)
-        i = self.note.find(nq) if nq else -1
-        if i < 0:
+        """The note's own text for ``quote`` (an occurrence on word boundaries, as the note spells
+        it: case and white space), or ``quote`` unchanged when there is none."""
+        nq = verbatim_norm(quote).strip(" ")
+        i = self._whole(quote)
+        if i is None:
             return quote
         return self.text[self._where[i]: self._where[i + len(nq) - 1] + 1]
 
     def longest_prefix_in_note(self, quote: str) -> str:
-        """``quote`` cut back (at the end) until it is in the note: the guarantee at the end of a
-        quote, whatever a tokenizer's decoding does at token boundaries."""
-        while quote and verbatim_norm(quote) not in self.note:
+        """``quote`` cut back (at the end) until it is a run of whole words of the note: the
+        guarantee at the end of a quote, whatever a tokenizer's decoding does at token boundaries."""
+        while quote and self._whole(quote) is None:
             quote = quote[:-1]
         return quote
-#: placeholders of the prompts' answer format (normalised): never a quote.
-_ECHO_KEYS = ("VERBATIMTEXT", "CODE")
 
 
 def _pick_token(logits: Any, text: str, allowed: Optional[list[int]], banned: set, decode: Any,
@@ -1131,7 +1185,7 @@ def _guided_steps(codes: Sequence[str], encode: Any, decode: Any, eos: set, *, m
                     break
                 allowed = None
                 if verbatim is not None:
-                    allowed = verbatim.allowed(text) + (sorted(eos) if text.strip() else [])
+                    allowed = verbatim.allowed(text) + (sorted(eos) if verbatim.can_close(text) else [])
                     if not allowed:  # nothing in the note continues the quote: close it here
                         how = "cap"
                         break
@@ -2455,7 +2509,7 @@ def plan_llm(
     (distinct prompts to send: retries and re-asks come on top), ``input_tokens`` of those calls and how
     they were counted (``input_count``: ``tokenizer`` of the backend when it has one here, else
     ``estimate`` at :data:`CHARS_PER_TOKEN` characters per token), ``output_tokens_expected``
-    (:data:`OUTPUT_TOKENS_PER_CODE` per code asked: an estimate) and ``output_tokens_max`` (the
+    (:data:`OUTPUT_TOKENS_PER_CODE` per code asked, at most the budget: an estimate) and ``output_tokens_max`` (the
     backend's output budget per call), and the cost in USD from the prices (zero for a backend
     that is not remote: ``cost_basis`` says which): ``cost_usd_expected``
     and ``cost_usd_max`` (every answer using its whole budget, and one re-ask per call when
@@ -2482,7 +2536,7 @@ def plan_llm(
             n = int(round((len(r.prompt.system) + len(r.prompt.user)) / CHARS_PER_TOKEN))
         n_in += n
     budget = int(getattr(backend, "max_output_tokens", None) or getattr(backend, "max_new_tokens", 0) or 0)
-    out_expected = sum(OUTPUT_TOKENS_PER_CODE * len(r.codes) for r in todo)
+    out_expected = sum(min(OUTPUT_TOKENS_PER_CODE * len(r.codes), budget or 10**9) for r in todo)
     out_max = budget * len(todo)
     # a backend that runs on the user's own machine or network (local, replay, an openai server with
     # local_endpoint) is not billed per token: the profile's prices are a provider's

@@ -370,15 +370,21 @@ NOTES = ["Pt with type 2 diabetes on metformin; essential hypertension on lisino
 
 def test_verbatim_index_allows_only_continuations_of_the_note():
     tok = CharTok()
-    idx = llm.VerbatimIndex("Type 2  Diabetes\nmellitus", [tok.decode([i]) for i in range(128)])
-    assert idx.note == "type 2 diabetes mellitus"  # case and white space runs normalised
-    allowed = {chr(t) for t in idx.allowed("type 2 d") if t >= 2}
-    assert allowed == {"i", "I", '"', "\n"}  # the next letter (any case), or a stop closing the quote
-    opening = {chr(t) for t in idx.allowed("") if t >= 2}
-    assert opening >= {"t", "T", "2", " "} and '"' not in opening and "x" not in opening
+    idx = llm.VerbatimIndex("Type 2  Diabetes\nmellitus, on metformin.", [tok.decode([i]) for i in range(128)])
+    assert idx.note == "type 2 diabetes mellitus, on metformin."  # case and white space runs normalised
+    chars = lambda ids: {chr(t) for t in ids if t >= 2}
+    assert chars(idx.allowed("type 2 d")) == {"i", "I"}  # the next letter (any case); no closing inside a word
+    spaces = {chr(i) for i in range(2, 128) if chr(i).isspace()}  # every white space is one space in the note
+    assert chars(idx.allowed("type 2 diabetes")) == spaces | {'"'}  # a space, or a stop closing the quote
+    assert idx.can_close("Type 2 Diabetes") and not idx.can_close("Type 2 Diab") and not idx.can_close("")
+    opening = chars(idx.allowed(""))
+    assert {"t", "T", "2", "d", "D", "m", ",", " "} <= opening  # word starts (and punctuation, spaces)
+    assert not {"y", "i", "a", '"'} & opening  # never from inside a word, never an empty quote
     assert idx.allowed("type 3") == []  # not in the note: nothing continues it
+    assert idx.allowed("ype") == []  # in the note, but starting inside a word
     assert idx.original("TYPE 2 diabetes") == "Type 2  Diabetes"  # the note's own spelling and spacing
-    assert idx.longest_prefix_in_note("Diabetes mellitus x") == "Diabetes mellitus"
+    assert idx.longest_prefix_in_note("Diabetes mellitus x").strip() == "Diabetes mellitus"
+    assert idx.longest_prefix_in_note("Diabetes melli").strip() == "Diabetes"  # whole words only
 
 
 def test_verbatim_quotes_are_substrings_and_batched_equals_single():
@@ -402,6 +408,9 @@ def test_verbatim_quotes_are_substrings_and_batched_equals_single():
             for q in r["quotes"]:
                 n_quotes += 1
                 assert q in note_text  # verbatim, as the note spells it
+                i = note_text.index(q)  # and whole words: never cut inside a word
+                assert (i == 0 or not note_text[i - 1].isalnum() or not q[0].isalnum())
+                assert (i + len(q) == len(note_text) or not note_text[i + len(q)].isalnum() or not q[-1].isalnum())
     assert n_quotes >= 3
     # without the constraint this random model writes text that is not in the notes
     free_quotes = [q for text, _, _ in free for r in json.loads(text)["rationales"] for q in r["quotes"]]
@@ -450,6 +459,7 @@ def test_dry_run_local_backend_counts_with_its_tokenizer():
     assert b._lm is None  # the model itself is not loaded to count
     plan = llm.plan_llm(reqs(2), b, None, 2.0, 10.0)
     assert plan["cost_usd_max"] == 0.0 and plan["cost_basis"].startswith("not billed")  # runs here: no per-token bill
+    assert plan["output_tokens_expected"] == 2 * min(2 * llm.OUTPUT_TOKENS_PER_CODE, b.max_new_tokens)
 
 
 # --------------------------------------------------------------------------------------------
