@@ -67,10 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     with server_cm as server, tempfile.TemporaryDirectory() as tmp:
         backend = llm.GeminiBackend(api_key="fake-benchmark-key", base_url=server.base_url, timeout_s=30)
         warm = [llm.LLMRequest("w", llm.build_prompt(f"[warm-up {i}] {note}", CODES), tuple(CODES)) for i in range(4)]
-        llm.run_llm(warm, backend, cache_dir=None, concurrency=4, progress=False)  # first-call set-up, not timed
+        llm.run_llm(warm, backend, cache_dir=None, concurrency=4, progress=False, credentialed=False)  # first-call set-up, not timed
         warm_hits = server.hits
         t0 = time.perf_counter()
-        answers, calls = llm.run_llm(requests, backend, cache_dir=tmp, concurrency=args.concurrency, progress=False)
+        answers, calls = llm.run_llm(requests, backend, cache_dir=tmp, concurrency=args.concurrency, progress=False,
+                                     credentialed=False)
         elapsed = time.perf_counter() - t0
         ok = int((calls.status == "ok").sum())
         hits = server.hits - warm_hits
@@ -84,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
               f"run_llm reaches {rate / bare:.2f} of it")
         before = server.hits
         t0 = time.perf_counter()
-        _, calls2 = llm.run_llm(requests, backend, cache_dir=tmp, concurrency=args.concurrency, progress=False)
+        _, calls2 = llm.run_llm(requests, backend, cache_dir=tmp, concurrency=args.concurrency, progress=False,
+                                credentialed=False)
         elapsed2 = time.perf_counter() - t0
         new_calls = server.hits - before
         print(f"rerun     : {new_calls} new calls, {int((calls2.status == 'cached').sum())} cached, {elapsed2:.2f} s")

@@ -1,4 +1,4 @@
-"""Command line: ``python -m rationale_kit {run,report,train,align,plausibility,compare} ...``."""
+"""Command line: ``python -m rationale_kit {run,report,train,align,plausibility,compare,export-data,quote} ...``."""
 from __future__ import annotations
 
 import argparse
@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = {"run": "the notebook series", "report": "rewrite runs/<profile>/report.html from the artifacts",
                 "train": "train one model (multi-GPU with torchrun)", "align": "align LLM quotes to notes", "plausibility": "score spans against gold spans",
-                "compare": "compare two span sources on the notes both cover (paired bootstrap)"}
+                "compare": "compare two span sources on the notes both cover (paired bootstrap)",
+                "quote": "LLM quotes for your own notes, aligned to spans"}
     commands["export-data"] = "write a profile's documents and human spans as JSONL"
     if argv and argv[0] == "export-data":
         return _export_data(argv[1:])
@@ -103,6 +104,10 @@ def main(argv: list[str] | None = None) -> int:
         return _train(rest)
     if cmd == "report":
         return _report(rest)
+    if cmd == "quote":
+        from .quote import main as quote_main
+
+        return quote_main(rest)
     from . import cli
 
     return {"align": cli.align_main, "plausibility": cli.plausibility_main, "compare": cli.compare_main}[cmd](rest)

@@ -142,28 +142,48 @@ class Train:
 
 @dataclass(frozen=True)
 class LLM:
-    backend: Literal["local", "gemini", "replay"] = "local"
-    model: str = "gemini-2.0-flash"  # gemini model name
+    # which LLM writes the quotes: local (transformers, on this machine), gemini (Gemini API or,
+    # with vertexai, Vertex AI), openai (any OpenAI-compatible chat-completions server: vLLM, SGLang,
+    # Ollama, llama.cpp server, TGI, Azure OpenAI...), replay (answers recorded earlier)
+    backend: Literal["local", "gemini", "openai", "replay"] = "local"
+    model: str = "gemini-2.0-flash"  # model name of the gemini or openai backend
     local_path: Optional[str] = None  # local causal LM; None = bundled SmolLM2-135M-Instruct
     replay_file: Optional[str] = None  # recorded responses for the replay backend
     prompt_version: str = "v1"
     shots_per_code: int = 5
-    concurrency: int = 8
+    concurrency: int = 8  # requests in flight (gemini, openai); the local backend runs local_batch_size at a time
     max_retries: int = 5
     timeout_s: float = 60.0
-    max_new_tokens: int = 512
+    max_new_tokens: int = 512  # local answer budget (tokens)
     temperature: float = 0.0
+    # send documents of a credentialed data set (data.credentialed or common.dataset mimic) to a remote
+    # backend (gemini, vertex, or openai without local_endpoint): only after checking that the set-up
+    # meets the PhysioNet data use agreement (no retention, no human review, provider agreement)
     allow_remote_credentialed_data: bool = False
-    base_url: Optional[str] = None  # gemini: a different endpoint (a proxy, a local test server)
-    max_output_tokens: int = 8192  # gemini answer budget
+    base_url: Optional[str] = None  # gemini: another endpoint (a proxy, a test server); openai: the server, e.g. http://localhost:8000/v1
+    max_output_tokens: int = 8192  # gemini and openai answer budget (tokens)
+    vertexai: bool = False  # gemini through Vertex AI (credentials from the environment: application-default credentials)
+    project: Optional[str] = None  # Vertex AI: Google Cloud project id
+    location: Optional[str] = None  # Vertex AI: region, e.g. europe-west4 (or global)
+    # openai: the server runs on this machine or on the user's own network, so it is not a remote
+    # third party (never guessed from the URL); credentialed notes may then go to it
+    local_endpoint: bool = False
+    # openai: how the answer schema is asked for: json_schema (response_format json_schema; vLLM,
+    # Ollama, OpenAI), json_object (JSON mode without a schema), none (the prompt alone)
+    response_format: Literal["json_schema", "json_object", "none"] = "json_schema"
     backoff_base_s: float = 1.0  # retry back-off: base * 2**attempt, with jitter, capped below
     backoff_max_s: float = 60.0
     requests_per_minute: Optional[float] = None  # client-side rate limit (None = none)
     max_note_chars: Optional[int] = None  # cut notes in prompts (None = whole note)
     record_file: Optional[str] = None  # also write every answer to this replay file
-    price_per_million_in: float = 0.10  # USD, for the cost estimate (check current list prices)
-    price_per_million_out: float = 0.40
-    local_batch_size: int = 1
+    price_per_million_in: float = 0.10  # USD per million input tokens: cost estimate and dry run (check current list prices)
+    price_per_million_out: float = 0.40  # USD per million output tokens
+    local_batch_size: int = 1  # local backend: prompts generated together (left-padded batches)
+    local_structured: bool = True  # local backend: write the JSON around the model's quotes (guided decoding)
+    local_verbatim: bool = True  # local backend, structured: each quote token must keep the quote a substring of the note
+    local_device: Literal["auto", "cpu", "cuda"] = "auto"  # local backend: auto = cuda when available
+    max_answer_chars: int = 100_000  # an answer longer than this is not parsed (outcome failed); bounds memory and rows
+    max_quotes_per_code: int = 20  # quotes kept per code of one answer (the rest dropped and counted)
 
 
 RATIONALE_SOURCES = ("attention", "gradient", "entity", "llm_zero", "llm_few")

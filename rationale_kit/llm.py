@@ -18,10 +18,14 @@ Pieces
   human-annotated examples per code, each an excerpt of a few-shot-pool note around its spans.
 * **Backends** share one interface, ``generate(prompt) -> LLMResponse`` (and ``agenerate``):
   :class:`GeminiBackend` (the Gemini API through ``google-genai``, JSON mode with the response
-  schema), :class:`LocalBackend` (a causal LM run by ``transformers`` on this machine; by default the
-  bundled SmolLM2-135M-Instruct, a real but very weak model: expect many invalid answers) and
+  schema; or Vertex AI), :class:`OpenAIBackend` (any OpenAI-compatible chat-completions server:
+  vLLM, Ollama, ...), :class:`LocalBackend` (a causal LM run by ``transformers`` on this machine,
+  the backend writing the JSON and constraining each quote to a verbatim substring of the note; by
+  default the bundled SmolLM2-135M-Instruct, a real but very weak model) and
   :class:`ReplayBackend` (answers from a recorded JSONL file, no model at all).
-* :func:`run_llm` runs many requests with a disk cache keyed by (backend, model, prompt sha), so a
+* :func:`plan_llm` is the dry run: calls, tokens and cost before anything is sent.
+* :func:`run_llm` runs many requests with a disk cache keyed by (backend, model, prompt sha and
+  every setting that determines the answer), so a
   rerun makes no new calls and a killed run resumes where it stopped; bounded concurrency;
   retries with exponential back-off and jitter on rate limits (429), server errors (5xx) and
   time-outs; one cheap local repair and then one re-ask for malformed JSON; blocked and empty
@@ -37,8 +41,11 @@ sharing unless the service is used under terms that PhysioNet's guidance for onl
 allows (no retention of the data, no human review, a provider agreement that covers it). So
 ``run_llm(..., credentialed=True)`` refuses a remote backend (Gemini) unless
 ``allow_remote_credentialed_data=True`` (profile key ``rationales.llm.allow_remote_credentialed_data``)
-is set by someone who has checked that their account and settings meet those terms. The local and
-replay backends never send anything anywhere.
+is set by someone who has checked that their account and settings meet those terms. The check
+fails closed: ``credentialed=None`` (not said) counts as credentialed, remote backends refuse on
+their own too, and :func:`is_credentialed` decides from the profile and data source (the MIMIC
+data set is credentialed whatever its table says). The local and replay backends never send
+anything anywhere; an OpenAI-compatible server counts as local only with ``local_endpoint=True``.
 
 Scaling the Gemini path
 -----------------------
@@ -75,6 +82,7 @@ import asyncio
 import collections
 import concurrent.futures
 import contextlib
+import contextvars
 import copy
 import dataclasses
 import functools
@@ -107,14 +115,20 @@ PRICE_PER_MILLION_OUT = 0.40
 #: Finish reasons meaning the provider withheld the answer.
 BLOCK_FINISH_REASONS = {"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY"}
 
-CALL_STATUSES = ("ok", "failed", "blocked", "empty", "cached")
+CALL_STATUSES = ("ok", "truncated", "failed", "blocked", "empty", "cached")
+
+#: Default caps on what one answer may contribute (``run_llm(max_answer_chars=...,
+#: max_quotes_per_code=...)``, profile keys of the same names): a longer answer is not parsed
+#: (outcome failed, its text kept only up to the cap), quotes past the cap are dropped and counted.
+MAX_ANSWER_CHARS = 100_000
+MAX_QUOTES_PER_CODE = 20
 
 ANSWER_COLUMNS = ["note_id", "code", "quote_index", "quote", "status", "prompt_sha", "backend", "model"]
 CALL_COLUMNS = [
     "note_id", "prompt_sha", "prompt_version", "backend", "model", "status", "outcome", "cached",
     "attempts", "input_tokens", "output_tokens", "latency_s", "error", "finish_reason",
     "blocked_reason", "repaired", "n_codes", "n_quotes", "empty_codes", "dropped_quotes",
-    "unasked_codes", "raw", "raw_repair",
+    "unasked_codes", "truncated_codes", "capped_quotes", "raw", "raw_repair",
 ]
 
 
@@ -176,6 +190,9 @@ class Prompt:
     sha: str
     #: the codes asked, in order (set by :func:`build_prompt`; not hashed, so it changes no sha).
     codes: tuple = field(default=(), repr=False, compare=False)
+    #: the note as shown in the prompt (set by :func:`build_prompt`; not hashed): what verbatim
+    #: decoding quotes from.
+    note: Optional[str] = field(default=None, repr=False, compare=False)
 
     def __repr__(self) -> str:
         return f"Prompt(version={self.version!r}, sha={self.sha!r}, chars={len(self.system) + len(self.user)})"
@@ -237,11 +254,12 @@ def build_prompt(
     there (at a word boundary) and the cut is marked.
     """
     d = Path(prompts_dir) if prompts_dir else PROMPTS_DIR
-    note = note_text
+    note = shown = note_text
     if max_note_chars is not None and len(note) > max_note_chars:
         cut = note.rfind(" ", 0, max_note_chars)
         cut = cut if cut > max_note_chars // 2 else max_note_chars
-        note = note[:cut] + f"\n[... note truncated: {len(note_text) - cut} more characters not shown ...]"
+        shown = note[:cut]  # what verbatim decoding may quote: the note's text, not the cut marker
+        note = shown + f"\n[... note truncated: {len(note_text) - cut} more characters not shown ...]"
     pairs = [_code_and_description(c) for c in codes]
     code_lines = "\n".join(f"- {c}: {desc}" if desc else f"- {c}:" for c, desc in pairs)
     examples_block = ""
@@ -260,7 +278,7 @@ def build_prompt(
     system = _template(version, "system", d).substitute().strip()
     user = _template(version, "user", d).substitute(note=note, codes=code_lines, examples=examples_block).strip()
     return Prompt(system=system, user=user, version=version, sha=_sha(version, system, user, schema_text(d)),
-                  codes=tuple(c for c, _ in pairs))
+                  codes=tuple(c for c, _ in pairs), note=shown)
 
 
 def repair_prompt(prompt: Prompt, previous: str, problem: str, prompts_dir: str | os.PathLike | None = None,
@@ -270,10 +288,21 @@ def repair_prompt(prompt: Prompt, previous: str, problem: str, prompts_dir: str 
     prev = previous if len(previous) <= max_previous_chars else previous[:max_previous_chars] + " [...]"
     user = _template(prompt.version, "repair", d).substitute(user=prompt.user, problem=problem, previous=prev).strip()
     return Prompt(system=prompt.system, user=user, version=prompt.version,
-                  sha=_sha(prompt.version, "repair", prompt.system, user, schema_text(d)), codes=prompt.codes)
+                  sha=_sha(prompt.version, "repair", prompt.system, user, schema_text(d)), codes=prompt.codes,
+                  note=prompt.note)
 
 
 _CODES_BLOCK_RE = re.compile(r"<codes>\s*\n(.*?)\n\s*</codes>", re.S)
+_NOTE_BLOCK_RE = re.compile(r"<note>\n(.*?)\n</note>", re.S)
+
+
+def prompt_note(prompt: Prompt) -> Optional[str]:
+    """The note a prompt asks about: ``prompt.note`` when set, else the last ``<note>`` block of
+    the user text (few-shot excerpts come before it); None when there is none."""
+    if prompt.note is not None:
+        return prompt.note
+    blocks = _NOTE_BLOCK_RE.findall(prompt.user)
+    return blocks[-1] if blocks else None
 _CODE_LINE_RE = re.compile(r"^\s*-\s*([^:\s][^:]*?)\s*:", re.M)
 
 
@@ -554,6 +583,10 @@ def _run_coro(coro: Any) -> Any:
             raise
 
 
+#: set by run_llm (in its own context) once its credentialed-data check has passed
+_RUN_CLEARED: "contextvars.ContextVar[bool]" = contextvars.ContextVar("rk_llm_run_cleared", default=False)
+
+
 class Backend:
     """``generate(prompt) -> LLMResponse``. Backends raise :class:`TransientLLMError` for what is
     worth retrying and :class:`PermanentLLMError` for other request-level failures."""
@@ -564,12 +597,46 @@ class Backend:
     max_concurrency: Optional[int] = None  # cap on requests in flight (None: no cap)
     #: settings that change the answers beyond (backend, model, prompt); part of the cache key when set.
     cache_tag: str = ""
+    #: whether the documents this backend is given are credentialed (None: not said, which a
+    #: remote backend treats as credentialed) and whether the user has acknowledged that their
+    #: remote set-up may receive them (see :func:`credential_guard`).
+    credentialed: Optional[bool] = None
+    allow_remote_credentialed_data: bool = False
+
+    def settings(self) -> dict:
+        """Every setting besides (backend, model, prompt) that determines the answer (sampling
+        temperature, output budget, decoding constraints...): part of :func:`cache_key`."""
+        return {}
+
+    def secrets(self) -> list[str]:
+        """Strings that must never be persisted (API keys); :meth:`scrub` masks them."""
+        return []
+
+    def scrub(self, s: Optional[str]) -> Optional[str]:
+        """``s`` with every secret replaced by ``***``."""
+        if not s:
+            return s
+        for sec in self.secrets():
+            if sec:
+                s = s.replace(sec, "***")
+        return s
+
+    def count_tokens(self, prompt: Prompt) -> Optional[int]:
+        """Input tokens of ``prompt`` by the backend's own tokenizer, without calling a service;
+        None when the backend has none here (the dry run then estimates, and says so)."""
+        return None
 
     def generate(self, prompt: Prompt) -> LLMResponse:
         raise NotImplementedError
 
     async def agenerate(self, prompt: Prompt) -> LLMResponse:
         return await asyncio.to_thread(self.generate, prompt)
+
+    def _check_clearance(self) -> None:
+        """A remote backend's own check before it sends anything; inside :func:`run_llm` (which
+        checked the run's documents itself) it is not repeated."""
+        if not _RUN_CLEARED.get():
+            credential_guard(self, self.credentialed, self.allow_remote_credentialed_data)
 
     async def aclose(self) -> None:
         """Release per-event-loop resources (HTTP clients) at the end of a run."""
@@ -596,11 +663,52 @@ def _retry_delay(details: Any) -> Optional[float]:
     return None
 
 
+def parse_retry_after(value: Any, now: Optional[float] = None) -> Optional[float]:
+    """Seconds to wait from an HTTP ``Retry-After`` header: delta-seconds (``"12"``) or an
+    HTTP-date (``"Wed, 21 Oct 2015 07:28:00 GMT"``, counted from ``now``, a Unix time); None when
+    absent or unreadable; never negative."""
+    if value is None:
+        return None
+    v = str(value).strip()
+    if not v:
+        return None
+    try:
+        secs = float(v)
+        return max(0.0, secs) if secs == secs else None
+    except ValueError:
+        pass
+    import email.utils
+
+    try:
+        when = email.utils.parsedate_to_datetime(v)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def _header(response: Any, name: str) -> Optional[str]:
+    headers = getattr(response, "headers", None)
+    try:
+        return headers.get(name) if headers is not None else None
+    except Exception:  # noqa: BLE001 - an odd response object: no header
+        return None
+
+
 class GeminiBackend(Backend):
     """The Gemini API through ``google-genai`` (async client), JSON mode with the response schema.
 
     ``api_key`` defaults to ``$GEMINI_API_KEY`` or ``$GOOGLE_API_KEY``; it is kept out of every
-    repr, log, cache, record file and pickle. ``base_url`` points the client elsewhere (tests use
+    repr, log, cache, record file and pickle (an answer that repeats it is masked too).
+
+    **Vertex AI** (``vertexai=True``, ``project``, ``location``): the same models through a Google
+    Cloud project (``POST {base}/v1beta1/projects/{project}/locations/{location}/publishers/google/
+    models/{model}:generateContent``), the route PhysioNet's guidance names for credentialed data
+    under a zero-retention set-up. No API key: credentials come from the environment as
+    google-genai reads them (application-default credentials: ``gcloud auth application-default
+    login`` or ``GOOGLE_APPLICATION_CREDENTIALS``), never from a profile; ``credentials`` (a
+    ``google.auth`` credentials object) is for tests and embedding code only. ``base_url`` points the client elsewhere (tests use
     a local fake server); ``transport`` is an optional ``httpx``/``httpx2`` async transport handed
     to the HTTP client (tests, proxies). ``structured_output=False`` sends no response schema
     (for models or endpoints that reject one); the JSON mime type is still asked for.
@@ -623,8 +731,19 @@ class GeminiBackend(Backend):
         api_version: str = "v1beta",
         safety_settings: Optional[list] = None,
         prompts_dir: str | os.PathLike | None = None,
+        vertexai: bool = False,
+        project: Optional[str] = None,
+        location: Optional[str] = None,
+        credentials: Any = None,
+        credentialed: Optional[bool] = None,
+        allow_remote_credentialed_data: bool = False,
     ):
         self.model = model
+        self.vertexai = bool(vertexai)
+        self.project, self.location = project, location
+        self._credentials = credentials
+        self.credentialed = credentialed
+        self.allow_remote_credentialed_data = bool(allow_remote_credentialed_data)
         self.base_url = base_url
         self.timeout_s = float(timeout_s)
         self.transport = transport
@@ -634,8 +753,15 @@ class GeminiBackend(Backend):
         self.api_version = api_version
         self.safety_settings = safety_settings
         self._schema = response_schema(prompts_dir)
-        self._key = api_key or os.environ.get("GEMINI_API_KEY") or os.environ.get("GOOGLE_API_KEY")
-        if not self._key:
+        if self.vertexai:
+            if not project or not location:
+                raise LLMConfigError("Gemini on Vertex AI needs rationales.llm.project and rationales.llm.location")
+            if api_version == "v1beta":
+                self.api_version = "v1beta1"
+            self._key = None
+        else:
+            self._key = api_key or os.environ.get("GEMINI_API_KEY") or os.environ.get("GOOGLE_API_KEY")
+        if not self._key and not self.vertexai:
             raise LLMConfigError(
                 "no Gemini API key: set GEMINI_API_KEY (or GOOGLE_API_KEY) in the environment "
                 "(never in a profile or notebook), or use the local or replay backend"
@@ -646,21 +772,31 @@ class GeminiBackend(Backend):
         self._build_config("")  # imports google-genai and builds its models now, not in the first call
 
     def __repr__(self) -> str:
-        return f"GeminiBackend(model={self.model!r}, base_url={self.base_url!r}, timeout_s={self.timeout_s})"
+        where = f", vertexai=True, project={self.project!r}, location={self.location!r}" if self.vertexai else ""
+        return f"GeminiBackend(model={self.model!r}, base_url={self.base_url!r}, timeout_s={self.timeout_s}{where})"
 
-    def __getstate__(self) -> dict:  # never pickle the key or live clients
+    def __getstate__(self) -> dict:  # never pickle the key, credentials or live clients
         state = dict(self.__dict__)
         state.pop("_key", None)
+        state["_credentials"] = None
         state["_client"] = state["_client_loop"] = None
         state["transport"], state["_configs"] = None, {}
         return state
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        self._key = os.environ.get("GEMINI_API_KEY") or os.environ.get("GOOGLE_API_KEY")
+        self._key = None if self.vertexai else (os.environ.get("GEMINI_API_KEY") or os.environ.get("GOOGLE_API_KEY"))
+
+    def settings(self) -> dict:
+        return {"temperature": self.temperature, "max_output_tokens": self.max_output_tokens,
+                "structured_output": self.structured_output, "safety_settings": repr(self.safety_settings),
+                "schema": _sha(json.dumps(self._schema, sort_keys=True)) if self.structured_output else None}
+
+    def secrets(self) -> list[str]:
+        return [self._key] if self._key else []
 
     def _scrub(self, s: str) -> str:
-        return s.replace(self._key, "***") if self._key else s
+        return self.scrub(s) or ""
 
     def _make_client(self) -> Any:
         from google import genai
@@ -671,6 +807,9 @@ class GeminiBackend(Backend):
             opts["base_url"] = self.base_url
         if self.transport is not None:
             opts["async_client_args"] = {"transport": self.transport}
+        if self.vertexai:
+            return genai.Client(vertexai=True, project=self.project, location=self.location,
+                                credentials=self._credentials, http_options=types.HttpOptions(**opts))
         return genai.Client(api_key=self._key, http_options=types.HttpOptions(**opts))
 
     def _config(self, prompt: Prompt) -> Any:
@@ -699,7 +838,11 @@ class GeminiBackend(Backend):
         return types.GenerateContentConfig(**kwargs)
 
     async def agenerate(self, prompt: Prompt) -> LLMResponse:
-        if not self._key:
+        self._check_clearance()
+        return await self._send(prompt)
+
+    async def _send(self, prompt: Prompt) -> LLMResponse:
+        if not self._key and not self.vertexai:
             raise LLMConfigError("no Gemini API key: set GEMINI_API_KEY (or GOOGLE_API_KEY)")
         loop = asyncio.get_running_loop()
         if self._client is None or self._client_loop is not loop:
@@ -719,7 +862,8 @@ class GeminiBackend(Backend):
             code = int(exc.code or 0)
             msg = self._scrub(f"HTTP {code} {exc.status or ''}: {exc.message or ''}".strip())
             if code in (408, 429) or 500 <= code < 600:
-                return TransientLLMError(msg, status=code, retry_after=_retry_delay(exc.details))
+                after = parse_retry_after(_header(getattr(exc, "response", None), "retry-after"))
+                return TransientLLMError(msg, status=code, retry_after=after if after is not None else _retry_delay(exc.details))
             return PermanentLLMError(msg, status=code)
         name = type(exc).__name__
         msg = self._scrub(f"{name}: {exc}")
@@ -828,108 +972,224 @@ def _reuse_gguf_parsing() -> Any:
 
 
 _QUOTE_STOPS = ('"', "\n")
+
+
+def _norm_map(s: str) -> tuple[str, list[int]]:
+    """:func:`verbatim_norm` of ``s`` and, for each of its characters, the index in ``s`` it comes from."""
+    out: list[str] = []
+    where: list[int] = []
+    for i, ch in enumerate(s):
+        if ch.isspace():
+            if out and out[-1] == " ":
+                continue
+            out.append(" ")
+            where.append(i)
+            continue
+        for lc in ch.lower():
+            out.append(lc)
+            where.append(i)
+    return "".join(out), where
+
+
+def verbatim_norm(s: str) -> str:
+    """The comparison form of verbatim decoding: lower case (character by character), every run
+    of white space one space."""
+    return _norm_map(s)[0]
+
+
 #: placeholders of the prompts' answer format (normalised): never a quote.
 _ECHO_KEYS = ("VERBATIMTEXT", "CODE")
 
 
-def _guided_answer(
-    lm: Any,
-    tok: Any,
-    prompt_ids: Sequence[int],
-    codes: Sequence[str],
-    *,
-    max_quote_tokens: int = 48,
-    max_quotes_per_code: int = 2,
-    max_new_tokens: int = 512,
-    eos_ids: Iterable[int] = (),
-    temperature: float = 0.0,
-) -> tuple[str, int, str]:
-    """Structured decoding: the JSON answer is written here, the model fills in only the quotes.
+def _word(c: str) -> bool:
+    return c.isalnum() or c == "_"
 
-    After the prompt the assistant turn is forced to ``{"rationales": [{"code": "<code 1>",
-    "quotes": ["``; the model continues (greedily, or sampled when ``temperature`` > 0) until it
-    writes a double quote or a newline, ends its turn, or reaches ``max_quote_tokens``; the string is
-    closed there. If the model goes on with ``, "`` another quote follows (up to
-    ``max_quotes_per_code``); then ``"]}, {"code": "<code 2>", "quotes": ["`` is forced, and so on.
-    One KV cache serves the whole request: the prompt is read once, and every forced or generated
-    token is fed once. At most ``max_new_tokens`` tokens are generated in all; codes left when they
-    are spent get no quotes (finish reason ``MAX_TOKENS``).
 
-    ``lm(input_ids=..., past_key_values=..., use_cache=True)`` must return ``.logits`` and
-    ``.past_key_values`` (a ``transformers`` causal LM); ``tok`` encodes (``tok(text,
-    add_special_tokens=False)["input_ids"]``) and decodes (``tok.decode(ids)``). Returns ``(text,
-    generated tokens, finish reason)``; ``text`` is always valid JSON of the answer schema, built
-    with ``json.dumps`` from the quotes (empty and repeated quotes are left out). A quote may not
-    be one of the request's codes, a format placeholder (``<verbatim text>``) or punctuation only: tokens that
-    would spell the code or a placeholder are ruled out while the quote could still become one, and
-    a quote does not open with ``<``, ``[`` or ``{``.
+class VerbatimIndex:
+    """Which next tokens keep a quote a verbatim substring of a note (case and white space
+    normalised by :func:`verbatim_norm`) that starts and ends on word boundaries.
+
+    ``pieces[i]`` is the text of token ``i`` on its own (``tok.decode([i])``). A token is allowed
+    after the quote so far ``q`` when ``q`` + its text up to the first string stop (a double quote
+    or a newline, which close the quote) still occurs in the note at a place where the quote
+    does not begin inside a word; a token that closes the quote (and the end of the turn) is allowed
+    only where the quote is not empty and does not end inside a word. So every quote is a run of
+    whole words of the note (the alignment's exact match never cuts a word either). Candidates
+    are looked up by their first character from the characters that follow ``q``'s occurrences,
+    and the first token of a quote through the set of the note's substrings that start a word
+    (up to :attr:`OPEN_CHARS` characters): a step costs a few thousand substring tests at most.
     """
-    import inspect
 
+    OPEN_CHARS = 24
+
+    def __init__(self, note: str, pieces: Sequence[str]):
+        self.text = note
+        self.note, self._where = _norm_map(note)
+        n = self.note
+        self._start_ok = [i == 0 or i >= len(n) or not _word(n[i - 1]) or not _word(n[i]) for i in range(len(n) + 1)]
+        self._end_ok = [j == 0 or j >= len(n) or not _word(n[j]) or not _word(n[j - 1]) for j in range(len(n) + 1)]
+        self._open: set[str] = set()  # substrings of the note that begin a word (or with a space before one)
+        for i in range(len(n)):
+            if n[i] != " " and self._start_ok[i]:
+                for k in range(1, min(self.OPEN_CHARS, len(n) - i) + 1):
+                    self._open.add(n[i: i + k])
+        self.size = len(pieces)
+        self.prefix: list[str] = []
+        by_first: dict[str, list[int]] = {}
+        closers: list[int] = []
+        for i, p in enumerate(pieces):
+            cuts = [j for j in (p.find(c) for c in _QUOTE_STOPS) if j >= 0]
+            cut = min(cuts) if cuts else None
+            pre = verbatim_norm(p[:cut] if cut is not None else p)
+            self.prefix.append(pre)
+            if pre:
+                by_first.setdefault(pre[0], []).append(i)
+            elif cut is not None:
+                closers.append(i)
+        self.by_first = by_first
+        self.closers = closers
+
+    @staticmethod
+    def _join(q: str, pre: str) -> str:
+        return q + pre[1:] if q.endswith(" ") and pre.startswith(" ") else q + pre
+
+    def _anchors(self, q: str) -> list[int]:
+        """Where the normalised quote ``q`` occurs with its first word character on a word start."""
+        lead = len(q) - len(q.lstrip(" "))
+        out, i = [], self.note.find(q)
+        while i >= 0:
+            if self._start_ok[i + lead]:
+                out.append(i)
+            i = self.note.find(q, i + 1)
+        return out
+
+    def _opens(self, q: str) -> bool:
+        body = q.lstrip(" ")
+        if not body:
+            return True
+        if len(body) <= self.OPEN_CHARS:
+            return body in self._open and (body == q or bool(self._anchors(q)))
+        return bool(self._anchors(q))
+
+    def can_close(self, text: str) -> bool:
+        """Whether the quote ``text`` may end here: not empty, in the note, not ending inside a word."""
+        q = verbatim_norm(text)
+        core = q.rstrip(" ")
+        if not core.strip():
+            return False
+        return any(self._end_ok[i + len(core)] for i in self._anchors(q))
+
+    def allowed(self, text: str) -> list[int]:
+        """Token ids allowed after the quote text ``text`` (raw, as decoded so far)."""
+        q = verbatim_norm(text)
+        if not q.strip():  # the first word of the quote: any token that begins a word of the note
+            out = [t for ts in self.by_first.values() for t in ts if self._opens(self._join(q, self.prefix[t]))]
+            return out
+        anchors = self._anchors(q)
+        if not anchors:
+            return []
+        firsts = {self.note[i + len(q)] for i in anchors if i + len(q) < len(self.note)}
+        if q.endswith(" "):
+            firsts.add(" ")
+        out = []
+        for c in firsts:
+            for t in self.by_first.get(c, ()):
+                new = self._join(q, self.prefix[t])
+                if any(self.note.startswith(new, i) for i in anchors):
+                    out.append(t)
+        if any(self._end_ok[i + len(q.rstrip(" "))] for i in anchors):
+            out += self.closers
+        return out
+
+    def _whole(self, quote: str) -> Optional[int]:
+        """Start of an occurrence of ``quote`` (normalised, stripped) on word boundaries, or None."""
+        nq = verbatim_norm(quote).strip(" ")
+        if not nq:
+            return None
+        for i in self._anchors(nq):
+            if self._end_ok[i + len(nq)]:
+                return i
+        return None
+
+    def original(self, quote: str) -> str:
+        """The note's own text for ``quote`` (an occurrence on word boundaries, as the note spells
+        it: case and white space), or ``quote`` unchanged when there is none."""
+        nq = verbatim_norm(quote).strip(" ")
+        i = self._whole(quote)
+        if i is None:
+            return quote
+        return self.text[self._where[i]: self._where[i + len(nq) - 1] + 1]
+
+    def longest_prefix_in_note(self, quote: str) -> str:
+        """``quote`` cut back (at the end) until it is a run of whole words of the note: the
+        guarantee at the end of a quote, whatever a tokenizer's decoding does at token boundaries."""
+        while quote and self._whole(quote) is None:
+            quote = quote[:-1]
+        return quote
+
+
+def _pick_token(logits: Any, text: str, allowed: Optional[list[int]], banned: set, decode: Any,
+                temperature: float, generator: Any = None) -> int:
+    """The next token from one row of logits; while the quote so far could still spell a code or a
+    placeholder of the prompt's answer format, tokens that would continue spelling it are ruled
+    out (a tiny model likes to echo those instead of quoting the note). ``allowed``: the only
+    tokens that may be picked (verbatim decoding)."""
     import torch
 
-    eos = {int(e) for e in eos_ids if e is not None}
-    state: dict[str, Any] = {"cache": None, "logits": None}
-    try:
-        params = inspect.signature(getattr(lm, "forward", lm)).parameters
-    except (TypeError, ValueError):
-        params = {}
-    cache_arg = "cache" if "cache" in params else "past_key_values"  # transformers 5 renamed it
-    extra = {"logits_to_keep": 1} if "logits_to_keep" in params else {}  # no logits for the whole prompt
+    logits = logits.float().clone()
+    if allowed is not None:
+        keep = torch.full_like(logits, float("-inf"))
+        idx = torch.tensor([a for a in allowed if a < logits.numel()], dtype=torch.long, device=logits.device)
+        keep[idx] = logits[idx]
+        logits = keep
+    so_far = normalize_code(text)
+    keys = [k for k in banned if k and k.startswith(so_far)]
+    opening = not text.strip()
+    if keys or opening:
+        for t in torch.topk(logits, min(32, logits.numel())).indices.tolist():
+            piece = decode([t])
+            spelled = normalize_code(text + piece)
+            if (spelled and any(k.startswith(spelled) for k in keys)) or (opening and piece.strip()[:1] in ("<", "[", "{")):
+                logits[t] = float("-inf")
+    if temperature > 0:
+        return int(torch.multinomial(torch.softmax(logits / temperature, dim=-1), 1, generator=generator))
+    return int(torch.argmax(logits))
 
-    def encode(text: str) -> list[int]:
-        return list(tok(text, add_special_tokens=False)["input_ids"]) if text else []
 
-    def feed(ids: Sequence[int]) -> None:
-        if not ids:
-            return
-        out = lm(input_ids=torch.tensor([list(ids)], dtype=torch.long), use_cache=True,
-                 **{cache_arg: state["cache"]}, **extra)
-        state["cache"], state["logits"] = getattr(out, cache_arg), out.logits[0, -1]
-
-    def decode(ids: Sequence[int]) -> str:
-        return tok.decode(list(ids), skip_special_tokens=True)
-
-    def pick(text: str = "") -> int:
-        """The next token; while the quote so far could still spell a code or a placeholder of
-        the prompt's answer format, tokens that would continue spelling it are ruled out (a tiny
-        model likes to echo those instead of quoting the note)."""
-        logits = state["logits"].float()
-        so_far = normalize_code(text)
-        keys = [k for k in banned if k and k.startswith(so_far)]
-        opening = not text.strip()
-        if keys or opening:
-            for t in torch.topk(logits, min(32, logits.numel())).indices.tolist():
-                piece = decode([t])
-                spelled = normalize_code(text + piece)
-                if (spelled and any(k.startswith(spelled) for k in keys)) or (opening and piece.strip()[:1] in ("<", "[", "{")):
-                    logits[t] = float("-inf")
-        if temperature > 0:
-            return int(torch.multinomial(torch.softmax(logits / temperature, dim=-1), 1))
-        return int(torch.argmax(logits))
-
-    banned = {normalize_code(c) for c in codes} | set(_ECHO_KEYS)  # never a quote: the codes, placeholders
+def _guided_steps(codes: Sequence[str], encode: Any, decode: Any, eos: set, *, max_quote_tokens: int,
+                  max_quotes_per_code: int, max_new_tokens: int, verbatim: Optional[VerbatimIndex]) -> Any:
+    """The answer of one request as a generator of decoding steps, shared by the one-request and
+    the batched drivers: it yields ``("feed", ids)`` (tokens the backend writes: the JSON around
+    the quotes, and each generated quote token) and ``("pick", text, allowed)`` (the model chooses
+    the next token after everything fed so far; the driver sends the token id back), and returns
+    ``(answer text, generated tokens, finish reason)``."""
     rationales: list[dict] = []
     n_out = 0
     spent = False
-    pending_ids = list(prompt_ids)  # fed lazily, right before the next token is needed
+    banned = {normalize_code(c) for c in codes} | set(_ECHO_KEYS)  # never a quote: the codes, placeholders
     pending = '{"rationales": ['
     for j, code in enumerate(codes):
+        if spent:  # codes never reached are left out (not "no quotes"): the runner marks them truncated
+            break
         quotes: list[str] = []
         rationales.append({"code": code, "quotes": quotes})
-        if spent:
-            continue
         pending += (", " if j else "") + '{"code": ' + json.dumps(code, ensure_ascii=False) + ', "quotes": ["'
         for k in range(max(1, max_quotes_per_code)):
-            feed(pending_ids + encode(pending))
-            pending_ids, pending = [], ""
+            yield ("feed", encode(pending))
+            pending = ""
             ids: list[int] = []
             text, tail, how = "", "", "cap"
             while len(ids) < max_quote_tokens:
                 if n_out >= max_new_tokens:
                     spent, how = True, "spent"
                     break
-                t = pick(text)
+                allowed = None
+                if verbatim is not None:
+                    allowed = verbatim.allowed(text) + (sorted(eos) if verbatim.can_close(text) else [])
+                    if not allowed:  # nothing in the note continues the quote: close it here
+                        how = "cap"
+                        break
+                t = yield ("pick", text, allowed)
                 n_out += 1
                 if t in eos:
                     how = "eos"
@@ -943,8 +1203,10 @@ def _guided_answer(
                     break
                 ids.append(t)
                 text = cand
-                feed([t])
+                yield ("feed", [t])
             q = text.strip().rstrip("\\").strip()
+            if verbatim is not None:
+                q = verbatim.original(verbatim.longest_prefix_in_note(q)).strip()
             if normalize_code(q) and q not in quotes and normalize_code(q) not in banned:
                 quotes.append(q)
             pending += '"'
@@ -952,15 +1214,187 @@ def _guided_answer(
                 break
             after = tail[1:].lstrip()
             if not after:  # the token ended with the quote: ask the model whether the list goes on
-                feed(encode(pending))
+                yield ("feed", encode(pending))
                 pending = ""
-                after = decode([pick()]).lstrip()
+                after = decode([(yield ("pick", "", None))]).lstrip()
             if not after.startswith(","):
                 break
             pending += ', "'
         pending += "]}"
     answer = json.dumps({"rationales": rationales}, ensure_ascii=False)
     return answer, n_out, "MAX_TOKENS" if spent else "STOP"
+
+
+def _forward_args(lm: Any) -> tuple[str, dict]:
+    import inspect
+
+    try:
+        params = inspect.signature(getattr(lm, "forward", lm)).parameters
+    except (TypeError, ValueError):
+        params = {}
+    cache_arg = "cache" if "cache" in params else "past_key_values"  # transformers 5 renamed it
+    extra = {"logits_to_keep": 1} if "logits_to_keep" in params else {}  # no logits for the whole prompt
+    return cache_arg, extra
+
+
+def _guided_answer(
+    lm: Any,
+    tok: Any,
+    prompt_ids: Sequence[int],
+    codes: Sequence[str],
+    *,
+    max_quote_tokens: int = 48,
+    max_quotes_per_code: int = 2,
+    max_new_tokens: int = 512,
+    eos_ids: Iterable[int] = (),
+    temperature: float = 0.0,
+    verbatim: Optional[VerbatimIndex] = None,
+) -> tuple[str, int, str]:
+    """Structured decoding: the JSON answer is written here, the model fills in only the quotes.
+
+    After the prompt the assistant turn is forced to ``{"rationales": [{"code": "<code 1>",
+    "quotes": ["``; the model continues (greedily, or sampled when ``temperature`` > 0) until it
+    writes a double quote or a newline, ends its turn, or reaches ``max_quote_tokens``; the string is
+    closed there. If the model goes on with ``, "`` another quote follows (up to
+    ``max_quotes_per_code``); then ``"]}, {"code": "<code 2>", "quotes": ["`` is forced, and so on.
+    One KV cache serves the whole request: the prompt is read once, and every forced or generated
+    token is fed once (forced text in one forward pass). At most ``max_new_tokens`` tokens are
+    generated in all; codes left when they are spent are left out of the answer (finish reason
+    ``MAX_TOKENS``), so that the runner reports them as truncated rather than as codes the model
+    found nothing for.
+
+    With ``verbatim`` (a :class:`VerbatimIndex` of the note) every token generated inside a quote
+    must keep the quote a substring of the note (:meth:`VerbatimIndex.allowed`; case and white
+    space normalised), and the quote is written as the note spells it: the quotes are verbatim by
+    construction, only *which* part of the note is quoted is the model's choice.
+
+    ``lm(input_ids=..., past_key_values=..., use_cache=True)`` must return ``.logits`` and
+    ``.past_key_values`` (a ``transformers`` causal LM); ``tok`` encodes (``tok(text,
+    add_special_tokens=False)["input_ids"]``) and decodes (``tok.decode(ids)``). Returns ``(text,
+    generated tokens, finish reason)``; ``text`` is always valid JSON of the answer schema, built
+    with ``json.dumps`` from the quotes (empty and repeated quotes are left out). A quote may not
+    be one of the request's codes, a format placeholder (``<verbatim text>``) or punctuation only: tokens that
+    would spell the code or a placeholder are ruled out while the quote could still become one, and
+    a quote does not open with ``<``, ``[`` or ``{``. :func:`_guided_answers_batched` runs several
+    requests in one batch.
+    """
+    import torch
+
+    eos = {int(e) for e in eos_ids if e is not None}
+    cache_arg, extra = _forward_args(lm)
+    state: dict[str, Any] = {"cache": None, "logits": None}
+
+    def encode(text: str) -> list[int]:
+        return list(tok(text, add_special_tokens=False)["input_ids"]) if text else []
+
+    def decode(ids: Sequence[int]) -> str:
+        return tok.decode(list(ids), skip_special_tokens=True)
+
+    banned = {normalize_code(c) for c in codes} | set(_ECHO_KEYS)
+    steps = _guided_steps(codes, encode, decode, eos, max_quote_tokens=max_quote_tokens,
+                          max_quotes_per_code=max_quotes_per_code, max_new_tokens=max_new_tokens, verbatim=verbatim)
+    pending = list(prompt_ids)  # fed lazily, right before the next token is needed
+    reply: Any = None
+    while True:
+        try:
+            op = steps.send(reply)
+        except StopIteration as done:
+            return done.value
+        reply = None
+        if op[0] == "feed":
+            pending += op[1]
+            continue
+        if pending:
+            out = lm(input_ids=torch.tensor([pending], dtype=torch.long), use_cache=True,
+                     **{cache_arg: state["cache"]}, **extra)
+            state["cache"], state["logits"] = getattr(out, cache_arg), out.logits[0, -1]
+            pending = []
+        reply = _pick_token(state["logits"], op[1], op[2], banned, decode, temperature)
+
+
+def _guided_answers_batched(
+    lm: Any,
+    tok: Any,
+    prompts: Sequence[tuple[Sequence[int], Sequence[str], Optional[VerbatimIndex]]],
+    *,
+    max_quote_tokens: int = 48,
+    max_quotes_per_code: int = 2,
+    max_new_tokens: int = 512,
+    eos_ids: Iterable[int] = (),
+    temperature: float = 0.0,
+    pad_id: int = 0,
+) -> list[tuple[str, int, str]]:
+    """:func:`_guided_answer` for several requests ``(prompt ids, codes, verbatim index)`` at once,
+    sharing every forward pass: each pass feeds, per request, everything it has to feed before its
+    next pick (the prompt, the JSON around the quotes, the token it picked last), padded on the
+    right and masked out, with explicit positions; a finished request feeds nothing until the last
+    one ends. Answers are those of :func:`_guided_answer` up to floating-point differences of
+    batched arithmetic."""
+    import torch
+
+    eos = {int(e) for e in eos_ids if e is not None}
+    cache_arg, _ = _forward_args(lm)  # logits of every position: each request's last one is read
+    device = next(lm.parameters()).device if hasattr(lm, "parameters") else "cpu"
+
+    def encode(text: str) -> list[int]:
+        return list(tok(text, add_special_tokens=False)["input_ids"]) if text else []
+
+    def decode(ids: Sequence[int]) -> str:
+        return tok.decode(list(ids), skip_special_tokens=True)
+
+    n = len(prompts)
+    gens = [_guided_steps(codes, encode, decode, eos, max_quote_tokens=max_quote_tokens,
+                          max_quotes_per_code=max_quotes_per_code, max_new_tokens=max_new_tokens, verbatim=v)
+            for _, codes, v in prompts]
+    banned = [{normalize_code(c) for c in codes} | set(_ECHO_KEYS) for _, codes, _ in prompts]
+    queues: list[list[int]] = [list(p) for p, _, _ in prompts]  # the prompts are the first chunk
+    results: list[Any] = [None] * n
+    waiting: list[Any] = [None] * n  # a "pick" op waiting for the logits after the queued tokens
+    replies: list[Any] = [None] * n
+    row_logits: list[Any] = [None] * n
+    mask = torch.zeros((n, 0), dtype=torch.long, device=device)
+    next_pos = torch.zeros(n, dtype=torch.long, device=device)
+    cache: Any = None
+    while True:
+        for i in range(n):  # advance each request to its next pick that needs new logits
+            while results[i] is None:
+                if waiting[i] is not None:
+                    if queues[i]:
+                        break
+                    op, waiting[i] = waiting[i], None
+                    replies[i] = _pick_token(row_logits[i], op[1], op[2], banned[i], decode, temperature)
+                try:
+                    op = gens[i].send(replies[i])
+                except StopIteration as done:
+                    results[i] = done.value
+                    break
+                replies[i] = None
+                if op[0] == "feed":
+                    queues[i] += op[1]
+                else:
+                    waiting[i] = op
+        lens = [len(q) for q in queues]
+        width = max(lens)
+        if width == 0:
+            return results
+        # every request's tokens in one forward pass: left-aligned, padded on the right and masked
+        # out (the mask keeps them out of every later step too); explicit positions per request
+        ids = torch.full((n, width), pad_id, dtype=torch.long)
+        new_mask = torch.zeros((n, width), dtype=torch.long)
+        for i, q in enumerate(queues):
+            if q:
+                ids[i, : len(q)] = torch.tensor(q, dtype=torch.long)
+                new_mask[i, : len(q)] = 1
+        ids, new_mask = ids.to(device), new_mask.to(device)
+        pos = next_pos[:, None] + torch.arange(width, device=device)[None, :]
+        mask = torch.cat([mask, new_mask], dim=1)
+        out = lm(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **{cache_arg: cache})
+        cache = getattr(out, cache_arg)
+        for i, k in enumerate(lens):
+            if k:
+                row_logits[i] = out.logits[i, k - 1]
+        next_pos = next_pos + torch.tensor(lens, dtype=torch.long, device=device)
+        queues = [[] for _ in range(n)]
 
 
 class LocalBackend(Backend):
@@ -978,9 +1412,14 @@ class LocalBackend(Backend):
     *structure* of every answer is imposed by the backend and always valid; the *content* (the quotes)
     is the model's alone and may be a paraphrase or invented: alignment to the note judges it. The
     codes come from ``prompt.codes`` (set by :func:`build_prompt`) or the prompt's ``<codes>`` block;
-    a prompt without either is answered by free generation. Structured requests run one at a time
-    (one KV cache per request), and the setting is part of the cache key (``cache_tag``), so answers
-    cached without it are not reused. ``structured=False`` lets the model write the whole answer.
+    a prompt without either is answered by free generation. With ``batch_size`` > 1 the requests
+    of a batch are decoded together (:func:`_guided_answers_batched`: left-padded prompts, one
+    token per request per forward pass). Every setting is part of the cache key
+    (:meth:`settings`). ``structured=False`` lets the model write the whole answer.
+
+    ``verbatim=True`` (the default, with ``structured``) constrains every quote token so that the
+    quote stays a substring of the note shown in the prompt (:class:`VerbatimIndex`): a small model
+    can only choose *what* to quote, never write text that is not in the note.
     """
 
     name = "local"
@@ -997,6 +1436,7 @@ class LocalBackend(Backend):
         structured: bool = True,
         max_quote_tokens: int = 48,
         max_quotes_per_code: int = 2,
+        verbatim: bool = True,
     ):
         if path is None:
             self.folder, self.gguf_file = bundled_local_model()
@@ -1015,6 +1455,8 @@ class LocalBackend(Backend):
         self.structured = bool(structured)
         self.max_quote_tokens = max(1, int(max_quote_tokens))
         self.max_quotes_per_code = max(1, int(max_quotes_per_code))
+        self.verbatim = bool(verbatim)
+        self._pieces: Optional[list[str]] = None
         self._tok: Any = None
         self._lm: Any = None
         self._load_lock = threading.Lock()
@@ -1024,7 +1466,12 @@ class LocalBackend(Backend):
 
     def __repr__(self) -> str:
         return (f"LocalBackend(model={self.model!r}, max_new_tokens={self.max_new_tokens}, "
-                f"temperature={self.temperature}, structured={self.structured})")
+                f"temperature={self.temperature}, structured={self.structured}, verbatim={self.verbatim})")
+
+    def settings(self) -> dict:
+        return {"temperature": self.temperature, "max_new_tokens": self.max_new_tokens,
+                "max_input_tokens": self.max_input_tokens, "structured": self.cache_tag,
+                "verbatim": bool(self.structured and self.verbatim)}
 
     @property
     def cache_tag(self) -> str:  # type: ignore[override]
@@ -1040,7 +1487,7 @@ class LocalBackend(Backend):
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        for k in ("_tok", "_lm", "_load_lock", "_gen_lock", "_worker"):
+        for k in ("_tok", "_lm", "_load_lock", "_gen_lock", "_worker", "_pieces"):
             state[k] = None
         state["_pending"] = []
         return state
@@ -1057,13 +1504,45 @@ class LocalBackend(Backend):
 
                 kw = {"gguf_file": self.gguf_file} if self.gguf_file else {}
                 with _reuse_gguf_parsing() if self.gguf_file else contextlib.nullcontext():
-                    tok = AutoTokenizer.from_pretrained(self.folder, **kw)
+                    tok = self._tok if self._tok is not None else AutoTokenizer.from_pretrained(self.folder, **kw)
                     lm = AutoModelForCausalLM.from_pretrained(self.folder, **kw).to(self.device).eval()
                 tok.padding_side = "left"
                 if tok.pad_token_id is None:
                     tok.pad_token = tok.eos_token
                 self._tok, self._lm = tok, lm
         return self
+
+    def _tokenizer(self) -> Any:
+        """The tokenizer alone (the model is not loaded for counting)."""
+        if self._tok is None:
+            with self._load_lock:
+                if self._tok is None:
+                    from transformers import AutoTokenizer
+
+                    kw = {"gguf_file": self.gguf_file} if self.gguf_file else {}
+                    with _reuse_gguf_parsing() if self.gguf_file else contextlib.nullcontext():
+                        tok = AutoTokenizer.from_pretrained(self.folder, **kw)
+                    tok.padding_side = "left"
+                    if tok.pad_token_id is None:
+                        tok.pad_token = tok.eos_token
+                    self._tok = tok
+        return self._tok
+
+    def count_tokens(self, prompt: Prompt) -> Optional[int]:
+        tok = self._tokenizer()
+        messages = [{"role": "system", "content": prompt.system}, {"role": "user", "content": prompt.user}]
+        text = (tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+                if getattr(tok, "chat_template", None) else f"{prompt.system}\n\n{prompt.user}\n\n")
+        return len(tok(text, add_special_tokens=False)["input_ids"])
+
+    def _verbatim_index(self, prompt: Prompt) -> Optional[VerbatimIndex]:
+        """The note's :class:`VerbatimIndex` when verbatim decoding is on and the prompt has a note."""
+        note = prompt_note(prompt) if self.verbatim else None
+        if note is None:
+            return None
+        if self._pieces is None:  # the text of every token on its own, once per backend
+            self._pieces = [self._tok.decode([i]) for i in range(len(self._tok))]
+        return VerbatimIndex(note, self._pieces)
 
     def _render(self, prompt: Prompt) -> str:
         messages = [{"role": "system", "content": prompt.system}, {"role": "user", "content": prompt.user}]
@@ -1081,6 +1560,7 @@ class LocalBackend(Backend):
         )
         results: list[Union[LLMResponse, LLMError, None]] = [None] * len(prompts)
         texts, idx = [], []
+        guided: list[tuple[int, list[int], list[str], Optional[VerbatimIndex]]] = []
         for i, p in enumerate(prompts):
             rendered = self._render(p)
             ids = tok(rendered, add_special_tokens=False)["input_ids"]
@@ -1089,15 +1569,23 @@ class LocalBackend(Backend):
             if n > limit:
                 results[i] = PermanentLLMError(f"prompt has {n} tokens, more than the local model's {limit} (set max_note_chars)")
             elif codes:
-                with self._gen_lock, torch.inference_mode():
-                    text, n_out, finish = _guided_answer(
-                        lm, tok, ids, codes, max_quote_tokens=self.max_quote_tokens,
-                        max_quotes_per_code=self.max_quotes_per_code, max_new_tokens=self.max_new_tokens,
-                        eos_ids=self._eos_ids(), temperature=self.temperature)
-                results[i] = LLMResponse(text, finish, n, n_out)
+                guided.append((i, list(ids), codes, self._verbatim_index(p)))
             else:
                 texts.append(rendered)
                 idx.append(i)
+        opts = dict(max_quote_tokens=self.max_quote_tokens, max_quotes_per_code=self.max_quotes_per_code,
+                    max_new_tokens=self.max_new_tokens, eos_ids=self._eos_ids(), temperature=self.temperature)
+        if len(guided) == 1:
+            i, ids, codes, index = guided[0]
+            with self._gen_lock, torch.inference_mode():
+                text, n_out, finish = _guided_answer(lm, tok, ids, codes, verbatim=index, **opts)
+            results[i] = LLMResponse(text, finish, len(ids), n_out)
+        elif guided:  # one left-padded batch, every request one token per forward pass
+            with self._gen_lock, torch.inference_mode():
+                outs = _guided_answers_batched(lm, tok, [(ids, codes, index) for _, ids, codes, index in guided],
+                                               pad_id=tok.pad_token_id, **opts)
+            for (i, ids, _, _), (text, n_out, finish) in zip(guided, outs):
+                results[i] = LLMResponse(text, finish, len(ids), n_out)
         if texts:
             enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
             kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "pad_token_id": tok.pad_token_id}
@@ -1163,14 +1651,14 @@ def _read_jsonl(path: Path) -> list[dict]:
     out = []
     if not path.exists():
         return out
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            if not raw.strip():
                 continue
             try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                log.warning("%s:%d: skipping an unreadable line (a run stopped while writing?)", path, lineno)
+                rec = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                log.warning("%s:%d: skipping an unreadable line (not UTF-8 JSON: a run stopped while writing?)", path, lineno)
                 continue
             if isinstance(rec, dict):
                 out.append(rec)
@@ -1215,23 +1703,225 @@ class ReplayBackend(Backend):
         return self.generate(prompt)
 
 
-def make_backend(llm_cfg: Any, **overrides: Any) -> Backend:
-    """The backend a profile's ``rationales.llm`` section asks for (``config.LLM``)."""
+class OpenAIBackend(Backend):
+    """Any OpenAI-compatible chat-completions server (vLLM, SGLang, Ollama, llama.cpp server, TGI,
+    Azure OpenAI, OpenAI): ``POST {base_url}/chat/completions`` with the system and user messages,
+    through ``httpx`` (no ``openai`` package needed).
+
+    * ``base_url``: the API root, e.g. ``http://localhost:8000/v1`` (vLLM), ``http://localhost:11434/v1``
+      (Ollama). ``api_key`` defaults to ``$OPENAI_API_KEY``; sent as ``Authorization: Bearer``
+      only when set, and kept out of every repr, log, cache, record file and pickle.
+    * ``response_format``: ``json_schema`` sends the answer schema as
+      ``{"type": "json_schema", "json_schema": {"name", "schema", "strict"}}`` (vLLM and Ollama
+      constrain decoding with it), ``json_object`` asks for JSON without a schema, ``none`` sends
+      nothing (the prompt alone). The answer is checked and repaired the same way in every case.
+    * ``local_endpoint=True`` says the server runs on this machine or the user's own network, so it
+      is not a remote third party (``remote`` False): only the user can say so, it is never
+      guessed from the URL.
+
+    Errors: 408, 409, 429 and 5xx are retried (honouring ``Retry-After``: seconds or an HTTP
+    date), time-outs and dropped connections too; other statuses are permanent. ``finish_reason``
+    ``length`` is reported as ``MAX_TOKENS`` (a cut answer), ``content_filter`` and a ``refusal``
+    as a blocked answer.
+    """
+
+    name = "openai"
+
+    def __init__(
+        self,
+        model: str,
+        base_url: str,
+        api_key: Optional[str] = None,
+        timeout_s: float = 60.0,
+        *,
+        temperature: float = 0.0,
+        max_output_tokens: int = 8192,
+        response_format: str = "json_schema",
+        local_endpoint: bool = False,
+        transport: Any = None,
+        prompts_dir: str | os.PathLike | None = None,
+        credentialed: Optional[bool] = None,
+        allow_remote_credentialed_data: bool = False,
+    ):
+        if not base_url:
+            raise LLMConfigError("backend 'openai' needs rationales.llm.base_url (e.g. http://localhost:8000/v1)")
+        if response_format not in ("json_schema", "json_object", "none"):
+            raise LLMConfigError(f"response_format must be json_schema, json_object or none, not {response_format!r}")
+        self.model = model
+        self.base_url = base_url.rstrip("/")
+        self.timeout_s = float(timeout_s)
+        self.temperature = temperature
+        self.max_output_tokens = int(max_output_tokens)
+        self.response_format = response_format
+        self.local_endpoint = bool(local_endpoint)
+        self.remote = not self.local_endpoint
+        self.transport = transport
+        self.credentialed = credentialed
+        self.allow_remote_credentialed_data = bool(allow_remote_credentialed_data)
+        self._schema = response_schema(prompts_dir)
+        self._key = api_key or os.environ.get("OPENAI_API_KEY") or None
+        self._client: Any = None
+        self._client_loop: Any = None
+
+    def __repr__(self) -> str:
+        return (f"OpenAIBackend(model={self.model!r}, base_url={self.base_url!r}, "
+                f"local_endpoint={self.local_endpoint}, response_format={self.response_format!r})")
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state.pop("_key", None)
+        state["_client"] = state["_client_loop"] = state["transport"] = None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._key = os.environ.get("OPENAI_API_KEY") or None
+
+    def settings(self) -> dict:
+        return {"temperature": self.temperature, "max_output_tokens": self.max_output_tokens,
+                "response_format": self.response_format, "base_url": self.base_url,
+                "schema": _sha(json.dumps(self._schema, sort_keys=True)) if self.response_format == "json_schema" else None}
+
+    def secrets(self) -> list[str]:
+        return [self._key] if self._key else []
+
+    def request_body(self, prompt: Prompt) -> dict:
+        """The JSON body of one chat-completions request."""
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": [{"role": "system", "content": prompt.system}, {"role": "user", "content": prompt.user}],
+            "temperature": self.temperature,
+            "max_tokens": self.max_output_tokens,
+        }
+        if self.response_format == "json_schema":
+            body["response_format"] = {"type": "json_schema",
+                                       "json_schema": {"name": "rationales", "schema": self._schema, "strict": True}}
+        elif self.response_format == "json_object":
+            body["response_format"] = {"type": "json_object"}
+        return body
+
+    async def agenerate(self, prompt: Prompt) -> LLMResponse:
+        self._check_clearance()
+        return await self._send(prompt)
+
+    def generate(self, prompt: Prompt) -> LLMResponse:
+        async def once() -> LLMResponse:
+            try:
+                return await self.agenerate(prompt)
+            finally:
+                await self.aclose()
+
+        return _run_coro(once())
+
+    async def _send(self, prompt: Prompt) -> LLMResponse:
+        import httpx
+
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._client_loop is not loop:
+            kw: dict[str, Any] = {"timeout": httpx.Timeout(self.timeout_s)}
+            if self.transport is not None:
+                kw["transport"] = self.transport
+            self._client, self._client_loop = httpx.AsyncClient(**kw), loop
+        headers = {"Content-Type": "application/json"}
+        if self._key:
+            headers["Authorization"] = f"Bearer {self._key}"
+        try:
+            async with asyncio.timeout(self.timeout_s * 1.5 + 1.0):
+                resp = await self._client.post(f"{self.base_url}/chat/completions", json=self.request_body(prompt),
+                                               headers=headers)
+        except (asyncio.TimeoutError, TimeoutError, httpx.TimeoutException) as exc:
+            raise TransientLLMError(f"time-out after {self.timeout_s:g} s ({type(exc).__name__})") from None
+        except httpx.TransportError as exc:
+            raise TransientLLMError(self.scrub(f"{type(exc).__name__}: {exc}")) from None
+        if resp.status_code != 200:
+            try:
+                detail = resp.json().get("error", resp.text)
+                detail = detail.get("message", detail) if isinstance(detail, dict) else detail
+            except (ValueError, AttributeError):
+                detail = resp.text
+            msg = self.scrub(f"HTTP {resp.status_code}: {str(detail)[:500]}")
+            if resp.status_code in (408, 409, 429) or resp.status_code >= 500:
+                raise TransientLLMError(msg, status=resp.status_code,
+                                        retry_after=parse_retry_after(resp.headers.get("retry-after")))
+            raise PermanentLLMError(msg, status=resp.status_code)
+        try:
+            data = resp.json()
+        except ValueError:
+            raise PermanentLLMError(self.scrub(f"the server's answer is not JSON: {resp.text[:200]!r}")) from None
+        return self._to_response(data)
+
+    @staticmethod
+    def _to_response(data: Any) -> LLMResponse:
+        if not isinstance(data, dict):
+            raise PermanentLLMError(f"the server's answer is a {type(data).__name__}, not a chat completion")
+        usage = data.get("usage") or {}
+        n_in = int(usage.get("prompt_tokens") or 0)
+        n_out = int(usage.get("completion_tokens") or 0)
+        choices = data.get("choices") or []
+        if not choices:
+            return LLMResponse("", None, n_in, n_out)
+        c = choices[0] if isinstance(choices[0], dict) else {}
+        msg = c.get("message") or {}
+        finish = {"stop": "STOP", "length": "MAX_TOKENS", "content_filter": "CONTENT_FILTER",
+                  "tool_calls": "TOOL_CALLS"}.get(c.get("finish_reason"), c.get("finish_reason"))
+        text = msg.get("content") if isinstance(msg.get("content"), str) else ""
+        refusal = msg.get("refusal")
+        blocked = None
+        if refusal:
+            blocked = f"REFUSAL: {str(refusal)[:200]}"
+        elif finish == "CONTENT_FILTER" and not text.strip():
+            blocked = "CONTENT_FILTER"
+        return LLMResponse(text or "", finish, n_in, n_out, blocked)
+
+    async def aclose(self) -> None:
+        client, self._client, self._client_loop = self._client, None, None
+        if client is not None:
+            try:
+                await client.aclose()
+            except Exception:  # noqa: BLE001 - closing is best effort
+                pass
+
+
+def _auto_device(device: str) -> str:
+    if device != "auto":
+        return device
+    try:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except ImportError:
+        return "cpu"
+
+
+def make_backend(llm_cfg: Any, credentialed: Optional[bool] = None, **overrides: Any) -> Backend:
+    """The backend a profile's ``rationales.llm`` section asks for (``config.LLM``).
+
+    ``credentialed``: whether the documents it will be given are credentialed (None: not said,
+    which remote backends treat as credentialed); with ``allow_remote_credentialed_data`` of the
+    section it decides whether a remote backend may send them (:func:`credential_guard`)."""
     kind = overrides.pop("backend", llm_cfg.backend)
+    guard = dict(credentialed=credentialed, allow_remote_credentialed_data=llm_cfg.allow_remote_credentialed_data)
     if kind == "gemini":
-        kw = dict(model=llm_cfg.model, base_url=getattr(llm_cfg, "base_url", None), timeout_s=llm_cfg.timeout_s,
-                  temperature=llm_cfg.temperature, max_output_tokens=getattr(llm_cfg, "max_output_tokens", 8192))
+        kw = dict(model=llm_cfg.model, base_url=llm_cfg.base_url, timeout_s=llm_cfg.timeout_s,
+                  temperature=llm_cfg.temperature, max_output_tokens=llm_cfg.max_output_tokens,
+                  vertexai=llm_cfg.vertexai, project=llm_cfg.project, location=llm_cfg.location, **guard)
         return GeminiBackend(**{**kw, **overrides})
+    if kind == "openai":
+        kw = dict(model=llm_cfg.model, base_url=llm_cfg.base_url, timeout_s=llm_cfg.timeout_s,
+                  temperature=llm_cfg.temperature, max_output_tokens=llm_cfg.max_output_tokens,
+                  response_format=llm_cfg.response_format, local_endpoint=llm_cfg.local_endpoint, **guard)
+        return OpenAIBackend(**{**kw, **overrides})
     if kind == "local":
         kw = dict(path=llm_cfg.local_path, max_new_tokens=llm_cfg.max_new_tokens, temperature=llm_cfg.temperature,
-                  structured=getattr(llm_cfg, "local_structured", True))
+                  structured=llm_cfg.local_structured, verbatim=llm_cfg.local_verbatim,
+                  batch_size=llm_cfg.local_batch_size, device=_auto_device(llm_cfg.local_device))
         return LocalBackend(**{**kw, **overrides})
     if kind == "replay":
         path = overrides.pop("path", llm_cfg.replay_file)
         if not path:
             raise LLMConfigError("backend 'replay' needs rationales.llm.replay_file (a file written with run_llm(record=...))")
         return ReplayBackend(path)
-    raise LLMConfigError(f"unknown LLM backend {kind!r} (gemini, local, replay)")
+    raise LLMConfigError(f"unknown LLM backend {kind!r} (gemini, openai, local, replay)")
 
 
 # --------------------------------------------------------------------------------------------
@@ -1332,14 +2022,22 @@ class _JsonlLog:
 
 
 def cache_key(backend: Backend, prompt: Prompt) -> str:
-    tag = getattr(backend, "cache_tag", "")
-    return _sha(backend.name, backend.model, prompt.sha, tag) if tag else _sha(backend.name, backend.model, prompt.sha)
+    """Key of a cached answer: backend, model, prompt sha and every setting that determines the
+    answer (:meth:`Backend.settings`: temperature, output budget, decoding constraints), so that
+    changing any of them asks again instead of reusing an answer given under other settings."""
+    settings = json.dumps(backend.settings(), sort_keys=True, default=str)
+    return _sha(backend.name, backend.model, prompt.sha, settings)
 
 
-def credential_guard(backend: Backend, credentialed: bool, allow_remote_credentialed_data: bool) -> None:
-    """Raise :class:`CredentialedDataError` when credentialed documents would go to a remote LLM."""
-    if credentialed and backend.remote and not allow_remote_credentialed_data:
+def credential_guard(backend: Backend, credentialed: Optional[bool], allow_remote_credentialed_data: bool) -> None:
+    """Raise :class:`CredentialedDataError` when documents that are (or are not said not to be)
+    credentialed would go to a remote LLM. Fails closed: ``credentialed=None`` (unknown) counts as
+    credentialed, and only ``allow_remote_credentialed_data=True`` lets them go."""
+    if credentialed is not False and backend.remote and not allow_remote_credentialed_data:
+        unknown = ("It is not known whether these documents are credentialed (say credentialed=False "
+                   "for public data). " if credentialed is None else "")
         raise CredentialedDataError(
+            unknown +
             f"refusing to send credentialed documents (MIMIC) to the remote LLM backend {backend.name!r} "
             f"({backend.model}). Under the PhysioNet credentialed data use agreement you may not share the "
             "data with anyone who is not a credentialed user, and sending notes to an online service is "
@@ -1348,6 +2046,19 @@ def credential_guard(backend: Backend, credentialed: bool, allow_remote_credenti
             "local or replay backend, or, once you have checked that your account and settings meet those "
             "terms, set allow_remote_credentialed_data=True (profile: rationales.llm.allow_remote_credentialed_data)."
         )
+
+
+def is_credentialed(profile: Any, docs: Optional[pd.DataFrame] = None) -> bool:
+    """Whether the documents of a run are credentialed data, decided from the profile and the data
+    source, not only from a column that an older or hand-built table may lack: the MIMIC data set
+    (``common.dataset: mimic``) or ``data.credentialed: true`` makes them credentialed, and so does
+    any document marked ``credentialed`` in ``docs``."""
+    if getattr(profile.data, "credentialed", False) or getattr(profile.common, "dataset", None) == "mimic":
+        return True
+    if docs is not None and "credentialed" in docs.columns:
+        col = docs["credentialed"]
+        return bool(col.isna().any() or col.astype(bool).any())  # an unknown value counts as credentialed
+    return False
 
 
 class _RateLimiter:
@@ -1389,11 +2100,13 @@ def _interpret(r: LLMResponse, schema: Mapping[str, Any]) -> tuple[str, Any, Opt
     return "ok", obj, repaired
 
 
-def _quotes_by_code(obj: Any, codes: Sequence[str]) -> tuple[dict[str, list[str]], int, list[str]]:
-    """Asked code -> deduplicated quotes; quotes for codes not asked are dropped and counted."""
+def _quotes_by_code(obj: Any, codes: Sequence[str], max_quotes: Optional[int] = None
+                    ) -> tuple[dict[str, list[str]], int, list[str], int]:
+    """Asked code -> deduplicated quotes (at most ``max_quotes`` each); quotes for codes not asked
+    are dropped and counted, as are quotes past the cap: ``(quotes, dropped, unasked, capped)``."""
     asked = {normalize_code(c): c for c in codes}
     out: dict[str, list[str]] = {c: [] for c in codes}
-    dropped, unasked = 0, []
+    dropped, unasked, capped = 0, [], 0
     for item in obj.get("rationales", []):
         code = asked.get(normalize_code(item.get("code", "")))
         quotes = [q.strip() for q in item.get("quotes", []) if isinstance(q, str) and q.strip()]
@@ -1403,20 +2116,33 @@ def _quotes_by_code(obj: Any, codes: Sequence[str]) -> tuple[dict[str, list[str]
             continue
         for q in quotes:
             if q not in out[code]:
+                if max_quotes is not None and len(out[code]) >= max_quotes:
+                    capped += 1
+                    continue
                 out[code].append(q)
-    return out, dropped, unasked
+    return out, dropped, unasked, capped
+
+
+def _reached_codes(obj: Any, codes: Sequence[str]) -> set[str]:
+    """The asked codes that an answer object mentions (whatever their quotes)."""
+    asked = {normalize_code(c): c for c in codes}
+    items = obj.get("rationales", []) if isinstance(obj, dict) else []
+    return {asked[k] for k in (normalize_code(i.get("code", "")) for i in items if isinstance(i, dict)) if k in asked}
 
 
 async def _call(backend: Backend, prompt: Prompt, max_retries: int, base: float, cap: float,
-                limiter: _RateLimiter, sink: "_ResponseCollector", note_id: str) -> tuple[Optional[LLMResponse], int, Optional[str]]:
-    """One prompt with retries: ``(response or None, attempts, error)``."""
+                limiter: _RateLimiter, sink: "_ResponseCollector", note_id: str,
+                max_chars: int = MAX_ANSWER_CHARS) -> tuple[Optional[LLMResponse], int, Optional[str]]:
+    """One prompt with retries: ``(response or None, attempts, error)``. An answer longer than
+    ``max_chars`` is kept (and recorded) only up to ``max_chars + 1`` characters: still too long,
+    so it reads the same when replayed, without megabytes going to the cache."""
     last = ""
     for attempt in range(max_retries + 1):
         await limiter.wait()
         try:
             r = await backend.agenerate(prompt)
         except TransientLLMError as exc:
-            last = str(exc)
+            last = backend.scrub(str(exc)) or ""
             if attempt == max_retries:
                 break
             delay = min(cap, base * 2 ** attempt) * (0.5 + random.random() / 2)  # exponential + jitter
@@ -1426,7 +2152,10 @@ async def _call(backend: Backend, prompt: Prompt, max_retries: int, base: float,
             await asyncio.sleep(delay)
             continue
         except (PermanentLLMError, LLMConfigError) as exc:
-            return None, attempt + 1, str(exc)
+            return None, attempt + 1, backend.scrub(str(exc))
+        # an answer that repeats a secret (the API key reflected by a proxy or a model) is masked
+        # before it is cached, recorded or written anywhere
+        r = dataclasses.replace(r, text=backend.scrub(r.text[: max_chars + 1]) or "", blocked_reason=backend.scrub(r.blocked_reason))
         await sink.aappend(_response_record(prompt, backend, r))
         return r, attempt + 1, None
     return None, max_retries + 1, f"gave up after {max_retries + 1} attempts: {last}"
@@ -1441,15 +2170,24 @@ async def _answer(req: LLMRequest, backend: Backend, schema: Mapping[str, Any], 
         "prompt_version": req.prompt.version, "note_id": req.note_id, "outcome": "failed", "error": None,
         "raw": None, "raw_repair": None, "parsed": None, "repaired": None, "finish_reason": None,
         "blocked_reason": None, "attempts": 0, "input_tokens": 0, "output_tokens": 0, "cacheable": True,
+        "truncated_codes": [],
     }
-    args = (opts["max_retries"], opts["backoff_base_s"], opts["backoff_max_s"], limiter, sink, req.note_id)
+    cap = opts.get("max_answer_chars") or MAX_ANSWER_CHARS
+    args = (opts["max_retries"], opts["backoff_base_s"], opts["backoff_max_s"], limiter, sink, req.note_id, cap)
+
+    def too_long(r: LLMResponse) -> Optional[str]:
+        return (f"answer longer than max_answer_chars={cap} characters (kept only that far): not parsed"
+                if len(r.text) > cap else None)
+
     r, n, err = await _call(backend, req.prompt, *args)
     entry["attempts"] += n
     if r is None:
         entry.update(error=err, cacheable=False)
     else:
-        entry.update(raw=r.text, finish_reason=r.finish_reason, input_tokens=r.input_tokens, output_tokens=r.output_tokens)
-        kind, obj, detail = _interpret(r, schema)
+        entry.update(raw=r.text[:cap], finish_reason=r.finish_reason, input_tokens=r.input_tokens, output_tokens=r.output_tokens)
+        last = r
+        oversize = too_long(r)
+        kind, obj, detail = ("oversize", None, oversize) if oversize else _interpret(r, schema)
         if kind == "invalid" and opts["reask"]:
             rp = repair_prompt(req.prompt, r.text, detail or "", opts.get("prompts_dir"))
             r2, n2, err2 = await _call(backend, rp, *args)
@@ -1458,39 +2196,55 @@ async def _answer(req: LLMRequest, backend: Backend, schema: Mapping[str, Any], 
                 entry.update(error=f"{detail}; the re-ask failed: {err2}", cacheable=False)
                 kind = "failed"
             else:
-                entry.update(raw_repair=r2.text, input_tokens=entry["input_tokens"] + r2.input_tokens,
+                entry.update(raw_repair=r2.text[:cap], input_tokens=entry["input_tokens"] + r2.input_tokens,
                              output_tokens=entry["output_tokens"] + r2.output_tokens)
-                kind2, obj2, detail2 = _interpret(r2, schema)
+                oversize2 = too_long(r2)
+                kind2, obj2, detail2 = ("oversize", None, oversize2) if oversize2 else _interpret(r2, schema)
                 if kind2 == "ok":
-                    kind, obj, detail = "ok", obj2, "reask"
+                    kind, obj, detail, last = "ok", obj2, "reask", r2
                 else:
                     detail = f"{detail}; after the re-ask: {detail2}"
         if kind == "ok":
             entry.update(outcome="ok", parsed=obj, repaired=detail)
+            codes = req.code_list()
+            if last.finish_reason == "MAX_TOKENS":
+                # cut at the output budget: the codes the answer never reached were not answered,
+                # which is not the same as "the model found nothing" for them
+                reached = _reached_codes(obj, codes)
+                missing = [c for c in codes if c not in reached]
+                if missing:
+                    entry.update(outcome="truncated", truncated_codes=missing,
+                                 error=f"answer cut at the output token limit before {len(missing)} of {len(codes)} codes")
         elif kind in ("blocked", "empty"):
             entry.update(outcome=kind, blocked_reason=detail if kind == "blocked" else None, error=detail)
-        elif kind == "invalid":
+        elif kind in ("invalid", "oversize"):
             entry.update(outcome="failed", error=detail)
     entry["latency_s"] = round(time.perf_counter() - t0, 4)
     return entry
 
 
-def _rows(req: LLMRequest, entry: dict, cached: bool, backend: Backend) -> tuple[list[dict], dict]:
+def _rows(req: LLMRequest, entry: dict, cached: bool, backend: Backend,
+          max_quotes: Optional[int] = MAX_QUOTES_PER_CODE) -> tuple[list[dict], dict]:
     codes = req.code_list()
     call = {k: entry.get(k) for k in CALL_COLUMNS if k in entry}
     call.update(note_id=req.note_id, prompt_sha=req.prompt.sha, prompt_version=req.prompt.version,
                 backend=entry.get("backend", backend.name), model=entry.get("model", backend.model),
                 cached=cached, status="cached" if cached else entry["outcome"], n_codes=len(codes),
-                n_quotes=0, empty_codes=0, dropped_quotes=0, unasked_codes=[])
+                n_quotes=0, empty_codes=0, dropped_quotes=0, unasked_codes=[], truncated_codes=0, capped_quotes=0)
     if cached:
         call["attempts"], call["latency_s"] = 0, 0.0
     base = {"note_id": req.note_id, "prompt_sha": req.prompt.sha, "backend": call["backend"], "model": call["model"]}
     answers: list[dict] = []
-    if entry["outcome"] == "ok":
-        quotes, dropped, unasked = _quotes_by_code(entry["parsed"], codes)
-        call.update(dropped_quotes=dropped, unasked_codes=unasked,
-                    n_quotes=sum(len(q) for q in quotes.values()), empty_codes=sum(not q for q in quotes.values()))
+    if entry["outcome"] in ("ok", "truncated"):
+        quotes, dropped, unasked, capped = _quotes_by_code(entry["parsed"], codes, max_quotes)
+        cut = set(entry.get("truncated_codes") or []) if entry["outcome"] == "truncated" else set()
+        call.update(dropped_quotes=dropped, unasked_codes=unasked, capped_quotes=capped, truncated_codes=len(cut),
+                    n_quotes=sum(len(q) for q in quotes.values()),
+                    empty_codes=sum(not q for c, q in quotes.items() if c not in cut))
         for code in codes:
+            if code in cut:
+                answers.append({**base, "code": code, "quote_index": pd.NA, "quote": None, "status": "truncated"})
+                continue
             if not quotes[code]:
                 answers.append({**base, "code": code, "quote_index": pd.NA, "quote": None, "status": "no_quotes"})
             for i, q in enumerate(quotes[code]):
@@ -1500,13 +2254,65 @@ def _rows(req: LLMRequest, entry: dict, cached: bool, backend: Backend) -> tuple
     return answers, call
 
 
+def _load_cache(path: Path, schema: Mapping[str, Any], keep: Optional[set] = None) -> tuple[dict[str, dict], list[str]]:
+    """Cache entries by key, and one problem per line that was skipped (``file:line: why``).
+
+    A damaged line (bytes that are not UTF-8, not JSON, not an object, no ``key`` or ``outcome``,
+    an unknown outcome, an ok answer whose ``parsed`` is not a valid answer object) is skipped
+    with a warning naming the file and line, and its request is asked again; it never stops the
+    run. ``keep``: the outcomes to keep (None: all)."""
+    cache: dict[str, dict] = {}
+    problems: list[str] = []
+    if not path.exists():
+        return cache, problems
+    outcomes = {"ok", "truncated", "failed", "blocked", "empty"}
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            if not raw.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                rec = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError as exc:
+                problems.append(f"{where}: not UTF-8 ({exc.reason} at byte {exc.start})")
+                continue
+            except json.JSONDecodeError as exc:
+                problems.append(f"{where}: not JSON ({exc.msg}; a run stopped while writing?)")
+                continue
+            if not isinstance(rec, dict):
+                problems.append(f"{where}: not a JSON object")
+                continue
+            if not isinstance(rec.get("key"), str):
+                problems.append(f"{where}: no 'key'")
+                continue
+            if rec.get("outcome") not in outcomes:
+                problems.append(f"{where}: 'outcome' is {rec.get('outcome')!r}, not one of {sorted(outcomes)}")
+                continue
+            if rec["outcome"] in ("ok", "truncated"):
+                parsed = rec.get("parsed")
+                errs = validate(parsed, schema) if isinstance(parsed, dict) else [f"'parsed' is {type(parsed).__name__}, not an object"]
+                if errs:
+                    problems.append(f"{where}: {errs[0]}")
+                    continue
+                if rec["outcome"] == "truncated" and not isinstance(rec.get("truncated_codes"), list):
+                    problems.append(f"{where}: a truncated answer without 'truncated_codes'")
+                    continue
+            if keep is None or rec["outcome"] in keep:
+                cache[rec["key"]] = rec
+    for p in problems:
+        log.warning("skipping a damaged LLM cache line (its request is asked again): %s", p)
+    if problems:
+        log.warning("%d damaged line(s) skipped in %s", len(problems), path)
+    return cache, problems
+
+
 def run_llm(
     requests: Sequence[LLMRequest],
     backend: Backend,
     cache_dir: str | os.PathLike | None = None,
     concurrency: int = 8,
     max_retries: int = 5,
-    credentialed: bool = False,
+    credentialed: Optional[bool] = None,
     allow_remote_credentialed_data: bool = False,
     progress: bool = True,
     *,
@@ -1518,6 +2324,9 @@ def run_llm(
     rerun_failed: bool = False,
     fsync: bool = True,
     prompts_dir: str | os.PathLike | None = None,
+    max_answer_chars: int = MAX_ANSWER_CHARS,
+    max_quotes_per_code: Optional[int] = MAX_QUOTES_PER_CODE,
+    skipped_cache_lines: Optional[list] = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Ask ``backend`` about every request; return ``(answers, calls)``.
 
@@ -1534,22 +2343,37 @@ def run_llm(
     appended to ``cache_dir/llm_cache.jsonl`` as soon as it is known, keyed by (backend, model,
     prompt sha): a rerun makes no call for them and a killed run resumes where it stopped. Calls
     that failed for transport reasons (retries exhausted, permanent HTTP errors) are not cached;
-    ``rerun_failed=True`` also re-asks cached answers that were not ok.
+    ``rerun_failed=True`` also re-asks cached answers that were not ok. A damaged cache line is
+    skipped with a warning naming the file and line (appended to ``skipped_cache_lines`` when a
+    list is given) and its request asked again.
+
+    An answer cut at the output token limit (finish reason ``MAX_TOKENS``) that does not reach
+    every code asked has outcome ``truncated``: the codes it reached keep their quotes, the others
+    get status ``truncated`` (not ``no_quotes``: nothing was said about them), ``truncated_codes``
+    counts them, a warning gives the totals, and ``rerun_failed=True`` asks again. Caps:
+    an answer longer than ``max_answer_chars`` is not parsed (outcome failed); at most
+    ``max_quotes_per_code`` quotes are kept per code (the rest counted in ``capped_quotes``).
+
+    Credentialed data: ``credentialed`` says whether the documents are credentialed (MIMIC);
+    None (not said) counts as credentialed, so a remote backend is refused unless
+    ``allow_remote_credentialed_data`` (:func:`credential_guard`).
     ``record`` appends every raw answer (new or cached) to a replay file for :class:`ReplayBackend`.
     Retries: ``max_retries`` after the first attempt, back-off ``backoff_base_s * 2**i`` (capped at
     ``backoff_max_s``) times a random factor in [0.5, 1). ``requests_per_minute`` spaces calls out.
     """
     credential_guard(backend, credentialed, allow_remote_credentialed_data)
+    if int(max_answer_chars) < 1:
+        raise ValueError(f"max_answer_chars must be at least 1, got {max_answer_chars}")
     requests = list(requests)
     schema = response_schema(prompts_dir)
     opts = dict(max_retries=max(0, int(max_retries)), backoff_base_s=backoff_base_s, backoff_max_s=backoff_max_s,
-                reask=reask, prompts_dir=prompts_dir)
+                reask=reask, prompts_dir=prompts_dir, max_answer_chars=int(max_answer_chars))
     cache_path = Path(cache_dir) / CACHE_FILE if cache_dir is not None else None
     cache: dict[str, dict] = {}
     if cache_path is not None:
-        for rec in _read_jsonl(cache_path):
-            if "key" in rec and (not rerun_failed or rec.get("outcome") == "ok"):
-                cache[rec["key"]] = rec
+        cache, problems = _load_cache(cache_path, schema, keep={"ok"} if rerun_failed else None)
+        if skipped_cache_lines is not None:
+            skipped_cache_lines.extend(problems)
     record_path = Path(record) if record is not None else None
     recorded = {r.get("sha") for r in _read_jsonl(record_path)} if record_path is not None else set()
 
@@ -1562,6 +2386,7 @@ def run_llm(
     results: dict[str, dict] = {}
 
     async def main() -> None:
+        _RUN_CLEARED.set(True)  # this coroutine's context only: the tasks it starts inherit it
         cache_log = _JsonlLog(cache_path, fsync) if cache_path is not None else None
         record_log = _JsonlLog(record_path, fsync) if record_path is not None else None
         bar = _progress_bar(len(requests), progress, backend)
@@ -1623,14 +2448,21 @@ def run_llm(
         else:
             entry, cached = (cache.get(k) or results[k]), True
         seen.add(k)
-        a, c = _rows(req, entry, cached, backend)
+        a, c = _rows(req, entry, cached, backend, max_quotes_per_code)
         answer_rows += a
         call_rows.append(c)
     answers = pd.DataFrame(answer_rows, columns=ANSWER_COLUMNS)
     answers["quote_index"] = answers["quote_index"].astype("Int64")
     calls = pd.DataFrame(call_rows, columns=CALL_COLUMNS)
-    for col in ("attempts", "input_tokens", "output_tokens", "n_codes", "n_quotes", "empty_codes", "dropped_quotes"):
+    for col in ("attempts", "input_tokens", "output_tokens", "n_codes", "n_quotes", "empty_codes", "dropped_quotes",
+                "truncated_codes", "capped_quotes"):
         calls[col] = calls[col].fillna(0).astype("int64")
+    cut = calls[calls.outcome == "truncated"]
+    if len(cut):
+        log.warning("%d of %d answers were cut at the output token limit before %d code(s) (status 'truncated'; "
+                    "raise the output budget and run again)", len(cut), len(calls), int(cut.truncated_codes.sum()))
+    if calls.capped_quotes.sum():
+        log.warning("%d quote(s) past max_quotes_per_code=%s dropped", int(calls.capped_quotes.sum()), max_quotes_per_code)
     return answers, calls
 
 
@@ -1651,6 +2483,105 @@ def _progress_bar(total: int, enabled: bool, backend: Backend) -> Any:
     from .pipeline import progress as _progress
 
     return _progress(None, enabled=enabled, total=total, desc=f"LLM {backend.name}", unit="note")
+
+
+#: characters per token assumed when a backend has no tokenizer here (English clinical text with
+#: common BPE tokenizers: about 4; the dry run labels such counts "estimate").
+CHARS_PER_TOKEN = 4.0
+#: output tokens assumed per code asked for the expected-cost column (two short quotes and the
+#: JSON around them); the budget column uses the backend's output limit instead.
+OUTPUT_TOKENS_PER_CODE = 40
+
+
+def plan_llm(
+    requests: Sequence[LLMRequest],
+    backend: Backend,
+    cache_dir: str | os.PathLike | None = None,
+    price_per_million_in: float = PRICE_PER_MILLION_IN,
+    price_per_million_out: float = PRICE_PER_MILLION_OUT,
+    *,
+    reask: bool = True,
+    prompts_dir: str | os.PathLike | None = None,
+) -> dict:
+    """The dry run of :func:`run_llm`: what a run would send, before anything is sent or paid.
+
+    Returns ``backend, model, requests, cached`` (requests answered from ``cache_dir``), ``calls``
+    (distinct prompts to send: retries and re-asks come on top), ``input_tokens`` of those calls and how
+    they were counted (``input_count``: ``tokenizer`` of the backend when it has one here, else
+    ``estimate`` at :data:`CHARS_PER_TOKEN` characters per token), ``output_tokens_expected``
+    (:data:`OUTPUT_TOKENS_PER_CODE` per code asked, at most the budget: an estimate) and ``output_tokens_max`` (the
+    backend's output budget per call), and the cost in USD from the prices (zero for a backend
+    that is not remote: ``cost_basis`` says which): ``cost_usd_expected``
+    and ``cost_usd_max`` (every answer using its whole budget, and one re-ask per call when
+    ``reask``: the most the run can cost). Nothing is sent; no API key is needed."""
+    requests = list(requests)
+    cache: dict[str, dict] = {}
+    if cache_dir is not None:
+        cache, _ = _load_cache(Path(cache_dir) / CACHE_FILE, response_schema(prompts_dir))
+    seen: set[str] = set()
+    todo: list[LLMRequest] = []
+    n_cached = 0
+    for r in requests:
+        k = cache_key(backend, r.prompt)
+        n_cached += k in cache
+        if k not in cache and k not in seen:
+            todo.append(r)
+        seen.add(k)
+    how = "tokenizer"
+    n_in = 0
+    for r in todo:
+        n = backend.count_tokens(r.prompt)
+        if n is None:
+            how = "estimate"
+            n = int(round((len(r.prompt.system) + len(r.prompt.user)) / CHARS_PER_TOKEN))
+        n_in += n
+    budget = int(getattr(backend, "max_output_tokens", None) or getattr(backend, "max_new_tokens", 0) or 0)
+    out_expected = sum(min(OUTPUT_TOKENS_PER_CODE * len(r.codes), budget or 10**9) for r in todo)
+    out_max = budget * len(todo)
+    # a backend that runs on the user's own machine or network (local, replay, an openai server with
+    # local_endpoint) is not billed per token: the profile's prices are a provider's
+    paid = bool(backend.remote)
+    per_in, per_out = (price_per_million_in / 1e6, price_per_million_out / 1e6) if paid else (0.0, 0.0)
+    worst = 2 if reask else 1
+    return {
+        "backend": backend.name, "model": backend.model, "remote": bool(backend.remote),
+        "requests": len(requests), "cached": n_cached, "calls": len(todo),
+        "input_tokens": n_in, "input_count": how,
+        "output_tokens_expected": out_expected, "output_count": "estimate", "output_tokens_max": out_max,
+        "cost_basis": "profile prices" if paid else "not billed (runs on your own machine or network)",
+        "cost_usd_expected": round(n_in * per_in + out_expected * per_out, 6),
+        "cost_usd_max": round(worst * (n_in * per_in + out_max * per_out), 6),
+    }
+
+
+def plan_backend(llm_cfg: Any, credentialed: Optional[bool] = None) -> Backend:
+    """The profile's backend for a dry run: as :func:`make_backend` builds it, but a Gemini API
+    key is not needed (the dry run sends nothing, and the key does not change the cache key)."""
+    try:
+        return make_backend(llm_cfg, credentialed=credentialed)
+    except LLMConfigError:
+        if llm_cfg.backend != "gemini" or llm_cfg.vertexai:
+            raise
+        return make_backend(llm_cfg, credentialed=credentialed, api_key="dry-run: no key needed")
+
+
+def plan_table(rows: Sequence[dict]) -> pd.DataFrame:
+    """Dry-run rows (:func:`plan_llm`, with a leading label column) and a ``total`` row."""
+    frame = pd.DataFrame(list(rows))
+    if frame.empty:
+        return frame
+    label = frame.columns[0]
+    total = {c: frame[c].sum() for c in ("requests", "cached", "calls", "input_tokens", "output_tokens_expected",
+                                         "output_tokens_max", "cost_usd_expected", "cost_usd_max")}
+    total.update({label: "total", "backend": frame.backend.iloc[0], "model": frame.model.iloc[0],
+                  "remote": bool(frame.remote.iloc[0]),
+                  "input_count": "tokenizer" if (frame.input_count == "tokenizer").all() else "estimate",
+                  "cost_basis": frame.cost_basis.iloc[0],
+                  "output_count": "estimate"})
+    frame = pd.concat([frame, pd.DataFrame([total])], ignore_index=True)
+    for c in ("cost_usd_expected", "cost_usd_max"):
+        frame[c] = frame[c].astype(float).round(6)
+    return frame
 
 
 def estimate_cost(
@@ -1680,6 +2611,9 @@ def calls_summary(
         "cached": int(calls["cached"].astype(bool).sum()),
         "ok": int(outcome.get("ok", 0)),
         "failures": int(outcome.get("failed", 0)),
+        "truncated": int(outcome.get("truncated", 0)),
+        "truncated_codes": int(calls["truncated_codes"].sum()) if "truncated_codes" in calls else 0,
+        "capped_quotes": int(calls["capped_quotes"].sum()) if "capped_quotes" in calls else 0,
         "blocked": int(outcome.get("blocked", 0)),
         "empty": int(outcome.get("empty", 0)),
         "repaired": int(calls["repaired"].notna().sum()),
@@ -1693,6 +2627,7 @@ def calls_summary(
 
 __all__ = [
     "Backend", "CredentialedDataError", "FewShotExample", "GeminiBackend", "LLMConfigError", "LLMError",
+    "OpenAIBackend", "VerbatimIndex", "is_credentialed", "plan_backend", "plan_table", "parse_retry_after", "plan_llm", "prompt_note",
     "LLMRequest", "LLMResponse", "LocalBackend", "PermanentLLMError", "Prompt", "ReplayBackend",
     "ReplayMissError", "TransientLLMError", "build_prompt", "calls_summary", "credential_guard",
     "estimate_cost", "local_repair", "make_backend", "make_requests", "parse_answer", "prompt_versions",

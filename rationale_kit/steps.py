@@ -302,8 +302,8 @@ def llm_rationales(ds, docs: pd.DataFrame, profile: Profile, cache_dir: Path,
         return (pd.DataFrame(columns=[*llm.ANSWER_COLUMNS, "source", "shots"]),
                 pd.DataFrame(columns=[*llm.CALL_COLUMNS, "source", "shots"]))
     cfg = profile.rationales.llm
-    backend = llm.make_backend(cfg)
-    credentialed = bool(docs.get("credentialed", pd.Series(False)).any())
+    credentialed = llm.is_credentialed(profile, docs)  # from the profile and data source, not a column alone
+    backend = llm.make_backend(cfg, credentialed=credentialed)
     quotes, calls = [], []
     for teacher, shots in teachers.items():
         reqs = llm_requests(ds, docs, shots, profile)
@@ -312,10 +312,25 @@ def llm_rationales(ds, docs: pd.DataFrame, profile: Profile, cache_dir: Path,
             credentialed=credentialed, allow_remote_credentialed_data=cfg.allow_remote_credentialed_data,
             progress=profile.common.progress, backoff_base_s=cfg.backoff_base_s, backoff_max_s=cfg.backoff_max_s,
             requests_per_minute=cfg.requests_per_minute, record=cfg.record_file,
+            max_answer_chars=cfg.max_answer_chars, max_quotes_per_code=cfg.max_quotes_per_code,
         )
         quotes.append(answers.assign(source=teacher, shots=shots))
         calls.append(c.assign(source=teacher, shots=shots))
     return pd.concat(quotes, ignore_index=True), pd.concat(calls, ignore_index=True)
+
+
+def llm_plan(ds, docs: pd.DataFrame, profile: Profile, cache_dir: Path, teachers: Mapping[str, int]) -> pd.DataFrame:
+    """The dry run of :func:`llm_rationales`, before any call: per teacher and in total, the calls
+    still to make (cached answers left out), input and output tokens (``input_count``: the
+    backend's tokenizer, or an estimate) and the cost from the profile's prices. Sends nothing."""
+    from . import llm
+
+    cfg = profile.rationales.llm
+    backend = llm.plan_backend(cfg, credentialed=llm.is_credentialed(profile, docs))
+    rows = [{"teacher": t, **llm.plan_llm(llm_requests(ds, docs, shots, profile), backend, cache_dir,
+                                          cfg.price_per_million_in, cfg.price_per_million_out)}
+            for t, shots in teachers.items()]
+    return llm.plan_table(rows)
 
 
 def teacher_notes(docs: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:

@@ -25,11 +25,13 @@ import sys
 import threading
 import urllib.request
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Optional
 
-_PATH_RE = re.compile(r"^/(?P<version>v1[^/]*)/models/(?P<model>[^/:]+):generateContent$")
+# the Gemini API path, and the Vertex AI one (/v1beta1/projects/{p}/locations/{l}/publishers/google/models/{m})
+_PATH_RE = re.compile(r"^/(?P<version>v1[^/]*)/(?:projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)/publishers/google/)?"
+                      r"models/(?P<model>[^/:]+):generateContent$")
 
 
 @dataclass
@@ -40,6 +42,7 @@ class Reply:
     body: Any = None  # dict -> JSON; str -> sent as is
     delay: float = 0.0  # extra seconds before answering (on top of the server latency)
     kind: str = "ok"
+    headers: dict = field(default_factory=dict)  # extra response headers (Retry-After...)
 
     # ---- successful answers ------------------------------------------------------------------
     @staticmethod
@@ -69,11 +72,12 @@ class Reply:
 
     # ---- faults ------------------------------------------------------------------------------
     @staticmethod
-    def error(status: int, message: str = "injected fault") -> "Reply":
+    def error(status: int, message: str = "injected fault", retry_after: str | None = None) -> "Reply":
+        """An HTTP error; ``retry_after`` sets the ``Retry-After`` header (seconds or an HTTP date)."""
         names = {400: "INVALID_ARGUMENT", 403: "PERMISSION_DENIED", 429: "RESOURCE_EXHAUSTED",
                  500: "INTERNAL", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
         return Reply(status, {"error": {"code": status, "message": message, "status": names.get(status, "UNKNOWN")}},
-                     kind=f"http_{status}")
+                     kind=f"http_{status}", headers={"Retry-After": retry_after} if retry_after is not None else {})
 
     @staticmethod
     def timeout(seconds: float = 5.0) -> "Reply":
@@ -144,6 +148,13 @@ def quote_first_words(body: dict, n_words: int = 4) -> Reply:
 class FakeGemini:
     """A threaded loopback HTTP server; use as a context manager or call start()/stop()."""
 
+    path_re = _PATH_RE  # the request paths served (others get a 404)
+
+    @staticmethod
+    def prompt_of(body: dict) -> str:
+        """The prompt text of a request body (what ``script`` matches)."""
+        return prompt_text(body)
+
     def __init__(self, latency: float = 0.0, responder: Optional[Callable[[dict], Reply]] = None):
         self.latency = latency
         self.responder = responder or quote_first_words
@@ -167,7 +178,7 @@ class FakeGemini:
             self.hits, self.requests, self.served, self._scripts = 0, [], [], []
 
     def _next_reply(self, body: dict) -> Reply:
-        text = prompt_text(body)
+        text = self.prompt_of(body)
         with self._lock:
             for match, queue in self._scripts:
                 if queue and match in text:
@@ -208,7 +219,7 @@ class FakeGemini:
                     body = json.loads(raw or b"{}")
                 except json.JSONDecodeError:
                     body = {}
-                m = _PATH_RE.match(self.path.split("?")[0])
+                m = fake.path_re.match(self.path.split("?")[0])
                 with fake._lock:
                     fake.hits += 1
                     fake.requests.append({"path": self.path, "headers": dict(self.headers.items()), "body": body})
@@ -227,6 +238,8 @@ class FakeGemini:
                     self.send_response(reply.status)
                     self.send_header("Content-Type", "application/json; charset=UTF-8")
                     self.send_header("Content-Length", str(len(data)))
+                    for k, v in reply.headers.items():
+                        self.send_header(k, v)
                     self.end_headers()
                     self.wfile.write(data)
                 except (BrokenPipeError, ConnectionResetError):  # the client gave up (time-out)

@@ -81,9 +81,7 @@ from rationale_kit import config as C
 
 ROOT = Path(C.__file__).resolve().parent.parent
 
-#: keys the LLM settings' own work wires up (issue 14, LLM part: batched local generation and the
-#: cost estimate); each is to be read by rationale_kit/llm.py
-NOT_YET_READ = {("LLM", "local_batch_size"), ("LLM", "price_per_million_in"), ("LLM", "price_per_million_out")}
+NOT_YET_READ: set[tuple[str, str]] = set()  # every field is read
 #: read by name rather than as an attribute: getattr(profile.train, name) for the model sections
 READ_BY_NAME = {("Train", "caml"), ("Train", "laat"), ("Train", "plm_icd")}
 

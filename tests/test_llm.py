@@ -51,6 +51,7 @@ def run(reqs, backend, tmp_path=None, **kw):
     kw.setdefault("backoff_base_s", 0.01)
     kw.setdefault("backoff_max_s", 0.05)
     kw.setdefault("progress", False)
+    kw.setdefault("credentialed", False)  # the test notes are synthetic, public data
     return llm.run_llm(reqs, backend, cache_dir=tmp_path / "cache" if tmp_path else None, **kw)
 
 
@@ -95,6 +96,7 @@ def test_long_notes_whole_unless_max_note_chars():
     assert long_note.strip() in llm.build_prompt(long_note, CODES).user
     p = llm.build_prompt(long_note, CODES, max_note_chars=1000)
     assert "note truncated" in p.user and len(p.user) < 2000
+    assert "truncated" not in p.note and p.note in p.user and len(p.note) <= 1000  # what verbatim decoding may quote
 
 
 # --------------------------------------------------------------------------------------------
@@ -248,15 +250,21 @@ def test_malformed_json_repair(server, gemini, tmp_path):
     assert "not valid JSON" in json.dumps(reask["body"]) and "oops" in json.dumps(reask["body"])
     assert c.loc["n2", "status"] == "failed" and c.loc["n2", "raw"] == "no json here"
     assert c.loc["n2", "raw_repair"] == "still none" and "invalid JSON" in c.loc["n2", "error"]
-    assert c.loc["n3", "status"] == "ok" and c.loc["n3", "finish_reason"] == "MAX_TOKENS" and c.loc["n3", "repaired"] == "local"
+    # cut at MAX_TOKENS and repaired locally: the code it never reached is "truncated", not "no quotes"
+    assert c.loc["n3", "status"] == "truncated" and c.loc["n3", "finish_reason"] == "MAX_TOKENS" and c.loc["n3", "repaired"] == "local"
+    assert c.loc["n3", "truncated_codes"] == 1 and c.loc["n3", "empty_codes"] == 0
     a3 = answers[answers.note_id == "n3"]
-    assert a3.quote.fillna("-").tolist() == ["type 2 diabetes", "-"] and a3.status.tolist() == ["ok", "no_quotes"]
-    # an unusable answer is final (cached) unless rerun_failed
+    assert a3.quote.fillna("-").tolist() == ["type 2 diabetes", "-"] and a3.status.tolist() == ["ok", "truncated"]
+    s = llm.calls_summary(calls)
+    assert s["truncated"] == 1 and s["truncated_codes"] == 1 and s["ok"] == 2 and s["failures"] == 1
+    # an unusable or truncated answer is final (cached, reported) unless rerun_failed
     hits = server.hits
     _, calls2 = run(make_requests(4), gemini, tmp_path)
     assert server.hits == hits and calls2.set_index("note_id").loc["n2", "outcome"] == "failed"
+    assert calls2.set_index("note_id").loc["n3", "outcome"] == "truncated"
     _, calls3 = run(make_requests(4), gemini, tmp_path, rerun_failed=True)
-    assert server.hits == hits + 1 and calls3.set_index("note_id").loc["n2", "status"] == "ok"
+    c3 = calls3.set_index("note_id")
+    assert server.hits == hits + 2 and c3.loc["n2", "status"] == "ok" and c3.loc["n3", "status"] == "ok"
 
 
 def test_blocked_and_empty_are_recorded_with_reason(server, gemini, tmp_path):
@@ -549,7 +557,8 @@ def test_guided_answer_builds_valid_json_around_the_models_quotes():
     text, n_out, finish = llm._guided_answer(lm, lm.tok, prompt_ids, ["E11.9", "I10"], max_new_tokens=5,
                                              eos_ids=[_CharTok.EOS])
     assert finish == "MAX_TOKENS" and n_out == 5
-    assert json.loads(text) == {"rationales": [{"code": "E11.9", "quotes": ["type"]}, {"code": "I10", "quotes": []}]}
+    # the code never reached is left out (the runner marks it truncated), not given an empty list
+    assert json.loads(text) == {"rationales": [{"code": "E11.9", "quotes": ["type"]}]}
 
 
 def test_structured_local_backend_codes_and_cache_key():
@@ -560,8 +569,9 @@ def test_structured_local_backend_codes_and_cache_key():
     assert llm.prompt_codes(llm.repair_prompt(p, "{", "bad")) == ["E11.9", "I10"]
     structured, free = llm.LocalBackend(), llm.LocalBackend(structured=False)
     assert structured.structured and structured.cache_tag and not free.cache_tag
-    assert llm.cache_key(free, p) == llm._sha("local", free.model, p.sha)  # unchanged without the option
     assert llm.cache_key(structured, p) != llm.cache_key(free, p)
+    # every setting that determines the answer is in the key (temperature too)
+    assert llm.cache_key(llm.LocalBackend(structured=False, temperature=0.7), p) != llm.cache_key(free, p)
 
 
 @pytest.mark.local_llm
@@ -583,3 +593,5 @@ def test_smollm_structured_answers_every_code(tmp_path):
     ok = answers[answers.status == "ok"]
     assert set(ok.code) == {"E11.9", "I10"} and ok.quote.str.len().gt(0).all()
     assert json.loads(c.raw)["rationales"][0]["code"] == "E11.9"
+    # verbatim decoding (the default): every quote the real model produced is a substring of the note
+    assert all(q in text for q in ok.quote), ok.quote.tolist()
