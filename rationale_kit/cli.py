@@ -44,26 +44,6 @@ import pandas as pd
 from .records import SPAN_COLUMNS, DataError, iter_jsonl_objects, read_spans_jsonl
 
 
-def _utf8_error(path: str | Path) -> DataError:
-    """The first line of ``path`` that is not UTF-8, as a :class:`DataError` naming file and line."""
-    with open(path, "rb") as fh:
-        for lineno, raw in enumerate(fh, 1):
-            try:
-                raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                return DataError(f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at column "
-                                 f"{exc.start + 1}); save the file as UTF-8")
-    return DataError(f"{path}: not UTF-8 text; save the file as UTF-8")  # pragma: no cover
-
-
-def _objects(path: str | Path):
-    """:func:`iter_jsonl_objects` with bytes that are not UTF-8 reported by file and line."""
-    try:
-        yield from iter_jsonl_objects(path)
-    except UnicodeDecodeError:
-        raise _utf8_error(path) from None
-
-
 def _check_text(value: str, path: str | Path, lineno: int, key: str) -> None:
     """A JSON string may escape a lone surrogate (``"\\ud800"``): not text, and not writable as UTF-8."""
     try:
@@ -77,7 +57,7 @@ def _read_jsonl(path: str | Path, keys: Sequence[str], strings: Sequence[str] = 
     """``(line number, object)`` per non-blank line; checks UTF-8, JSON, object-ness, ``keys``
     present and ``strings`` being valid Unicode strings. Errors name file and line."""
     out = []
-    for lineno, rec in _objects(path):
+    for lineno, rec in iter_jsonl_objects(path):
         for key in keys:
             if key not in rec or rec[key] is None:
                 raise DataError(f"{path}:{lineno}: missing key {key!r}")
@@ -154,7 +134,7 @@ def read_codes_checked(path: str | Path, system: str = "auto") -> dict[str, str]
     from .icd import CodeError, normalize_code
 
     out: dict[str, str] = {}
-    for lineno, rec in _objects(path):
+    for lineno, rec in iter_jsonl_objects(path):
         raw = rec.get("code")
         if raw is None or str(raw) in out:
             continue
@@ -224,7 +204,7 @@ def read_pred_jsonl(path: str | Path, docs: pd.DataFrame) -> tuple[pd.DataFrame,
     """
     texts = dict(zip(docs["note_id"], docs["text"]))
     rows, covered = [], set()
-    for lineno, rec in _objects(path):
+    for lineno, rec in iter_jsonl_objects(path):
         for key in ("note_id", "code", "start", "end"):
             if key not in rec:
                 raise DataError(f"{path}:{lineno}: missing key {key!r}")

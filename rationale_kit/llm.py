@@ -696,7 +696,21 @@ def _header(response: Any, name: str) -> Optional[str]:
         return None
 
 
-class GeminiBackend(Backend):
+class _AsyncBackend(Backend):
+    """A backend whose native call is :meth:`agenerate` (an HTTP client per event loop):
+    :meth:`generate` runs one call on its own loop and closes the client after it."""
+
+    def generate(self, prompt: Prompt) -> LLMResponse:
+        async def once() -> LLMResponse:
+            try:
+                return await self.agenerate(prompt)
+            finally:
+                await self.aclose()
+
+        return _run_coro(once())
+
+
+class GeminiBackend(_AsyncBackend):
     """The Gemini API through ``google-genai`` (async client), JSON mode with the response schema.
 
     ``api_key`` defaults to ``$GEMINI_API_KEY`` or ``$GOOGLE_API_KEY``; it is kept out of every
@@ -893,15 +907,6 @@ class GeminiBackend(Backend):
         if not text.strip() and finish in BLOCK_FINISH_REASONS:
             blocked = blocked or finish
         return LLMResponse(text, finish, n_in, n_out, blocked)
-
-    def generate(self, prompt: Prompt) -> LLMResponse:
-        async def once() -> LLMResponse:
-            try:
-                return await self.agenerate(prompt)
-            finally:
-                await self.aclose()
-
-        return _run_coro(once())
 
     async def aclose(self) -> None:
         client, self._client, self._client_loop = self._client, None, None
@@ -1703,7 +1708,7 @@ class ReplayBackend(Backend):
         return self.generate(prompt)
 
 
-class OpenAIBackend(Backend):
+class OpenAIBackend(_AsyncBackend):
     """Any OpenAI-compatible chat-completions server (vLLM, SGLang, Ollama, llama.cpp server, TGI,
     Azure OpenAI, OpenAI): ``POST {base_url}/chat/completions`` with the system and user messages,
     through ``httpx`` (no ``openai`` package needed).
@@ -1803,15 +1808,6 @@ class OpenAIBackend(Backend):
     async def agenerate(self, prompt: Prompt) -> LLMResponse:
         self._check_clearance()
         return await self._send(prompt)
-
-    def generate(self, prompt: Prompt) -> LLMResponse:
-        async def once() -> LLMResponse:
-            try:
-                return await self.agenerate(prompt)
-            finally:
-                await self.aclose()
-
-        return _run_coro(once())
 
     async def _send(self, prompt: Prompt) -> LLMResponse:
         import httpx

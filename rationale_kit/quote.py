@@ -37,34 +37,14 @@ from typing import Optional, Sequence
 
 import pandas as pd
 
-from .records import DataError
+from .records import DataError, iter_jsonl_objects
 
 SPAN_KEYS = ("note_id", "code", "start", "end", "quote", "score", "status")
 
 
 def _jsonl(path: str | Path) -> list[tuple[int, dict]]:
     """``(line, object)`` of a JSONL file; every problem is a DataError naming file and line."""
-    try:
-        fh = open(path, "rb")
-    except OSError as exc:
-        raise DataError(f"{path}: cannot open ({exc.strerror})") from None
-    out = []
-    with fh:
-        for lineno, raw in enumerate(fh, 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise DataError(f"{path}:{lineno}: not UTF-8 ({exc.reason} at byte {exc.start} of the line)") from None
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{lineno}: malformed JSON ({exc.msg})") from None
-            if not isinstance(rec, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object")
-            out.append((lineno, rec))
-    return out
+    return list(iter_jsonl_objects(path))
 
 
 def _string(path: str | Path, lineno: int, rec: dict, key: str, allow_number: bool = False) -> str:

@@ -134,14 +134,21 @@ def write_spans_jsonl(spans: pd.DataFrame, path: str | Path, docs: pd.DataFrame 
 
 
 def iter_jsonl_objects(path: str | Path):
-    """``(line number, object)`` for each non-blank line of a JSONL file; a line that is not a JSON
-    object is a :class:`DataError` naming the file and line."""
+    """``(line number, object)`` for each non-blank line of a JSONL file; a line that is not UTF-8
+    text or not a JSON object is a :class:`DataError` naming the file and line."""
     try:
-        fh = open(path, encoding="utf-8")
+        # surrogateescape keeps undecodable bytes (reported below with their line); universal
+        # newlines keep bare-CR files working
+        fh = open(path, encoding="utf-8", errors="surrogateescape")
     except OSError as exc:
         raise DataError(f"{path}: cannot open ({exc.strerror})") from None
     with fh:
         for lineno, line in enumerate(fh, 1):
+            try:
+                line.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise DataError(f"{path}:{lineno}: not UTF-8 text (byte 0x{ord(line[exc.start]) - 0xDC00:02x} at "
+                                f"column {exc.start + 1}); save the file as UTF-8") from None
             if not line.strip():
                 continue
             try:
