@@ -910,6 +910,10 @@ def tradeoff_verdict(sweep: pd.DataFrame, counts: pd.DataFrame, design, profile:
     return tradeoff(sweep, counts, design, profile, dataset)[0]
 
 
+NER_COLUMNS = ["teacher", "train notes", "requested", "spans", "pi_token_f1", "token_exact_f1", "span_exact_f1",
+               "n_notes", "n_pairs", "units", "run_dir", "seconds", "pi_token_f1_lo", "pi_token_f1_hi"]
+
+
 def ner_experiment(ds, targets: Mapping[str, dict], profile: Profile, out_dir: Path, train_dir: Path,
                    device: str = "cpu", design=None) -> pd.DataFrame:
     """Train the code-agnostic NER tagger on each teacher's spans at each training-set size (capped
@@ -962,7 +966,7 @@ def ner_experiment(ds, targets: Mapping[str, dict], profile: Profile, out_dir: P
                                          "span_exact_f1": m["span_exact"]["f1"], "n_notes": len(evald),
                                          "n_pairs": int(len(counts) // len(P.MDACE_MEASURES)), "units": units,
                                          "run_dir": str(run_dir.resolve()), "seconds": round(time.time() - t0, 1)}, iv, "pi_token_f1_"))
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=NER_COLUMNS)  # no teacher with spans: no rows, same columns
 
 
 def guided_summary(sweep: pd.DataFrame, ner: pd.DataFrame, counts: pd.DataFrame, design, profile: Profile) -> pd.DataFrame:
