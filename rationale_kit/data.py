@@ -107,46 +107,65 @@ def read_text_file(path: str | Path) -> str:
         raise DataError(f"{path}: not valid UTF-8 at byte offset {exc.start}") from None
 
 
-def _read_csv(path: Path, required: Iterable[str]) -> pd.DataFrame:
-    """A CSV (optionally gzipped) with every column as a string; "" for empty fields.
+def _csv_rows(path: Path, required: Iterable[str] = ()):
+    """Stream a CSV (optionally gzipped): yields ``(header, data_row, first_line, row)`` per record.
 
-    Streamed through the ``csv`` module so that damage is seen, not papered over: a row with more
-    or fewer fields than the header, or a NUL byte in a field, is a :class:`DataError` naming the
-    data row (1-based, header excluded) and its first line. A UTF-8 byte-order mark is removed;
-    blank lines are not records. The frame's index is the data row minus one.
+    A UTF-8 byte-order mark is removed; blank lines are not records; a header without a
+    ``required`` column, a row with more or fewer fields than the header, an empty file, bytes that
+    are not UTF-8 or malformed CSV is a :class:`DataError` naming the file and the data row
+    (1-based, header excluded) and its first line.
     """
-    if not path.exists():
-        raise DataError(f"{path}: file not found")
     csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))  # notes longer than the 128 KiB default
-    rows: list[list[str]] = []
+    reader = None
     try:
         with io.TextIOWrapper(_open_bytes(path), encoding="utf-8-sig", newline="") as fh:
             reader = csv.reader(fh, strict=True)
             header = next(reader, None)
             if not header:
                 raise DataError(f"{path}: empty file (no header row)")
-            line = reader.line_num
+            missing = [c for c in required if c not in header]
+            if missing:
+                raise DataError(f"{path}: missing column(s) {missing} (found {header})")
+            line, n = reader.line_num, 0
             for row in reader:
                 first_line, line = line + 1, reader.line_num
                 if not row:
                     continue
+                n += 1
                 if len(row) != len(header):
-                    raise DataError(f"{path} data row {len(rows) + 1} (line {first_line}): {len(row)} fields, "
+                    raise DataError(f"{path} data row {n} (line {first_line}): {len(row)} fields, "
                                     f"expected {len(header)} ({', '.join(header)})")
-                for h, v in zip(header, row):
-                    if "\x00" in v:
-                        raise DataError(f"{path} data row {len(rows) + 1} (line {first_line}): NUL byte in column "
-                                        f"{h!r} (a damaged file: the field would be cut there)")
-                rows.append(row)
+                yield header, n, first_line, row
     except UnicodeDecodeError:
         raise _utf8_error(path) from None
     except csv.Error as exc:
-        raise DataError(f"{path} line {reader.line_num}: cannot read as CSV ({exc})") from None
+        where = f" line {reader.line_num}" if reader is not None else ""
+        raise DataError(f"{path}{where}: cannot read as CSV ({exc})") from None
     except (EOFError, OSError) as exc:
         raise DataError(f"{path}: cannot read ({exc})") from None
-    missing = [c for c in required if c not in header]
-    if missing:
-        raise DataError(f"{path}: missing column(s) {missing} (found {header})")
+
+
+def _read_csv(path: Path, required: Iterable[str]) -> pd.DataFrame:
+    """A CSV (optionally gzipped) with every column as a string; "" for empty fields.
+
+    Read with :func:`_csv_rows`, so that damage is seen, not papered over; a NUL byte in a field is
+    also a :class:`DataError` naming the data row and its first line. The frame's index is the data
+    row minus one.
+    """
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    rows: list[list[str]] = []
+    header: list[str] = []
+    required = list(required)
+    for header, n, first_line, row in _csv_rows(path, required):
+        for h, v in zip(header, row):
+            if "\x00" in v:
+                raise DataError(f"{path} data row {n} (line {first_line}): NUL byte in column "
+                                f"{h!r} (a damaged file: the field would be cut there)")
+        rows.append(row)
+    if not rows:  # a header and no records: the columns still name the frame
+        with io.TextIOWrapper(_open_bytes(path), encoding="utf-8-sig", newline="") as fh:
+            header = next(csv.reader(fh), [])
     return pd.DataFrame(rows, columns=header, dtype=object)
 
 
@@ -730,37 +749,17 @@ def read_noteevents(path: str | os.PathLike, row_ids: set[int]) -> dict[int, dic
     path = resolve_path(path)
     if not path.exists():
         raise DataError(f"{path}: file not found (data.mimic3_noteevents should be MIMIC-III NOTEEVENTS.csv or .csv.gz)")
-    csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
     out: dict[int, dict] = {}
-    raw = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
-    try:
-        with io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as fh:
-            reader = csv.reader(fh, strict=True)
-            header = next(reader, None) or []
-            missing = [c for c in NOTEEVENTS_COLUMNS if c not in header]
-            if missing:
-                raise DataError(f"{path}: missing column(s) {missing} (found {header})")
-            col = {c: header.index(c) for c in header}
-            line = reader.line_num
-            for row in reader:
-                first, line = line + 1, reader.line_num
-                if not row:
-                    continue
-                if len(row) != len(header):
-                    raise DataError(f"{path} line {first}: {len(row)} fields, expected {len(header)}")
-                rid = _int(row[col["ROW_ID"]], f"{path} line {first}", "ROW_ID")
-                if rid in row_ids:
-                    if "\x00" in row[col["TEXT"]]:
-                        raise DataError(f"{path} line {first}: NUL byte in TEXT of ROW_ID {rid}")
-                    out[rid] = {"hadm_id": row[col["HADM_ID"]].strip(), "category": row[col["CATEGORY"]].strip(),
-                                "description": row[col["DESCRIPTION"]].strip(), "text": row[col["TEXT"]],
-                                "iserror": row[col["ISERROR"]].strip() if "ISERROR" in col else "", "line": first}
-    except UnicodeDecodeError:
-        raise _utf8_error(path) from None
-    except csv.Error as exc:
-        raise DataError(f"{path}: cannot read as CSV ({exc})") from None
-    except (EOFError, OSError) as exc:
-        raise DataError(f"{path}: cannot read ({exc})") from None
+    col: dict[str, int] = {}
+    for header, _, first, row in _csv_rows(path, NOTEEVENTS_COLUMNS):
+        col = col or {c: header.index(c) for c in header}
+        rid = _int(row[col["ROW_ID"]], f"{path} line {first}", "ROW_ID")
+        if rid in row_ids:
+            if "\x00" in row[col["TEXT"]]:
+                raise DataError(f"{path} line {first}: NUL byte in TEXT of ROW_ID {rid}")
+            out[rid] = {"hadm_id": row[col["HADM_ID"]].strip(), "category": row[col["CATEGORY"]].strip(),
+                        "description": row[col["DESCRIPTION"]].strip(), "text": row[col["TEXT"]],
+                        "iserror": row[col["ISERROR"]].strip() if "ISERROR" in col else "", "line": first}
     return out
 
 
