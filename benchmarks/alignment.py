@@ -10,7 +10,7 @@ punctuation and curly-quote/dash changes, 1-2 word substitutions on longer quote
 (two passages of the note joined by "..." or "…") and ``hallucinated`` (random words, some
 unknown to the note).
 
-Reported: quotes per second of ``rationale_kit.alignment.align_quotes`` on all quotes (index
+Reported: quotes per second of ``rationale_kit.rationales.alignment.align_quotes`` on all quotes (index
 building included), the same for the difflib baseline on a random subset (difflib is too slow for
 all), the speed ratio, agreement between the two on the subset (both aligned to overlapping
 spans, or both unaligned), and per kind the share of quotes each aligner gets right (aligned
@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from rationale_kit.alignment import align_quotes, alignment_summary  # noqa: E402
+from rationale_kit.rationales.alignment import align_quotes, alignment_summary  # noqa: E402
 
 CLINICAL = """patient history presents denies reports chest pain shortness breath fever cough nausea
 vomiting diarrhea abdominal tenderness hypertension diabetes mellitus hyperlipidemia coronary artery

@@ -192,7 +192,7 @@ def project_models(texts, vocab, labels, names=("caml", "laat", "plm_icd"), plm_
     train_texts=...)`` at the default profile's sizes; PLM-ICD once per ``plm_chunks`` value of
     ``max_chunks`` (named ``plm_icd`` for the first, ``plm_icd@<n>chunks`` for the others).
     Raises when the module is missing or does not build."""
-    from rationale_kit.config import load_profile
+    from rationale_kit.core.config import load_profile
     from rationale_kit.models import build_model
 
     prof = load_profile("default")

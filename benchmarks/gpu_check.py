@@ -165,7 +165,7 @@ def env_info(dev: torch.device) -> dict:
 
 
 def make_profile(sz: dict, encoder: str):
-    from rationale_kit.config import ModelParams, load_profile
+    from rationale_kit.core.config import ModelParams, load_profile
 
     # every model parameter set here (ModelParams defaults + SIZES): edits of default.yaml do not leak in
     base = dataclasses.asdict(ModelParams())
@@ -303,7 +303,7 @@ def mimic_estimate(sz: dict, encoder: str, dev: torch.device) -> dict:
     import transformers
 
     from rationale_kit import models
-    from rationale_kit.config import load_profile
+    from rationale_kit.core.config import load_profile
 
     m = sz["mimic"]
     prof = load_profile("mimic")
@@ -442,7 +442,8 @@ def main(argv=None) -> int:
             raise RuntimeError("--device cuda but torch.cuda.is_available() is False")
 
     with step("corpus", args.out):
-        from rationale_kit import data, steps
+        from rationale_kit import data
+        from rationale_kit.workbook import steps
 
         prof = make_profile(sz, args.encoder)
         t0 = time.perf_counter()

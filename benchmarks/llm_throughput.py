@@ -1,4 +1,4 @@
-"""Throughput of the Gemini path of ``rationale_kit.llm.run_llm`` against a local fake server.
+"""Throughput of the Gemini path of ``rationale_kit.rationales.llm.run_llm`` against a local fake server.
 
 The fake server (``tests/fake_gemini.py``, loopback only, in a child process unless
 ``--in-process``) adds a fixed latency to every request;
@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from fake_gemini import FakeGemini, FakeGeminiProcess  # noqa: E402
 
-from rationale_kit import llm  # noqa: E402
+from rationale_kit.rationales import llm  # noqa: E402
 
 CODES = [("E11.9", "Type 2 diabetes mellitus without complications"), ("I10", "Essential (primary) hypertension")]
 

@@ -28,7 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import pandas as pd  # noqa: E402
 
-from rationale_kit import alignment, config, data, llm, steps  # noqa: E402
+from rationale_kit.rationales import alignment, llm
+from rationale_kit.core import config
+from rationale_kit import data
+from rationale_kit.workbook import steps  # noqa: E402
 from rationale_kit.metrics.plausibility import mdace_measures  # noqa: E402
 
 

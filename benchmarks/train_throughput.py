@@ -41,7 +41,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from rationale_kit.config import load_profile  # noqa: E402
+from rationale_kit.core.config import load_profile  # noqa: E402
 from rationale_kit.models import build_model  # noqa: E402
 from rationale_kit.training import make_batches, train_model  # noqa: E402
 

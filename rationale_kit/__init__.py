@@ -2,9 +2,9 @@
 
 Notebooks start with ``ctx = rationale_kit.setup("NN_name", profile, overrides)``.
 """
-from .config import ConfigError, Profile, load_profile
-from .pipeline import Context, MissingArtifact, setup
-from .records import DataError, Document, ScoredUnit, Span
+from rationale_kit.core.config import ConfigError, Profile, load_profile
+from rationale_kit.workbook.runner import Context, MissingArtifact, setup
+from rationale_kit.core.records import DataError, Document, ScoredUnit, Span
 
 __all__ = [
     "ConfigError", "Context", "DataError", "Document", "MissingArtifact", "Profile", "ScoredUnit",

@@ -7,11 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rationale_kit.alignment import (
-    NoteIndex, align_quote, align_quotes, aligned_to_spans, alignment_summary,
-    normalize, normalize_text, threshold_sweep,
-)
-from rationale_kit.records import SPAN_COLUMNS, DataError
+from rationale_kit.rationales.alignment import NoteIndex, align_quote, align_quotes, aligned_to_spans, alignment_summary, normalize, normalize_text, threshold_sweep
+from rationale_kit.core.records import SPAN_COLUMNS, DataError
 
 NOTE = (
     "HPI:\n- Patient with  \u201cchest pain\u201d  radiating to left arm.\n"

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from rationale_kit.cli import align_main, compare_main, plausibility_main
+from rationale_kit.cli.measures import align_main, compare_main, plausibility_main
 
 TEXT = "aa bb 12 cc dd aa bb ee"
 NOTE = "Patient with chest pain.\nHypertension, poorly controlled."

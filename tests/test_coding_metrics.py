@@ -156,7 +156,7 @@ def test_unseen_gold_codes_are_misses():
 def test_coding_table_reports_unseen_share():
     import pandas as pd
 
-    from rationale_kit import steps
+    from rationale_kit.workbook import steps
 
     docs = pd.DataFrame({
         "note_id": ["t1", "t2", "v1", "s1", "s2"],

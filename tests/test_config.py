@@ -1,7 +1,7 @@
 """Profiles: every shipped profile loads; bad keys and types are errors naming key and file."""
 import pytest
 
-from rationale_kit.config import PARAMS_DIR, ConfigError, load_profile
+from rationale_kit.core.config import PARAMS_DIR, ConfigError, load_profile
 
 
 @pytest.mark.parametrize("name", ["default", "smoke", "codiesp", "mimic"])
@@ -77,9 +77,9 @@ import re
 import typing
 from pathlib import Path
 
-from rationale_kit import config as C
+from rationale_kit.core import config as C
 
-ROOT = Path(C.__file__).resolve().parent.parent
+ROOT = Path(C.__file__).resolve().parents[2]
 
 NOT_YET_READ: set[tuple[str, str]] = set()  # every field is read
 #: read by name rather than as an attribute: getattr(profile.train, name) for the model sections
@@ -150,6 +150,6 @@ def test_every_default_agrees():
     assert f"{names[want]} by default" in text
     assert not [n for m, n in names.items() if m != want and f"{n} by default" in text]
     # NER formulation: the config default is the tagger's default
-    from rationale_kit.ner import NERConfig
+    from rationale_kit.rationales.ner import NERConfig
 
     assert C.Guided().ner_formulation == NERConfig().formulation

@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from rationale_kit import corpus as C
-from rationale_kit.config import EmbeddedCorpus
-from rationale_kit.records import SPAN_COLUMNS, validate_spans
-from rationale_kit.text import WORD_RE
+from rationale_kit.data import embedded as C
+from rationale_kit.core.config import EmbeddedCorpus
+from rationale_kit.core.records import SPAN_COLUMNS, validate_spans
+from rationale_kit.core.text import WORD_RE
 
 SMALL = EmbeddedCorpus(n_train=40, n_val=10, n_test=20, n_fewshot_pool=8, n_codes=12, min_words=150,
                        max_words=900)

@@ -16,9 +16,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from rationale_kit import data, icd
-from rationale_kit.config import load_profile
-from rationale_kit.records import SPAN_COLUMNS, DataError
+from rationale_kit import data
+from rationale_kit.core import icd
+from rationale_kit.core.config import load_profile
+from rationale_kit.core.records import SPAN_COLUMNS, DataError
 
 
 # --------------------------------------------------------------------------------------------
@@ -623,7 +624,7 @@ def test_format_report():
 
 
 def test_load_dataset_embedded():
-    pytest.importorskip("rationale_kit.corpus", reason="rationale_kit/corpus.py not written yet")
+    pytest.importorskip("rationale_kit.data.embedded", reason="rationale_kit/corpus.py not written yet")
     prof = load_profile("default", {"data": {"embedded": {
         "n_train": 24, "n_val": 6, "n_test": 6, "n_fewshot_pool": 4, "n_codes": 8, "min_words": 60, "max_words": 200}}})
     ds = data.load_dataset(prof)

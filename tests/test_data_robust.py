@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from rationale_kit import data
-from rationale_kit.records import DataError, read_spans_jsonl
+from rationale_kit.core.records import DataError, read_spans_jsonl
 from test_data import TEXT_101, _gz, _mdace_file, _notes, write_codiesp, write_mimic
 
 

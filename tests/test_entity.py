@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import simple_icd_10_cm as cm
 
-from rationale_kit import entity as E
+from rationale_kit.rationales import entity as E
 
 CODES = ["E11.9", "E11.65", "I10", "I48.91", "J18.9", "C50.919", "N18.30", "I50.9", "I26.99"]
 

@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rationale_kit import evaluation as E
-from rationale_kit import steps
-from rationale_kit.config import ConfigError, load_profile, seeds
+from rationale_kit.metrics import evaluation as E
+from rationale_kit.workbook import steps
+from rationale_kit.core.config import ConfigError, load_profile, seeds
 from rationale_kit.metrics import plausibility as P
 
 BOOT = E.Bootstrap(n_resamples=200, seed=0)
@@ -248,7 +248,7 @@ def test_run_on_pairs_of_notebook_03_sources():
 
 
 def test_threshold_effect_scores_each_teacher_on_its_pairs():
-    from rationale_kit import alignment
+    from rationale_kit.rationales import alignment
 
     docs = _docs()
     design = E.make_design(docs, 0.0).with_run_on(E.run_on_frame("llm_zero", [("a", "R05")]))

@@ -16,11 +16,8 @@ import pandas as pd
 import pytest
 import torch
 
-from rationale_kit.metrics.faithfulness import (
-    MEASURES, NOTE_AOPC, OUTPUT_COLUMNS, faithfulness_discrete, faithfulness_loop,
-    faithfulness_scored, summarise,
-)
-from rationale_kit.records import DataError
+from rationale_kit.metrics.faithfulness import MEASURES, NOTE_AOPC, OUTPUT_COLUMNS, faithfulness_discrete, faithfulness_loop, faithfulness_scored, summarise
+from rationale_kit.core.records import DataError
 
 torch.set_num_threads(1)
 
@@ -325,7 +322,7 @@ def test_bad_input():
 
 
 def test_truncated_notes_and_document_list():
-    from rationale_kit.records import Document
+    from rationale_kit.core.records import Document
 
     text = "alpha beta gamma delta eps"
     w = {"alpha": 1.0, "beta": 2.0, "gamma": -0.5, "delta": 0.25, "eps": 0.5}
@@ -601,7 +598,7 @@ def test_engine_equals_loop_on_project_models():
     """The engine and the loop agree on the package's CAML and LAAT (tiny sizes), both units and
     both perturbations: padding, batching and label gathering do not change the values."""
     models = pytest.importorskip("rationale_kit.models")
-    from rationale_kit.config import ModelParams
+    from rationale_kit.core.config import ModelParams
 
     g, texts, labels, docs = corpus(n_notes=4, n_labels=10, seed=5)
     rat = random_spans(g, docs, labels, n_codes=3)
@@ -625,7 +622,7 @@ def test_engine_equals_loop_on_project_models():
 # --------------------------------------------------------------------------------------------
 def _tiny_caml(texts, labels, kernel, seed=0):
     models = pytest.importorskip("rationale_kit.models")
-    from rationale_kit.config import ModelParams
+    from rationale_kit.core.config import ModelParams
 
     torch.manual_seed(seed)
     params = ModelParams(embed_dim=8, filters=6, kernel=kernel, dropout=0.3)
@@ -763,7 +760,7 @@ def tiny_plm(tmp_path_factory):
     pytest.importorskip("transformers")
     from test_models import _tiny_encoder
 
-    from rationale_kit.config import ModelParams
+    from rationale_kit.core.config import ModelParams
     from rationale_kit.models import build_model
 
     g, texts, labels, docs = corpus(n_notes=4, n_labels=6, seed=11)

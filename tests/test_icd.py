@@ -3,8 +3,8 @@ import gzip
 
 import pytest
 
-from rationale_kit import icd
-from rationale_kit.records import DataError
+from rationale_kit.core import icd
+from rationale_kit.core.records import DataError
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""rationale_kit.llm: prompts, few-shot selection, backends and the cached runner.
+"""rationale_kit.rationales.llm: prompts, few-shot selection, backends and the cached runner.
 
 The Gemini path runs against ``tests/fake_gemini.py`` (a loopback server speaking the
 generateContent REST API with injected faults); nothing touches the internet. One test loads the
@@ -22,7 +22,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fake_gemini import FakeGemini, Reply  # noqa: E402
 
-from rationale_kit import config, llm  # noqa: E402
+from rationale_kit.core import config
+from rationale_kit.rationales import llm  # noqa: E402
 
 FAKE_KEY = "AIzaSyFAKE-never-leak-0123456789abcdef"
 CODES = [("E11.9", "Type 2 diabetes mellitus without complications"), ("I10", "Essential (primary) hypertension")]

@@ -1,4 +1,4 @@
-"""rationale_kit.llm: settings in the cache key, truncated answers, damaged caches, the
+"""rationale_kit.rationales.llm: settings in the cache key, truncated answers, damaged caches, the
 credentialed-data guard, secrets in answers, Retry-After, answer caps, and the backends added for
 credentialed data (Gemini on Vertex AI, OpenAI-compatible servers), each against a loopback fake
 server speaking its wire format (``tests/fake_gemini.py``, ``tests/fake_openai.py``)."""
@@ -21,7 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fake_gemini import FakeGemini, Reply  # noqa: E402
 from fake_openai import FakeOpenAI, OAReply  # noqa: E402
 
-from rationale_kit import config, llm  # noqa: E402
+from rationale_kit.core import config
+from rationale_kit.rationales import llm  # noqa: E402
 
 FAKE_KEY = "AIzaSyFAKE-never-leak-0123456789abcdef"
 OA_KEY = "sk-FAKE-never-leak-abcdef0123456789"
@@ -480,7 +481,7 @@ def _tiny_ds():
 
 
 def test_steps_llm_rationales_guard_reads_the_profile(gserver, tmp_path, monkeypatch):
-    from rationale_kit import steps
+    from rationale_kit.workbook import steps
 
     monkeypatch.setenv("GEMINI_API_KEY", FAKE_KEY)
     ds = _tiny_ds()

@@ -7,8 +7,8 @@ import pytest
 
 from mimic_formats import ADDENDUM_B, REPORT_A, REPORT_B, REPORT_C, write_all
 from rationale_kit import data
-from rationale_kit.config import load_profile
-from rationale_kit.records import DataError
+from rationale_kit.core.config import load_profile
+from rationale_kit.core.records import DataError
 
 
 @pytest.fixture(scope="module")

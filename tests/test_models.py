@@ -4,18 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from rationale_kit.config import ModelParams, Word2Vec
-from rationale_kit.models import (
-    MASK_ID,
-    PAD_ID,
-    Encoded,
-    PLMICD,
-    WordTokenizer,
-    build_model,
-    load,
-    load_predictor,
-    save,
-)
+from rationale_kit.core.config import ModelParams, Word2Vec
+from rationale_kit.models import MASK_ID, PAD_ID, Encoded, PLMICD, WordTokenizer, build_model, load, load_predictor, save
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(1)

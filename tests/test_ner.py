@@ -6,22 +6,8 @@ import pandas as pd
 import pytest
 import torch
 
-from rationale_kit.ner import (
-    B_TAG,
-    I_TAG,
-    O_TAG,
-    NERConfig,
-    NERModel,
-    assign_codes,
-    decode,
-    load_ner,
-    merge_spans,
-    piece_labels,
-    save_ner,
-    train_ner,
-    windows,
-)
-from rationale_kit.records import SPAN_COLUMNS
+from rationale_kit.rationales.ner import B_TAG, I_TAG, O_TAG, NERConfig, NERModel, assign_codes, decode, load_ner, merge_spans, piece_labels, save_ner, train_ner, windows
+from rationale_kit.core.records import SPAN_COLUMNS
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(1)
@@ -247,7 +233,7 @@ def test_save_load_round_trip(trained, toy, tmp_path):
 def test_checkpoint_reuse_and_determinism(trained, toy, encoder, monkeypatch):
     model, out = trained
     # same data and config: loaded, not retrained
-    import rationale_kit.ner as ner
+    import rationale_kit.rationales.ner as ner
 
     def boom(*a, **k):
         raise AssertionError("retrained")
@@ -287,7 +273,7 @@ def test_bad_inputs(encoder, toy):
         train_ner(toy[0], toy[1], _cfg(encoder, window=WINDOW + 1), progress=False)
     bad = toy[1].copy()
     bad.loc[bad.index[0], "end"] = 10_000
-    from rationale_kit.records import DataError
+    from rationale_kit.core.records import DataError
 
     with pytest.raises(DataError):
         train_ner(toy[0], bad, _cfg(encoder), progress=False)

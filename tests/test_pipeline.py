@@ -4,8 +4,8 @@ import json
 import nbformat
 import pytest
 
-from rationale_kit import pipeline
-from rationale_kit.pipeline import MissingArtifact, run_series, setup
+from rationale_kit.workbook import runner as pipeline
+from rationale_kit.workbook.runner import MissingArtifact, run_series, setup
 
 
 def _profile(tmp_path, name="p"):
@@ -175,7 +175,7 @@ def test_killed_run_is_not_skipped_and_its_partial_notebook_is_marked(tmp_path):
     nbs = _series(tmp_path)
     assert [r["status"] for r in run_series(str(prof), runs_dir=runs, notebooks_dir=nbs, only=["01", "02"])] == ["ok", "ok"]
     _series(tmp_path, which=("02",), body2=f"ctx.upstream('01_data')\nimport pathlib, time\npathlib.Path({str(flag)!r}).write_text('x')\ntime.sleep(120)")
-    code = (f"from rationale_kit.pipeline import run_series\n"
+    code = (f"from rationale_kit.workbook.runner import run_series\n"
             f"run_series({str(prof)!r}, runs_dir={str(runs)!r}, notebooks_dir={str(nbs)!r}, only=['01', '02'], force=True)")
     env = {**os.environ, "PYTHONPATH": str(pipeline.ROOT)}
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, start_new_session=True,

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rationale_kit.records import DataError
+from rationale_kit.core.records import DataError
 from rationale_kit.metrics import plausibility as pl
 
 TEXT = "aa bb 12 cc dd aa bb ee"
@@ -308,7 +308,7 @@ def test_numbers_above_ten_and_superscript_digits():
     # A: {20,23,25} vs {20} -> tp 1, fn 2; B: {20} vs {} -> fn 1
     assert counts(res, "token_exact") == (1, 0, 3)
     assert counts(res, "token_position_independent") == (1, 0, 3)
-    from rationale_kit.text import mdace_tokens
+    from rationale_kit.core.text import mdace_tokens
     assert [t for _, _, t in mdace_tokens("x ² 10² 7 12")] == ["x", "²", "7"]  # 10² = 102 > 10
 
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from rationale_kit import rationales as R
-from rationale_kit.records import SCORE_COLUMNS, DataError, Document
+from rationale_kit.core.records import SCORE_COLUMNS, DataError, Document
 
 torch.set_num_threads(1)
 

@@ -5,9 +5,9 @@ import json
 import pandas as pd
 import pytest
 
-from rationale_kit import pipeline, report
+from rationale_kit.workbook import runner as pipeline, report
 from rationale_kit.__main__ import main
-from rationale_kit.config import load_profile
+from rationale_kit.core.config import load_profile
 
 EVIL = "<script>alert(1)</script>"
 PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==")

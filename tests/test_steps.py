@@ -3,8 +3,8 @@ import pandas as pd
 import pytest
 import torch
 
-from rationale_kit import steps
-from rationale_kit.config import load_profile
+from rationale_kit.workbook import steps
+from rationale_kit.core.config import load_profile
 from rationale_kit.models import build_model
 from test_models import LABELS, TEXTS, W2V, WORD_PARAMS
 

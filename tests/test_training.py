@@ -11,17 +11,9 @@ import pandas as pd
 import pytest
 import torch
 
-from rationale_kit.config import ModelParams, Train, Word2Vec
+from rationale_kit.core.config import ModelParams, Train, Word2Vec
 from rationale_kit.models import build_model, load_predictor
-from rationale_kit.training import (
-    HISTORY_COLUMNS,
-    NonFiniteLoss,
-    attention_rationale_loss,
-    make_batches,
-    predict_probs,
-    rationale_pairs,
-    train_model,
-)
+from rationale_kit.training import HISTORY_COLUMNS, NonFiniteLoss, attention_rationale_loss, make_batches, predict_probs, rationale_pairs, train_model
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(1)

@@ -6,10 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rationale_kit.metrics.uncertainty import (
-    BootstrapWarning, Interval, bootstrap, f1_statistic, mean_statistic, note_weights,
-    paired_bootstrap, precision_statistic, recall_statistic, verdict,
-)
+from rationale_kit.metrics.uncertainty import BootstrapWarning, Interval, bootstrap, f1_statistic, mean_statistic, note_weights, paired_bootstrap, precision_statistic, recall_statistic, verdict
 
 
 def test_note_weights_rows_sum_to_n_and_are_seeded():

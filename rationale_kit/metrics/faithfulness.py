@@ -125,8 +125,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..records import DataError
-from ..text import span_mask, word_units
+from rationale_kit.core.records import DataError
+from rationale_kit.core.text import span_mask, word_units
 
 __all__ = [
     "NOTE_AOPC", "MEASURES", "OUTPUT_COLUMNS", "NoteCache", "faithfulness_discrete", "faithfulness_scored",
@@ -627,7 +627,7 @@ def _package_model(model, name: str, own: Sequence[str]) -> bool:
     overrides none of ``own`` (methods of that class) nor ``forward``, ``forward_from_embeddings`` or
     ``attend`` of the base class: an incremental path reproduces exactly that computation."""
     try:
-        from .. import models as M
+        from rationale_kit import models as M
     except Exception:  # pragma: no cover - the models module needs optional packages
         return False
     ref, base = getattr(M, name), M.LabelAttentionModel
@@ -854,7 +854,7 @@ _CHUNK_ELEMENTS = 8_000_000
 def _encode_chunks(model, segments: list[np.ndarray], batch_size: int, device) -> list[torch.Tensor]:
     """Hidden states ``[len, D]`` (float32) of each id segment (at most ``chunk_size`` long),
     each encoded as one chunk by the model's own ``collate``, ``embed`` and ``hidden``."""
-    from ..models import Encoded
+    from rationale_kit.models import Encoded
 
     out = []
     for b in range(0, len(segments), batch_size):
@@ -971,7 +971,7 @@ class NoteCache:
 # --------------------------------------------------------------------------------------------
 def _progress(total: int, enabled: bool, desc: str):
     try:
-        from ..pipeline import progress as _p
+        from rationale_kit.core.runtime import progress as _p
     except Exception:  # pragma: no cover
         from tqdm import tqdm as _t
 

@@ -1,6 +1,6 @@
 """Plausibility: agreement of rationales with human evidence spans (METHOD.md section 5).
 
-Pure functions over the span tables of :mod:`rationale_kit.records` (``note_id, code, start, end``
+Pure functions over the span tables of :mod:`rationale_kit.core.records` (``note_id, code, start, end``
 [, ``granularity, source``]) and the note texts (``docs``: ``note_id, text``).
 
 Conventions
@@ -34,7 +34,7 @@ scorer's per-note sets carry the code in every key, so per-pair sums are the sam
 
 The overlap variants (:data:`OVERLAP_MEASURES`, not MDACE's numbers): ``token_exact_overlap``
 (key: index of each note token a span overlaps by at least one character, tokens of
-:func:`rationale_kit.text.mdace_tokens` of the *note* for ``unit="mdace"`` or every ``\\w+`` word
+:func:`rationale_kit.core.text.mdace_tokens` of the *note* for ``unit="mdace"`` or every ``\\w+`` word
 for ``unit="word"``), ``token_position_independent_overlap`` (key: those tokens' texts). A span
 cutting a word covers the whole word, a span with no word character covers no token.
 
@@ -75,8 +75,8 @@ from typing import Iterable, Literal, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from ..records import SPAN_COLUMNS, DataError, merge_intervals
-from ..text import mdace_tokens, word_units
+from rationale_kit.core.records import SPAN_COLUMNS, DataError, merge_intervals
+from rationale_kit.core.text import mdace_tokens, word_units
 
 Unit = Literal["mdace", "word"]
 Pairs = Literal["gold", "gold_notes", "all"]
@@ -210,7 +210,7 @@ def _pair_spans(
 def mdace_span_tokens(text: str, start: int, end: int, max_number: int = 10) -> list[tuple[int, str]]:
     """MDACE's scorer tokens of one span: ``(absolute token start, token text)`` for the ``\\w+``
     tokens of the lower-cased ``text[start:end]`` (numbers above ``max_number`` dropped; see
-    :func:`rationale_kit.text.mdace_tokens`). Offsets are those of the lower-cased span text added
+    :func:`rationale_kit.core.text.mdace_tokens`). Offsets are those of the lower-cased span text added
     to ``start``, as the scorer does (they differ from the raw text only where lower-casing
     changes a string's length, e.g. "İ")."""
     return [(start + a, tok) for a, _, tok in mdace_tokens(text[start:end], max_number=max_number)]

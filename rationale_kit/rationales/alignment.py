@@ -73,7 +73,7 @@ from typing import Iterable, Literal, Sequence
 import numpy as np
 import pandas as pd
 
-from .records import SPAN_COLUMNS, DataError
+from rationale_kit.core.records import SPAN_COLUMNS, DataError
 
 Occurrences = Literal["all", "first"]
 METHODS = ("exact", "fuzzy", "split_exact", "split_fuzzy", "unaligned")
@@ -564,10 +564,10 @@ def threshold_effect(ds, quotes: pd.DataFrame, thresholds: Iterable[float] = (1.
     """Per teacher (``quotes.source``) and threshold: alignment rate and the plausibility of the
     aligned spans (position-independent token F1 and exact token F1) against the human spans of
     the evaluation design's report notes, on the pairs that teacher was run on (``design``:
-    :class:`rationale_kit.evaluation.EvaluationDesign`; None = the design of ``ds.docs`` with
+    :class:`rationale_kit.metrics.evaluation.EvaluationDesign`; None = the design of ``ds.docs`` with
     every evaluation pair). ``n_pairs`` says on how many."""
-    from .evaluation import make_design, restrict
-    from .metrics.plausibility import mdace_measures
+    from rationale_kit.metrics.evaluation import make_design, restrict
+    from rationale_kit.metrics.plausibility import mdace_measures
 
     docs = ds.docs[["note_id", "text"]]
     design = design or make_design(ds.docs)

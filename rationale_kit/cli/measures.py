@@ -17,7 +17,7 @@
     ``token_position_independent_overlap``. Additive measures carry ``tp, fp, fn, precision,
     recall, f1, n_notes, n_pairs`` and, with ``--bootstrap N``, ``f1_ci: [lo, hi]`` (95%
     percentile, notes resampled). Units: the (note, code) pairs with gold spans. Codes are
-    normalised (``rationale_kit.icd.normalize_code``: ``E119`` and ``e11.9`` are ``E11.9``) before
+    normalised (``rationale_kit.core.icd.normalize_code``: ``E119`` and ``e11.9`` are ``E11.9``) before
     gold and predicted spans are matched (``compare`` too); a malformed code is an error.
 
 ``compare --docs D --gold G --pred-a A --pred-b B [--units covered|gold] [--bootstrap N --seed S]``
@@ -41,7 +41,7 @@ from typing import Sequence
 
 import pandas as pd
 
-from .records import SPAN_COLUMNS, DataError, iter_jsonl_objects, read_spans_jsonl
+from rationale_kit.core.records import SPAN_COLUMNS, DataError, iter_jsonl_objects, read_spans_jsonl
 
 
 def _check_text(value: str, path: str | Path, lineno: int, key: str) -> None:
@@ -131,7 +131,7 @@ def _write_out(path: str, text: str) -> None:
 def read_codes_checked(path: str | Path, system: str = "auto") -> dict[str, str]:
     """``{code as written: normalised code}`` of the spans JSONL ``path``; a malformed code is a
     :class:`DataError` naming file and line."""
-    from .icd import CodeError, normalize_code
+    from rationale_kit.core.icd import CodeError, normalize_code
 
     out: dict[str, str] = {}
     for lineno, rec in iter_jsonl_objects(path):
@@ -161,7 +161,7 @@ def _json_value(v):
 
 
 def align_main(argv: Sequence[str] | None = None) -> int:
-    from .alignment import align_quotes
+    from rationale_kit.rationales.alignment import align_quotes
 
     ap = argparse.ArgumentParser(prog="rationale_kit align", description="Align LLM quotes to note spans.")
     ap.add_argument("--docs", required=True, help="JSONL, one {note_id, text} per line")
@@ -198,7 +198,7 @@ def align_main(argv: Sequence[str] | None = None) -> int:
 def read_pred_jsonl(path: str | Path, docs: pd.DataFrame) -> tuple[pd.DataFrame, set[str]]:
     """Predicted spans JSONL and the notes the file covers.
 
-    Lines as :func:`rationale_kit.records.read_spans_jsonl`; in addition a line whose ``start`` and
+    Lines as :func:`rationale_kit.core.records.read_spans_jsonl`; in addition a line whose ``start`` and
     ``end`` are both null (as ``align`` writes for an unaligned quote) carries no span but marks its
     note as covered. A note is covered when the file has any line for it. Errors name file and line.
     """
@@ -237,7 +237,7 @@ def _add_bootstrap_args(ap: argparse.ArgumentParser, default: int) -> None:
 
 def _add_code_system_arg(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--code-system", choices=["auto", "cm", "pcs"], default="auto",
-                    help="how codes are normalised before matching (rationale_kit.icd.normalize_code; default auto)")
+                    help="how codes are normalised before matching (rationale_kit.core.icd.normalize_code; default auto)")
 
 
 def _read_normalised(reader, path: str | Path, docs: pd.DataFrame, system: str):
@@ -260,8 +260,8 @@ def _ci(interval) -> list | None:
 
 
 def plausibility_main(argv: Sequence[str] | None = None) -> int:
-    from .metrics import plausibility as P
-    from .metrics.uncertainty import bootstrap, f1_statistic
+    from rationale_kit.metrics import plausibility as P
+    from rationale_kit.metrics.uncertainty import bootstrap, f1_statistic
 
     ap = argparse.ArgumentParser(
         prog="rationale_kit plausibility", description="Plausibility of predicted spans against gold spans.",
@@ -309,8 +309,8 @@ def plausibility_main(argv: Sequence[str] | None = None) -> int:
 
 
 def compare_main(argv: Sequence[str] | None = None) -> int:
-    from .metrics import plausibility as P
-    from .metrics.uncertainty import f1_statistic, paired_bootstrap
+    from rationale_kit.metrics import plausibility as P
+    from rationale_kit.metrics.uncertainty import f1_statistic, paired_bootstrap
 
     ap = argparse.ArgumentParser(
         prog="rationale_kit compare",

@@ -54,8 +54,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ModelParams, Word2Vec
-from .text import WORD_RE, truncate_words
+from rationale_kit.core.config import ModelParams, Word2Vec
+from rationale_kit.core.text import WORD_RE, truncate_words
 
 __all__ = [
     "CAML", "LAAT", "PLMICD", "Encoded", "LabelAttentionModel", "ModelOutput", "PieceTokenizer",

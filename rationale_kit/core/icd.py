@@ -26,7 +26,7 @@ with warnings.catch_warnings():  # the package loads its data with deprecated im
     warnings.simplefilter("ignore", DeprecationWarning)
     import simple_icd_10_cm as _cm
 
-from .records import DataError
+from rationale_kit.core.records import DataError
 
 System = Literal["cm", "pcs", "auto"]
 

@@ -161,7 +161,7 @@ def pair_plausibility(gold: pd.DataFrame, sources: dict[str, pd.DataFrame], docs
                       model: str = "-", unit: str = "mdace") -> pd.DataFrame:
     """Per-pair plausibility of discrete sources against ``gold`` (pairs with gold spans): token F1
     and position-independent token F1, long (``note_id, code, source, model, measure, value``)."""
-    from .metrics.plausibility import Tokens, prf
+    from rationale_kit.metrics.plausibility import Tokens, prf
 
     tokens = Tokens(docs, unit)
     known = set(tokens.texts)
@@ -393,7 +393,7 @@ def plot_dataset_overview(docs: pd.DataFrame, spans: pd.DataFrame, title: str = 
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    from .text import WORD_RE
+    from rationale_kit.core.text import WORD_RE
 
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
     freq = docs.explode("codes")["codes"].value_counts().head(top)

@@ -18,8 +18,9 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import pandas as pd
 
-from .config import Profile
-from .pipeline import NOTEBOOKS, _git_commit, artifacts_root, figures_dir
+from rationale_kit.core.config import Profile
+from rationale_kit.core.runtime import git_commit as _git_commit
+from rationale_kit.workbook.runner import NOTEBOOKS, artifacts_root, figures_dir
 
 _STATUS = {"ok": "ran", "skipped": "skipped (unchanged)", "failed": "FAILED", "missing": "notebook file missing"}
 
@@ -106,7 +107,7 @@ def _faithfulness(values: str) -> Callable[[pd.DataFrame], pd.DataFrame]:
 
 
 def _aopc_note() -> str:
-    from .metrics.faithfulness import NOTE_AOPC  # lazy: it imports torch
+    from rationale_kit.metrics.faithfulness import NOTE_AOPC  # lazy: it imports torch
 
     return NOTE_AOPC
 

@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .config import Profile
-from .records import SPAN_COLUMNS
+from rationale_kit.core.config import Profile
+from rationale_kit.core.records import SPAN_COLUMNS
 
 
 # --------------------------------------------------------------------------------------------
@@ -29,8 +29,8 @@ def label_space(docs: pd.DataFrame) -> list[str]:
 
 def eval_docs(docs: pd.DataFrame) -> pd.DataFrame:
     """Annotated test notes: where rationales are evaluated (never few-shot examples); see
-    :func:`rationale_kit.evaluation.evaluation_notes`."""
-    from .evaluation import evaluation_notes
+    :func:`rationale_kit.metrics.evaluation.evaluation_notes`."""
+    from rationale_kit.metrics.evaluation import evaluation_notes
 
     return evaluation_notes(docs)
 
@@ -38,23 +38,23 @@ def eval_docs(docs: pd.DataFrame) -> pd.DataFrame:
 def tuning_ids(docs: pd.DataFrame, fraction: float = 0.25) -> set[str]:
     """A deterministic ``fraction`` of the evaluation notes reserved for tuning (thresholds of soft
     rationales, the guided-learning lambda); reported numbers use the other notes. The same set as
-    :attr:`rationale_kit.evaluation.EvaluationDesign.tuning_ids`."""
-    from .evaluation import make_design
+    :attr:`rationale_kit.metrics.evaluation.EvaluationDesign.tuning_ids`."""
+    from rationale_kit.metrics.evaluation import make_design
 
     return set(make_design(docs, fraction).tuning_ids)
 
 
 def evaluation_design(docs: pd.DataFrame, profile: Profile):
-    """The profile's :class:`~rationale_kit.evaluation.EvaluationDesign` of ``docs`` (no run-on
+    """The profile's :class:`~rationale_kit.metrics.evaluation.EvaluationDesign` of ``docs`` (no run-on
     pairs yet)."""
-    from .evaluation import make_design
+    from rationale_kit.metrics.evaluation import make_design
 
     return make_design(docs, profile.evaluation.tuning_fraction)
 
 
 def boot(profile: Profile):
     """The profile's bootstrap settings (``evaluation`` section)."""
-    from .evaluation import Bootstrap
+    from rationale_kit.metrics.evaluation import Bootstrap
 
     e = profile.evaluation
     return Bootstrap(e.bootstrap_resamples, e.seed, e.level)
@@ -65,7 +65,7 @@ def record_run_on(design, pairs: pd.DataFrame, soft: pd.DataFrame, entity_method
     """The design with the pairs every source of notebook 03 was run on: each model's attention
     (and gradient, where computed) on that model's pairs; entity linking (per method) on every
     pair; each LLM teacher on every gold code of the evaluation notes it was sent."""
-    from . import evaluation as E
+    from rationale_kit.metrics import evaluation as E
 
     parts = []
     for (model, source) in sorted(set(zip(soft.model, soft.source))) if len(soft) else []:
@@ -98,7 +98,7 @@ def fit_model(name: str, profile: Profile, docs: pd.DataFrame, labels: list[str]
     model is saved to ``out_dir / "model"``."""
     import dataclasses
 
-    from . import models, training
+    from rationale_kit import models, training
 
     params = getattr(profile.train, name)
     torch.manual_seed(profile.common.seed)
@@ -140,17 +140,18 @@ def saved_model_hash(folder: Path) -> str:
 
 def training_code_hash() -> str:
     """Hash of the sources that determine a trained model (models, training, text units)."""
-    root = Path(__file__).resolve().parent
+    pkg = Path(__file__).resolve().parents[1]
+    files = [*sorted((pkg / "models").rglob("*.py")), *sorted((pkg / "training").rglob("*.py")), pkg / "core" / "text.py"]
     h = hashlib.sha256()
-    for rel in ("models.py", "training.py", "text.py"):
-        h.update(rel.encode())
-        h.update((root / rel).read_bytes())
+    for f in files:
+        h.update(str(f.relative_to(pkg)).encode())
+        h.update(f.read_bytes())
     return h.hexdigest()[:16]
 
 
 def predictions(model, docs: pd.DataFrame, threshold: float, device: str = "cpu", batch_size: int = 16) -> pd.DataFrame:
     """Long table ``note_id, code, prob, pred, is_gold`` for every (note, label) of ``docs``."""
-    from .training import predict_probs
+    from rationale_kit.training import predict_probs
 
     probs = predict_probs(model, docs, batch_size=batch_size, device=device)
     labels = np.array(model.labels)
@@ -172,7 +173,7 @@ def coding_table(pred_frames: Mapping[str, pd.DataFrame], docs: pd.DataFrame, la
     Test codes outside ``labels`` (no training document carries them) count as misses in micro
     recall/F1, R@k and R-precision; ``unseen_gold_share`` is their share of the gold occurrences
     (macro measures, mAP and AUC are over ``labels``)."""
-    from .metrics import coding
+    from rationale_kit.metrics import coding
 
     test = docs[docs.split == "test"]
     y = coding.label_matrix(test.codes, labels)
@@ -197,7 +198,7 @@ def coding_table(pred_frames: Mapping[str, pd.DataFrame], docs: pd.DataFrame, la
 
 def load_models(train_dir: Path, names: Iterable[str], device: str = "cpu") -> dict:
     """Trained models saved by notebook 02 (``train_dir/<name>/model``), in eval mode."""
-    from . import models
+    from rationale_kit import models
 
     out = {}
     for name in names:
@@ -212,7 +213,7 @@ def load_models(train_dir: Path, names: Iterable[str], device: str = "cpu") -> d
 # --------------------------------------------------------------------------------------------
 def rationale_pairs(docs: pd.DataFrame, preds: pd.DataFrame, code_set: str = "both") -> pd.DataFrame:
     """(note_id, code, is_gold, is_predicted, model) pairs to explain, per model."""
-    from .rationales import codes_for_rationales
+    from rationale_kit.rationales import codes_for_rationales
 
     parts = []
     for name, p in preds.groupby("model"):
@@ -226,7 +227,7 @@ def model_rationales(models_: Mapping[str, torch.nn.Module], docs: pd.DataFrame,
                      profile: Profile, device: str = "cpu") -> tuple[pd.DataFrame, dict]:
     """Attention and gradient rationales of every model for its pairs; returns the soft table and a
     report of missing codes and integrated-gradients completeness."""
-    from .rationales import attention_rationales, gradient_rationales
+    from rationale_kit.rationales import attention_rationales, gradient_rationales
 
     r = profile.rationales
     tables, report = [], {}
@@ -256,7 +257,7 @@ def entity_rationales(docs: pd.DataFrame, pairs: pd.DataFrame, codes: pd.DataFra
     """Entity-linking rationales for the pairs (model-independent). Returns ``(spans, mentions)``;
     ``mentions`` lists every mention found, filtered ones with their reason. Without "entity" in
     ``rationales.sources`` both tables are empty (the linker is not run)."""
-    from .entity import EntityLinker, entity_rationales as _entity, link_documents
+    from rationale_kit.rationales.entity import EntityLinker, entity_rationales as _entity, link_documents
 
     r = profile.rationales
     if "entity" not in r.sources:
@@ -273,7 +274,7 @@ def entity_rationales(docs: pd.DataFrame, pairs: pd.DataFrame, codes: pd.DataFra
 def llm_requests(ds, docs: pd.DataFrame, shots: int, profile: Profile):
     """Requests for ``docs`` (gold codes with descriptions); with ``shots > 0`` each prompt holds up
     to ``shots`` human-annotated examples per code from the few-shot pool (never an evaluated note)."""
-    from . import llm
+    from rationale_kit.rationales import llm
 
     desc = dict(zip(ds.codes.code, ds.codes.description))
     examples = []
@@ -292,7 +293,7 @@ def llm_rationales(ds, docs: pd.DataFrame, profile: Profile, cache_dir: Path,
     """Quotes of every teacher (``{"llm_zero": 0, "llm_few": k}``: name -> shots per code) for the
     notes of ``docs``, through the disk cache (a rerun makes no new calls). Returns (quotes, calls)
     with a ``source`` column naming the teacher. Teachers not in ``rationales.sources`` are not asked."""
-    from . import llm
+    from rationale_kit.rationales import llm
 
     skipped = [t for t in teachers if t not in profile.rationales.sources]
     if skipped:
@@ -323,7 +324,7 @@ def llm_plan(ds, docs: pd.DataFrame, profile: Profile, cache_dir: Path, teachers
     """The dry run of :func:`llm_rationales`, before any call: per teacher and in total, the calls
     still to make (cached answers left out), input and output tokens (``input_count``: the
     backend's tokenizer, or an estimate) and the cost from the profile's prices. Sends nothing."""
-    from . import llm
+    from rationale_kit.rationales import llm
 
     cfg = profile.rationales.llm
     backend = llm.plan_backend(cfg, credentialed=llm.is_credentialed(profile, docs))
@@ -370,7 +371,7 @@ def discrete_sources(rationales_dir: Path, alignment_dir: Path | None) -> dict[s
 
 def attention_topk_spans(soft: pd.DataFrame, model: str, k: int) -> pd.DataFrame:
     """The model's attention binarised by its top-``k`` units per pair, as spans."""
-    from .rationales import soft_to_spans
+    from rationale_kit.rationales import soft_to_spans
 
     sub = soft[(soft.source == "attention") & (soft.model == model)]
     return soft_to_spans(sub, topk=k)
@@ -418,8 +419,8 @@ def faithfulness_tables(models_: Mapping[str, torch.nn.Module], docs: pd.DataFra
     Per model the engine is called once per kind (all discrete sources together, all scored
     sources for ERASER, all for Edin), the three calls sharing one ``NoteCache``, so each note is
     encoded and cached once per model."""
-    from .evaluation import restrict
-    from .metrics import faithfulness as F
+    from rationale_kit.metrics.evaluation import restrict
+    from rationale_kit.metrics import faithfulness as F
 
     f = profile.faithfulness
     k = profile.rationales.topk
@@ -459,8 +460,8 @@ def faithfulness_summary(agg: pd.DataFrame, profile: Profile) -> pd.DataFrame:
     intervals over notes of the rationale mean (``rationale_lo/hi``) and of the difference
     (``difference_lo/hi``, paired: the control is on the same pairs). ``agg``: the per-pair rows
     (``k`` NaN) of :func:`faithfulness_tables`."""
-    from . import evaluation as E
-    from .metrics import faithfulness as F
+    from rationale_kit.metrics import evaluation as E
+    from rationale_kit.metrics import faithfulness as F
 
     boot_ = boot(profile)
     keys = ["model", "source", "measure"]
@@ -485,7 +486,7 @@ def attention_vs_entity(agg: pd.DataFrame, k: int, profile: Profile, dataset: st
     entity spans more sufficient (lower sufficiency), each from a paired comparison on the pairs
     both sources were scored on (means over those pairs, difference attention - entity, paired
     bootstrap interval over notes, verdict); a combined row per model. ``agg``: per-pair rows."""
-    from . import evaluation as E
+    from rationale_kit.metrics import evaluation as E
 
     att, ent = f"attention top-{k}", "entity (exact_code)"
     boot_ = boot(profile)
@@ -569,8 +570,8 @@ def plausibility_tables(ds, discrete: Mapping[str, pd.DataFrame], soft: pd.DataF
     alongside. A random baseline has the entity spans' sizes placed at random. Model sources are
     also split by codes the model predicted vs missed. ``comparisons``: finding (a) from paired
     comparisons (LLM vs entity, entity vs top-k attention per model) on the pairs both have."""
-    from . import evaluation as E
-    from .metrics import plausibility as P
+    from rationale_kit.metrics import evaluation as E
+    from rationale_kit.metrics import plausibility as P
 
     pl = profile.plausibility
     design = design or evaluation_design(ds.docs, profile)
@@ -618,7 +619,7 @@ def plausibility_verdicts(counts: pd.DataFrame, profile: Profile, dataset: str,
     """Finding (a), plausibility LLM > entity > attention, from paired comparisons of ``measure``
     F1 on the pairs both sources were scored on: each LLM teacher vs exact-code entity spans, and
     entity spans vs each model's top-k attention (``rationales.topk``); a combined row per model."""
-    from . import evaluation as E
+    from rationale_kit.metrics import evaluation as E
 
     boot_ = boot(profile)
     k = profile.rationales.topk
@@ -662,7 +663,7 @@ def plausibility_wide(table: pd.DataFrame) -> pd.DataFrame:
 def save_bootstrap_timing(ctx) -> dict:
     """Write the bootstrap's seconds and its share of the notebook's time so far
     (``bootstrap_timing.json`` in the notebook's artifact folder)."""
-    from .evaluation import save_timing
+    from rationale_kit.metrics.evaluation import save_timing
 
     return save_timing(ctx.out_dir, time.time() - ctx.started)
 
@@ -710,9 +711,9 @@ def _student_counts(model, threshold: float, ds, design, topk: int, device: str 
     gold (note, code) pair of the evaluation notes whose code it knows (``pair_counts`` rows), and
     coding counts per test note (``measure "coding"``, ``code "-"``: tp/fp/fn of its predicted
     codes at ``threshold`` against the note's gold codes, over its labels); and the attention."""
-    from . import evaluation as E
-    from .metrics import plausibility as P
-    from .rationales import attention_rationales
+    from rationale_kit.metrics import evaluation as E
+    from rationale_kit.metrics import plausibility as P
+    from rationale_kit.rationales import attention_rationales
 
     labels = set(model.labels)
     if pr is None:  # the predictions of every test note
@@ -736,9 +737,9 @@ def evaluate_student(model, threshold: float, ds, profile: Profile, device: str 
     plausibility (PI token F1 of the top-k attention, AUPRC) on the report notes; the PI token F1
     on the tuning notes (``pi_token_f1_tuning``: what lambda is chosen on). The per-unit counts
     are in the returned row's ``counts`` (a frame, popped by :func:`guided_run`)."""
-    from . import evaluation as E
-    from .metrics import coding
-    from .metrics import plausibility as P
+    from rationale_kit.metrics import evaluation as E
+    from rationale_kit.metrics import coding
+    from rationale_kit.metrics import plausibility as P
 
     design = design or evaluation_design(ds.docs, profile)
     k = profile.rationales.topk
@@ -796,7 +797,7 @@ def guided_sweep(ds, labels: list[str], targets: Mapping[str, dict], profile: Pr
     """The lambda sweep: for each model, lambda = 0 once, then every teacher x every lambda > 0;
     every run repeated for each seed of ``common.seeds`` (folders get a ``_seed<N>`` suffix when
     there are several)."""
-    from .config import seeds as seeds_of
+    from rationale_kit.core.config import seeds as seeds_of
 
     rows = []
     g = profile.guided
@@ -842,7 +843,7 @@ def choose_lambda(counts: pd.DataFrame, model: str, teacher: str, tuning_ids: It
                   measure: str = PI) -> tuple[float, dict]:
     """The lambda > 0 of ``teacher`` with the best pooled ``measure`` F1 on the tuning notes
     (counts summed over seeds; the smallest lambda on ties); returns it and every lambda's F1."""
-    from . import evaluation as E
+    from rationale_kit.metrics import evaluation as E
 
     c = counts[(counts.model == model) & (counts.teacher == teacher) & (counts["lambda"] > 0)]
     scores = {}
@@ -860,7 +861,7 @@ def tradeoff(sweep: pd.DataFrame, counts: pd.DataFrame, design, profile: Profile
     token F1 gain over lambda = 0 and the micro-F1 change (test notes that are not tuning notes),
     each with a paired bootstrap interval over notes (counts summed over seeds) and, with several
     seeds, the mean and standard deviation across seeds. Returns (table, finding (c)'s verdicts)."""
-    from . import evaluation as E
+    from rationale_kit.metrics import evaluation as E
 
     boot_ = boot(profile)
     report, tune = set(design.report_ids), set(design.tuning_ids)
@@ -921,9 +922,9 @@ def ner_experiment(ds, targets: Mapping[str, dict], profile: Profile, out_dir: P
     predicts, against every gold pair of the first ``guided.ner_eval_notes`` report notes (a gold
     code the model did not predict is a miss). One row per (teacher, size), with its units and an
     interval; the per-pair counts are in ``<out_dir>/<teacher>_<n>/note_counts.parquet``."""
-    from . import evaluation as E
-    from . import ner as N
-    from .metrics import plausibility as P
+    from rationale_kit.metrics import evaluation as E
+    from rationale_kit.rationales import ner as N
+    from rationale_kit.metrics import plausibility as P
 
     g = profile.guided
     design = design or evaluation_design(ds.docs, profile)
@@ -975,7 +976,7 @@ def guided_summary(sweep: pd.DataFrame, ner: pd.DataFrame, counts: pd.DataFrame,
     own units (``n_notes``, ``n_pairs``, ``units``: students on every report note, NER on its
     notes); ``pi_token_f1 (common units)`` puts every row on the pairs all of them have, with a
     bootstrap interval."""
-    from . import evaluation as E
+    from rationale_kit.metrics import evaluation as E
 
     boot_ = boot(profile)
     report = set(design.report_ids)
@@ -1042,7 +1043,7 @@ def few_shot_students(ds, labels: list[str], targets: Mapping[str, dict], profil
     A student that notebook 07 already trained with the same settings (a row of its ``sweep`` with
     the same model, teacher, lambda and seed; same profile, so the same data, targets and training)
     is reused rather than trained again; the ``trained_in`` column says which."""
-    from .config import seeds as seeds_of
+    from rationale_kit.core.config import seeds as seeds_of
 
     fs = profile.few_shot
     seeds = seeds_of(profile)
@@ -1079,7 +1080,7 @@ def few_shot_summary(teacher_counts: pd.DataFrame, students: pd.DataFrame, profi
     paired bootstrap interval and n. ``teacher_counts``: notebook 06's ``pair_counts.parquet``;
     ``students``: :func:`few_shot_students` rows (their ``run_dir`` counts, summed over seeds).
     Returns (summary, verdicts)."""
-    from . import evaluation as E
+    from rationale_kit.metrics import evaluation as E
 
     boot_ = boot(profile)
     t = teacher_counts[(teacher_counts.measure == PI) & (teacher_counts.model == "-")]

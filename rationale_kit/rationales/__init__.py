@@ -40,17 +40,9 @@ from typing import Literal, Mapping, NamedTuple, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from . import text as _text
-from .config import DEFAULT_GRADIENT_METHOD
-from .records import (
-    SCORE_COLUMNS,
-    SPAN_COLUMNS,
-    DataError,
-    Document,
-    Span,
-    read_spans_jsonl,
-    write_spans_jsonl,
-)
+from rationale_kit.core import text as _text
+from rationale_kit.core.config import DEFAULT_GRADIENT_METHOD
+from rationale_kit.core.records import SCORE_COLUMNS, SPAN_COLUMNS, DataError, Document, Span, read_spans_jsonl, write_spans_jsonl
 
 #: Extra columns of a discrete rationale table (after SPAN_COLUMNS).
 DISCRETE_EXTRA = ["method", "model"]

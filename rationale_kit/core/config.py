@@ -18,7 +18,9 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
-PARAMS_DIR = Path(__file__).resolve().parent.parent / "params"
+from rationale_kit.core.runtime import ROOT
+
+PARAMS_DIR = ROOT / "params"
 
 
 class ConfigError(ValueError):

@@ -2,7 +2,7 @@
 
 There is no openly licensed English clinical text with ICD-10 codes and human rationale spans, so
 the workbook ships this generator. Every note, code and "human" span it produces is synthetic:
-written by templates from the lexicon in ``resources/lexicon/`` (codes, evidence, filler prose).
+written by templates from the lexicon in ``lexicon/`` (beside this module) (codes, evidence, filler prose).
 
 What it can show: that pipelines, metrics and learning methods behave as they should on notes that
 look like discharge summaries - coding models learn codes from explicit mentions, medications and
@@ -16,7 +16,7 @@ cleaner and more regular than in MIMIC, and the "human" spans are exactly what t
 (no annotator disagreement). No number computed on it estimates performance on MIMIC or any real
 clinical text.
 
-Design (parameters in :class:`rationale_kit.config.EmbeddedCorpus`):
+Design (parameters in :class:`rationale_kit.core.config.EmbeddedCorpus`):
 
 - codes: the first ``n_codes`` codes of ``codes.yaml`` (billable ICD-10-CM, checked with
   simple-icd-10-cm), sampled per note with long-tailed weights, co-occurrence (``related``),
@@ -30,7 +30,7 @@ Design (parameters in :class:`rationale_kit.config.EmbeddedCorpus`):
   ``mention`` (the diagnosis words), ``evidence`` (a medication with its dose, a lab value with its
   number, a finding, a procedure), ``sentence`` (the sentence or list line carrying either);
 - lengths: log-normal around ``sqrt(min_words * max_words)`` words with a tail of long notes, kept
-  within ``[min_words, max_words]`` words (``\\w+`` words, as :mod:`rationale_kit.text` counts).
+  within ``[min_words, max_words]`` words (``\\w+`` words, as :mod:`rationale_kit.core.text` counts).
 
 The same seed gives the same corpus byte for byte: only ``random.Random`` seeded from strings is
 used, and no set or hash order is iterated.
@@ -48,11 +48,11 @@ from typing import Any, Callable, Iterable
 import pandas as pd
 import yaml
 
-from .config import EmbeddedCorpus
-from .records import SPAN_COLUMNS, DataError
-from .text import WORD_RE
+from rationale_kit.core.config import EmbeddedCorpus
+from rationale_kit.core.records import SPAN_COLUMNS, DataError
+from rationale_kit.core.text import WORD_RE
 
-LEXICON_DIR = Path(__file__).resolve().parent / "resources" / "lexicon"
+LEXICON_DIR = Path(__file__).resolve().parent / "lexicon"
 LEXICON_FILES = ("codes.yaml", "templates.yaml", "filler.yaml")
 
 GRANULARITIES = ("mention", "evidence", "sentence")
@@ -452,7 +452,7 @@ def _lexicon_key(path: str | Path | None) -> tuple:
 def load_lexicon(path: str | Path | None = None) -> dict:
     """Load and validate the lexicon.
 
-    ``path`` is ``None`` (the packaged ``resources/lexicon/``), a folder holding ``codes.yaml``
+    ``path`` is ``None`` (the packaged ``lexicon/`` (beside this module)), a folder holding ``codes.yaml``
     (and optionally ``templates.yaml``, ``filler.yaml``), or one YAML file with a ``codes`` list
     (and optionally ``version``, ``templates``, ``filler``). Parts not given come from the
     packaged lexicon. Raises :class:`LexiconError` naming the file, the code and the key when
@@ -581,7 +581,7 @@ class Corpus:
       (True for the test notes: the evaluation set), ``fewshot`` (True for the ``n_fewshot_pool``
       training notes reserved as few-shot examples, chosen so that each code has up to
       :data:`FEWSHOT_PER_CODE` of them; ``annotated`` is False for these);
-    - ``spans``: gold spans (:data:`rationale_kit.records.SPAN_COLUMNS`, ``source == "human"``) of
+    - ``spans``: gold spans (:data:`rationale_kit.core.records.SPAN_COLUMNS`, ``source == "human"``) of
       EVERY note, granularities ``mention``, ``evidence``, ``sentence``;
     - ``codes``: ``code, description, frequency`` (training notes carrying the code);
     - ``lexicon_version``: ``<version>+<digest of the lexicon files>``;

@@ -10,7 +10,7 @@
 - ``report``: nested dict of counts: what was read, kept and skipped (with the reason), per
   split. :func:`format_report` prints it. Nothing is dropped without a count in ``report``.
 
-Sources: the embedded synthetic corpus (``rationale_kit.corpus``), CodiEsp (Spanish, or its English
+Sources: the embedded synthetic corpus (``rationale_kit.data.embedded``), CodiEsp (Spanish, or its English
 machine translation with sentence-level projected spans), and MIMIC-IV ICD-10 (user's own copy)
 with MDACE evidence or spans in the project's JSONL format. Bad input raises
 :class:`records.DataError` naming the file and the row, line or key.
@@ -34,11 +34,11 @@ from typing import Any, Iterable, Literal, Mapping, Optional
 import numpy as np
 import pandas as pd
 
-from . import icd
-from .records import SPAN_COLUMNS, DataError, _read_spans_jsonl, iter_jsonl_objects, write_spans_jsonl
-from .text import WORD_RE
+from rationale_kit.core import icd
+from rationale_kit.core.records import SPAN_COLUMNS, DataError, _read_spans_jsonl, iter_jsonl_objects, write_spans_jsonl
+from rationale_kit.core.runtime import ROOT
+from rationale_kit.core.text import WORD_RE
 
-ROOT = Path(__file__).resolve().parent.parent
 
 #: Columns of the canonical documents table.
 DATASET_DOC_COLUMNS = ["note_id", "text", "codes", "split", "annotated", "fewshot", "credentialed"]
@@ -1272,7 +1272,7 @@ def load_dataset(profile) -> Dataset:
 def _load_dataset(profile) -> Dataset:
     """The data set a profile names (``common.dataset``), with its ``data`` parameters.
 
-    - ``embedded``: :func:`rationale_kit.corpus.generate_corpus` (``data.embedded``, ``common.seed``).
+    - ``embedded``: :func:`rationale_kit.data.embedded.generate_corpus` (``data.embedded``, ``common.seed``).
     - ``codiesp``: :func:`load_codiesp` (``data.codiesp_dir`` or ``$RK_CODIESP_DIR``,
       ``data.codiesp_language``).
     - ``mimic``: :func:`load_mimic` (``data.mimic_dir`` or ``data.mimic_hosp_dir`` +
@@ -1288,7 +1288,7 @@ def _load_dataset(profile) -> Dataset:
     name = profile.common.dataset
     pool = getattr(data, "fewshot_pool", None)
     if name == "embedded":
-        from . import corpus  # lazy: the generator is only needed for this data set
+        from rationale_kit.data import embedded as corpus  # lazy: the generator is only needed for this data set
 
         c = corpus.generate_corpus(data.embedded, seed)
         docs = c.docs.copy()

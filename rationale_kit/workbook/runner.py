@@ -5,18 +5,23 @@ import dataclasses
 import hashlib
 import json
 import os
-import platform
-import random
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from .config import Profile, load_profile, to_dict
+from rationale_kit.core.config import Profile, load_profile, to_dict
+from rationale_kit.core.runtime import (
+    ROOT,
+    atomic_write_text,
+    file_hash,
+    git_commit,
+    pick_device,
+    seed_everything,
+    versions,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS_DIR = ROOT / "notebooks"
 
 #: The series, in order. Each notebook writes artifacts/<profile>/<name>/.
@@ -44,64 +49,6 @@ class RunLocked(RuntimeError):
     """Another run of the same profile is in progress."""
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and ``os.replace``: readers see the old or the
-    new content, never a truncated file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def _git_commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except Exception:
-        return "unknown"
-
-
-def versions() -> dict[str, str]:
-    """Versions of the main libraries (those importable)."""
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version()}
-    for pkg in ["torch", "transformers", "numpy", "pandas", "scikit-learn", "papermill", "google-genai", "scispacy", "gensim", "simple-icd-10-cm"]:
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
-    return out
-
-
-def file_hash(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()[:16]
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    try:
-        import numpy as np
-
-        np.random.seed(seed)
-    except ImportError:  # pragma: no cover
-        pass
-    try:
-        import torch
-
-        torch.manual_seed(seed)
-    except ImportError:  # pragma: no cover
-        pass
-
-
 def artifacts_root(profile: Profile) -> Path:
     """``artifacts/<profile>/``: one folder per notebook below it."""
     return ROOT / profile.common.artifacts_dir / profile.name
@@ -111,18 +58,6 @@ def figures_dir(profile: Profile) -> Path:
     """``figures/`` for the default profile (the committed figures), ``figures/<profile>/`` else."""
     d = ROOT / profile.common.figures_dir
     return d if profile.name == "default" else d / profile.name
-
-
-def pick_device(choice: str) -> str:
-    try:
-        import torch
-    except ImportError:  # pragma: no cover
-        return "cpu"
-    if choice == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("profile asks for device 'cuda' but no CUDA device is available")
-    return choice
 
 
 @dataclass
@@ -187,7 +122,7 @@ class Context:
             # checked when a later notebook reads this folder (Context.upstream)
             "output_hashes": {str(q.relative_to(self.out_dir)): file_hash(q) for q in outputs},
             "versions": versions(),
-            "git_commit": _git_commit(),
+            "git_commit": git_commit(),
             "device": self.device,
             "seconds": round(time.time() - self.started, 1),
             **(extra or {}),
@@ -257,25 +192,6 @@ def setup(notebook: str, profile: str | None = None, overrides: dict | None = No
     return ctx
 
 
-def progress(iterable: Any = None, enabled: bool = True, **kwargs: Any) -> Any:
-    """A progress bar that renders as a widget in JupyterLab and as text under papermill/CLI."""
-    if os.environ.get("PAPERMILL_EXECUTION") or not _in_notebook_kernel():
-        from tqdm import tqdm
-    else:
-        from tqdm.auto import tqdm
-    return tqdm(iterable, disable=not enabled, mininterval=2.0, **kwargs)
-
-
-def _in_notebook_kernel() -> bool:
-    try:
-        from IPython import get_ipython
-
-        ip = get_ipython()
-        return ip is not None and ip.__class__.__name__ == "ZMQInteractiveShell"
-    except ImportError:  # pragma: no cover
-        return False
-
-
 # --------------------------------------------------------------------------------------------
 # the runner
 # --------------------------------------------------------------------------------------------
@@ -285,7 +201,7 @@ def _package_hash() -> str:
     pkg = ROOT / "rationale_kit"
     for p in sorted(pkg.rglob("*")):
         # the report module does not change what the notebooks compute
-        if p.is_file() and p.suffix in {".py", ".yaml", ".txt", ".json"} and "__pycache__" not in p.parts and p != pkg / "report.py":
+        if p.is_file() and p.suffix in {".py", ".yaml", ".txt", ".json"} and "__pycache__" not in p.parts and p != pkg / "workbook" / "report.py":
             h.update(str(p.relative_to(pkg)).encode())
             h.update(p.read_bytes())
     return h.hexdigest()[:16]
@@ -520,7 +436,7 @@ def _run_locked(pm: Any, prof: Profile, nb_profile: str, profile_file: Path, onl
 def _report(prof: Profile, runs: Path, results: list[dict], profile: str) -> str:
     """Write the run report; a failure is described, never raised, so notebook results stay visible."""
     try:
-        from .report import build_report
+        from rationale_kit.workbook.report import build_report
 
         html_path, md_path = build_report(prof, runs, results)
         return f"{html_path} (and {md_path.name})"
@@ -539,7 +455,7 @@ def _write_provenance(prof: Profile, results: list[dict], runs: Path) -> None:
         "# Provenance of these figures",
         "",
         f"- profile: `{prof.name}`; dataset: `{prof.common.dataset}`; LLM backend: `{prof.rationales.llm.backend}`",
-        f"- git commit: `{_git_commit()}`; written {time.strftime('%Y-%m-%d %H:%M:%S')}",
+        f"- git commit: `{git_commit()}`; written {time.strftime('%Y-%m-%d %H:%M:%S')}",
         f"- executed notebooks: `{runs.relative_to(ROOT) if runs.is_relative_to(ROOT) else runs}`",
         "",
         "| notebook | status | seconds |",

@@ -60,8 +60,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .models import PieceTokenizer, _load_encoder, _load_hf_tokenizer, bundled_encoder_path, freeze_encoder_layers, read_saved_config, save_weights
-from .records import SPAN_COLUMNS, validate_spans
+from rationale_kit.models import PieceTokenizer, _load_encoder, _load_hf_tokenizer, bundled_encoder_path, freeze_encoder_layers, read_saved_config, save_weights
+from rationale_kit.core.records import SPAN_COLUMNS, validate_spans
 
 __all__ = [
     "NERConfig", "NERModel", "TAGS", "assign_codes", "data_hash", "load_ner", "merge_spans",
@@ -102,7 +102,7 @@ class NERConfig:
             raise ValueError("NERConfig.max_windows_per_note must be >= 1 or None")
         if self.formulation not in FORMULATIONS:
             raise ValueError(f"NERConfig.formulation must be one of {FORMULATIONS}, got {self.formulation!r} "
-                             "(the code-conditioned formulation is not offered: see rationale_kit.ner)")
+                             "(the code-conditioned formulation is not offered: see rationale_kit.rationales.ner)")
 
     def resolved_encoder(self) -> str:
         return str(self.encoder_path) if self.encoder_path else str(bundled_encoder_path())

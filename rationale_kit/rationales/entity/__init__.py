@@ -2,7 +2,7 @@
 
 Everything runs offline. The knowledge base (KB) is built by this module from ``simple-icd-10-cm``
 (FY2026 ICD-10-CM: titles, inclusion terms, "includes" notes) plus the project-written lexicon
-``resources/abbreviations.yaml`` (abbreviations and lay synonyms); scispacy's UMLS downloads are
+``abbreviations.yaml`` (beside this module) (abbreviations and lay synonyms); scispacy's UMLS downloads are
 never used. The pieces of scispacy's linker that are reused:
 
 - :class:`scispacy.linking_utils.KnowledgeBase` (built from in-memory ``Entity`` objects, one per
@@ -85,9 +85,9 @@ import pandas as pd
 import simple_icd_10_cm as _cm
 import yaml
 
-from .records import SPAN_COLUMNS, DataError
+from rationale_kit.core.records import SPAN_COLUMNS, DataError
 
-LEXICON_PATH = Path(__file__).resolve().parent / "resources" / "abbreviations.yaml"
+LEXICON_PATH = Path(__file__).resolve().parent / "abbreviations.yaml"
 TOKEN_RE = re.compile(r"\w+")
 _INDEX_VERSION = 1
 
@@ -930,7 +930,7 @@ def _family_sections(text: str) -> list[tuple[int, int]]:
 # --------------------------------------------------------------------------------------------
 def link_documents(docs, linker: EntityLinker, progress: bool = False) -> pd.DataFrame:
     """Mentions of every note (kept and filtered), columns :data:`MENTION_COLUMNS`."""
-    from .rationales import doc_texts
+    from rationale_kit.rationales import doc_texts
 
     texts = doc_texts(docs)
     it = texts.items()
@@ -968,7 +968,7 @@ def entity_rationales(
     ``mentions`` (from :func:`link_documents`) avoids linking again. Codes that the linker's KB
     lacks are warned about and counted in ``frame.attrs["codes_not_in_kb"]``.
     """
-    from .rationales import doc_texts
+    from rationale_kit.rationales import doc_texts
 
     bad = set(methods) - {"exact_code", "category"}
     if bad:

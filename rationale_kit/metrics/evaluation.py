@@ -29,7 +29,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .records import DataError
+from rationale_kit.core.records import DataError
 
 RUN_ON_COLUMNS = ["source", "model", "note_id", "code"]
 COUNT_COLUMNS = ["note_id", "code", "measure", "tp", "fp", "fn"]
@@ -231,7 +231,7 @@ def pair_counts(gold: pd.DataFrame, pred: pd.DataFrame, docs: pd.DataFrame,
     them (restricted to ``measures``, default MDACE's four). Summed over pairs they equal
     :func:`~rationale_kit.metrics.plausibility.mdace_measures` (``pairs="gold"``); a pair without
     predictions has ``tp = fp = 0``."""
-    from .metrics import plausibility as P
+    from rationale_kit.metrics import plausibility as P
 
     measures = list(measures or P.MDACE_MEASURES)
     bad = [m for m in measures if m not in P.MDACE_MEASURES]
@@ -271,7 +271,7 @@ class Bootstrap:
 
 
 def _stat(name: str) -> Callable:
-    from .metrics import uncertainty as U
+    from rationale_kit.metrics import uncertainty as U
 
     return {"f1": U.f1_statistic, "precision": U.precision_statistic, "recall": U.recall_statistic,
             "mean": U.mean_statistic}[name]
@@ -280,7 +280,7 @@ def _stat(name: str) -> Callable:
 def interval(notes_frame: pd.DataFrame, statistic: str, boot: Bootstrap):
     """Bootstrap interval of ``statistic`` ("f1", "precision", "recall" over tp/fp/fn columns;
     "mean" over sum/count columns) from a per-note frame; None when it has no note."""
-    from .metrics import uncertainty as U
+    from rationale_kit.metrics import uncertainty as U
 
     if not len(notes_frame):
         return None
@@ -291,7 +291,7 @@ def interval(notes_frame: pd.DataFrame, statistic: str, boot: Bootstrap):
 def paired_interval(a: pd.DataFrame, b: pd.DataFrame, statistic: str, boot: Bootstrap):
     """Paired bootstrap interval of ``statistic(a) - statistic(b)`` on the notes both per-note
     frames have (same resampling weights); None when they share no note."""
-    from .metrics import uncertainty as U
+    from rationale_kit.metrics import uncertainty as U
 
     common = a.index.intersection(b.index)
     if not len(common):
@@ -343,7 +343,7 @@ def compare_values(a: pd.DataFrame, b: pd.DataFrame, boot: Bootstrap) -> dict:
 def decide(effect_row: Mapping, expect: str) -> str:
     """"holds" / "does not hold" / "inconclusive" from a comparison's interval (no common units:
     inconclusive)."""
-    from .metrics import uncertainty as U
+    from rationale_kit.metrics import uncertainty as U
 
     if not effect_row.get("n_pairs") or not np.isfinite(effect_row.get("lo", np.nan)):
         return "inconclusive"

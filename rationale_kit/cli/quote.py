@@ -13,7 +13,7 @@
   ``--examples-docs``, default ``--docs``); a note being explained is never its own example.
 * Answers go through the same cache as the notebooks (``--cache-dir``, default ``<out>.llm_cache``):
   a rerun makes no new calls, and a killed run resumes where it stopped.
-* The quotes are aligned to the notes (:mod:`rationale_kit.alignment`, the profile's threshold
+* The quotes are aligned to the notes (:mod:`rationale_kit.rationales.alignment`, the profile's threshold
   and occurrences) and written as JSONL, one line per span ``{note_id, code, start, end, quote,
   score, status}``: ``status`` is ``aligned``; or, with ``start``/``end`` null, ``unaligned`` (a
   quote not found in the note), ``no_quotes`` (the model quoted nothing for the code), or the
@@ -37,7 +37,7 @@ from typing import Optional, Sequence
 
 import pandas as pd
 
-from .records import DataError, iter_jsonl_objects
+from rationale_kit.core.records import DataError, iter_jsonl_objects
 
 SPAN_KEYS = ("note_id", "code", "start", "end", "quote", "score", "status")
 
@@ -100,8 +100,8 @@ def read_pairs(path: str | Path, docs: pd.DataFrame) -> pd.DataFrame:
 
 def _examples(path: str, docs: pd.DataFrame, codes: Sequence[str], shots: int, exclude: set, seed: int,
               descriptions: dict) -> list:
-    from . import llm
-    from .records import read_spans_jsonl
+    from rationale_kit.rationales import llm
+    from rationale_kit.core.records import read_spans_jsonl
 
     try:
         spans = read_spans_jsonl(path, docs)
@@ -119,7 +119,7 @@ def _examples(path: str, docs: pd.DataFrame, codes: Sequence[str], shots: int, e
 
 def quote_spans(docs: pd.DataFrame, answers: pd.DataFrame, threshold: float, occurrences: str) -> pd.DataFrame:
     """Aligned spans (:data:`SPAN_KEYS`) of a run's ``answers`` (:func:`llm.run_llm`)."""
-    from .alignment import align_quotes
+    from rationale_kit.rationales.alignment import align_quotes
 
     ok = answers[answers.status == "ok"]
     rows = []
@@ -156,8 +156,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--public-data", action="store_true",
                     help="the notes are not credentialed data (otherwise a remote backend is refused unless the profile allows it)")
     args = ap.parse_args(argv)
-    from . import icd, llm
-    from .config import ConfigError, load_profile
+    from rationale_kit.core import icd
+    from rationale_kit.rationales import llm
+    from rationale_kit.core.config import ConfigError, load_profile
 
     def fail(msg: str) -> int:
         print(f"error: {msg}", file=sys.stderr)

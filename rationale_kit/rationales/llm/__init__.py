@@ -5,7 +5,7 @@ verbatim quotes from the note that support it::
 
     {"rationales": [{"code": "E11.9", "quotes": ["type 2 diabetes", "metformin 500 mg bid"]}]}
 
-The quotes are later aligned back to character spans of the note (:mod:`rationale_kit.alignment`).
+The quotes are later aligned back to character spans of the note (:mod:`rationale_kit.rationales.alignment`).
 
 Pieces
 ------
@@ -2476,7 +2476,7 @@ class _ResponseCollector:
 
 
 def _progress_bar(total: int, enabled: bool, backend: Backend) -> Any:
-    from .pipeline import progress as _progress
+    from rationale_kit.core.runtime import progress as _progress
 
     return _progress(None, enabled=enabled, total=total, desc=f"LLM {backend.name}", unit="note")
 

@@ -67,11 +67,11 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from .config import ModelParams, Train
-from .metrics.coding import coding_report, label_matrix, mean_average_precision, tune_threshold
-from .models import Encoded, LabelAttentionModel, save
-from .pipeline import pick_device, progress as progress_bar
-from .text import span_mask
+from rationale_kit.core.config import ModelParams, Train
+from rationale_kit.metrics.coding import coding_report, label_matrix, mean_average_precision, tune_threshold
+from rationale_kit.models import Encoded, LabelAttentionModel, save
+from rationale_kit.core.runtime import pick_device, progress as progress_bar
+from rationale_kit.core.text import span_mask
 
 __all__ = [
     "HISTORY_COLUMNS", "NonFiniteLoss", "TrainResult", "attention_rationale_loss", "make_batches",

@@ -1,0 +1,116 @@
+"""The command line: ``python -m rationale_kit {run,report,train,align,plausibility,compare,export-data,quote} ...``."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _run(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="python -m rationale_kit run", description="Run the notebook series with papermill.")
+    ap.add_argument("--profile", default="default", help="params/<profile>.yaml or a path (default: default)")
+    ap.add_argument("--only", nargs="+", help="notebooks to run, by number (03) or name")
+    ap.add_argument("--from", dest="start", help="start the series at this notebook")
+    ap.add_argument("--force", action="store_true", help="re-run notebooks even when unchanged")
+    ap.add_argument("--overrides", default=None, help="JSON object of parameter overrides")
+    args = ap.parse_args(argv)
+    from rationale_kit.workbook.runner import run_series
+
+    overrides = json.loads(args.overrides) if args.overrides else None
+    results = run_series(args.profile, only=args.only, start=args.start, force=args.force, overrides=overrides)
+    return 0 if all(r["status"] in ("ok", "skipped") for r in results) else 1
+
+
+def _train(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m rationale_kit train",
+        description="Train one coding model of a profile outside the notebooks (e.g. on several GPUs: "
+                    "torchrun --nproc_per_node 4 -m rationale_kit train --profile mimic --model plm_icd).")
+    ap.add_argument("--profile", default="default")
+    ap.add_argument("--model", required=True, choices=["caml", "laat", "plm_icd"])
+    ap.add_argument("--out", default=None, help="output folder (default: artifacts/<profile>/02_train/<model>)")
+    args = ap.parse_args(argv)
+    from rationale_kit import data
+    from rationale_kit.workbook import steps
+    from rationale_kit.core.runtime import pick_device
+    from rationale_kit.workbook.runner import artifacts_root
+
+    from rationale_kit.core.config import load_profile
+
+    prof = load_profile(args.profile)
+    ds = data.load_dataset(prof)
+    out = args.out or str(artifacts_root(prof) / "02_train" / args.model)
+    res = steps.fit_model(args.model, prof, ds.docs, steps.label_space(ds.docs), __import__("pathlib").Path(out),
+                          pick_device(prof.common.device))
+    print(f"{args.model}: best epoch {res.best_epoch}, threshold {res.threshold:.3f}, val {res.val_metrics}")
+    return 0
+
+
+def _report(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="python -m rationale_kit report",
+                                 description="Write runs/<profile>/report.html and report.md from the saved artifacts.")
+    ap.add_argument("--profile", default="default", help="params/<profile>.yaml or a path (default: default)")
+    ap.add_argument("--overrides", default=None, help="JSON object of parameter overrides")
+    ap.add_argument("--runs-dir", default=None, help="folder of the executed notebooks (default: runs/<profile>)")
+    args = ap.parse_args(argv)
+    from rationale_kit.core.config import load_profile
+    from rationale_kit.core.runtime import ROOT
+    from rationale_kit.workbook.report import build_report
+
+    prof = load_profile(args.profile, json.loads(args.overrides) if args.overrides else None)
+    html_path, md_path = build_report(prof, args.runs_dir or ROOT / "runs" / prof.name)
+    print(f"report: {html_path}\nmarkdown: {md_path}")
+    return 0
+
+
+def _export_data(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m rationale_kit export-data",
+        description="Write a profile's canonical tables (what notebook 01 saves) as DIR/docs.jsonl "
+                    "(note_id, text, codes, split, annotated, fewshot, credentialed) and DIR/spans.jsonl "
+                    "(note_id, code, start, end, granularity, source).")
+    ap.add_argument("--profile", default="default", help="params/<profile>.yaml or a path (default: default)")
+    ap.add_argument("--out", required=True, help="output folder (created)")
+    ap.add_argument("--overrides", default=None, help="JSON object of parameter overrides")
+    args = ap.parse_args(argv)
+    from rationale_kit import data
+    from rationale_kit.core.config import ConfigError, load_profile
+
+    try:
+        prof = load_profile(args.profile, json.loads(args.overrides) if args.overrides else None)
+        ds = data.load_dataset(prof)
+        docs_path, spans_path = data.export_dataset(ds, args.out)
+    except (data.DataError, ConfigError, OSError, json.JSONDecodeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{len(ds.docs)} documents: {docs_path}\n{len(data.human_spans(ds))} spans: {spans_path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = {"run": "the notebook series", "report": "rewrite runs/<profile>/report.html from the artifacts",
+                "train": "train one model (multi-GPU with torchrun)", "align": "align LLM quotes to notes", "plausibility": "score spans against gold spans",
+                "compare": "compare two span sources on the notes both cover (paired bootstrap)",
+                "quote": "LLM quotes for your own notes, aligned to spans"}
+    commands["export-data"] = "write a profile's documents and human spans as JSONL"
+    if argv and argv[0] == "export-data":
+        return _export_data(argv[1:])
+    if not argv or argv[0] not in commands:
+        print(f"usage: python -m rationale_kit {{{','.join(commands)}}} [options]\n" + "\n".join(f"  {k:<13} {v}" for k, v in commands.items()), file=sys.stderr)
+        return 2
+    cmd, rest = argv[0], argv[1:]
+    if cmd == "run":
+        return _run(rest)
+    if cmd == "train":
+        return _train(rest)
+    if cmd == "report":
+        return _report(rest)
+    if cmd == "quote":
+        from rationale_kit.cli.quote import main as quote_main
+
+        return quote_main(rest)
+    from rationale_kit.cli import measures as cli
+
+    return {"align": cli.align_main, "plausibility": cli.plausibility_main, "compare": cli.compare_main}[cmd](rest)
+
