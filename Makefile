@@ -26,6 +26,7 @@ run: $(STAMP)
 test: $(STAMP)
 	sh tools/install_browser.sh
 	$(PY) -m ruff check --no-cache --select F rationale_kit tests benchmarks
+	$(VENV)/bin/lint-imports --no-cache
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q tests
 
 clean-runs:
