@@ -624,7 +624,7 @@ def test_format_report():
 
 
 def test_load_dataset_embedded():
-    pytest.importorskip("rationale_kit.data.embedded", reason="rationale_kit/corpus.py not written yet")
+    pytest.importorskip("rationale_kit.data.embedded", reason="the embedded generator is missing")
     prof = load_profile("default", {"data": {"embedded": {
         "n_train": 24, "n_val": 6, "n_test": 6, "n_fewshot_pool": 4, "n_codes": 8, "min_words": 60, "max_words": 200}}})
     ds = data.load_dataset(prof)

@@ -258,7 +258,7 @@ class Guided:
     max_train_docs: Optional[int] = None
     ner_train_sizes: list[int] = field(default_factory=lambda: [100, 300, 1000])
     ner_epochs: int = 3
-    ner_formulation: Literal["code_agnostic"] = "code_agnostic"  # the tagger's formulation; why not code-conditioned: rationale_kit/ner.py
+    ner_formulation: Literal["code_agnostic"] = "code_agnostic"  # the tagger's formulation; why not code-conditioned: rationale_kit/rationales/ner.py
     ner_max_windows_per_note: Optional[int] = None  # windows with rationale first, then random ones
     ner_eval_notes: Optional[int] = None  # score the tagger on the first N evaluation notes (None = all)
     ner_teacher: str = "llm_few"  # whose aligned spans the NER tagger learns from (falls back to the first teacher)

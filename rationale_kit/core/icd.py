@@ -1,6 +1,6 @@
 """ICD-10 codes: normalisation, validity, descriptions and hierarchy.
 
-Conventions (METHOD.md section 2): ICD-10-CM diagnosis codes are upper case with a dot after the
+Conventions: ICD-10-CM diagnosis codes are upper case with a dot after the
 third character (``E119`` and ``e11.9`` both become ``E11.9``); ICD-10-PCS procedure codes are
 upper case without dots (``0dtj4zz`` becomes ``0DTJ4ZZ``; CodiEsp also has 4-character PCS
 prefixes such as ``BN20``).
