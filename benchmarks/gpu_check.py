@@ -91,9 +91,9 @@ def gensim_ok() -> bool:
 
 def amp_dtype_for(dev: torch.device) -> torch.dtype:
     """The training code's autocast dtype on CUDA; bf16 on CPU (only to exercise the code path)."""
-    from rationale_kit.training import _amp_dtype
+    from rationale_kit.training import amp_dtype
 
-    return _amp_dtype(dev) or torch.bfloat16
+    return amp_dtype(dev) or torch.bfloat16
 
 
 def save(out: Path | None) -> None:
