@@ -91,9 +91,9 @@ def gensim_ok() -> bool:
 
 def amp_dtype_for(dev: torch.device) -> torch.dtype:
     """The training code's autocast dtype on CUDA; bf16 on CPU (only to exercise the code path)."""
-    from rationale_kit.training import _amp_dtype
+    from rationale_kit.training import amp_dtype
 
-    return _amp_dtype(dev) or torch.bfloat16
+    return amp_dtype(dev) or torch.bfloat16
 
 
 def save(out: Path | None) -> None:
@@ -314,13 +314,13 @@ def mimic_estimate(sz: dict, encoder: str, dev: torch.device) -> dict:
 
     laat = prof.train.laat if m["vocab"] > 10_000 else dataclasses.replace(prof.train.laat, hidden=16, projection=16)
     p = prof.train.plm_icd
-    tok = models.PieceTokenizer(models._load_hf_tokenizer(encoder), p.chunk_size * p.max_chunks, 4000)
+    tok = models.PieceTokenizer(models.load_hf_tokenizer(encoder), p.chunk_size * p.max_chunks, 4000)
     cfg = transformers.RobertaConfig(max_position_embeddings=514, type_vocab_size=1, pad_token_id=1, **m["roberta"])
     pieces = tuple(c * p.chunk_size for c in m["chunks"])
     builders = [  # name, params, (mean, cap) length, model factory
         ("caml", prof.train.caml, m["words"], lambda: models.CAML(labels, words, prof.train.caml, 4000)),
         ("laat", laat, m["words"], lambda: models.LAAT(labels, words, laat, 4000)),
-        ("plm_icd[MiniLM-L6]", p, pieces, lambda: models.PLMICD(labels, tok, p, models._load_encoder(encoder), 4000)),
+        ("plm_icd[MiniLM-L6]", p, pieces, lambda: models.PLMICD(labels, tok, p, models.load_encoder(encoder), 4000)),
         ("plm_icd[RoBERTa-base size, random init]", p, pieces, lambda: models.PLMICD(
             labels, tok, p, transformers.AutoModel.from_config(cfg, add_pooling_layer=False), 4000)),
     ]

@@ -131,9 +131,9 @@ def test_piece_labels_hand_checked():
 
 
 def test_real_tokenizer_offsets_and_labels(encoder):
-    from rationale_kit.models import _load_encoder, _load_hf_tokenizer
+    from rationale_kit.models import load_encoder, load_hf_tokenizer
 
-    model = NERModel(_load_encoder(encoder, from_config_only=True), _load_hf_tokenizer(encoder), NERConfig(encoder_path=encoder, window=WINDOW))
+    model = NERModel(load_encoder(encoder, from_config_only=True), load_hf_tokenizer(encoder), NERConfig(encoder_path=encoder, window=WINDOW))
     text = "Café  patient with Hypertension;\nplan: home."
     enc = model.tokenizer.encode(text)
     assert len(enc) > 0

@@ -13,7 +13,7 @@ import torch
 
 from rationale_kit.core.config import ModelParams, Train, Word2Vec
 from rationale_kit.models import build_model, load_predictor
-from rationale_kit.training import HISTORY_COLUMNS, NonFiniteLoss, attention_rationale_loss, make_batches, predict_probs, rationale_pairs, train_model
+from rationale_kit.training import HISTORY_COLUMNS, NonFiniteLoss, attention_rationale_loss, make_batches, predict_probs, teacher_units, train_model
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(1)
@@ -184,7 +184,7 @@ def test_rationale_loss_kl_matches_training_log_attention():
     docs = TRAIN.iloc[:4].reset_index(drop=True)
     enc = [model.tokenizer.encode(t) for t in docs["text"]]
     targets = {(docs.note_id[0], c): [(0, 3)] for c in docs.codes[0]}
-    pairs = rationale_pairs(model, docs, enc, targets)
+    pairs = teacher_units(model, docs, enc, targets)
     assert len(pairs[0]) == len(docs.codes[0]) and all(len(p) == 0 for p in pairs[1:])
     if not pairs[0]:
         pytest.skip("first note has no codes")
@@ -203,7 +203,7 @@ def test_rationale_loss_kl_matches_training_log_attention():
 
 def _attention_mass(model, docs, targets):
     enc = [model.tokenizer.encode(t) for t in docs["text"]]
-    pairs = rationale_pairs(model, docs, enc, targets)
+    pairs = teacher_units(model, docs, enc, targets)
     ids, mask = model.collate(enc)
     model.eval()
     with torch.no_grad():
@@ -341,18 +341,18 @@ def test_unreadable_checkpoint_starts_over(tmp_path, capsys):
 def test_threshold_tuned_on_float32_probabilities(tmp_path, monkeypatch):
     """With mixed precision (bf16 autocast, here forced on CPU) the final tuning of the threshold
     uses float32 predictions, the precision of the test predictions."""
-    import rationale_kit.training as T
+    import rationale_kit.training.loop as T
 
     monkeypatch.setattr(T, "_use_amp", lambda cfg, dev: True)
-    monkeypatch.setattr(T, "_amp_dtype", lambda dev: torch.bfloat16)
+    monkeypatch.setattr(T, "amp_dtype", lambda dev: torch.bfloat16)
     calls = []
-    real = T._predict_encoded
+    real = T.predict_encoded
 
     def spy(model, encoded, batch_size, device, amp_dtype=None):
         calls.append(amp_dtype)
         return real(model, encoded, batch_size, device, amp_dtype)
 
-    monkeypatch.setattr(T, "_predict_encoded", spy)
+    monkeypatch.setattr(T, "predict_encoded", spy)
     res = _train(tmp_path, epochs=2, seed=4)
     assert calls[:2] == [torch.bfloat16, torch.bfloat16]  # per-epoch monitoring under autocast
     assert calls[-1] is None  # the threshold: float32

@@ -60,7 +60,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rationale_kit.models import PieceTokenizer, _load_encoder, _load_hf_tokenizer, bundled_encoder_path, freeze_encoder_layers, read_saved_config, save_weights
+from rationale_kit.models import PieceTokenizer, load_encoder as _load_encoder, load_hf_tokenizer as _load_hf_tokenizer, bundled_encoder_path, freeze_encoder_layers, read_saved_config, save_weights
 from rationale_kit.core.records import SPAN_COLUMNS, validate_spans
 
 __all__ = [
