@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 import torch
 
-from rationale_kit.rationales.ner import B_TAG, I_TAG, O_TAG, NERConfig, NERModel, assign_codes, decode, load_ner, merge_spans, piece_labels, save_ner, train_ner, windows
-from rationale_kit.core.records import SPAN_COLUMNS
+from rationale_kit.rationales.ner import B_TAG, I_TAG, O_TAG, NERConfig, NERModel, assign_codes, decode, load_ner, piece_labels, save_ner, train_ner, windows
+from rationale_kit.core.records import SPAN_COLUMNS, merge_intervals
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(1)
@@ -105,8 +105,8 @@ def _f1(pred: set, gold: set) -> float:
 # ------------------------------------------------------------------------------------------
 # labels, windows, offsets
 # ------------------------------------------------------------------------------------------
-def test_merge_spans_and_windows():
-    assert merge_spans([(5, 9), (0, 3), (8, 12), (12, 14), (20, 20)]) == [(0, 3), (5, 14)]
+def test_merge_intervals_and_windows():
+    assert merge_intervals([(5, 9), (0, 3), (8, 12), (12, 14), (20, 20)]) == [(0, 3), (5, 14)]
     assert windows(0, 4) == []
     assert windows(10, 4) == [(0, 4), (4, 8), (8, 10)]
     assert windows(8, 4) == [(0, 4), (4, 8)]

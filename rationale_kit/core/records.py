@@ -13,7 +13,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable
 
 import pandas as pd
 
@@ -215,10 +215,11 @@ def _read_spans_jsonl(path: str | Path, docs: pd.DataFrame | None = None) -> tup
     return pd.DataFrame(rows, columns=SPAN_COLUMNS).astype({"start": "int64", "end": "int64"}), linenos
 
 
-def merge_intervals(intervals: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Union of half-open intervals, sorted; touching intervals are merged."""
+def merge_intervals(intervals: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Union of half-open intervals as sorted ``int`` pairs; overlapping or touching intervals are
+    merged, empty or reversed ones (``end <= start``) dropped."""
     out: list[tuple[int, int]] = []
-    for s, e in sorted(intervals):
+    for s, e in sorted((int(s), int(e)) for s, e in intervals if int(e) > int(s)):
         if out and s <= out[-1][1]:
             out[-1] = (out[-1][0], max(out[-1][1], e))
         else:

@@ -1,46 +1,7 @@
-"""The NER formulation of rationale learning (METHOD.md section 7).
-
-A token classifier with BIO tags (``O`` = 0, ``B`` = 1, ``I`` = 2) over the word pieces of a note,
-trained on aligned teacher rationale spans (character spans on the raw notes) and built on the same
-encoder family as PLM-ICD (a local Hugging Face checkpoint; default the bundled MiniLM).
-
-Formulation: **code-agnostic**. The tags mark rationale text regardless of the code it supports:
-the target of a note is the union of the spans of all its codes. At inference each predicted span
-is attached to the codes the coding model predicted for the note (:func:`assign_codes`; all of them
-by default, or a given subset). Why: one encoder pass per note instead of one per (note, code)
-pair, and the tagger learns what evidence looks like across codes, which matters for the long tail
-of codes with few training spans. The cost is that a span is not specific to one code.
-The code-conditioned formulation (input = code description + note, one example per (note, code))
-is not offered: it costs one encoder pass per (note, code) pair at training and at inference
-(about five times the tagging cost at five codes per note, and every label of the label space at
-inference when codes are not predicted first), which no CPU profile here can afford;
-``NERConfig(formulation="code_conditioned")`` is a ``ValueError`` that says so.
-
-Units and windows: the note is cut into word pieces by the encoder's *fast* tokenizer without
-special tokens (:class:`rationale_kit.models.PieceTokenizer`, the same units as PLM-ICD, with the
-tokenizer's character offsets into the raw text). The pieces are split into consecutive windows of
-``window`` pieces (default 128, like PLM-ICD's chunks); each window is fed to the encoder on its
-own, starting at position 0, without ``[CLS]``/``[SEP]`` (as PLM-ICD does).
-
-Labels: a piece is inside a rationale when it overlaps (by >= 1 character) the union of the
-note's teacher spans (overlapping or touching spans are merged first). It is ``B`` when it is the
-first piece of a merged span, ``I`` for the following pieces of that span, ``O`` otherwise. Labels
-are computed on the whole note before windowing, so a window may start with ``I``.
-
-Decoding (:meth:`NERModel.predict_spans`): a piece is selected when its most probable tag is not
-``O`` (or, with ``threshold``, when ``1 - p(O) >= threshold``); runs of consecutive selected
-pieces become character spans ``[start of first piece, end of last piece)``; a piece whose tag is
-``B`` (``p(B) > p(I)``) starts a new span even right after another selected piece, unless it is
-glued to that piece (no character between them: a word's continuation piece never splits a word);
-a leading ``I`` starts a span too. ``score`` is the mean over the span's pieces of ``1 - p(O)``.
-
-Training-set size: :func:`train_ner` uses every document it is given (notes without spans count
-as all-``O`` examples); the caller subsamples (the paper used 5,000 notes).
-
-Persistence: :func:`save_ner` writes ``config.json`` (NER config, data hash, ``finished``),
-``model.safetensors`` (encoder + head), ``tokenizer/`` and ``encoder/`` (HF config); :func:`load_ner`
-reads it back. :func:`train_ner` with ``out_dir`` saves to ``out_dir / "ner"`` and, when a finished
-checkpoint with the same data hash and config is there, loads it instead of training again.
+"""The NER formulation of rationale learning: a code-agnostic BIO tagger over windows of word
+pieces (the PLM-ICD encoder family), trained on teacher rationale spans; its spans are attached to
+the note's predicted codes (:func:`assign_codes`). See docs/method/rationales.md (section 3) for
+the formulation, labels, decoding and persistence.
 """
 from __future__ import annotations
 
@@ -60,12 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rationale_kit.models import PieceTokenizer, load_encoder as _load_encoder, load_hf_tokenizer as _load_hf_tokenizer, bundled_encoder_path, freeze_encoder_layers, read_saved_config, save_weights
-from rationale_kit.core.records import SPAN_COLUMNS, validate_spans
+from rationale_kit.models import PieceTokenizer, bundled_encoder_path, load_encoder, load_hf_tokenizer, freeze_encoder_layers, read_saved_config, save_weights
+from rationale_kit.core.records import SPAN_COLUMNS, merge_intervals, validate_spans
 
 __all__ = [
-    "NERConfig", "NERModel", "TAGS", "assign_codes", "data_hash", "load_ner", "merge_spans",
-    "piece_labels", "save_ner", "train_ner", "windows",
+    "NERConfig", "NERModel", "TAGS", "assign_codes", "data_hash", "load_ner", "piece_labels",
+    "save_ner", "train_ner", "windows",
 ]
 
 TAGS = ("O", "B", "I")
@@ -111,17 +72,6 @@ class NERConfig:
 # --------------------------------------------------------------------------------------------
 # labels and windows
 # --------------------------------------------------------------------------------------------
-def merge_spans(spans: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Sorted union of half-open character spans (overlapping or touching spans merged)."""
-    out: list[list[int]] = []
-    for s, e in sorted((int(s), int(e)) for s, e in spans if int(e) > int(s)):
-        if out and s <= out[-1][1]:
-            out[-1][1] = max(out[-1][1], e)
-        else:
-            out.append([s, e])
-    return [(s, e) for s, e in out]
-
-
 def piece_labels(offsets: np.ndarray, spans: Iterable[tuple[int, int]]) -> np.ndarray:
     """BIO labels ``[n_pieces]`` (int64; O=0, B=1, I=2) of pieces with character ``offsets`` for
     the union of ``spans``: B at the first piece overlapping each merged span, I after it."""
@@ -130,7 +80,7 @@ def piece_labels(offsets: np.ndarray, spans: Iterable[tuple[int, int]]) -> np.nd
     if len(offsets) == 0:
         return labels
     starts, ends = offsets[:, 0], offsets[:, 1]
-    for s, e in merge_spans(spans):
+    for s, e in merge_intervals(spans):
         hit = np.nonzero((starts < e) & (ends > s) & (ends > starts))[0]
         if len(hit) == 0:
             continue
@@ -161,7 +111,7 @@ def data_hash(docs: pd.DataFrame, spans: pd.DataFrame) -> str:
     per_note = _note_spans(spans)
     h = hashlib.sha256()
     for nid, text in zip(docs["note_id"].astype(str), docs["text"]):
-        h.update(f"{nid}\t{len(text)}\t{merge_spans(per_note.get(nid, []))}\n".encode())
+        h.update(f"{nid}\t{len(text)}\t{merge_intervals(per_note.get(nid, []))}\n".encode())
         h.update(hashlib.sha256(str(text).encode("utf-8")).digest())
     return h.hexdigest()[:16]
 
@@ -235,7 +185,7 @@ class NERModel(nn.Module):
 
     def predict_spans(self, docs: pd.DataFrame, batch_size: int = 32, threshold: float | None = None) -> pd.DataFrame:
         """Character spans ``DataFrame(note_id, start, end, score)`` tagged in ``docs(note_id, text)``;
-        see the module docstring for the decoding."""
+        see docs/method/rationales.md for the decoding."""
         rows = []
         ids = docs["note_id"].astype(str).tolist()
         for nid, (offsets, probs) in zip(ids, self.tag_probs(docs["text"].tolist(), batch_size)):
@@ -333,7 +283,7 @@ def load_ner(path: str | os.PathLike, device: str | torch.device = "cpu") -> NER
     path = Path(path)
     info = read_saved_config(path, "NER model", FORMAT_VERSION)
     cfg = NERConfig(**info["config"])
-    model = NERModel(_load_encoder(path / "encoder", from_config_only=True), _load_hf_tokenizer(path / "tokenizer"), cfg)
+    model = NERModel(load_encoder(path / "encoder", from_config_only=True), load_hf_tokenizer(path / "tokenizer"), cfg)
     load_model(model, str(path / "model.safetensors"), strict=True)
     model.info = info
     return model.to(device).eval()
@@ -410,7 +360,7 @@ def train_ner(
 def _train(docs: pd.DataFrame, spans: pd.DataFrame, cfg: NERConfig, dev: torch.device, progress: bool) -> NERModel:
     rng = np.random.default_rng(cfg.seed)
     enc_path = cfg.resolved_encoder()
-    model = NERModel(_load_encoder(enc_path), _load_hf_tokenizer(enc_path), cfg)
+    model = NERModel(load_encoder(enc_path), load_hf_tokenizer(enc_path), cfg)
     nn.init.normal_(model.head.weight, std=0.02)
     nn.init.zeros_(model.head.bias)
     if cfg.freeze_layers:
