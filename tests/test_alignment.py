@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rationale_kit.rationales.alignment import NoteIndex, align_quote, align_quotes, aligned_to_spans, alignment_summary, normalize, normalize_text, threshold_sweep
+from rationale_kit.rationales.alignment import NoteIndex, align_quote, align_quotes, aligned_to_spans, alignment_form, alignment_form_with_offsets, alignment_summary, threshold_sweep
 from rationale_kit.core.records import SPAN_COLUMNS, DataError
 
 NOTE = (
@@ -21,8 +21,8 @@ def covered(r, text=NOTE):
     return text[r.start:r.end]
 
 
-def test_normalize_map_points_to_raw_characters():
-    norm, idx = normalize(NOTE)
+def test_alignment_form_offsets_point_to_raw_characters():
+    norm, idx = alignment_form_with_offsets(NOTE)
     assert norm == (
         'hpi: patient with "chest pain" radiating to left arm. hypertension - poorly controlled '
         "diabetes no fever. chest pain again, painful."
@@ -33,18 +33,18 @@ def test_normalize_map_points_to_raw_characters():
         raw = NOTE[idx[i]]
         assert c == trans.get(raw, raw.lower()) or (c == " " and raw.isspace())
     assert np.all(np.diff(idx) > 0)
-    assert normalize("  \n ")[0] == "" and normalize("")[0] == ""
+    assert alignment_form_with_offsets("  \n ")[0] == "" and alignment_form_with_offsets("")[0] == ""
     # a character whose lower case is longer keeps the map consistent
-    n2, i2 = normalize("A\u0130b")
+    n2, i2 = alignment_form_with_offsets("A\u0130b")
     assert len(n2) == len(i2) and i2.tolist()[0] == 0 and i2.tolist()[-1] == 2
 
 
-def test_normalize_text_equals_normalize():
+def test_alignment_form_equals_with_offsets():
     rng = random.Random(1)
     alphabet = list("aB1 -*.)(\n\t\u2013\u201c\u2022\u00a0x:;") + ["\u0130", "2. ", "\n- ", "\n(a) "]
     for _ in range(500):
         t = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 30)))
-        assert normalize_text(t) == normalize(t)[0], repr(t)
+        assert alignment_form(t) == alignment_form_with_offsets(t)[0], repr(t)
 
 
 def test_exact_all_first_and_word_boundaries():

@@ -1,66 +1,9 @@
-"""Alignment of LLM quotes to character spans of their note (METHOD.md section 4).
+"""Alignment of LLM quotes to character spans of their note.
 
 An LLM asked for the evidence of a code answers with *quotes*; this module finds where each quote
-sits in the raw note and returns half-open character spans ``[start, end)`` into the raw text.
-
-Pipeline for one quote
-----------------------
-1. **Normalisation** (:func:`normalize`, applied to note and quote alike): curly quotes become
-   straight quotes, every dash/hyphen variant becomes ``-``, inline bullet characters
-   (``• · ◦ ▪ ‣ ● ■``) become spaces, list markers at the start of a line (``-``, ``*``, ``+``, ``>``,
-   ``1.``, ``1)``, ``(1)``, ``a)``, ``(a)`` followed by a space) are removed, the text is lower-cased,
-   and every run of whitespace (line breaks included) becomes one space; leading and trailing
-   whitespace is dropped. An index map gives, for every normalised character, its raw offset, so a
-   normalised match ``[a, b)`` is the raw span ``[index[a], index[b - 1] + 1)``. The normalised quote is
-   additionally stripped of surrounding quotation marks and of leading/trailing ``. , ; :``.
-2. **Exact match**: the normalised quote is searched in the normalised note. A match must not cut a
-   word: when the quote begins (ends) with a word character, the note character before (after) the
-   match must not be one. ``occurrences="all"`` (default) returns every non-overlapping occurrence,
-   scanning left to right (after a match the scan resumes at its end); ``"first"`` returns only the
-   leftmost. Score 2.0, method ``"exact"``.
-3. **Fuzzy match** over word tokens (lower-cased ``\\w+`` of the normalised texts). For a window of
-   ``L`` consecutive note tokens, ``overlap = sum_t min(count_window(t), count_quote(t))`` (multiset
-   overlap) and ``score = overlap / L + overlap / m`` (token precision + token recall, ``m`` = number of
-   quote tokens), in ``[0, 2]``. A window is accepted when ``score >= threshold``. The search
-   (:meth:`NoteIndex.fuzzy`) never enumerates all windows of the note:
-
-   * *Length bound.* ``score >= T`` (``T > 1``) implies ``overlap >= o_min = ceil((T - 1) m)`` and
-     ``L <= m / (T - 1)``; windows are limited to ``L_max = min(m / (T - 1), max(2m, m + 4))`` tokens
-     (for ``T <= 1`` only the second cap applies).
-   * *Rare-token anchors.* Quote token instances are ranked by how often their token occurs in the
-     note (absent tokens first). Any window with ``overlap >= o_min`` must match at least one of the
-     ``m - o_min + 1`` rarest instances (pigeonhole), so only note positions of those tokens (found
-     in the note's inverted index) are anchors, and only note tokens within ``L_max - 1`` positions of
-     an anchor are looked at.
-   * *Upper-bound pruning.* For each matched position (below) the longest window of at most
-     ``L_max`` tokens starting there is counted first; starts whose longest window has
-     ``overlap < o_min`` are dropped (a shorter window cannot overlap more).
-   * *Windows between matched tokens.* A best window starts and ends on a note token that occurs
-     in the quote (trimming an unmatched edge token raises precision and keeps the overlap), so
-     only windows ``(x, y)`` between two such *matched* positions (those near anchors), with ``x``
-     viable and at most ``L_max`` tokens long, are scored, all at once with numpy. Counts per quote
-     token come from cumulative counts over the matched positions (the sliding count, vectorised),
-     so the cost per quote is ``O(|viable starts| * L_max * distinct quote tokens)`` after an
-     ``O(|matched near anchors| * distinct quote tokens)`` pass, independent of the note's length
-     beyond the inverted-index look-up.
-
-   Whenever a window with ``score >= threshold`` exists the search returns the maximum score
-   exactly (``threshold >= 1.5``; below that the length cap may cut). With ``occurrences="all"``
-   every non-overlapping window reaching that maximum is returned (leftmost first), with
-   ``"first"`` only the leftmost. The span runs from the first character of the window's first
-   token to the last character of its last token. Method ``"fuzzy"``.
-   When no window reaches the threshold the reported score is the best among the examined windows
-   (the pruning windows and the viable ones), a lower bound of the best score over the whole note.
-   On 150 synthetic notes of up to 5,000 words, 10,000 quotes align in about 3 CPU seconds
-   (``benchmarks/alignment.py``).
-4. **Split and retry.** A quote that failed 2 and 3 is split on ellipses (``...``, ``. . .``, ``…``),
-   ``;``, ``|``, `` / ``, bullets and line breaks; each part with at least one word is aligned by 2
-   then 3 (methods ``"split_exact"``, ``"split_fuzzy"``). Parts that still fail become unaligned
-   rows (their ``part`` says which); when no part aligns, a single unaligned row for the whole
-   quote is returned with the whole quote's reason.
-5. **Unaligned** rows have ``start = end = None``, method ``"unaligned"`` and a reason: ``"empty"``
-   (no word in the quote), ``"no_overlap"`` (no quote token occurs in the note, score 0) or
-   ``"below_threshold"`` (``score`` = best score found).
+sits in the raw note (normalised exact match, then a fuzzy token-window match, then the quote split
+into parts) and returns half-open character spans ``[start, end)`` into the raw text. See
+docs/method/alignment.md for the rules, the search and its guarantee.
 """
 from __future__ import annotations
 
@@ -99,10 +42,11 @@ _MARKER_RE = re.compile(
 _QUOTE_STRIP = " \"'.,;:"
 
 
-def normalize(text: str) -> tuple[str, np.ndarray]:
-    """Normalised ``text`` and the raw offset of each of its characters (int64 array).
+def alignment_form_with_offsets(text: str) -> tuple[str, np.ndarray]:
+    """The form notes and quotes are matched in (normalised ``text``) and the raw offset of each
+    of its characters (int64 array).
 
-    See the module docstring for the rules. ``len(index) == len(normalised)``.
+    See docs/method/alignment.md for the rules. ``len(index) == len(normalised)``.
     """
     t = text.translate(_CHAR_TABLE)
     low = t.lower()
@@ -148,18 +92,18 @@ def _is_word_char(c: str) -> bool:
     return c.isalnum() or c == "_"
 
 
-def normalize_text(text: str) -> str:
-    """``normalize(text)[0]`` without the index map (faster; used for quotes)."""
+def alignment_form(text: str) -> str:
+    """``alignment_form_with_offsets(text)[0]`` without the index map (faster; used for quotes)."""
     t = text.translate(_CHAR_TABLE)
     low = t.lower()
     if len(low) != len(t):
-        return normalize(text)[0]
+        return alignment_form_with_offsets(text)[0]
     return " ".join(_MARKER_RE.sub(" ", low).split())
 
 
-def _normalize_quote(quote: str) -> str:
+def _quote_alignment_form(quote: str) -> str:
     # strip surrounding quotation marks first so a list marker right after one is still removed
-    return normalize_text(quote.strip(_QUOTE_STRIP + "\u201c\u201d\u2018\u2019\n\t")).strip(_QUOTE_STRIP)
+    return alignment_form(quote.strip(_QUOTE_STRIP + "\u201c\u201d\u2018\u2019\n\t")).strip(_QUOTE_STRIP)
 
 
 # --- results -------------------------------------------------------------------------------------
@@ -199,7 +143,7 @@ class NoteIndex:
 
     def __init__(self, text: str):
         self.text = text
-        self.norm, self.index = normalize(text)
+        self.norm, self.index = alignment_form_with_offsets(text)
         words = _WORD_RE.findall(self.norm)
         ns = np.fromiter((m.start() for m in _WORD_RE.finditer(self.norm)), dtype=np.int64, count=len(words))
         ne = ns + np.fromiter(map(len, words), dtype=np.int64, count=len(words))
@@ -252,7 +196,7 @@ class NoteIndex:
         """Best token-window score for ``qtokens`` and, when it reaches ``threshold``, the raw
         spans of the (non-overlapping) best windows; else ``(best_found, [])``.
 
-        See the module docstring for the algorithm and its guarantee.
+        See docs/method/alignment.md for the algorithm and its guarantee.
         """
         m = len(qtokens)
         if m == 0 or self.n_tokens == 0:
@@ -261,12 +205,21 @@ class NoteIndex:
         present = [(self.vocab[t], c) for t, c in qcount.items() if t in self.vocab]
         if not present:
             return 0.0, []
-        if threshold > 1:
-            o_min = max(1, math.ceil((threshold - 1) * m - _EPS))
-            l_max = min(math.floor(m / (threshold - 1) + _EPS), max(2 * m, m + 4))
-        else:
-            o_min, l_max = 1, max(2 * m, m + 4)
-        l_max = max(l_max, 1)
+        o_min, l_max = _window_bounds(m, threshold)
+        matched, mtype = self._matched_near_anchors(qtokens, present, o_min, l_max)
+        qvec = np.array([c for _, c in present], dtype=np.int64)
+        best, best_seen, cands = _best_windows(matched, mtype, qvec, m, o_min, l_max)
+        if best < threshold - _EPS:
+            return min(max(best, best_seen, 0.0), 2.0), []
+        return min(best, 2.0), self._window_spans(cands, occurrences)
+
+    def _matched_near_anchors(
+        self, qtokens: Sequence[str], present: list[tuple[int, int]], o_min: int, l_max: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Sorted note positions of the quote's tokens within ``l_max - 1`` of an anchor (a
+        position of one of the rarest quote-token instances), and the index in ``present`` of
+        the token at each."""
+        m = len(qtokens)
         # rarest quote-token instances: absent tokens first (frequency 0)
         instances = sorted(
             ((int(self.freq[self.vocab[t]]) if t in self.vocab else 0, t) for t in qtokens)
@@ -277,7 +230,6 @@ class NoteIndex:
             rare = {tid for tid, _ in present}
         anchors = np.sort(np.concatenate([self.positions(tid) for tid in rare]))
         tids = np.array([tid for tid, _ in present], dtype=np.int64)
-        qvec = np.array([c for _, c in present], dtype=np.int64)
         matched = np.concatenate([self.positions(tid) for tid in tids])
         mtype = np.repeat(np.arange(len(tids)), [len(self.positions(t)) for t in tids])
         order = np.argsort(matched, kind="stable")
@@ -288,41 +240,11 @@ class NoteIndex:
         right = anchors[np.minimum(j, len(anchors) - 1)]
         dist = np.minimum(np.abs(matched - left), np.abs(right - matched))
         near = dist <= l_max - 1
-        matched, mtype = matched[near], mtype[near]
-        nm = len(matched)
-        onehot = np.zeros((nm + 1, len(tids)), dtype=np.int32)
-        onehot[np.arange(1, nm + 1), mtype] = 1
-        cum = np.cumsum(onehot, axis=0)
-        # Upper bound: the longest window (<= l_max tokens) starting at each matched position
-        # contains every shorter one, so a start is viable only if that window reaches o_min.
-        # These windows are real ones: their best score is a lower bound of the best score.
-        xs = np.arange(nm)
-        yend = np.searchsorted(matched, matched + l_max, side="left") - 1
-        ov_ub = np.minimum(cum[yend + 1] - cum[xs], qvec).sum(axis=1)
-        best_seen = float((ov_ub / (matched[yend] - matched + 1) + ov_ub / m).max())
-        x0 = np.flatnonzero(ov_ub >= o_min)
-        best = -1.0
-        cands: list[np.ndarray] = []  # rows of (start_pos, end_pos, overlap)
-        if len(x0):
-            # every window (x, y), x viable, x <= y <= yend[x], evaluated at once (in chunks)
-            n_y = yend[x0] - x0 + 1
-            chunk = max(1, 2_000_000 // max(1, len(tids)) // max(1, int(n_y.max())))
-            for c0 in range(0, len(x0), chunk):
-                xc, nc = x0[c0:c0 + chunk], n_y[c0:c0 + chunk]
-                x = np.repeat(xc, nc)
-                y = x + (np.arange(len(x)) - np.repeat(np.cumsum(nc) - nc, nc))
-                length = matched[y] - matched[x] + 1
-                ov = np.minimum(cum[y + 1] - cum[x], qvec).sum(axis=1)
-                score = ov / length + ov / m
-                top = float(score.max())
-                if top > best + _EPS:
-                    best, cands = top, []
-                if top >= best - _EPS:
-                    sel = score >= best - _EPS
-                    cands.append(np.stack([matched[x[sel]], matched[y[sel]], ov[sel]], axis=1))
-        if best < threshold - _EPS:
-            return min(max(best, best_seen, 0.0), 2.0), []
-        best = min(best, 2.0)
+        return matched[near], mtype[near]
+
+    def _window_spans(self, cands: list[np.ndarray], occurrences: Occurrences) -> list[tuple[int, int]]:
+        """Raw spans of the non-overlapping best windows (leftmost first; the longer overlap
+        first among windows with the same start and end)."""
         rows = np.concatenate(cands)
         rows = rows[np.lexsort((-rows[:, 2], rows[:, 1], rows[:, 0]))]
         spans: list[tuple[int, int]] = []
@@ -333,7 +255,7 @@ class NoteIndex:
                 last_end = e
                 if occurrences == "first":
                     break
-        return best, spans
+        return spans
 
     # -- one quote -----------------------------------------------------------------------------
     def align(
@@ -372,7 +294,7 @@ class NoteIndex:
         return [AlignedQuote(note_id, code, q, None, None, score, "unaligned", reason, q)]
 
     def _align_piece(self, piece, threshold, occurrences, note_id, code, quote, split):
-        qnorm = _normalize_quote(piece)
+        qnorm = _quote_alignment_form(piece)
         qtokens = _WORD_RE.findall(qnorm)
         if not qtokens:
             return [], "empty", 0.0
@@ -384,6 +306,57 @@ class NoteIndex:
         if spans:
             return [AlignedQuote(note_id, code, quote, s, e, score, prefix + "fuzzy", None, piece) for s, e in spans], None, score
         return [], ("no_overlap" if score <= 0 else "below_threshold"), score
+
+
+def _window_bounds(m: int, threshold: float) -> tuple[int, int]:
+    """``(o_min, l_max)``: the least overlap and the most tokens of a window of a quote of ``m``
+    tokens that can reach ``threshold``."""
+    if threshold > 1:
+        o_min = max(1, math.ceil((threshold - 1) * m - _EPS))
+        l_max = min(math.floor(m / (threshold - 1) + _EPS), max(2 * m, m + 4))
+    else:
+        o_min, l_max = 1, max(2 * m, m + 4)
+    return o_min, max(l_max, 1)
+
+
+def _best_windows(
+    matched: np.ndarray, mtype: np.ndarray, qvec: np.ndarray, m: int, o_min: int, l_max: int
+) -> tuple[float, float, list[np.ndarray]]:
+    """Score the windows between matched positions ``matched`` (token types ``mtype``, quote
+    counts ``qvec``). Returns the best score (-1 when no start is viable), the best score of the
+    pruning windows and the best windows as rows ``(start_pos, end_pos, overlap)``."""
+    nm = len(matched)
+    onehot = np.zeros((nm + 1, len(qvec)), dtype=np.int32)
+    onehot[np.arange(1, nm + 1), mtype] = 1
+    cum = np.cumsum(onehot, axis=0)
+    # Upper bound: the longest window (<= l_max tokens) starting at each matched position
+    # contains every shorter one, so a start is viable only if that window reaches o_min.
+    # These windows are real ones: their best score is a lower bound of the best score.
+    xs = np.arange(nm)
+    yend = np.searchsorted(matched, matched + l_max, side="left") - 1
+    ov_ub = np.minimum(cum[yend + 1] - cum[xs], qvec).sum(axis=1)
+    best_seen = float((ov_ub / (matched[yend] - matched + 1) + ov_ub / m).max())
+    x0 = np.flatnonzero(ov_ub >= o_min)
+    best = -1.0
+    cands: list[np.ndarray] = []  # rows of (start_pos, end_pos, overlap)
+    if len(x0):
+        # every window (x, y), x viable, x <= y <= yend[x], evaluated at once (in chunks)
+        n_y = yend[x0] - x0 + 1
+        chunk = max(1, 2_000_000 // max(1, len(qvec)) // max(1, int(n_y.max())))
+        for c0 in range(0, len(x0), chunk):
+            xc, nc = x0[c0:c0 + chunk], n_y[c0:c0 + chunk]
+            x = np.repeat(xc, nc)
+            y = x + (np.arange(len(x)) - np.repeat(np.cumsum(nc) - nc, nc))
+            length = matched[y] - matched[x] + 1
+            ov = np.minimum(cum[y + 1] - cum[x], qvec).sum(axis=1)
+            score = ov / length + ov / m
+            top = float(score.max())
+            if top > best + _EPS:
+                best, cands = top, []
+            if top >= best - _EPS:
+                sel = score >= best - _EPS
+                cands.append(np.stack([matched[x[sel]], matched[y[sel]], ov[sel]], axis=1))
+    return best, best_seen, cands
 
 
 _SPLIT_RE = re.compile(r"\.(?:\s*\.){2,}|\u2026|;|\||\s/\s|\n+|[\u2022\u00b7\u25e6\u25aa\u2023\u25cf\u25a0]")
@@ -400,7 +373,7 @@ def _split_quote(quote: str) -> list[str]:
 def align_quote(
     note_text: str, quote: str, threshold: float = 1.7, occurrences: Occurrences = "all"
 ) -> list[AlignedQuote]:
-    """Align ``quote`` to ``note_text`` (see the module docstring). ``note_id``/``code`` are empty."""
+    """Align ``quote`` to ``note_text`` (docs/method/alignment.md). ``note_id``/``code`` are empty."""
     return NoteIndex(note_text).align(quote, threshold, occurrences)
 
 
