@@ -1,10 +1,10 @@
 """Figures and the rationale explorer.
 
-:mod:`.spans` draws a note with its rationales highlighted (escaped HTML), :mod:`.explorer` puts
+:mod:`.spans` draws a note with its rationales highlighted (escaped HTML), :mod:`.explore` puts
 an ipywidgets front end with per-pair measures on that renderer, :mod:`.figures` holds the
 notebooks' plots and :mod:`.tables` their styled tables.
 """
-from rationale_kit.viz.explorer import (
+from rationale_kit.viz.explore import (
     MEASURE_ORDER,
     ExplorerData,
     explorer,
