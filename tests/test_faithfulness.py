@@ -661,7 +661,7 @@ class _Calls:
 @pytest.fixture(params=["dense", "local", "mixed"])
 def caml_route(request, monkeypatch):
     """Every row through the dense route, every row through the local one, or the default split."""
-    import rationale_kit.metrics.faithfulness as F
+    import rationale_kit.metrics.faithfulness.engine as F
 
     fraction = {"dense": -1.0, "local": 2.0, "mixed": F._LOCAL_FRACTION}[request.param]
     monkeypatch.setattr(F, "_LOCAL_FRACTION", fraction)

@@ -107,7 +107,7 @@ def _faithfulness(values: str) -> Callable[[pd.DataFrame], pd.DataFrame]:
 
 
 def _aopc_note() -> str:
-    from rationale_kit.metrics.faithfulness import NOTE_AOPC  # lazy: it imports torch
+    from rationale_kit.metrics.faithfulness.measures import NOTE_AOPC  # torch-free
 
     return NOTE_AOPC
 

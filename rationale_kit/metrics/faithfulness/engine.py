@@ -1,120 +1,13 @@
-"""Faithfulness of rationales under a coding model: comprehensiveness and sufficiency.
-
-For a (note, code) pair with model probability ``p = sigmoid(logit of the code)``:
-
-- comprehensiveness = ``p(x) - p(x without the rationale)`` (higher = more faithful);
-- sufficiency = ``p(x) - p(rationale only)`` (lower = more faithful).
-
-Definitions (every choice is a parameter and is written into each output row):
-
-``unit``
-    ``"token"`` (default): the scoring model's own units (``Encoded`` positions: words for
-    CAML/LAAT, word pieces for PLM-ICD). ``"word"``: the ``\\w+`` words of the raw text that overlap
-    at least one model unit (words cut off by the model's maximum length do not exist for it).
-    Removing a word removes every model unit overlapping it; keeping only a set of words removes
-    every other model unit, including units that overlap no word (punctuation pieces). Sizes
-    (``rationale_size``, ``n_units``, top-k counts) are counted in the chosen unit.
-``perturbation``
-    ``"mask"`` (default): removed units are replaced by ``model.tokenizer.mask_id``, the length is
-    kept. ``"delete"``: removed units are dropped (shorter input). When deletion would leave no
-    unit at all, a single ``mask_id`` is fed instead (models cannot read empty inputs).
-``code_set``
-    ``"predicted"`` (default): the codes whose probability on the full note is above the
-    threshold (``p > threshold``; ``threshold=None`` uses ``model.threshold`` when the model has
-    one, else 0.5). ``"gold"``: the note's gold codes (``gold`` argument, else the documents'
-    ``codes`` column). Codes outside ``model.labels`` cannot be scored and are skipped (with a
-    warning giving the count).
-``missing``
-    ``"skip"`` (default): only pairs that have rows in the rationale table are scored.
-    ``"empty"`` (discrete only): every pair of the code set is scored for every rationale group of
-    the table; a pair without spans has the empty rationale (comprehensiveness 0, sufficiency
-    ``p - p(nothing)``).
-
-Discrete rationales (span tables ``note_id, code, start, end, ...``): the units overlapping any
-span of the pair (``text.span_mask`` on the unit offsets; spans of all granularities are united,
-filter the table first to score one level) are the rationale; one comprehensiveness and one
-sufficiency value per pair (measures ``comprehensiveness``, ``sufficiency``). A rationale whose
-spans lie beyond the model's maximum length has ``rationale_size`` 0 and is kept in the table.
-
-Scored rationales (score tables ``note_id, code, [source, method, model,] unit, start, end,
-score``): each unit of the chosen kind gets the maximum score of the score rows overlapping it
-(units without a score rank last); units are ranked by score, descending, ties by position.
-
-- ``variant="eraser"`` (DeYoung et al. 2020): for each ``k`` in ``aopc_k`` (percent, default 1, 5,
-  10, 20, 50) ``m_k = ceil(k * n / 100)`` units (at least 1, at most ``n``) are the top-k
-  rationale; ``aopc_comp`` at ``k`` = ``p - p(x without top m_k)``, ``aopc_suff`` at ``k`` =
-  ``p - p(only top m_k)``. The aggregate (row with ``k`` NaN) is the mean over the ``|B|`` values
-  of ``k``, and its mean over pairs (:func:`summarise`) is exactly what ERASER's
-  ``rationale_benchmark/metrics.py`` reports as AOPC (``np.average`` over the instances x bins
-  drops, default bins 1, 5, 10, 20, 50%; no zero-removal bin). The ERASER paper's printed
-  formula divides by ``|B| + 1`` instead, with a ``k = 0`` bin; that normalisation is not
-  offered (its ``k = 0`` sufficiency term, keeping nothing, is not computed here). For
-  comprehensiveness the ``k = 0`` term is 0 (nothing removed), so the paper's number is
-  ``|B| / (|B| + 1)`` times this one.
-- ``variant="edin"`` (Edin et al. 2024, words; ``unit`` defaults to ``"word"`` here): with
-  ``S = word_steps`` (50) and steps ``i = 0..S-1``: ``edin_comp`` step ``i`` =
-  ``(p - p(x without the top min(2i, n) words)) / p``; ``edin_suff`` step ``i`` =
-  ``max(0, p - p(only the top min(2S - 2i, n) words kept)) / p`` (kept 100, 98, ..., 2). The
-  aggregate is the mean over the S steps. Per-step rows have ``k`` = number of words removed
-  (comp) or kept (suff) as requested (2i, 2S - 2i), ``rationale_size`` = the number actually
-  removed/kept.
-
-Random control: every result has a companion computed with a random rationale of the same size
-(``control="random"``): for discrete rationales ``rationale_size`` units drawn uniformly without
-replacement from the note's units; for scored rationales a random permutation of the unit scores
-(so a uniformly random ranking). The generator is seeded from ``seed``, the note, the code and the
-rationale group, so the engine and the reference loop draw the same controls.
-
-Output: a long table with columns ``note_id, code, source, model, measure, k, value, control,
-unit, perturbation, code_set, p, rationale_size, n_units`` (+ ``method`` and ``rationale_model``
-when the input table has ``method`` / ``model`` columns). ``model`` is the scoring model's name, ``p`` the
-probability on the full note, ``rationale_size`` the rationale's size in units (per-k rows: units
-removed / kept at that k; NaN on aggregate rows of scored rationales), ``n_units`` the note's length
-in units, ``k`` NaN for aggregate rows.
-
-Raw AOPC is not comparable across models: see :data:`NOTE_AOPC`.
-
-Engine: each note is encoded once; all perturbed inputs of a note (every step of every code and
-rationale group, rationale and random) are queued, sorted by length and evaluated in batches of
-``batch_size`` with ``forward(..., label_idx=<the batch's distinct labels>)``; each row's logit is
-gathered from its own label. Perturbations that remove nothing are not evaluated (their
-probability is ``p``). :func:`faithfulness_loop` is the plain reference: one full forward pass per
-(note, code, step), used by the tests and the benchmark to check agreement.
-
-Incremental paths (``incremental=True``, the default of :func:`faithfulness_discrete` and
-:func:`faithfulness_scored`; ``perturbation="mask"`` only). Values equal the plain forward pass up
-to float32 rounding (within 1e-6 of :func:`faithfulness_loop`, checked by the tests).
-
-- CAML (``rationale_kit.models.CAML``, not subclassed, in eval mode, float32, plain zero-padded
-  convolution; on a CPU only: on a GPU the batched forward passes are faster, measured on an H200,
-  and cuDNN's TF32 convolutions make the model's own probabilities differ from an exact float32
-  patch by up to ~2e-4): perturbed inputs are not run through the model at all, and neither is the note
-  (its probabilities come from the same cache; forward hooks of the model are not called). A
-  masked input differs from the note only at the removed units, and the convolution is linear
-  before its ``tanh``, so per note the engine keeps the pre-activations ``pre [T, F]`` (the
-  model's own convolution) and, for every output ``t`` and tap ``j``, the change ``Q[t, j]`` that
-  masking the unit read through that tap makes. A row whose differing units (counted from the
-  nearer of the note and the fully masked note, so sufficiency inputs start from the latter)
-  reach at most ``_LOCAL_FRACTION`` (a quarter) of the outputs is recomputed only at those
-  outputs, the other positions keeping the base's cached attention score and per-position logit;
-  other rows are recomputed densely as ``pre + sum_j shift_j(removed) Q_j`` (one batched product).
-  Then ``tanh`` and the label-attention head for the row's own label, in float32.
-- PLM-ICD (``rationale_kit.models.PLMICD``, ``hidden`` not overridden, eval mode): its encoder
-  reads every chunk of ``chunk_size`` units on its own, so only chunks whose ids differ from the
-  note's are encoded, and identical perturbed chunks (the all-mask chunk of sufficiency inputs,
-  chunks shared by nested steps) once per group of rows; ``model.attend`` then runs the head on
-  the assembled hidden states. The gain grows with the number of chunks and shrinks with how
-  scattered the removed units are (random controls touch most chunks).
-- Other models (LAAT: a BiLSTM's state at every position depends on every unit before / after
-  it), ``incremental=False`` and ``perturbation="delete"`` use the batched forward passes above.
-
-:class:`NoteCache` (``cache=``) keeps each note's units and the CAML caches across several calls
-with one model, so the discrete, ERASER and Edin calls of notebook 05 encode each note once.
+"""Faithfulness engine: builds, batches and caches the perturbed inputs of each (note, code,
+rationale) and runs the coding model on them (batched forward passes, the incremental CAML and
+PLM-ICD paths, :class:`NoteCache`), then turns the probabilities into the measures of
+:mod:`rationale_kit.metrics.faithfulness.measures`. :func:`faithfulness_loop` is the plain
+reference (one forward pass per input). One run's definition is a :class:`FaithfulnessSpec`.
+See docs/method/faithfulness.md.
 """
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections import OrderedDict
 import warnings
 import zlib
@@ -126,37 +19,61 @@ import pandas as pd
 import torch
 
 from rationale_kit.core.records import DataError
+from rationale_kit.core.runtime import progress as progress_bar
 from rationale_kit.core.text import span_mask, word_units
-
-__all__ = [
-    "NOTE_AOPC", "MEASURES", "OUTPUT_COLUMNS", "NoteCache", "faithfulness_discrete", "faithfulness_scored",
-    "faithfulness_loop", "summarise",
-]
-
-NOTE_AOPC = (
-    "Note: raw AOPC (aopc_comp / aopc_suff) and the Edin et al. 2024 word-level curves depend on "
-    "the model's own probability scale and on how each model reacts to removed input, so they are "
-    "not comparable across models (Edin et al. 2024, 'Normalized AOPC: fixing misleading "
-    "faithfulness metrics'). Compare rationale sources within one model, always against the random "
-    "control (control == 'random') in the same table; across models, only the gap to the random "
-    "control (or a normalised AOPC, NAOPC) is meaningful."
+from rationale_kit.metrics.faithfulness.measures import (
+    MEASURES, OUTPUT_COLUMNS, discrete_slots, pair_values, ranking, scored_slots,
 )
 
-#: Measure names by rationale kind.
-MEASURES = {
-    "discrete": ("comprehensiveness", "sufficiency"),
-    "eraser": ("aopc_comp", "aopc_suff"),
-    "edin": ("edin_comp", "edin_suff"),
-}
-
-OUTPUT_COLUMNS = [
-    "note_id", "code", "source", "model", "measure", "k", "value", "control", "unit",
-    "perturbation", "code_set", "p", "rationale_size", "n_units",
+__all__ = [
+    "FaithfulnessSpec", "NoteCache", "faithfulness_discrete", "faithfulness_scored", "faithfulness_loop",
 ]
 
 _UNITS = ("token", "word")
 _PERTURBATIONS = ("mask", "delete")
 _CODE_SETS = ("predicted", "gold")
+
+
+@dataclass(frozen=True)
+class FaithfulnessSpec:
+    """One faithfulness run: what is measured (``kind``, ``unit``, ``perturbation``, ``code_set``,
+    ``missing``, ``threshold``, the bins ``aopc_k`` / ``word_steps``, ``curve``, ``max_pairs``,
+    ``seed``, ``model_name``) and how (``engine``: batched engine or the reference loop,
+    ``incremental``, ``batch_size``, ``progress``). ``unit``, ``perturbation`` and ``code_set`` are
+    written into every result row; ``model_name`` (default: the model's name) into ``model``.
+    Invalid values raise ``ValueError`` on construction."""
+
+    kind: Literal["discrete", "eraser", "edin"] = "discrete"
+    unit: Literal["token", "word"] | None = None  # None: "word" for edin, else "token"
+    perturbation: Literal["mask", "delete"] = "mask"
+    code_set: Literal["predicted", "gold"] = "predicted"
+    missing: Literal["skip", "empty"] = "skip"
+    threshold: Any = None  # scalar or per label; None: model.threshold, else 0.5
+    aopc_k: Sequence[float] = (1.0, 5.0, 10.0, 20.0, 50.0)  # ERASER bins, percent of units
+    word_steps: int = 50  # Edin steps
+    curve: bool = True
+    max_pairs: int | None = None
+    seed: int = 0
+    model_name: str | None = None
+    engine: bool = True
+    incremental: bool = False
+    batch_size: int = 32
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.kind not in MEASURES:
+            raise ValueError(f"kind must be one of {list(MEASURES)}, got {self.kind!r}")
+        if self.unit is None:
+            object.__setattr__(self, "unit", "word" if self.kind == "edin" else "token")
+        for name, allowed in (("unit", _UNITS), ("perturbation", _PERTURBATIONS),
+                              ("code_set", _CODE_SETS), ("missing", ("skip", "empty"))):
+            val = getattr(self, name)
+            if val not in allowed:
+                raise ValueError(f"{name} must be one of {list(allowed)}, got {val!r}")
+        if self.missing == "empty" and self.kind != "discrete":
+            raise ValueError("missing='empty' is only defined for discrete rationales")
+        if self.batch_size < 1 or self.word_steps < 1 or not len(self.aopc_k):
+            raise ValueError("batch_size and word_steps must be >= 1 and aopc_k non-empty")
 
 
 # --------------------------------------------------------------------------------------------
@@ -187,15 +104,15 @@ def faithfulness_discrete(
     codes for ``code_set="gold"`` (mapping note_id -> codes, or a table with ``note_id`` and
     ``code`` / ``codes``); default: the documents' ``codes``. ``max_pairs`` keeps the first pairs
     (documents order) of each rationale group. The model must already be on ``device``.
-    ``incremental=False`` switches off the incremental paths (module docstring). ``cache``: a
+    ``incremental=False`` switches off the incremental paths. ``cache``: a
     :class:`NoteCache` shared by several calls with this model.
-    See the module docstring for the exact definitions."""
-    return _run(
-        model, docs, rationales, kind="discrete", engine=True, threshold=threshold, unit=unit,
-        perturbation=perturbation, code_set=code_set, gold=gold, batch_size=batch_size,
-        device=device, seed=seed, progress=progress, missing=missing, model_name=model_name,
-        max_pairs=max_pairs, incremental=incremental, cache=cache,
+    See docs/method/faithfulness.md for the exact definitions."""
+    spec = FaithfulnessSpec(
+        kind="discrete", engine=True, threshold=threshold, unit=unit, perturbation=perturbation,
+        code_set=code_set, batch_size=batch_size, seed=seed, progress=progress, missing=missing,
+        model_name=model_name, max_pairs=max_pairs, incremental=incremental,
     )
+    return _run(model, docs, rationales, spec, gold=gold, device=device, cache=cache)
 
 
 def faithfulness_scored(
@@ -226,18 +143,18 @@ def faithfulness_scored(
     (``variant="edin"``, measures ``edin_comp``/``edin_suff``), each with a random-permutation
     control. ``unit=None`` means ``"token"`` for ERASER and ``"word"`` for Edin. ``curve`` adds the
     per-k / per-step rows to the aggregate rows (``k`` NaN). Raw AOPC is not comparable across
-    models (:data:`NOTE_AOPC`). ``incremental=False`` switches off the incremental paths;
+    models (``NOTE_AOPC``). ``incremental=False`` switches off the incremental paths;
     ``cache``: a :class:`NoteCache` shared by several calls with this model.
-    See the module docstring for the exact steps."""
+    See docs/method/faithfulness.md for the exact steps."""
     if variant not in MEASURES or variant == "discrete":
         raise ValueError(f"variant must be 'eraser' or 'edin', got {variant!r}")
-    return _run(
-        model, docs, scores, kind=variant, engine=True, aopc_k=aopc_k, threshold=threshold,
-        unit=unit, perturbation=perturbation, code_set=code_set, gold=gold,
-        batch_size=batch_size, device=device, seed=seed, progress=progress,
-        word_steps=word_steps, curve=curve, model_name=model_name, max_pairs=max_pairs,
-        incremental=incremental, cache=cache,
+    spec = FaithfulnessSpec(
+        kind=variant, engine=True, aopc_k=aopc_k, threshold=threshold, unit=unit,
+        perturbation=perturbation, code_set=code_set, batch_size=batch_size, seed=seed,
+        progress=progress, word_steps=word_steps, curve=curve, model_name=model_name,
+        max_pairs=max_pairs, incremental=incremental,
     )
+    return _run(model, docs, scores, spec, gold=gold, device=device, cache=cache)
 
 
 def faithfulness_loop(
@@ -260,32 +177,9 @@ def faithfulness_loop(
         v = kwargs.pop("variant")
         if kind != "discrete" and v != kind:
             raise ValueError(f"kind={kind!r} but variant={v!r}")
-    return _run(model, docs, table, kind=kind, engine=False, **kwargs)
-
-
-def summarise(table: pd.DataFrame, by: Sequence[str] | None = None, wide: bool = False) -> pd.DataFrame:
-    """Mean (and std, sem, n) of ``value`` per source / model / measure / control, also split by
-    the definition columns present (``method``, ``rationale_model``, ``unit``, ``perturbation``,
-    ``code_set``) and by ``k`` (aggregate rows have ``k`` NaN). ``by`` replaces the default keys.
-    ``wide=True`` puts the rationale and random means side by side with their difference
-    (``rationale - random``)."""
-    if by is None:
-        by = [c for c in ("source", "method", "rationale_model", "model", "measure", "unit",
-                          "perturbation", "code_set", "k", "control") if c in table.columns]
-    by = list(by)
-    g = table.groupby(by, dropna=False, sort=True)["value"]
-    out = g.agg(mean="mean", std="std", n="count").reset_index()
-    out["sem"] = out["std"] / np.sqrt(out["n"].clip(lower=1))
-    if not wide:
-        return out
-    if "control" not in by:
-        raise ValueError("wide=True needs 'control' among the keys")
-    keys = [c for c in by if c != "control"]
-    piv = out.pivot_table(index=keys, columns="control", values="mean", dropna=False).reset_index()
-    piv.columns.name = None
-    if "rationale" in piv.columns and "random" in piv.columns:
-        piv["difference"] = piv["rationale"] - piv["random"]
-    return piv.dropna(subset=[c for c in ("rationale", "random") if c in piv.columns], how="all")
+    gold, device = kwargs.pop("gold", None), kwargs.pop("device", "cpu")
+    spec = FaithfulnessSpec(kind=kind, engine=False, **kwargs)
+    return _run(model, docs, table, spec, gold=gold, device=device)
 
 
 # --------------------------------------------------------------------------------------------
@@ -458,46 +352,18 @@ def _rng(seed: int, note_id: str, code: str, group: tuple) -> np.random.Generato
     return np.random.default_rng([int(seed) & 0xFFFFFFFF, *key])
 
 
-def _ranking(scores: np.ndarray) -> np.ndarray:
-    s = np.where(np.isnan(scores), -np.inf, scores)
-    return np.lexsort((np.arange(len(s)), -s))
-
-
-def _top_count(k: float, n: int) -> int:
-    return min(n, max(1, math.ceil(k * n / 100.0 - 1e-9)))
-
-
-def _specs(kind: str, payload: Any, note: _Note, rng: np.random.Generator, aopc_k: Sequence[float],
-           word_steps: int) -> dict[str, list[tuple[str, float, np.ndarray, bool]]]:
+def _specs(spec: FaithfulnessSpec, payload: Any, note: _Note, rng: np.random.Generator) -> dict[str, list]:
     """(measure, k, selected elementary units, keep) per slot, for the rationale and the control."""
     n = note.n_elem
-    out: dict[str, list] = {}
-    if kind == "discrete":
+    if spec.kind == "discrete":
         sel = np.flatnonzero(span_mask(note.elem, payload)) if n else np.zeros(0, dtype=np.int64)
         rnd = np.sort(rng.choice(n, size=len(sel), replace=False)) if n else sel
-        for control, s in (("rationale", sel), ("random", rnd)):
-            out[control] = [("comprehensiveness", np.nan, s, False), ("sufficiency", np.nan, s, True)]
-        return out
+        return {"rationale": discrete_slots(sel), "random": discrete_slots(rnd)}
     starts, ends, values = payload
     scores = _overlap_max(note.elem, np.stack([starts, ends], axis=1), values) if n else np.zeros(0)
     perm = rng.permutation(scores)
-    c_name, s_name = MEASURES[kind]
-    for control, sc in (("rationale", scores), ("random", perm)):
-        order = _ranking(sc)
-        slots = []
-        if kind == "eraser":
-            for k in aopc_k:
-                slots.append((c_name, float(k), order[: _top_count(k, n)], False))
-            for k in aopc_k:
-                slots.append((s_name, float(k), order[: _top_count(k, n)], True))
-        else:
-            top = 2 * word_steps
-            for i in range(word_steps):
-                slots.append((c_name, float(2 * i), order[: min(2 * i, n)], False))
-            for i in range(word_steps):
-                slots.append((s_name, float(top - 2 * i), order[: min(top - 2 * i, n)], True))
-        out[control] = slots
-    return out
+    return {control: scored_slots(spec.kind, ranking(sc), n, spec.aopc_k, spec.word_steps)
+            for control, sc in (("rationale", scores), ("random", perm))}
 
 
 # --------------------------------------------------------------------------------------------
@@ -650,10 +516,10 @@ def _caml_incremental_ok(model) -> bool:
             or (isinstance(conv.padding, str) or tuple(conv.padding) != (0,))):
         return False
     k = conv.kernel_size[0]
-    if tuple(model._pad) != ((k - 1) // 2, k - 1 - (k - 1) // 2):
+    if tuple(model.padding) != ((k - 1) // 2, k - 1 - (k - 1) // 2):
         return False
-    params = (model.embedding.weight, conv.weight, conv.bias, model.U.weight, model.final.weight,
-              model.final.bias)
+    none = torch.zeros(0, dtype=torch.long, device=conv.weight.device)  # the rows keep their dtype
+    params = (model.embedding.weight, conv.weight, conv.bias, *model.label_parameters(none))
     return all(p.dtype == torch.float32 for p in params)
 
 
@@ -662,7 +528,7 @@ def _caml_pre(model, ids: np.ndarray, device) -> torch.Tensor:
     embedding and ``conv`` (what its forward pass computes before the ``tanh``)."""
     ids_t = torch.as_tensor(ids, dtype=torch.long, device=device)
     x = model.embedding.weight.index_select(0, ids_t).t().unsqueeze(0)  # [1, E, T]
-    return model.conv(torch.nn.functional.pad(x, model._pad))[0].t().contiguous()
+    return model.conv(torch.nn.functional.pad(x, model.padding))[0].t().contiguous()
 
 
 def _caml_head(model, pre: torch.Tensor, labels: torch.Tensor, inplace: bool = False) -> torch.Tensor:
@@ -670,11 +536,11 @@ def _caml_head(model, pre: torch.Tensor, labels: torch.Tensor, inplace: bool = F
     read for label ``labels[r]``: ``tanh``, label attention, ``w_l . v + b_l`` as in the model.
     ``inplace`` overwrites ``pre`` with the hidden states."""
     h = pre.tanh_() if inplace else torch.tanh(pre)
-    uw = torch.stack([model.U.weight.index_select(0, labels),
-                      model.final.weight.index_select(0, labels)], dim=-1).float()  # [R, F, 2]
+    u, w, b = model.label_parameters(labels)  # [R, F], [R, F], [R]
+    uw = torch.stack([u, w], dim=-1).float()  # [R, F, 2]
     sg = torch.einsum("rtf,rfc->rtc", h, uw)  # [R, T, 2]: attention scores, per-position logits
     att = torch.softmax(sg[..., 0], dim=-1)
-    return (att * sg[..., 1]).sum(-1) + model.final.bias.index_select(0, labels).float()
+    return (att * sg[..., 1]).sum(-1) + b.float()
 
 
 def _caml_base_probs(model, pres: dict[str, torch.Tensor], needed, device) -> dict[str, dict[int, float]]:
@@ -698,7 +564,7 @@ class _CamlNote:
     def __init__(self, model, ids: np.ndarray, pre: torch.Tensor, mask_id: int, device):
         conv = model.conv
         k = self.k = conv.kernel_size[0]
-        pl = self.pad_left = model._pad[0]
+        pl = self.pad_left = model.padding[0]
         T = self.T = len(ids)
         self.pre = pre
         self.mask_id = mask_id
@@ -746,7 +612,7 @@ _INCREMENTAL_ELEMENTS = 2_000_000
 def _evaluate_incremental(model, note: _Note, cache: "_CamlNote", jobs: list[_Job], batch_size: int,
                           device, mask_id: int):
     """Probabilities of ``jobs`` (all of one note, mask perturbation) from the note's cached
-    pre-activations; see the module docstring. Rows whose perturbation reaches at most
+    pre-activations; see docs/method/faithfulness.md. Rows whose perturbation reaches at most
     ``_LOCAL_FRACTION`` of the outputs (counted from the nearer of the note and the fully masked
     note) are recomputed only there (:func:`_local_rows`); the others densely: ``pre' = pre +
     sum_j shift_j(removed) Q_j`` (one batched product over positions), then the head
@@ -800,7 +666,8 @@ def _local_rows(model, cache: _CamlNote, jobs: list[_Job], diff: np.ndarray, fro
     col = {l: i for i, l in enumerate(labels)}
     n_lab = len(labels)
     lab_t = torch.as_tensor(labels, device=device)
-    uw = torch.cat([model.U.weight.index_select(0, lab_t), model.final.weight.index_select(0, lab_t)]).float()
+    u, w, bias = model.label_parameters(lab_t)  # [L, F], [L, F], [L]
+    uw = torch.cat([u, w]).float()
     sg_base = (uw @ torch.tanh(pres).t()).view(2 * n_lab, 2, T).transpose(0, 1).reshape(2 * 2 * n_lab, T)
     # row b * 2L + c: base b's attention scores (c < L) or per-position logits (c >= L) of label c
     padded = np.zeros((len(jobs), T + k - 1), dtype=np.float32)
@@ -832,7 +699,7 @@ def _local_rows(model, cache: _CamlNote, jobs: list[_Job], diff: np.ndarray, fro
         r_t, a_t = torch.as_tensor(r_i, device=device), torch.as_tensor(a_i, device=device)
         sg[r_t, :, idx_t[r_t, a_t]] = sg_new[r_t, :, a_t]
         att = torch.softmax(sg[:, 0], dim=-1)
-        logits = (att * sg[:, 1]).sum(-1) + model.final.bias.index_select(0, lab_t[c]).float()
+        logits = (att * sg[:, 1]).sum(-1) + bias.index_select(0, c).float()
         for i, pr_ in zip(rows, torch.sigmoid(logits.double()).cpu().numpy()):
             jobs[i].task.probs[jobs[i].slot] = pr_
 
@@ -969,48 +836,43 @@ class NoteCache:
 # --------------------------------------------------------------------------------------------
 # driver
 # --------------------------------------------------------------------------------------------
-def _progress(total: int, enabled: bool, desc: str):
-    try:
-        from rationale_kit.core.runtime import progress as _p
-    except Exception:  # pragma: no cover
-        from tqdm import tqdm as _t
-
-        return _t(total=total, disable=not enabled, desc=desc)
-    return _p(total=total, enabled=enabled, desc=desc)
-
-
-def _run(
-    model, docs, table, *, kind: str, engine: bool, aopc_k: Sequence[float] = (1.0, 5.0, 10.0, 20.0, 50.0),
-    threshold: float | None = None, unit: str | None = None, perturbation: str = "mask",
-    code_set: str = "predicted", gold: Any = None, batch_size: int = 32, device: Any = "cpu",
-    seed: int = 0, progress: bool = True, missing: str = "skip", word_steps: int = 50,
-    curve: bool = True, model_name: str | None = None, max_pairs: int | None = None,
-    incremental: bool = False, cache: "NoteCache | None" = None,
-) -> pd.DataFrame:
-    if unit is None:
-        unit = "word" if kind == "edin" else "token"
-    for name, val, allowed in (("unit", unit, _UNITS), ("perturbation", perturbation, _PERTURBATIONS),
-                               ("code_set", code_set, _CODE_SETS), ("missing", missing, ("skip", "empty"))):
-        if val not in allowed:
-            raise ValueError(f"{name} must be one of {list(allowed)}, got {val!r}")
-    if missing == "empty" and kind != "discrete":
-        raise ValueError("missing='empty' is only defined for discrete rationales")
-    if batch_size < 1 or word_steps < 1 or not len(aopc_k):
-        raise ValueError("batch_size and word_steps must be >= 1 and aopc_k non-empty")
+def _run(model, docs, table, spec: FaithfulnessSpec, *, gold: Any = None, device: Any = "cpu",
+         cache: "NoteCache | None" = None) -> pd.DataFrame:
     mask_id = int(model.tokenizer.mask_id)
     labels = list(model.labels)
     label_of = {c: i for i, c in enumerate(labels)}
+    threshold = spec.threshold
     if threshold is None:
         threshold = getattr(model, "threshold", None)
         threshold = 0.5 if threshold is None else threshold
     thr = np.broadcast_to(np.asarray(threshold, dtype=np.float64), (len(labels),))
-    name = model_name or getattr(model, "name", None) or type(model).__name__.lower()
+    name = spec.model_name or getattr(model, "name", None) or type(model).__name__.lower()
 
     texts, doc_codes = _doc_texts(docs)
-    payloads, groups, group_out_cols = _parse_table(table, kind, texts)
-    gold_map = _gold_map(gold, doc_codes) if code_set == "gold" else None
+    payloads, groups, group_out_cols = _parse_table(table, spec.kind, texts)
+    gold_map = _gold_map(gold, doc_codes) if spec.code_set == "gold" else None
+    note_order, needed = _needed_labels(texts, payloads, gold_map, label_of, spec.missing)
 
-    # notes and the labels whose full-note probability is needed
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            if cache is None or not spec.engine:
+                cache = NoteCache(max_bytes=0)  # nothing kept beyond this call
+            cache._bind(model, device)
+            notes = {nid: cache.note(model, nid, texts[nid], spec.unit) for nid in note_order}
+            base, evaluate = _route(model, notes, needed, cache, spec, device, mask_id)
+            tasks_by_group = _select_pairs(note_order, base, payloads, groups, label_of, labels, thr,
+                                           gold_map, spec)
+            rows = _perturb_all(model, notes, tasks_by_group, spec, device, mask_id, evaluate)
+    finally:
+        model.train(was_training)
+    return _to_frame(rows, spec, name, group_out_cols)
+
+
+def _needed_labels(texts, payloads, gold_map, label_of, missing: str):
+    """The notes to score (documents order) and, per note, the labels whose full-note probability
+    is needed (None: all labels)."""
     table_codes: dict[str, set[str]] = {}
     for nid, code in payloads:
         table_codes.setdefault(nid, set()).add(code)
@@ -1029,45 +891,30 @@ def _run(
             continue
         unknown_codes |= {c for c in cand if c not in label_of}
         needed[nid] = sorted(label_of[c] for c in cand if c in label_of)
-    if unknown_codes:
+    if unknown_codes:  # stacklevel: the caller of the public function
         warnings.warn(f"faithfulness: {len(unknown_codes)} code(s) not among the model's labels are "
-                      f"skipped (e.g. {sorted(unknown_codes)[:3]})", stacklevel=3)
+                      f"skipped (e.g. {sorted(unknown_codes)[:3]})", stacklevel=4)
     note_order = [n for n in note_order if needed[n] is None or needed[n]]
+    return note_order, needed
 
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            if cache is None or not engine:
-                cache = NoteCache(max_bytes=0)  # nothing kept beyond this call
-            cache._bind(model, device)
-            notes = {nid: cache.note(model, nid, texts[nid], unit) for nid in note_order}
-            fast = engine and incremental and perturbation == "mask"
-            evaluate = None  # per-note evaluation of an incremental path, else batched forward passes
-            # CAML's patching runs on a CPU only: on a GPU batched forward passes are faster, and
-            # cuDNN's TF32 convolutions move the model's own values by ~1e-4 from an exact patch
-            if fast and torch.device(device).type == "cpu" and _caml_incremental_ok(model):
-                pres = {nid: cache.caml_pre(model, notes[nid], device) for nid in note_order}
-                base = _caml_base_probs(model, pres, needed, device)
-                evaluate = lambda note, jobs: _evaluate_incremental(  # noqa: E731
-                    model, note, cache.caml_note(model, note, pres[note.note_id], mask_id, device), jobs,
-                    batch_size, device, mask_id)
-            else:
-                base = _base_probs(model, notes, needed, engine, batch_size, device)
-                if fast and _chunk_reuse_ok(model):
-                    evaluate = lambda note, jobs: _evaluate_chunks(  # noqa: E731
-                        model, note, jobs, batch_size, device, mask_id)
-            tasks_by_group = _select_pairs(
-                note_order, notes, base, needed, payloads, groups, kind, label_of, labels, thr,
-                gold_map, code_set, missing, max_pairs,
-            )
-            rows = _perturb_all(
-                model, notes, tasks_by_group, kind, engine, aopc_k, word_steps, batch_size, device,
-                perturbation, mask_id, seed, progress, evaluate,
-            )
-    finally:
-        model.train(was_training)
-    return _to_frame(rows, kind, curve, name, unit, perturbation, code_set, group_out_cols)
+
+def _route(model, notes: dict[str, _Note], needed, cache: "NoteCache", spec: FaithfulnessSpec, device,
+           mask_id: int):
+    """Full-note probabilities and the per-note evaluation of an incremental path (None: batched
+    forward passes)."""
+    fast = spec.engine and spec.incremental and spec.perturbation == "mask"
+    # CAML's patching runs on a CPU only: on a GPU batched forward passes are faster, and
+    # cuDNN's TF32 convolutions move the model's own values by ~1e-4 from an exact patch
+    if fast and torch.device(device).type == "cpu" and _caml_incremental_ok(model):
+        pres = {nid: cache.caml_pre(model, note, device) for nid, note in notes.items()}
+        base = _caml_base_probs(model, pres, needed, device)
+        return base, lambda note, jobs: _evaluate_incremental(
+            model, note, cache.caml_note(model, note, pres[note.note_id], mask_id, device), jobs,
+            spec.batch_size, device, mask_id)
+    base = _base_probs(model, notes, needed, spec.engine, spec.batch_size, device)
+    if fast and _chunk_reuse_ok(model):
+        return base, lambda note, jobs: _evaluate_chunks(model, note, jobs, spec.batch_size, device, mask_id)
+    return base, None
 
 
 def _base_probs(model, notes: dict[str, _Note], needed, engine: bool, batch_size: int, device):
@@ -1094,14 +941,13 @@ def _base_probs(model, notes: dict[str, _Note], needed, engine: bool, batch_size
     return base
 
 
-def _select_pairs(note_order, notes, base, needed, payloads, groups, kind, label_of, labels, thr,
-                  gold_map, code_set, missing, max_pairs):
+def _select_pairs(note_order, base, payloads, groups, label_of, labels, thr, gold_map, spec: FaithfulnessSpec):
     """Per note: list of (code, label, group, payload, p) to score."""
     per_note: dict[str, list] = {}
     counts: dict[tuple, int] = {}
     for nid in note_order:
         items = []
-        if code_set == "predicted":
+        if spec.code_set == "predicted":
             codes = [labels[l] for l, p in base[nid].items() if p > thr[l]]
         else:
             codes = [labels[l] for l in base[nid]]
@@ -1111,12 +957,12 @@ def _select_pairs(note_order, notes, base, needed, payloads, groups, kind, label
             for group in groups:
                 if group in pays:
                     pay = pays[group]
-                elif missing == "empty":
+                elif spec.missing == "empty":
                     pay = []
                 else:
                     continue
-                if max_pairs is not None:
-                    if counts.get(group, 0) >= max_pairs:
+                if spec.max_pairs is not None:
+                    if counts.get(group, 0) >= spec.max_pairs:
                         continue
                     counts[group] = counts.get(group, 0) + 1
                 l = label_of[code]
@@ -1126,19 +972,20 @@ def _select_pairs(note_order, notes, base, needed, payloads, groups, kind, label
     return per_note
 
 
-def _perturb_all(model, notes, per_note, kind, engine, aopc_k, word_steps, batch_size, device,
-                 perturbation, mask_id, seed, progress, evaluate=None) -> list[_Task]:
+def _perturb_all(model, notes, per_note, spec: FaithfulnessSpec, device, mask_id: int,
+                 evaluate=None) -> list[_Task]:
     tasks: list[_Task] = []
     buffer: list[_Job] = []
+    batch_size, perturbation = spec.batch_size, spec.perturbation
     flush = max(batch_size * 8, 64)
-    bar = _progress(len(per_note), progress, f"faithfulness ({kind})")
+    bar = progress_bar(total=len(per_note), enabled=spec.progress, desc=f"faithfulness ({spec.kind})")
     try:
         for nid, items in per_note.items():
             note = notes[nid]
             for code, label, group, pay, p in items:
-                specs = _specs(kind, pay, note, _rng(seed, nid, code, group), aopc_k, word_steps)
+                specs = _specs(spec, pay, note, _rng(spec.seed, nid, code, group))
                 for control, slots in specs.items():
-                    task = _Task(nid, code, label, group, control, p, note.n_elem, kind,
+                    task = _Task(nid, code, label, group, control, p, note.n_elem, spec.kind,
                                  probs=np.full(len(slots), np.nan))
                     for slot, (measure, k, sel, keep) in enumerate(slots):
                         task.steps.append((measure, k, len(sel)))
@@ -1154,7 +1001,7 @@ def _perturb_all(model, notes, per_note, kind, engine, aopc_k, word_steps, batch
                 if buffer:
                     evaluate(note, buffer)
                 buffer = []
-            elif engine:
+            elif spec.engine:
                 if len(buffer) >= flush:
                     cut = len(buffer) - len(buffer) % batch_size
                     buffer.sort(key=lambda j: -j.length)
@@ -1171,7 +1018,7 @@ def _perturb_all(model, notes, per_note, kind, engine, aopc_k, word_steps, batch
     return tasks
 
 
-def _to_frame(tasks: list[_Task], kind, curve, name, unit, perturbation, code_set, group_out_cols):
+def _to_frame(tasks: list[_Task], spec: FaithfulnessSpec, name: str, group_out_cols) -> pd.DataFrame:
     # per task: its rows' measure, k, value and size; task-level columns are repeated afterwards
     measures: list[str] = []
     ks: list[float] = []
@@ -1179,33 +1026,12 @@ def _to_frame(tasks: list[_Task], kind, curve, name, unit, perturbation, code_se
     sizes: list[float] = []
     n_rows = np.zeros(len(tasks), dtype=np.int64)
     for i, t in enumerate(tasks):
-        p, probs = t.p, t.probs
-        if kind == "discrete":
-            (m0, _, s0), (m1, _, s1) = t.steps
-            measures += [m0, m1]
-            ks += [np.nan, np.nan]
-            values.append(p - probs[:2])
-            sizes += [s0, s1]
-            n_rows[i] = 2
-            continue
-        drops = p - probs
-        half = len(t.steps) // 2
-        for part, (lo, hi) in enumerate(((0, half), (half, len(t.steps)))):
-            measure = t.steps[lo][0]
-            vals = drops[lo:hi]
-            if kind == "edin":
-                vals = vals / p if part == 0 else np.maximum(vals, 0.0) / p
-            if curve:
-                measures += [measure] * (hi - lo)
-                ks += [st[1] for st in t.steps[lo:hi]]
-                sizes += [st[2] for st in t.steps[lo:hi]]
-                values.append(vals)
-                n_rows[i] += hi - lo
-            measures.append(measure)
-            ks.append(np.nan)
-            sizes.append(np.nan)
-            values.append(np.asarray([vals.mean()]))
-            n_rows[i] += 1
+        m, k, v, s = pair_values(spec.kind, t.p, t.probs, t.steps, spec.curve)
+        measures += m
+        ks += k
+        values += v
+        sizes += s
+        n_rows[i] = len(m)
 
     def rep(get, dtype=object):
         return np.repeat(np.asarray([get(t) for t in tasks], dtype=dtype), n_rows)
@@ -1226,9 +1052,9 @@ def _to_frame(tasks: list[_Task], kind, curve, name, unit, perturbation, code_se
     for col, vals in gframe.items():
         frame[col] = vals if len(frame) else pd.Series([], dtype=frame["measure"].dtype)
     frame["model"] = name
-    frame["unit"] = unit
-    frame["perturbation"] = perturbation
-    frame["code_set"] = code_set
+    frame["unit"] = spec.unit
+    frame["perturbation"] = spec.perturbation
+    frame["code_set"] = spec.code_set
     frame = frame.astype({"k": "float64", "value": "float64", "p": "float64", "rationale_size": "float64",
                           "n_units": "int64"})
     extra = [c for c in ("method", "rationale_model") if c in frame.columns]

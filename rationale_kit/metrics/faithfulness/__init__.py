@@ -1,0 +1,40 @@
+"""Faithfulness of rationales under a coding model: comprehensiveness, sufficiency and AOPC
+(ERASER; Edin et al. 2024), each against a random control.
+
+- :mod:`~rationale_kit.metrics.faithfulness.measures`: the measures over probabilities, the bins
+  and :func:`summarise` (no torch);
+- :mod:`~rationale_kit.metrics.faithfulness.engine`: perturbations, batching, caching and the
+  model runs (:func:`faithfulness_discrete`, :func:`faithfulness_scored`,
+  :func:`faithfulness_loop`, :class:`NoteCache`, :class:`FaithfulnessSpec`).
+
+The engine (it imports torch) is loaded on first use of one of its names, so the measures and
+``NOTE_AOPC`` import without torch. See docs/method/faithfulness.md.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from rationale_kit.metrics.faithfulness.measures import MEASURES, NOTE_AOPC, OUTPUT_COLUMNS, summarise
+
+if TYPE_CHECKING:
+    from rationale_kit.metrics.faithfulness.engine import (
+        FaithfulnessSpec, NoteCache, faithfulness_discrete, faithfulness_loop, faithfulness_scored,
+    )
+
+__all__ = [
+    "NOTE_AOPC", "MEASURES", "OUTPUT_COLUMNS", "summarise",
+    "FaithfulnessSpec", "NoteCache", "faithfulness_discrete", "faithfulness_scored", "faithfulness_loop",
+]
+_ENGINE_NAMES = frozenset(__all__[4:])
+
+
+def __getattr__(name: str) -> Any:
+    if name in _ENGINE_NAMES:
+        from rationale_kit.metrics.faithfulness import engine
+
+        return getattr(engine, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_ENGINE_NAMES))
