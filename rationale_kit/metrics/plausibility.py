@@ -1,71 +1,8 @@
-"""Plausibility: agreement of rationales with human evidence spans (METHOD.md section 5).
-
-Pure functions over the span tables of :mod:`rationale_kit.core.records` (``note_id, code, start, end``
-[, ``granularity, source``]) and the note texts (``docs``: ``note_id, text``).
-
-Conventions
------------
-* **Pairs.** The evaluation unit is a ``(note_id, code)`` pair. With ``pairs="gold"`` (default,
-  METHOD.md: "pairs with human spans") only pairs having at least one gold span are evaluated and
-  predicted spans of other pairs are ignored; ``pairs="gold_notes"`` is the unit of MDACE's own
-  scorer (it loops over the notes with gold evidence and scores every code predicted there, so a
-  prediction for a code without gold in such a note is a false positive, and notes without gold
-  are ignored); ``pairs="all"`` evaluates the union of gold and predicted pairs.
-* **Zero denominators.** Precision, recall and F1 are 0 when their denominator is 0 (no
-  predictions, no gold, or precision + recall = 0). MDACE's scorer gets the same 0 from its
-  ``1e-6`` smoothing (its other values differ from these exact ratios by less than 1e-5).
-  Macro averages are over the evaluated pairs (0 when there are none).
-* **Codes** are compared as given (strings; MDACE's scorer compares ``(code, code system)``
-  without normalising either). Spans are not trimmed (the scorer's trimming is an option, off by
-  default); duplicate spans of a pair count once (its counts are set operations).
-
-MDACE's four measures (:func:`mdace_measures`, :data:`MDACE_MEASURES`), as MDACE's scorer
-(``mdace/metrics.py``, ``mdace/text.py``) computes them: per pair, sets of keys of the gold and of
-the predicted spans; ``tp = |G & P|``, ``fp = |P - G|``, ``fn = |G - P|``, summed over pairs (the
-scorer's per-note sets carry the code in every key, so per-pair sums are the same):
-
-* ``span_exact``: key ``(start, end)`` (and the pair's note and code);
-* ``span_position_independent``: key the lower-cased span text (spaces and punctuation kept);
-* ``token_exact``: the tokens *of each span's own text* (:func:`mdace_span_tokens`: ``\\w+`` on the
-  lower-cased covered text, numbers above 10 dropped), key the token's absolute start offset only
-  (the scorer sets a token's end to its start): a span cutting a word yields the word's fragment,
-  and a fragment starting where the gold token starts matches it;
-* ``token_position_independent``: key the token text of those span tokens.
-
-The overlap variants (:data:`OVERLAP_MEASURES`, not MDACE's numbers): ``token_exact_overlap``
-(key: index of each note token a span overlaps by at least one character, tokens of
-:func:`rationale_kit.core.text.mdace_tokens` of the *note* for ``unit="mdace"`` or every ``\\w+`` word
-for ``unit="word"``), ``token_position_independent_overlap`` (key: those tokens' texts). A span
-cutting a word covers the whole word, a span with no word character covers no token.
-
-ERASER (``rationale_benchmark/metrics.py``; its documents are pre-tokenised, here a span's tokens
-are the note tokens it overlaps, as above):
-
-* ``eraser_token_micro`` / ``eraser_token_macro`` (:func:`eraser_token_prf`, as
-  ``score_hard_rationale_predictions`` on token-level rationales): micro pools ``tp, fp, fn`` over
-  pairs (equal to ``token_exact_overlap``); macro is the mean over the evaluated pairs of per-pair
-  P, R and F1 (0 for a pair without predictions).
-* ``span_iou_f1`` / ``span_iou_f1_macro`` (:func:`span_iou_f1`, as ``partial_match_score``): each
-  span becomes its token range ``[first, last + 1)`` (identical ranges within a pair count once);
-  a *predicted* span is correct when its best IoU with a gold range of the pair is ``>= iou``
-  (0.5; IoU 0 when the union is empty). Micro: ``P = correct / predicted``, ``R = correct / gold``
-  (ERASER counts matched predicted spans for both, so R can exceed 1 when several predictions hit
-  one gold span); ``F1 = 2PR / (P + R)``. Macro: R averaged over pairs with gold spans, P over
-  pairs with predicted spans, and the F1 of these two averages. ``recall="gold_matched"`` gives
-  the earlier workbook variant (R = gold spans reached / gold spans), never under ERASER's name.
-
-Per-pair and per-note counts (:func:`pair_counts`, :func:`per_note_counts`) of every additive
-measure (:data:`COUNT_MEASURES`) sum to the pooled counts; they feed the note bootstrap of
-:mod:`rationale_kit.metrics.uncertainty`. :func:`evaluate_spans` scores a table once and gives
-all of these views (:class:`SpanEvaluation`).
-
-Soft rationales (:func:`soft_plausibility`): score table ``note_id, code, unit, start, end, score``.
-Per pair, negative scores are clipped to 0 and the scores are divided by their sum (all-zero pairs
-stay zero); a token's score is the **sum** (``agg="sum"``, default; ``"max"`` available) of the
-normalised scores of the units overlapping it; tokens no unit overlaps (e.g. past the model's
-maximum length) score 0. Gold pairs without any score row get all-zero scores. A token is
-selected when its score is strictly above the threshold, or when it is among the top-k tokens of
-its pair (ties broken by position).
+"""Plausibility: agreement of rationales with human evidence spans. Pure functions over the span
+tables of :mod:`rationale_kit.core.records` (``note_id, code, start, end`` [, ``granularity,
+source``]) and the note texts (``docs``: ``note_id, text``): MDACE's four measures, their overlap
+variants, ERASER's token and span-IoU measures, per-pair / per-note counts for the bootstrap, and
+soft-rationale scores (AUPRC, P@k, thresholds). See docs/method/plausibility.md.
 """
 from __future__ import annotations
 
@@ -77,6 +14,7 @@ import pandas as pd
 
 from rationale_kit.core.records import SPAN_COLUMNS, DataError, merge_intervals
 from rationale_kit.core.text import mdace_tokens, word_units
+from rationale_kit.metrics.coding import average_precision
 
 Unit = Literal["mdace", "word"]
 Pairs = Literal["gold", "gold_notes", "all"]
@@ -619,22 +557,6 @@ def _to_tokens(starts: np.ndarray, ends: np.ndarray, us: np.ndarray, ue: np.ndar
         idx = np.repeat(lo, n) + (np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n))
         (np.add.at if agg == "sum" else np.maximum.at)(tok, idx, np.repeat(sc, n))
     return tok
-
-
-def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Area under the precision-recall curve as average precision (step function over distinct
-    thresholds, as scikit-learn); NaN when there is no positive label."""
-    y = np.asarray(labels, dtype=bool)
-    s = np.asarray(scores, dtype=np.float64)
-    if not y.any():
-        return float("nan")
-    order = np.argsort(-s, kind="mergesort")
-    y, s = y[order], s[order]
-    last = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]
-    tps = np.cumsum(y)[last]
-    precision = tps / (last + 1)
-    recall = tps / tps[-1]
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
 
 
 def _select(tok: np.ndarray, threshold: float | None, topk: int | None) -> np.ndarray:
