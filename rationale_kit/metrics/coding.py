@@ -1,29 +1,7 @@
-"""Coding metrics: pure functions of ``y_true [N, L]`` in {0, 1} and ``probs [N, L]``.
-
-Definitions (see METHOD.md section 3):
-
-- micro P/R/F1 over the flattened label matrix;
-- ``macro_f1_mean``: mean over codes *present in the split* (at least one positive) of the per-code
-  F1 (Edin et al. 2023);
-- ``macro_f1_harmonic``: harmonic mean of macro-P and macro-R, each the mean over *all* codes of
-  the per-code precision / recall with 0 for 0/0 (the CAML, LAAT and PLM-ICD repositories);
-- P@k: mean over documents of (gold codes among the top k) / k; R@k: mean over documents with at
-  least one gold code of (gold codes among the top k) / (number of gold codes);
-- R-precision: mean over documents with gold codes of P@R where R is the document's number of codes;
-- mAP: mean over codes with positives of the average precision (step-wise, ties grouped as in
-  scikit-learn's ``average_precision_score``);
-- micro / macro ROC-AUC; codes without positives (or without negatives) are excluded from the macro
-  mean.
-
-A code is predicted when ``prob > threshold`` (strictly above, as everywhere in the package).
-
-Gold codes outside the label space (test codes no training document carries: on CodiEsp 18.6% of
-the test occurrences) cannot be in ``y_true [N, L]``. Pass their count per document as ``unseen
-[N]`` (:func:`unseen_counts`): they are false negatives of micro recall / F1, count in the gold
-total of R@k and R-precision, and their share is reported (``unseen_gold_share``). Precision, P@k
-and the per-code measures (macro, mAP, AUC) stay over the label space: a code the model cannot
-output has no per-code precision or ranking, so macro means are over label-space codes and the
-unseen share is reported beside them.
+"""Coding metrics: pure functions of ``y_true [N, L]`` in {0, 1} and ``probs [N, L]``: micro and
+macro P/R/F1, P@k, R@k, R-precision, mAP, ROC-AUC, threshold tuning and the frequency baseline.
+A code is predicted when ``prob > threshold``. Gold codes outside the label space are passed as
+counts (``unseen``). See docs/method/coding.md.
 """
 from __future__ import annotations
 

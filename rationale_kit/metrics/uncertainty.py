@@ -1,26 +1,5 @@
-"""Bootstrap intervals over notes (issue 13, METHOD.md "uncertainty").
-
-Notes are the resampling unit: a resample draws ``N`` notes with replacement, so it is described by
-a weight matrix ``W`` ``[R, N]`` (how often each note is drawn; each row is multinomial and sums to
-``N``). A measure is given as a table of **additive per-note columns** (``tp, fp, fn`` or
-``sum, count``), so every resample's column sums are one matrix product ``W @ values`` and pooled
-measures (micro F1, a mean over pairs) are recomputed from the resampled sums, never averaged from
-per-note values.
-
-Conventions
------------
-* **Percentile interval.** ``lo``/``hi`` are the ``(1 - level) / 2`` and ``(1 + level) / 2``
-  empirical quantiles of the resampled statistic, taken as order statistics without interpolation
-  (with 1,000 resamples at 95%: the 25th and the 975th smallest value), so each bound is a value
-  some resample produced.
-* **Point estimate.** The statistic on the full sample (every note once), not the bootstrap mean.
-* **NaN resamples** (e.g. 0/0 when a resample contains no gold) are left out of the quantiles and
-  counted in :attr:`Interval.n_nan`; above 5% of the resamples a :class:`BootstrapWarning` is issued.
-* **Zero denominators of P/R/F1** give 0, as MDACE's scorer (its ``1e-6`` smoothing makes
-  ``0 / 0`` equal 0; otherwise its values differ from the exact ratios below by less than 1e-5).
-* **Seeds.** ``numpy.random.default_rng(seed)``; the same ``(n_notes, n_resamples, seed)`` gives the
-  same weights, so two measures bootstrapped with the same seed over the same sorted notes are
-  resampled identically.
+"""Bootstrap intervals over notes: resamples as weight matrices ``W [R, N]`` over additive per-note
+columns, percentile intervals (order statistics), paired comparisons. See docs/method/uncertainty.md.
 """
 from __future__ import annotations
 
