@@ -838,6 +838,7 @@ class NoteCache:
 # --------------------------------------------------------------------------------------------
 def _run(model, docs, table, spec: FaithfulnessSpec, *, gold: Any = None, device: Any = "cpu",
          cache: "NoteCache | None" = None) -> pd.DataFrame:
+    """The result table of ``spec`` for ``model`` on ``docs`` and a span / score ``table``."""
     mask_id = int(model.tokenizer.mask_id)
     labels = list(model.labels)
     label_of = {c: i for i, c in enumerate(labels)}
