@@ -38,11 +38,6 @@ class CAML(LabelAttentionModel):
         k = self.conv.kernel_size[0]
         return ((k - 1) // 2, k - 1 - (k - 1) // 2)
 
-    @property
-    def _pad(self) -> tuple[int, int]:
-        # the old name, still read by metrics/faithfulness.py until it switches to ``padding``
-        return self.padding
-
     def label_parameters(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """For the label indices ``labels`` (LongTensor ``[R]``, on the model's device): the
         attention vectors ``U`` ``[R, F]``, the output weights ``[R, F]`` and the biases ``[R]``."""
