@@ -24,6 +24,7 @@ from fake_gemini import FakeGemini, Reply  # noqa: E402
 
 from rationale_kit.core import config
 from rationale_kit.rationales import llm  # noqa: E402
+from rationale_kit.rationales.llm.backends.guided import guided_answer  # noqa: E402
 
 FAKE_KEY = "AIzaSyFAKE-never-leak-0123456789abcdef"
 CODES = [("E11.9", "Type 2 diabetes mellitus without complications"), ("I10", "Essential (primary) hypertension")]
@@ -544,8 +545,8 @@ def test_guided_answer_builds_valid_json_around_the_models_quotes():
     }
     lm = _ScriptedLM(script)
     prompt_ids = lm.tok("<prompt>")["input_ids"]
-    text, n_out, finish = llm._guided_answer(lm, lm.tok, prompt_ids, list(script), max_quote_tokens=20,
-                                             eos_ids=[_CharTok.EOS])
+    text, n_out, finish = guided_answer(lm, lm.tok, prompt_ids, list(script), max_quote_tokens=20,
+                                         eos_ids=[_CharTok.EOS])
     obj, repaired = llm.parse_answer(text, llm.response_schema())
     assert repaired is None and finish == "STOP"
     got = {r["code"]: r["quotes"] for r in obj["rationales"]}
@@ -555,8 +556,8 @@ def test_guided_answer_builds_valid_json_around_the_models_quotes():
     assert 0 < n_out <= 6 * 2 * 21 and lm.calls < n_out + 20  # one forward per token, not per prompt
 
     # the token budget is shared by the request: codes left when it is spent get no quotes
-    text, n_out, finish = llm._guided_answer(lm, lm.tok, prompt_ids, ["E11.9", "I10"], max_new_tokens=5,
-                                             eos_ids=[_CharTok.EOS])
+    text, n_out, finish = guided_answer(lm, lm.tok, prompt_ids, ["E11.9", "I10"], max_new_tokens=5,
+                                         eos_ids=[_CharTok.EOS])
     assert finish == "MAX_TOKENS" and n_out == 5
     # the code never reached is left out (the runner marks it truncated), not given an empty list
     assert json.loads(text) == {"rationales": [{"code": "E11.9", "quotes": ["type"]}]}

@@ -23,6 +23,7 @@ from fake_openai import FakeOpenAI, OAReply  # noqa: E402
 
 from rationale_kit.core import config
 from rationale_kit.rationales import llm  # noqa: E402
+from rationale_kit.rationales.llm.backends.guided import guided_answer, guided_answers_batched  # noqa: E402
 
 FAKE_KEY = "AIzaSyFAKE-never-leak-0123456789abcdef"
 OA_KEY = "sk-FAKE-never-leak-abcdef0123456789"
@@ -400,9 +401,9 @@ def test_verbatim_quotes_are_substrings_and_batched_equals_single():
     prompts = [(tok(f"<note>{n}</note> quote:")["input_ids"], codes, llm.VerbatimIndex(n, pieces)) for n in NOTES]
     opts = dict(max_quote_tokens=12, max_quotes_per_code=2, max_new_tokens=60, eos_ids=[0])
     with torch.inference_mode():
-        single = [llm._guided_answer(lm, tok, p, c, verbatim=v, **opts) for p, c, v in prompts]
-        batched = llm._guided_answers_batched(lm, tok, prompts, pad_id=1, **opts)
-        free = [llm._guided_answer(lm, tok, p, c, **opts) for p, c, _ in prompts]
+        single = [guided_answer(lm, tok, p, c, verbatim=v, **opts) for p, c, v in prompts]
+        batched = guided_answers_batched(lm, tok, prompts, pad_id=1, **opts)
+        free = [guided_answer(lm, tok, p, c, **opts) for p, c, _ in prompts]
     assert batched == single
     n_quotes = 0
     for (text, n_out, finish), note_text in zip(single, NOTES):
