@@ -34,7 +34,7 @@ def _codes(mentions, kept=True):
 
 
 def test_lexicon_codes_are_valid_icd10cm():
-    lex = E.load_lexicon()
+    lex = E.load_abbreviations()
     assert len(lex["abbreviations"]) >= 16
     for entry in lex["abbreviations"] + lex["synonyms"]:
         for code in entry["codes"]:
