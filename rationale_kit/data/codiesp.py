@@ -124,121 +124,167 @@ def load_codiesp(
     projection = {s: {"documents": 0, "projected": 0, "spanish spans": 0, "projected spans": 0} for s in SPLITS}
     for folder, split in CODIESP_SPLITS.items():
         d = base / folder
-        text_dir = d / "text_files"
-        if not text_dir.is_dir():
-            raise DataError(f"{text_dir}: folder not found")
-        texts: dict[str, str] = {}
-        for p in sorted(text_dir.glob("*.txt")):
-            t = read_text_file(p)
-            if not t.strip():
-                report["skipped"]["empty documents"] += 1
-                continue
-            texts[p.stem] = t
-        report["read"][f"{folder} text files"] = len(texts)
-        codes: dict[str, list[str]] = defaultdict(list)
-        for kind, system in (("D", "cm"), ("P", "pcs")):
-            path = d / f"{folder}{kind}.tsv"
-            rows = read_tsv(path, 2)
-            report["read"][f"{folder}{kind}.tsv rows"] = len(rows)
-            for lineno, (doc, code) in rows:
-                try:
-                    c = icd.normalize_code(code, system)
-                except icd.CodeError as exc:
-                    raise DataError(f"{path}:{lineno}: {exc}") from None
-                if doc not in texts:
-                    report["skipped"]["code rows of documents without a text file"] += 1
-                    continue
-                if c in codes[doc]:
-                    report["skipped"]["repeated code rows of a document"] += 1
-                    continue
-                codes[doc].append(c)
-        xpath = d / f"{folder}X.tsv"
-        xrows = read_tsv(xpath, 5)
-        report["read"][f"{folder}X.tsv rows"] = len(xrows)
-        native: dict[str, list[dict]] = defaultdict(list)
-        for lineno, (doc, label, code, evidence, positions) in xrows:
-            where = f"{xpath}:{lineno}"
-            if label not in ("DIAGNOSTICO", "PROCEDIMIENTO"):
-                raise DataError(f"{where}: label must be DIAGNOSTICO or PROCEDIMIENTO, got {label!r}")
-            try:
-                c = icd.normalize_code(code, "cm" if label == "DIAGNOSTICO" else "pcs")
-            except icd.CodeError as exc:
-                raise DataError(f"{where}: {exc}") from None
-            if doc not in texts:
-                report["skipped"]["evidence rows of documents without a text file"] += 1
-                continue
-            text = texts[doc]
-            if not _POSITIONS.match(positions.strip()):
-                raise DataError(f"{where}: malformed positions {positions!r} (expected \"start end[;start end]\")")
-            pieces = [tuple(int(x) for x in p.split()) for p in positions.strip().split(";")]
-            for s, e in pieces:
-                if not (0 <= s <= e <= len(text)):
-                    raise DataError(f"{where}: offsets [{s}, {e}) outside document {doc!r} of length {len(text)}")
-            covered = " ".join(text[s:e] for s, e in pieces if e > s)
-            if collapse_ws(covered) != collapse_ws(evidence):
-                report["warnings"]["evidence text differs from the note text at its offsets (kept)"] += 1
-                if len(report["text mismatches"]) < 20:
-                    report["text mismatches"].append(f"{where}: evidence {evidence!r} vs note {covered!r}")
-            if c not in codes[doc]:
-                report["warnings"]["evidence codes not among the document's D/P codes (kept)"] += 1
-            for s, e in pieces:
-                if e == s:
-                    report["skipped"]["empty pieces of discontinuous evidence"] += 1
-                    continue
-                native[doc].append({"note_id": doc, "code": c, "start": s, "end": e, "granularity": "mention",
-                                    "source": "human", "group": f"{folder}X.tsv:{lineno}"})
-        for doc in native:
-            merged: dict[tuple, dict] = {}
-            for r in native[doc]:
-                key = (r["code"], r["start"], r["end"])
-                if key in merged:
-                    report["merged"]["pieces shared by several evidences of one code (one span, groups joined)"] += 1
-                    merged[key]["group"] += "," + r["group"]
-                else:
-                    merged[key] = r
-            native[doc] = list(merged.values())
+        texts = _read_texts(d / "text_files", folder, report)
+        codes = _read_code_rows(d, folder, texts, report)
+        native = _read_evidence(d / f"{folder}X.tsv", folder, texts, codes, report)
         for doc in sorted(texts):
             if not codes[doc]:
                 report["warnings"]["documents without codes (kept)"] += 1
             doc_spans = native.get(doc, [])
             text = texts[doc]
             if language == "en":
-                en_path = d / "text_files_en" / f"{doc}.txt"
-                if not en_path.exists():
-                    report["skipped"]["documents without an English translation file"] += 1
+                got = _project_english(d / "text_files_en" / f"{doc}.txt", text, doc_spans, projection[split], report)
+                if got is None:
                     continue
-                lines = read_text_file(en_path).replace("\r", "").split("\n")
-                while lines and lines[-1] == "":
-                    lines.pop()
-                en_text = "\n".join(lines)
-                projection[split]["documents"] += 1
-                projection[split]["spanish spans"] += len(doc_spans)
-                sentences = split_sentences(text)
-                en_lines = translation_lines(en_text)
-                projected = []
-                if len(sentences) == len(en_lines):
-                    projection[split]["projected"] += 1
-                    by_line: dict[tuple, dict] = {}
-                    for r in doc_spans:
-                        for i, (ss, se) in enumerate(sentences):
-                            if not (ss < r["end"] and r["start"] < se):
-                                continue
-                            if (r["code"], i) in by_line:
-                                groups = by_line[(r["code"], i)]["group"].split(",")
-                                new_groups = [g for g in r["group"].split(",") if g not in groups]
-                                by_line[(r["code"], i)]["group"] = ",".join(groups + new_groups)
-                            else:
-                                ls, le = en_lines[i]
-                                by_line[(r["code"], i)] = {**r, "start": ls, "end": le, "granularity": "sentence"}
-                    projected = list(by_line.values())
-                    projection[split]["projected spans"] += len(projected)
-                doc_spans, text = projected, en_text
+                doc_spans, text = got
             span_rows.extend(doc_spans)
             doc_rows.append({"note_id": doc, "text": text, "codes": list(codes[doc]), "split": split,
                              "annotated": bool(doc_spans), "fewshot": False, "credentialed": credentialed})
     docs = docs_frame(doc_rows)
     spans = spans_frame(span_rows, ["group"])
     docs = mark_fewshot(docs, fewshot_pool, seed)
+    _finish_report(report, docs, spans, language, projection)
+    return Dataset(f"codiesp_{language}", docs, spans, codes_table(docs), report)
+
+
+def _read_texts(text_dir: Path, folder: str, report: dict) -> dict[str, str]:
+    """``document id -> text`` of the non-empty ``*.txt`` files of ``text_dir``."""
+    if not text_dir.is_dir():
+        raise DataError(f"{text_dir}: folder not found")
+    texts: dict[str, str] = {}
+    for p in sorted(text_dir.glob("*.txt")):
+        t = read_text_file(p)
+        if not t.strip():
+            report["skipped"]["empty documents"] += 1
+            continue
+        texts[p.stem] = t
+    report["read"][f"{folder} text files"] = len(texts)
+    return texts
+
+
+def _read_code_rows(d: Path, folder: str, texts: dict[str, str], report: dict) -> defaultdict:
+    """``document id -> codes`` from ``{folder}D.tsv`` (CM) then ``{folder}P.tsv`` (PCS), in file order."""
+    codes: dict[str, list[str]] = defaultdict(list)
+    for kind, system in (("D", "cm"), ("P", "pcs")):
+        path = d / f"{folder}{kind}.tsv"
+        rows = read_tsv(path, 2)
+        report["read"][f"{folder}{kind}.tsv rows"] = len(rows)
+        for lineno, (doc, code) in rows:
+            try:
+                c = icd.normalize_code(code, system)
+            except icd.CodeError as exc:
+                raise DataError(f"{path}:{lineno}: {exc}") from None
+            if doc not in texts:
+                report["skipped"]["code rows of documents without a text file"] += 1
+                continue
+            if c in codes[doc]:
+                report["skipped"]["repeated code rows of a document"] += 1
+                continue
+            codes[doc].append(c)
+    return codes
+
+
+def _read_evidence(xpath: Path, folder: str, texts: dict[str, str], codes: defaultdict,
+                   report: dict) -> dict[str, list[dict]]:
+    """``document id -> mention spans`` of ``{folder}X.tsv``: one span per piece of an evidence,
+    pieces shared by several evidences of one code merged (their groups joined)."""
+    xrows = read_tsv(xpath, 5)
+    report["read"][f"{folder}X.tsv rows"] = len(xrows)
+    native: dict[str, list[dict]] = defaultdict(list)
+    for lineno, (doc, label, code, evidence, positions) in xrows:
+        where = f"{xpath}:{lineno}"
+        if label not in ("DIAGNOSTICO", "PROCEDIMIENTO"):
+            raise DataError(f"{where}: label must be DIAGNOSTICO or PROCEDIMIENTO, got {label!r}")
+        try:
+            c = icd.normalize_code(code, "cm" if label == "DIAGNOSTICO" else "pcs")
+        except icd.CodeError as exc:
+            raise DataError(f"{where}: {exc}") from None
+        if doc not in texts:
+            report["skipped"]["evidence rows of documents without a text file"] += 1
+            continue
+        pieces = _evidence_pieces(where, doc, texts[doc], evidence, positions, report)
+        if c not in codes[doc]:
+            report["warnings"]["evidence codes not among the document's D/P codes (kept)"] += 1
+        for s, e in pieces:
+            if e == s:
+                report["skipped"]["empty pieces of discontinuous evidence"] += 1
+                continue
+            native[doc].append({"note_id": doc, "code": c, "start": s, "end": e, "granularity": "mention",
+                                "source": "human", "group": f"{folder}X.tsv:{lineno}"})
+    for doc in native:
+        merged: dict[tuple, dict] = {}
+        for r in native[doc]:
+            key = (r["code"], r["start"], r["end"])
+            if key in merged:
+                report["merged"]["pieces shared by several evidences of one code (one span, groups joined)"] += 1
+                merged[key]["group"] += "," + r["group"]
+            else:
+                merged[key] = r
+        native[doc] = list(merged.values())
+    return native
+
+
+def _evidence_pieces(where: str, doc: str, text: str, evidence: str, positions: str,
+                     report: dict) -> list[tuple[int, ...]]:
+    """The ``(start, end)`` pieces of one evidence row, checked against the note (a text mismatch is
+    counted and listed, and kept)."""
+    if not _POSITIONS.match(positions.strip()):
+        raise DataError(f"{where}: malformed positions {positions!r} (expected \"start end[;start end]\")")
+    pieces = [tuple(int(x) for x in p.split()) for p in positions.strip().split(";")]
+    for s, e in pieces:
+        if not (0 <= s <= e <= len(text)):
+            raise DataError(f"{where}: offsets [{s}, {e}) outside document {doc!r} of length {len(text)}")
+    covered = " ".join(text[s:e] for s, e in pieces if e > s)
+    if collapse_ws(covered) != collapse_ws(evidence):
+        report["warnings"]["evidence text differs from the note text at its offsets (kept)"] += 1
+        if len(report["text mismatches"]) < 20:
+            report["text mismatches"].append(f"{where}: evidence {evidence!r} vs note {covered!r}")
+    return pieces
+
+
+def _project_english(en_path: Path, text: str, doc_spans: list[dict], counts: dict,
+                     report: dict) -> Optional[tuple[list[dict], str]]:
+    """``(spans, English text)`` of one document, or None without a translation file. Spans are
+    projected only where the sentence counts agree (``counts``: this split's projection counts)."""
+    if not en_path.exists():
+        report["skipped"]["documents without an English translation file"] += 1
+        return None
+    lines = read_text_file(en_path).replace("\r", "").split("\n")
+    while lines and lines[-1] == "":
+        lines.pop()
+    en_text = "\n".join(lines)
+    counts["documents"] += 1
+    counts["spanish spans"] += len(doc_spans)
+    sentences = split_sentences(text)
+    en_lines = translation_lines(en_text)
+    projected: list[dict] = []
+    if len(sentences) == len(en_lines):
+        counts["projected"] += 1
+        projected = _spans_to_lines(doc_spans, sentences, en_lines)
+        counts["projected spans"] += len(projected)
+    return projected, en_text
+
+
+def _spans_to_lines(doc_spans: list[dict], sentences: list[tuple[int, int]],
+                    en_lines: list[tuple[int, int]]) -> list[dict]:
+    """One ``sentence`` span per (code, English line) whose Spanish sentence a span overlaps."""
+    by_line: dict[tuple, dict] = {}
+    for r in doc_spans:
+        for i, (ss, se) in enumerate(sentences):
+            if not (ss < r["end"] and r["start"] < se):
+                continue
+            if (r["code"], i) in by_line:
+                groups = by_line[(r["code"], i)]["group"].split(",")
+                new_groups = [g for g in r["group"].split(",") if g not in groups]
+                by_line[(r["code"], i)]["group"] = ",".join(groups + new_groups)
+            else:
+                ls, le = en_lines[i]
+                by_line[(r["code"], i)] = {**r, "start": ls, "end": le, "granularity": "sentence"}
+    return list(by_line.values())
+
+
+def _finish_report(report: dict, docs, spans, language: str, projection: dict) -> None:
+    """Kept counts, per-split counts and (English) the projection coverage; counters become dicts."""
     report["kept"] = {"documents": int(len(docs)), "spans": int(len(spans)),
                       "distinct codes": int(len({c for cs in docs["codes"] for c in cs})),
                       "few-shot pool documents": int(docs["fewshot"].sum())}
@@ -255,7 +301,6 @@ def load_codiesp(
         report[key] = dict(report[key])
     if not report["text mismatches"]:
         del report["text mismatches"]
-    return Dataset(f"codiesp_{language}", docs, spans, codes_table(docs), report)
 
 
 def download_codiesp(dest: str | os.PathLike, url: str, sha256: str, timeout: float = 120.0) -> Path:

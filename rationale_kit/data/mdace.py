@@ -7,9 +7,9 @@ import json
 import os
 import string
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Optional
 
 import pandas as pd
 
@@ -121,76 +121,96 @@ def read_mdace(mdace_dir: str | os.PathLike) -> tuple[list[MdaceNote], dict]:
             report["skipped"]["ICD-9 files"] += 1
             continue
         report["read"]["files"] += 1
-        try:
-            obj = json.loads(read_text_file(path))
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}: malformed JSON ({exc.msg} at line {exc.lineno})") from None
-        if not isinstance(obj, dict):
-            raise DataError(f"{path}: expected a JSON object")
-        for key in ("hadm_id", "notes"):
-            if key not in obj:
-                raise DataError(f"{path}: missing key {key!r}")
-        hadm = _int_id(obj["hadm_id"], str(path), "hadm_id")
-        if hadm in seen:
-            raise DataError(f"{path}: admission hadm_id {hadm} also in {seen[hadm]}")
-        seen[hadm] = path
-        if not isinstance(obj["notes"], list):
-            raise DataError(f"{path}: 'notes' must be a list, got {type(obj['notes']).__name__}")
-        ds_notes = []
-        for j, note in enumerate(obj["notes"]):
-            for key in ("note_id", "category", "annotations"):
-                if not isinstance(note, dict) or key not in note:
-                    raise DataError(f"{path}: notes[{j}] missing key {key!r}")
-            if not isinstance(note["annotations"], list):
-                raise DataError(f"{path}: notes[{j}].annotations must be a list, got {type(note['annotations']).__name__}")
-            nid = _int_id(note["note_id"], f"{path}: notes[{j}]", "note_id")
-            report["read"]["annotations"] += len(note["annotations"])
-            if str(note["category"]).strip().lower() == "discharge summary":
-                ds_notes.append((j, nid, str(note.get("description") or "Report").strip(), note))
-            else:
-                report["skipped"]["notes other than discharge summaries"] += 1
-                report["skipped"]["annotations on notes other than discharge summaries"] += len(note["annotations"])
-        reports = sorted([x for x in ds_notes if x[2].lower() == "report"], key=lambda x: x[1])
-        for j, nid, desc, note in ds_notes:
-            if reports and (j, nid) == reports[0][:2]:
-                continue
-            if desc.lower() == "addendum":  # offsets refer to the addendum's own text
-                report["skipped"]["addenda (description Addendum) of an admission"] += 1
-                report["skipped"]["annotations on addenda"] += len(note["annotations"])
-            else:
-                report["skipped"]["additional discharge summaries (addenda) of an admission"] += 1
-                report["skipped"]["annotations on additional discharge summaries"] += len(note["annotations"])
-        if not reports:
-            report["skipped"]["admissions without a discharge summary report"] += 1
-            continue
-        j, nid, desc, note = reports[0]
-        anns = []
-        for k, ann in enumerate(note["annotations"]):
-            where = f"{path}: notes[{j}].annotations[{k}]"
-            if not isinstance(ann, dict):
-                raise DataError(f"{where}: expected an object")
-            for key in ("begin", "end", "code", "code_system"):
-                if key not in ann:
-                    raise DataError(f"{where}: missing key {key!r}")
-            system = str(ann["code_system"]).upper().replace(" ", "").replace("_", "-")
-            if "ICD-9" in system or "ICD9" in system:
-                report["skipped"]["ICD-9 annotations"] += 1
-                continue
-            if system == "CPT":
-                report["skipped"]["CPT annotations"] += 1
-                continue
-            sys = "pcs" if "PCS" in system else ("cm" if "CM" in system or system in ("ICD-10", "ICD10") else None)
-            if sys is None:
-                raise DataError(f"{where}: unknown code_system {ann['code_system']!r} (expected ICD-10-CM, ICD-10-PCS, ICD-9-CM or CPT)")
-            if not isinstance(ann["code"], str):
-                raise DataError(f"{where}: code must be a string, got {ann['code']!r}")
-            begin = _int_id(ann["begin"], where, "begin")
-            end = _int_id(ann["end"], where, "end")
-            anns.append((k, begin, end, ann["code"], sys, str(ann.get("type", "")), ann.get("covered_text", ann.get("text"))))
-        out.append(MdaceNote(path, hadm, j, nid, desc, tuple(anns)))
+        note = _read_mdace_file(path, report, seen)
+        if note is not None:
+            out.append(note)
     report["read"]["admissions (Inpatient ICD-10) with a report"] = len(out)
     report["read"] = dict(report["read"])
     return out, report
+
+
+def _read_mdace_file(path: Path, report: dict, seen: dict[int, Path]) -> Optional[MdaceNote]:
+    """The admission of one MDACE file with its discharge-summary report, or None without one."""
+    try:
+        obj = json.loads(read_text_file(path))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: malformed JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{path}: expected a JSON object")
+    for key in ("hadm_id", "notes"):
+        if key not in obj:
+            raise DataError(f"{path}: missing key {key!r}")
+    hadm = _int_id(obj["hadm_id"], str(path), "hadm_id")
+    if hadm in seen:
+        raise DataError(f"{path}: admission hadm_id {hadm} also in {seen[hadm]}")
+    seen[hadm] = path
+    if not isinstance(obj["notes"], list):
+        raise DataError(f"{path}: 'notes' must be a list, got {type(obj['notes']).__name__}")
+    ds_notes = _discharge_summaries(path, obj["notes"], report)
+    reports = sorted([x for x in ds_notes if x[2].lower() == "report"], key=lambda x: x[1])
+    for j, nid, desc, note in ds_notes:
+        if reports and (j, nid) == reports[0][:2]:
+            continue
+        if desc.lower() == "addendum":  # offsets refer to the addendum's own text
+            report["skipped"]["addenda (description Addendum) of an admission"] += 1
+            report["skipped"]["annotations on addenda"] += len(note["annotations"])
+        else:
+            report["skipped"]["additional discharge summaries (addenda) of an admission"] += 1
+            report["skipped"]["annotations on additional discharge summaries"] += len(note["annotations"])
+    if not reports:
+        report["skipped"]["admissions without a discharge summary report"] += 1
+        return None
+    j, nid, desc, note = reports[0]
+    anns = _report_annotations(path, j, note, report)
+    return MdaceNote(path, hadm, j, nid, desc, tuple(anns))
+
+
+def _discharge_summaries(path: Path, notes: list, report: dict) -> list[tuple[int, int, str, dict]]:
+    """``(index, note_id, description, note)`` of the discharge summaries of one file's ``notes``."""
+    ds_notes = []
+    for j, note in enumerate(notes):
+        for key in ("note_id", "category", "annotations"):
+            if not isinstance(note, dict) or key not in note:
+                raise DataError(f"{path}: notes[{j}] missing key {key!r}")
+        if not isinstance(note["annotations"], list):
+            raise DataError(f"{path}: notes[{j}].annotations must be a list, got {type(note['annotations']).__name__}")
+        nid = _int_id(note["note_id"], f"{path}: notes[{j}]", "note_id")
+        report["read"]["annotations"] += len(note["annotations"])
+        if str(note["category"]).strip().lower() == "discharge summary":
+            ds_notes.append((j, nid, str(note.get("description") or "Report").strip(), note))
+        else:
+            report["skipped"]["notes other than discharge summaries"] += 1
+            report["skipped"]["annotations on notes other than discharge summaries"] += len(note["annotations"])
+    return ds_notes
+
+
+def _report_annotations(path: Path, j: int, note: dict, report: dict) -> list[tuple]:
+    """The ICD-10 annotations of the chosen report: ``(k, begin, end, code, system, type, quoted)``."""
+    anns = []
+    for k, ann in enumerate(note["annotations"]):
+        where = f"{path}: notes[{j}].annotations[{k}]"
+        if not isinstance(ann, dict):
+            raise DataError(f"{where}: expected an object")
+        for key in ("begin", "end", "code", "code_system"):
+            if key not in ann:
+                raise DataError(f"{where}: missing key {key!r}")
+        system = str(ann["code_system"]).upper().replace(" ", "").replace("_", "-")
+        if "ICD-9" in system or "ICD9" in system:
+            report["skipped"]["ICD-9 annotations"] += 1
+            continue
+        if system == "CPT":
+            report["skipped"]["CPT annotations"] += 1
+            continue
+        sys = "pcs" if "PCS" in system else ("cm" if "CM" in system or system in ("ICD-10", "ICD10") else None)
+        if sys is None:
+            raise DataError(f"{where}: unknown code_system {ann['code_system']!r} (expected ICD-10-CM, ICD-10-PCS, ICD-9-CM or CPT)")
+        if not isinstance(ann["code"], str):
+            raise DataError(f"{where}: code must be a string, got {ann['code']!r}")
+        begin = _int_id(ann["begin"], where, "begin")
+        end = _int_id(ann["end"], where, "end")
+        anns.append((k, begin, end, ann["code"], sys, str(ann.get("type", "")), ann.get("covered_text", ann.get("text"))))
+    return anns
+
 
 
 def load_mdace(
@@ -281,6 +301,27 @@ def read_noteevents(path: str | os.PathLike, row_ids: set[int]) -> dict[int, dic
     return out
 
 
+@dataclass(frozen=True)
+class _CodeRules:
+    """How :func:`load_mdace_mimic3` maps, keeps and trims an annotation."""
+
+    known: frozenset  # codes of the MIMIC-IV documents (any split)
+    trained: frozenset  # codes of their training documents
+    trim: str
+    unseen: str
+
+
+@dataclass
+class _Mimic3Tally:
+    """What :func:`load_mdace_mimic3` counts while it reads the notes."""
+
+    skipped: Counter
+    mapped: Counter = field(default_factory=Counter)
+    mapping_used: dict = field(default_factory=dict)
+    unseen_codes: Counter = field(default_factory=Counter)
+    n_trimmed: int = 0
+
+
 def load_mdace_mimic3(
     mdace_dir: str | os.PathLike,
     noteevents: str | os.PathLike,
@@ -309,62 +350,20 @@ def load_mdace_mimic3(
     Returns ``(documents, spans, report)``; the report holds every count.
     """
     notes, report = read_mdace(mdace_dir)
-    sk: Counter = Counter(report["skipped"])
-    known = {c for cs in train_docs["codes"] for c in cs}
-    trained = {c for cs, s in zip(train_docs["codes"], train_docs["split"]) if s == "train" for c in cs}
+    tally = _Mimic3Tally(Counter(report["skipped"]))
+    rules = _CodeRules(frozenset(c for cs in train_docs["codes"] for c in cs),
+                       frozenset(c for cs, s in zip(train_docs["codes"], train_docs["split"]) if s == "train" for c in cs),
+                       trim, unseen)
     rows_of = read_noteevents(noteevents, {n.note_id for n in notes})
     ne_path = resolve_path(noteevents)
-    mapped: Counter = Counter()
-    mapping_used: dict[str, str] = {}
-    unseen_codes: Counter = Counter()
-    n_trimmed = 0
     doc_rows, span_rows = [], []
     for note in notes:
-        row = rows_of.get(note.note_id)
-        if row is None:
-            raise DataError(f"{note.path}: note_id {note.note_id} (hadm_id {note.hadm_id}) is not a ROW_ID of {ne_path}")
-        if row["hadm_id"] and parse_int(row["hadm_id"], f"{ne_path} line {row['line']}", "HADM_ID") != note.hadm_id:
-            raise DataError(f"{note.path}: hadm_id {note.hadm_id} but {ne_path} line {row['line']} (ROW_ID {note.note_id}) "
-                            f"has HADM_ID {row['hadm_id']}")
-        if row["category"].lower() != "discharge summary":
-            raise DataError(f"{note.path}: note_id {note.note_id} is a {row['category']!r} note in {ne_path} "
-                            f"line {row['line']}, not a discharge summary")
-        if row["iserror"] == "1":
-            report.setdefault("warnings", Counter())["notes marked ISERROR in NOTEEVENTS (kept: MDACE annotated them)"] += 1
-        text = row["text"]
+        text = _mimic3_text(note, rows_of.get(note.note_id), ne_path, report)
         nid = f"mimic3_{note.note_id}"
-        codes: list[str] = []
-        for k, start, end, raw_code, sys, etype, quoted in note.annotations:
-            where = f"{note.path}: notes[{note.note_index}].annotations[{k}]"
-            if not (0 <= start < end <= len(text)):
-                raise DataError(f"{where}: offsets [{start}, {end}) outside NOTEEVENTS ROW_ID {note.note_id} of length {len(text)}")
-            if quoted is not None and collapse_ws(str(quoted)) != collapse_ws(text[start:end]):
-                raise DataError(f"{where}: span text {quoted!r} does not match note text {text[start:end]!r}")
-            try:
-                code = icd.normalize_code(raw_code, sys)
-            except icd.CodeError as exc:
-                raise DataError(f"{where}: {exc}") from None
-            new, how = map_code_version(code, known)
-            mapped[f"annotations whose code is {how}" if how != "same" else "annotations whose code MIMIC-IV has"] += 1
-            if how in ("prefix", "table"):
-                mapping_used[code] = new
-            if new not in trained:
-                unseen_codes[new] += 1
-                if unseen == "drop":
-                    sk["annotations of codes no training document carries (dropped)"] += 1
-                    continue
-            s, e = trim_span(text, start, end, trim)
-            if (s, e) != (start, end):
-                n_trimmed += 1
-            if s >= e:
-                sk["spans empty after trimming punctuation and whitespace"] += 1
-                continue
-            span_rows.append({"note_id": nid, "code": new, "start": s, "end": e, "granularity": "evidence",
-                              "source": "human", "evidence_type": etype, "source_note_id": str(note.note_id)})
-            if new not in codes:
-                codes.append(new)
+        rows, codes = _mimic3_spans(note, text, nid, rules, tally)
+        span_rows.extend(rows)
         if not codes:
-            sk["admissions left without spans"] += 1
+            tally.skipped["admissions left without spans"] += 1
             continue
         doc_rows.append({"note_id": nid, "text": text, "codes": codes, "split": split, "annotated": True,
                          "fewshot": False, "credentialed": True})
@@ -372,19 +371,71 @@ def load_mdace_mimic3(
     spans = spans_frame(span_rows, ["evidence_type", "source_note_id"])
     dup = spans.duplicated(["note_id", "code", "start", "end"])
     if dup.any():
-        sk["duplicate spans (same note, code and offsets, after mapping and trimming)"] += int(dup.sum())
+        tally.skipped["duplicate spans (same note, code and offsets, after mapping and trimming)"] += int(dup.sum())
         spans = spans[~dup].reset_index(drop=True)
     report["source"] += f" with MIMIC-III text from {ne_path}"
-    report["code versions"] = {**dict(mapped), "mapping used": dict(sorted(mapping_used.items()))}
+    report["code versions"] = {**dict(tally.mapped), "mapping used": dict(sorted(tally.mapping_used.items()))}
     report["codes no training document carries"] = {
         "rule": f"{unseen}: " + ("kept as gold codes (misses for every model) with their spans" if unseen == "keep"
                                  else "dropped with their spans"),
-        "distinct codes": len(unseen_codes), "annotations": int(sum(unseen_codes.values())),
-        "codes": dict(sorted(unseen_codes.items())),
+        "distinct codes": len(tally.unseen_codes), "annotations": int(sum(tally.unseen_codes.values())),
+        "codes": dict(sorted(tally.unseen_codes.items())),
     }
-    report["trimming"] = {"rule": trim, "spans trimmed": n_trimmed}
-    report["skipped"] = dict(sk)
+    report["trimming"] = {"rule": trim, "spans trimmed": tally.n_trimmed}
+    report["skipped"] = dict(tally.skipped)
     if "warnings" in report:
         report["warnings"] = dict(report["warnings"])
     report["kept"] = {"documents": int(len(docs)), "spans": int(len(spans)), "split": split}
     return docs, spans, report
+
+
+def _mimic3_text(note: MdaceNote, row: Optional[dict], ne_path: Path, report: dict) -> str:
+    """The NOTEEVENTS text of ``note``, checked to be its admission's discharge summary."""
+    if row is None:
+        raise DataError(f"{note.path}: note_id {note.note_id} (hadm_id {note.hadm_id}) is not a ROW_ID of {ne_path}")
+    if row["hadm_id"] and parse_int(row["hadm_id"], f"{ne_path} line {row['line']}", "HADM_ID") != note.hadm_id:
+        raise DataError(f"{note.path}: hadm_id {note.hadm_id} but {ne_path} line {row['line']} (ROW_ID {note.note_id}) "
+                        f"has HADM_ID {row['hadm_id']}")
+    if row["category"].lower() != "discharge summary":
+        raise DataError(f"{note.path}: note_id {note.note_id} is a {row['category']!r} note in {ne_path} "
+                        f"line {row['line']}, not a discharge summary")
+    if row["iserror"] == "1":
+        report.setdefault("warnings", Counter())["notes marked ISERROR in NOTEEVENTS (kept: MDACE annotated them)"] += 1
+    return row["text"]
+
+
+def _mimic3_spans(note: MdaceNote, text: str, nid: str, rules: _CodeRules,
+                  tally: _Mimic3Tally) -> tuple[list[dict], list[str]]:
+    """The kept span rows of one note and its codes in first-span order."""
+    rows: list[dict] = []
+    codes: list[str] = []
+    for k, start, end, raw_code, sys, etype, quoted in note.annotations:
+        where = f"{note.path}: notes[{note.note_index}].annotations[{k}]"
+        if not (0 <= start < end <= len(text)):
+            raise DataError(f"{where}: offsets [{start}, {end}) outside NOTEEVENTS ROW_ID {note.note_id} of length {len(text)}")
+        if quoted is not None and collapse_ws(str(quoted)) != collapse_ws(text[start:end]):
+            raise DataError(f"{where}: span text {quoted!r} does not match note text {text[start:end]!r}")
+        try:
+            code = icd.normalize_code(raw_code, sys)
+        except icd.CodeError as exc:
+            raise DataError(f"{where}: {exc}") from None
+        new, how = map_code_version(code, rules.known)
+        tally.mapped[f"annotations whose code is {how}" if how != "same" else "annotations whose code MIMIC-IV has"] += 1
+        if how in ("prefix", "table"):
+            tally.mapping_used[code] = new
+        if new not in rules.trained:
+            tally.unseen_codes[new] += 1
+            if rules.unseen == "drop":
+                tally.skipped["annotations of codes no training document carries (dropped)"] += 1
+                continue
+        s, e = trim_span(text, start, end, rules.trim)
+        if (s, e) != (start, end):
+            tally.n_trimmed += 1
+        if s >= e:
+            tally.skipped["spans empty after trimming punctuation and whitespace"] += 1
+            continue
+        rows.append({"note_id": nid, "code": new, "start": s, "end": e, "granularity": "evidence",
+                     "source": "human", "evidence_type": etype, "source_note_id": str(note.note_id)})
+        if new not in codes:
+            codes.append(new)
+    return rows, codes

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -60,6 +61,25 @@ def _read_codes(path: Path, system: str, report: dict, kind: str) -> pd.DataFram
     return out
 
 
+@dataclass(frozen=True)
+class _MimicFiles:
+    """Where the MIMIC-IV tables are: ``root`` (holding ``note/`` and ``hosp/``), or the two folders."""
+
+    root: Optional[Path]
+    hosp_dir: Optional[str | os.PathLike] = None
+    note_dir: Optional[str | os.PathLike] = None
+
+    def note(self) -> Path:
+        if self.note_dir is None:
+            return _find_file(self.root, "note/discharge.csv.gz")
+        return _find_file(resolve_path(self.note_dir), "discharge.csv.gz", "data.mimic_note_dir")
+
+    def hosp(self, name: str) -> Path:
+        if self.hosp_dir is not None:
+            return _find_file(resolve_path(self.hosp_dir), name, "data.mimic_hosp_dir")
+        return _find_file(self.root, f"hosp/{name}")
+
+
 def load_mimic(
     mimic_dir: Optional[str | os.PathLike],
     split_file: Optional[str | os.PathLike] = None,
@@ -82,17 +102,36 @@ def load_mimic(
     if mimic_dir is None and (hosp_dir is None or note_dir is None):
         raise DataError("MIMIC-IV location not set: set data.mimic_dir (a folder holding hosp/ and note/) "
                         "or both data.mimic_hosp_dir and data.mimic_note_dir")
-    root = resolve_path(mimic_dir) if mimic_dir is not None else None
+    files = _MimicFiles(resolve_path(mimic_dir) if mimic_dir is not None else None, hosp_dir, note_dir)
     report: dict = {"dataset": "mimic", "read": {}, "skipped": {}, "kept": {}, "warnings": {}}
-    note_path = _find_file(root, "note/discharge.csv.gz") if note_dir is None else _find_file(resolve_path(note_dir), "discharge.csv.gz", "data.mimic_note_dir")
+    note_path = files.note()
     notes = read_csv(note_path, ["subject_id", "hadm_id", "text"])
     report["read"]["discharge summaries"] = int(len(notes))
+    notes, empty_ids = _select_notes(notes, note_path, report)
+    by_hadm = _admission_codes(files, set(notes["hadm_id"]), report)
+    notes, doc_codes = _coded_notes(notes, by_hadm, min_code_count, report)
+    splits, missing = _assign_splits(notes, split_file, seed, report)
+    rows = [
+        {"note_id": h, "text": t, "codes": cs, "split": s, "annotated": False, "fewshot": False, "credentialed": True}
+        for h, t, cs, s, m in zip(notes["hadm_id"], notes["text"], doc_codes, splits, missing)
+        if not m
+    ]
+    rows.sort(key=lambda r: int(r["note_id"]))
+    docs = docs_frame(rows)
+    descs = _descriptions(files)
+    report["descriptions"] = "MIMIC d_icd tables" if descs else "simple-icd-10-cm"
+    report["kept"] = {"documents": int(len(docs)), "distinct codes": int(len({c for cs in docs["codes"] for c in cs}))}
+    report["empty_note_ids"] = empty_ids
+    spans = spans_frame([])
+    if fewshot_pool:
+        docs = mark_fewshot(docs, fewshot_pool, seed)
+    report["splits"] = split_counts(docs, spans)
+    return Dataset("mimic", docs, spans, codes_table(docs, descs), report)
 
-    def hosp(name: str) -> Path:
-        if hosp_dir is not None:
-            return _find_file(resolve_path(hosp_dir), name, "data.mimic_hosp_dir")
-        return _find_file(root, f"hosp/{name}")
 
+def _select_notes(notes: pd.DataFrame, note_path: Path, report: dict) -> tuple[pd.DataFrame, list[str]]:
+    """The discharge summaries (DS rows with an admission and text, the last per admission) and
+    the sorted ids of admissions whose summary is empty."""
     if "note_type" in notes:
         other = notes["note_type"].str.strip() != "DS"
         if other.any():  # discharge.csv holds DS rows; anything else (an addendum) never replaces one
@@ -112,6 +151,11 @@ def load_mimic(
         report["skipped"]["empty discharge summaries"] = n_empty
     empty_ids = sorted(set(hadm[empty & ~no_hadm]))
     notes = notes.assign(hadm_id=hadm, _order=np.arange(len(notes)))[~no_hadm & ~empty]
+    return _last_per_admission(notes, note_path, report), empty_ids
+
+
+def _last_per_admission(notes: pd.DataFrame, note_path: Path, report: dict) -> pd.DataFrame:
+    """One summary per admission: the last by ``charttime``, then ``note_seq``, then file order."""
     sort_cols = []
     if "charttime" in notes:
         raw_time = notes["charttime"].str.strip()
@@ -132,16 +176,18 @@ def load_mimic(
     dup = notes.duplicated("hadm_id", keep="last")
     if dup.any():
         report["skipped"]["earlier discharge summaries of the same admission (kept the last by charttime)"] = int(dup.sum())
-    notes = notes[~dup]
+    return notes[~dup]
 
+
+def _admission_codes(files: _MimicFiles, kept_ids: set[str], report: dict) -> dict[str, list[str]]:
+    """``hadm_id -> ICD-10 codes`` (diagnoses by seq_num, then procedures) of the kept admissions."""
     codes = pd.concat(
         [
-            _read_codes(hosp("diagnoses_icd.csv.gz"), "cm", report, "diagnosis"),
-            _read_codes(hosp("procedures_icd.csv.gz"), "pcs", report, "procedure"),
+            _read_codes(files.hosp("diagnoses_icd.csv.gz"), "cm", report, "diagnosis"),
+            _read_codes(files.hosp("procedures_icd.csv.gz"), "pcs", report, "procedure"),
         ],
         ignore_index=True,
     )
-    kept_ids = set(notes["hadm_id"])
     orphan = ~codes["hadm_id"].isin(kept_ids)
     if orphan.any():
         report["skipped"]["ICD-10 code rows of admissions without a kept discharge summary"] = int(orphan.sum())
@@ -150,8 +196,13 @@ def load_mimic(
     if dup_codes.any():
         report["skipped"]["repeated code rows of the same admission"] = int(dup_codes.sum())
     codes = codes[~dup_codes].sort_values(["hadm_id", "kind", "seq", "row"], kind="stable")
-    by_hadm = codes.groupby("hadm_id", sort=False)["code"].agg(list).to_dict()
+    return codes.groupby("hadm_id", sort=False)["code"].agg(list).to_dict()
 
+
+def _coded_notes(notes: pd.DataFrame, by_hadm: dict[str, list[str]], min_code_count: int,
+                 report: dict) -> tuple[pd.DataFrame, list[list[str]]]:
+    """Notes with codes left after dropping codes on fewer than ``min_code_count`` documents, and
+    their codes."""
     no_codes = ~notes["hadm_id"].isin(by_hadm.keys())
     if no_codes.any():
         report["skipped"]["admissions without ICD-10 codes"] = int(no_codes.sum())
@@ -167,9 +218,12 @@ def load_mimic(
     has = np.array([bool(cs) for cs in doc_codes], dtype=bool)
     if (~has).any():
         report["skipped"]["admissions left without codes after dropping rare codes"] = int((~has).sum())
-    notes = notes[has]
-    doc_codes = [cs for cs, h in zip(doc_codes, has) if h]
+    return notes[has], [cs for cs, h in zip(doc_codes, has) if h]
 
+
+def _assign_splits(notes: pd.DataFrame, split_file: Optional[str | os.PathLike], seed: int,
+                   report: dict) -> tuple[list, np.ndarray]:
+    """The split of each note (the split file's, else patient-level) and which notes it lacks."""
     if split_file is not None:
         split_path = resolve_path(split_file)
         split_of = _read_split_file(split_path)
@@ -188,28 +242,20 @@ def load_mimic(
         splits = [by_subject[s] for s in subject]
         missing = np.zeros(len(splits), dtype=bool)
         report["split"] = f"patient-level 80/10/10 by subject_id, seed {seed}"
-    rows = [
-        {"note_id": h, "text": t, "codes": cs, "split": s, "annotated": False, "fewshot": False, "credentialed": True}
-        for h, t, cs, s, m in zip(notes["hadm_id"], notes["text"], doc_codes, splits, missing)
-        if not m
-    ]
-    rows.sort(key=lambda r: int(r["note_id"]))
-    docs = docs_frame(rows)
+    return splits, missing
+
+
+def _descriptions(files: _MimicFiles) -> dict[str, str]:
+    """Code descriptions from the ``d_icd`` tables that are present."""
     descs: dict[str, str] = {}
     for name in ("hosp/d_icd_diagnoses.csv.gz", "hosp/d_icd_procedures.csv.gz"):
         try:
-            descs.update(icd.load_mimic_descriptions(hosp(name.removeprefix("hosp/"))))
+            descs.update(icd.load_mimic_descriptions(files.hosp(name.removeprefix("hosp/"))))
         except DataError as exc:
             if "file not found" not in str(exc):
                 raise
-    report["descriptions"] = "MIMIC d_icd tables" if descs else "simple-icd-10-cm"
-    report["kept"] = {"documents": int(len(docs)), "distinct codes": int(len({c for cs in docs["codes"] for c in cs}))}
-    report["empty_note_ids"] = empty_ids
-    spans = spans_frame([])
-    if fewshot_pool:
-        docs = mark_fewshot(docs, fewshot_pool, seed)
-    report["splits"] = split_counts(docs, spans)
-    return Dataset("mimic", docs, spans, codes_table(docs, descs), report)
+    return descs
+
 
 
 def _read_split_file(path: Path) -> dict[str, str]:
