@@ -63,52 +63,12 @@ def _check_template(src: str, allowed: set[str], where: str) -> tuple:
 
 
 def _validate_code(raw: Any, i: int, where: str, icd: Any) -> dict:
-    if not isinstance(raw, dict):
-        raise LexiconError(f"{where}: codes[{i}]: expected a mapping, got {type(raw).__name__}")
-    code = raw.get("code")
-    if not isinstance(code, str) or not code:
-        raise LexiconError(f"{where}: codes[{i}]: missing key 'code'")
-    w = f"{where}: code {code}"
-    unknown = sorted(set(raw) - _CODE_KEYS)
-    if unknown:
-        raise LexiconError(f"{w}: unknown key {unknown[0]!r} (allowed: {sorted(_CODE_KEYS)})")
-    for key in ("kind", "weight", "mentions", "evidence", "contexts", "where"):
-        if key not in raw:
-            raise LexiconError(f"{w}: missing key {key!r}")
-    if not icd.is_valid_item(code):
-        raise LexiconError(f"{w}: key 'code': {code!r} is not a valid ICD-10-CM code")
-    if not icd.is_leaf(code):
-        raise LexiconError(f"{w}: key 'code': {code!r} is not billable (it has subcodes)")
-    if raw["kind"] not in CODE_KINDS:
-        raise LexiconError(f"{w}: key 'kind': {raw['kind']!r} is not one of {list(CODE_KINDS)}")
-    weight = raw["weight"]
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0:
-        raise LexiconError(f"{w}: key 'weight': expected a positive number, got {weight!r}")
+    code, w = _check_code_head(raw, i, where, icd)
     mentions = _strings(raw["mentions"], f"{w}: key 'mentions'", 3)
     if len({m.lower() for m in mentions}) != len(mentions):
         raise LexiconError(f"{w}: key 'mentions': duplicate forms")
-    ev = raw["evidence"]
-    if not isinstance(ev, dict):
-        raise LexiconError(f"{w}: key 'evidence': expected a mapping kind -> list of facts")
-    evidence: dict[str, tuple[str, ...]] = {}
-    for kind, facts in ev.items():
-        if kind not in EVIDENCE_KINDS:
-            raise LexiconError(f"{w}: key 'evidence': unknown kind {kind!r} (allowed: {list(EVIDENCE_KINDS)})")
-        evidence[kind] = _strings(facts, f"{w}: key 'evidence.{kind}'", 1)
-        for f in evidence[kind]:
-            _check_template(f, _FACT_SLOTS, f"{w}: key 'evidence.{kind}'")
-    if sum(len(v) for v in evidence.values()) < 2:
-        raise LexiconError(f"{w}: key 'evidence': need at least 2 supporting facts")
-    contexts = _strings(raw["contexts"], f"{w}: key 'contexts'", 2)
-    for c in contexts:
-        nodes = _check_template(c, _CONTEXT_SLOTS, f"{w}: key 'contexts'")
-        slots = template_slots(nodes)
-        if not any(n in ("mention", "evidence") for n, _ in slots):
-            raise LexiconError(f"{w}: key 'contexts': template {c!r} has neither {{mention}} nor {{evidence}}")
-        for n, k in slots:
-            if n == "evidence" and k is not None and k not in evidence:
-                raise LexiconError(f"{w}: key 'contexts': template {c!r} asks for {{evidence:{k}}} "
-                                   f"but the code has no {k!r} evidence")
+    evidence = _validate_evidence(raw["evidence"], w)
+    contexts = _validate_contexts(raw["contexts"], evidence, w)
     where_ = _strings(raw["where"], f"{w}: key 'where'", 1)
     for p in where_:
         if p not in PLACEMENTS:
@@ -130,25 +90,12 @@ def _validate_code(raw: Any, i: int, where: str, icd: Any) -> dict:
     group = raw.get("group")
     if group is not None and not isinstance(group, str):
         raise LexiconError(f"{w}: key 'group': expected a string, got {group!r}")
-    distractors = []
-    for j, d in enumerate(raw.get("distractors") or []):
-        dw = f"{w}: key 'distractors[{j}]'"
-        if not isinstance(d, dict) or not isinstance(d.get("kind"), str) or not isinstance(d.get("text"), str):
-            raise LexiconError(f"{dw}: expected a mapping with 'kind' and 'text'")
-        bad = sorted(set(d) - {"kind", "text", "section"})
-        if bad:
-            raise LexiconError(f"{dw}: unknown key {bad[0]!r}")
-        nodes = _check_template(d["text"], _GENERIC_SLOTS, dw)
-        if not any(n == "mention" for n, _ in template_slots(nodes)):
-            raise LexiconError(f"{dw}: template {d['text']!r} needs a {{mention}} slot")
-        if d.get("section") is not None and d["section"] not in DISTRACTOR_SECTIONS:
-            raise LexiconError(f"{dw}: key 'section': {d['section']!r} is not one of {list(DISTRACTOR_SECTIONS)}")
-        distractors.append({"kind": d["kind"], "text": d["text"], "section": d.get("section")})
+    distractors = _validate_distractors(raw.get("distractors") or [], w)
     entry = {
         "code": code,
         "description": icd.get_description(code),
         "kind": raw["kind"],
-        "weight": float(weight),
+        "weight": float(raw["weight"]),
         "topics": _strings(raw.get("topics") or [code], f"{w}: key 'topics'"),
         "group": group,
         "excludes": _strings(raw.get("excludes") or [], f"{w}: key 'excludes'"),
@@ -166,6 +113,82 @@ def _validate_code(raw: Any, i: int, where: str, icd: Any) -> dict:
         "distractors": tuple(distractors),
     }
     return entry
+
+
+def _check_code_head(raw: Any, i: int, where: str, icd: Any) -> tuple[str, str]:
+    """The entry's code (billable ICD-10-CM), its keys, kind and weight; returns ``(code, where)``."""
+    if not isinstance(raw, dict):
+        raise LexiconError(f"{where}: codes[{i}]: expected a mapping, got {type(raw).__name__}")
+    code = raw.get("code")
+    if not isinstance(code, str) or not code:
+        raise LexiconError(f"{where}: codes[{i}]: missing key 'code'")
+    w = f"{where}: code {code}"
+    unknown = sorted(set(raw) - _CODE_KEYS)
+    if unknown:
+        raise LexiconError(f"{w}: unknown key {unknown[0]!r} (allowed: {sorted(_CODE_KEYS)})")
+    for key in ("kind", "weight", "mentions", "evidence", "contexts", "where"):
+        if key not in raw:
+            raise LexiconError(f"{w}: missing key {key!r}")
+    if not icd.is_valid_item(code):
+        raise LexiconError(f"{w}: key 'code': {code!r} is not a valid ICD-10-CM code")
+    if not icd.is_leaf(code):
+        raise LexiconError(f"{w}: key 'code': {code!r} is not billable (it has subcodes)")
+    if raw["kind"] not in CODE_KINDS:
+        raise LexiconError(f"{w}: key 'kind': {raw['kind']!r} is not one of {list(CODE_KINDS)}")
+    weight = raw["weight"]
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0:
+        raise LexiconError(f"{w}: key 'weight': expected a positive number, got {weight!r}")
+    return code, w
+
+
+def _validate_evidence(ev: Any, w: str) -> dict[str, tuple[str, ...]]:
+    """``kind -> facts`` of one code (at least 2 facts in all)."""
+    if not isinstance(ev, dict):
+        raise LexiconError(f"{w}: key 'evidence': expected a mapping kind -> list of facts")
+    evidence: dict[str, tuple[str, ...]] = {}
+    for kind, facts in ev.items():
+        if kind not in EVIDENCE_KINDS:
+            raise LexiconError(f"{w}: key 'evidence': unknown kind {kind!r} (allowed: {list(EVIDENCE_KINDS)})")
+        evidence[kind] = _strings(facts, f"{w}: key 'evidence.{kind}'", 1)
+        for f in evidence[kind]:
+            _check_template(f, _FACT_SLOTS, f"{w}: key 'evidence.{kind}'")
+    if sum(len(v) for v in evidence.values()) < 2:
+        raise LexiconError(f"{w}: key 'evidence': need at least 2 supporting facts")
+    return evidence
+
+
+def _validate_contexts(raw: Any, evidence: dict, w: str) -> tuple[str, ...]:
+    """Context templates of one code: each names the diagnosis or a fact of a kind the code has."""
+    contexts = _strings(raw, f"{w}: key 'contexts'", 2)
+    for c in contexts:
+        nodes = _check_template(c, _CONTEXT_SLOTS, f"{w}: key 'contexts'")
+        slots = template_slots(nodes)
+        if not any(n in ("mention", "evidence") for n, _ in slots):
+            raise LexiconError(f"{w}: key 'contexts': template {c!r} has neither {{mention}} nor {{evidence}}")
+        for n, k in slots:
+            if n == "evidence" and k is not None and k not in evidence:
+                raise LexiconError(f"{w}: key 'contexts': template {c!r} asks for {{evidence:{k}}} "
+                                   f"but the code has no {k!r} evidence")
+    return contexts
+
+
+def _validate_distractors(raw: Iterable, w: str) -> list[dict]:
+    """A code's own distractor templates (``kind``, ``text`` with a ``{mention}``, optional ``section``)."""
+    distractors = []
+    for j, d in enumerate(raw):
+        dw = f"{w}: key 'distractors[{j}]'"
+        if not isinstance(d, dict) or not isinstance(d.get("kind"), str) or not isinstance(d.get("text"), str):
+            raise LexiconError(f"{dw}: expected a mapping with 'kind' and 'text'")
+        bad = sorted(set(d) - {"kind", "text", "section"})
+        if bad:
+            raise LexiconError(f"{dw}: unknown key {bad[0]!r}")
+        nodes = _check_template(d["text"], _GENERIC_SLOTS, dw)
+        if not any(n == "mention" for n, _ in template_slots(nodes)):
+            raise LexiconError(f"{dw}: template {d['text']!r} needs a {{mention}} slot")
+        if d.get("section") is not None and d["section"] not in DISTRACTOR_SECTIONS:
+            raise LexiconError(f"{dw}: key 'section': {d['section']!r} is not one of {list(DISTRACTOR_SECTIONS)}")
+        distractors.append({"kind": d["kind"], "text": d["text"], "section": d.get("section")})
+    return distractors
 
 
 _TEMPLATE_KEYS = {
@@ -289,40 +312,7 @@ def load_corpus_lexicon(path: str | Path | None = None) -> dict:
 def _build_lexicon(path: str | Path | None) -> dict:
     import simple_icd_10_cm as icd
 
-    parts: dict[str, tuple[Any, str, bytes]] = {}
-
-    def from_dir(folder: Path, names: Iterable[str]) -> None:
-        for name in names:
-            p = folder / name
-            if p.exists():
-                parts[name] = (_read_yaml(p), str(p), p.read_bytes())
-
-    if path is None:
-        from_dir(LEXICON_DIR, LEXICON_FILES)
-    else:
-        path = Path(path)
-        if path.is_dir():
-            from_dir(path, LEXICON_FILES)
-            if "codes.yaml" not in parts:
-                raise LexiconError(f"{path}: no codes.yaml in this folder")
-        elif path.exists():
-            raw = _read_yaml(path)
-            if not isinstance(raw, dict) or "codes" not in raw:
-                raise LexiconError(f"{path}: expected a mapping with a 'codes' list")
-            blob = path.read_bytes()
-            parts["codes.yaml"] = ({"version": raw.get("version"), "codes": raw["codes"]}, str(path), blob)
-            for key, name in (("templates", "templates.yaml"), ("filler", "filler.yaml")):
-                if key in raw:
-                    parts[name] = (raw[key], f"{path} ({key})", b"")
-        else:
-            raise LexiconError(f"{path}: lexicon not found")
-        if path.is_file():
-            extra = sorted(set(raw) - {"version", "codes", "templates", "filler"})
-            if extra:
-                raise LexiconError(f"{path}: unknown top-level key {extra[0]!r} (allowed: codes, version, "
-                                   "templates, filler)")
-        from_dir(LEXICON_DIR, [n for n in LEXICON_FILES if n not in parts])
-
+    parts = _lexicon_parts(path)
     codes_raw, codes_where, _ = parts["codes.yaml"]
     if not isinstance(codes_raw, dict) or not isinstance(codes_raw.get("codes"), list):
         raise LexiconError(f"{codes_where}: expected a mapping with a 'codes' list")
@@ -338,29 +328,7 @@ def _build_lexicon(path: str | Path | None) -> dict:
     entries = [_validate_code(r, i, codes_where, icd) for i, r in enumerate(codes_raw["codes"])]
     if not entries:
         raise LexiconError(f"{codes_where}: key 'codes': the list is empty")
-    by_code: dict[str, dict] = {}
-    seen_forms: dict[str, str] = {}
-    for e in entries:
-        if e["code"] in by_code:
-            raise LexiconError(f"{codes_where}: code {e['code']}: duplicate entry")
-        by_code[e["code"]] = e
-        for m in e["mentions"]:
-            other = seen_forms.get(m.lower())
-            if other is not None:
-                raise LexiconError(f"{codes_where}: code {e['code']}: key 'mentions': form {m!r} "
-                                   f"is also a mention of {other}")
-            seen_forms[m.lower()] = e["code"]
-    for e in entries:
-        w = f"{codes_where}: code {e['code']}"
-        for key in ("excludes", "requires"):
-            for c in e[key]:
-                if c not in by_code:
-                    raise LexiconError(f"{w}: key {key!r}: {c!r} is not a code of the lexicon")
-        for c, _p in e["related"]:
-            if c not in by_code:
-                raise LexiconError(f"{w}: key 'related': {c!r} is not a code of the lexicon")
-            if c == e["code"]:
-                raise LexiconError(f"{w}: key 'related': a code cannot be related to itself")
+    by_code = _index_codes(entries, codes_where)
     templates = _validate_templates(parts["templates.yaml"][0], parts["templates.yaml"][1])
     filler = _validate_filler(parts["filler.yaml"][0], parts["filler.yaml"][1])
     for e in entries:
@@ -385,3 +353,71 @@ def _build_lexicon(path: str | Path | None) -> dict:
         "templates": templates,
         "filler": filler,
     }
+
+
+def _lexicon_parts(path: str | Path | None) -> dict[str, tuple[Any, str, bytes]]:
+    """``file name -> (parsed YAML, where, raw bytes)`` of the three lexicon parts: those ``path``
+    gives (a folder or one YAML file), the rest from the packaged lexicon."""
+    parts: dict[str, tuple[Any, str, bytes]] = {}
+
+    def from_dir(folder: Path, names: Iterable[str]) -> None:
+        for name in names:
+            p = folder / name
+            if p.exists():
+                parts[name] = (_read_yaml(p), str(p), p.read_bytes())
+
+    if path is None:
+        from_dir(LEXICON_DIR, LEXICON_FILES)
+        return parts
+    path = Path(path)
+    if path.is_dir():
+        from_dir(path, LEXICON_FILES)
+        if "codes.yaml" not in parts:
+            raise LexiconError(f"{path}: no codes.yaml in this folder")
+    elif path.exists():
+        raw = _read_yaml(path)
+        if not isinstance(raw, dict) or "codes" not in raw:
+            raise LexiconError(f"{path}: expected a mapping with a 'codes' list")
+        blob = path.read_bytes()
+        parts["codes.yaml"] = ({"version": raw.get("version"), "codes": raw["codes"]}, str(path), blob)
+        for key, name in (("templates", "templates.yaml"), ("filler", "filler.yaml")):
+            if key in raw:
+                parts[name] = (raw[key], f"{path} ({key})", b"")
+    else:
+        raise LexiconError(f"{path}: lexicon not found")
+    if path.is_file():
+        extra = sorted(set(raw) - {"version", "codes", "templates", "filler"})
+        if extra:
+            raise LexiconError(f"{path}: unknown top-level key {extra[0]!r} (allowed: codes, version, "
+                               "templates, filler)")
+    from_dir(LEXICON_DIR, [n for n in LEXICON_FILES if n not in parts])
+    return parts
+
+
+def _index_codes(entries: list[dict], codes_where: str) -> dict[str, dict]:
+    """``code -> entry``, checking that codes and mention forms are unique and that ``excludes``,
+    ``requires`` and ``related`` name codes of the lexicon."""
+    by_code: dict[str, dict] = {}
+    seen_forms: dict[str, str] = {}
+    for e in entries:
+        if e["code"] in by_code:
+            raise LexiconError(f"{codes_where}: code {e['code']}: duplicate entry")
+        by_code[e["code"]] = e
+        for m in e["mentions"]:
+            other = seen_forms.get(m.lower())
+            if other is not None:
+                raise LexiconError(f"{codes_where}: code {e['code']}: key 'mentions': form {m!r} "
+                                   f"is also a mention of {other}")
+            seen_forms[m.lower()] = e["code"]
+    for e in entries:
+        w = f"{codes_where}: code {e['code']}"
+        for key in ("excludes", "requires"):
+            for c in e[key]:
+                if c not in by_code:
+                    raise LexiconError(f"{w}: key {key!r}: {c!r} is not a code of the lexicon")
+        for c, _p in e["related"]:
+            if c not in by_code:
+                raise LexiconError(f"{w}: key 'related': {c!r} is not a code of the lexicon")
+            if c == e["code"]:
+                raise LexiconError(f"{w}: key 'related': a code cannot be related to itself")
+    return by_code

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import random
 import re
+from dataclasses import dataclass, field
 from typing import Iterable
 
 from rationale_kit.core.config import EmbeddedCorpus
@@ -104,6 +105,16 @@ class CodeModel:
                 opts += [(k, t, None) for t in generic[k]]
             if opts:
                 self.distractor_options[e["code"]] = opts
+
+
+@dataclass
+class _Placed:
+    """What placing a note's codes collects for the layout after all codes are placed."""
+
+    history: list[str] = field(default_factory=list)  # chronic codes listed in the HPI opening
+    secondary_dx: list[Sent] = field(default_factory=list)
+    primary_dx: Sent | None = None
+    med_lines: list[tuple[Sent, bool]] = field(default_factory=list)  # (line, on admission too)
 
 
 class _Note:
@@ -282,7 +293,29 @@ class _Note:
     def plan(self, codes: list[str], modes: dict[str, str], scale: float, compact: bool = False) -> None:
         """Lay out skeleton and evidence. ``scale`` thins the optional placements; ``compact`` (for
         very short notes) leaves out the sections that carry nothing."""
-        rng, T, F = self.rng, self.T, self.F
+        self._begin(codes, modes, compact)
+        self._skeleton(compact)
+        placed = _Placed()
+        for c in codes:
+            mode = modes[c]
+            if mode == "none":
+                continue
+            if mode == "explicit":
+                chosen = self._choose_placements(c, scale)
+            else:
+                chosen = self._choose_indirect(c, scale)
+            for place in chosen:
+                _PLACE_EVIDENCE[place](self, c, mode, scale, placed)
+        self._lay_out(placed, compact)
+        self._distractors(codes)
+        if compact:  # only the sections that carry something get a title
+            for name, title in SECTIONS:
+                if any(b.items for b in self.sections[name]):
+                    self.words += count_words(title)
+
+    def _begin(self, codes: list[str], modes: dict[str, str], compact: bool) -> None:
+        """Fresh note state; the principal (acute, explicit) problem and the chief complaint."""
+        rng, F = self.rng, self.F
         self.words = 0
         self.compact = compact
         self.sections: dict[str, list[Block]] = {name: [] for name, _ in SECTIONS}
@@ -297,7 +330,9 @@ class _Note:
         comp = p_entry["complaints"] if p_entry and p_entry["complaints"] else F["complaints"]
         self.complaint = comp[rng.randrange(len(comp))]
 
-        # fixed skeleton ----------------------------------------------------------------------
+    def _skeleton(self, compact: bool) -> None:
+        """The fixed parts: preamble, one block per section, and the lines every note has."""
+        rng, F = self.rng, self.F
         if compact:
             self.preamble = f"Sex:   {self.sex}\n \n"
         else:
@@ -335,75 +370,81 @@ class _Note:
             self.sections["instructions"][0].head = 1
             self.sections["course"][0].head = 0
 
-        # evidence ----------------------------------------------------------------------------
-        history: list[str] = []
-        secondary_dx: list[Sent] = []
-        primary_dx: Sent | None = None
-        med_lines: list[tuple[Sent, bool]] = []  # (line, on admission too)
-        for c in codes:
-            mode, e = modes[c], self.m.by[c]
-            if mode == "none":
-                continue
-            if mode == "explicit":
-                chosen = self._choose_placements(c, scale)
-            else:
-                chosen = self._choose_indirect(c, scale)
-            for place in chosen:
-                if place == "pmh":
-                    kinds = [k for k in ("lab", "finding", "procedure") if k in e["evidence"]]
-                    if kinds and rng.random() < 0.3:
-                        self.add("pmh", self.sentence("{mention} ({evidence})", c, {"kinds": kinds}))
-                    else:
-                        self.add("pmh", self.sentence("{mention}", c))
-                elif place == "hpi_list":
-                    history.append(c)
-                elif place == "hpi":
-                    self.add("hpi", self.sentence(self._context(c, mention=True), c))
-                elif place == "course":
-                    self._course_paragraph(c, scale)
-                elif place == "dx":
-                    s = self.sentence("{mention}", c)
-                    if c == self.principal:
-                        primary_dx = s
-                    else:
-                        secondary_dx.append(s)
-                elif place == "instructions":
-                    if rng.random() < 0.5 and any(_ORAL_RE.search(f) for f in e["evidence"].get("med", ())):
-                        self.add("instructions", self._oral_med_sentence(c, rng.choice(T["instructions_med"])))
-                    else:
-                        self.add("instructions", self.sentence(rng.choice(T["instructions_mention"]), c))
-                elif place == "social":
-                    if mode == "explicit":
-                        tpl = self._context(c, mention=True)
-                    else:
-                        tpl = self._indirect_template(c, "history")
-                    self.add("social", self.sentence(tpl, c, {"kinds": ["history"]}))
-                elif place == "allergy":
-                    self.add("allergies", self.sentence("{mention}", c))
-                elif place == "meds":
-                    oral = e["kind"] != "acute"
-                    line = self._med_line(c, oral_only=not oral)
-                    if line is not None:
-                        med_lines.append((line, oral))
-                elif place == "results":
-                    kinds = [k for k in ("lab", "finding") if k in e["evidence"]]
-                    kind = kinds[rng.randrange(len(kinds))]
-                    self.add("results", self.sentence(rng.choice(T["results"][kind]), c, {"kinds": [kind]}))
-                elif place == "indirect":
-                    self._indirect_sentence(c)
-        if history:
+    # ---- one placement of a code's evidence (dispatched by _PLACE_EVIDENCE) -----------------
+    def _place_pmh(self, c: str, mode: str, scale: float, placed: _Placed) -> None:
+        e = self.m.by[c]
+        kinds = [k for k in ("lab", "finding", "procedure") if k in e["evidence"]]
+        if kinds and self.rng.random() < 0.3:
+            self.add("pmh", self.sentence("{mention} ({evidence})", c, {"kinds": kinds}))
+        else:
+            self.add("pmh", self.sentence("{mention}", c))
+
+    def _place_hpi_list(self, c: str, mode: str, scale: float, placed: _Placed) -> None:
+        placed.history.append(c)
+
+    def _place_hpi(self, c: str, mode: str, scale: float, placed: _Placed) -> None:
+        self.add("hpi", self.sentence(self._context(c, mention=True), c))
+
+    def _place_course(self, c: str, mode: str, scale: float, placed: _Placed) -> None:
+        self._course_paragraph(c, scale)
+
+    def _place_dx(self, c: str, mode: str, scale: float, placed: _Placed) -> None:
+        s = self.sentence("{mention}", c)
+        if c == self.principal:
+            placed.primary_dx = s
+        else:
+            placed.secondary_dx.append(s)
+
+    def _place_instructions(self, c: str, mode: str, scale: float, placed: _Placed) -> None:
+        rng, e = self.rng, self.m.by[c]
+        if rng.random() < 0.5 and any(_ORAL_RE.search(f) for f in e["evidence"].get("med", ())):
+            self.add("instructions", self._oral_med_sentence(c, rng.choice(self.T["instructions_med"])))
+        else:
+            self.add("instructions", self.sentence(rng.choice(self.T["instructions_mention"]), c))
+
+    def _place_social(self, c: str, mode: str, scale: float, placed: _Placed) -> None:
+        if mode == "explicit":
+            tpl = self._context(c, mention=True)
+        else:
+            tpl = self._indirect_template(c, "history")
+        self.add("social", self.sentence(tpl, c, {"kinds": ["history"]}))
+
+    def _place_allergy(self, c: str, mode: str, scale: float, placed: _Placed) -> None:
+        self.add("allergies", self.sentence("{mention}", c))
+
+    def _place_meds(self, c: str, mode: str, scale: float, placed: _Placed) -> None:
+        oral = self.m.by[c]["kind"] != "acute"
+        line = self._med_line(c, oral_only=not oral)
+        if line is not None:
+            placed.med_lines.append((line, oral))
+
+    def _place_results(self, c: str, mode: str, scale: float, placed: _Placed) -> None:
+        e = self.m.by[c]
+        kinds = [k for k in ("lab", "finding") if k in e["evidence"]]
+        kind = kinds[self.rng.randrange(len(kinds))]
+        self.add("results", self.sentence(self.rng.choice(self.T["results"][kind]), c, {"kinds": [kind]}))
+
+    def _place_indirect(self, c: str, mode: str, scale: float, placed: _Placed) -> None:
+        self._indirect_sentence(c)
+
+    def _lay_out(self, placed: _Placed, compact: bool) -> None:
+        """What the placements collected (HPI opening, diagnoses, medication lists), then the
+        defaults of sections left empty."""
+        rng, T, F = self.rng, self.T, self.F
+        if placed.history:
             tpl = rng.choice(T["hpi_opening"]["with_history"])
-            opening = self.sentence(tpl, None, {"history": history})
+            opening = self.sentence(tpl, None, {"history": placed.history})
         else:
             opening = self.plain(rng.choice(T["hpi_opening"]["without_history"]))
         self.add("hpi", opening, self.sections["hpi"][0], pos="start")
-        dx_block.items.insert(1, primary_dx or Sent([[self.complaint[0].upper() + self.complaint[1:], ()]]))
+        dx_block = self.sections["dx"][0]
+        dx_block.items.insert(1, placed.primary_dx or Sent([[self.complaint[0].upper() + self.complaint[1:], ()]]))
         self.words += dx_block.items[1].words
-        if secondary_dx:
+        if placed.secondary_dx:
             self.add("dx", Sent([["SECONDARY DIAGNOSES:", ()]]), dx_block, pos="end")
-            for s in secondary_dx:
+            for s in placed.secondary_dx:
                 self.add("dx", s, dx_block, pos="end")
-        for line, on_admission in med_lines:
+        for line, on_admission in placed.med_lines:
             if on_admission:
                 self.add("meds_adm", Sent([list(p) for p in line.pieces], line.codes))
             self.add("meds_dis", line)
@@ -417,11 +458,6 @@ class _Note:
                     if got is not None:
                         self.add(sec, got[1])
             self.add("exam", self.plain(rng.choice(F["vitals"])), pos="end")
-        self._distractors(codes)
-        if compact:  # only the sections that carry something get a title
-            for name, title in SECTIONS:
-                if any(b.items for b in self.sections[name]):
-                    self.words += count_words(title)
 
     def _choose_placements(self, c: str, scale: float) -> list[str]:
         rng, e = self.rng, self.m.by[c]
@@ -658,6 +694,23 @@ class _Note:
             if self.compact and not any(b.items for b in self.sections["course"]):
                 self.words += count_words("Brief Hospital Course:")
             self.add("course", sent)
+
+
+#: Where a code's evidence goes (a placement chosen by ``_choose_placements`` / ``_choose_indirect``)
+#: -> the method that writes it.
+_PLACE_EVIDENCE = {
+    "pmh": _Note._place_pmh,
+    "hpi_list": _Note._place_hpi_list,
+    "hpi": _Note._place_hpi,
+    "course": _Note._place_course,
+    "dx": _Note._place_dx,
+    "instructions": _Note._place_instructions,
+    "social": _Note._place_social,
+    "allergy": _Note._place_allergy,
+    "meds": _Note._place_meds,
+    "results": _Note._place_results,
+    "indirect": _Note._place_indirect,
+}
 
 
 def _target_words(rng: random.Random, cfg: EmbeddedCorpus) -> int:
