@@ -121,7 +121,7 @@ def _fewshot_pool(modes: list[dict[str, str]], size: int, codes: list[str], rng:
 
 
 def generate_corpus(cfg: EmbeddedCorpus, seed: int, lexicon: dict | str | Path | None = None) -> Corpus:
-    """Generate the synthetic corpus of ``cfg`` (see the module docstring). Deterministic in
+    """Generate the synthetic corpus of ``cfg`` (see docs/method/data.md). Deterministic in
     ``(cfg, seed, lexicon)``. ``lexicon``: a :func:`load_corpus_lexicon` result or a path (default: packaged)."""
     _check_cfg(cfg)
     if lexicon is None:

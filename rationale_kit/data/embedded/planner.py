@@ -118,7 +118,7 @@ class _Placed:
 
 
 class _Note:
-    """Plans one note (codes, evidence, distractors, filler) and renders it with its spans."""
+    """Plans one note (codes, evidence, distractors, filler); :func:`.renderer.render_note` writes it."""
 
     def __init__(self, model: CodeModel, cfg: EmbeddedCorpus, rng: random.Random):
         self.m, self.cfg, self.rng = model, cfg, rng
