@@ -21,7 +21,7 @@ SMALL = EmbeddedCorpus(n_train=40, n_val=10, n_test=20, n_fewshot_pool=8, n_code
 
 @pytest.fixture(scope="module")
 def lex():
-    return C.load_lexicon()
+    return C.load_corpus_lexicon()
 
 
 @pytest.fixture(scope="module")
@@ -351,12 +351,12 @@ def _write_lexicon(tmp_path, mutate):
 def test_lexicon_errors_name_code_and_key(tmp_path, mutate, pattern):
     path = _write_lexicon(tmp_path, mutate)
     with pytest.raises(C.LexiconError, match=pattern):
-        C.load_lexicon(path)
+        C.load_corpus_lexicon(path)
 
 
 def test_custom_lexicon_file_generates(tmp_path):
     path = _write_lexicon(tmp_path, lambda es: None)
-    lex = C.load_lexicon(path)
+    lex = C.load_corpus_lexicon(path)
     assert [e["code"] for e in lex["codes"]] == ["I10", "E11.9", "I50.23", "N17.9", "E78.5"]
     cfg = dataclasses.replace(SMALL, n_train=10, n_val=2, n_test=2, n_fewshot_pool=2, n_codes=5)
     c = C.generate_corpus(cfg, 1, lexicon=path)
@@ -368,7 +368,7 @@ def test_bad_yaml_names_file(tmp_path):
     path = tmp_path / "broken.yaml"
     path.write_text("codes: [unclosed\n", encoding="utf-8")
     with pytest.raises(C.LexiconError, match="broken.yaml"):
-        C.load_lexicon(path)
+        C.load_corpus_lexicon(path)
 
 
 # --------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from rationale_kit import data
 from rationale_kit.core import icd
 from rationale_kit.core.config import load_profile
 from rationale_kit.core.records import SPAN_COLUMNS, DataError
+from rationale_kit.data.dataset import docs_frame, spans_frame
 
 
 # --------------------------------------------------------------------------------------------
@@ -182,7 +183,7 @@ def test_mimic_split_table_logic(mimic_dir, tmp_path, monkeypatch):
     split_file = tmp_path / "split.feather"
     split_file.write_bytes(b"not read")
     table = pd.DataFrame({"_id": [101.0, 102.0, 999.0], "split": ["train", "VAL", "test"]})
-    monkeypatch.setattr(data.pd, "read_feather", lambda path: table)
+    monkeypatch.setattr(pd, "read_feather", lambda path: table)
     ds = data.load_mimic(mimic_dir, split_file=split_file, min_code_count=2)
     assert dict(zip(ds.docs["note_id"], ds.docs["split"])) == {"101": "train", "102": "val"}
     assert ds.report["skipped"]["admissions not in the split file"] == 1
@@ -586,7 +587,7 @@ def test_download_codiesp(tmp_path, http_dir):
 # statistics, report, embedded corpus
 # --------------------------------------------------------------------------------------------
 def test_dataset_statistics():
-    docs = data._docs_frame([
+    docs = docs_frame([
         {"note_id": "a", "text": "one two three four", "codes": ["E11.9", "I10"], "split": "train",
          "annotated": True, "fewshot": False, "credentialed": False},
         {"note_id": "b", "text": "one two", "codes": ["I10"], "split": "train",
@@ -594,7 +595,7 @@ def test_dataset_statistics():
         {"note_id": "c", "text": "alpha beta gamma delta epsilon zeta", "codes": ["J45.909"], "split": "test",
          "annotated": True, "fewshot": False, "credentialed": False},
     ])
-    spans = data._spans_frame([
+    spans = spans_frame([
         {"note_id": "a", "code": "E11.9", "start": 0, "end": 7, "granularity": "mention", "source": "human"},
         {"note_id": "a", "code": "E11.9", "start": 8, "end": 13, "granularity": "mention", "source": "human"},
         {"note_id": "a", "code": "I10", "start": 0, "end": 18, "granularity": "sentence", "source": "human"},

@@ -9,6 +9,7 @@ import pytest
 
 from rationale_kit import data
 from rationale_kit.core.records import DataError, read_spans_jsonl
+from rationale_kit.data.dataset import docs_frame, spans_frame
 from test_data import TEXT_101, _gz, _mdace_file, _notes, write_codiesp, write_mimic
 
 
@@ -108,14 +109,14 @@ def test_codiesp_tsv_with_utf8_bom(tmp_path):
 
 
 def test_restrict_top_codes():
-    docs = data._docs_frame([
+    docs = docs_frame([
         {"note_id": "a", "text": "x", "codes": ["A", "B", "C"], "split": "train", "annotated": True, "fewshot": True, "credentialed": False},
         {"note_id": "b", "text": "x", "codes": ["A", "B"], "split": "train", "annotated": False, "fewshot": False, "credentialed": False},
         {"note_id": "c", "text": "x", "codes": ["A", "D"], "split": "train", "annotated": False, "fewshot": False, "credentialed": False},
         {"note_id": "d", "text": "x", "codes": ["C", "D"], "split": "test", "annotated": True, "fewshot": False, "credentialed": False},
         {"note_id": "e", "text": "x", "codes": ["B", "E"], "split": "val", "annotated": False, "fewshot": False, "credentialed": False},
     ])
-    spans = data._spans_frame([
+    spans = spans_frame([
         {"note_id": "a", "code": "C", "start": 0, "end": 1, "granularity": "mention", "source": "human"},
         {"note_id": "d", "code": "D", "start": 0, "end": 1, "granularity": "mention", "source": "human"},
         {"note_id": "d", "code": "C", "start": 0, "end": 1, "granularity": "mention", "source": "human"},

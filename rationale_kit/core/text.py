@@ -21,6 +21,11 @@ def word_units(text: str) -> np.ndarray:
     return np.asarray(spans, dtype=np.int64).reshape(-1, 2)
 
 
+def count_words(text: str) -> int:
+    """Number of ``\\w+`` words of ``text`` (the unit of ``data.max_words`` and corpus lengths)."""
+    return len(WORD_RE.findall(text))
+
+
 def mdace_tokens(text: str, max_number: int = 10) -> list[tuple[int, int, str]]:
     """MDACE tokens: ``\\w+`` on lower-cased text; numbers above ``max_number`` are dropped.
 

@@ -1,0 +1,441 @@
+"""MDACE evidence (Cheng et al. 2023): on documents whose texts its offsets refer to, or - as
+released - with its MIMIC-III discharge summaries read from NOTEEVENTS (Edin et al. 2024's route:
+train on MIMIC-IV, evaluate rationales on MDACE). See docs/method/data.md."""
+from __future__ import annotations
+
+import json
+import os
+import string
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import pandas as pd
+
+from rationale_kit.core import icd
+from rationale_kit.core.records import DataError
+from rationale_kit.data.dataset import code_for_doc, docs_frame, spans_frame
+from rationale_kit.data.files import collapse_ws, csv_rows, parse_int, read_text_file, resolve_path
+
+
+#: Code versions newer than MIMIC-IV's that no prefix maps back (Edin et al. 2024,
+#: explainable-medical-coding ``make_mdace_icd10_inpatient.py``): MDACE code -> MIMIC-IV code.
+MDACE_CODE_TABLE = {
+    "F32.A": "F32.9",  # depression, unspecified (F32.A added FY2022)
+    "S02.122A": "S02.19XA",
+    "D75.839": "D75.89",
+    "F10.139": "F10.10",
+    "G90.51": "G90.519",
+}
+#: Characters trimmed from span edges (Edin et al. 2024: ``string.punctuation`` + newline, tab, space).
+TRIM_CHARS = frozenset(string.punctuation + "\n\t \r")
+
+
+def map_code_version(code: str, known: set[str]) -> tuple[str, str]:
+    """``(code, how)``: ``code`` itself when ``known`` holds it (``how="same"``); else its longest
+    prefix (at least 3 characters, trailing dot dropped) in ``known`` (``"prefix"``: N18.30 -> N18.3);
+    else :data:`MDACE_CODE_TABLE` (``"table"``: F32.A -> F32.9); else unchanged (``"unmapped"``).
+    The order is Edin et al. 2024's (known, prefix, then their table)."""
+    if code in known:
+        return code, "same"
+    head = code[:-1]
+    while len(head) >= 3:
+        if head.rstrip(".") in known:
+            return head.rstrip("."), "prefix"
+        head = head[:-1]
+    if code in MDACE_CODE_TABLE:
+        return MDACE_CODE_TABLE[code], "table"
+    return code, "unmapped"
+
+
+def trim_span(text: str, start: int, end: int, rule: Literal["edges", "edin", "none"] = "edges") -> tuple[int, int]:
+    """Span ``[start, end)`` of ``text`` with punctuation and whitespace (:data:`TRIM_CHARS`) trimmed.
+
+    ``edges``: every such character at either end is removed (may return ``start == end``).
+    ``edin``: Edin et al. 2024's rule, verbatim: ``end - 1`` when ``text[end]`` (the character
+    *after* the half-open span) is one, then ``start + 1`` when ``text[start]`` is one (one
+    character each side). ``none``: unchanged."""
+    if rule == "none":
+        return start, end
+    if rule == "edin":
+        if end < len(text) and text[end] in TRIM_CHARS:
+            end -= 1
+        if start < len(text) and text[start] in TRIM_CHARS:
+            start += 1
+        return start, end
+    if rule != "edges":
+        raise ValueError(f"trim rule must be 'edges', 'edin' or 'none', got {rule!r}")
+    while start < end and text[start] in TRIM_CHARS:
+        start += 1
+    while end > start and text[end - 1] in TRIM_CHARS:
+        end -= 1
+    return start, end
+
+
+def _int_id(value: Any, where: str, what: str) -> int:
+    if isinstance(value, bool):
+        raise DataError(f"{where}: {what} must be an integer, got {value!r}")
+    return parse_int(value, where, what)
+
+
+@dataclass(frozen=True)
+class MdaceNote:
+    """One MDACE admission's chosen discharge summary and its validated annotations."""
+
+    path: Path
+    hadm_id: int
+    note_index: int  # position in the file's ``notes``
+    note_id: int  # MIMIC-III NOTEEVENTS ROW_ID
+    description: str
+    annotations: tuple  # (k, begin, end, code, system "cm"|"pcs", type)
+
+
+def read_mdace(mdace_dir: str | os.PathLike) -> tuple[list[MdaceNote], dict]:
+    """MDACE as released (``data/{Inpatient,Profee}/{ICD-10,ICD-9}/1.0/<hadm_id>-<system>.json``;
+    a sub-folder, or a folder of such files, also works): the Inpatient ICD-10 admissions.
+
+    Each file is ``{hadm_id, notes: [{note_id, category, description, annotations: [{begin, end,
+    code, code_system, description, type}]}]}``. Files under ``Profee/`` or ``ICD-9/`` are skipped
+    and counted, as are annotations whose ``code_system`` is ``CPT`` or ICD-9, and notes whose
+    category is not "Discharge summary". Per admission the note used is the discharge summary
+    whose description is "Report" (a missing description counts as a report), the lowest integer
+    ``note_id`` when there are several; addenda ("Addendum") and further reports are counted and
+    skipped: their offsets point into their own text, never the report's. Structural problems
+    (wrong types, missing keys, an admission in two files) are a :class:`DataError` naming the file
+    and key. Returns ``(notes, report)``.
+    """
+    root = resolve_path(mdace_dir)
+    if not root.is_dir():
+        raise DataError(f"{root}: MDACE folder not found (data.mdace_dir should be MDACE's data/ folder)")
+    files = sorted(root.rglob("*.json"))
+    report: dict = {"source": f"MDACE {root}", "read": Counter(), "skipped": Counter()}
+    out: list[MdaceNote] = []
+    seen: dict[int, Path] = {}
+    for path in files:
+        parts = {p.lower() for p in path.relative_to(root).parts[:-1]}
+        if "profee" in parts:
+            report["skipped"]["Profee files (professional-fee coding)"] += 1
+            continue
+        if "icd-9" in parts or "icd9" in parts:
+            report["skipped"]["ICD-9 files"] += 1
+            continue
+        report["read"]["files"] += 1
+        note = _read_mdace_file(path, report, seen)
+        if note is not None:
+            out.append(note)
+    report["read"]["admissions (Inpatient ICD-10) with a report"] = len(out)
+    report["read"] = dict(report["read"])
+    return out, report
+
+
+def _read_mdace_file(path: Path, report: dict, seen: dict[int, Path]) -> Optional[MdaceNote]:
+    """The admission of one MDACE file with its discharge-summary report, or None without one."""
+    try:
+        obj = json.loads(read_text_file(path))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: malformed JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{path}: expected a JSON object")
+    for key in ("hadm_id", "notes"):
+        if key not in obj:
+            raise DataError(f"{path}: missing key {key!r}")
+    hadm = _int_id(obj["hadm_id"], str(path), "hadm_id")
+    if hadm in seen:
+        raise DataError(f"{path}: admission hadm_id {hadm} also in {seen[hadm]}")
+    seen[hadm] = path
+    if not isinstance(obj["notes"], list):
+        raise DataError(f"{path}: 'notes' must be a list, got {type(obj['notes']).__name__}")
+    ds_notes = _discharge_summaries(path, obj["notes"], report)
+    reports = sorted([x for x in ds_notes if x[2].lower() == "report"], key=lambda x: x[1])
+    for j, nid, desc, note in ds_notes:
+        if reports and (j, nid) == reports[0][:2]:
+            continue
+        if desc.lower() == "addendum":  # offsets refer to the addendum's own text
+            report["skipped"]["addenda (description Addendum) of an admission"] += 1
+            report["skipped"]["annotations on addenda"] += len(note["annotations"])
+        else:
+            report["skipped"]["additional discharge summaries (addenda) of an admission"] += 1
+            report["skipped"]["annotations on additional discharge summaries"] += len(note["annotations"])
+    if not reports:
+        report["skipped"]["admissions without a discharge summary report"] += 1
+        return None
+    j, nid, desc, note = reports[0]
+    anns = _report_annotations(path, j, note, report)
+    return MdaceNote(path, hadm, j, nid, desc, tuple(anns))
+
+
+def _discharge_summaries(path: Path, notes: list, report: dict) -> list[tuple[int, int, str, dict]]:
+    """``(index, note_id, description, note)`` of the discharge summaries of one file's ``notes``."""
+    ds_notes = []
+    for j, note in enumerate(notes):
+        for key in ("note_id", "category", "annotations"):
+            if not isinstance(note, dict) or key not in note:
+                raise DataError(f"{path}: notes[{j}] missing key {key!r}")
+        if not isinstance(note["annotations"], list):
+            raise DataError(f"{path}: notes[{j}].annotations must be a list, got {type(note['annotations']).__name__}")
+        nid = _int_id(note["note_id"], f"{path}: notes[{j}]", "note_id")
+        report["read"]["annotations"] += len(note["annotations"])
+        if str(note["category"]).strip().lower() == "discharge summary":
+            ds_notes.append((j, nid, str(note.get("description") or "Report").strip(), note))
+        else:
+            report["skipped"]["notes other than discharge summaries"] += 1
+            report["skipped"]["annotations on notes other than discharge summaries"] += len(note["annotations"])
+    return ds_notes
+
+
+def _report_annotations(path: Path, j: int, note: dict, report: dict) -> list[tuple]:
+    """The ICD-10 annotations of the chosen report: ``(k, begin, end, code, system, type, quoted)``."""
+    anns = []
+    for k, ann in enumerate(note["annotations"]):
+        where = f"{path}: notes[{j}].annotations[{k}]"
+        if not isinstance(ann, dict):
+            raise DataError(f"{where}: expected an object")
+        for key in ("begin", "end", "code", "code_system"):
+            if key not in ann:
+                raise DataError(f"{where}: missing key {key!r}")
+        system = str(ann["code_system"]).upper().replace(" ", "").replace("_", "-")
+        if "ICD-9" in system or "ICD9" in system:
+            report["skipped"]["ICD-9 annotations"] += 1
+            continue
+        if system == "CPT":
+            report["skipped"]["CPT annotations"] += 1
+            continue
+        sys = "pcs" if "PCS" in system else ("cm" if "CM" in system or system in ("ICD-10", "ICD10") else None)
+        if sys is None:
+            raise DataError(f"{where}: unknown code_system {ann['code_system']!r} (expected ICD-10-CM, ICD-10-PCS, ICD-9-CM or CPT)")
+        if not isinstance(ann["code"], str):
+            raise DataError(f"{where}: code must be a string, got {ann['code']!r}")
+        begin = _int_id(ann["begin"], where, "begin")
+        end = _int_id(ann["end"], where, "end")
+        anns.append((k, begin, end, ann["code"], sys, str(ann.get("type", "")), ann.get("covered_text", ann.get("text"))))
+    return anns
+
+
+
+def load_mdace(
+    mdace_dir: str | os.PathLike,
+    docs: pd.DataFrame,
+    on_mismatch: Literal["error", "skip"] = "error",
+) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """MDACE-format evidence keyed to ``docs`` by admission (``note_id = str(hadm_id)``): for files
+    whose offsets refer to the texts of ``docs`` (e.g. MDACE-style annotations made on MIMIC-IV).
+    MDACE *as released* refers to MIMIC-III notes: use :func:`load_mdace_mimic3` for it.
+
+    Files, notes and annotations are selected by :func:`read_mdace`. ``begin``/``end`` are half-open
+    offsets checked against the note text (and against ``covered_text`` / ``text`` when an
+    annotation carries it): a failure raises :class:`DataError` naming the file and annotation, or
+    with ``on_mismatch="skip"`` is counted. Admissions absent from ``docs`` are counted and skipped.
+    Granularity ``evidence``; the MDACE ``type`` is kept in ``evidence_type``. Returns ``(docs with
+    annotated=True on matched documents, spans, report)``.
+    """
+    notes, report = read_mdace(mdace_dir)
+    report["skipped"] = Counter(report["skipped"])
+    texts = dict(zip(docs["note_id"].astype(str), docs["text"]))
+    codes_of = {str(n): set(cs) for n, cs in zip(docs["note_id"], docs["codes"])}
+    rows: list[dict] = []
+    n_ann = 0
+    for note in notes:
+        nid = str(note.hadm_id)
+        if nid not in texts:
+            report["skipped"]["admissions not among the documents"] += 1
+            report["skipped"]["annotations of admissions not among the documents"] += len(note.annotations)
+            continue
+        text = texts[nid]
+        for k, start, end, raw_code, sys, etype, quoted in note.annotations:
+            n_ann += 1
+            where = f"{note.path}: notes[{note.note_index}].annotations[{k}]"
+            code = code_for_doc(raw_code, sys, codes_of[nid], where)
+            problem = None
+            if not (0 <= start < end <= len(text)):
+                problem = f"offsets [{start}, {end}) outside note {nid!r} of length {len(text)}"
+            elif quoted is not None and collapse_ws(str(quoted)) != collapse_ws(text[start:end]):
+                problem = f"span text {quoted!r} does not match note text {text[start:end]!r}"
+            if problem:
+                if on_mismatch == "error":
+                    raise DataError(f"{where}: {problem}")
+                report["skipped"]["annotations whose offsets or text do not fit the note"] += 1
+                continue
+            if code not in codes_of[nid]:
+                report.setdefault("warnings", Counter())["span codes not among the document's codes (kept)"] += 1
+            rows.append({"note_id": nid, "code": code, "start": start, "end": end, "granularity": "evidence",
+                         "source": "human", "evidence_type": etype, "source_note_id": str(note.note_id)})
+    spans = spans_frame(rows, ["evidence_type", "source_note_id"])
+    dup = spans.duplicated(["note_id", "code", "start", "end"])
+    if dup.any():
+        report["skipped"]["duplicate spans (same note, code and offsets)"] += int(dup.sum())
+        spans = spans[~dup].reset_index(drop=True)
+    report["read"]["annotations on kept discharge summaries"] = n_ann
+    report["kept"] = {"spans": int(len(spans)), "annotated documents": int(spans["note_id"].nunique())}
+    report["skipped"] = dict(report["skipped"])
+    if "warnings" in report:
+        report["warnings"] = dict(report["warnings"])
+    docs = docs.copy()
+    docs["annotated"] = docs["annotated"] | docs["note_id"].isin(set(spans["note_id"]))
+    return docs, spans, report
+
+
+#: NOTEEVENTS columns the MIMIC-III reader needs.
+NOTEEVENTS_COLUMNS = ["ROW_ID", "HADM_ID", "CATEGORY", "DESCRIPTION", "TEXT"]
+
+
+def read_noteevents(path: str | os.PathLike, row_ids: set[int]) -> dict[int, dict]:
+    """The MIMIC-III ``NOTEEVENTS.csv`` (or ``.csv.gz``) rows whose integer ``ROW_ID`` is in
+    ``row_ids``, streamed (the file is ~4 GB): ``ROW_ID -> {hadm_id, category, description,
+    iserror, text, line}``. A bad header, a row with the wrong number of fields or a non-integer
+    ``ROW_ID`` is a :class:`DataError` naming the file and line."""
+    path = resolve_path(path)
+    if not path.exists():
+        raise DataError(f"{path}: file not found (data.mimic3_noteevents should be MIMIC-III NOTEEVENTS.csv or .csv.gz)")
+    out: dict[int, dict] = {}
+    col: dict[str, int] = {}
+    for header, _, first, row in csv_rows(path, NOTEEVENTS_COLUMNS):
+        col = col or {c: header.index(c) for c in header}
+        rid = parse_int(row[col["ROW_ID"]], f"{path} line {first}", "ROW_ID")
+        if rid in row_ids:
+            if "\x00" in row[col["TEXT"]]:
+                raise DataError(f"{path} line {first}: NUL byte in TEXT of ROW_ID {rid}")
+            out[rid] = {"hadm_id": row[col["HADM_ID"]].strip(), "category": row[col["CATEGORY"]].strip(),
+                        "description": row[col["DESCRIPTION"]].strip(), "text": row[col["TEXT"]],
+                        "iserror": row[col["ISERROR"]].strip() if "ISERROR" in col else "", "line": first}
+    return out
+
+
+@dataclass(frozen=True)
+class _CodeRules:
+    """How :func:`load_mdace_mimic3` maps, keeps and trims an annotation."""
+
+    known: frozenset  # codes of the MIMIC-IV documents (any split)
+    trained: frozenset  # codes of their training documents
+    trim: str
+    unseen: str
+
+
+@dataclass
+class _Mimic3Tally:
+    """What :func:`load_mdace_mimic3` counts while it reads the notes."""
+
+    skipped: Counter
+    mapped: Counter = field(default_factory=Counter)
+    mapping_used: dict = field(default_factory=dict)
+    unseen_codes: Counter = field(default_factory=Counter)
+    n_trimmed: int = 0
+
+
+def load_mdace_mimic3(
+    mdace_dir: str | os.PathLike,
+    noteevents: str | os.PathLike,
+    train_docs: pd.DataFrame,
+    trim: Literal["edges", "edin", "none"] = "edges",
+    unseen: Literal["keep", "drop"] = "keep",
+    split: str = "test",
+) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """MDACE's Inpatient ICD-10 admissions as evaluation documents, their text from MIMIC-III
+    (the route of Edin et al. 2024: train on MIMIC-IV, evaluate rationales on MDACE).
+
+    - Notes: :func:`read_mdace` picks each admission's discharge-summary report; its MDACE
+      ``note_id`` is the NOTEEVENTS ``ROW_ID`` (integers compared as integers). The document is
+      ``note_id = "mimic3_<ROW_ID>"``, ``split`` (default ``test``), ``annotated=True``,
+      ``credentialed=True``. A ROW_ID absent from NOTEEVENTS, or whose HADM_ID or CATEGORY differ
+      from MDACE's, is an error naming both files.
+    - Spans: offsets are checked against the text (``0 <= begin < end <= len``: else an error),
+      then trimmed (:func:`trim_span`, rule ``trim``); spans empty after trimming are counted and
+      skipped; duplicates (same note, code, offsets) counted and merged.
+    - Codes: normalised (dotted ICD-10-CM, undotted PCS), then mapped to the code versions of the
+      MIMIC-IV documents ``train_docs`` (:func:`map_code_version`; counted by how). A code no
+      training document carries is counted and listed; ``unseen="keep"`` keeps it (its spans,
+      and it stays a gold code, a miss for every model), ``"drop"`` removes it and its spans.
+    - ``codes`` of a document: its mapped codes with at least one kept span, in first-span order.
+
+    Returns ``(documents, spans, report)``; the report holds every count.
+    """
+    notes, report = read_mdace(mdace_dir)
+    tally = _Mimic3Tally(Counter(report["skipped"]))
+    rules = _CodeRules(frozenset(c for cs in train_docs["codes"] for c in cs),
+                       frozenset(c for cs, s in zip(train_docs["codes"], train_docs["split"]) if s == "train" for c in cs),
+                       trim, unseen)
+    rows_of = read_noteevents(noteevents, {n.note_id for n in notes})
+    ne_path = resolve_path(noteevents)
+    doc_rows, span_rows = [], []
+    for note in notes:
+        text = _mimic3_text(note, rows_of.get(note.note_id), ne_path, report)
+        nid = f"mimic3_{note.note_id}"
+        rows, codes = _mimic3_spans(note, text, nid, rules, tally)
+        span_rows.extend(rows)
+        if not codes:
+            tally.skipped["admissions left without spans"] += 1
+            continue
+        doc_rows.append({"note_id": nid, "text": text, "codes": codes, "split": split, "annotated": True,
+                         "fewshot": False, "credentialed": True})
+    docs = docs_frame(doc_rows)
+    spans = spans_frame(span_rows, ["evidence_type", "source_note_id"])
+    dup = spans.duplicated(["note_id", "code", "start", "end"])
+    if dup.any():
+        tally.skipped["duplicate spans (same note, code and offsets, after mapping and trimming)"] += int(dup.sum())
+        spans = spans[~dup].reset_index(drop=True)
+    report["source"] += f" with MIMIC-III text from {ne_path}"
+    report["code versions"] = {**dict(tally.mapped), "mapping used": dict(sorted(tally.mapping_used.items()))}
+    report["codes no training document carries"] = {
+        "rule": f"{unseen}: " + ("kept as gold codes (misses for every model) with their spans" if unseen == "keep"
+                                 else "dropped with their spans"),
+        "distinct codes": len(tally.unseen_codes), "annotations": int(sum(tally.unseen_codes.values())),
+        "codes": dict(sorted(tally.unseen_codes.items())),
+    }
+    report["trimming"] = {"rule": trim, "spans trimmed": tally.n_trimmed}
+    report["skipped"] = dict(tally.skipped)
+    if "warnings" in report:
+        report["warnings"] = dict(report["warnings"])
+    report["kept"] = {"documents": int(len(docs)), "spans": int(len(spans)), "split": split}
+    return docs, spans, report
+
+
+def _mimic3_text(note: MdaceNote, row: Optional[dict], ne_path: Path, report: dict) -> str:
+    """The NOTEEVENTS text of ``note``, checked to be its admission's discharge summary."""
+    if row is None:
+        raise DataError(f"{note.path}: note_id {note.note_id} (hadm_id {note.hadm_id}) is not a ROW_ID of {ne_path}")
+    if row["hadm_id"] and parse_int(row["hadm_id"], f"{ne_path} line {row['line']}", "HADM_ID") != note.hadm_id:
+        raise DataError(f"{note.path}: hadm_id {note.hadm_id} but {ne_path} line {row['line']} (ROW_ID {note.note_id}) "
+                        f"has HADM_ID {row['hadm_id']}")
+    if row["category"].lower() != "discharge summary":
+        raise DataError(f"{note.path}: note_id {note.note_id} is a {row['category']!r} note in {ne_path} "
+                        f"line {row['line']}, not a discharge summary")
+    if row["iserror"] == "1":
+        report.setdefault("warnings", Counter())["notes marked ISERROR in NOTEEVENTS (kept: MDACE annotated them)"] += 1
+    return row["text"]
+
+
+def _mimic3_spans(note: MdaceNote, text: str, nid: str, rules: _CodeRules,
+                  tally: _Mimic3Tally) -> tuple[list[dict], list[str]]:
+    """The kept span rows of one note and its codes in first-span order."""
+    rows: list[dict] = []
+    codes: list[str] = []
+    for k, start, end, raw_code, sys, etype, quoted in note.annotations:
+        where = f"{note.path}: notes[{note.note_index}].annotations[{k}]"
+        if not (0 <= start < end <= len(text)):
+            raise DataError(f"{where}: offsets [{start}, {end}) outside NOTEEVENTS ROW_ID {note.note_id} of length {len(text)}")
+        if quoted is not None and collapse_ws(str(quoted)) != collapse_ws(text[start:end]):
+            raise DataError(f"{where}: span text {quoted!r} does not match note text {text[start:end]!r}")
+        try:
+            code = icd.normalize_code(raw_code, sys)
+        except icd.CodeError as exc:
+            raise DataError(f"{where}: {exc}") from None
+        new, how = map_code_version(code, rules.known)
+        tally.mapped[f"annotations whose code is {how}" if how != "same" else "annotations whose code MIMIC-IV has"] += 1
+        if how in ("prefix", "table"):
+            tally.mapping_used[code] = new
+        if new not in rules.trained:
+            tally.unseen_codes[new] += 1
+            if rules.unseen == "drop":
+                tally.skipped["annotations of codes no training document carries (dropped)"] += 1
+                continue
+        s, e = trim_span(text, start, end, rules.trim)
+        if (s, e) != (start, end):
+            tally.n_trimmed += 1
+        if s >= e:
+            tally.skipped["spans empty after trimming punctuation and whitespace"] += 1
+            continue
+        rows.append({"note_id": nid, "code": new, "start": s, "end": e, "granularity": "evidence",
+                     "source": "human", "evidence_type": etype, "source_note_id": str(note.note_id)})
+        if new not in codes:
+            codes.append(new)
+    return rows, codes
