@@ -6,7 +6,7 @@ import json
 import re
 from typing import Any, Mapping, Optional, Sequence
 
-from rationale_kit.rationales.llm.backends.base import BLOCK_FINISH_REASONS, LLMResponse
+from rationale_kit.rationales.llm.response import BLOCK_FINISH_REASONS, LLMResponse
 
 
 _TYPES = {"object": dict, "array": list, "string": str, "boolean": bool, "null": type(None)}

@@ -6,28 +6,14 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import time
-from dataclasses import dataclass
 from typing import Any, Optional
 
 from rationale_kit.rationales.llm.credentials import RUN_CLEARED, credential_guard
 from rationale_kit.rationales.llm.prompting import Prompt
+from rationale_kit.rationales.llm.response import BLOCK_FINISH_REASONS, LLMResponse  # noqa: F401 (re-exported)
 
 
 #: Finish reasons meaning the provider withheld the answer.
-BLOCK_FINISH_REASONS = {"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY"}
-
-
-@dataclass(frozen=True)
-class LLMResponse:
-    """One raw answer. ``blocked_reason`` is set when the provider withheld it."""
-
-    text: str
-    finish_reason: Optional[str]
-    input_tokens: int
-    output_tokens: int
-    blocked_reason: Optional[str] = None
-
-
 def run_coro(coro: Any) -> Any:
     """Run a coroutine to completion, also from inside a running loop (Jupyter: then in a thread
     with its own loop; an interrupt of the caller cancels the run there)."""
