@@ -220,3 +220,14 @@ def test_kernel_imports_the_package_of_the_checkout_the_runner_runs_in(tmp_path)
     assert where.exists() and where.read_text() == str(copy / "rationale_kit" / "__init__.py")
     assert not (pipeline.ROOT / "artifacts" / "two").exists()
     assert (copy / "runs" / "two" / "01_data.ipynb").exists()
+
+
+def test_interfaces_doc_lists_every_declared_artifact():
+    from rationale_kit.workbook import artifacts as A
+
+    doc = (pipeline.ROOT / "docs" / "INTERFACES.md").read_text(encoding="utf-8")
+    assert A.markdown_table() in doc, "docs/INTERFACES.md: paste artifacts.markdown_table() again"
+    for a in A.ARTIFACTS:
+        assert f"`{a.key}`" in doc, a.key
+    assert len({a.key for a in A.ARTIFACTS}) == len(A.ARTIFACTS)  # one record per file
+    assert {a.writer for a in A.ARTIFACTS} <= set(pipeline.NOTEBOOKS)

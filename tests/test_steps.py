@@ -112,7 +112,7 @@ def test_rationale_sources_switch_off_gradient_entity_and_teachers(tmp_path):
     assert set(soft.source) == {"attention"}
     assert report["caml"]["gradient"] == "not computed (rationales.sources)"
     codes = pd.DataFrame({"code": ["I10", "E11.9"], "description": ["Essential hypertension", "Type 2 diabetes"]})
-    spans, mentions = steps.entity_rationales(docs, pairs, codes, prof)
+    spans, mentions = steps.run_entity_linking(docs, pairs, codes, prof)
     assert len(spans) == 0 and len(mentions) == 0 and "start" in spans.columns
     quotes, calls = steps.llm_rationales(None, docs, load_profile("smoke", {"rationales": {"sources": ["attention"]}}),
                                          tmp_path, {"llm_zero": 0, "llm_few": 1})

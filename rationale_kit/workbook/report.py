@@ -19,8 +19,10 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 import pandas as pd
 
 from rationale_kit.core.config import Profile
-from rationale_kit.core.runtime import git_commit as _git_commit
-from rationale_kit.workbook.runner import NOTEBOOKS, artifacts_root, figures_dir
+from rationale_kit.core.runtime import git_commit
+from rationale_kit.workbook import artifacts as A
+from rationale_kit.workbook.artifacts import Artifact
+from rationale_kit.workbook.context import MANIFEST_FILE, NOTEBOOKS, artifacts_root, figures_dir
 
 _STATUS = {"ok": "ran", "skipped": "skipped (unchanged)", "failed": "FAILED", "missing": "notebook file missing"}
 
@@ -79,13 +81,13 @@ def _json(path: Path) -> dict:
         return {}
 
 
-def _csv(folder: Path, name: str, caption: str, digits: int = 4, index: Any = None,
+def _csv(root: Path, artifact: Artifact, caption: str, digits: int = 4, index: Any = None,
          shape: Callable[[pd.DataFrame], pd.DataFrame] | None = None) -> Table | str:
-    path = folder / name
+    path = root / artifact.key
     if not path.exists():
-        return f"table not found: {name} is missing from {folder}"
+        return f"table not found: {artifact.file} is missing from {root / artifact.writer}"
     frame = pd.read_csv(path, index_col=index)
-    return Table(caption, shape(frame) if shape else frame, f"{folder.name}/{name}", digits)
+    return Table(caption, shape(frame) if shape else frame, artifact.key, digits)
 
 
 def _statistics(frame: pd.DataFrame) -> pd.DataFrame:
@@ -112,31 +114,32 @@ def _aopc_note() -> str:
     return NOTE_AOPC
 
 
-def _sections(d: Callable[[str], Path], figures_dir: Path) -> list[tuple[str, str, Callable[[], list]]]:
+def _sections(root: Path, figures_dir: Path) -> list[tuple[str, str, Callable[[], list]]]:
     def guided() -> list:
         fig = figures_dir / "07_tradeoff.png"
         return [Figure("plausibility / coding trade-off of guided learning", fig, fig.read_bytes() if fig.is_file() else None),
-                _csv(d("07_guided_learning"), "summary.csv", "guided learning summary")]
+                _csv(root, A.GUIDED_SUMMARY, "guided learning summary")]
 
     return [
-        ("01_data", "Dataset", lambda: [_csv(d("01_data"), "statistics.csv", "dataset statistics", 2, 0, _statistics)]),
-        ("02_train", "Coding", lambda: [_csv(d("02_train"), "coding_table.csv", "coding performance on the test notes", 3, 0, _coding)]),
-        ("06_plausibility", "Plausibility", lambda: [_csv(d("06_plausibility"), "plausibility_table.csv",
+        ("01_data", "Dataset", lambda: [_csv(root, A.STATISTICS, "dataset statistics", 2, 0, _statistics)]),
+        ("02_train", "Coding", lambda: [_csv(root, A.CODING_TABLE, "coding performance on the test notes", 3, 0, _coding)]),
+        ("06_plausibility", "Plausibility", lambda: [_csv(root, A.PLAUSIBILITY_TABLE,
                                                           "plausibility (F1, all granularities, all codes)", 4, [0, 1])]),
         ("05_faithfulness", "Faithfulness", lambda: [
             _aopc_note(),
-            _csv(d("05_faithfulness"), "faithfulness_table.csv", "faithfulness of the rationales", 4, None, _faithfulness("rationale")),
-            _csv(d("05_faithfulness"), "faithfulness_table.csv", "rationale minus random control", 4, None, _faithfulness("difference")),
+            _csv(root, A.FAITHFULNESS_TABLE, "faithfulness of the rationales", 4, None, _faithfulness("rationale")),
+            _csv(root, A.FAITHFULNESS_TABLE, "rationale minus random control", 4, None, _faithfulness("difference")),
         ]),
         ("07_guided_learning", "Guided learning", guided),
         ("08_few_shot", "Few-shot", lambda: [
             "The teacher is the LLM backend named in the header; the bundled local SmolLM2-135M is a very weak "
             "teacher whose quotes rarely align to the note, so its rows are near zero by construction.",
-            _csv(d("08_few_shot"), "summary.csv", "PI token F1: zero-shot vs few-shot teacher")]),
+            _csv(root, A.FEW_SHOT_SUMMARY, "PI token F1: zero-shot vs few-shot teacher")]),
     ]
 
 
-VERDICT_FILES = (("06_plausibility", "a"), ("05_faithfulness", "b"), ("07_guided_learning", "c"), ("08_few_shot", "d"))
+# the report lists findings in the order a, b, c, d (notebooks 06, 05, 07, 08)
+VERDICT_FILES = tuple((a.writer, finding) for finding, a in A.VERDICTS)
 FINDINGS = {"a": "plausibility: LLM > entity > attention (PI token F1)",
             "b": "attention more comprehensive, entity more sufficient",
             "c": "guided learning raises plausibility at a coding cost",
@@ -154,12 +157,12 @@ def _ci(est: Any, lo: Any, hi: Any, digits: int = 3) -> str:
 
 def _verdicts(root: Path) -> Section:
     parts, missing = [], []
-    for nb, finding in VERDICT_FILES:
-        path = root / nb / "verdicts.csv"
+    for finding, artifact in A.VERDICTS:
+        path = root / artifact.key
         if path.exists():
             parts.append(pd.read_csv(path))
         else:
-            missing.append(f"finding ({finding}) {FINDINGS[finding]}: no verdicts yet ({nb}/verdicts.csv not written)")
+            missing.append(f"finding ({finding}) {FINDINGS[finding]}: no verdicts yet ({artifact.key} not written)")
     notes = ["Each comparison is a - b on the units both sides have, with a 95% paired bootstrap interval over "
              "notes: 'holds' when the whole interval lies on the expected side of 0, 'does not hold' when it lies "
              "on the other side, otherwise 'inconclusive'. Rows marked 'as above' combine the rows before them."]
@@ -177,7 +180,7 @@ def _verdicts(root: Path) -> Section:
 def _compact(root: Path, profile: Profile) -> Section:
     tables, notes = [], []
     k = profile.rationales.topk
-    p = root / "06_plausibility" / "plausibility_table.csv"
+    p = root / A.PLAUSIBILITY_TABLE.key
     if p.exists():
         t = pd.read_csv(p)
         if {"pi_lo", "pi_hi", "token_position_independent"} <= set(t.columns):
@@ -188,8 +191,8 @@ def _compact(root: Path, profile: Profile) -> Section:
                                   "exact token F1": t.get("token_exact"), "n_notes": t.get("n_notes"), "n_pairs": t.get("n_pairs"),
                                   "coverage": t.get("coverage")})
             tables.append(Table(f"plausibility (report notes; model rationales as top-{k})", frame.reset_index(drop=True),
-                                "06_plausibility/plausibility_table.csv", 3))
-    f = root / "05_faithfulness" / "faithfulness_table.csv"
+                                A.PLAUSIBILITY_TABLE.key, 3))
+    f = root / A.FAITHFULNESS_TABLE.key
     if f.exists():
         t = pd.read_csv(f)
         if "rationale_lo" in t.columns:
@@ -199,8 +202,8 @@ def _compact(root: Path, profile: Profile) -> Section:
             wide = wide.join(t.groupby(["model", "source"])[["n_pairs", "n_notes"]].max())
             wide.columns.name = None
             tables.append(Table("faithfulness of discrete rationales (mean over pairs [95% CI])", wide,
-                                "05_faithfulness/faithfulness_table.csv", 3))
-    g = root / "07_guided_learning" / "tradeoff_verdict.csv"
+                                A.FAITHFULNESS_TABLE.key, 3))
+    g = root / A.TRADEOFF.key
     if g.exists():
         t = pd.read_csv(g)
         if "gain lo" in t.columns:
@@ -209,15 +212,15 @@ def _compact(root: Path, profile: Profile) -> Section:
                                   "micro-F1 change [95% CI]": [_ci(*x) for x in zip(t["micro-F1 change"], t["change lo"], t["change hi"])],
                                   "n_notes": t.n_notes, "seeds": t.seeds})
             tables.append(Table("guided learning against the unguided model (report notes)", frame,
-                                "07_guided_learning/tradeoff_verdict.csv", 3))
-    s = root / "08_few_shot" / "summary.csv"
+                                A.TRADEOFF.key, 3))
+    s = root / A.FEW_SHOT_SUMMARY.key
     if s.exists():
         t = pd.read_csv(s)
         if "gain lo" in t.columns:
             frame = pd.DataFrame({"role": t.role, "zero-shot": t["zero-shot"], "few-shot": t["few-shot"],
                                   "gain [95% CI]": [_ci(*x) for x in zip(t.gain, t["gain lo"], t["gain hi"])],
                                   "n_notes": t.n_notes, "n_pairs": t.n_pairs})
-            tables.append(Table("few-shot vs zero-shot teacher and students (same units)", frame, "08_few_shot/summary.csv", 3))
+            tables.append(Table("few-shot vs zero-shot teacher and students (same units)", frame, A.FEW_SHOT_SUMMARY.key, 3))
     if not tables:
         notes.append("no table with intervals yet (notebooks 05-08 not run with the evaluation design)")
     return Section("headline", "Headline tables with 95% bootstrap intervals over notes", True, tuple(notes), tuple(tables))
@@ -298,22 +301,22 @@ def collect(profile: Profile, artifacts_root: str | os.PathLike, figures_dir: st
     """Everything the report shows. ``timings``: one dict per notebook (``notebook, status, seconds,
     finished``), as :func:`runner_timings` gives; missing notebooks use their manifest's duration."""
     root, figs = Path(artifacts_root), Path(figures_dir)
-    manifests = {n: _json(root / n / "manifest.json") for n in NOTEBOOKS}
-    boot = {n: _json(root / n / "bootstrap_timing.json").get("bootstrap_seconds") for n in NOTEBOOKS}
+    manifests = {n: _json(root / n / MANIFEST_FILE) for n in NOTEBOOKS}
+    boot = {t.writer: _json(root / t.key).get("bootstrap_seconds") for t in A.BOOTSTRAP_TIMINGS}
     timing = _timings(timings, manifests, {n: v for n, v in boot.items() if v is not None})
     by_name = {t.notebook: t for t in timing}
     sections = tuple(_section(n, title, load, manifests[n], by_name.get(n), profile.name)
-                     for n, title, load in _sections(lambda n: root / n, figs))
-    thresholds = _json(root / "02_train" / "thresholds.json")
+                     for n, title, load in _sections(root, figs))
+    thresholds = _json(root / A.THRESHOLDS.key)
     trained = ", ".join(thresholds) if thresholds else "none yet (02_train not run)"
     llm = manifests["03_rationales"].get("parameters", {}).get("rationales", {}).get("llm") or {
         k: getattr(profile.rationales.llm, k) for k in ("backend", "model", "local_path", "replay_file")}
     header = (
         ("profile", profile.name),
-        ("data", _data_line(profile, _json(root / "01_data" / "report.json") if manifests["01_data"] else {})),
+        ("data", _data_line(profile, _json(root / A.DATA_REPORT.key) if manifests["01_data"] else {})),
         ("models trained", trained),
         ("LLM (backend · model)", _llm_line(llm)),
-        ("git commit", commit or _git_commit()),
+        ("git commit", commit or git_commit()),
         ("date", date or time.strftime("%Y-%m-%d %H:%M:%S")),
         ("artifacts", str(root)),
     )

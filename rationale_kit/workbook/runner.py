@@ -1,200 +1,39 @@
-"""Notebook context (``setup``), artifacts with manifests, and the papermill runner."""
+"""The papermill runner of the notebook series: ``run_series``, its ``state.json``, the profile
+lock, the package hash that decides what re-runs, and the figures' provenance.
+
+The notebook side (``setup``, ``Context``, artifact folders) is :mod:`rationale_kit.workbook.context`;
+its names are re-exported here for the callers that import them from the runner.
+"""
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from rationale_kit.core.config import Profile, load_profile, to_dict
-from rationale_kit.core.runtime import (
-    ROOT,
-    atomic_write_text,
-    file_hash,
-    git_commit,
-    pick_device,
-    seed_everything,
-    versions,
+from rationale_kit.core.config import Profile, load_profile
+from rationale_kit.core.runtime import ROOT, atomic_write_text, git_commit
+from rationale_kit.workbook.context import (  # noqa: F401 - re-exported for callers of the runner
+    NOTEBOOKS,
+    MANIFEST_FILE,
+    NOTEBOOKS_DIR,
+    Context,
+    MissingArtifact,
+    StaleArtifact,
+    artifacts_root,
+    figures_dir,
+    setup,
+    verify_artifacts,
 )
-
-NOTEBOOKS_DIR = ROOT / "notebooks"
-
-#: The series, in order. Each notebook writes artifacts/<profile>/<name>/.
-NOTEBOOKS = [
-    "01_data",
-    "02_train",
-    "03_rationales",
-    "04_alignment",
-    "05_faithfulness",
-    "06_plausibility",
-    "07_guided_learning",
-    "08_few_shot",
-]
-
-
-class MissingArtifact(RuntimeError):
-    """An upstream notebook has not been run for this profile."""
-
-
-class StaleArtifact(RuntimeError):
-    """An upstream artifact differs from the hash its notebook's manifest recorded (or is gone)."""
 
 
 class RunLocked(RuntimeError):
     """Another run of the same profile is in progress."""
 
 
-def artifacts_root(profile: Profile) -> Path:
-    """``artifacts/<profile>/``: one folder per notebook below it."""
-    return ROOT / profile.common.artifacts_dir / profile.name
-
-
-def figures_dir(profile: Profile) -> Path:
-    """``figures/`` for the default profile (the committed figures), ``figures/<profile>/`` else."""
-    d = ROOT / profile.common.figures_dir
-    return d if profile.name == "default" else d / profile.name
-
-
-@dataclass
-class Context:
-    """What a notebook needs: its profile, output folder, device and upstream artifacts."""
-
-    notebook: str
-    profile: Profile
-    out_dir: Path
-    device: str
-    started: float
-    _verified: set = dataclasses.field(default_factory=set, repr=False)
-
-    @property
-    def p(self) -> Profile:
-        return self.profile
-
-    @property
-    def artifacts_root(self) -> Path:
-        return artifacts_root(self.profile)
-
-    @property
-    def figures_dir(self) -> Path:
-        d = figures_dir(self.profile)
-        d.mkdir(parents=True, exist_ok=True)
-        return d
-
-    def upstream(self, notebook: str) -> Path:
-        """Folder of an upstream notebook's artifacts; fails at once when it has not been run, or
-        when one of its files differs from the hash in its manifest (:class:`StaleArtifact`)."""
-        d = self.artifacts_root / notebook
-        rerun = (f"python -m rationale_kit run --profile {self.profile.name} --only {notebook[:2]}")
-        if not (d / "manifest.json").exists():
-            raise MissingArtifact(
-                f"{self.notebook} needs the artifacts of {notebook} for profile "
-                f"{self.profile.name!r} ({d} has no manifest): run notebooks/{notebook}.ipynb first "
-                f"({rerun})"
-            )
-        if notebook not in self._verified:
-            verify_artifacts(d, rerun)
-            self._verified.add(notebook)
-        return d
-
-    def figure(self, name: str) -> Path:
-        return self.figures_dir / name
-
-    def save_manifest(self, inputs: Iterable[str | os.PathLike] = (), extra: dict | None = None) -> Path:
-        """Write ``manifest.json``: parameters, input hashes, versions, git commit, duration."""
-        hashes = {}
-        for p in inputs:
-            p = Path(p)
-            if p.is_file():
-                hashes[str(p.relative_to(ROOT) if p.is_relative_to(ROOT) else p)] = file_hash(p)
-        outputs = sorted(q for q in self.out_dir.rglob("*") if q.is_file() and q.name != "manifest.json"
-                         and not q.name.endswith(".tmp"))
-        manifest = {
-            "notebook": self.notebook,
-            "profile": self.profile.name,
-            "parameters": to_dict(self.profile),
-            "inputs": hashes,
-            "outputs": [str(q.relative_to(self.out_dir)) for q in outputs],
-            # checked when a later notebook reads this folder (Context.upstream)
-            "output_hashes": {str(q.relative_to(self.out_dir)): file_hash(q) for q in outputs},
-            "versions": versions(),
-            "git_commit": git_commit(),
-            "device": self.device,
-            "seconds": round(time.time() - self.started, 1),
-            **(extra or {}),
-        }
-        path = self.out_dir / "manifest.json"
-        atomic_write_text(path, json.dumps(manifest, indent=2, default=str))  # the notebook's last write
-        return path
-
-
-def verify_artifacts(folder: str | os.PathLike, rerun: str = "") -> dict:
-    """Check every file listed in ``folder/manifest.json``'s ``output_hashes`` against its hash;
-    returns the manifest. A missing or changed file raises :class:`StaleArtifact` naming the file and
-    the notebook to re-run; an unreadable manifest raises it too."""
-    folder = Path(folder)
-    path = folder / "manifest.json"
-    what = f"re-run notebooks/{folder.name}.ipynb" + (f" ({rerun})" if rerun else "")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(manifest, dict):
-            raise ValueError("not a JSON object")
-    except (OSError, ValueError) as exc:
-        raise StaleArtifact(f"{path} is unreadable ({type(exc).__name__}: {exc}); {what}") from None
-    for rel, want in (manifest.get("output_hashes") or {}).items():
-        f = folder / rel
-        if not f.is_file():
-            raise StaleArtifact(f"{f} is listed in {path} but missing; {what}")
-        got = file_hash(f)
-        if got != want:
-            raise StaleArtifact(
-                f"{f} was changed after {folder.name} wrote it (sha256 {got}, manifest {want}); {what}"
-            )
-    return manifest
-
-
-def setup(notebook: str, profile: str | None = None, overrides: dict | None = None, show: bool = True) -> Context:
-    """Load and validate the profile, seed everything, pick the device, limit threads.
-
-    ``profile`` None means ``$RK_PROFILE`` or ``default``. Returns the notebook's :class:`Context`.
-    """
-    profile = profile or os.environ.get("RK_PROFILE", "default")
-    prof = load_profile(profile, overrides)
-    seed_everything(prof.common.seed)
-    device = pick_device(prof.common.device)
-    try:
-        import torch
-
-        torch.set_num_threads(max(1, prof.common.threads))
-    except ImportError:  # pragma: no cover
-        pass
-    out_dir = artifacts_root(prof) / notebook
-    out_dir.mkdir(parents=True, exist_ok=True)
-    # the folder is "done" only once save_manifest() writes the manifest again at the end
-    (out_dir / "manifest.json").unlink(missing_ok=True)
-    ctx = Context(notebook=notebook, profile=prof, out_dir=out_dir, device=device, started=time.time())
-    if show:
-        print(f"notebook {notebook} | profile {prof.name} | device {device} | seed {prof.common.seed}")
-        print("versions:", ", ".join(f"{k} {v}" for k, v in versions().items()))
-        section = {
-            "01_data": "data", "02_train": "train", "03_rationales": "rationales",
-            "04_alignment": "alignment", "05_faithfulness": "faithfulness",
-            "06_plausibility": "plausibility", "07_guided_learning": "guided", "08_few_shot": "few_shot",
-        }.get(notebook)
-        shown = {"common": dataclasses.asdict(prof.common)}
-        if section:
-            shown[section] = dataclasses.asdict(getattr(prof, section))
-        print(json.dumps(shown, indent=1, default=str))
-    return ctx
-
-
-# --------------------------------------------------------------------------------------------
-# the runner
-# --------------------------------------------------------------------------------------------
 def _package_hash() -> str:
     """Hash of the package sources: a change in rationale_kit re-runs the notebooks."""
     h = hashlib.sha256()
@@ -292,7 +131,7 @@ def _upstream_digest(prof: Profile, name: str) -> bytes:
     manifest), or a marker when it has none, whether or not it is in this run's selection."""
     h = hashlib.sha256()
     for up in NOTEBOOKS[: NOTEBOOKS.index(name)] if name in NOTEBOOKS else []:
-        path = artifacts_root(prof) / up / "manifest.json"
+        path = artifacts_root(prof) / up / MANIFEST_FILE
         h.update(up.encode())
         try:
             m = json.loads(path.read_text(encoding="utf-8"))
@@ -394,7 +233,7 @@ def _run_locked(pm: Any, prof: Profile, nb_profile: str, profile_file: Path, onl
             results.append({"notebook": name, "status": "missing"})
             break
         key = hashlib.sha256(base.digest() + src.read_bytes() + _upstream_digest(prof, name)).hexdigest()[:16]
-        manifest = artifacts_root(prof) / name / "manifest.json"
+        manifest = artifacts_root(prof) / name / MANIFEST_FILE
         prev = state.get(name, {})
         if (not force and prev.get("status", "done") == "done" and prev.get("key") == key
                 and manifest.exists() and out.exists()):

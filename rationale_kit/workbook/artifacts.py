@@ -1,0 +1,178 @@
+"""The artifact contract of the notebook series, declared once.
+
+One frozen :class:`Artifact` per file a notebook leaves in ``artifacts/<profile>/<notebook>/``:
+its file name, the notebook that writes it, the notebooks (or the report) that read it, and its
+columns (tables) or keys (JSON). Notebooks, protocols and the report name artifacts through these
+records instead of file-name literals; ``docs/INTERFACES.md`` lists them (``markdown_table()``,
+kept in sync by a test).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One file of a notebook's artifact folder (``file`` relative to that folder)."""
+
+    file: str
+    writer: str  # the notebook that writes it
+    readers: tuple[str, ...] = ()  # notebooks that read it; "report" for the run report
+    columns: tuple[str, ...] = ()  # table columns (JSON: top-level keys); () = free-form
+    about: str = ""
+
+    @property
+    def key(self) -> str:
+        """``<writer>/<file>``: where it lies below ``artifacts/<profile>/``."""
+        return f"{self.writer}/{self.file}"
+
+
+VERDICT_COLUMNS = ("finding", "comparison", "model", "dataset", "measure", "units", "a", "b", "effect", "lo", "hi",
+                   "n_notes", "n_pairs", "expect", "verdict")
+SPAN_TABLE = ("note_id", "code", "start", "end", "granularity", "source")
+TIMING_KEYS = ("bootstrap_seconds", "bootstrap_calls", "notebook_seconds", "share")
+RUN_ON = ("source", "model", "note_id", "code")
+STUDENT_ROW = ("model", "teacher", "lambda", "seed", "micro_f1", "macro_f1", "map", "pi_token_f1", "pi_token_f1_tuning",
+               "token_exact_f1", "auprc", "p@<k>", "n_report_notes", "n_test_notes", "run_dir", "seconds", "init")
+COUNT_TABLE = ("note_id", "code", "measure", "tp", "fp", "fn")
+
+# 01_data
+LATER = ("02_train", "03_rationales", "04_alignment", "05_faithfulness", "06_plausibility", "07_guided_learning",
+         "08_few_shot")  # data.load_saved reads docs, spans and codes in every later notebook
+DOCS = Artifact("docs.parquet", "01_data", LATER,
+                ("note_id", "text", "codes", "split", "annotated", "fewshot", "credentialed"), "the documents")
+SPANS = Artifact("spans.parquet", "01_data", LATER, SPAN_TABLE, "human spans")
+ORACLE_SPANS = Artifact("oracle_spans.parquet", "01_data", ("07_guided_learning", "08_few_shot"), SPAN_TABLE,
+                        "every known span (the `human` teacher)")
+CODES = Artifact("codes.parquet", "01_data", LATER, ("code", "description", "n_train"), "the code table")
+DATA_REPORT = Artifact("report.json", "01_data", ("report",), ("name", "dataset", "kept", "skipped", "splits"),
+                       "what was loaded and skipped")
+STATISTICS = Artifact("statistics.csv", "01_data", ("report",), ("split", "documents", "unique codes", "..."),
+                      "dataset statistics per split")
+STATISTICS_CODIESP = Artifact("statistics_codiesp.csv", "01_data", (), ("split", "documents", "..."),
+                              "CodiEsp statistics, when CodiEsp is found")
+
+# 02_train
+HISTORY = Artifact("history.csv", "02_train", (), ("epoch", "train_loss", "coding_loss", "rationale_loss", "val_map",
+                                                   "val_micro_f1", "seconds", "model"), "training curves")
+CODING_TABLE = Artifact("coding_table.csv", "02_train", ("report",), ("model (index)", "micro_f1", "...", "labels"),
+                        "coding performance on the test notes")
+PREDICTIONS = Artifact("predictions.parquet", "02_train", ("03_rationales", "05_faithfulness", "06_plausibility",
+                                                           "07_guided_learning"),
+                       ("note_id", "code", "prob", "pred", "is_gold", "model"), "val and test predictions")
+THRESHOLDS = Artifact("thresholds.json", "02_train", ("report",), ("<model>",), "decision threshold per model")
+
+# 03_rationales
+PAIRS = Artifact("pairs.parquet", "03_rationales", (), ("note_id", "code", "is_gold", "is_predicted", "prob", "model"),
+                 "the (note, code) pairs explained per model")
+SOFT = Artifact("soft.parquet", "03_rationales", ("05_faithfulness", "06_plausibility"),
+                ("note_id", "code", "source", "method", "model", "unit", "start", "end", "score"),
+                "attention and gradient rationales")
+ENTITY = Artifact("entity.parquet", "03_rationales", ("05_faithfulness", "06_plausibility"),
+                  SPAN_TABLE + ("method", "model", "score", "match", "linked_code", "mention", "filtered_reason"),
+                  "entity-linking spans")
+MENTIONS = Artifact("mentions.parquet", "03_rationales", (), ("note_id", "start", "end", "text", "code", "score",
+                                                              "match", "negated", "family", "historical",
+                                                              "filtered_reason", "alias"), "every entity mention")
+LLM_QUOTES = Artifact("llm_quotes.parquet", "03_rationales", ("04_alignment",),
+                      ("note_id", "code", "quote_index", "quote", "status", "source", "shots", "split"),
+                      "LLM quotes per teacher")
+LLM_CALLS = Artifact("llm_calls.parquet", "03_rationales", ("08_few_shot",),
+                     ("note_id", "status", "outcome", "cached", "input_tokens", "output_tokens", "...", "source",
+                      "shots"), "one row per LLM call")
+EVALUATION_DESIGN = Artifact("evaluation_design.json", "03_rationales", ("04_alignment", "06_plausibility",
+                                                                         "07_guided_learning", "08_few_shot"),
+                             ("eval_ids", "tuning_ids", "report_ids", "tuning_fraction"),
+                             "evaluation, tuning and report notes")
+RUN_ON_PAIRS = Artifact("run_on.parquet", "03_rationales", ("04_alignment", "06_plausibility", "07_guided_learning",
+                                                            "08_few_shot"), RUN_ON,
+                        "pairs every source was run on (with evaluation_design.json)")
+
+# 04_alignment
+ALIGNMENT_SUMMARY = Artifact("alignment_summary.csv", "04_alignment", (), ("source (index)", "n_quotes", "n_aligned",
+                                                                           "alignment_rate", "..."),
+                             "alignment per teacher")
+THRESHOLD_EFFECT = Artifact("threshold_effect.csv", "04_alignment", (),
+                            ("source", "threshold", "alignment_rate", "n_spans", "pi_token_f1", "token_exact_f1",
+                             "n_pairs"), "alignment threshold sweep")
+ALIGNMENT = Artifact("alignment.parquet", "04_alignment", (), ("note_id", "code", "quote", "source", "start", "end",
+                                                               "score", "method", "reason", "..."),
+                     "every quote with its alignment")
+LLM_SPANS = Artifact("llm_spans.parquet", "04_alignment", ("05_faithfulness", "06_plausibility",
+                                                           "07_guided_learning", "08_few_shot"),
+                     SPAN_TABLE + ("score", "method", "quote"), "aligned LLM spans per teacher")
+
+# 05_faithfulness
+FAITHFULNESS = Artifact("faithfulness.parquet", "05_faithfulness", ("06_plausibility",),
+                        ("note_id", "code", "source", "model", "measure", "k", "value", "control", "unit", "..."),
+                        "per-pair faithfulness rows")
+FAITHFULNESS_RUN_ON = Artifact("run_on.parquet", "05_faithfulness", (), RUN_ON,
+                               "pairs actually scored per (source, model)")
+FAITHFULNESS_TABLE = Artifact("faithfulness_table.csv", "05_faithfulness", ("report",),
+                              ("model", "source", "measure", "random", "rationale", "difference", "n_pairs", "n_notes",
+                               "rationale_lo", "rationale_hi", "difference_lo", "difference_hi"),
+                              "faithfulness summary with intervals")
+VERDICTS_B = Artifact("verdicts.csv", "05_faithfulness", ("report",), VERDICT_COLUMNS, "finding (b)")
+TIMING_05 = Artifact("bootstrap_timing.json", "05_faithfulness", ("report",), TIMING_KEYS, "time in the bootstrap")
+
+# 06_plausibility
+PLAUSIBILITY = Artifact("plausibility.parquet", "06_plausibility", ("08_few_shot",),
+                        ("source", "granularity", "code_set", "measure", "n_pairs", "tp", "fp", "fn", "precision",
+                         "recall", "f1", "n_notes", "n_pairs_eligible", "coverage", "scored_on", "f1_lo", "f1_hi",
+                         "model", "binarisation"), "plausibility rows of every source")
+PAIR_COUNTS = Artifact("pair_counts.parquet", "06_plausibility", ("08_few_shot",), COUNT_TABLE + ("source", "model"),
+                       "per-pair MDACE counts of every source")
+SOFT_PLAUSIBILITY = Artifact("soft_plausibility.csv", "06_plausibility", (),
+                             ("model", "source", "n_pairs", "auprc", "...", "threshold", "topk"),
+                             "soft measures per model and source")
+PLAUSIBILITY_TABLE = Artifact("plausibility_table.csv", "06_plausibility", ("report",),
+                              ("source", "model", "<measure F1>...", "n_notes", "n_pairs", "n_pairs_eligible",
+                               "coverage", "scored_on", "pi_lo", "pi_hi"), "the paper's plausibility table")
+VERDICTS_A = Artifact("verdicts.csv", "06_plausibility", ("report",), VERDICT_COLUMNS, "finding (a)")
+TIMING_06 = Artifact("bootstrap_timing.json", "06_plausibility", ("report",), TIMING_KEYS, "time in the bootstrap")
+
+# 07_guided_learning
+SWEEP = Artifact("sweep.csv", "07_guided_learning", ("08_few_shot",), STUDENT_ROW, "the lambda sweep (one row per run)")
+NOTE_COUNTS = Artifact("note_counts.parquet", "07_guided_learning", ("07_guided_learning", "08_few_shot"), COUNT_TABLE,
+                       "per-unit counts in each run folder (runs/<run>/, ner/<teacher>_<n>/; 08: students/<run>/)")
+TRADEOFF = Artifact("tradeoff_verdict.csv", "07_guided_learning", ("report",),
+                    ("model", "teacher", "lambda (chosen on tuning notes)", "PI token F1 gain", "gain lo", "gain hi",
+                     "micro-F1 change", "change lo", "change hi", "n_notes", "seeds", "..."),
+                    "lambda chosen on tuning notes, gains with intervals")
+NER = Artifact("ner.csv", "07_guided_learning", (), ("teacher", "train notes", "requested", "spans", "pi_token_f1",
+                                                     "...", "run_dir", "seconds", "pi_token_f1_lo", "pi_token_f1_hi"),
+               "the NER experiment")
+GUIDED_SUMMARY = Artifact("summary.csv", "07_guided_learning", ("report",),
+                          ("method", "micro_f1", "macro_f1", "pi_token_f1", "n_notes", "n_pairs", "units", "seeds",
+                           "pi_token_f1 (common units)", "common_lo", "common_hi", "common n_notes", "common n_pairs"),
+                          "guided learning summary")
+VERDICTS_C = Artifact("verdicts.csv", "07_guided_learning", ("report",), VERDICT_COLUMNS, "finding (c)")
+TIMING_07 = Artifact("bootstrap_timing.json", "07_guided_learning", ("report",), TIMING_KEYS, "time in the bootstrap")
+
+# 08_few_shot
+TEACHERS = Artifact("teachers.csv", "08_few_shot", (), ("teacher", "requests", "usable answers", "aligned spans",
+                                                        "pi_token_f1", "pi_token_f1_lo", "pi_token_f1_hi",
+                                                        "token_exact_f1", "span_exact_f1", "n_notes", "n_pairs"),
+                    "zero- vs few-shot teacher")
+STUDENTS = Artifact("students.csv", "08_few_shot", (), STUDENT_ROW + ("trained_in",), "the few-shot students")
+FEW_SHOT_SUMMARY = Artifact("summary.csv", "08_few_shot", ("report",), ("role", "zero-shot", "few-shot", "gain",
+                                                                        "gain lo", "gain hi", "n_notes", "n_pairs",
+                                                                        "verdict"), "finding (d) per role")
+VERDICTS_D = Artifact("verdicts.csv", "08_few_shot", ("report",), VERDICT_COLUMNS, "finding (d)")
+TIMING_08 = Artifact("bootstrap_timing.json", "08_few_shot", ("report",), TIMING_KEYS, "time in the bootstrap")
+
+#: Every declared artifact, in series order.
+ARTIFACTS: tuple[Artifact, ...] = tuple(v for v in list(globals().values()) if isinstance(v, Artifact))
+#: The verdict tables of the four findings, in the report's order (finding, artifact).
+VERDICTS = (("a", VERDICTS_A), ("b", VERDICTS_B), ("c", VERDICTS_C), ("d", VERDICTS_D))
+#: ``bootstrap_timing.json`` of the notebooks that run the bootstrap.
+BOOTSTRAP_TIMINGS = (TIMING_05, TIMING_06, TIMING_07, TIMING_08)
+
+
+def markdown_table() -> str:
+    """The contract as a Markdown table (what ``docs/INTERFACES.md`` lists)."""
+    lines = ["| artifact | written by | read by | columns (JSON: keys) | what |", "|---|---|---|---|---|"]
+    for a in ARTIFACTS:
+        cols = ", ".join(a.columns).replace("|", "\\|")
+        lines.append(f"| `{a.key}` | {a.writer} | {', '.join(a.readers) or '-'} | {cols} | {a.about} |")
+    return "\n".join(lines) + "\n"

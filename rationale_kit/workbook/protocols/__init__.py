@@ -1,0 +1,5 @@
+"""The experiment protocols of the notebook series, one module per notebook (``data``, ``train``,
+``rationales``, ``alignment``, ``faithfulness``, ``plausibility``, ``guided``, ``fewshot``) plus
+what they share (``common``, ``tables``). Each function reads and writes the canonical tables
+(documents, span tables, score tables) and the profile's parameters; nothing here is specific to
+one data set. :mod:`rationale_kit.workbook.steps` re-exports them for the notebooks."""
