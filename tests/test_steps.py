@@ -145,3 +145,45 @@ def test_any_setting_of_the_model_restarts_a_finished_checkpoint(tmp_path, capsy
     saved = _json.loads((tmp_path / "m2" / "model" / "config.json").read_text())
     if "caml" in change.get("train", {}):
         assert saved["params"]["dropout"] == 0.6  # the saved config and the weights agree
+
+
+# --------------------------------------------------------------------------------------------
+# notebook 02: the coding table's interval over notes, and the spread across training seeds
+# --------------------------------------------------------------------------------------------
+def test_note_counts_count_unseen_gold_as_false_negatives():
+    import numpy as np
+
+    y = np.array([[1, 0, 1], [0, 1, 0]])
+    pred = np.array([[1, 1, 0], [0, 1, 0]])
+    counts = steps.note_counts(y, pred, np.array([2, 0]), ["a", "b"])
+    # note a: tp 1 (code 0), fp 1 (code 1), fn 1 (code 2) + 2 unseen; note b: tp 1
+    assert counts.to_dict("index") == {"a": {"tp": 1, "fp": 1, "fn": 3}, "b": {"tp": 1, "fp": 0, "fn": 0}}
+
+
+def test_coding_table_interval_brackets_micro_f1_and_the_seed_spread_is_mean_and_sample_std():
+    from rationale_kit.metrics.evaluation import Bootstrap
+
+    labels = ["A", "B"]
+    docs = pd.DataFrame({"note_id": [f"n{i}" for i in range(8)],
+                         "codes": [["A"], ["B"], ["A", "B"], ["A"], ["A"], ["B"], ["A"], ["B"]],
+                         "split": ["train", "train", "val", "val", "test", "test", "test", "test"]})
+    test = docs[docs.split == "test"]
+    probs = {"A": [0.9, 0.2, 0.6, 0.7], "B": [0.1, 0.8, 0.3, 0.4]}  # > 0.5: A on n4, n6, n7; B on n5
+    pred = pd.DataFrame([{"note_id": n, "code": c, "prob": probs[c][i]} for i, n in enumerate(test.note_id) for c in labels])
+    table = steps.coding_table({"m": pred}, docs, labels, {"m": 0.5}, boot=Bootstrap(200, 0, 0.95))
+    # gold: n4 A, n5 B, n6 A, n7 B -> tp 3 (n4 A, n5 B, n6 A), fp 1 (n7 A), fn 1 (n7 B): F1 = 6 / 8
+    assert table.loc["m", "micro_f1"] == pytest.approx(0.75)
+    assert table.loc["m", "micro_f1_lo"] <= 0.75 <= table.loc["m", "micro_f1_hi"]
+    assert table.loc["m", "notes"] == 4 and "micro_f1_lo" in table.columns
+    assert "micro_f1_lo" not in steps.coding_table({"m": pred}, docs, labels, {"m": 0.5}).columns  # no boot: as before
+    other = table.copy()
+    other.loc["m", "micro_f1"] = 0.55
+    spread = steps.coding_seed_spread({1: table, 2: other}, measures=("micro_f1",))
+    assert list(spread.index) == ["m"]  # the frequency baseline has no seed
+    assert spread.loc["m", "seeds"] == 2
+    assert spread.loc["m", "micro_f1 mean"] == pytest.approx(0.65)
+    assert spread.loc["m", "micro_f1 std"] == pytest.approx(0.1414213562, rel=1e-6)  # sqrt(0.02)
+
+
+def test_seed_dirs_keep_the_first_seed_where_the_series_reads_it(tmp_path):
+    assert steps.seed_dirs(tmp_path, "caml", [13, 7]) == {13: tmp_path / "caml", 7: tmp_path / "caml_seed7"}

@@ -39,8 +39,8 @@ class Common:
     artifacts_dir: str = "artifacts"  # artifacts/<profile>/<NN_name>/
     figures_dir: str = "figures"
     progress: bool = True  # progress bars (tqdm.auto: widgets in JupyterLab, text under papermill)
-    # training seeds of the experiments that repeat over seeds (notebook 07's sweep and the
-    # students of 08): tables give the mean and spread across seeds; None = [seed] (one run)
+    # training seeds of the experiments that repeat over seeds (notebook 02's coding models, 07's
+    # sweep and the students of 08): tables give the mean and spread across seeds; None = [seed]
     seeds: Optional[list[int]] = None
 
 

@@ -57,6 +57,9 @@ HISTORY = Artifact("history.csv", "02_train", (), ("epoch", "train_loss", "codin
                                                    "val_micro_f1", "seconds", "model"), "training curves")
 CODING_TABLE = Artifact("coding_table.csv", "02_train", ("report",), ("model (index)", "micro_f1", "...", "labels"),
                         "coding performance on the test notes")
+CODING_SEEDS = Artifact("coding_seeds.csv", "02_train", ("report",), ("model (index)", "seeds", "micro_f1 mean",
+                                                                        "micro_f1 std", "..."),
+                        "mean and standard deviation of the coding measures across common.seeds")
 PREDICTIONS = Artifact("predictions.parquet", "02_train", ("03_rationales", "05_faithfulness", "06_plausibility",
                                                            "07_guided_learning"),
                        ("note_id", "code", "prob", "pred", "is_gold", "model"), "val and test predictions")

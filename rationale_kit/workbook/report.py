@@ -122,7 +122,9 @@ def _sections(root: Path, figures_dir: Path) -> list[tuple[str, str, Callable[[]
 
     return [
         ("01_data", "Dataset", lambda: [_csv(root, A.STATISTICS, "dataset statistics", 2, 0, _statistics)]),
-        ("02_train", "Coding", lambda: [_csv(root, A.CODING_TABLE, "coding performance on the test notes", 3, 0, _coding)]),
+        ("02_train", "Coding", lambda: [_csv(root, A.CODING_TABLE, "coding performance on the test notes", 3, 0, _coding),
+                                        _csv(root, A.CODING_SEEDS, "coding measures across training seeds (common.seeds)",
+                                             3, 0, _coding)]),
         ("06_plausibility", "Plausibility", lambda: [_csv(root, A.PLAUSIBILITY_TABLE,
                                                           "plausibility (F1, all granularities, all codes)", 4, [0, 1])]),
         ("05_faithfulness", "Faithfulness", lambda: [

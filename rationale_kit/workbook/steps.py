@@ -57,7 +57,11 @@ from rationale_kit.workbook.protocols.rationales import (
 )
 from rationale_kit.workbook.protocols.tables import coverage, headline, plausibility_wide
 from rationale_kit.workbook.protocols.train import (
+    SEED_MEASURES,
+    coding_seed_spread,
     coding_table,
+    note_counts,
+    seed_dirs,
     fit_model,
     load_models,
     predictions,
@@ -67,12 +71,12 @@ from rationale_kit.workbook.protocols.train import (
 
 __all__ = [
     "COMPARED_SOURCES", "NER_COLUMNS", "PI", "PlausibilityResult", "attention_topk_spans", "attention_vs_entity",
-    "bootstrap", "choose_lambda", "coding_report_ids", "coding_table", "common_pairs", "coverage", "discrete_sources",
+    "SEED_MEASURES", "bootstrap", "choose_lambda", "coding_report_ids", "coding_seed_spread", "coding_table", "common_pairs", "coverage", "discrete_sources",
     "eval_docs", "evaluate_student", "evaluation_design", "faithfulness_summary", "faithfulness_tables",
     "few_shot_students", "few_shot_summary", "fit_model", "guided_run", "guided_summary", "guided_sweep", "headline",
     "label_space", "llm_plan", "llm_rationales", "llm_requests", "load_models", "model_rationales",
-    "ner_experiment", "pairs_to_explain", "plausibility_tables", "plausibility_verdicts", "plausibility_wide",
+    "ner_experiment", "note_counts", "pairs_to_explain", "plausibility_tables", "plausibility_verdicts", "plausibility_wide",
     "predictions", "random_rationales", "record_run_on", "run_entity_linking", "save_bootstrap_timing",
-    "saved_model_hash", "setting_counts", "sweep_counts", "teacher_comparison", "teacher_notes", "teacher_targets",
+    "saved_model_hash", "seed_dirs", "setting_counts", "sweep_counts", "teacher_comparison", "teacher_notes", "teacher_targets",
     "training_code_hash", "tradeoff", "tradeoff_verdict", "tuning_ids", "with_seed",
 ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -94,13 +94,42 @@ def predictions(model, docs: pd.DataFrame, threshold: float, device: str = "cpu"
     return rows
 
 
+#: the coding measures whose mean and spread across seeds :func:`coding_seed_spread` reports
+SEED_MEASURES = ("micro_f1", "macro_f1_mean", "map", "p@8", "r@15")
+
+
+def seed_dirs(out_dir: Path, name: str, seeds: Sequence[int]) -> dict[int, Path]:
+    """Where each training seed's run of model ``name`` lives: the first seed's in ``out_dir/name``
+    (the model the rest of the series uses), every other in ``out_dir/<name>_seed<N>``."""
+    return {s: Path(out_dir) / (name if i == 0 else f"{name}_seed{s}") for i, s in enumerate(seeds)}
+
+
+def note_counts(y: np.ndarray, pred: np.ndarray, unseen: np.ndarray, note_ids: Sequence[str]) -> pd.DataFrame:
+    """Per-note ``tp, fp, fn`` of the decisions ``pred [N, L]`` against ``y [N, L]``; the gold codes
+    outside the label space (``unseen [N]``) are false negatives, as in micro-F1."""
+    y, pred = y.astype(bool), pred.astype(bool)
+    return pd.DataFrame({"tp": (y & pred).sum(1), "fp": (~y & pred).sum(1),
+                         "fn": (y & ~pred).sum(1) + np.asarray(unseen)}, index=pd.Index(note_ids, name="note_id"))
+
+
+def _with_interval(row: dict, y: np.ndarray, probs: np.ndarray, threshold: float, unseen: np.ndarray,
+                   note_ids: Sequence[str], boot) -> dict:
+    from rationale_kit.metrics.evaluation import interval
+
+    iv = interval(note_counts(y, probs > threshold, unseen, note_ids), "f1", boot)
+    return {**row, "micro_f1_lo": iv.lo, "micro_f1_hi": iv.hi, "notes": float(iv.n_notes)}
+
+
 def coding_table(pred_frames: Mapping[str, pd.DataFrame], docs: pd.DataFrame, labels: list[str],
-                 thresholds: Mapping[str, float]) -> pd.DataFrame:
+                 thresholds: Mapping[str, float], boot=None) -> pd.DataFrame:
     """The coding table on the test notes: one row per model plus the frequency baseline.
 
     Test codes outside ``labels`` (no training document carries them) count as misses in micro
     recall/F1, R@k and R-precision; ``unseen_gold_share`` is their share of the gold occurrences
-    (macro measures, mAP and AUC are over ``labels``)."""
+    (macro measures, mAP and AUC are over ``labels``). With ``boot`` (a
+    :class:`~rationale_kit.metrics.evaluation.Bootstrap`), micro-F1 gets its percentile interval over
+    the test notes (``micro_f1_lo``, ``micro_f1_hi``; counts summed over resampled notes) and
+    ``notes`` their number."""
     from rationale_kit.metrics import coding
 
     test = docs[docs.split == "test"]
@@ -111,17 +140,40 @@ def coding_table(pred_frames: Mapping[str, pd.DataFrame], docs: pd.DataFrame, la
     val = docs[docs.split == "val"]
     base_val = coding.frequency_baseline(docs.loc[docs.split == "train", "codes"], labels, len(val))
     t_base, _ = coding.tune_threshold(coding.label_matrix(val.codes, labels), base_val)
-    rows["frequency baseline"] = coding.coding_report(y, base, t_base, unseen=unseen)
+    scored = {"frequency baseline": (base, t_base)}
     for name, frame in pred_frames.items():
         p = frame.pivot(index="note_id", columns="code", values="prob").reindex(index=test.note_id, columns=labels).to_numpy()
-        rows[name] = coding.coding_report(y, p, thresholds[name], unseen=unseen)
+        scored[name] = (p, thresholds[name])
+    for name, (p, t) in scored.items():
+        rows[name] = coding.coding_report(y, p, t, unseen=unseen)
+        if boot is not None:
+            rows[name] = _with_interval(rows[name], y, p, t, unseen, list(test.note_id), boot)
     table = pd.DataFrame(rows).T
-    keep = ["micro_f1", "micro_precision", "micro_recall", "macro_f1_mean", "macro_f1_harmonic",
-            "p@5", "p@8", "r@8", "p@15", "r@15", "r_precision", "map", "micro_auc", "macro_auc", "threshold",
-            "unseen_gold_share"]
+    keep = ["micro_f1", *(["micro_f1_lo", "micro_f1_hi"] if boot is not None else []), "micro_precision",
+            "micro_recall", "macro_f1_mean", "macro_f1_harmonic", "p@5", "p@8", "r@8", "p@15", "r@15", "r_precision",
+            "map", "micro_auc", "macro_auc", "threshold", "unseen_gold_share", *(["notes"] if boot is not None else [])]
     table = table[[k for k in keep if k in table.columns]]
     table["labels"] = float(len(labels))  # the label space (e.g. data.top_codes) beside every row
     return table
+
+
+def coding_seed_spread(tables: Mapping[int, pd.DataFrame], measures: Sequence[str] = SEED_MEASURES) -> pd.DataFrame:
+    """Mean and sample standard deviation across training seeds of each model's coding measures.
+
+    ``tables``: ``{seed: coding_table}`` (one :func:`coding_table` per seed, the same models). Returns
+    one row per model with ``seeds`` and ``<measure> mean`` / ``<measure> std`` (std NaN with one
+    seed). The frequency baseline has no seed and is left out."""
+    from rationale_kit.metrics.evaluation import seed_spread
+
+    models_ = [m for m in next(iter(tables.values())).index if m != "frequency baseline"]
+    rows = {}
+    for m in models_:
+        row = {"seeds": float(len(tables))}
+        for measure in measures:
+            mean, std = seed_spread([float(t.loc[m, measure]) for t in tables.values()])
+            row[f"{measure} mean"], row[f"{measure} std"] = mean, std
+        rows[m] = row
+    return pd.DataFrame(rows).T
 
 
 def load_models(train_dir: Path, names: Iterable[str], device: str = "cpu") -> dict:
