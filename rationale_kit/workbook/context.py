@@ -76,11 +76,6 @@ class Context:
     _verified: set = dataclasses.field(default_factory=set, repr=False)
 
     @property
-    def p(self) -> Profile:
-        """Short alias of :attr:`profile`, kept for notebook cells written with it."""
-        return self.profile
-
-    @property
     def artifacts_root(self) -> Path:
         return artifacts_root(self.profile)
 
