@@ -186,14 +186,14 @@ def llm_run_on(docs: pd.DataFrame, source: str) -> pd.DataFrame:
     return run_on_frame(source, rows)
 
 
-def pick_report_first(evald: pd.DataFrame, design: EvaluationDesign, n: int | None) -> pd.DataFrame:
+def pick_report_first(eval_notes: pd.DataFrame, design: EvaluationDesign, n: int | None) -> pd.DataFrame:
     """The first ``n`` evaluation notes, report notes before tuning notes (a source run on few
     notes, such as the LLM, is then scored on notes that are reported)."""
     if not n:
-        return evald
+        return eval_notes
     report = set(design.report_ids)
-    order = np.argsort(~evald.note_id.isin(report).to_numpy(), kind="stable")
-    return evald.iloc[order].head(n).sort_index().reset_index(drop=True)
+    order = np.argsort(~eval_notes.note_id.isin(report).to_numpy(), kind="stable")
+    return eval_notes.iloc[order].head(n).sort_index().reset_index(drop=True)
 
 
 def restrict(frame: pd.DataFrame, pairs: set[tuple[str, str]] | None) -> pd.DataFrame:

@@ -124,7 +124,7 @@ class _Note:
         self.m, self.cfg, self.rng = model, cfg, rng
         self.lex = model.lex
         self.T = model.lex["templates"]
-        self.F = model.lex["filler"]
+        self.filler = model.lex["filler"]
 
     # ---- slots -------------------------------------------------------------------------------
     def _pron(self, name: str) -> str:
@@ -155,7 +155,7 @@ class _Note:
         if name == "complaint":
             return [[self.complaint, ()]]
         if name == "ros":
-            items = rng.sample(self.F["ros"], min(len(self.F["ros"]), rng.randint(2, 4)))
+            items = rng.sample(self.filler["ros"], min(len(self.filler["ros"]), rng.randint(2, 4)))
             return [[", ".join(items[:-1]) + " or " + items[-1] if len(items) > 1 else items[0], ()]]
         raise DataError(f"template slot {{{name}}} cannot be filled here")
 
@@ -315,7 +315,7 @@ class _Note:
 
     def _begin(self, codes: list[str], modes: dict[str, str], compact: bool) -> None:
         """Fresh note state; the principal (acute, explicit) problem and the chief complaint."""
-        rng, F = self.rng, self.F
+        rng, filler = self.rng, self.filler
         self.words = 0
         self.compact = compact
         self.sections: dict[str, list[Block]] = {name: [] for name, _ in SECTIONS}
@@ -327,12 +327,12 @@ class _Note:
         acute = [c for c in explicit if self.m.by[c]["kind"] == "acute"]
         self.principal = acute[rng.randrange(len(acute))] if acute else None
         p_entry = self.m.by[self.principal] if self.principal else None
-        comp = p_entry["complaints"] if p_entry and p_entry["complaints"] else F["complaints"]
+        comp = p_entry["complaints"] if p_entry and p_entry["complaints"] else filler["complaints"]
         self.complaint = comp[rng.randrange(len(comp))]
 
     def _skeleton(self, compact: bool) -> None:
         """The fixed parts: preamble, one block per section, and the lines every note has."""
-        rng, F = self.rng, self.F
+        rng, filler = self.rng, self.filler
         if compact:
             self.preamble = f"Sex:   {self.sex}\n \n"
         else:
@@ -354,18 +354,18 @@ class _Note:
         dx_block = self.sections["dx"][0]
         self.add("cc", Sent([[self.complaint[0].upper() + self.complaint[1:], ()]]))
         self.add("dx", Sent([["PRIMARY DIAGNOSIS:", ()]]), dx_block, pos="end")
-        self.add("instructions", self.plain(F["instructions"][0]), pos="end")
+        self.add("instructions", self.plain(filler["instructions"][0]), pos="end")
         if not compact:
-            self.add("procedures", self.plain(rng.choice(F["procedures"])))
+            self.add("procedures", self.plain(rng.choice(filler["procedures"])))
             self.add("exam", self.plain("ADMISSION EXAM:"), pos="end")
-            self.add("course", self.plain(rng.choice(F["course_opening"])), pos="end")
-            self.add("disposition", self.plain(rng.choice(F["disposition"])))
-            self.add("condition", self.plain(rng.choice(F["condition"])))
-            self.add("instructions", self.plain(F["instructions"][1]), pos="end")
-            for closing in rng.sample(F["instructions_closing"], min(2, len(F["instructions_closing"]))):
+            self.add("course", self.plain(rng.choice(filler["course_opening"])), pos="end")
+            self.add("disposition", self.plain(rng.choice(filler["disposition"])))
+            self.add("condition", self.plain(rng.choice(filler["condition"])))
+            self.add("instructions", self.plain(filler["instructions"][1]), pos="end")
+            for closing in rng.sample(filler["instructions_closing"], min(2, len(filler["instructions_closing"]))):
                 self.add("instructions", self.plain(closing), pos="end")
-            self.sections["instructions"][0].tail = min(2, len(F["instructions_closing"]))
-            self.add("followup", self.plain(rng.choice(F["followup"])))
+            self.sections["instructions"][0].tail = min(2, len(filler["instructions_closing"]))
+            self.add("followup", self.plain(rng.choice(filler["followup"])))
         else:
             self.sections["instructions"][0].head = 1
             self.sections["course"][0].head = 0
@@ -430,7 +430,7 @@ class _Note:
     def _lay_out(self, placed: _Placed, compact: bool) -> None:
         """What the placements collected (HPI opening, diagnoses, medication lists), then the
         defaults of sections left empty."""
-        rng, T, F = self.rng, self.T, self.F
+        rng, T, filler = self.rng, self.T, self.filler
         if placed.history:
             tpl = rng.choice(T["hpi_opening"]["with_history"])
             opening = self.sentence(tpl, None, {"history": placed.history})
@@ -449,7 +449,7 @@ class _Note:
                 self.add("meds_adm", Sent([list(p) for p in line.pieces], line.codes))
             self.add("meds_dis", line)
         if not self.sections["allergies"][0].items:
-            self.add("allergies", self.plain(rng.choice(F["allergies"])))
+            self.add("allergies", self.plain(rng.choice(filler["allergies"])))
         if not compact:
             for sec, pool in (("pmh", "pmh"), ("social", "social"), ("family", "family"), ("meds_adm", "meds"),
                               ("meds_dis", "meds"), ("results", "results")):
@@ -457,7 +457,7 @@ class _Note:
                     got = self._filler_sentence(pool, self.fstate)
                     if got is not None:
                         self.add(sec, got[1])
-            self.add("exam", self.plain(rng.choice(F["vitals"])), pos="end")
+            self.add("exam", self.plain(rng.choice(filler["vitals"])), pos="end")
 
     def _choose_placements(self, c: str, scale: float) -> list[str]:
         rng, e = self.rng, self.m.by[c]
@@ -605,7 +605,7 @@ class _Note:
 
     # ---- filler ------------------------------------------------------------------------------
     def _filler_sentence(self, section: str, state: dict) -> tuple[str, Sent] | None:
-        rng, F = self.rng, self.F
+        rng, filler = self.rng, self.filler
         bag = state.setdefault(section, [])
         if section == "exam":
             ex = self.exam_state
@@ -613,33 +613,33 @@ class _Note:
                 if ex["round"] >= 2:
                     return None
                 ex["round"] += 1
-                systems = list(F["exam"])
-                ex["queue"] = ([] if ex["round"] == 1 else ["DISCHARGE EXAM:", rng.choice(F["vitals"])]) + [
-                    rng.choice(F["exam"][s]) for s in systems]
+                systems = list(filler["exam"])
+                ex["queue"] = ([] if ex["round"] == 1 else ["DISCHARGE EXAM:", rng.choice(filler["vitals"])]) + [
+                    rng.choice(filler["exam"][s]) for s in systems]
             return "exam", self.plain(ex["queue"].pop(0))
         if section == "course":
             if state.get("day_block") is not None and rng.random() < 0.25:
                 state["day"] = state.get("day", 1) + 1 + (rng.random() < 0.3)
                 days = state.setdefault("left_days", [])
                 if not days:
-                    days.extend(range(len(F["course_day"])))
+                    days.extend(range(len(filler["course_day"])))
                 i = days.pop(rng.randrange(len(days)))
-                return "day", self.plain(F["course_day"][i], {"day": state["day"]})
-            pool = F["course"]
+                return "day", self.plain(filler["course_day"][i], {"day": state["day"]})
+            pool = filler["course"]
         elif section == "hpi":
             if not state.get("ros") and rng.random() < 0.25:
                 state["ros"] = True
-                return "hpi", self.plain(rng.choice(F["ros_templates"]))
-            pool = F["hpi"]
+                return "hpi", self.plain(rng.choice(filler["ros_templates"]))
+            pool = filler["hpi"]
         elif section == "results":
             if len(bag) >= 30:
                 return None
             bag.append(1)
-            pool = F["results"]
+            pool = filler["results"]
         elif section == "instructions":
-            pool = F["instructions"][2:]
+            pool = filler["instructions"][2:]
         else:
-            pool = F[section]
+            pool = filler[section]
         # draw without replacement until the pool is used up; only course prose then repeats
         if "left_" + section not in state:
             state["left_" + section] = list(range(len(pool)))
@@ -662,8 +662,8 @@ class _Note:
             state["day_block"] = self.new_block("course", "para", at_end=False)
         if course_budget > 300:  # transitional issues close the course
             b = self.new_block("course", "para", at_end=True, head=1, head_sep="\n")
-            self.add("course", self.plain(rng.choice(self.F["transitional_header"])), b, pos="end")
-            for t in rng.sample(self.F["transitional"], min(len(self.F["transitional"]), rng.randint(2, 4))):
+            self.add("course", self.plain(rng.choice(self.filler["transitional_header"])), b, pos="end")
+            for t in rng.sample(self.filler["transitional"], min(len(self.filler["transitional"]), rng.randint(2, 4))):
                 self.add("course", self.plain(t), b, pos="end")
             b.closed = True  # filler goes elsewhere
         leftover = 0.0

@@ -63,7 +63,7 @@ def faithfulness_tables(models_: Mapping[str, torch.nn.Module], docs: pd.DataFra
     sources for ERASER, all for Edin), the three calls sharing one ``NoteCache``, so each note is
     encoded and cached once per model."""
     from rationale_kit.metrics.evaluation import restrict
-    from rationale_kit.metrics import faithfulness as F
+    from rationale_kit.metrics import faithfulness
 
     f = profile.faithfulness
     k = profile.rationales.topk
@@ -77,7 +77,7 @@ def faithfulness_tables(models_: Mapping[str, torch.nn.Module], docs: pd.DataFra
     for name, model in models_.items():
         if f.models is not None and name not in f.models:
             continue
-        shared = dict(common, cache=F.NoteCache())  # each note encoded once for the three calls
+        shared = dict(common, cache=faithfulness.NoteCache())  # each note encoded once for the three calls
         spans = dict(discrete)
         spans[f"attention top-{k}"] = attention_topk_spans(soft, name, k)
         compared = [spans[s.format(k=k)] for s in COMPARED_SOURCES if s.format(k=k) in spans and len(spans[s.format(k=k)])]
@@ -86,13 +86,13 @@ def faithfulness_tables(models_: Mapping[str, torch.nn.Module], docs: pd.DataFra
                   for src, table in spans.items()]
         tables = [t for t in tables if len(t)]
         if tables:
-            parts.append(F.faithfulness_discrete(model, docs, pd.concat(tables, ignore_index=True), unit=f.unit,
+            parts.append(faithfulness.faithfulness_discrete(model, docs, pd.concat(tables, ignore_index=True), unit=f.unit,
                                                  model_name=name, missing=f.missing, gold=gold_map, **shared))
         own = restrict(soft[(soft.model == name) & soft.note_id.isin(note_ids)], chosen)
         if len(own):
-            parts.append(F.faithfulness_scored(model, docs, own, aopc_k=tuple(f.aopc_k), variant="eraser",
+            parts.append(faithfulness.faithfulness_scored(model, docs, own, aopc_k=tuple(f.aopc_k), variant="eraser",
                                                unit=f.unit, model_name=name, gold=gold_map, **shared))
-            parts.append(F.faithfulness_scored(model, docs, own, variant="edin", unit=f.edin_unit,
+            parts.append(faithfulness.faithfulness_scored(model, docs, own, variant="edin", unit=f.edin_unit,
                                                word_steps=f.word_steps, model_name=name, gold=gold_map, **shared))
     return pd.concat(parts, ignore_index=True)
 
@@ -104,11 +104,11 @@ def faithfulness_summary(agg: pd.DataFrame, profile: Profile) -> pd.DataFrame:
     (``difference_lo/hi``, paired: the control is on the same pairs). ``agg``: the per-pair rows
     (``k`` NaN) of :func:`faithfulness_tables`."""
     from rationale_kit.metrics import evaluation as E
-    from rationale_kit.metrics import faithfulness as F
+    from rationale_kit.metrics import faithfulness
 
     boot_ = bootstrap(profile.evaluation)
     keys = ["model", "source", "measure"]
-    summary = F.summarise(agg, by=keys + ["control"], wide=True)
+    summary = faithfulness.summarise(agg, by=keys + ["control"], wide=True)
     extra = []
     for key, part in agg.groupby(keys, sort=True):
         rat = part[part.control == "rationale"]
