@@ -3,7 +3,7 @@
 Notebooks start with ``ctx = rationale_kit.setup("NN_name", profile, overrides)``.
 """
 from rationale_kit.core.config import ConfigError, Profile, load_profile
-from rationale_kit.workbook.runner import Context, MissingArtifact, setup
+from rationale_kit.workbook.context import Context, MissingArtifact, setup
 from rationale_kit.core.records import DataError, Document, ScoredUnit, Span
 
 __all__ = [

@@ -56,7 +56,8 @@ def test_export_data_equals_the_canonical_tables(profile_path, tmp_path, capsys)
 def test_series_on_the_mimic_fixture(profile_path, tmp_path):
     """Notebooks 01-08 on the MIMIC-format fixture at the smoke profile's tiny sizes (about 2.5
     minutes on 2 CPU cores); then the export equals what notebook 01 saved."""
-    from rationale_kit.workbook.runner import NOTEBOOKS, run_series
+    from rationale_kit.workbook.context import NOTEBOOKS
+    from rationale_kit.workbook.runner import run_series
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     tiny = yaml.safe_load((PARAMS_DIR / "smoke.yaml").read_text(encoding="utf-8"))

@@ -7,7 +7,8 @@ import nbformat
 import pandas as pd
 import pytest
 
-from rationale_kit.workbook.runner import NOTEBOOKS, NOTEBOOKS_DIR, run_series
+from rationale_kit.workbook.context import NOTEBOOKS, NOTEBOOKS_DIR
+from rationale_kit.workbook.runner import run_series
 
 NOTEBOOK_FILES = sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
 

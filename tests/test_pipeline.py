@@ -5,7 +5,8 @@ import nbformat
 import pytest
 
 from rationale_kit.workbook import runner as pipeline
-from rationale_kit.workbook.runner import MissingArtifact, run_series, setup
+from rationale_kit.workbook.context import MissingArtifact, StaleArtifact, setup
+from rationale_kit.workbook.runner import run_series
 
 
 def _profile(tmp_path, name="p"):
@@ -117,13 +118,13 @@ def test_changed_upstream_artifact_is_refused_naming_file_and_notebook(tmp_path)
     assert set(m["output_hashes"]) == {"spans.parquet"}
     assert setup("02_train", str(prof), show=False).upstream("01_data") == ctx.out_dir
     (ctx.out_dir / "spans.parquet").write_bytes(b"offsets 1 6")  # same size, shifted
-    with pytest.raises(pipeline.StaleArtifact, match=r"spans.parquet was changed after 01_data.*re-run notebooks/01_data.ipynb.*--only 01"):
+    with pytest.raises(StaleArtifact, match=r"spans.parquet was changed after 01_data.*re-run notebooks/01_data.ipynb.*--only 01"):
         setup("02_train", str(prof), show=False).upstream("01_data")
     (ctx.out_dir / "spans.parquet").unlink()
-    with pytest.raises(pipeline.StaleArtifact, match="spans.parquet is listed .* but missing"):
+    with pytest.raises(StaleArtifact, match="spans.parquet is listed .* but missing"):
         setup("02_train", str(prof), show=False).upstream("01_data")
     (ctx.out_dir / "manifest.json").write_text('{"notebook": "01_da')  # truncated
-    with pytest.raises(pipeline.StaleArtifact, match="manifest.json is unreadable"):
+    with pytest.raises(StaleArtifact, match="manifest.json is unreadable"):
         setup("02_train", str(prof), show=False).upstream("01_data")
     # a notebook that starts again is not "done" until it writes its manifest at the end
     setup("01_data", str(prof), show=False)

@@ -33,7 +33,7 @@ def _train(argv: list[str]) -> int:
     from rationale_kit import data
     from rationale_kit.workbook import steps
     from rationale_kit.core.runtime import pick_device
-    from rationale_kit.workbook.runner import artifacts_root
+    from rationale_kit.workbook.context import artifacts_root
 
     from rationale_kit.core.config import load_profile
 

@@ -1,8 +1,7 @@
 """The papermill runner of the notebook series: ``run_series``, its ``state.json``, the profile
 lock, the package hash that decides what re-runs, and the figures' provenance.
 
-The notebook side (``setup``, ``Context``, artifact folders) is :mod:`rationale_kit.workbook.context`;
-its names are re-exported here for the callers that import them from the runner.
+The notebook side (``setup``, ``Context``, artifact folders) is :mod:`rationale_kit.workbook.context`.
 """
 from __future__ import annotations
 
@@ -16,17 +15,12 @@ from typing import Any, Iterable
 
 from rationale_kit.core.config import Profile, load_profile
 from rationale_kit.core.runtime import ROOT, atomic_write_text, git_commit
-from rationale_kit.workbook.context import (  # noqa: F401 - re-exported for callers of the runner
+from rationale_kit.workbook.context import (
     NOTEBOOKS,
     MANIFEST_FILE,
     NOTEBOOKS_DIR,
-    Context,
-    MissingArtifact,
-    StaleArtifact,
     artifacts_root,
     figures_dir,
-    setup,
-    verify_artifacts,
 )
 
 

@@ -10,9 +10,7 @@ public names. See docs/method/llm.md.
 """
 from __future__ import annotations
 
-from rationale_kit.rationales.llm.backends.base import (
-    BLOCK_FINISH_REASONS, Backend, LLMResponse, parse_retry_after,
-)
+from rationale_kit.rationales.llm.backends.base import Backend, parse_retry_after
 from rationale_kit.rationales.llm.backends.factory import make_backend, plan_backend
 from rationale_kit.rationales.llm.backends.gemini import GeminiBackend
 from rationale_kit.rationales.llm.backends.local import LocalBackend, bundled_local_model
@@ -29,6 +27,7 @@ from rationale_kit.rationales.llm.errors import (
     CredentialedDataError, LLMConfigError, LLMError, PermanentLLMError, ReplayMissError, TransientLLMError,
 )
 from rationale_kit.rationales.llm.parsing import code_key, local_repair, parse_answer, validate
+from rationale_kit.rationales.llm.response import BLOCK_FINISH_REASONS, LLMResponse
 from rationale_kit.rationales.llm.prompting import (
     PROMPTS_DIR, SCHEMA_FILE, FewShotExample, LLMRequest, Prompt, build_prompt, make_requests, prompt_codes,
     prompt_note, prompt_versions, repair_prompt, response_schema, schema_text, select_examples,

@@ -17,11 +17,12 @@ from typing import Any, Mapping, Optional, Sequence
 import pandas as pd
 
 from rationale_kit.core import runtime
-from rationale_kit.rationales.llm.backends.base import Backend, LLMResponse, run_coro
+from rationale_kit.rationales.llm.backends.base import Backend, run_coro
 from rationale_kit.rationales.llm.cache import CACHE_FILE, JsonlLog, cache_key, load_cache, read_jsonl
 from rationale_kit.rationales.llm.credentials import RUN_CLEARED, credential_guard
 from rationale_kit.rationales.llm.errors import LLMConfigError, PermanentLLMError, TransientLLMError
 from rationale_kit.rationales.llm.parsing import interpret_response, quotes_by_code, reached_codes
+from rationale_kit.rationales.llm.response import LLMResponse
 from rationale_kit.rationales.llm.prompting import LLMRequest, Prompt, repair_prompt, response_schema
 
 log = logging.getLogger(__name__)

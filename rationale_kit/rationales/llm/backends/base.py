@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 from rationale_kit.rationales.llm.credentials import RUN_CLEARED, credential_guard
 from rationale_kit.rationales.llm.prompting import Prompt
-from rationale_kit.rationales.llm.response import BLOCK_FINISH_REASONS, LLMResponse  # noqa: F401 (re-exported)
+from rationale_kit.rationales.llm.response import LLMResponse
 
 
 #: Finish reasons meaning the provider withheld the answer.

@@ -8,11 +8,10 @@ import json
 import os
 from typing import Any, Optional
 
-from rationale_kit.rationales.llm.backends.base import (
-    BLOCK_FINISH_REASONS, AsyncBackend, LLMResponse, parse_retry_after,
-)
+from rationale_kit.rationales.llm.backends.base import AsyncBackend, parse_retry_after
 from rationale_kit.rationales.llm.errors import LLMConfigError, LLMError, PermanentLLMError, TransientLLMError
 from rationale_kit.rationales.llm.prompting import Prompt, response_schema, short_sha
+from rationale_kit.rationales.llm.response import BLOCK_FINISH_REASONS, LLMResponse
 
 
 def _enum_str(x: Any) -> Optional[str]:

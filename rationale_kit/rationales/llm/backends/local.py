@@ -12,10 +12,11 @@ import threading
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
-from rationale_kit.rationales.llm.backends.base import Backend, LLMResponse
+from rationale_kit.rationales.llm.backends.base import Backend
 from rationale_kit.rationales.llm.backends.guided import guided_answer, guided_answers_batched
 from rationale_kit.rationales.llm.backends.verbatim import VerbatimIndex
 from rationale_kit.rationales.llm.errors import LLMConfigError, LLMError, PermanentLLMError
+from rationale_kit.rationales.llm.response import LLMResponse
 from rationale_kit.rationales.llm.prompting import Prompt, prompt_codes, prompt_note
 
 

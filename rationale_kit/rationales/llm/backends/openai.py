@@ -7,8 +7,9 @@ import json
 import os
 from typing import Any, Optional
 
-from rationale_kit.rationales.llm.backends.base import AsyncBackend, LLMResponse, parse_retry_after
+from rationale_kit.rationales.llm.backends.base import AsyncBackend, parse_retry_after
 from rationale_kit.rationales.llm.errors import LLMConfigError, PermanentLLMError, TransientLLMError
+from rationale_kit.rationales.llm.response import LLMResponse
 from rationale_kit.rationales.llm.prompting import Prompt, response_schema, short_sha
 
 

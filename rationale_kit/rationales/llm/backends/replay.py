@@ -4,9 +4,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from rationale_kit.rationales.llm.backends.base import Backend, LLMResponse
+from rationale_kit.rationales.llm.backends.base import Backend
 from rationale_kit.rationales.llm.cache import read_jsonl
 from rationale_kit.rationales.llm.errors import LLMConfigError, ReplayMissError
+from rationale_kit.rationales.llm.response import LLMResponse
 from rationale_kit.rationales.llm.prompting import Prompt
 
 
