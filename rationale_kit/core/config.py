@@ -276,6 +276,39 @@ class FewShot:
 
 
 @dataclass(frozen=True)
+class OpenQuestions:
+    """Notebook 09: the questions the paper leaves open (docs/method/open_questions.md)."""
+
+    # "reduced": the first guided model only, the first two values of each setting grid, at most
+    # 20 faithfulness pairs and learning-curve fractions 0.5 and 1 (the default series' budget);
+    # "full": everything below as given (the CodiEsp profile)
+    scale: Literal["reduced", "full"] = "full"
+    models: Optional[list[str]] = None  # None = guided.models
+    teacher: str = "human"  # whose aligned spans the trade-off methods and the learning curve learn from
+    surgery_lambdas: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.5])
+    surgery_lr: float = 1e-3
+    two_stage_tolerances: list[float] = field(default_factory=lambda: [0.1, 0.5, 1.0])
+    two_stage_lr: float = 1e-2
+    two_stage_penalty: float = 10.0  # weight of the squared excess of the logits over the tolerance
+    epochs: Optional[int] = None  # epochs of surgery / stage 2 (None = guided.epochs, else 1)
+    batch_size: int = 8
+    # settings are chosen on the tuning notes: the best PI token F1 among those whose tuning micro-F1
+    # is at most coding_slack below the unguided student's (else the best PI token F1)
+    coding_slack: float = 0.0
+    # "without a coding cost" holds when the micro-F1 change's interval lies above -coding_margin
+    coding_margin: float = 0.01
+    faithfulness_pairs: int = 40  # pairs of finding (b) re-scored under the new measures
+    soft_samples: int = 10  # Bernoulli masks per pair and measure (Soft-NC / Soft-NS)
+    ffid_beta: float = 0.1  # F-Fidelity: the most of a note masked, in fine-tuning and in evaluation
+    ffid_samples: int = 10  # random removals per pair and measure
+    ffid_epochs: int = 1  # random-masking fine-tuning epochs
+    ffid_lr: float = 1e-3
+    thresholds: list[float] = field(default_factory=lambda: [1.5, 1.7, 2.0])  # finding (a) at each (+ the tuned one)
+    threshold_grid: list[float] = field(default_factory=lambda: [1.3, 1.4, 1.5, 1.6, 1.7, 1.8, 1.9, 2.0])
+    fractions: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0])  # of the training notes with teacher spans
+
+
+@dataclass(frozen=True)
 class Evaluation:
     tuning_fraction: float = 0.25  # share of the evaluation notes kept for tuning (never reported)
     bootstrap_resamples: int = 1000  # notes resampled with replacement, per interval
@@ -294,6 +327,7 @@ class Profile:
     plausibility: Plausibility = field(default_factory=Plausibility)
     guided: Guided = field(default_factory=Guided)
     few_shot: FewShot = field(default_factory=FewShot)
+    open_questions: OpenQuestions = field(default_factory=OpenQuestions)
     evaluation: Evaluation = field(default_factory=Evaluation)
     name: str = "default"
 
@@ -428,6 +462,13 @@ def _validate(prof: Profile, where: str) -> None:
         raise ConfigError(f"{where}: evaluation.level must be in (0, 1), got {ev.level}")
     if not 0.0 <= ev.tuning_fraction < 1.0:
         raise ConfigError(f"{where}: evaluation.tuning_fraction must be in [0, 1), got {ev.tuning_fraction}")
+    oq = prof.open_questions
+    if not 0.0 < oq.ffid_beta <= 1.0:
+        raise ConfigError(f"{where}: open_questions.ffid_beta must be in (0, 1], got {oq.ffid_beta}")
+    if not oq.fractions or any(not 0.0 < f <= 1.0 for f in oq.fractions):
+        raise ConfigError(f"{where}: open_questions.fractions must be in (0, 1], got {oq.fractions}")
+    if oq.coding_margin < 0 or oq.coding_slack < 0:
+        raise ConfigError(f"{where}: open_questions.coding_margin and coding_slack must be >= 0")
     seeds = prof.common.seeds
     if seeds is not None and (not seeds or len(set(seeds)) != len(seeds)):
         raise ConfigError(f"{where}: common.seeds must be a non-empty list of distinct integers, got {seeds}")

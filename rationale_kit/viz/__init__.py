@@ -25,6 +25,8 @@ from rationale_kit.viz.figures import (
     plot_dataset_overview,
     plot_learning_curves,
     plot_ner_sizes,
+    plot_open_learning_curve,
+    plot_pareto,
     plot_threshold_effect,
     plot_tradeoff,
 )
@@ -35,6 +37,6 @@ __all__ = [
     "GOLD_COLOURS", "MEASURE_ORDER", "SOURCE_COLOURS", "ExplorerData", "Layer", "explorer", "explorer_codes",
     "explorer_data", "explorer_models", "explorer_notes", "explorer_sources", "layers_for_pair", "measures_html",
     "pair_measures", "pair_plausibility", "plot_alignment_scores", "plot_aopc_curves", "plot_bars",
-    "plot_dataset_overview", "plot_learning_curves", "plot_ner_sizes", "plot_threshold_effect", "plot_tradeoff",
+    "plot_dataset_overview", "plot_learning_curves", "plot_ner_sizes", "plot_open_learning_curve", "plot_pareto", "plot_threshold_effect", "plot_tradeoff",
     "render_note", "selection_html", "styled_table", "window_around",
 ]

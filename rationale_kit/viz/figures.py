@@ -172,3 +172,50 @@ def plot_ner_sizes(ner: pd.DataFrame, path=None):
     ax.set_ylabel("PI token F1")
     ax.set_title("NER tagger: plausibility against training-set size")
     return _finish(fig, path)
+
+
+def plot_pareto(table: pd.DataFrame, path=None):
+    """Coding micro-F1 (x) against PI token F1 (y) of every method's settings (small markers) and of
+    the setting chosen on the tuning notes (large, with 95% intervals on both axes); one panel per
+    model. ``table``: :func:`rationale_kit.workbook.protocols.open_questions.pareto`'s first frame."""
+    import matplotlib.pyplot as plt
+
+    models = list(table["model"].unique())
+    fig, axes = plt.subplots(1, max(1, len(models)), figsize=(6.5 * max(1, len(models)), 4.6), squeeze=False)
+    markers = {"unguided": "s", "multi-objective": "o", "gradient surgery": "^", "two-stage": "D"}
+    for ax, model in zip(axes[0], models):
+        part = table[table.model == model]
+        for i, (method, m) in enumerate(part.groupby("method", sort=False)):
+            colour = f"C{i}"
+            ax.scatter(m.micro_f1, m.pi_token_f1, s=18, alpha=0.45, color=colour, marker=markers.get(method, "o"))
+            for r in m.itertuples(index=False):
+                if method != "unguided":
+                    ax.annotate(f"{r.setting:g}", (r.micro_f1, r.pi_token_f1), fontsize=6, xytext=(2, 2), textcoords="offset points")
+            c = m[m.chosen]
+            if len(c):
+                r = c.iloc[0]
+                ax.errorbar(r.micro_f1, r.pi_token_f1, xerr=[[r.micro_f1 - r.micro_lo], [r.micro_hi - r.micro_f1]],
+                            yerr=[[r.pi_token_f1 - r.pi_lo], [r.pi_hi - r.pi_token_f1]], fmt=markers.get(method, "o"),
+                            color=colour, ms=8, capsize=3, label=f"{method}" + ("" if method == "unguided" else f" ({r.setting:g})"))
+        ax.set_xlabel("coding micro-F1 (test notes that are not tuning notes)")
+        ax.set_ylabel("PI token F1 of top-k attention (report notes)")
+        ax.set_title(f"{model}: chosen settings with 95% intervals")
+        ax.legend(fontsize=7)
+    return _finish(fig, path)
+
+
+def plot_open_learning_curve(curve: pd.DataFrame, path=None):
+    """PI token F1 (left) and micro-F1 (right) against the number of training notes with teacher
+    spans, one line per method, 95% intervals as error bars."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, (col, lo, hi, label) in zip(axes, (("pi_token_f1", "pi_lo", "pi_hi", "PI token F1"),
+                                                ("micro_f1", "micro_lo", "micro_hi", "coding micro-F1"))):
+        for method, m in curve.groupby("method", sort=False):
+            m = m.sort_values("train notes")
+            ax.errorbar(m["train notes"], m[col], yerr=[m[col] - m[lo], m[hi] - m[col]], marker="o", capsize=3, label=method)
+        ax.set_xlabel("training notes with teacher spans")
+        ax.set_ylabel(label)
+        ax.legend(fontsize=7)
+    return _finish(fig, path)

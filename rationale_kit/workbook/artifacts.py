@@ -38,11 +38,11 @@ COUNT_TABLE = ("note_id", "code", "measure", "tp", "fp", "fn")
 
 # 01_data
 LATER = ("02_train", "03_rationales", "04_alignment", "05_faithfulness", "06_plausibility", "07_guided_learning",
-         "08_few_shot")  # data.load_saved reads docs, spans and codes in every later notebook
+         "08_few_shot", "09_open_questions")  # data.load_saved reads docs, spans and codes in every later notebook
 DOCS = Artifact("docs.parquet", "01_data", LATER,
                 ("note_id", "text", "codes", "split", "annotated", "fewshot", "credentialed"), "the documents")
 SPANS = Artifact("spans.parquet", "01_data", LATER, SPAN_TABLE, "human spans")
-ORACLE_SPANS = Artifact("oracle_spans.parquet", "01_data", ("07_guided_learning", "08_few_shot"), SPAN_TABLE,
+ORACLE_SPANS = Artifact("oracle_spans.parquet", "01_data", ("07_guided_learning", "08_few_shot", "09_open_questions"), SPAN_TABLE,
                         "every known span (the `human` teacher)")
 CODES = Artifact("codes.parquet", "01_data", LATER, ("code", "description", "n_train"), "the code table")
 DATA_REPORT = Artifact("report.json", "01_data", ("report",), ("name", "dataset", "kept", "skipped", "splits"),
@@ -61,7 +61,7 @@ CODING_SEEDS = Artifact("coding_seeds.csv", "02_train", ("report",), ("model (in
                                                                         "micro_f1 std", "..."),
                         "mean and standard deviation of the coding measures across common.seeds")
 PREDICTIONS = Artifact("predictions.parquet", "02_train", ("03_rationales", "05_faithfulness", "06_plausibility",
-                                                           "07_guided_learning"),
+                                                           "07_guided_learning", "09_open_questions"),
                        ("note_id", "code", "prob", "pred", "is_gold", "model"), "val and test predictions")
 THRESHOLDS = Artifact("thresholds.json", "02_train", ("report",), ("<model>",), "decision threshold per model")
 
@@ -71,20 +71,20 @@ PAIRS = Artifact("pairs.parquet", "03_rationales", (), ("note_id", "code", "is_g
 SOFT = Artifact("soft.parquet", "03_rationales", ("05_faithfulness", "06_plausibility"),
                 ("note_id", "code", "source", "method", "model", "unit", "start", "end", "score"),
                 "attention and gradient rationales")
-ENTITY = Artifact("entity.parquet", "03_rationales", ("05_faithfulness", "06_plausibility"),
+ENTITY = Artifact("entity.parquet", "03_rationales", ("05_faithfulness", "06_plausibility", "09_open_questions"),
                   SPAN_TABLE + ("method", "model", "score", "match", "linked_code", "mention", "filtered_reason"),
                   "entity-linking spans")
 MENTIONS = Artifact("mentions.parquet", "03_rationales", (), ("note_id", "start", "end", "text", "code", "score",
                                                               "match", "negated", "family", "historical",
                                                               "filtered_reason", "alias"), "every entity mention")
-LLM_QUOTES = Artifact("llm_quotes.parquet", "03_rationales", ("04_alignment",),
+LLM_QUOTES = Artifact("llm_quotes.parquet", "03_rationales", ("04_alignment", "09_open_questions"),
                       ("note_id", "code", "quote_index", "quote", "status", "source", "shots", "split"),
                       "LLM quotes per teacher")
 LLM_CALLS = Artifact("llm_calls.parquet", "03_rationales", ("08_few_shot",),
                      ("note_id", "status", "outcome", "cached", "input_tokens", "output_tokens", "...", "source",
                       "shots"), "one row per LLM call")
 EVALUATION_DESIGN = Artifact("evaluation_design.json", "03_rationales", ("04_alignment", "06_plausibility",
-                                                                         "07_guided_learning", "08_few_shot"),
+                                                                         "07_guided_learning", "08_few_shot", "09_open_questions"),
                              ("eval_ids", "tuning_ids", "report_ids", "tuning_fraction"),
                              "evaluation, tuning and report notes")
 RUN_ON_PAIRS = Artifact("run_on.parquet", "03_rationales", ("04_alignment", "06_plausibility", "07_guided_learning",
@@ -106,7 +106,7 @@ LLM_SPANS = Artifact("llm_spans.parquet", "04_alignment", ("05_faithfulness", "0
                      SPAN_TABLE + ("score", "method", "quote"), "aligned LLM spans per teacher")
 
 # 05_faithfulness
-FAITHFULNESS = Artifact("faithfulness.parquet", "05_faithfulness", ("06_plausibility",),
+FAITHFULNESS = Artifact("faithfulness.parquet", "05_faithfulness", ("06_plausibility", "09_open_questions"),
                         ("note_id", "code", "source", "model", "measure", "k", "value", "control", "unit", "..."),
                         "per-pair faithfulness rows")
 FAITHFULNESS_RUN_ON = Artifact("run_on.parquet", "05_faithfulness", (), RUN_ON,
@@ -123,7 +123,7 @@ PLAUSIBILITY = Artifact("plausibility.parquet", "06_plausibility", ("08_few_shot
                         ("source", "granularity", "code_set", "measure", "n_pairs", "tp", "fp", "fn", "precision",
                          "recall", "f1", "n_notes", "n_pairs_eligible", "coverage", "scored_on", "f1_lo", "f1_hi",
                          "model", "binarisation"), "plausibility rows of every source")
-PAIR_COUNTS = Artifact("pair_counts.parquet", "06_plausibility", ("08_few_shot",), COUNT_TABLE + ("source", "model"),
+PAIR_COUNTS = Artifact("pair_counts.parquet", "06_plausibility", ("08_few_shot", "09_open_questions"), COUNT_TABLE + ("source", "model"),
                        "per-pair MDACE counts of every source")
 SOFT_PLAUSIBILITY = Artifact("soft_plausibility.csv", "06_plausibility", (),
                              ("model", "source", "n_pairs", "auprc", "...", "threshold", "topk"),
@@ -135,8 +135,8 @@ VERDICTS_A = Artifact("verdicts.csv", "06_plausibility", ("report",), VERDICT_CO
 TIMING_06 = Artifact("bootstrap_timing.json", "06_plausibility", ("report",), TIMING_KEYS, "time in the bootstrap")
 
 # 07_guided_learning
-SWEEP = Artifact("sweep.csv", "07_guided_learning", ("08_few_shot",), STUDENT_ROW, "the lambda sweep (one row per run)")
-NOTE_COUNTS = Artifact("note_counts.parquet", "07_guided_learning", ("07_guided_learning", "08_few_shot"), COUNT_TABLE,
+SWEEP = Artifact("sweep.csv", "07_guided_learning", ("08_few_shot", "09_open_questions"), STUDENT_ROW, "the lambda sweep (one row per run)")
+NOTE_COUNTS = Artifact("note_counts.parquet", "07_guided_learning", ("07_guided_learning", "08_few_shot", "09_open_questions"), COUNT_TABLE,
                        "per-unit counts in each run folder (runs/<run>/, ner/<teacher>_<n>/; 08: students/<run>/)")
 TRADEOFF = Artifact("tradeoff_verdict.csv", "07_guided_learning", ("report",),
                     ("model", "teacher", "lambda (chosen on tuning notes)", "PI token F1 gain", "gain lo", "gain hi",
@@ -164,12 +164,35 @@ FEW_SHOT_SUMMARY = Artifact("summary.csv", "08_few_shot", ("report",), ("role", 
 VERDICTS_D = Artifact("verdicts.csv", "08_few_shot", ("report",), VERDICT_COLUMNS, "finding (d)")
 TIMING_08 = Artifact("bootstrap_timing.json", "08_few_shot", ("report",), TIMING_KEYS, "time in the bootstrap")
 
+# 09_open_questions
+OPEN_RUNS = Artifact("tradeoff_runs.csv", "09_open_questions", (),
+                     ("model", "method", "setting", "micro_f1", "macro_f1", "pi_token_f1", "pi_token_f1_tuning", "...",
+                      "run_dir", "seconds"), "every run of the trade-off methods (and notebook 07's of the teacher)")
+PARETO = Artifact("pareto.csv", "09_open_questions", ("report",),
+                  ("model", "method", "setting", "chosen", "pi_token_f1", "micro_f1", "pi_lo", "pi_hi", "micro_lo",
+                   "micro_hi", "tuning PI token F1", "tuning micro-F1", "n_notes", "n_pairs", "n_test_notes"),
+                  "every setting of every method, the one chosen on the tuning notes marked")
+ROBUST = Artifact("robust_faithfulness.parquet", "09_open_questions", (),
+                  ("note_id", "code", "source", "model", "measure", "value", "p", "p_zero", "n_units", "rationale_size"),
+                  "Soft-NC/NS and F-Fidelity per pair of finding (b)")
+THRESHOLD_GRID = Artifact("threshold_grid.csv", "09_open_questions", (),
+                          ("threshold", "tuning PI token F1", "n_pairs", "chosen"), "the alignment threshold tuned")
+THRESHOLD_VERDICTS = Artifact("threshold_verdicts.csv", "09_open_questions", ("report",),
+                              VERDICT_COLUMNS + ("threshold", "tuned"), "finding (a) at each alignment threshold")
+LEARNING_CURVE = Artifact("learning_curve.csv", "09_open_questions", ("report",),
+                          ("method", "fraction", "train notes", "pi_token_f1", "micro_f1", "n_notes", "n_pairs",
+                           "n_test_notes", "seconds", "pi_lo", "pi_hi", "micro_lo", "micro_hi"),
+                          "NER tagger and multi-objective student against the teacher's training notes")
+VERDICTS_OPEN = Artifact("verdicts.csv", "09_open_questions", ("report",), VERDICT_COLUMNS,
+                         "the open questions' verdicts (q1 trade-off, q2 finding (b) re-tested, q3 thresholds)")
+TIMING_09 = Artifact("bootstrap_timing.json", "09_open_questions", ("report",), TIMING_KEYS, "time in the bootstrap")
+
 #: Every declared artifact, in series order.
 ARTIFACTS: tuple[Artifact, ...] = tuple(v for v in list(globals().values()) if isinstance(v, Artifact))
 #: The verdict tables of the four findings, in the report's order (finding, artifact).
 VERDICTS = (("a", VERDICTS_A), ("b", VERDICTS_B), ("c", VERDICTS_C), ("d", VERDICTS_D))
 #: ``bootstrap_timing.json`` of the notebooks that run the bootstrap.
-BOOTSTRAP_TIMINGS = (TIMING_05, TIMING_06, TIMING_07, TIMING_08)
+BOOTSTRAP_TIMINGS = (TIMING_05, TIMING_06, TIMING_07, TIMING_08, TIMING_09)
 
 
 def markdown_table() -> str:

@@ -42,6 +42,7 @@ NOTEBOOKS = [
     "06_plausibility",
     "07_guided_learning",
     "08_few_shot",
+    "09_open_questions",
 ]
 
 

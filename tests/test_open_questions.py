@@ -1,0 +1,232 @@
+"""Notebook 09's machinery: gradient surgery, the two-stage constraint, Soft-NC/NS and F-Fidelity,
+each on cases worked by hand; and the profile section."""
+import math
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from rationale_kit.core.config import ConfigError, ModelParams, Word2Vec, load_profile
+from rationale_kit.metrics.faithfulness import robust as R
+from rationale_kit.models import build_model
+from rationale_kit.training import tradeoff as T
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(1)
+
+KEYS = {"J18.9": "pneumonia", "E11.9": "diabetes", "S72.0": "fracture"}
+FILLER = [f"w{i}" for i in range(30)]
+PARAMS = ModelParams(embed_dim=8, filters=6, kernel=3, hidden=4, projection=4, dropout=0.0, lr=5e-2,
+                     weight_decay=0.0, batch_size=8, epochs=1, patience=1)
+W2V = Word2Vec(dim=8, window=3, min_count=1, epochs=1)
+
+
+def _corpus(n: int, seed: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        codes = [c for c in KEYS if rng.random() < 0.5]
+        words = list(rng.choice(FILLER, size=int(rng.integers(10, 20))))
+        for c in codes:
+            words.insert(int(rng.integers(0, len(words) + 1)), KEYS[c])
+        rows.append({"note_id": f"n{i}", "text": " ".join(words), "codes": codes})
+    return pd.DataFrame(rows)
+
+
+DOCS = _corpus(24, 1)
+
+
+def _targets(docs):
+    """Teacher spans: the keyword of each gold code."""
+    out = {}
+    for n, t, cs in zip(docs.note_id, docs.text, docs.codes):
+        for c in cs:
+            s = t.index(KEYS[c])
+            out[(n, c)] = [(s, s + len(KEYS[c]))]
+    return out
+
+
+def _model(name="caml", seed=0):
+    torch.manual_seed(seed)
+    return build_model(name, PARAMS, list(KEYS), DOCS["text"], W2V).eval()
+
+
+# --- gradient surgery -------------------------------------------------------------------------
+def test_projection_of_conflicting_2d_gradients_by_hand():
+    # g_rat = (-1, 1) against g_code = (1, 0): dot -1 < 0, so g - (-1 / 1) (1, 0) = (0, 1)
+    g, ref = torch.tensor([-1.0, 1.0]), torch.tensor([1.0, 0.0])
+    out = T.project_conflicting(g, ref)
+    assert torch.allclose(out, torch.tensor([0.0, 1.0]))
+    assert float(torch.dot(out, ref)) == pytest.approx(0.0)
+    # (-2, 1) against (1, 1): dot -1, |ref|^2 2 -> (-2, 1) + 0.5 (1, 1) = (-1.5, 1.5)
+    assert torch.allclose(T.project_conflicting(torch.tensor([-2.0, 1.0]), torch.tensor([1.0, 1.0])), torch.tensor([-1.5, 1.5]))
+
+
+def test_projection_leaves_agreeing_or_orthogonal_gradients_alone():
+    for g in ([1.0, 1.0], [0.0, 3.0]):
+        g = torch.tensor(g)
+        assert torch.equal(T.project_conflicting(g, torch.tensor([1.0, 0.0])), g)
+    assert torch.equal(T.project_conflicting(torch.tensor([1.0, 2.0]), torch.zeros(2)), torch.tensor([1.0, 2.0]))
+
+
+def test_surgery_trains_and_counts_conflicts():
+    model = _model()
+    before = [p.detach().clone() for p in model.parameters()]
+    stats = T.train_surgery(model, DOCS, _targets(DOCS), 1.0, epochs=1, batch_size=8, seed=3)
+    assert stats["steps"] == 3 and stats["rationale_steps"] == 3
+    assert 0 <= stats["conflicts"] <= stats["rationale_steps"]
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    # without teacher spans it is plain coding training: no rationale step
+    assert T.train_surgery(_model(), DOCS, None, 1.0, epochs=1, batch_size=8)["rationale_steps"] == 0
+
+
+# --- two-stage ----------------------------------------------------------------------------------
+def test_constraint_penalty_by_hand():
+    logits = torch.tensor([[1.0, 0.0, -2.0]])
+    ref = torch.zeros(1, 3)
+    # excesses over 0.5: 0.5, 0, 1.5 -> squares 0.25, 0, 2.25 -> mean 2.5 / 3
+    assert float(T.constraint_penalty(logits, ref, 0.5)) == pytest.approx(2.5 / 3)
+    assert float(T.constraint_penalty(logits, ref, 2.0)) == 0.0
+
+
+@pytest.mark.parametrize("name", ["caml", "laat"])
+def test_two_stage_moves_only_the_queries_and_reports_the_constraint(name):
+    model = _model(name)
+    queries = {id(q) for q in T.query_parameters(model)}
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    stats = T.train_two_stage(model, DOCS, _targets(DOCS), 0.5, epochs=2, lr=0.05, penalty=10.0, seed=1)
+    assert stats["steps"] > 0 and 0.0 <= stats["within_tol"] <= 1.0
+    for n, p in model.named_parameters():
+        changed = not torch.equal(before[n], p.detach())
+        assert changed == (id(p) in queries), n
+        assert p.requires_grad  # restored
+
+
+def test_two_stage_with_a_huge_penalty_and_zero_steps_keeps_every_logit():
+    model = _model()
+    stats = T.train_two_stage(model, DOCS, _targets(DOCS), 0.0, epochs=1, lr=0.0, seed=1)
+    assert stats["within_tol"] == 1.0  # lr 0: the logits are the coder's
+
+
+def test_random_masks_stay_within_beta_and_finetuning_copies():
+    rng = np.random.default_rng(0)
+    ids = torch.arange(10, 30).reshape(2, 10)
+    mask = torch.ones(2, 10, dtype=torch.bool)
+    mask[1, 5:] = False
+    out = T.random_masks(ids, mask, 0.3, 2, rng)
+    changed = out != ids
+    assert changed[0].sum() <= 3 and changed[1].sum() <= 2 and not changed[1, 5:].any()
+    assert (out[changed] == 2).all()
+    model = _model()
+    w = model.embedding.weight.detach().clone()
+    ft = T.finetune_random_masking(model, DOCS, 0.2, epochs=1, lr=0.01)
+    assert ft is not model and torch.equal(model.embedding.weight, w)
+    assert not torch.equal(ft.embedding.weight, w)
+    with pytest.raises(ValueError, match="beta"):
+        T.finetune_random_masking(model, DOCS, 0.0)
+
+
+# --- Soft-NC / Soft-NS ----------------------------------------------------------------------------
+def test_soft_normalised_measures_by_hand():
+    # p 0.9, empty input 0.1 (1 - S(x, 0) = 0.8); perturbed 0.5: NC 0.4 / 0.8, NS (0.8 - 0.4) / 0.8
+    assert R.soft_nc(0.9, 0.5, 0.1) == pytest.approx(0.5)
+    assert R.soft_ns(0.9, 0.5, 0.1) == pytest.approx(0.5)
+    # perturbed above the note: nothing lost -> NC 0, NS 1; below the empty input: clipped
+    assert R.soft_nc(0.9, 0.95, 0.1) == 0.0 and R.soft_ns(0.9, 0.95, 0.1) == 1.0
+    assert R.soft_nc(0.9, 0.0, 0.1) == 1.0 and R.soft_ns(0.9, 0.0, 0.1) == 0.0
+    # the empty input does not lower the probability: undefined
+    assert math.isnan(R.soft_nc(0.3, 0.1, 0.4)) and math.isnan(R.soft_ns(0.3, 0.1, 0.3))
+
+
+def test_soft_masks_follow_importance():
+    rng = np.random.default_rng(0)
+    imp = R.normalise_importance(np.array([2.0, 0.0, -1.0, 1.0]))
+    assert np.allclose(imp, [1.0, 0.0, 0.0, 0.5])
+    nc = R.soft_keep(imp, 4000, rng, "soft_nc")
+    ns = R.soft_keep(imp, 4000, rng, "soft_ns")
+    assert not nc[0].any() and nc[1].all() and ns[0].all() and not ns[1].any()
+    assert nc[3].mean() == pytest.approx(0.5, abs=0.03) and ns[3].mean() == pytest.approx(0.5, abs=0.03)
+    with pytest.raises(ValueError):
+        R.soft_keep(imp, 2, rng, "soft_x")
+
+
+def _gold_pair(model):
+    note = DOCS[DOCS.codes.map(len) > 0].iloc[0]
+    return note.note_id, note.codes[0], len(model.tokenizer.encode(note.text))
+
+
+def test_soft_scores_extreme_importances_by_hand():
+    model = _model()
+    texts = dict(zip(DOCS.note_id, DOCS.text))
+    rows = []
+    for n, cs in zip(DOCS.note_id, DOCS.codes):
+        for c in cs:
+            k = len(model.tokenizer.encode(texts[n]))
+            rows += [(n, c, "none", np.zeros(k)), (n, c, "all", np.ones(k))]
+    out = R.soft_scores(model, texts, rows, model_name="caml", samples=3, seed=0)
+    assert list(out.columns) == R.ROBUST_COLUMNS
+    defined = out.dropna(subset=["value"])
+    assert len(defined)  # some pair whose empty input lowers the probability
+    v = lambda s, m: defined[(defined.source == s) & (defined.measure == m)].value
+    # nothing important: NC removes nothing (0), NS keeps nothing (0: as low as the empty input)
+    # (float32 batches of masked copies vs the single note: within 1e-3 of a tiny denominator)
+    assert np.allclose(v("none", "soft_nc"), 0.0, atol=1e-3) and np.allclose(v("none", "soft_ns"), 0.0, atol=1e-3)
+    # everything important: NC removes everything (1), NS keeps everything (1)
+    assert np.allclose(v("all", "soft_nc"), 1.0, atol=1e-3) and np.allclose(v("all", "soft_ns"), 1.0, atol=1e-3)
+    undefined = out[out.value.isna()]
+    assert (undefined.p <= undefined.p_zero).all()
+
+
+# --- F-Fidelity -------------------------------------------------------------------------------------
+def test_ffid_removals_by_hand():
+    support = np.array([True, True] + [False] * 8)
+    rng = np.random.default_rng(0)
+    plus = R.ffid_removals(support, 0.1, 5, rng, True)  # ceil(0.1 * 10) = 1 unit from {0, 1}
+    assert len(plus) == 5 and all(len(r) == 1 and r[0] in (0, 1) for r in plus)
+    minus = R.ffid_removals(support, 0.3, 4, rng, False)  # 3 units from {2..9}
+    assert all(len(r) == 3 and set(r) <= set(range(2, 10)) and len(set(r)) == 3 for r in minus)
+    assert all(len(r) == 2 for r in R.ffid_removals(support, 0.5, 2, rng, True))  # capped by the rationale
+    assert R.ffid_removals(np.zeros(4, bool), 0.5, 3, rng, True) == []
+    assert R.ffid(0.8, [0.6, 0.4]) == pytest.approx(0.3) and math.isnan(R.ffid(0.8, []))
+
+
+def test_ffid_scores_by_hand():
+    model = _model()
+    n, c, k = _gold_pair(model)
+    text = DOCS.set_index("note_id").text[n]
+    imp = np.zeros(k)
+    imp[:3] = 1.0
+    out = R.ffid_scores(model, {n: text}, [(n, c, "first3", imp)], model_name="caml", beta=0.2, samples=4, seed=5)
+    enc = model.tokenizer.encode(text)
+    lab = torch.tensor([model.labels.index(c)])
+    prob = lambda ids: float(torch.sigmoid(model(torch.as_tensor(ids)[None], None, lab).logits[0, 0]))
+    with torch.no_grad():
+        p = prob(enc.ids)
+        rng = R.pair_rng(5, n, c, "ffid:first3")
+        for measure, plus in (("ffid_plus", True), ("ffid_minus", False)):
+            drops = [p - prob(np.where(np.isin(np.arange(k), r), model.tokenizer.mask_id, enc.ids))
+                     for r in R.ffid_removals(imp > 0, 0.2, 4, rng, plus)]
+            got = out.set_index("measure").value[measure]
+            assert got == pytest.approx(float(np.mean(drops)), abs=1e-6)
+    with pytest.raises(ValueError, match="units"):
+        R.ffid_scores(model, {n: text}, [(n, c, "bad", np.ones(k + 1))], model_name="caml")
+
+
+# --- the profile section ----------------------------------------------------------------------------
+def test_open_questions_profile_section_and_plan():
+    from rationale_kit.workbook.protocols.open_questions import plan
+
+    assert load_profile("default").open_questions.scale == "reduced"
+    assert load_profile("codiesp").open_questions.scale == "full"
+    p = load_profile("smoke", {"open_questions": {"scale": "reduced", "surgery_lambdas": [0.1, 0.2, 0.3],
+                                                  "fractions": [0.25, 0.5, 1.0]}, "guided": {"models": ["caml", "laat"]}})
+    pl = plan(p)
+    assert pl.models == ["caml"] and pl.surgery_lambdas == [0.1, 0.2] and pl.fractions == [0.5, 1.0]
+    full = plan(load_profile("smoke", {"open_questions": {"scale": "full", "fractions": [0.25, 1.0]}}))
+    assert full.fractions == [0.25, 1.0]
+    with pytest.raises(ConfigError, match="ffid_beta"):
+        load_profile("smoke", {"open_questions": {"ffid_beta": 1.5}})
+    with pytest.raises(ConfigError, match="open_questions"):
+        load_profile("smoke", {"open_questions": {"nope": 1}})
