@@ -11,7 +11,7 @@ from rationale_kit.core.config import load_profile
 
 EVIL = "<script>alert(1)</script>"
 PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==")
-TITLES = ["Dataset", "Coding", "Plausibility", "Faithfulness", "Guided learning", "Few-shot"]
+TITLES = ["Dataset", "Coding", "Plausibility", "Faithfulness", "Guided learning", "Few-shot", "Open questions beyond the paper"]
 NUMBERED = [f"{i}. {t}" for i, t in enumerate(TITLES, 1)]
 
 
@@ -95,10 +95,10 @@ def test_notebooks_not_run_are_reported_not_crashed(prof, tmp_path):
     for s in rep.sections[1:]:
         assert not s.ran and "has not run yet" in s.notes[0] and not s.tables and not s.figures
     assert dict(rep.header)["models trained"].startswith("none yet")
-    assert [t.status for t in rep.timings] == ["not run in this invocation"] + ["never run"] * 7
+    assert [t.status for t in rep.timings] == ["not run in this invocation"] + ["never run"] * 8
     assert rep.timings[0].seconds == 12.0
     md, page = report.to_markdown(rep), report.to_html(rep)
-    assert md.count("has not run yet") == 5 and page.count("has not run yet") == 5
+    assert md.count("has not run yet") == 6 and page.count("has not run yet") == 6
 
 
 def test_missing_or_broken_table_is_a_note(prof, tmp_path):

@@ -120,6 +120,14 @@ def _sections(root: Path, figures_dir: Path) -> list[tuple[str, str, Callable[[]
         return [Figure("plausibility / coding trade-off of guided learning", fig, fig.read_bytes() if fig.is_file() else None),
                 _csv(root, A.GUIDED_SUMMARY, "guided learning summary")]
 
+    def open_questions() -> list:
+        figs = [Figure(caption, figures_dir / f, (figures_dir / f).read_bytes() if (figures_dir / f).is_file() else None)
+                for caption, f in (("trade-off methods: micro-F1 against PI token F1, chosen settings with 95% intervals",
+                                    "09_pareto.png"), ("learning curves as the teacher's training notes grow",
+                                                       "09_learning_curve.png"))]
+        return [OPEN_NOTE, _csv(root, A.VERDICTS_OPEN, "verdicts on the open questions", 3, None, _open_verdicts), figs[0],
+                _csv(root, A.LEARNING_CURVE, "NER tagger and multi-objective student against training notes", 3), figs[1]]
+
     return [
         ("01_data", "Dataset", lambda: [_csv(root, A.STATISTICS, "dataset statistics", 2, 0, _statistics)]),
         ("02_train", "Coding", lambda: [_csv(root, A.CODING_TABLE, "coding performance on the test notes", 3, 0, _coding),
@@ -137,7 +145,21 @@ def _sections(root: Path, figures_dir: Path) -> list[tuple[str, str, Callable[[]
             "The teacher is the LLM backend named in the header; the bundled local SmolLM2-135M is a very weak "
             "teacher whose quotes rarely align to the note, so its rows are near zero by construction.",
             _csv(root, A.FEW_SHOT_SUMMARY, "PI token F1: zero-shot vs few-shot teacher")]),
+        ("09_open_questions", "Open questions beyond the paper", open_questions),
     ]
+
+
+OPEN_NOTE = ("q1: plausibility up without a coding cost, per trade-off method (setting chosen on the tuning notes; "
+             "'no coding cost' holds when the micro-F1 change's interval lies above -open_questions.coding_margin); "
+             "q2: finding (b) under Soft-NC/NS and F-Fidelity; q3: finding (a) per alignment threshold. "
+             "See docs/method/open_questions.md.")
+
+
+def _open_verdicts(v: pd.DataFrame) -> pd.DataFrame:
+    """Notebook 09's verdicts as the report shows them (effect with its interval)."""
+    v = v.assign(**{"effect [95% CI]": [_ci(e, lo, hi) for e, lo, hi in zip(v.effect, v.lo, v.hi)]})
+    return v[[c for c in ("finding", "comparison", "model", "dataset", "effect [95% CI]", "n_notes", "n_pairs", "verdict")
+              if c in v.columns]]
 
 
 # the report lists findings in the order a, b, c, d (notebooks 06, 05, 07, 08)
