@@ -230,3 +230,41 @@ def test_open_questions_profile_section_and_plan():
         load_profile("smoke", {"open_questions": {"ffid_beta": 1.5}})
     with pytest.raises(ConfigError, match="open_questions"):
         load_profile("smoke", {"open_questions": {"nope": 1}})
+
+
+# --- choices on the tuning notes and the no-cost verdict ----------------------------------------------
+def _count_rows(method, setting, measure, tp, fp, fn, note="t1", code="A"):
+    return {"note_id": note, "code": code if measure != "coding" else "-", "measure": measure, "tp": tp, "fp": fp, "fn": fn,
+            "model": "caml", "method": method, "setting": setting}
+
+
+def test_setting_chosen_on_tuning_notes_respects_the_coding_slack():
+    from rationale_kit.workbook.protocols.open_questions import choose_setting
+
+    pi = "token_position_independent"
+    counts = pd.DataFrame([
+        _count_rows("unguided", 0.0, "coding", 8, 2, 2), _count_rows("unguided", 0.0, pi, 1, 9, 9),
+        _count_rows("surgery", 1.0, "coding", 8, 2, 2), _count_rows("surgery", 1.0, pi, 5, 5, 5),  # F1 0.8 / 0.5
+        _count_rows("surgery", 2.0, "coding", 6, 4, 4), _count_rows("surgery", 2.0, pi, 9, 1, 1),  # F1 0.6 / 0.9
+        # a report note that must not influence the choice
+        _count_rows("surgery", 1.0, pi, 0, 50, 50, note="r1"), _count_rows("surgery", 2.0, "coding", 0, 50, 50, note="r1"),
+    ])
+    chosen, scores = choose_setting(counts, "caml", "surgery", {"t1"}, slack=0.0)
+    assert chosen == 1.0
+    assert scores.set_index("setting")["tuning PI token F1"].to_dict() == pytest.approx({1.0: 0.5, 2.0: 0.9})
+    assert scores.eligible.tolist() == [True, False]
+    assert choose_setting(counts, "caml", "surgery", {"t1"}, slack=0.25)[0] == 2.0  # 0.6 >= 0.8 - 0.25
+    with pytest.raises(ValueError, match="no run"):
+        choose_setting(counts, "caml", "two-stage", {"t1"})
+
+
+@pytest.mark.parametrize("lo,hi,margin,verdict", [(-0.008, -0.002, 0.01, "holds"), (-0.008, -0.002, 0.0, "does not hold"),
+                                                  (-0.05, 0.01, 0.01, "inconclusive"), (-0.05, -0.02, 0.01, "does not hold")])
+def test_no_coding_cost_is_non_inferiority_at_the_margin(lo, hi, margin, verdict):
+    from rationale_kit.workbook.protocols.open_questions import _no_cost_row
+
+    code = {"a": 0.5, "b": 0.505, "effect": (lo + hi) / 2, "lo": lo, "hi": hi, "n_notes": 30, "n_pairs": 30}
+    row = _no_cost_row(code, "x", "caml", "d", margin, "units")
+    assert row["verdict"] == verdict
+    assert (row["effect"], row["lo"], row["hi"]) == (code["effect"], lo, hi)  # the unshifted change is reported
+    assert row["expect"] == f"> -{margin:g}" and row["finding"] == "q1"

@@ -369,7 +369,7 @@ def tune_threshold(ds, quotes: pd.DataFrame, design, profile: Profile) -> tuple[
     for t in profile.open_questions.threshold_grid:
         c = _llm_counts(ds, quotes, t, design, tune, profile.alignment.occurrences)
         f1 = E.prf(E.per_note(c[c.measure == PI]).sum())["f1"] if len(c) else float("nan")
-        rows.append({"threshold": float(t), "tuning PI token F1": f1, "n_pairs": int(len(c) // 4) if len(c) else 0})
+        rows.append({"threshold": float(t), "tuning PI token F1": f1, "n_pairs": int((c.measure == PI).sum()) if len(c) else 0})
     grid = pd.DataFrame(rows)
     ok = grid.dropna(subset=["tuning PI token F1"])
     if ok.empty:
@@ -412,7 +412,6 @@ def learning_curve(ds, targets: dict, sweep_counts07: pd.DataFrame, labels: list
     student's micro-F1, each with a bootstrap interval over notes; the tagger codes nothing
     (micro-F1 is the coder's whose codes it uses)."""
     from rationale_kit.metrics import evaluation as E
-    from rationale_kit.metrics import plausibility as P
     from rationale_kit.rationales import ner as N
     from rationale_kit.workbook.protocols.train import fit_model
 
@@ -422,7 +421,10 @@ def learning_curve(ds, targets: dict, sweep_counts07: pd.DataFrame, labels: list
     name = pl.models[0]
     report, tune = set(design.report_ids), set(design.tuning_ids)
     train_ids = set(student_notes(ds, profile).note_id)
-    with_spans = [n for n in ds.docs.note_id if n in train_ids and n in {k[0] for k in targets}]
+    annotated = {k[0] for k in targets}
+    with_spans = [n for n in ds.docs.note_id if n in train_ids and n in annotated]
+    if not with_spans:
+        raise ValueError(f"teacher {oq.teacher!r} has no spans on the students' training notes: no learning curve")
     try:
         lam, _ = choose_lambda(sweep_counts07, name, oq.teacher, tune)
     except ValueError:
