@@ -223,9 +223,11 @@ def test_open_questions_profile_section_and_plan():
     p = load_profile("smoke", {"open_questions": {"scale": "reduced", "surgery_lambdas": [0.1, 0.2, 0.3],
                                                   "fractions": [0.25, 0.5, 1.0]}, "guided": {"models": ["caml", "laat"]}})
     pl = plan(p)
-    assert pl.models == ["caml"] and pl.surgery_lambdas == [0.1, 0.2] and pl.fractions == [0.5, 1.0]
-    full = plan(load_profile("smoke", {"open_questions": {"scale": "full", "fractions": [0.25, 1.0]}}))
-    assert full.fractions == [0.25, 1.0]
+    assert pl.models == ["caml"] and pl.surgery_lambdas == [0.1, 0.2] and pl.fractions == [0.25, 0.5, 1.0]
+    assert pl.curve_notes == 10 and pl.faithfulness_pairs <= 20  # smoke's own cap, under reduced's 40
+    assert plan(load_profile("smoke", {"open_questions": {"curve_notes": None}})).curve_notes == 40
+    full = plan(load_profile("smoke", {"open_questions": {"scale": "full", "fractions": [0.25, 1.0]}, "guided": {"models": ["caml", "laat"]}}))
+    assert full.fractions == [0.25, 1.0] and full.curve_notes is None and full.models == ["caml", "laat"]
     with pytest.raises(ConfigError, match="ffid_beta"):
         load_profile("smoke", {"open_questions": {"ffid_beta": 1.5}})
     with pytest.raises(ConfigError, match="open_questions"):

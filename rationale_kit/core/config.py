@@ -280,8 +280,8 @@ class OpenQuestions:
     """Notebook 09: the questions the paper leaves open (docs/method/open_questions.md)."""
 
     # "reduced": the first guided model only, the first two values of each setting grid, at most
-    # 20 faithfulness pairs and learning-curve fractions 0.5 and 1 (the default series' budget);
-    # "full": everything below as given (the CodiEsp profile)
+    # 20 faithfulness pairs and a learning curve over at most 40 training notes (the default
+    # series' budget); "full": everything below as given (the CodiEsp profile)
     scale: Literal["reduced", "full"] = "full"
     models: Optional[list[str]] = None  # None = guided.models
     teacher: str = "human"  # whose aligned spans the trade-off methods and the learning curve learn from
@@ -306,6 +306,7 @@ class OpenQuestions:
     thresholds: list[float] = field(default_factory=lambda: [1.5, 1.7, 2.0])  # finding (a) at each (+ the tuned one)
     threshold_grid: list[float] = field(default_factory=lambda: [1.3, 1.4, 1.5, 1.6, 1.7, 1.8, 1.9, 2.0])
     fractions: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0])  # of the training notes with teacher spans
+    curve_notes: Optional[int] = None  # the curve's 100%: at most this many of those notes (None = all; reduced: 40)
 
 
 @dataclass(frozen=True)

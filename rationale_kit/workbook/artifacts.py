@@ -102,7 +102,7 @@ ALIGNMENT = Artifact("alignment.parquet", "04_alignment", (), ("note_id", "code"
                                                                "score", "method", "reason", "..."),
                      "every quote with its alignment")
 LLM_SPANS = Artifact("llm_spans.parquet", "04_alignment", ("05_faithfulness", "06_plausibility",
-                                                           "07_guided_learning", "08_few_shot"),
+                                                           "07_guided_learning", "08_few_shot", "09_open_questions"),
                      SPAN_TABLE + ("score", "method", "quote"), "aligned LLM spans per teacher")
 
 # 05_faithfulness

@@ -39,19 +39,20 @@ class Plan:
     epochs: int
     faithfulness_pairs: int
     fractions: list
+    curve_notes: int | None
 
 
 def plan(profile: Profile) -> Plan:
     """The resolved settings: ``scale: reduced`` keeps the first model, the first two values of
-    each grid, at most 20 faithfulness pairs and the fractions 0.5 and 1."""
+    each grid, at most 20 faithfulness pairs and at most 40 notes for the learning curve."""
     oq, g = profile.open_questions, profile.guided
     models = list(oq.models or g.models)
     epochs = oq.epochs or g.epochs or 1
     p = Plan(models, list(oq.surgery_lambdas), list(oq.two_stage_tolerances), int(epochs), int(oq.faithfulness_pairs),
-             sorted(set(oq.fractions)))
+             sorted(set(oq.fractions)), oq.curve_notes)
     if oq.scale == "reduced":
-        frac = [f for f in p.fractions if f >= 0.5] or p.fractions[-1:]
-        p = Plan(models[:1], p.surgery_lambdas[:2], p.tolerances[:2], p.epochs, min(20, p.faithfulness_pairs), frac)
+        p = Plan(models[:1], p.surgery_lambdas[:2], p.tolerances[:2], p.epochs, min(20, p.faithfulness_pairs), p.fractions,
+                 min(40, p.curve_notes or 40))
     return p
 
 
@@ -405,7 +406,7 @@ def threshold_sensitivity(ds, quotes: pd.DataFrame, counts06: pd.DataFrame, desi
 def learning_curve(ds, targets: dict, sweep_counts07: pd.DataFrame, labels: list, profile: Profile, out_dir: Path,
                    device: str = "cpu", trained_dir: Path | None = None, design=None) -> pd.DataFrame:
     """At each fraction of :func:`plan` of the students' training notes with teacher spans (the
-    first ones): the multi-objective student (the first model of :func:`plan`, lambda chosen on
+    first ones, at most ``curve_notes``): the multi-objective student (the first model of :func:`plan`, lambda chosen on
     the tuning notes in notebook 07 for ``open_questions.teacher``) trained on those notes only,
     and the NER tagger trained on their spans (assigned to the codes notebook 02's model
     predicts). PI token F1 on the report notes (NER: its first ``guided.ner_eval_notes``) and the
@@ -422,7 +423,7 @@ def learning_curve(ds, targets: dict, sweep_counts07: pd.DataFrame, labels: list
     report, tune = set(design.report_ids), set(design.tuning_ids)
     train_ids = set(student_notes(ds, profile).note_id)
     annotated = {k[0] for k in targets}
-    with_spans = [n for n in ds.docs.note_id if n in train_ids and n in annotated]
+    with_spans = [n for n in ds.docs.note_id if n in train_ids and n in annotated][: pl.curve_notes or None]
     if not with_spans:
         raise ValueError(f"teacher {oq.teacher!r} has no spans on the students' training notes: no learning curve")
     try:
