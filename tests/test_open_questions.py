@@ -226,7 +226,7 @@ def test_open_questions_profile_section_and_plan():
     assert pl.models == ["caml"] and pl.surgery_lambdas == [0.1, 0.2] and pl.fractions == [0.25, 0.5, 1.0]
     assert pl.curve_notes == 10 and pl.faithfulness_pairs <= 20  # smoke's own cap, under reduced's 40
     assert plan(load_profile("smoke", {"open_questions": {"curve_notes": None}})).curve_notes == 40
-    full = plan(load_profile("smoke", {"open_questions": {"scale": "full", "fractions": [0.25, 1.0]}, "guided": {"models": ["caml", "laat"]}}))
+    full = plan(load_profile("smoke", {"open_questions": {"scale": "full", "fractions": [0.25, 1.0], "curve_notes": None}, "guided": {"models": ["caml", "laat"]}}))
     assert full.fractions == [0.25, 1.0] and full.curve_notes is None and full.models == ["caml", "laat"]
     with pytest.raises(ConfigError, match="ffid_beta"):
         load_profile("smoke", {"open_questions": {"ffid_beta": 1.5}})
