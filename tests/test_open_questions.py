@@ -270,3 +270,24 @@ def test_no_coding_cost_is_non_inferiority_at_the_margin(lo, hi, margin, verdict
     assert row["verdict"] == verdict
     assert (row["effect"], row["lo"], row["hi"]) == (code["effect"], lo, hi)  # the unshifted change is reported
     assert row["expect"] == f"> -{margin:g}" and row["finding"] == "q1"
+
+
+def test_finding_b_re_tested_with_the_expected_signs():
+    from rationale_kit.workbook.protocols.open_questions import robust_verdicts
+
+    prof = load_profile("smoke")
+    k = prof.rationales.topk
+    values = {"soft_nc": (0.8, 0.2), "soft_ns": (0.3, 0.7), "ffid_plus": (0.5, 0.1), "ffid_minus": (0.1, 0.3)}
+    rows = []
+    for i in range(12):
+        for m, (a, e) in values.items():
+            rows.append((f"n{i}", "A", f"attention top-{k}", "caml", m, a + 0.01 * (i % 3), 0.9, 0.1, 50, 5))
+            rows.append((f"n{i}", "A", "entity (exact_code)", "caml", m, e, 0.9, 0.1, 50, 3))
+    rows.append(("n99", "A", "entity (exact_code)", "caml", "soft_nc", float("nan"), 0.1, 0.2, 50, 3))  # undefined: dropped
+    v = robust_verdicts(pd.DataFrame(rows, columns=R.ROBUST_COLUMNS), prof, "toy").set_index("measure")
+    assert v.loc["soft_nc", "verdict"] == "holds" and v.loc["soft_nc", "n_pairs"] == 12
+    assert v.loc["soft_nc", "effect"] == pytest.approx(0.61)  # 0.8 + mean(0, .01, .02) - 0.2
+    assert v.loc["soft_ns", "verdict"] == "holds"  # entity keeps more: attention - entity < 0
+    assert v.loc["Soft-NC/NS", "verdict"] == "holds"
+    assert v.loc["ffid_plus", "verdict"] == "holds" and v.loc["ffid_minus", "verdict"] == "does not hold"
+    assert v.loc["F-Fidelity", "verdict"] == "does not hold"
