@@ -107,7 +107,7 @@ class ModelParams:
     head_lr: Optional[float] = None  # learning rate of the non-encoder parameters; None = lr
     lr: float = 1e-3
     weight_decay: float = 1e-3
-    batch_size: int = 8
+    batch_size: Optional[int] = None  # None = the model's own batch size
     grad_accum: int = 1
     epochs: int = 20
     patience: int = 6
@@ -286,12 +286,12 @@ class OpenQuestions:
     models: Optional[list[str]] = None  # None = guided.models
     teacher: str = "human"  # whose aligned spans the trade-off methods and the learning curve learn from
     surgery_lambdas: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.5])
-    surgery_lr: float = 1e-3
+    surgery_lr: Optional[float] = None  # None = the model's own lr (train.<model>.lr), as notebook 07's students
     two_stage_tolerances: list[float] = field(default_factory=lambda: [0.1, 0.5, 1.0])
     two_stage_lr: float = 1e-2
     two_stage_penalty: float = 10.0  # weight of the squared excess of the logits over the tolerance
     epochs: Optional[int] = None  # epochs of surgery / stage 2 (None = guided.epochs, else 1)
-    batch_size: int = 8
+    batch_size: Optional[int] = None  # None = the model's own batch size
     # settings are chosen on the tuning notes: the best PI token F1 among those whose tuning micro-F1
     # is at most coding_slack below the unguided student's (else the best PI token F1)
     coding_slack: float = 0.0

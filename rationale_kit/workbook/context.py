@@ -210,6 +210,7 @@ def setup(notebook: str, profile: str | None = None, overrides: dict | None = No
             "01_data": "data", "02_train": "train", "03_rationales": "rationales",
             "04_alignment": "alignment", "05_faithfulness": "faithfulness",
             "06_plausibility": "plausibility", "07_guided_learning": "guided", "08_few_shot": "few_shot",
+            "09_open_questions": "open_questions",
         }.get(notebook)
         shown = {"common": dataclasses.asdict(prof.common)}
         if section:

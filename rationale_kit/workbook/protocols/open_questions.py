@@ -116,17 +116,19 @@ def tradeoff_runs(ds, targets: dict, sweep: pd.DataFrame, profile: Profile, out_
         for r in part.to_dict("records"):
             if r["lambda"] == 0 or r["teacher"] == oq.teacher:
                 rows.append({**r, "method": "unguided" if r["lambda"] == 0 else "multi-objective", "setting": float(r["lambda"])})
+        params = getattr(profile.train, name)
+        batch = oq.batch_size or params.batch_size
         for lam in pl.surgery_lambdas:
             t0 = time.time()
             model, _ = M.load(start, device=device)
-            stats = T.train_surgery(model, docs, targets, lam, epochs=pl.epochs, lr=oq.surgery_lr, batch_size=oq.batch_size,
-                                    kind=g.loss, seed=profile.common.seed, device=device)
+            stats = T.train_surgery(model, docs, targets, lam, epochs=pl.epochs, lr=oq.surgery_lr or params.lr, batch_size=batch,
+                                    kind=g.loss, clip_norm=profile.train.clip_norm, seed=profile.common.seed, device=device)
             rows.append(_run_row(model, name, "gradient surgery", lam, ds, profile, Path(out_dir) / f"{name}_surgery_{lam:g}",
                                  device, design, t0, {"conflict share": stats["conflicts"] / max(1, stats["rationale_steps"])}))
         for tol in pl.tolerances:
             t0 = time.time()
             model, _ = M.load(unguided, device=device)
-            stats = T.train_two_stage(model, docs, targets, tol, epochs=pl.epochs, lr=oq.two_stage_lr, batch_size=oq.batch_size,
+            stats = T.train_two_stage(model, docs, targets, tol, epochs=pl.epochs, lr=oq.two_stage_lr, batch_size=batch,
                                       kind=g.loss, penalty=oq.two_stage_penalty, seed=profile.common.seed, device=device)
             rows.append(_run_row(model, name, "two-stage", tol, ds, profile, Path(out_dir) / f"{name}_two_stage_{tol:g}",
                                  device, design, t0, {"logits within tolerance": stats["within_tol"]}))
@@ -302,7 +304,8 @@ def robust_faithfulness(models_: Mapping[str, object], ds, faith: pd.DataFrame, 
         parts.append(R.soft_scores(model, texts, rats, model_name=name, samples=oq.soft_samples, seed=profile.common.seed,
                                    device=device))
         ft = finetune_random_masking(model, student_notes(ds, profile), oq.ffid_beta, epochs=oq.ffid_epochs, lr=oq.ffid_lr,
-                                     batch_size=oq.batch_size, seed=profile.common.seed, device=device)
+                                     batch_size=oq.batch_size or getattr(profile.train, name).batch_size,
+                                     seed=profile.common.seed, device=device)
         parts.append(R.ffid_scores(ft, texts, rats, model_name=name, beta=oq.ffid_beta, samples=oq.ffid_samples,
                                    seed=profile.common.seed, device=device))
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=R.ROBUST_COLUMNS)
