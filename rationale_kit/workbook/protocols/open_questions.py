@@ -377,6 +377,8 @@ def tune_threshold(ds, quotes: pd.DataFrame, design, profile: Profile) -> tuple[
     grid = pd.DataFrame(rows)
     ok = grid.dropna(subset=["tuning PI token F1"])
     if ok.empty:
+        print(f"no aligned LLM span on the tuning notes' pairs at any threshold: the 'tuned' threshold is the profile's "
+              f"alignment.threshold ({profile.alignment.threshold:g})")
         return float(profile.alignment.threshold), grid
     best = ok["tuning PI token F1"].max()
     return float(ok.loc[ok["tuning PI token F1"] >= best - 1e-12, "threshold"].min()), grid
