@@ -142,7 +142,7 @@ TRADEOFF = Artifact("tradeoff_verdict.csv", "07_guided_learning", ("report",),
                     ("model", "teacher", "lambda (chosen on tuning notes)", "PI token F1 gain", "gain lo", "gain hi",
                      "micro-F1 change", "change lo", "change hi", "n_notes", "seeds", "..."),
                     "lambda chosen on tuning notes, gains with intervals")
-NER = Artifact("ner.csv", "07_guided_learning", (), ("teacher", "train notes", "requested", "spans", "pi_token_f1",
+NER = Artifact("ner.csv", "07_guided_learning", ("09_open_questions",), ("teacher", "train notes", "requested", "spans", "pi_token_f1",
                                                      "...", "run_dir", "seconds", "pi_token_f1_lo", "pi_token_f1_hi"),
                "the NER experiment")
 GUIDED_SUMMARY = Artifact("summary.csv", "07_guided_learning", ("report",),

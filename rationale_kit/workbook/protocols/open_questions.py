@@ -409,16 +409,18 @@ def threshold_sensitivity(ds, quotes: pd.DataFrame, counts06: pd.DataFrame, desi
 # 4. NER formulation and multi-objective student as the teacher's data grows
 # ---------------------------------------------------------------------------------------------
 def learning_curve(ds, targets: dict, sweep_counts07: pd.DataFrame, labels: list, profile: Profile, out_dir: Path,
-                   device: str = "cpu", trained_dir: Path | None = None, design=None) -> pd.DataFrame:
-    """At each fraction of :func:`plan` of the students' training notes with teacher spans (the
-    first ones, at most ``curve_notes``): the multi-objective student (the first model of :func:`plan`, lambda chosen on
+                   device: str = "cpu", trained_dir: Path | None = None, design=None,
+                   ner07: pd.DataFrame | None = None) -> pd.DataFrame:
+    """At each fraction of :func:`plan` of the training notes with teacher spans (the first ones by
+    note id, as notebook 07's NER experiment takes them; at most ``curve_notes``): the multi-objective student (the first model of :func:`plan`, lambda chosen on
     the tuning notes in notebook 07 for ``open_questions.teacher``) trained on those notes only,
     and the NER tagger trained on their spans (assigned to the codes notebook 02's model
     predicts). PI token F1 on the report notes (NER: its first ``guided.ner_eval_notes``) and the
     student's micro-F1, each with a bootstrap interval over notes; the tagger codes nothing
-    (micro-F1 is the coder's whose codes it uses)."""
+    (micro-F1 is the coder's whose codes it uses). A tagger notebook 07 already trained on the same
+    teacher's first notes of the same number (``ner07``: its NER table) is read back, not retrained:
+    same notes, same configuration, same evaluation notes and codes."""
     from rationale_kit.metrics import evaluation as E
-    from rationale_kit.rationales import ner as N
     from rationale_kit.workbook.protocols.train import fit_model
 
     oq, g = profile.open_questions, profile.guided
@@ -426,11 +428,9 @@ def learning_curve(ds, targets: dict, sweep_counts07: pd.DataFrame, labels: list
     boot_ = bootstrap(profile.evaluation)
     name = pl.models[0]
     report, tune = set(design.report_ids), set(design.tuning_ids)
-    train_ids = set(student_notes(ds, profile).note_id)
-    annotated = {k[0] for k in targets}
-    with_spans = [n for n in ds.docs.note_id if n in train_ids and n in annotated][: pl.curve_notes or None]
+    with_spans = sorted({k[0] for k in targets})[: pl.curve_notes or None]
     if not with_spans:
-        raise ValueError(f"teacher {oq.teacher!r} has no spans on the students' training notes: no learning curve")
+        raise ValueError(f"teacher {oq.teacher!r} has no spans on training notes: no learning curve")
     try:
         lam, _ = choose_lambda(sweep_counts07, name, oq.teacher, tune)
     except ValueError:
@@ -466,14 +466,9 @@ def learning_curve(ds, targets: dict, sweep_counts07: pd.DataFrame, labels: list
         E.with_interval(row, E.interval(pi_n, "f1", boot_), "pi_")
         rows.append(E.with_interval(row, E.interval(code_n, "f1", boot_), "micro_"))
         t0 = time.time()
-        spans = pd.DataFrame([(n, cd, s, e) for (n, cd), v in sub.items() for s, e in v], columns=["note_id", "code", "start", "end"])
-        cfg = N.NERConfig(epochs=g.ner_epochs, seed=profile.common.seed, window=profile.train.plm_icd.chunk_size,
-                          encoder_path=profile.train.plm_icd.encoder_path, max_windows_per_note=g.ner_max_windows_per_note,
-                          lr=g.ner_lr, head_lr=g.ner_head_lr, freeze_layers=g.ner_freeze_layers, formulation=g.ner_formulation)
-        tagger = N.train_ner(ds.docs[ds.docs.note_id.isin(set(use))], spans, cfg, out_dir=Path(out_dir) / f"ner_{frac:g}",
-                             device=device, progress=profile.common.progress)
-        found = N.assign_codes(tagger.predict_spans(eval_notes[["note_id", "text"]]), predicted)
-        nc = E.pair_counts(gold, found, eval_notes)
+        nc = _ner07_counts(ner07, oq.teacher, len(use))
+        if nc is None:
+            nc = _train_ner_counts(ds, sub, use, profile, Path(out_dir) / f"ner_{frac:g}", eval_notes, gold, predicted, device)
         ner_n = E.per_note(nc[nc.measure == PI])
         code_b = E.per_note(coder, notes=code_notes)
         row = {"method": f"NER tagger (codes of {name})", "fraction": frac, "train notes": len(use),
@@ -482,3 +477,35 @@ def learning_curve(ds, targets: dict, sweep_counts07: pd.DataFrame, labels: list
         E.with_interval(row, E.interval(ner_n, "f1", boot_), "pi_")
         rows.append(E.with_interval(row, E.interval(code_b, "f1", boot_), "micro_"))
     return pd.DataFrame(rows)
+
+
+def _ner07_counts(ner07: pd.DataFrame | None, teacher: str, n: int) -> pd.DataFrame | None:
+    """Notebook 07's per-pair counts of its tagger of ``teacher`` on ``n`` notes, when it has one."""
+    if ner07 is None or not len(ner07):
+        return None
+    hit = ner07[(ner07.teacher == teacher) & (ner07["train notes"] == n)]
+    path = Path(str(hit.run_dir.iloc[0])) / A.NOTE_COUNTS.file if len(hit) else None
+    if path is None or not path.exists():
+        return None
+    print(f"NER tagger on {n} notes of {teacher}: notebook 07's run ({path.parent.name}), read back")
+    return pd.read_parquet(path)
+
+
+def _train_ner_counts(ds, sub: dict, use: list, profile: Profile, run_dir: Path, eval_notes: pd.DataFrame,
+                      gold: pd.DataFrame, predicted: pd.DataFrame, device) -> pd.DataFrame:
+    """Train the tagger (notebook 07's configuration) on the spans ``sub`` of the notes ``use`` and
+    count its spans, assigned to the ``predicted`` codes, against ``gold`` on ``eval_notes``."""
+    from rationale_kit.metrics import evaluation as E
+    from rationale_kit.rationales import ner as N
+
+    g = profile.guided
+    spans = pd.DataFrame([(n, cd, s, e) for (n, cd), v in sub.items() for s, e in v], columns=["note_id", "code", "start", "end"])
+    cfg = N.NERConfig(epochs=g.ner_epochs, seed=profile.common.seed, window=profile.train.plm_icd.chunk_size,
+                      encoder_path=profile.train.plm_icd.encoder_path, max_windows_per_note=g.ner_max_windows_per_note,
+                      lr=g.ner_lr, head_lr=g.ner_head_lr, freeze_layers=g.ner_freeze_layers, formulation=g.ner_formulation)
+    tagger = N.train_ner(ds.docs[ds.docs.note_id.isin(set(use))], spans, cfg, out_dir=run_dir, device=device,
+                         progress=profile.common.progress)
+    found = N.assign_codes(tagger.predict_spans(eval_notes[["note_id", "text"]]), predicted)
+    counts = E.pair_counts(gold, found, eval_notes)
+    counts.to_parquet(run_dir / A.NOTE_COUNTS.file, index=False)
+    return counts
