@@ -57,7 +57,8 @@ def test_series_runs_on_smoke(tmp_path):
         assert manifest.exists(), f"{name} wrote no manifest"
     figures = tmp_path / "figures" / "smoke"
     assert (figures / "PROVENANCE.md").exists()
-    for fig in ["01_dataset_overview.png", "02_learning_curves.png", "05_aopc_curves.png", "06_pi_token_f1.png", "07_tradeoff.png"]:
+    for fig in ["01_dataset_overview.png", "02_learning_curves.png", "05_aopc_curves.png", "06_pi_token_f1.png", "07_tradeoff.png",
+                "09_pareto.png", "09_learning_curve.png"]:
         assert (figures / fig).stat().st_size > 1000, f"figure {fig} missing or empty"
     # the run report collects the tables in the paper's order
     html = (tmp_path / "runs" / "report.html").read_text(encoding="utf-8")
@@ -66,3 +67,7 @@ def test_series_runs_on_smoke(tmp_path):
     # notebook 08 reuses the students notebook 07 trained with the same settings
     students = pd.read_csv(tmp_path / "artifacts" / "smoke" / "08_few_shot" / "students.csv")
     assert (students.trained_in == "07_guided_learning").any(), students
+    # notebook 09 answers the open questions with verdicts: the trade-off, finding (b) re-tested, thresholds
+    open_v = pd.read_csv(tmp_path / "artifacts" / "smoke" / "09_open_questions" / "verdicts.csv")
+    assert {"q1", "q2", "q3"} <= set(open_v.finding), open_v
+    assert "Open questions beyond the paper" in html

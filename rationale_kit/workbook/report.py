@@ -156,7 +156,10 @@ OPEN_NOTE = ("q1: plausibility up without a coding cost, per trade-off method (s
 
 
 def _open_verdicts(v: pd.DataFrame) -> pd.DataFrame:
-    """Notebook 09's verdicts as the report shows them (effect with its interval)."""
+    """Notebook 09's verdicts as the report shows them (effect with its interval); of q3 only the
+    comparisons the threshold changes (those with an LLM teacher)."""
+    v = v[(v.finding != "q3") | v.comparison.str.contains("llm|LLM")].reset_index(drop=True)
+    v = v.astype({c: "Int64" for c in ("n_notes", "n_pairs") if c in v.columns})
     v = v.assign(**{"effect [95% CI]": [_ci(e, lo, hi) for e, lo, hi in zip(v.effect, v.lo, v.hi)]})
     return v[[c for c in ("finding", "comparison", "model", "dataset", "effect [95% CI]", "n_notes", "n_pairs", "verdict")
               if c in v.columns]]
