@@ -57,27 +57,42 @@ def test_mimiciv_from_separate_hosp_and_note_folders(fixture_keys):
 def test_mdace_on_mimic3_counts(fixture_keys):
     ds = data.load_dataset(_profile(fixture_keys))
     docs = ds.docs.set_index("note_id")
-    # documents per split: MIMIC-IV 6/2/2, plus the 3 MDACE admissions as annotated test documents
-    assert ds.docs.split.value_counts().to_dict() == {"train": 6, "test": 5, "val": 2}
-    assert sorted(ds.docs.note_id[ds.docs.annotated]) == ["mimic3_1500", "mimic3_501", "mimic3_900"]
+    # documents per split: MIMIC-IV 6/2/2, plus 6 MDACE discharge-summary reports (5 admissions, one
+    # with two reports) as annotated test documents (evaluation only: never trained on)
+    assert ds.docs.split.value_counts().to_dict() == {"train": 6, "test": 8, "val": 2}
+    assert sorted(ds.docs.note_id[ds.docs.annotated]) == ["mimic3_1500", "mimic3_2300", "mimic3_2301", "mimic3_2500",
+                                                          "mimic3_501", "mimic3_900"]
     assert docs.loc["mimic3_900", "text"] == REPORT_B  # the report, not the addendum (ROW_ID 1200 < "900" as strings)
     assert docs.loc["mimic3_501", "codes"] == ["I10", "N18.3", "F32.9", "Z99.11"]
     assert docs.loc["mimic3_900", "codes"] == ["J44.9", "E11.9", "0DTJ4ZZ"]
     assert docs.loc["mimic3_1500", "codes"] == ["E11.9", "I10"]
     rep = ds.report["mdace"]
-    assert rep["read"]["files"] == 3 and rep["read"]["annotations"] == 13
+    # 5 Inpatient ICD-10 files; 32 annotations: 5 + (1 + 3) + (3 + 1) + (2 + 2) + (5 + 10 on other notes)
+    assert rep["read"]["files"] == 5 and rep["read"]["annotations"] == 32
     sk = rep["skipped"]
-    assert sk["ICD-9 files"] == 2 and sk["Profee files (professional-fee coding)"] == 1
+    # 5 Inpatient ICD-9 copies; Profee ICD-10 and Profee ICD-9 files
+    assert sk["ICD-9 files"] == 5 and sk["Profee files (professional-fee coding)"] == 2
     assert sk["CPT annotations"] == 1
+    assert sk["ICD-9 annotations"] == 1  # E860 (ICD-9-CM) inside 100005's ICD-10 file
     assert sk["addenda (description Addendum) of an admission"] == 1 and sk["annotations on addenda"] == 1
-    assert sk["notes other than discharge summaries"] == 1
+    # 100003's progress note and 100005's ten notes of every other category (one an ECG "Report")
+    assert sk["notes other than discharge summaries"] == 11
     assert sk["duplicate spans (same note, code and offsets, after mapping and trimming)"] == 1
-    assert rep["code versions"] == {"annotations whose code MIMIC-IV has": 7, "annotations whose code is prefix": 1,
-                                    "annotations whose code is table": 1, "annotations whose code is unmapped": 1,
+    assert not any("addenda" in k and "report" in k.lower() for k in sk)  # a second report is no addendum
+    # admission 100004 has two full reports (like MDACE's 142712): both are documents
+    assert rep["read"]["further discharge-summary reports of an admission (used as their own documents)"] == 1
+    assert docs.loc["mimic3_2300", "codes"] == ["I10", "0DTJ4ZZ"] and docs.loc["mimic3_2301", "codes"] == ["J44.9", "F32.9"]
+    # 14 = 1 (501) + 3 (900) + 3 (1500) + 2 (2300) + 2 (2301) + 3 (2500: E11.9, K21.9, I10)
+    assert rep["code versions"] == {"annotations whose code MIMIC-IV has": 14, "annotations whose code is prefix": 1,
+                                    "annotations whose code is table": 1, "annotations whose code is unmapped": 2,
                                     "mapping used": {"F32.A": "F32.9", "N18.30": "N18.3"}}
-    assert rep["codes no training document carries"]["codes"] == {"Z99.11": 1}
+    # K21.9: in MIMIC-IV's tables on one admission (rare) - mapped to itself, then unseen
+    assert rep["codes no training document carries"]["codes"] == {"B2001ZZ": 1, "K21.9": 1, "Z99.11": 1}
     assert rep["trimming"] == {"rule": "edges", "spans trimmed": 5}
-    assert rep["kept"] == {"documents": 3, "spans": 9, "split": "test"}
+    assert rep["kept"]["documents"] == 6 and rep["kept"]["spans"] == 17
+    assert {k: v for k, v in rep["kept"].items() if k.startswith("MDACE")} == {
+        "MDACE test documents": 3, "MDACE train documents": 2, "MDACE val documents": 1,
+        "MDACE test admissions": 2, "MDACE train admissions": 2, "MDACE val admissions": 1}
     # every span is checked against the text; trimmed edges hold no punctuation or space
     texts = dict(zip(ds.docs.note_id, ds.docs.text))
     covered = {(r.note_id, r.code): texts[r.note_id][r.start:r.end] for r in ds.spans.itertuples()}
@@ -86,9 +101,21 @@ def test_mdace_on_mimic3_counts(fixture_keys):
     assert covered[("mimic3_501", "F32.9")] == "Depression"
     assert covered[("mimic3_900", "E11.9")] == "diabetes"
     assert covered[("mimic3_1500", "I10")] == "hypertension"
-    assert set(ds.spans.source_note_id) == {"501", "900", "1500"}
-    assert ds.report["splits"]["test"] == {"documents": 5, "annotated documents": 3, "spans": 9}
+    assert set(ds.spans.source_note_id) == {"501", "900", "1500", "2300", "2301", "2500"}
+    # the admission travels with every MDACE span
+    assert dict(zip(ds.spans.source_note_id, ds.spans.hadm_id)) == {
+        "501": "100001", "900": "100002", "1500": "100003", "2300": "100004", "2301": "100004", "2500": "100005"}
+    assert ds.report["splits"]["test"] == {"documents": 8, "annotated documents": 6, "spans": 17}
     assert ds.docs.credentialed.all()
+    # MDACE's own splits: its test admissions are report notes, train/val tuning notes; MDACE
+    # documents never count in coding measurement
+    roles = dict(zip(ds.docs.note_id, ds.docs.eval_role))
+    assert {n: r for n, r in roles.items() if r} == {"mimic3_501": "report", "mimic3_2300": "report", "mimic3_2301": "report",
+                                                     "mimic3_900": "tuning", "mimic3_1500": "tuning", "mimic3_2500": "tuning"}
+    assert set(ds.docs.note_id[~ds.docs.full_codes]) == set(ds.docs.note_id[ds.docs.annotated])
+    assert ds.report["kept"]["documents"] == 16 == len(ds.docs)
+    assert ds.report["kept"]["MIMIC-IV documents (coding)"] == 10
+    assert ds.report["kept"]["MDACE documents (rationale evaluation)"] == 6
     # codes table: MIMIC-IV descriptions kept; the unseen code has n_train 0
     codes = ds.codes.set_index("code")
     assert codes.loc["I10", "description"] == "Essential (primary) hypertension"
@@ -100,7 +127,8 @@ def test_unseen_codes_dropped_and_edin_trim(fixture_keys):
     assert "Z99.11" not in set(ds.spans.code)
     assert ds.docs.set_index("note_id").loc["mimic3_501", "codes"] == ["I10", "N18.3", "F32.9"]
     rep = ds.report["mdace"]
-    assert rep["skipped"]["annotations of codes no training document carries (dropped)"] == 1
+    # Z99.11 (no MIMIC-IV code), K21.9 (rare in MIMIC-IV), B2001ZZ (no MIMIC-IV code)
+    assert rep["skipped"]["annotations of codes no training document carries (dropped)"] == 3
     texts = dict(zip(ds.docs.note_id, ds.docs.text))
     i10 = ds.spans[(ds.spans.note_id == "mimic3_501") & (ds.spans.code == "I10")].iloc[0]
     # Edin's rule looks one character past the half-open end ("\n" after "Hypertension.")

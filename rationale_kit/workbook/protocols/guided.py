@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from rationale_kit.core.config import Profile
+from rationale_kit.data.dataset import coding_docs
 from rationale_kit.workbook import artifacts as A
 from rationale_kit.workbook.protocols.common import PI, bootstrap, with_seed
 from rationale_kit.workbook.protocols.data import evaluation_design
@@ -47,8 +48,8 @@ def _student_counts(model, threshold: float, ds, design, topk: int, device: str 
     from rationale_kit.rationales import attention_rationales
 
     labels = set(model.labels)
-    if pr is None:  # the predictions of every test note
-        pr = predictions(model, ds.docs[ds.docs.split == "test"], threshold, device)
+    if pr is None:  # the predictions of every test note that counts in coding measurement
+        pr = predictions(model, coding_docs(ds.docs, "test"), threshold, device)
     c = pr.assign(tp=pr.pred & pr.is_gold, fp=pr.pred & ~pr.is_gold, fn=~pr.pred & pr.is_gold)
     coding_ = c.groupby("note_id")[["tp", "fp", "fn"]].sum().astype("int64").reset_index()
     coding_ = coding_.assign(code="-", measure="coding")[E.COUNT_COLUMNS]
@@ -75,9 +76,10 @@ def evaluate_student(model, threshold: float, ds, profile: Profile, device: str 
     design = design or evaluation_design(ds.docs, profile)
     k = profile.rationales.topk
     report, tune = set(design.report_ids), set(design.tuning_ids)
-    all_pr = predictions(model, ds.docs[ds.docs.split == "test"], threshold, device)
+    all_pr = predictions(model, coding_docs(ds.docs, "test"), threshold, device)
     counts, att = _student_counts(model, threshold, ds, design, k, device, all_pr)
-    test = ds.docs[(ds.docs.split == "test") & ~ds.docs.note_id.isin(tune)]
+    test = coding_docs(ds.docs, "test")
+    test = test[~test.note_id.isin(tune)]
     labels = list(model.labels)
     pr = all_pr[all_pr.note_id.isin(set(test.note_id))]
     y = coding.label_matrix(test.codes, labels)
