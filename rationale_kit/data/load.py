@@ -60,6 +60,7 @@ def _load_embedded(data, seed: int) -> Dataset:
         if col not in docs:
             docs[col] = False
     docs["credentialed"] = bool(data.credentialed)
+    docs["full_codes"], docs["eval_role"] = True, ""  # every note carries its whole code assignment
     docs = docs_frame(docs[DATASET_DOC_COLUMNS].to_dict("records"))
     descs = dict(zip(c.codes["code"], c.codes["description"])) if len(c.codes) else {}
     codes = codes_table(docs, descriptions=descs)
