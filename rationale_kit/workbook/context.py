@@ -24,6 +24,7 @@ from rationale_kit.core.runtime import (
     seed_everything,
     versions,
 )
+from rationale_kit.core.sources import with_source_columns
 from rationale_kit.workbook.artifacts import Artifact, ContractError, check_columns
 
 NOTEBOOKS_DIR = ROOT / "notebooks"
@@ -144,10 +145,13 @@ class Context:
     def write(self, artifact: "Artifact", obj: Any, index: bool | None = None) -> Path:
         """Write this notebook's ``artifact`` atomically: a DataFrame as ``.parquet`` or ``.csv``
         (``index`` defaults to False, True where the contract declares an index column), a
-        JSON-able object as ``.json``. Refuses (:class:`ContractError`) when this notebook is not
+        JSON-able object as ``.json``. A table with a ``source`` column gets the typed
+        ``source_kind`` / ``source_variant`` columns beside it (core.sources). Refuses (:class:`ContractError`) when this notebook is not
         the declared writer or a declared column (JSON: key) is missing."""
         _check_writer(artifact, self.notebook)
         check_columns(artifact, obj)
+        if hasattr(obj, "columns"):  # typed source columns beside every display name
+            obj = with_source_columns(obj)
         path = self.artifacts_root / artifact.writer / artifact.file
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")

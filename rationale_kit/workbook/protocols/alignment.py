@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from rationale_kit.core.sources import Source
 from rationale_kit.workbook import artifacts as A
 
 
@@ -12,7 +13,7 @@ def discrete_sources(ctx) -> dict[str, pd.DataFrame]:
     aligned LLM spans of each teacher."""
     ent = ctx.read(A.ENTITY)
     llm_spans = ctx.read(A.LLM_SPANS)
-    out = {f"entity ({m})": part.reset_index(drop=True) for m, part in ent.groupby("method")}
+    out = {Source("entity", m).name: part.reset_index(drop=True) for m, part in ent.groupby("method")}
     if llm_spans is not None:
         for src, part in llm_spans.groupby("source"):
             out[src] = part.reset_index(drop=True)

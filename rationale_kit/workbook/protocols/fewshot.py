@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from rationale_kit.core.config import Profile
+from rationale_kit.core.sources import TEACHERS
 from rationale_kit.workbook import artifacts as A
 from rationale_kit.workbook.protocols.common import PI, bootstrap, with_seed
 from rationale_kit.workbook.protocols.guided import guided_run
@@ -19,7 +20,7 @@ def teacher_comparison(plaus: pd.DataFrame, calls: pd.DataFrame, llm_spans: pd.D
     (MDACE PI token / exact token / exact span F1) from notebook 06, each on the pairs that
     teacher was run on (``n_notes``, ``n_pairs``, interval of the PI token F1)."""
     rows = []
-    for t in ("llm_zero", "llm_few"):
+    for t in (s.name for s in TEACHERS):
         c = calls[calls.source == t] if "source" in calls else calls.iloc[:0]
         p = plaus[(plaus.source == t) & (plaus.granularity == "all") & (plaus.code_set == "all")]
         get = lambda m, col="f1": float(p.loc[p.measure == m, col].iloc[0]) if (p.measure == m).any() and col in p else float("nan")
