@@ -116,16 +116,10 @@ class Data:
 
 @dataclass(frozen=True)
 class ModelParams:
-    embed_dim: int = 100  # word2vec size (CAML/LAAT)
-    filters: int = 50  # CAML conv filters
-    kernel: int = 10  # CAML conv width
-    hidden: int = 512  # LAAT BiLSTM size per direction
-    projection: int = 512  # LAAT attention projection
+    """What training reads for every model family; each family's typed config adds its own
+    architecture (:class:`CAMLParams`, :class:`LAATParams`, :class:`PLMICDParams`)."""
+
     dropout: float = 0.2
-    encoder_path: Optional[str] = None  # PLM-ICD: local HF checkpoint; None = bundled MiniLM
-    chunk_size: int = 128  # PLM-ICD chunk length in tokens
-    max_chunks: int = 32  # PLM-ICD: chunks kept per note
-    freeze_layers: int = 0  # PLM-ICD: freeze the embeddings and the first N encoder layers (0 = fine-tune all)
     head_lr: Optional[float] = None  # learning rate of the non-encoder parameters; None = lr
     lr: float = 1e-3
     weight_decay: float = 1e-3
@@ -134,6 +128,52 @@ class ModelParams:
     epochs: int = 20
     patience: int = 6
     max_train_docs: Optional[int] = None  # train this model on the first N training notes only
+
+
+@dataclass(frozen=True)
+class CAMLParams(ModelParams):
+    embed_dim: int = 100  # word2vec size
+    filters: int = 50  # convolution filters
+    kernel: int = 10  # convolution width
+
+
+@dataclass(frozen=True)
+class LAATParams(ModelParams):
+    embed_dim: int = 100  # word2vec size
+    hidden: int = 512  # BiLSTM size per direction
+    projection: int = 512  # attention projection
+
+
+@dataclass(frozen=True)
+class PLMICDParams(ModelParams):
+    encoder_path: Optional[str] = None  # local Hugging Face checkpoint; None = bundled MiniLM
+    chunk_size: int = 128  # chunk length in tokens
+    max_chunks: int = 32  # chunks kept per note
+    freeze_layers: int = 0  # freeze the embeddings and the first N encoder layers (0 = fine-tune all)
+    projection: int = 512  # attention projection
+
+
+#: The typed config of each model family (``train.<name>`` in a profile).
+PARAMS_BY_MODEL: dict[str, type] = {"caml": CAMLParams, "laat": LAATParams, "plm_icd": PLMICDParams}
+
+
+def params_for(name: str, values: Any = None, strict: bool = True) -> ModelParams:
+    """The typed config of model family ``name`` from a mapping or another config's fields
+    (``values``). ``strict``: a key the family does not have is an error naming it; otherwise it is
+    left out (reading a model saved by an older version, or one setting shared by several families)."""
+    if name not in PARAMS_BY_MODEL:
+        raise ConfigError(f"unknown model {name!r} (one of {sorted(PARAMS_BY_MODEL)})")
+    cls = PARAMS_BY_MODEL[name]
+    if isinstance(values, cls) and type(values) is cls:
+        return values
+    if dataclasses.is_dataclass(values):
+        values = dataclasses.asdict(values)
+    values = dict(values or {})
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown and strict:
+        raise ConfigError(f"train.{name}: unknown key(s) {unknown} for {cls.__name__} (allowed: {sorted(known)})")
+    return cls(**{k: v for k, v in values.items() if k in known})
 
 
 @dataclass(frozen=True)
@@ -147,14 +187,14 @@ class Word2Vec:
 @dataclass(frozen=True)
 class Train:
     models: list[str] = field(default_factory=lambda: ["caml", "laat", "plm_icd"])
-    caml: ModelParams = field(
-        default_factory=lambda: ModelParams(dropout=0.2, lr=5e-3, weight_decay=1e-3, batch_size=8)
+    caml: CAMLParams = field(
+        default_factory=lambda: CAMLParams(dropout=0.2, lr=5e-3, weight_decay=1e-3, batch_size=8)
     )
-    laat: ModelParams = field(
-        default_factory=lambda: ModelParams(dropout=0.3, lr=1e-3, weight_decay=1e-3, batch_size=8)
+    laat: LAATParams = field(
+        default_factory=lambda: LAATParams(dropout=0.3, lr=1e-3, weight_decay=1e-3, batch_size=8)
     )
-    plm_icd: ModelParams = field(
-        default_factory=lambda: ModelParams(lr=5e-5, weight_decay=0.0, batch_size=8, grad_accum=2)
+    plm_icd: PLMICDParams = field(
+        default_factory=lambda: PLMICDParams(lr=5e-5, weight_decay=0.0, batch_size=8, grad_accum=2)
     )
     word2vec: Word2Vec = field(default_factory=Word2Vec)
     warmup_ratio: float = 0.1

@@ -53,6 +53,17 @@ class Dataset:
     def split(self, name: str) -> pd.DataFrame:
         return self.docs[self.docs["split"] == name]
 
+    def subset(self, note_ids: Iterable[str]) -> "Dataset":
+        """The same data set restricted to ``note_ids`` (documents in their original order, their
+        spans; codes table and report unchanged). An id the data set does not have is an error."""
+        keep = set(map(str, note_ids))
+        unknown = keep - set(self.docs["note_id"])
+        if unknown:
+            raise DataError(f"{self.name}: subset names {len(unknown)} unknown note id(s), e.g. {sorted(unknown)[:3]}")
+        docs = self.docs[self.docs["note_id"].isin(keep)].reset_index(drop=True)
+        spans = self.spans[self.spans["note_id"].isin(keep)].reset_index(drop=True)
+        return Dataset(self.name, docs, spans, self.codes, self.report)
+
 
 def docs_frame(rows: list[dict]) -> pd.DataFrame:
     """The documents table of ``rows`` (``full_codes`` defaults to True, ``eval_role`` to "")."""

@@ -95,6 +95,46 @@ def evaluate_student(model, threshold: float, ds, profile: Profile, device: str 
             "n_test_notes": len(test), "counts": counts}
 
 
+def student_key(name: str, teacher: str, lam: float, targets: dict | None, ds, labels: list[str], profile: Profile,
+                trained_dir: Path | None = None, design=None) -> str:
+    """What determines a student's row, hashed: model, teacher, lambda, the teacher's spans, the
+    notes and labels, every profile section training and evaluation read (common, data, train,
+    guided, plausibility, evaluation; with the seed), the training code, the starting model (with
+    ``guided.init = "trained"``) and the evaluation design. A row of another notebook is reused only
+    when this key is equal."""
+    import hashlib
+    import json
+
+    from rationale_kit.training.checkpoints import docs_hash, labels_hash, plain, targets_hash
+    from rationale_kit.workbook.protocols.train import saved_model_hash, training_code_hash
+
+    init = ""
+    if profile.guided.init == "trained" and trained_dir is not None and (Path(trained_dir) / name / "model").is_dir():
+        init = saved_model_hash(Path(trained_dir) / name / "model")
+    key = {"model": name, "teacher": teacher if lam > 0 else "none", "lambda": float(lam),
+           "targets": targets_hash(targets) if lam > 0 else "", "docs": docs_hash(ds.docs), "labels": labels_hash(labels),
+           "profile": {k: plain(getattr(profile, k)) for k in ("common", "data", "train", "guided", "plausibility",
+                                                                "evaluation")},
+           "code": training_code_hash(), "init": init,
+           "design": _design_hash(design)}
+    # a letter first: read back from CSV, an all-digit (or "1e5...") key would become a number
+    return "k" + hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _design_hash(design) -> str:
+    """Evaluation, tuning and report note ids and the run-on pairs of an ``EvaluationDesign``."""
+    import hashlib
+
+    if design is None:
+        return ""
+    h = hashlib.sha256()
+    for ids in (design.eval_ids, design.tuning_ids, design.report_ids):
+        h.update(("\n".join(map(str, ids)) + "\x00").encode())
+    h.update(str(design.tuning_fraction).encode())
+    h.update(pd.util.hash_pandas_object(design.run_on.astype(str), index=False).to_numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def guided_run(name: str, teacher: str, lam: float, targets: dict | None, ds, labels: list[str], profile: Profile,
                out_dir: Path, device: str = "cpu", trained_dir: Path | None = None, design=None) -> dict:
     """Train one student (resumable in ``out_dir``; seeded by ``common.seed``) and evaluate it;
@@ -116,7 +156,8 @@ def guided_run(name: str, teacher: str, lam: float, targets: dict | None, ds, la
     counts = scores.pop("counts")
     counts.to_parquet(Path(out_dir) / A.NOTE_COUNTS.file, index=False)
     return {"model": name, "teacher": teacher if lam > 0 else "none", "lambda": lam, "seed": profile.common.seed,
-            **scores, "run_dir": str(Path(out_dir).resolve()), "seconds": round(time.time() - t0, 1)}
+            **scores, "run_dir": str(Path(out_dir).resolve()), "seconds": round(time.time() - t0, 1),
+            "run_key": student_key(name, teacher, lam, targets, ds, labels, profile, trained_dir, design)}
 
 
 def guided_sweep(ds, labels: list[str], targets: Mapping[str, dict], profile: Profile, out_dir: Path,

@@ -157,7 +157,7 @@ def coding_table(pred_frames: Mapping[str, pd.DataFrame], docs: pd.DataFrame, la
             "map", "micro_auc", "macro_auc", "threshold", "unseen_gold_share", *(["notes"] if boot is not None else [])]
     table = table[[k for k in keep if k in table.columns]]
     table["labels"] = float(len(labels))  # the label space (e.g. data.top_codes) beside every row
-    return table
+    return table.rename_axis("model")
 
 
 def coding_seed_spread(tables: Mapping[int, pd.DataFrame], measures: Sequence[str] = SEED_MEASURES) -> pd.DataFrame:
@@ -176,7 +176,7 @@ def coding_seed_spread(tables: Mapping[int, pd.DataFrame], measures: Sequence[st
             mean, std = seed_spread([float(t.loc[m, measure]) for t in tables.values()])
             row[f"{measure} mean"], row[f"{measure} std"] = mean, std
         rows[m] = row
-    return pd.DataFrame(rows).T
+    return pd.DataFrame(rows).T.rename_axis("model")
 
 
 def load_models(train_dir: Path, names: Iterable[str], device: str = "cpu") -> dict:
