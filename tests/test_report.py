@@ -205,3 +205,18 @@ def test_markdown_neutralises_links_and_images_from_the_data():
     assert not re.search(r"(?<!\\)\[", md) and not re.search(r"(?<!\\)`", md)
     assert r"\[click\](javascript:alert(1))" in md and r"!\[x\](https://evil.example/p.png)" in md
     assert r"\`code\`" in md and r"a \\\[b\]" in md
+
+
+def test_data_line_counts_mdace_documents_in_the_total(tmp_path):
+    """The mimic route's document count is the total of its split counts (MDACE's evaluation
+    documents included), with the two kinds named."""
+    from mimic_formats import write_all
+    from rationale_kit import data
+
+    keys = write_all(tmp_path / "files")
+    prof = load_profile("mimic", {"common": {"device": "cpu", "threads": 2}, "data": keys})
+    ds = data.load_dataset(prof)
+    line = report._data_line(prof, {"name": ds.name, **ds.report})
+    assert line.startswith("mimic: 16 documents (train 6 · val 2 · test 8), ")
+    assert "10 MIMIC-IV documents (coding)" in line and "6 MDACE documents (rationale evaluation)" in line
+    assert sum(v["documents"] for v in ds.report["splits"].values()) == ds.report["kept"]["documents"]

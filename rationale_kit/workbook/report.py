@@ -291,6 +291,8 @@ def _data_line(profile: Profile, info: dict) -> str:
     kept = info.get("kept", {})
     splits = " · ".join(f"{s} {v.get('documents')}" for s, v in info.get("splits", {}).items() if isinstance(v, dict))
     parts = [f"{kept.get('documents', '?')} documents" + (f" ({splits})" if splits else "")]
+    # the parts of that total (mimic: MIMIC-IV coding documents and MDACE's evaluation documents)
+    parts += [f"{v} {k}" for k, v in kept.items() if k != "documents" and k.endswith(")") and "documents" in k]
     parts += [f"{kept[k]} {k}" for k in ("codes", "spans") if k in kept]
     return f"{info.get('name', profile.common.dataset)}: " + ", ".join(parts)
 
