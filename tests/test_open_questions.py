@@ -8,17 +8,18 @@ import pandas as pd
 import pytest
 import torch
 
-from rationale_kit.core.config import ConfigError, ModelParams, Word2Vec, load_profile
+from rationale_kit.core.config import ConfigError, Word2Vec, load_profile
 from rationale_kit.metrics.faithfulness import robust as R
 from rationale_kit.models import build_model
 from rationale_kit.training import tradeoff as T
+from test_models import WordParams, word_params
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(1)
 
 KEYS = {"J18.9": "pneumonia", "E11.9": "diabetes", "S72.0": "fracture"}
 FILLER = [f"w{i}" for i in range(30)]
-PARAMS = ModelParams(embed_dim=8, filters=6, kernel=3, hidden=4, projection=4, dropout=0.0, lr=5e-2,
+PARAMS = WordParams(embed_dim=8, filters=6, kernel=3, hidden=4, projection=4, dropout=0.0, lr=5e-2,
                      weight_decay=0.0, batch_size=8, epochs=1, patience=1)
 W2V = Word2Vec(dim=8, window=3, min_count=1, epochs=1)
 
@@ -50,7 +51,7 @@ def _targets(docs):
 
 def _model(name="caml", seed=0):
     torch.manual_seed(seed)
-    return build_model(name, PARAMS, list(KEYS), DOCS["text"], W2V).eval()
+    return build_model(name, word_params(name, PARAMS), list(KEYS), DOCS["text"], W2V).eval()
 
 
 # --- gradient surgery -------------------------------------------------------------------------

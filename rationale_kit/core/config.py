@@ -123,7 +123,7 @@ class ModelParams:
     head_lr: Optional[float] = None  # learning rate of the non-encoder parameters; None = lr
     lr: float = 1e-3
     weight_decay: float = 1e-3
-    batch_size: Optional[int] = None  # None = the model's own batch size
+    batch_size: int = 8
     grad_accum: int = 1
     epochs: int = 20
     patience: int = 6
