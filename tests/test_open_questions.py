@@ -282,7 +282,7 @@ def test_finding_b_re_tested_with_the_expected_signs():
     rows = []
     for i in range(12):
         for m, (a, e) in values.items():
-            rows.append((f"n{i}", "A", f"attention top-{k}", "caml", m, a + 0.01 * (i % 3), 0.9, 0.1, 50, 5))
+            rows.append((f"n{i}", "A", f"attention (top-{k})", "caml", m, a + 0.01 * (i % 3), 0.9, 0.1, 50, 5))
             rows.append((f"n{i}", "A", "entity (exact_code)", "caml", m, e, 0.9, 0.1, 50, 3))
     rows.append(("n99", "A", "entity (exact_code)", "caml", "soft_nc", float("nan"), 0.1, 0.2, 50, 3))  # undefined: dropped
     v = robust_verdicts(pd.DataFrame(rows, columns=R.ROBUST_COLUMNS), prof, "toy").set_index("measure")

@@ -240,12 +240,20 @@ def pareto(runs: pd.DataFrame, counts: pd.DataFrame, design, profile: Profile, d
 # ---------------------------------------------------------------------------------------------
 # 2. finding (b) under Soft-NC/NS and F-Fidelity
 # ---------------------------------------------------------------------------------------------
+def _b_names(k: int) -> tuple[str, str]:
+    """Finding (b)'s two sources by the names notebook 05 gives them (top-k attention, exact-code entity)."""
+    from rationale_kit.workbook.protocols.faithfulness import compared_sources
+
+    att, ent = compared_sources(k)
+    return att.name, ent.name
+
+
 def b_pairs(faith: pd.DataFrame, model: str, k: int, n: int, docs: pd.DataFrame) -> list[tuple[str, str]]:
     """The first ``n`` pairs (note order, then code) on which notebook 05 scored both of finding
     (b)'s sources under ``model`` (``faith``: its per-pair rows)."""
     rat = faith[(faith.control == "rationale") & (faith.model == model) & faith.k.isna()]
-    have = [set(zip(p.note_id.astype(str), p.code.astype(str))) for s, p in rat.groupby("source")
-            if s in (f"attention top-{k}", "entity (exact_code)")]
+    names = _b_names(k)
+    have = [set(zip(p.note_id.astype(str), p.code.astype(str))) for s, p in rat.groupby("source") if s in names]
     if len(have) < 2:
         return []
     order = {n_: i for i, n_ in enumerate(docs.note_id)}
@@ -254,7 +262,7 @@ def b_pairs(faith: pd.DataFrame, model: str, k: int, n: int, docs: pd.DataFrame)
 
 def b_rationales(model, ds, pairs, entity: pd.DataFrame, k: int, device="cpu") -> list[tuple[str, str, str, np.ndarray]]:
     """Finding (b)'s two rationales of each pair as importance over the model's units: the model's
-    attention on its top-``k`` units (0 elsewhere; ``attention top-k``) and the 0/1 mask of the
+    attention on its top-``k`` units (0 elsewhere; ``attention (top-k)``) and the 0/1 mask of the
     exact-code entity spans (``entity (exact_code)``)."""
     import torch
 
@@ -271,10 +279,10 @@ def b_rationales(model, ds, pairs, entity: pd.DataFrame, k: int, device="cpu") -
         a = a[0, 0, : len(enc)].float().cpu().numpy()
         top = np.zeros(len(a), dtype=bool)
         top[np.argsort(-a, kind="stable")[: min(k, len(a))]] = True
-        out.append((note_id, code, f"attention top-{k}", np.where(top, a, 0.0)))
+        out.append((note_id, code, _b_names(k)[0], np.where(top, a, 0.0)))
         spans = ent[(ent.note_id == note_id) & (ent.code == code)]
         m = to_token_mask(list(zip(spans.start, spans.end)), texts[note_id], enc.offsets).astype(float)
-        out.append((note_id, code, "entity (exact_code)", m))
+        out.append((note_id, code, _b_names(k)[1], m))
     return out
 
 
@@ -326,7 +334,7 @@ def robust_verdicts(scores: pd.DataFrame, profile: Profile, dataset: str = "") -
 
     boot_ = bootstrap(profile.evaluation)
     k = profile.rationales.topk
-    att, ent = f"attention top-{k}", "entity (exact_code)"
+    att, ent = _b_names(k)
     rows = []
     for model, part in scores.dropna(subset=["value"]).groupby("model"):
         for family, measures in (("Soft-NC/NS", ("soft_nc", "soft_ns")), ("F-Fidelity", ("ffid_plus", "ffid_minus"))):
