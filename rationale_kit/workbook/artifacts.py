@@ -44,7 +44,7 @@ DOCS = Artifact("docs.parquet", "01_data", LATER,
 SPANS = Artifact("spans.parquet", "01_data", LATER, SPAN_TABLE, "human spans")
 ORACLE_SPANS = Artifact("oracle_spans.parquet", "01_data", ("07_guided_learning", "08_few_shot"), SPAN_TABLE,
                         "every known span (the `human` teacher)")
-CODES = Artifact("codes.parquet", "01_data", LATER, ("code", "description", "n_train"), "the code table")
+CODES = Artifact("codes.parquet", "01_data", LATER + ("report",), ("code", "description", "n_train"), "the code table")
 DATA_REPORT = Artifact("report.json", "01_data", ("report",), ("name", "dataset", "kept", "skipped", "splits"),
                        "what was loaded and skipped")
 STATISTICS = Artifact("statistics.csv", "01_data", ("report",), ("split", "documents", "unique codes", "..."),
