@@ -205,3 +205,133 @@ def test_markdown_neutralises_links_and_images_from_the_data():
     assert not re.search(r"(?<!\\)\[", md) and not re.search(r"(?<!\\)`", md)
     assert r"\[click\](javascript:alert(1))" in md and r"!\[x\](https://evil.example/p.png)" in md
     assert r"\`code\`" in md and r"a \\\[b\]" in md
+
+
+# --------------------------------------------------------------------------------------------
+# the report as a picture first: grid, forest plot, caveats (hand-made verdict tables)
+# --------------------------------------------------------------------------------------------
+VCOLS = ["finding", "comparison", "model", "dataset", "measure", "units", "a", "b", "effect", "lo", "hi",
+         "n_notes", "n_pairs", "expect", "verdict"]
+
+
+def _verdict_files(root, stability=False):
+    """(a) two models, (c) one model with coding that improves, (d) a 4-note teacher row; with
+    ``stability`` the columns the verdicts branch adds (control, seed agreement, ...)."""
+    a = pd.DataFrame([
+        ["a", "llm_zero > entity (exact_code)", "-", "toy", "pi", "report notes", 0.30, 0.10, 0.20, 0.02, 0.51, 4, 9, "greater", "holds"],
+        ["a", "entity (exact_code) > attention (top-10)", "caml", "toy", "pi", "report notes", 0.40, 0.30, 0.10, 0.05, 0.15, 112, 300, "greater", "holds"],
+        ["a", "LLM > entity > attention (all of the above)", "caml", "toy", "pi", "as above", None, None, None, None, None, None, None, None, "holds"],
+        ["a", "entity (exact_code) > attention (top-10)", "laat", "toy", "pi", "report notes", 0.40, 0.45, -0.05, -0.08, -0.01, 112, 300, "greater", "does not hold"],
+        ["a", "LLM > entity > attention (all of the above)", "laat", "toy", "pi", "as above", None, None, None, None, None, None, None, None, "does not hold"],
+    ], columns=VCOLS)
+    c = pd.DataFrame([
+        ["c", "guided learning raises plausibility: caml + human (lambda=0.1) vs unguided", "caml", "toy", "pi", "report notes", 0.5, 0.375, 0.125, 0.1, 0.15, 112, 300, "greater", "holds"],
+        ["c", "at a coding cost (micro-F1): caml + human (lambda=0.1) vs unguided", "caml", "toy", "micro_f1", "test notes", 0.45, 0.4, 0.05, 0.02, 0.09, 150, 150, "less", "does not hold"],
+        ["c", "plausibility up at a coding cost: caml + human (lambda=0.1) vs unguided", "caml", "toy", "both", "as above", None, None, None, None, None, None, None, None, "does not hold"],
+    ], columns=VCOLS)
+    d = pd.DataFrame([
+        ["d", "few-shot examples help the teacher (llm_few - llm_zero)", "-", "toy", "pi", "pairs", 0.2, 0.1, 0.1, -0.02, 0.3, 4, 9, "greater", "inconclusive"],
+        ["d", "few-shot examples help the teacher and the students", "-", "toy", "pi", "as above", None, None, None, None, None, None, None, None, "inconclusive"],
+    ], columns=VCOLS)
+    if stability:
+        for f in (a, c, d):
+            f["control"] = "raw"
+            f["seed_agreement"] = [1.0 if pd.notna(x) else None for x in f.effect]
+            f["mc_error"] = [0.0015 if pd.notna(x) else None for x in f.effect]
+            f["seed_sd"] = [0.012 if pd.notna(x) else None for x in f.effect]
+            f["interval_method"] = "percentile"
+        d.loc[0, "verdict"] = "too few notes"
+        a.loc[3, "verdict"] = "borderline"
+    a.to_csv(root / "06_plausibility" / "verdicts.csv", index=False)
+    c.to_csv(root / "07_guided_learning" / "verdicts.csv", index=False)
+    d.to_csv(_done(root, "08_few_shot") / "verdicts.csv", index=False)
+
+
+@pytest.mark.parametrize("stability", [False, True])
+def test_verdict_grid_forest_and_grouped_rows(prof, tmp_path, stability):
+    root = _artifacts(tmp_path)
+    _verdict_files(root, stability)
+    pd.DataFrame({"source": ["entity (exact_code)", "llm_zero", "llm_few"], "model": ["-"] * 3,
+                  "n_notes": [112, 4, 4], "n_pairs": [300, 9, 9], "n_pairs_eligible": [300, 300, 300],
+                  "coverage": [1.0, 0.03, 0.03]}).to_csv(root / "06_plausibility" / "plausibility_table.csv", index=False)
+    rep = _collect(prof, tmp_path)
+    verdicts = rep.opening[0]
+    assert verdicts.notebook == "verdicts"
+    grid = {(c.finding[:3], c.model): c for c in verdicts.grid}
+    # one cell per combined verdict: (a) per model, (c) per model and teacher, (d) across models
+    assert sorted(grid) == [("(a)", "caml"), ("(a)", "laat"), ("(c)", "caml"), ("(d)", "-")]
+    assert grid[("(a)", "laat")].verdict == "does not hold"
+    assert grid[("(c)", "caml")].detail == "teacher human, λ=0.1" and grid[("(c)", "caml")].note == "coding improves"
+    # the forest plot: every non-combined row, drawn
+    rows = report.forest_rows(report.read_verdicts(root)[0])
+    assert len(rows) == 6 and list(rows.group.unique()) == [f"({f}) {report.FINDINGS[f]}" for f in "acd"]
+    assert rows.note.iloc[0].startswith("n=4 · ") and "(expects < 0)" in rows.label.iloc[4]
+    fig = verdicts.figures[0]
+    assert fig.generated and fig.data.startswith(b"\x89PNG")
+    page = report.to_html(rep)
+    # the picture first, the caveats right under it, then the rows and the headline tables
+    _in_order(page, ["<table class=\"grid\"", "data:image/png;base64", "Caveats that apply", "ul class=\"caveats\"",
+                     "Verdict rows", "Headline tables", "The run"])
+    caveats = page.split("ul class=\"caveats\"")[1].split("</ul>")[0]
+    assert "Synthetic data" in caveats and "gemini · gemini-x" in caveats
+    assert "llm_zero on 4 of 112 report notes (9 of 300 gold pairs)" in caveats
+    assert "One training seed" in caveats and "on 4 notes" in caveats
+    assert "coding improves instead of costing (micro-F1 0.050 [0.020, 0.090])" in caveats
+    # the finding text once per group, never <NA>, the table scrolls inside the page
+    assert page.count("<tr class=\"group\">") == 3 and "NA&gt;" not in page and "<NA>" not in page
+    assert "class=\"scroll\"" in page and "overflow-x:auto" in page
+    md = report.to_markdown(rep)
+    assert "<NA>" not in md and "&lt;NA&gt;" not in md
+    body = md.split("## Verdict rows")[1].split("## Headline")[0]
+    assert body.count("(a) plausibility: LLM &gt; entity &gt; attention") == 1
+    assert "| combined: plausibility up at a coding cost: caml + human (lambda=0.1) vs unguided | caml |" in body
+    assert "no coding cost: coding improves (see the micro-F1 row)" in body
+    grid_md = md.split("## Verdicts on the paper")[1].split("## Caveats")[0]
+    assert "| finding | caml | laat | model-free / across models |" in grid_md
+    assert "HOLDS" in grid_md and "DOES NOT HOLD (teacher human, λ=0.1) — coding improves" in grid_md
+    assert "![every verdict row" in grid_md and "(verdicts_forest.png)" in grid_md
+    if stability:
+        assert "| seeds agree | MC error | training-seed sd | interval |" in body
+        assert "| 100% | 0.0015 | 0.012 | percentile |" in body and "| raw |" in body
+        assert "TOO FEW NOTES" not in grid_md  # (d)'s combined row keeps its own verdict
+        assert "1 row(s) have too few notes" in caveats
+        assert rows.verdict.iloc[2] == "borderline" and "agree 100% · seed sd 0.012" in rows.note.iloc[2]
+    else:
+        assert "seeds agree" not in body and "| control |" not in body
+
+
+def test_written_report_links_its_forest_plot(prof, tmp_path):
+    root = _artifacts(tmp_path)
+    _verdict_files(root)
+    runs = tmp_path / "runs" / "p"
+    _, md_path = report.write_report(_collect(prof, tmp_path), runs)
+    assert (runs / "verdicts_forest.png").read_bytes().startswith(b"\x89PNG")
+    assert "](verdicts_forest.png)" in md_path.read_text()
+
+
+def test_forest_plot_draws_rows_without_estimates():
+    from rationale_kit.viz.figures import plot_forest, verdict_colour
+
+    rows = pd.DataFrame({"group": ["(b) x", "(b) x"], "label": ["a", "b"], "effect": [0.1, float("nan")],
+                         "lo": [0.05, float("nan")], "hi": [0.2, float("nan")], "verdict": ["holds", "too few notes"],
+                         "note": ["n=10", "n=2"]})
+    fig = plot_forest(rows)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["a", "b"]
+    assert any(t.get_text().strip() == "no estimate" for t in ax.texts)
+    lines = [ln for ln in ax.get_lines() if ln.get_color() == verdict_colour("holds")]
+    assert len(lines) == 2  # the interval and the point of the one row with an estimate
+    assert verdict_colour("holds") != verdict_colour("does not hold") != verdict_colour("borderline")
+
+
+def test_data_line_counts_what_is_used_after_the_top_codes_restriction(prof, tmp_path):
+    root = _artifacts(tmp_path)
+    (root / "01_data" / "report.json").write_text(json.dumps({
+        "name": "codiesp", "dataset": "codiesp",
+        "kept": {"documents": 1000, "spans": 21868, "distinct codes": 2330},
+        "splits": {"train": {"documents": 500, "spans": 3000}, "test": {"documents": 250, "spans": 2328}},
+        "top codes": {"rule": "the 50 codes on the most training documents", "spans removed": 16540}}))
+    pd.DataFrame({"code": [f"c{i}" for i in range(50)], "description": "", "n_train": 1}).to_parquet(root / "01_data" / "codes.parquet")
+    data = dict(_collect(prof, tmp_path).header)["data"]
+    assert "750 documents (train 500 · test 250), 50 codes, 5328 spans" in data and "21868" not in data
+    assert "16540 spans removed" in data
