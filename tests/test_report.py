@@ -335,3 +335,68 @@ def test_data_line_counts_what_is_used_after_the_top_codes_restriction(prof, tmp
     data = dict(_collect(prof, tmp_path).header)["data"]
     assert "750 documents (train 500 · test 250), 50 codes, 5328 spans" in data and "21868" not in data
     assert "16540 spans removed" in data
+
+
+# --------------------------------------------------------------------------------------------
+# numbers that travel: the README's numbers regenerated from the artifacts
+# --------------------------------------------------------------------------------------------
+def _seeded_run(root):
+    _verdict_files(root, stability=True)
+    d = root / "02_train"
+    pd.DataFrame({"micro_f1": [0.25, 0.5], "micro_f1_lo": [0.125, 0.375], "micro_f1_hi": [0.375, 0.625], "map": [0.1, 0.4],
+                  "macro_f1_mean": [0.05, 0.3], "notes": [250.0, 250.0], "labels": [50.0, 50.0]},
+                 index=["frequency baseline", "caml"]).to_csv(d / "coding_table.csv")
+    pd.DataFrame({"seeds": [3], "micro_f1 mean": [0.48], "micro_f1 std": [0.02], "map mean": [0.39], "map std": [0.01]},
+                 index=["caml"]).to_csv(d / "coding_seeds.csv")
+    m = json.loads((d / "manifest.json").read_text())
+    m["parameters"] = {"common": {"seed": 13, "seeds": [13, 14, 15]},
+                       "evaluation": {"bootstrap_resamples": 2000, "seed": 5, "level": 0.95}}
+    (d / "manifest.json").write_text(json.dumps(m))
+    pd.DataFrame({"model": ["caml"], "teacher": ["human"], "lambda (chosen on tuning notes)": [0.1], "PI token F1 gain": [0.125],
+                  "gain lo": [0.1], "gain hi": [0.15], "micro-F1 change": [0.05], "change lo": [0.02], "change hi": [0.09],
+                  "n_notes": [112], "seeds": [3], "gain seed mean": [0.12], "gain seed std": [0.01],
+                  "change seed mean": [0.04], "change seed std": [0.02]}).to_csv(root / "07_guided_learning" / "tradeoff_verdict.csv", index=False)
+
+
+def test_numbers_block_states_seeds_intervals_and_spread(prof, tmp_path):
+    from rationale_kit.workbook import numbers
+
+    root = _artifacts(tmp_path)
+    _seeded_run(root)
+    block = numbers.numbers_block(prof, root)
+    assert block.startswith("<!-- numbers:begin profile=p -->") and block.rstrip().endswith("<!-- numbers:end profile=p -->")
+    assert "artifacts of git commit `abc1234`; training seeds 13, 14, 15 (`common.seeds`)" in block
+    assert "95% bootstrap over notes, 2000 resamples, bootstrap seed 5" in block
+    assert "| caml | 0.500 [0.375, 0.625] | 0.300 | 0.400 | 0.480 ± 0.020 (3 seeds) | 0.390 ± 0.010 (3 seeds) |" in block
+    assert "(02_train, 250 test notes, 50 labels;" in block
+    assert "| (a) | entity (exact_code) &gt; attention (top-10) | caml |" not in block  # plain Markdown text, not HTML
+    assert "| (a) | entity (exact_code) > attention (top-10) | caml | 0.100 [0.050, 0.150] | 112 | holds | training-seed sd 0.012, 100% of bootstrap seeds agree |" in block
+    assert "| (d) | few-shot examples help the teacher (llm_few - llm_zero) | - | 0.100 [-0.020, 0.300] | 4 | too few notes |" in block
+    assert "does not hold — coding improves instead of costing (micro-F1 0.050 [0.020, 0.090])" in block
+    assert EVIL not in block and "Data: &lt;script>alert(1)&lt;/script>: 3 documents" in block
+    assert "| caml | human | 0.1 | 0.125 [0.100, 0.150] | 0.050 [0.020, 0.090] | 0.120 ± 0.010 (3 seeds) | 0.040 ± 0.020 (3 seeds) | 112 |" in block
+    assert "**Time**" in block and "02 2 s" in block
+
+
+def test_numbers_command_prints_and_splices_into_a_file(prof, tmp_path, capsys):
+    root = _artifacts(tmp_path)
+    _seeded_run(root)
+    yaml = str(tmp_path / "p.yaml")
+    assert main(["numbers", "--profile", yaml]) == 0
+    printed = capsys.readouterr().out
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- numbers:begin profile=p -->\nold 0.999\n<!-- numbers:end profile=p -->\nafter\n")
+    assert main(["numbers", "--profile", yaml, "--into", str(readme)]) == 0
+    text = readme.read_text()
+    assert text == "intro\n" + printed + "after\n" and "0.999" not in text
+    assert main(["numbers", "--profile", yaml, "--into", str(readme)]) == 0 and readme.read_text() == text  # idempotent
+    readme.write_text("no markers\n")
+    assert main(["numbers", "--profile", yaml, "--into", str(readme)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(readme) in err and "numbers:begin profile=p" in err
+
+
+def test_numbers_without_a_run_is_one_line_exit_2(prof, tmp_path, capsys):
+    assert main(["numbers", "--profile", str(tmp_path / "p.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no finished notebook" in err and "run --profile p" in err
