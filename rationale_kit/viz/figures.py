@@ -197,47 +197,57 @@ def plot_forest(rows: pd.DataFrame, path=None, width: float = 11.0):
     from matplotlib.lines import Line2D
 
     groups = list(dict.fromkeys(rows["group"])) if len(rows) else []
-    sizes = [int((rows["group"] == g).sum()) for g in groups]
     if not groups:
         fig, ax = plt.subplots(figsize=(width, 1.2))
         ax.text(0.5, 0.5, "no verdict rows yet", ha="center", va="center", transform=ax.transAxes)
         ax.axis("off")
         return _finish(fig, path)
-    row_h = 0.34
-    fig, axes = plt.subplots(len(groups), 1, figsize=(width, sum(s * row_h + 0.62 for s in sizes) + 0.5),
-                             gridspec_kw={"height_ratios": [s + 1.8 for s in sizes]}, squeeze=False)
-    for ax, g in zip(axes[:, 0], groups):
-        part = rows[rows["group"] == g].reset_index(drop=True)
+    wrap = lambda t: "\n".join(textwrap.wrap(str(t), 52, max_lines=2, placeholder="…"))
+    labels = [wrap(t) for t in rows["label"]]
+    lines = [lab.count("\n") + 1 for lab in labels]
+    row_h, head_h, gap_h = 0.22, 0.3, 0.32  # inches: per label line, panel title, between panels
+    heights = [sum(max(1.25, 0.9 * n) for n, g in zip(lines, rows["group"]) if g == grp) * row_h for grp in groups]
+    total = sum(heights) + len(groups) * head_h + (len(groups) - 1) * gap_h + 0.75
+    fig = plt.figure(figsize=(width, total))
+    top = 1 - 0.22 / total
+    for i, g in enumerate(groups):
+        mask = (rows["group"] == g).to_numpy()
+        part = rows[mask].reset_index(drop=True)
+        labs = [lab for lab, m in zip(labels, mask) if m]
+        ax_top = top - head_h / total
+        ax_h = heights[i] / total
+        ax = fig.add_axes((0.37, ax_top - ax_h, 0.33, ax_h))
+        top = ax_top - ax_h - gap_h / total
         y = np.arange(len(part))[::-1]
         finite = part[["effect", "lo", "hi"]].apply(pd.to_numeric, errors="coerce")
         ax.axvline(0, ls="--", c="#555", lw=0.8, zorder=1)
         for yi, (_, r), (_, f) in zip(y, part.iterrows(), finite.iterrows()):
             c = verdict_colour(r["verdict"])
             if np.isfinite(f["lo"]) and np.isfinite(f["hi"]):
-                ax.plot([f["lo"], f["hi"]], [yi, yi], c=c, lw=2.2, solid_capstyle="butt", zorder=2)
+                ax.plot([f["lo"], f["hi"]], [yi, yi], c=c, lw=2.4, solid_capstyle="butt", zorder=2)
             if np.isfinite(f["effect"]):
-                ax.plot(f["effect"], yi, "o", c=c, ms=5.5, zorder=3)
+                ax.plot(f["effect"], yi, "o", c=c, ms=6, zorder=3)
             else:
-                ax.text(0, yi, " no estimate", va="center", fontsize=7, color="#777")
+                ax.text(0, yi, " no estimate", va="center", fontsize=7.5, color="#777")
         vals = finite.to_numpy(dtype=float)
         vals = vals[np.isfinite(vals)]
         lo, hi = (min(vals.min(), 0.0), max(vals.max(), 0.0)) if len(vals) else (-1.0, 1.0)
         pad = 0.06 * (hi - lo or 1.0)
         ax.set_xlim(lo - pad, hi + pad)
-        ax.set_ylim(-0.7, len(part) - 0.3)
-        ax.set_yticks(y, [textwrap.shorten(str(s), 78, placeholder="…") for s in part["label"]], fontsize=7.5)
+        ax.set_ylim(-0.6, len(part) - 0.4)
+        ax.set_yticks(y, labs, fontsize=7.5)
         for yi, note in zip(y, part["note"]):
-            ax.annotate(str(note), (1.005, yi), xycoords=("axes fraction", "data"), va="center", fontsize=7, color="#333")
-        ax.set_title(str(g), loc="left", fontsize=9, fontweight="bold")
+            ax.annotate(str(note), (1.02, yi), xycoords=("axes fraction", "data"), va="center", fontsize=7.5, color="#333")
+        ax.set_title(str(g), loc="left", fontsize=9.5, fontweight="bold", x=-1.1, ha="left")
         ax.tick_params(axis="x", labelsize=7.5)
         ax.grid(axis="x", lw=0.3, color="#ddd")
         for side in ("top", "right"):
             ax.spines[side].set_visible(False)
-    axes[-1, 0].set_xlabel("effect a - b (difference of the measure named in the row), 95% interval", fontsize=8)
+        last = ax
+    last.set_xlabel("effect a - b (each panel its own scale), 95% interval", fontsize=8)
     present = [v for v in VERDICT_ORDER if v in set(rows["verdict"])] + sorted(set(rows["verdict"]) - set(VERDICT_ORDER))
-    handles = [Line2D([0], [0], c=verdict_colour(v), lw=2.2, marker="o", ms=5, label=v) for v in present]
+    handles = [Line2D([0], [0], c=verdict_colour(v), lw=2.4, marker="o", ms=5, label=v) for v in present]
     fig.legend(handles=handles, loc="upper right", ncol=len(handles), fontsize=8, frameon=False, bbox_to_anchor=(0.99, 1.0))
-    fig.tight_layout(rect=(0, 0, 0.86, 0.985))
     if path is not None:
         fig.savefig(path, dpi=120, bbox_inches="tight")
     return fig
