@@ -400,3 +400,13 @@ def test_numbers_without_a_run_is_one_line_exit_2(prof, tmp_path, capsys):
     assert main(["numbers", "--profile", str(tmp_path / "p.yaml")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no finished notebook" in err and "run --profile p" in err
+
+
+def test_seed_agreement_as_share_or_fraction_text():
+    assert report._share(0.95) == 0.95 and report._share("19/20") == 0.95 and report._share("0.5") == 0.5
+    assert report._share(None) != report._share(None)  # NaN when missing
+    v = pd.DataFrame([["b", "x", "caml", "toy", "m", "u", 0.2, 0.1, 0.1, 0.05, 0.15, 10, 20, "greater", "holds", "19/20"]],
+                     columns=VCOLS + ["seed_agreement"])
+    v["combined"], v["reading"] = False, ""
+    assert report.verdict_table(v)["seeds agree"].tolist() == ["95%"]
+    assert report.forest_rows(v).note.tolist() == ["n=10 · holds · agree 95%"]

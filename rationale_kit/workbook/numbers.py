@@ -21,7 +21,7 @@ from rationale_kit.core.config import Profile
 from rationale_kit.core.records import DataError
 from rationale_kit.workbook import artifacts as A
 from rationale_kit.workbook.context import MANIFEST_FILE, NOTEBOOKS
-from rationale_kit.workbook.report import FINDINGS, _ci, _count, _data_line, _json, _n_codes, _num, read_verdicts
+from rationale_kit.workbook.report import FINDINGS, _ci, _count, _data_line, _json, _n_codes, _num, _share, read_verdicts
 
 
 def begin_marker(profile: str) -> str:
@@ -115,8 +115,8 @@ def _verdicts(root: Path) -> list[str]:
         spread = []
         if not math.isnan(_num(r.get("seed_sd"))):
             spread.append(f"training-seed sd {_num(r['seed_sd']):.3f}")
-        if not math.isnan(_num(r.get("seed_agreement"))):
-            spread.append(f"{_num(r['seed_agreement']):.0%} of bootstrap seeds agree")
+        if not math.isnan(_share(r.get("seed_agreement"))):
+            spread.append(f"{_share(r['seed_agreement']):.0%} of bootstrap seeds agree")
         control = str(r.get("control") or "")
         rows.append({"finding": f"({r['finding']})", "comparison": ("combined: " if r["combined"] else "") + r["comparison"]
                      + (f" [{control}]" if control and control not in ("raw", "nan") else ""),

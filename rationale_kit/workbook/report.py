@@ -185,6 +185,14 @@ def _num(value: Any) -> float:
         return math.nan
 
 
+def _share(value: Any) -> float:
+    """A share as a float: ``0.95``, ``"0.95"`` or ``"19/20"`` (NaN when missing)."""
+    if isinstance(value, str) and "/" in value:
+        k, _, n = value.partition("/")
+        return _num(k) / _num(n) if _num(n) else math.nan
+    return _num(value)
+
+
 def _count(value: Any) -> str:
     v = _num(value)
     return "–" if math.isnan(v) else f"{int(v)}"
@@ -260,7 +268,7 @@ def verdict_grid(v: pd.DataFrame) -> tuple[GridCell, ...]:
 
 def _stability(r: Mapping) -> str:
     bits = []
-    agree = _num(r.get("seed_agreement"))
+    agree = _share(r.get("seed_agreement"))
     if not math.isnan(agree):
         bits.append(f"agree {agree:.0%}")
     sd = _num(r.get("seed_sd"))
@@ -310,7 +318,7 @@ def verdict_table(v: pd.DataFrame) -> pd.DataFrame:
     out["n_pairs"] = [_count(x) for x in v.n_pairs]
     out["verdict"] = v.verdict
     if "seed_agreement" in v.columns:
-        out["seeds agree"] = [("–" if math.isnan(_num(x)) else f"{_num(x):.0%}") for x in v.seed_agreement]
+        out["seeds agree"] = [("–" if math.isnan(_share(x)) else f"{_share(x):.0%}") for x in v.seed_agreement]
     if "mc_error" in v.columns:
         out["MC error"] = [("–" if math.isnan(_num(x)) else f"{_num(x):.4f}") for x in v.mc_error]
     if "seed_sd" in v.columns:
