@@ -410,3 +410,11 @@ def test_seed_agreement_as_share_or_fraction_text():
     v["combined"], v["reading"] = False, ""
     assert report.verdict_table(v)["seeds agree"].tolist() == ["95%"]
     assert report.forest_rows(v).note.tolist() == ["n=10 · holds · agree 95%"]
+
+
+def test_guided_headline_says_when_coding_improves(prof, tmp_path):
+    root = _artifacts(tmp_path)
+    _seeded_run(root)
+    md = report.to_markdown(_collect(prof, tmp_path))
+    assert r"| caml | human | 0.100 | 0.125 \[0.100, 0.150\] | 0.050 \[0.020, 0.090\] | improves (no cost) | 112 | 3 |" in md
+    assert report._coding_reading(-0.09, -0.02) == "costs" and report._coding_reading(-0.01, 0.02) == "no clear change"

@@ -450,6 +450,7 @@ def _compact(root: Path, profile: Profile) -> Section:
             frame = pd.DataFrame({"model": t.model, "teacher": t.teacher, "lambda (tuning notes)": t["lambda (chosen on tuning notes)"],
                                   "PI token F1 gain [95% CI]": [_ci(*x) for x in zip(t["PI token F1 gain"], t["gain lo"], t["gain hi"])],
                                   "micro-F1 change [95% CI]": [_ci(*x) for x in zip(t["micro-F1 change"], t["change lo"], t["change hi"])],
+                                  "coding": [_coding_reading(lo, hi) for lo, hi in zip(t["change lo"], t["change hi"])],
                                   "n_notes": t.n_notes, "seeds": t.seeds})
             tables.append(Table("guided learning against the unguided model (report notes)", frame,
                                 A.TRADEOFF.key, 3))
@@ -464,6 +465,14 @@ def _compact(root: Path, profile: Profile) -> Section:
     if not tables:
         notes.append("no table with intervals yet (notebooks 05-08 not run with the evaluation design)")
     return Section("headline", "Headline tables with 95% bootstrap intervals over notes", True, tuple(notes), tuple(tables))
+
+
+def _coding_reading(lo: Any, hi: Any) -> str:
+    """What the micro-F1 change of a guided student says: a cost, an improvement, or neither."""
+    lo, hi = _num(lo), _num(hi)
+    if math.isnan(lo) or math.isnan(hi):
+        return "–"
+    return "improves (no cost)" if lo > 0 else "costs" if hi < 0 else "no clear change"
 
 
 def _safe(name: str, title: str, build: Callable[[], Section]) -> Section:
