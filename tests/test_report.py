@@ -330,11 +330,15 @@ def test_data_line_counts_what_is_used_after_the_top_codes_restriction(prof, tmp
         "name": "codiesp", "dataset": "codiesp",
         "kept": {"documents": 1000, "spans": 21868, "distinct codes": 2330},
         "splits": {"train": {"documents": 500, "spans": 3000}, "test": {"documents": 250, "spans": 2328}},
-        "top codes": {"rule": "the 50 codes on the most training documents", "spans removed": 16540}}))
+        "top codes": {"rule": "the 50 codes on the most training documents", "spans removed": 16540,
+                      "test gold code occurrences removed": "1500 of 2000 (75.0%)"}}))
     pd.DataFrame({"code": [f"c{i}" for i in range(50)], "description": "", "n_train": 1}).to_parquet(root / "01_data" / "codes.parquet")
     data = dict(_collect(prof, tmp_path).header)["data"]
     assert "750 documents (train 500 · test 250), 50 codes, 5328 spans" in data and "21868" not in data
     assert "16540 spans removed" in data
+    caveats = report.to_markdown(_collect(prof, tmp_path)).split("## Caveats")[1].split("\n## ")[0]
+    assert "Restricted label space: the 50 codes on the most training documents; 1500 of 2000 (75.0%) of the test" in caveats
+    assert "Synthetic data" not in caveats  # CodiEsp notes are real
 
 
 # --------------------------------------------------------------------------------------------

@@ -368,6 +368,12 @@ def _caveats(root: Path, profile: Profile, manifests: Mapping[str, dict], v: pd.
         notes.append(f"Synthetic data: the embedded corpus{gen} is generated, with evidence planted by its lexicon; "
                      "the verdicts show how the methods compare where the evidence is known, not what they do on "
                      "real clinical notes.")
+    top = info.get("top codes")
+    if isinstance(top, dict):
+        removed = top.get("test gold code occurrences removed")
+        notes.append(f"Restricted label space: {top.get('rule', 'the most frequent codes')}"
+                     + (f"; {removed} of the test notes' gold code occurrences are outside it" if removed else "")
+                     + ". Every count and verdict is on the restricted codes.")
     llm = _params(manifests, "03_rationales").get("rationales", {}).get("llm")
     if llm:
         line = f"Teacher LLM: {_llm_line(llm)}."
