@@ -349,7 +349,7 @@ def _verdicts(root: Path, draw: bool = True) -> Section:
 
         fig = plot_forest(forest_rows(v))
         figures.append(Figure("every verdict row: effect and 95% interval, coloured by verdict, n on the right",
-                              Path("verdicts_forest.png"), figure_png(fig), generated=True))
+                              Path("verdicts_forest.png"), figure_png(fig, dpi=100), generated=True))
     return Section("verdicts", "Verdicts on the paper's four findings", True, tuple(missing + notes), (table,),
                    tuple(figures), verdict_grid(v))
 
