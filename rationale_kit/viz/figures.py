@@ -202,7 +202,7 @@ def plot_forest(rows: pd.DataFrame, path=None, width: float = 11.0):
         ax.text(0.5, 0.5, "no verdict rows yet", ha="center", va="center", transform=ax.transAxes)
         ax.axis("off")
         return _finish(fig, path)
-    wrap = lambda t: "\n".join(textwrap.wrap(str(t), 52, max_lines=2, placeholder="…"))
+    wrap = lambda t: "\n".join(textwrap.wrap(str(t), 66, max_lines=2, placeholder="…"))
     labels = [wrap(t) for t in rows["label"]]
     lines = [lab.count("\n") + 1 for lab in labels]
     row_h, head_h, gap_h = 0.22, 0.3, 0.32  # inches: per label line, panel title, between panels
@@ -216,7 +216,7 @@ def plot_forest(rows: pd.DataFrame, path=None, width: float = 11.0):
         labs = [lab for lab, m in zip(labels, mask) if m]
         ax_top = top - head_h / total
         ax_h = heights[i] / total
-        ax = fig.add_axes((0.37, ax_top - ax_h, 0.33, ax_h))
+        ax = fig.add_axes((0.4, ax_top - ax_h, 0.32, ax_h))
         top = ax_top - ax_h - gap_h / total
         y = np.arange(len(part))[::-1]
         finite = part[["effect", "lo", "hi"]].apply(pd.to_numeric, errors="coerce")
@@ -228,7 +228,8 @@ def plot_forest(rows: pd.DataFrame, path=None, width: float = 11.0):
             if np.isfinite(f["effect"]):
                 ax.plot(f["effect"], yi, "o", c=c, ms=6, zorder=3)
             else:
-                ax.text(0, yi, " no estimate", va="center", fontsize=7.5, color="#777")
+                ax.text(0.01, yi, "no estimate", va="center", fontsize=7.5, color="#777",
+                        transform=ax.get_yaxis_transform())
         vals = finite.to_numpy(dtype=float)
         vals = vals[np.isfinite(vals)]
         lo, hi = (min(vals.min(), 0.0), max(vals.max(), 0.0)) if len(vals) else (-1.0, 1.0)
@@ -238,7 +239,7 @@ def plot_forest(rows: pd.DataFrame, path=None, width: float = 11.0):
         ax.set_yticks(y, labs, fontsize=7.5)
         for yi, note in zip(y, part["note"]):
             ax.annotate(str(note), (1.02, yi), xycoords=("axes fraction", "data"), va="center", fontsize=7.5, color="#333")
-        ax.set_title(str(g), loc="left", fontsize=9.5, fontweight="bold", x=-1.1, ha="left")
+        ax.set_title(str(g), loc="left", fontsize=9.5, fontweight="bold", x=-0.4 / 0.32 + 0.01, ha="left")
         ax.tick_params(axis="x", labelsize=7.5)
         ax.grid(axis="x", lw=0.3, color="#ddd")
         for side in ("top", "right"):

@@ -406,7 +406,13 @@ def _caveats(root: Path, profile: Profile, manifests: Mapping[str, dict], v: pd.
     else:
         notes.append(f"Training seeds {', '.join(map(str, seeds))}: tables give the spread across them.")
     if v is not None:
-        rows = v[~v.combined & v.n_notes.notna()]
+        empty = v[~v.combined & (v.n_notes.fillna(0) == 0)]
+        if len(empty):
+            what = "; ".join(f"({r['finding']}) {r['comparison']}" + (f" · {r['model']}" if r["model"] not in ("", "-") else "")
+                             for r in empty.head(4).to_dict("records")) + (" …" if len(empty) > 4 else "")
+            notes.append(f"No common units: {len(empty)} row(s) have no note both sides were scored on ({what}); "
+                         "they carry no estimate and decide nothing.")
+        rows = v[~v.combined & (v.n_notes > 0)]
         if len(rows):
             small = rows.n_notes.min()
             few = rows[rows.n_notes == small]
