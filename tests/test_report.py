@@ -422,3 +422,16 @@ def test_guided_headline_says_when_coding_improves(prof, tmp_path):
     md = report.to_markdown(_collect(prof, tmp_path))
     assert r"| caml | human | 0.100 | 0.125 \[0.100, 0.150\] | 0.050 \[0.020, 0.090\] | improves (no cost) | 112 | 3 |" in md
     assert report._coding_reading(-0.09, -0.02) == "costs" and report._coding_reading(-0.01, 0.02) == "no clear change"
+
+
+def test_grid_columns_per_dataset_and_model():
+    cells = (report.GridCell("(a) x", "embedded", "caml", "holds"), report.GridCell("(a) x", "codiesp", "caml", "inconclusive"),
+             report.GridCell("(b) y", "codiesp", "laat", "borderline"), report.GridCell("(d) z", "codiesp", "-", "too few notes"))
+    md = "\n".join(report._md_grid(cells))
+    assert md.splitlines()[0] == "| finding | embedded: caml | codiesp: caml | codiesp: laat | codiesp: model-free / across models |"
+    assert "| (b) y | – | – | BORDERLINE | – |" in md and "| (d) z | – | – | – | TOO FEW NOTES |" in md
+    page = report._html_grid(cells)
+    assert '<th colspan="1">embedded</th><th colspan="3">codiesp</th>' in page
+    from rationale_kit.viz.figures import VERDICT_COLOURS
+
+    assert all(f"background:{VERDICT_COLOURS[v]}" in page for v in ("holds", "inconclusive", "borderline", "too few notes"))
