@@ -241,6 +241,7 @@ def _verdict_files(root, stability=False):
             f["seed_sd"] = [0.012 if pd.notna(x) else None for x in f.effect]
             f["interval_method"] = "percentile"
         d.loc[0, "verdict"] = "too few notes"
+        d.loc[1, "units"] = "combined: 0 of 1 rows above; skipped (too few notes): few-shot examples help the teacher (n_notes=4)"
         a.loc[3, "verdict"] = "borderline"
     a.to_csv(root / "06_plausibility" / "verdicts.csv", index=False)
     c.to_csv(root / "07_guided_learning" / "verdicts.csv", index=False)
@@ -294,6 +295,9 @@ def test_verdict_grid_forest_and_grouped_rows(prof, tmp_path, stability):
         assert "| seeds agree | MC error | training-seed sd | interval |" in body
         assert "| 100% | 0.0015 | 0.012 | percentile |" in body and "| raw |" in body
         assert "TOO FEW NOTES" not in grid_md  # (d)'s combined row keeps its own verdict
+        assert "INCONCLUSIVE — skips 1 of 1: too few notes" in grid_md
+        assert "| combined: few-shot examples help the teacher and the students | - |" in body
+        assert "skipped (too few notes): few-shot examples help the teacher (n_notes=4) |" in body
         assert "1 row(s) have too few notes" in caveats
         assert rows.verdict.iloc[2] == "borderline" and "agree 100% · seed sd 0.012" in rows.note.iloc[2]
     else:

@@ -220,8 +220,12 @@ def read_verdicts(root: Path) -> tuple[pd.DataFrame | None, list[str]]:
         v[col] = [_text(x) for x in v[col]] if col in v.columns else ""
     for col in ("a", "b", "effect", "lo", "hi", "n_notes", "n_pairs"):
         v[col] = [_num(x) for x in v[col]] if col in v.columns else math.nan
-    v["combined"] = (v["units"] == "as above") | (v["effect"].isna() & v["n_notes"].isna() & v["lo"].isna())
+    v["combined"] = ((v["units"] == "as above") | v["units"].str.startswith("combined")
+                     | (v["effect"].isna() & v["n_notes"].isna() & v["lo"].isna()))
     v["reading"] = [_reading(r) for r in v.to_dict("records")]
+    # a combined row that skipped rows says which (its units: "combined: 2 of 3 rows above; skipped ...")
+    skipped = v.combined & v["units"].str.contains("skipped")
+    v.loc[skipped, "reading"] = v.loc[skipped, "units"]
     # a combined (c) row says why it does not hold when its coding half improved instead
     improved = {(r["model"], _label(r["comparison"])) for r in v.to_dict("records") if r["reading"].startswith("coding improves")}
     v.loc[v.combined & (v.finding == "c") & np.array([(m, _label(c)) in improved for m, c in zip(v.model, v.comparison)], dtype=bool), "reading"] = \
@@ -249,20 +253,25 @@ def _teacher(comparison: str) -> str:
 
 def verdict_grid(v: pd.DataFrame) -> tuple[GridCell, ...]:
     """One cell per combined verdict of each (finding, dataset, model) (the rows themselves when a
-    finding has no combined row)."""
+    finding has no combined row). Several verdicts in one cell are told apart by teacher (c) and
+    control (b: raw / minus_random / size_matched), else by their comparison."""
     cells = []
     for (finding, dataset), part in v.groupby(["finding", "dataset"], sort=False):
         use = part[part.combined] if part.combined.any() else part
-        per_model = use.groupby("model").size()
-        for r in use.to_dict("records"):
-            detail = _teacher(r["comparison"])
-            control = _text(r.get("control"))
-            if control and control != "raw":
-                detail = ", ".join(x for x in (detail, control) if x)
-            if not detail and per_model[r["model"]] > 1:
-                detail = r["comparison"]
-            note = "coding improves" if r["reading"].startswith(("no coding cost", "coding improves")) else ""
-            cells.append(GridCell(f"({finding}) {FINDINGS.get(finding, '')}", dataset, r["model"], r["verdict"], detail, note))
+        for model, group in use.groupby("model", sort=False):
+            controls = {_text(c) for c in group.get("control", pd.Series([""] * len(group)))}
+            for r in group.to_dict("records"):
+                control = _text(r.get("control"))
+                detail = ", ".join(x for x in (_teacher(r["comparison"]),
+                                                control if control and (len(controls) > 1 or control != "raw") else "") if x)
+                if not detail and len(group) > 1:
+                    detail = r["comparison"]
+                note = "coding improves" if r["reading"].startswith(("no coding cost", "coding improves")) else ""
+                if "skipped" in r["units"]:
+                    m = re.match(r"combined: (\d+) of (\d+)", r["units"])
+                    skip = f"skips {int(m.group(2)) - int(m.group(1))} of {m.group(2)}: too few notes" if m else "skips rows: too few notes"
+                    note = ", ".join(x for x in (note, skip) if x)
+                cells.append(GridCell(f"({finding}) {FINDINGS.get(finding, '')}", dataset, model, r["verdict"], detail, note))
     return tuple(cells)
 
 
@@ -759,7 +768,7 @@ table.grouped td:first-child{text-align:left}tr.group th{text-align:left;backgro
 table.grid{font-size:0.9em}table.grid td,table.grid th{text-align:center;vertical-align:top;border:1px solid #ddd;padding:4px}
 table.grid th.finding{text-align:left;font-weight:normal;max-width:20em}
 .chip{display:inline-block;color:#fff;border-radius:4px;padding:2px 7px;margin:1px;font-weight:600;font-size:0.92em}
-.chip .detail{display:block;font-weight:normal;font-size:0.85em}.none{color:#aaa}
+.chip .detail{display:block;font-weight:normal;font-size:0.8em}.none{color:#aaa}
 .legend{font-size:0.85em;margin:0.2em 0 0.8em}
 ul.caveats{background:#fff8e6;border-left:4px solid #e0a030;padding:0.5em 1em 0.5em 2em;margin:0.4em 0}
 ul.caveats li{margin:0.2em 0}
