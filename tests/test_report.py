@@ -384,6 +384,7 @@ def test_numbers_block_states_seeds_intervals_and_spread(prof, tmp_path):
     assert EVIL not in block and "Data: &lt;script>alert(1)&lt;/script>: 3 documents" in block
     assert "| caml | human | 0.1 | 0.125 [0.100, 0.150] | 0.050 [0.020, 0.090] | 0.120 ± 0.010 (3 seeds) | 0.040 ± 0.020 (3 seeds) | 112 |" in block
     assert "**Time**" in block and "02 2 s" in block
+    assert "paired over notes; verdict intervals: percentile)" in block
 
 
 def test_numbers_command_prints_and_splices_into_a_file(prof, tmp_path, capsys):

@@ -124,7 +124,9 @@ def _verdicts(root: Path) -> list[str]:
                      "notes": _count(r["n_notes"]), "verdict": r["verdict"] + (f" — {r['reading']}" if r["reading"] else ""),
                      "across seeds": ", ".join(spread) or "–"})
     findings = "; ".join(f"({k}) {t}" for k, t in FINDINGS.items())
-    return ["", f"**Verdicts** ({findings}; effect = a - b, paired over notes)", ""] + _table(pd.DataFrame(rows))
+    methods = sorted({str(m) for m in v.get("interval_method", pd.Series(dtype=object)).dropna()} - {"", "nan"})
+    how = f"; verdict intervals: {', '.join(methods)}" if methods else ""
+    return ["", f"**Verdicts** ({findings}; effect = a - b, paired over notes{how})", ""] + _table(pd.DataFrame(rows))
 
 
 def _guided(root: Path) -> list[str]:
