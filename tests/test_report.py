@@ -440,3 +440,18 @@ def test_grid_columns_per_dataset_and_model():
     from rationale_kit.viz.figures import VERDICT_COLOURS
 
     assert all(f"background:{VERDICT_COLOURS[v]}" in page for v in ("holds", "inconclusive", "borderline", "too few notes"))
+
+
+def test_data_line_counts_mdace_documents_in_the_total(tmp_path):
+    """The mimic route's document count is the total of its split counts (MDACE's evaluation
+    documents included), with the two kinds named."""
+    from mimic_formats import write_all
+    from rationale_kit import data
+
+    keys = write_all(tmp_path / "files")
+    prof = load_profile("mimic", {"common": {"device": "cpu", "threads": 2}, "data": keys})
+    ds = data.load_dataset(prof)
+    line = report._data_line(prof, {"name": ds.name, **ds.report})
+    assert line.startswith("mimic: 16 documents (train 6 · val 2 · test 8), ")
+    assert "10 MIMIC-IV documents (coding)" in line and "6 MDACE documents (rationale evaluation)" in line
+    assert sum(v["documents"] for v in ds.report["splits"].values()) == ds.report["kept"]["documents"]

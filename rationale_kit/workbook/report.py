@@ -538,6 +538,8 @@ def _data_line(profile: Profile, info: dict, n_codes: int | None = None) -> str:
     per = " · ".join(f"{s} {v.get('documents')}" for s, v in splits.items())
     docs = sum(int(v.get("documents", 0)) for v in splits.values()) if splits else kept.get("documents", "?")
     parts = [f"{docs} documents" + (f" ({per})" if per else "")]
+    # the parts of that total (mimic: MIMIC-IV coding documents and MDACE's evaluation documents)
+    parts += [f"{v} {k}" for k, v in kept.items() if k != "documents" and k.endswith(")") and "documents" in k]
     codes = n_codes if n_codes is not None else kept.get("codes", kept.get("distinct codes"))
     if codes is not None:
         parts.append(f"{codes} codes")
