@@ -34,7 +34,11 @@ from rationale_kit.core.records import DataError
 RUN_ON_COLUMNS = ["source", "model", "note_id", "code"]
 COUNT_COLUMNS = ["note_id", "code", "measure", "tp", "fp", "fn"]
 VERDICT_COLUMNS = ["finding", "comparison", "model", "dataset", "measure", "units", "a", "b", "effect",
-                   "lo", "hi", "n_notes", "n_pairs", "expect", "verdict"]
+                   "lo", "hi", "n_notes", "n_pairs", "expect", "verdict", "interval_method", "seed_agreement",
+                   "mc_error", "control", "seed_sd"]
+#: ``verdict`` values: the interval on the expected side of 0 / on the other side / across 0; fewer
+#: notes than ``evaluation.min_notes``; an interval edge within its Monte Carlo error of 0
+VERDICTS = ("holds", "does not hold", "inconclusive", "too few notes", "borderline")
 DESIGN_FILE = "evaluation_design.json"
 RUN_ON_FILE = "run_on.parquet"
 

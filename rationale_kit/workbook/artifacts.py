@@ -28,7 +28,10 @@ class Artifact:
 
 
 VERDICT_COLUMNS = ("finding", "comparison", "model", "dataset", "measure", "units", "a", "b", "effect", "lo", "hi",
-                   "n_notes", "n_pairs", "expect", "verdict")
+                   "n_notes", "n_pairs", "expect", "verdict", "interval_method", "seed_agreement", "mc_error", "control",
+                   "seed_sd")
+#: the values of a verdict table's ``verdict`` column
+VERDICT_VALUES = ("holds", "does not hold", "inconclusive", "too few notes", "borderline")
 SPAN_TABLE = ("note_id", "code", "start", "end", "granularity", "source")
 TIMING_KEYS = ("bootstrap_seconds", "bootstrap_calls", "notebook_seconds", "share")
 RUN_ON = ("source", "model", "note_id", "code")
