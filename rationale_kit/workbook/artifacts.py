@@ -86,7 +86,7 @@ LLM_QUOTES = Artifact("llm_quotes.parquet", "03_rationales", ("04_alignment",),
 LLM_CALLS = Artifact("llm_calls.parquet", "03_rationales", ("08_few_shot",),
                      ("note_id", "status", "outcome", "cached", "input_tokens", "output_tokens", "...", "source",
                       "shots"), "one row per LLM call")
-EVALUATION_DESIGN = Artifact("evaluation_design.json", "03_rationales", ("04_alignment", "06_plausibility",
+EVALUATION_DESIGN = Artifact("evaluation_design.json", "03_rationales", ("04_alignment", "05_faithfulness", "06_plausibility",
                                                                          "07_guided_learning", "08_few_shot"),
                              ("eval_ids", "tuning_ids", "report_ids", "tuning_fraction"),
                              "evaluation, tuning and report notes")
