@@ -136,7 +136,8 @@ def _agg(rows):
 
 
 def test_faithfulness_summary_and_attention_vs_entity_on_common_pairs():
-    prof = load_profile("smoke", {"evaluation": {"bootstrap_resamples": 200, "min_notes": 0}})
+    prof = load_profile("smoke", {"evaluation": {"bootstrap_resamples": 200, "min_notes": 0, "interval_method": "percentile"}})
+    # (two notes: the percentile interval spans the two note differences; the t interval would not exclude 0)
     att, ent = "attention top-10", "entity (exact_code)"
     rows = []
     for src, vals in ((att, {("n1", "A"): 0.6, ("n2", "A"): 0.4, ("n3", "A"): 0.9}), (ent, {("n1", "A"): 0.2, ("n2", "A"): 0.1})):
@@ -237,6 +238,13 @@ def test_evaluation_and_seeds_keys_are_validated(tmp_path):
         load_profile("smoke", {"evaluation": {"bootstrap_resamples": 0}})
     with pytest.raises(ConfigError, match="unknown key 'resamples'"):
         load_profile("smoke", {"evaluation": {"resamples": 10}})
+    assert (prof.evaluation.interval_method, prof.evaluation.min_notes) == ("t", 10)
+    with pytest.raises(ConfigError, match="interval_method"):
+        load_profile("smoke", {"evaluation": {"interval_method": "wald"}})
+    with pytest.raises(ConfigError, match="min_notes"):
+        load_profile("smoke", {"evaluation": {"min_notes": -1}})
+    with pytest.raises(ConfigError, match="stability_seeds"):
+        load_profile("smoke", {"evaluation": {"stability_seeds": 0}})
 
 
 def test_run_on_pairs_of_notebook_03_sources():

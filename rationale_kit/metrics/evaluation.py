@@ -347,8 +347,11 @@ def verdict_comparison(a: Sequence[pd.DataFrame], b: Sequence[pd.DataFrame], sta
     seeds = [boot.seed + i for i in range(max(int(boot.stability_seeds), 1))]
     with _timed():
         if len(vals) == 1:
-            ivs = [U.resample_interval(vals[0], effect, method=boot.method, n_resamples=boot.resamples, seed=s,
-                                       level=boot.level) for s in seeds]
+            if boot.method == "t":  # no resampling: every bootstrap seed gives the same interval
+                ivs = [U.resample_interval(vals[0], effect, method="t", level=boot.level)] * len(seeds)
+            else:
+                ivs = [U.resample_interval(vals[0], effect, method=boot.method, n_resamples=boot.resamples, seed=s,
+                                           level=boot.level) for s in seeds]
             method, sd = boot.method, np.nan
         else:
             ivs = [U.hierarchical_interval(vals, effect, n_resamples=boot.resamples, seed=s, level=boot.level)
