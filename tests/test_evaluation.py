@@ -129,6 +129,13 @@ def test_common_faithfulness_pairs_are_shared_and_capped():
     # every source has (n1, B), (n2, A), (n2, C); note order of docs: n2 first
     assert steps.common_pairs(cand, [att, ent], docs, None) == [("n2", "A"), ("n2", "C"), ("n1", "B")]
     assert steps.common_pairs(cand - {("n2", "C")}, [att, ent], docs, 1) == [("n2", "A")]
+    # a pair of a note outside docs (e.g. a tuning note) is never chosen
+    assert steps.common_pairs(cand, [att, ent], docs[docs.note_id == "n1"], None) == [("n1", "B")]
+    # a seeded sample of 2 of the 3 common pairs, in note order, the same for the same seed
+    pick = steps.common_pairs(cand, [att, ent], docs, 2, seed=0)
+    assert len(pick) == 2 and set(pick) < {("n2", "A"), ("n2", "C"), ("n1", "B")}
+    assert pick == steps.common_pairs(cand, [att, ent], docs, 2, seed=0)
+    assert {tuple(steps.common_pairs(cand, [att, ent], docs, 2, seed=s)) for s in range(20)} != {tuple(pick)}
 
 
 def _agg(rows):

@@ -62,15 +62,16 @@ def _code_set_pairs(name: str, model, docs: pd.DataFrame, preds: pd.DataFrame | 
 
 def common_pairs(candidates: set, tables: Iterable[pd.DataFrame], docs: pd.DataFrame, max_pairs: int | None,
                  seed: int | None = None) -> list:
-    """ONE set of pairs for every compared source: the ``candidates`` every table of ``tables`` has
-    a rationale for, in note order (``docs``) then code. With ``max_pairs``: the first ``max_pairs``
+    """ONE set of pairs for every compared source: the ``candidates`` of the notes of ``docs`` that
+    every table of ``tables`` has a rationale for, in note order (``docs``) then code (pairs of
+    other notes are left out). With ``max_pairs``: the first ``max_pairs``
     of them (``seed`` None) or a sample of ``max_pairs`` drawn without replacement by
     ``numpy.random.default_rng(seed)`` from that ordered list (returned in the same order)."""
     common = set(candidates)
     for t in tables:
         common &= set(zip(t.note_id.astype(str), t.code.astype(str)))
     order = {n: i for i, n in enumerate(docs.note_id)}
-    out = sorted(common, key=lambda p: (order.get(p[0], len(order)), p[1]))
+    out = sorted((p for p in common if p[0] in order), key=lambda p: (order[p[0]], p[1]))
     if not max_pairs or len(out) <= max_pairs:
         return out
     if seed is None:
