@@ -304,3 +304,8 @@ def test_seeds_are_summed_for_intervals_and_spread_across_seeds(tmp_path):
     assert row["PI token F1 gain"] == pytest.approx(0.5) and row.seeds == 2
     # per seed: gains 0.25 and 0.75 -> mean 0.5, sample std 0.3536
     assert row["gain seed mean"] == pytest.approx(0.5) and row["gain seed std"] == pytest.approx(np.sqrt(0.125))
+    # the verdict row resamples training seeds and notes together: notes are alike within a seed, so
+    # the interval runs from both draws = seed 1 (gain 0.25) to both = seed 2 (0.75); seed_sd as above
+    v = steps.tradeoff(sweep, counts, design, prof)[1].iloc[0]
+    assert v.interval_method == "hierarchical" and v.seed_sd == pytest.approx(np.sqrt(0.125))
+    assert (v.lo, v.hi) == pytest.approx((0.25, 0.75)) and v.seed_agreement == 1.0 and v.verdict == "holds"
