@@ -102,14 +102,14 @@ def table(names: list[str], states: list[dict], walls: list[float | None]) -> st
     for nb in order:
         cells = [cell(s.get(nb)) for s in states]
         line = f"{nb:<20}" + "".join(f"{c:>{w + 2}}" for c, _ in cells)
-        for i, (_, v) in enumerate(cells):
-            totals[i] += v or 0.0
         vals = [v for _, v in cells]
+        if None not in vals:  # totals over the notebooks every source finished
+            totals = [t + v for t, v in zip(totals, vals)]
         if len(states) == 2 and None not in vals:
             line += f"{vals[1] - vals[0]:>+12.1f}{vals[0] / vals[1] if vals[1] else float('nan'):>8.2f}"
         lines.append(line)
     lines.append("-" * len(head))
-    line = f"{'notebooks (sum)':<20}" + "".join(f"{t:>{w + 2}.1f}" for t in totals)
+    line = f"{'sum (all finished)':<20}" + "".join(f"{t:>{w + 2}.1f}" for t in totals)
     if len(states) == 2 and totals[1]:
         line += f"{totals[1] - totals[0]:>+12.1f}{totals[0] / totals[1]:>8.2f}"
     lines.append(line)
