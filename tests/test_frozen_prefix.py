@@ -76,3 +76,23 @@ def test_no_frozen_layers_is_a_no_op_and_bad_counts_refused(plm):
         assert prefix is None and model._prefix is None
     with pytest.raises(ValueError, match="layers"):
         FrozenPrefix(model.encoder, 3)
+
+
+def test_padding_does_not_change_the_key(plm):
+    """A row padded to another length in another batch is served from the store; its real
+    positions equal a fresh computation."""
+    from rationale_kit.models import FrozenPrefix
+
+    model = plm(1).eval()
+    ids, mask = _batch(model)
+    ids, mask = ids[:, :8].clone(), mask[:, :8].clone()  # the tiny encoder reads 8 positions
+    ids[0, 5:], mask[0, 5:] = model.tokenizer.pad_id, False  # row 0: 5 real pieces, padded
+    prefix = FrozenPrefix(model.encoder, 1)
+    with torch.no_grad():
+        full = prefix(mask, input_ids=ids)
+        n = int(mask[0].sum())
+        alone = prefix(mask[:1, :n], input_ids=ids[:1, :n])
+        ref = model.encoder(input_ids=ids[:1, :n], attention_mask=mask[:1, :n].long()).last_hidden_state
+    assert prefix.hits == 1 and prefix.misses == len(ids)
+    assert torch.allclose(alone, ref, atol=1e-5)
+    assert torch.allclose(full[0, :n], ref[0], atol=1e-5)

@@ -135,8 +135,9 @@ class FrozenPrefix:
     :func:`freeze_encoder_layers` freezes them) computed once per distinct input row and reused:
     while training, every epoch then runs only the trainable layers. The frozen part always runs
     in eval mode (no dropout inside frozen layers) and without gradients, so its output is a
-    fixed function of the row (keyed by the bytes of the row's input ids or embeddings and its
-    mask). Rows whose embeddings require gradients (input x gradient) bypass it. ``max_bytes``
+    fixed function of the row (keyed by the bytes of the row's real input ids or embeddings, so
+    a row padded differently in another batch is found again; padding positions get zeros, which
+    the attention mask keeps out of every real position). Rows whose embeddings require gradients (input x gradient) bypass it. ``max_bytes``
     bounds the states kept (rows beyond it are recomputed, values unchanged). ``hits`` and
     ``misses`` count the rows served and computed.
 
@@ -179,8 +180,13 @@ class FrozenPrefix:
 
         x = inputs_embeds if inputs_embeds is not None else input_ids
         xs = x.detach().cpu().contiguous().numpy()
-        ms = mask.detach().cpu().to(torch.uint8).contiguous().numpy()
-        keys = [hashlib.blake2b(a.tobytes() + m.tobytes(), digest_size=20).digest() for a, m in zip(xs, ms)]
+        ms = mask.detach().cpu().to(torch.bool).numpy()
+        lengths = ms.sum(1)
+        prefix = all(m[:n].all() for m, n in zip(ms, lengths))  # right padding: key and keep the real part
+        if prefix:
+            keys = [hashlib.blake2b(a[:n].tobytes(), digest_size=20).digest() for a, n in zip(xs, lengths)]
+        else:
+            keys = [hashlib.blake2b(a.tobytes() + m.tobytes(), digest_size=20).digest() for a, m in zip(xs, ms)]
         miss = [i for i, k in enumerate(keys) if k not in self._store]
         fresh = {}
         if miss:
@@ -199,7 +205,7 @@ class FrozenPrefix:
                 for m, mode in zip(frozen_mods, modes):
                     m.train(mode)
             for i, row in zip(miss, out):
-                row = row.clone()
+                row = (row[: int(lengths[i])] if prefix else row).clone()
                 fresh[keys[i]] = row
                 size = row.numel() * row.element_size()
                 if self._bytes + size <= self.max_bytes:
@@ -207,7 +213,14 @@ class FrozenPrefix:
                     self._bytes += size
         self.misses += len(miss)
         self.hits += len(keys) - len(miss)
-        return torch.stack([fresh[k] if k in fresh else self._store[k] for k in keys])
+        rows = [fresh[k] if k in fresh else self._store[k] for k in keys]
+        if not prefix:
+            return torch.stack(rows)
+        # padding positions: zeros (masked out of attention; their outputs are never read)
+        out = rows[0].new_zeros((len(rows), x.shape[1], rows[0].shape[-1]))
+        for i, row in enumerate(rows):
+            out[i, : len(row)] = row
+        return out
 
     def __call__(self, mask, input_ids=None, inputs_embeds=None):
         states = self.frozen(mask, input_ids=input_ids, inputs_embeds=inputs_embeds)
