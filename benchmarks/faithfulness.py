@@ -430,7 +430,9 @@ def bench_model(name, model, docs_all, gold_all, budget_s, rng, reps=2, device="
         model(*(x.to(device) for x in model.collate([enc])))
         per_single, _ = cpu_timed(lambda: model(*(x.to(device) for x in model.collate([enc]))), device)
     rows_per_pair = ROWS_PER_PAIR[shape]
-    n_pairs = max(1, int(budget_s / 3 / reps / per_single / rows_per_pair))
+    # per repetition: the loop, two engine runs and two replays (each a fraction of the loop):
+    # about 4 loops' worth, so the loop gets an eighth of the model's budget over two repetitions
+    n_pairs = max(1, int(budget_s / (4 * reps) / per_single / rows_per_pair))
     codes_per_note = 1  # pairs spread over as many notes as the budget allows
     n_notes = max(1, min(len(docs_all), math.ceil(n_pairs / codes_per_note)))
     docs = docs_all.iloc[:n_notes].reset_index(drop=True)
@@ -580,6 +582,7 @@ def main(argv=None):
           f"see workload()), <= 3 gold codes per note, mask perturbation")
     results = []
     per_model = args.budget / len(models)
+    t_setup, t_measured = time.perf_counter() - t_all, time.process_time()
     for name, model in models.items():
         try:
             r = bench_model(name, model, docs, gold, per_model, rng, device=args.device, shape=args.shape)
@@ -615,6 +618,7 @@ def main(argv=None):
               f"max |engine - loop| = {r['incr_max_abs_diff']:.2e} "
               f"({'agree' if r['incr_agree'] else 'DISAGREE'} at {r['tolerance']:g})")
     wall = time.perf_counter() - t_all
+    print(f"measured part {time.process_time() - t_measured:.0f} CPU s (set-up before it: {t_setup:.0f} s wall)")
     print(f"\ntotal {wall:.0f} s wall for a budget of {args.budget:.0f} CPU s "
           f"({'within' if wall <= args.budget * 1.25 else 'OVER'} it; wall time also counts other jobs on the cores)")
     if results:
