@@ -96,3 +96,31 @@ def test_padding_does_not_change_the_key(plm):
     assert prefix.hits == 1 and prefix.misses == len(ids)
     assert torch.allclose(alone, ref, atol=1e-5)
     assert torch.allclose(full[0, :n], ref[0], atol=1e-5)
+
+
+def test_train_model_uses_it_and_the_checkpoint_key_records_it(tmp_path):
+    """``train_model`` trains PLM-ICD with its frozen layer computed once (the frozen weights do
+    not move, the store is emptied afterwards) and its checkpoint key says so."""
+    pytest.importorskip("transformers")
+    import numpy as np
+
+    from test_training import CFG, KEYS, TRAIN, VAL
+
+    from rationale_kit.core.config import ModelParams
+    from rationale_kit.models import build_model
+    from rationale_kit.training import train_model
+
+    path = _tiny_encoder(tmp_path / "enc", list(TRAIN["text"]), chunk_size=16)
+    params = ModelParams(encoder_path=path, chunk_size=16, max_chunks=1, projection=8, lr=5e-3, weight_decay=0.0,
+                         batch_size=8, epochs=2, patience=2, freeze_layers=1)
+    torch.manual_seed(0)
+    model = build_model("plm_icd", params, list(KEYS))
+    frozen_before = model.encoder.encoder.layer[0].attention.self.query.weight.detach().clone()
+    trainable_before = model.encoder.encoder.layer[1].attention.self.query.weight.detach().clone()
+    res = train_model(model, TRAIN, VAL, params, CFG, tmp_path / "out", progress=False)
+    assert len(res.history) == 2 and np.isfinite(res.history["train_loss"]).all()
+    assert torch.equal(model.encoder.encoder.layer[0].attention.self.query.weight, frozen_before)
+    assert not torch.equal(model.encoder.encoder.layer[1].attention.self.query.weight, trainable_before)
+    assert model._prefix is None
+    ckpt = torch.load(tmp_path / "out" / "checkpoint.pt", weights_only=False)
+    assert ckpt["fingerprint"]["frozen_layers"]["n"] == 1
