@@ -398,21 +398,22 @@ def reuse_ceilings(model, inputs: dict, mask_id: int) -> dict:
     chunk of a note over all calls."""
     rows = distinct = steps_all = steps_needed = chunks_loop = chunks_distinct = 0
     s = getattr(model, "chunk_size", None)
+    recurrent = any(isinstance(m, torch.nn.RNNBase) for m in model.modules())
     for ids, removed in inputs.values():
         xs = [np.where(r, mask_id, ids) for r in removed if len(r) == len(ids)]
         rows += len(xs)
         distinct += len({x.tobytes() for x in xs})
-        if s is None:
+        if recurrent:
             steps_all += 2 * len(ids) * len(xs)
             steps_needed += _trie_positions(xs, ids) + _trie_positions([x[::-1].copy() for x in xs], ids[::-1].copy())
-        else:
+        elif s is not None:
             bounds = [(a, min(a + s, len(ids))) for a in range(0, len(ids), s)]
             chunks_loop += len(bounds) * (len(xs) + 1)
             chunks_distinct += len({x[a:b].tobytes() for x in [ids, *xs] for a, b in bounds})
     out = {"rows": rows, "distinct_share": distinct / max(1, rows)}
-    if s is None:
+    if recurrent:
         out["recurrent_steps_share"] = steps_needed / max(1, steps_all)
-    else:
+    if s is not None:
         out["chunks_loop_per_distinct"] = chunks_loop / max(1, chunks_distinct)
     return out
 
