@@ -10,15 +10,15 @@ from test_models import TEXTS, _tiny_encoder
 @pytest.fixture(scope="module")
 def plm(tmp_path_factory):
     pytest.importorskip("transformers")
-    from rationale_kit.core.config import ModelParams
+    from rationale_kit.core.config import PLMICDParams
     from rationale_kit.models import build_model
 
     path = _tiny_encoder(tmp_path_factory.mktemp("enc"), TEXTS * 3, chunk_size=8)
 
     def make(freeze: int):
         torch.manual_seed(0)
-        return build_model("plm_icd", ModelParams(encoder_path=path, chunk_size=8, max_chunks=3, projection=6,
-                                                  freeze_layers=freeze, dropout=0.1), ["A", "B", "C"])
+        return build_model("plm_icd", PLMICDParams(encoder_path=path, chunk_size=8, max_chunks=3, projection=6,
+                                                  freeze_layers=freeze), ["A", "B", "C"])
     return make
 
 
@@ -106,12 +106,12 @@ def test_train_model_uses_it_and_the_checkpoint_key_records_it(tmp_path):
 
     from test_training import CFG, KEYS, TRAIN, VAL
 
-    from rationale_kit.core.config import ModelParams
+    from rationale_kit.core.config import PLMICDParams
     from rationale_kit.models import build_model
     from rationale_kit.training import train_model
 
     path = _tiny_encoder(tmp_path / "enc", list(TRAIN["text"]), chunk_size=16)
-    params = ModelParams(encoder_path=path, chunk_size=16, max_chunks=1, projection=8, lr=5e-3, weight_decay=0.0,
+    params = PLMICDParams(encoder_path=path, chunk_size=16, max_chunks=1, projection=8, lr=5e-3, weight_decay=0.0,
                          batch_size=8, epochs=2, patience=2, freeze_layers=1)
     torch.manual_seed(0)
     model = build_model("plm_icd", params, list(KEYS))
