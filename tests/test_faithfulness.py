@@ -839,7 +839,7 @@ def test_attention_vs_entity_raw_minus_random_and_size_matched():
     from rationale_kit.workbook import steps
 
     prof = load_profile("smoke", {"evaluation": {"bootstrap_resamples": 200, "min_notes": 0}})
-    att, ent, sm = "attention top-10", "entity (exact_code)", steps.SIZE_MATCHED
+    att, ent, sm = "attention (top-10)", "entity (exact_code)", steps.SIZE_MATCHED.name
     comp = {att: ({"n1": 0.6, "n2": 0.4}, {"n1": 0.5, "n2": 0.1}), ent: ({"n1": 0.2, "n2": 0.1}, {"n1": 0.15, "n2": 0.05}),
             sm: ({"n1": 0.3, "n2": 0.2}, {"n1": 0.2, "n2": 0.2})}
     rows = []
@@ -862,3 +862,42 @@ def test_attention_vs_entity_raw_minus_random_and_size_matched():
     both = v[v.measure == "both"]
     assert both.control.tolist() == ["raw", "minus_random", "size_matched"] and both.units.str.startswith("combined").all()
     assert v.interval_method.iloc[0] == prof.evaluation.interval_method and 0 <= v.seed_agreement.iloc[0] <= 1
+
+
+def test_plm_chunk_store_shared_by_pairs_and_calls(tiny_plm):
+    """The PLM-ICD chunk path keeps the note's own chunks in the ``NoteCache`` (encoded once for
+    the calls sharing it) and every distinct perturbed chunk once per note and call, across
+    groups of rows: values equal the loop within 1e-6 whatever the group size, and a second
+    call with the same cache encodes no base chunk again."""
+    import rationale_kit.metrics.faithfulness.engine as F
+    from rationale_kit.metrics.faithfulness import NoteCache
+
+    g, labels, docs, model = tiny_plm
+    table = random_spans(g, docs, labels)
+    scores = random_scores(g, model, docs, labels)
+    kw = dict(unit="token", perturbation="mask", code_set="gold", seed=5, progress=False)
+    slow_d = faithfulness_loop(model, docs, table, kind="discrete", **kw)
+    slow_e = faithfulness_loop(model, docs, scores, kind="eraser", **kw)
+    n_chunks = sum(-(-min(len(model.tokenizer.encode(t).ids), 48) // 8) for t in docs.text)
+    for elements in (F._CHUNK_ELEMENTS, 1):  # one group per note; one row per group
+        old = F._CHUNK_ELEMENTS
+        F._CHUNK_ELEMENTS = elements
+        try:
+            cache = NoteCache()
+            enc = _EncoderRows(model)
+            d = faithfulness_discrete(model, docs, table, batch_size=4, cache=cache, **kw)
+            first = enc.rows
+            base_encoded = cache.chunk_stats["encoded"]
+            e = faithfulness_scored(model, docs, scores, batch_size=4, cache=cache, **kw)
+            enc.handle.remove()
+        finally:
+            F._CHUNK_ELEMENTS = old
+        assert_same(d, slow_d, tol=1e-6)
+        assert_same(e, slow_e, tol=1e-6)
+        st = cache.chunk_stats
+        assert 0 < st["encoded"] < st["lookups"] + n_chunks
+        assert len(cache._plm) == len(docs)  # the note's own chunks, kept for the next call
+        # the chunks the encoder read: the notes' base passes (one per call), the notes' own chunks
+        # once, then only the perturbed chunks not seen before
+        assert first <= base_encoded + n_chunks
+        assert enc.rows - first <= (st["encoded"] - base_encoded) + n_chunks
