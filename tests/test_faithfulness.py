@@ -901,3 +901,17 @@ def test_plm_chunk_store_shared_by_pairs_and_calls(tiny_plm):
         # once, then only the perturbed chunks not seen before
         assert first <= base_encoded + n_chunks
         assert enc.rows - first <= (st["encoded"] - base_encoded) + n_chunks
+
+
+def test_the_profile_section_becomes_a_spec_in_one_place():
+    from rationale_kit.core.config import load_profile
+    from rationale_kit.metrics.faithfulness import FaithfulnessSpec
+
+    f = load_profile("default").faithfulness
+    d, e, w = (FaithfulnessSpec.from_profile(f, k, seed=3, model_name="caml") for k in ("discrete", "eraser", "edin"))
+    assert (d.kind, d.unit, d.perturbation, d.code_set, d.missing, d.batch_size) == ("discrete", f.unit, f.perturbation,
+                                                                                     f.code_set, f.missing, f.batch_size)
+    assert e.aopc_k == tuple(f.aopc_k) and e.unit == f.unit and w.unit == f.edin_unit and w.word_steps == f.word_steps
+    assert d.seed == 3 and d.model_name == "caml" and d.max_pairs is None  # the workbook samples pairs itself
+    # one set of defaults: the spec and the keyword functions both use the incremental paths
+    assert FaithfulnessSpec().incremental is True

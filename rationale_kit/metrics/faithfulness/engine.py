@@ -56,9 +56,27 @@ class FaithfulnessSpec:
     seed: int = 0
     model_name: str | None = None
     engine: bool = True
-    incremental: bool = False
+    incremental: bool = True
     batch_size: int = 32
     progress: bool = True
+
+    @classmethod
+    def from_profile(cls, section: Any, kind: Literal["discrete", "eraser", "edin"], **run: Any) -> "FaithfulnessSpec":
+        """The spec of one ``kind`` of run from a profile's ``faithfulness`` section: the one place
+        where the section's keys become a spec (``unit``, or ``edin_unit`` for Edin;
+        ``perturbation``, ``code_set``, ``batch_size``; ``missing`` for discrete rationales,
+        ``aopc_k`` for ERASER, ``word_steps`` for Edin). The section's ``max_pairs`` is not the
+        spec's (the workbook draws its sample of pairs itself, ``faithfulness.sample_seed``).
+        ``run``: the run's own fields (``seed``, ``progress``, ``model_name``, ``threshold``...)."""
+        fields = dict(kind=kind, unit=section.edin_unit if kind == "edin" else section.unit,
+                      perturbation=section.perturbation, code_set=section.code_set, batch_size=section.batch_size)
+        if kind == "discrete":
+            fields["missing"] = section.missing
+        elif kind == "eraser":
+            fields["aopc_k"] = tuple(section.aopc_k)
+        else:
+            fields["word_steps"] = section.word_steps
+        return cls(**{**fields, **run})
 
     def __post_init__(self) -> None:
         if self.kind not in MEASURES:
@@ -877,6 +895,14 @@ class NoteCache:
 # --------------------------------------------------------------------------------------------
 # driver
 # --------------------------------------------------------------------------------------------
+def run_spec(model, docs, table, spec: FaithfulnessSpec, *, gold: Any = None, device: Any = "cpu",
+             cache: "NoteCache | None" = None) -> pd.DataFrame:
+    """The result table of ``spec`` (e.g. :meth:`FaithfulnessSpec.from_profile`) for ``model`` on
+    ``docs`` and a span (``kind="discrete"``) or score table; the keyword functions above build
+    their spec and call this."""
+    return _run(model, docs, table, spec, gold=gold, device=device, cache=cache)
+
+
 def _run(model, docs, table, spec: FaithfulnessSpec, *, gold: Any = None, device: Any = "cpu",
          cache: "NoteCache | None" = None) -> pd.DataFrame:
     """The result table of ``spec`` for ``model`` on ``docs`` and a span / score ``table``."""

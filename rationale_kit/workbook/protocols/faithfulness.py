@@ -111,8 +111,9 @@ def faithfulness_tables(models_: Mapping[str, torch.nn.Module], docs: pd.DataFra
 
     f = profile.faithfulness
     k = profile.rationales.topk
-    common = dict(perturbation=f.perturbation, code_set=f.code_set, batch_size=f.batch_size, device=device,
-                  seed=profile.common.seed, progress=profile.common.progress, max_pairs=None)
+    # the settings of each kind of run come from the profile section in one place (FaithfulnessSpec.from_profile)
+    spec = lambda kind, name: faithfulness.FaithfulnessSpec.from_profile(f, kind, seed=profile.common.seed,
+                                                                         progress=profile.common.progress, model_name=name)
     gold_map = None
     if f.code_set == "gold":
         gold_map = docs[["note_id", "codes"]]
@@ -123,7 +124,7 @@ def faithfulness_tables(models_: Mapping[str, torch.nn.Module], docs: pd.DataFra
     for name, model in models_.items():
         if f.models is not None and name not in f.models:
             continue
-        shared = dict(common, cache=faithfulness.NoteCache())  # each note encoded once for the three calls
+        shared = dict(gold=gold_map, device=device, cache=faithfulness.NoteCache())  # each note encoded once for the three calls
         spans = dict(discrete)
         spans[ATTENTION.with_top_k(k).name] = attention_topk_spans(soft, name, k)
         compared = [spans[s.name] for s in compared_sources(k) if s.name in spans and len(spans[s.name])]
@@ -137,14 +138,12 @@ def faithfulness_tables(models_: Mapping[str, torch.nn.Module], docs: pd.DataFra
                   for src, table in spans.items()]
         tables = [t for t in tables if len(t)]
         if tables:
-            parts.append(faithfulness.faithfulness_discrete(model, docs, pd.concat(tables, ignore_index=True), unit=f.unit,
-                                                 model_name=name, missing=f.missing, gold=gold_map, **shared))
+            parts.append(faithfulness.run_spec(model, docs, pd.concat(tables, ignore_index=True), spec("discrete", name),
+                                               **shared))
         own = restrict(soft[(soft.model == name) & soft.note_id.isin(note_ids)], chosen)
         if len(own):
-            parts.append(faithfulness.faithfulness_scored(model, docs, own, aopc_k=tuple(f.aopc_k), variant="eraser",
-                                               unit=f.unit, model_name=name, gold=gold_map, **shared))
-            parts.append(faithfulness.faithfulness_scored(model, docs, own, variant="edin", unit=f.edin_unit,
-                                               word_steps=f.word_steps, model_name=name, gold=gold_map, **shared))
+            parts.append(faithfulness.run_spec(model, docs, own, spec("eraser", name), **shared))
+            parts.append(faithfulness.run_spec(model, docs, own, spec("edin", name), **shared))
     return pd.concat(parts, ignore_index=True)
 
 
