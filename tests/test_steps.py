@@ -39,6 +39,23 @@ def test_faithfulness_models_chooses_the_scorers():
     assert set(table.model) == {"caml"}
 
 
+def test_faithfulness_scores_report_notes_only_with_a_size_matched_attention():
+    from rationale_kit.metrics.evaluation import EvaluationDesign
+
+    models, docs, pairs = _setup()
+    prof = load_profile("smoke", {"common": {"progress": False}, "faithfulness": {"models": ["caml"], "code_set": "gold"}})
+    soft, _ = steps.model_rationales(models, docs, pairs, prof)
+    entity = pd.DataFrame({"note_id": ["a", "b"], "code": ["I10", "E11.9"], "start": [0, 0], "end": [5, 5],
+                           "source": ["entity (exact_code)"] * 2})
+    design = EvaluationDesign(("a", "b"), ("b",), ("a",), 0.5)  # b is a tuning note: never scored
+    table = steps.faithfulness_tables(models, docs, {"entity (exact_code)": entity}, soft, prof, design=design)
+    assert set(table.note_id) == {"a"}
+    sm = table[(table.source == steps.SIZE_MATCHED.name) & (table.control == "rationale") & table.k.isna()]
+    ent = table[(table.source == "entity (exact_code)") & (table.control == "rationale") & table.k.isna()]
+    # attention with k = the entity rationale's unit count removes as many units as the entity spans
+    assert len(sm) and sm.rationale_size.iloc[0] == ent.rationale_size.iloc[0]
+
+
 def test_few_shot_examples_when_every_document_is_annotated():
     # CodiEsp-like: every document has spans, the few-shot pool is part of the annotated training notes
     from types import SimpleNamespace

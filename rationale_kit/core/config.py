@@ -295,7 +295,8 @@ class Faithfulness:
     missing: Literal["skip", "empty"] = "skip"  # pairs without a rationale: skipped or scored empty
     models: Optional[list[str]] = None  # the coding models that score (None = every trained model)
     batch_size: int = 32
-    max_pairs: Optional[int] = None
+    max_pairs: Optional[int] = None  # pairs per model: a seeded sample (sample_seed) of the report-note pairs
+    sample_seed: int = 0  # seed of that sample (numpy default_rng; docs/method/faithfulness.md)
 
 
 @dataclass(frozen=True)
@@ -377,6 +378,13 @@ class Evaluation:
     bootstrap_resamples: int = 1000  # notes resampled with replacement, per interval
     seed: int = 0  # seed of the bootstrap's resampling weights
     level: float = 0.95  # interval coverage (percentile intervals)
+    # verdict intervals (docs/method/uncertainty.md; defaults from benchmarks/coverage.py's table):
+    # percentile | bca | studentized | t (estimate +- t quantile x jackknife standard error; the
+    # only one within 0.02 of 95% coverage from 4 notes up; percentile needs ~50 notes)
+    interval_method: Literal["percentile", "bca", "studentized", "t"] = "t"
+    min_notes: int = 10  # a verdict row on fewer common notes says "too few notes" (combined rows skip it)
+    verdict_resamples: int = 2000  # resamples per verdict interval (bootstrap_resamples: descriptive intervals)
+    stability_seeds: int = 20  # bootstrap seeds per verdict row: seed_agreement and mc_error
 
 
 @dataclass(frozen=True)
@@ -521,6 +529,11 @@ def _validate(prof: Profile, where: str) -> None:
     ev = prof.evaluation
     if ev.bootstrap_resamples < 1:
         raise ConfigError(f"{where}: evaluation.bootstrap_resamples must be >= 1, got {ev.bootstrap_resamples}")
+    for key in ("verdict_resamples", "stability_seeds"):
+        if getattr(ev, key) < 1:
+            raise ConfigError(f"{where}: evaluation.{key} must be >= 1, got {getattr(ev, key)}")
+    if ev.min_notes < 0:
+        raise ConfigError(f"{where}: evaluation.min_notes must be >= 0, got {ev.min_notes}")
     if not 0.0 < ev.level < 1.0:
         raise ConfigError(f"{where}: evaluation.level must be in (0, 1), got {ev.level}")
     if not 0.0 <= ev.tuning_fraction < 1.0:

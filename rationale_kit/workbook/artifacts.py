@@ -66,7 +66,10 @@ def check_columns(artifact: Artifact, obj) -> None:
 
 
 VERDICT_COLUMNS = ("finding", "comparison", "model", "dataset", "measure", "units", "a", "b", "effect", "lo", "hi",
-                   "n_notes", "n_pairs", "expect", "verdict")
+                   "n_notes", "n_pairs", "expect", "verdict", "interval_method", "seed_agreement", "mc_error", "control",
+                   "seed_sd")
+#: the values of a verdict table's ``verdict`` column
+VERDICT_VALUES = ("holds", "does not hold", "inconclusive", "too few notes", "borderline")
 SPAN_TABLE = ("note_id", "code", "start", "end", "granularity", "source")
 TIMING_KEYS = ("bootstrap_seconds", "bootstrap_calls", "notebook_seconds", "share")
 RUN_ON = ("source", "model", "note_id", "code")
@@ -82,7 +85,7 @@ DOCS = Artifact("docs.parquet", "01_data", LATER,
 SPANS = Artifact("spans.parquet", "01_data", LATER, SPAN_TABLE, "human spans")
 ORACLE_SPANS = Artifact("oracle_spans.parquet", "01_data", ("07_guided_learning", "08_few_shot", "09_open_questions"), SPAN_TABLE,
                         "every known span (the `human` teacher)")
-CODES = Artifact("codes.parquet", "01_data", LATER, ("code", "description", "n_train"), "the code table")
+CODES = Artifact("codes.parquet", "01_data", LATER + ("report",), ("code", "description", "n_train"), "the code table")
 DATA_REPORT = Artifact("report.json", "01_data", ("report",), ("name", "dataset", "kept", "skipped", "splits"),
                        "what was loaded and skipped")
 STATISTICS = Artifact("statistics.csv", "01_data", ("report",), ("split", "documents", "unique codes", "..."),
@@ -121,7 +124,7 @@ LLM_QUOTES = Artifact("llm_quotes.parquet", "03_rationales", ("04_alignment", "0
 LLM_CALLS = Artifact("llm_calls.parquet", "03_rationales", ("08_few_shot",),
                      ("note_id", "status", "outcome", "cached", "input_tokens", "output_tokens", "...", "source",
                       "shots"), "one row per LLM call")
-EVALUATION_DESIGN = Artifact("evaluation_design.json", "03_rationales", ("04_alignment", "06_plausibility",
+EVALUATION_DESIGN = Artifact("evaluation_design.json", "03_rationales", ("04_alignment", "05_faithfulness", "06_plausibility",
                                                                          "07_guided_learning", "08_few_shot", "09_open_questions"),
                              ("eval_ids", "tuning_ids", "report_ids", "tuning_fraction"),
                              "evaluation, tuning and report notes")

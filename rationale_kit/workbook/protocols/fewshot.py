@@ -1,5 +1,5 @@
 """Notebook 08's protocol: zero- vs few-shot teacher, the students trained on each teacher's
-rationales (reusing notebook 07's runs), and finding (d) on one set of units."""
+rationales (reusing notebook 07's runs), and finding (d), each role on its own units."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -81,16 +81,23 @@ def few_shot_students(ds, labels: list[str], targets: Mapping[str, dict], profil
 
 
 def few_shot_summary(teacher_counts: pd.DataFrame, students: pd.DataFrame, profile: Profile,
-                     dataset: str = "") -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Finding (d), on ONE set of units: the report-note gold pairs that the zero- and the
-    few-shot teacher were both run on and that every student knows. Per role (teacher, student):
-    PI token F1 with the zero-shot and with the few-shot teacher on those pairs, the gain, its
-    paired bootstrap interval and n. ``teacher_counts``: notebook 06's ``pair_counts.parquet``;
-    ``students``: :func:`few_shot_students` rows (their ``run_dir`` counts, summed over seeds).
-    Returns (summary, verdicts)."""
+                     dataset: str = "", design=None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Finding (d), each role on its own units (of the report notes of ``design`` when given):
+
+    * teacher: the gold pairs the zero- and the few-shot teacher were both run on;
+    * student: every gold pair both students (trained on the zero- and on the few-shot teacher's
+      rationales) were scored on, i.e. every report-note pair they know, not only the notes the
+      teachers saw. With several training seeds the interval resamples seeds and notes together
+      (:func:`~rationale_kit.metrics.evaluation.compare_counts`) and ``seed_sd`` is the spread.
+
+    Per role: PI token F1 with the zero-shot and with the few-shot teacher, the gain, its paired
+    interval and n. ``teacher_counts``: notebook 06's ``pair_counts.parquet``; ``students``:
+    :func:`few_shot_students` rows (their ``run_dir`` counts, one per seed). Returns (summary,
+    verdicts)."""
     from rationale_kit.metrics import evaluation as E
 
     boot_ = bootstrap(profile.evaluation)
+    notes = set(design.report_ids) if design is not None else None
     t = teacher_counts[(teacher_counts.measure == PI) & (teacher_counts.model == "-")]
     teach = {k: t[t.source == k][E.COUNT_COLUMNS] for k in ("llm_zero", "llm_few")}
     ok = students[students.get("run_dir", pd.Series(index=students.index, dtype=object)).notna()] if len(students) else students
@@ -98,26 +105,28 @@ def few_shot_summary(teacher_counts: pd.DataFrame, students: pd.DataFrame, profi
     for k in ("llm_zero", "llm_few"):
         runs = ok[ok.teacher == k] if len(ok) else ok
         if len(runs):
-            c = pd.concat([pd.read_parquet(Path(d) / A.NOTE_COUNTS.file) for d in runs.run_dir], ignore_index=True)
+            seeds = runs["seed"] if "seed" in runs else pd.Series(0, index=runs.index)
+            c = pd.concat([pd.read_parquet(Path(d) / A.NOTE_COUNTS.file).assign(seed=int(s_))
+                           for d, s_ in zip(runs.run_dir, seeds)], ignore_index=True)
             c = c[c.measure == PI]
-            stud[k] = c.groupby(["note_id", "code", "measure"], as_index=False)[["tp", "fp", "fn"]].sum()
-    units = None
-    for c in list(teach.values()) + list(stud.values()):
-        keys = set(zip(c.note_id, c.code))
-        units = keys if units is None else units & keys
-    units = units or set()
+            stud[k] = c.groupby(["note_id", "code", "measure", "seed"], as_index=False)[["tp", "fp", "fn"]].sum()
+    units = {"teacher": "report-note gold pairs both teachers were run on",
+             "student": "report-note gold pairs both students were scored on"}
+    if notes is None:
+        units = {k: v.replace("report-note ", "") for k, v in units.items()}
     rows, verdicts = [], []
     for role, pair in (("teacher", teach), ("student", stud)):
         if "llm_zero" in pair and "llm_few" in pair:
-            res = E.compare_counts(E.restrict(pair["llm_few"], units), E.restrict(pair["llm_zero"], units), boot_)
+            res = E.compare_counts(pair["llm_few"], pair["llm_zero"], boot_, notes=notes)
         else:
             res = {"a": np.nan, "b": np.nan, "effect": np.nan, "lo": np.nan, "hi": np.nan, "n_notes": 0, "n_pairs": 0}
+        n_seeds = int(pair["llm_few"].seed.nunique()) if role == "student" and "llm_few" in pair else 1
         v = E.verdict_row("d", f"few-shot examples help the {role} (llm_few - llm_zero)", "-" if role == "teacher" else
-                          str(profile.few_shot.student_model), dataset, PI, "report-note gold pairs both teachers were run on "
-                          "and every student knows", res, "greater")
+                          str(profile.few_shot.student_model), dataset, PI,
+                          units[role] + (f" ({n_seeds} training seeds)" if n_seeds > 1 else ""), res, "greater",
+                          boot_.min_notes)
         verdicts.append(v)
         rows.append({"role": role, "zero-shot": res["b"], "few-shot": res["a"], "gain": res["effect"], "gain lo": res["lo"],
                      "gain hi": res["hi"], "n_notes": res["n_notes"], "n_pairs": res["n_pairs"], "verdict": v["verdict"]})
-    verdicts.append({"finding": "d", "comparison": "few-shot examples help the teacher and the students", "model": "-",
-                     "dataset": dataset, "measure": PI, "units": "as above", "verdict": E.combine([v["verdict"] for v in verdicts])})
+    verdicts.append(E.combined_row("d", "few-shot examples help the teacher and the students", "-", dataset, PI, list(verdicts)))
     return pd.DataFrame(rows), E.verdicts_frame(verdicts)

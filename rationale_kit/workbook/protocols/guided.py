@@ -201,10 +201,13 @@ def sweep_counts(sweep: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
-def setting_counts(counts: pd.DataFrame, model: str, teacher: str, lam: float, measure: str) -> pd.DataFrame:
-    """Counts of one setting, summed over its seeds per unit."""
+def setting_counts(counts: pd.DataFrame, model: str, teacher: str, lam: float, measure: str,
+                   by_seed: bool = False) -> pd.DataFrame:
+    """Counts of one setting, summed over its seeds per unit (``by_seed``: one row per unit and
+    seed, with a ``seed`` column, for the hierarchical bootstrap of a verdict)."""
     c = counts[(counts.model == model) & (counts.teacher == teacher) & np.isclose(counts["lambda"], lam) & (counts.measure == measure)]
-    return c.groupby(["note_id", "code", "measure"], as_index=False)[["tp", "fp", "fn"]].sum()
+    keys = ["note_id", "code", "measure"] + (["seed"] if by_seed and "seed" in c.columns else [])
+    return c.groupby(keys, as_index=False)[["tp", "fp", "fn"]].sum()
 
 
 def choose_lambda(counts: pd.DataFrame, model: str, teacher: str, tuning_ids: Iterable[str],
@@ -240,8 +243,10 @@ def tradeoff(sweep: pd.DataFrame, counts: pd.DataFrame, design, profile: Profile
             lam, tuning_f1 = choose_lambda(counts, model, teacher, tune)
             t = part[(part.teacher == teacher) & (part["lambda"] > 0)]
             by_lam = t.groupby("lambda")["pi_token_f1"].mean()
-            plaus = E.compare_counts(setting_counts(counts, model, teacher, lam, PI), setting_counts(counts, model, "none", 0.0, PI), boot_, notes=report)
-            code_ = E.compare_counts(setting_counts(counts, model, teacher, lam, "coding"), setting_counts(counts, model, "none", 0.0, "coding"),
+            plaus = E.compare_counts(setting_counts(counts, model, teacher, lam, PI, True),
+                                     setting_counts(counts, model, "none", 0.0, PI, True), boot_, notes=report)
+            code_ = E.compare_counts(setting_counts(counts, model, teacher, lam, "coding", True),
+                                     setting_counts(counts, model, "none", 0.0, "coding", True),
                                      boot_, notes=set(coding_report_ids(counts, tune)), measure="coding")
             chosen = t[np.isclose(t["lambda"], lam)]
             base = part[part["lambda"] == 0]
@@ -261,11 +266,11 @@ def tradeoff(sweep: pd.DataFrame, counts: pd.DataFrame, design, profile: Profile
                                                             & (t.groupby("lambda").pi_token_f1.mean() > base_m.pi_token_f1)).any())})
             label = f"{model} + {teacher} (lambda={lam:g}) vs unguided"
             v1 = E.verdict_row("c", f"guided learning raises plausibility: {label}", model, dataset, PI,
-                               "report notes, gold pairs both students have", plaus, "greater")
+                               "report notes, gold pairs both students have", plaus, "greater", boot_.min_notes)
             v2 = E.verdict_row("c", f"at a coding cost (micro-F1): {label}", model, dataset, "micro_f1",
-                               "test notes that are not tuning notes", code_, "less")
-            verdicts += [v1, v2, {"finding": "c", "comparison": f"plausibility up at a coding cost: {label}", "model": model,
-                                  "dataset": dataset, "measure": "both", "units": "as above", "verdict": E.combine([v1["verdict"], v2["verdict"]])}]
+                               "test notes that are not tuning notes", code_, "less", boot_.min_notes)
+            verdicts += [v1, v2, E.combined_row("c", f"plausibility up at a coding cost: {label}", model, dataset,
+                                                "both", [v1, v2])]
     return pd.DataFrame(rows), E.verdicts_frame(verdicts)
 
 

@@ -180,14 +180,14 @@ def choose_setting(counts: pd.DataFrame, model: str, method: str, tuning_ids, sl
     return float(pool.loc[pool["tuning PI token F1"] >= best - 1e-12, "setting"].min()), scores
 
 
-def _no_cost_row(code: dict, label: str, model: str, dataset: str, margin: float, units: str) -> dict:
+def _no_cost_row(code: dict, label: str, model: str, dataset: str, margin: float, units: str, min_notes: int = 0) -> dict:
     """"Without a coding cost" as a non-inferiority verdict: holds when the micro-F1 change's
     interval lies above ``-margin``, does not hold when it lies below it."""
     from rationale_kit.metrics import evaluation as E
 
     shifted = {**code, **{k: code[k] + margin for k in ("effect", "lo", "hi")}}
     row = E.verdict_row("q1", f"no coding cost (micro-F1 change > -{margin:g}): {label}", model, dataset, "micro_f1",
-                        units, shifted, "greater")
+                        units, shifted, "greater", min_notes)
     row.update({k: code[k] for k in ("effect", "lo", "hi")})
     row["expect"] = f"> -{margin:g}"
     return row
@@ -229,8 +229,8 @@ def pareto(runs: pd.DataFrame, counts: pd.DataFrame, design, profile: Profile, d
             code = E.compare_counts(_counts(counts, model, method, chosen, "coding"), base_code, boot_, notes=code_notes,
                                     measure="coding")
             v1 = E.verdict_row("q1", f"plausibility up: {label}", model, dataset, PI, "report notes, gold pairs both students have",
-                               plaus, "greater")
-            v2 = _no_cost_row(code, label, model, dataset, oq.coding_margin, "test notes that are not tuning notes")
+                               plaus, "greater", boot_.min_notes)
+            v2 = _no_cost_row(code, label, model, dataset, oq.coding_margin, "test notes that are not tuning notes", boot_.min_notes)
             verdicts += [v1, v2, {"finding": "q1", "comparison": f"plausibility up without a coding cost: {label}", "model": model,
                                   "dataset": dataset, "measure": "both", "units": "as above",
                                   "verdict": E.combine([v1["verdict"], v2["verdict"]])}]
@@ -344,7 +344,8 @@ def robust_verdicts(scores: pd.DataFrame, profile: Profile, dataset: str = "") -
                     continue
                 get = lambda s: part[(part.source == s) & (part.measure == measure)][["note_id", "code", "value"]]
                 r = E.verdict_row("q2", f"{claim} ({measure}: {att} - {ent})", model, dataset, measure,
-                                  "finding (b)'s pairs (notebook 05), both defined", E.compare_values(get(att), get(ent), boot_), expect)
+                                  "finding (b)'s pairs (notebook 05), both defined", E.compare_values(get(att), get(ent), boot_), expect,
+                                  boot_.min_notes)
                 rows.append(r)
                 got.append(r["verdict"])
             rows.append({"finding": "q2", "comparison": f"(b) under {family}: attention more comprehensive, entity more sufficient",

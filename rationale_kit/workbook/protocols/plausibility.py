@@ -138,16 +138,13 @@ def plausibility_verdicts(counts: pd.DataFrame, profile: Profile, dataset: str,
     for t in (teacher.name for teacher in TEACHERS):
         if (counts.source == t).any() and (counts.source == ent).any():
             r = E.verdict_row("a", f"{t} > {ent}", "-", dataset, measure, "report notes, pairs both were run on",
-                              E.compare_counts(get(t), get(ent), boot_, measure=measure), "greater")
+                              E.compare_counts(get(t), get(ent), boot_, measure=measure), "greater", boot_.min_notes)
             rows.append(r)
             llm_rows.append(r)
     models = sorted(set(counts.loc[counts.source == att, "model"]))
     for m in models:
         r = E.verdict_row("a", f"{ent} > {att}", m, dataset, measure, "report notes, pairs both were run on",
-                          E.compare_counts(get(ent), get(att, m), boot_, measure=measure), "greater")
+                          E.compare_counts(get(ent), get(att, m), boot_, measure=measure), "greater", boot_.min_notes)
         rows.append(r)
-        combined = {"finding": "a", "comparison": "LLM > entity > attention (all of the above)", "model": m,
-                    "dataset": dataset, "measure": measure, "units": "as above",
-                    "verdict": E.combine([x["verdict"] for x in llm_rows] + [r["verdict"]])}
-        rows.append(combined)
+        rows.append(E.combined_row("a", "LLM > entity > attention (all of the above)", m, dataset, measure, llm_rows + [r]))
     return E.verdicts_frame(rows)
