@@ -205,3 +205,15 @@ def test_markdown_neutralises_links_and_images_from_the_data():
     assert not re.search(r"(?<!\\)\[", md) and not re.search(r"(?<!\\)`", md)
     assert r"\[click\](javascript:alert(1))" in md and r"!\[x\](https://evil.example/p.png)" in md
     assert r"\`code\`" in md and r"a \\\[b\]" in md
+
+
+@pytest.mark.notebooks
+def test_report_of_the_smoke_series(smoke_series):
+    """The report run_series wrote after the shared smoke series (tests/conftest.py): the real
+    artifacts of every notebook, in the paper's order, with the figures embedded."""
+    smoke_series.require(*pipeline.NOTEBOOKS)
+    # the run report collects the tables in the paper's order
+    html = (smoke_series.runs / "report.html").read_text(encoding="utf-8")
+    assert (smoke_series.runs / "report.md").exists()
+    assert "coding" in html.lower() and "plausibility" in html.lower() and "data:image/png;base64" in html
+    _in_order(html, NUMBERED)
