@@ -464,19 +464,18 @@ def test_estimate_cost():
 # the real local model (deselect with -k "not smollm")
 # --------------------------------------------------------------------------------------------
 @pytest.mark.skipif(bool(os.environ.get("RK_SKIP_LOCAL_LLM")), reason="RK_SKIP_LOCAL_LLM is set")
-def test_smollm_real_model_answer_or_recorded_failure(tmp_path):
+def test_smollm_real_model_answer_or_recorded_failure(tmp_path, local_llm):
     import torch
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # on a shared 2-core machine one thread is the fastest
     try:
-        _smollm_run(tmp_path)
+        _smollm_run(tmp_path, local_llm(max_new_tokens=24))  # the session's loaded model (tests/conftest.py)
     finally:
         torch.set_num_threads(threads)
 
 
-def _smollm_run(tmp_path):
-    backend = llm.LocalBackend(max_new_tokens=24)
+def _smollm_run(tmp_path, backend):
     prompt = llm.build_prompt("Type 2 diabetes on metformin.", CODES[:1])
     reqs = [llm.LLMRequest("n0", prompt, tuple(CODES[:1]))]
     answers, calls = llm.run_llm(reqs, backend, cache_dir=tmp_path, progress=False, reask=False)
@@ -578,13 +577,13 @@ def test_structured_local_backend_codes_and_cache_key():
 
 @pytest.mark.local_llm
 @pytest.mark.skipif(bool(os.environ.get("RK_SKIP_LOCAL_LLM")), reason="RK_SKIP_LOCAL_LLM is set")
-def test_smollm_structured_answers_every_code(tmp_path):
+def test_smollm_structured_answers_every_code(tmp_path, local_llm):
     import torch
 
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        backend = llm.LocalBackend(max_quote_tokens=24)
+        backend = local_llm(max_quote_tokens=24)  # the session's loaded model (tests/conftest.py)
         text = "Patient with type 2 diabetes on metformin 500 mg. Blood pressure high: essential hypertension, on lisinopril."
         reqs = [llm.LLMRequest("n0", llm.build_prompt(text, CODES), tuple(CODES))]
         answers, calls = llm.run_llm(reqs, backend, cache_dir=tmp_path, progress=False)

@@ -4,6 +4,7 @@ credentialed data (Gemini on Vertex AI, OpenAI-compatible servers), each against
 server speaking its wire format (``tests/fake_gemini.py``, ``tests/fake_openai.py``)."""
 from __future__ import annotations
 
+import asyncio
 import datetime
 import email.utils
 import json
@@ -65,6 +66,23 @@ def gemini(srv, **kw):
 def openai(srv, **kw):
     kw.setdefault("timeout_s", 1.0)
     return llm.OpenAIBackend("fake-model", srv.base_url, api_key=kw.pop("api_key", OA_KEY), **kw)
+
+
+class SleepLog:
+    """An injected ``sleep`` for run_llm: records each wait (seconds) and returns at once.
+    ``elapsed()``: the time a real run would have taken, the real time since it was made plus the
+    waits it skipped."""
+
+    def __init__(self):
+        self.waits: list[float] = []
+        self.t0 = time.perf_counter()
+
+    async def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+        await asyncio.sleep(0)
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0 + sum(self.waits)
 
 
 # --------------------------------------------------------------------------------------------
@@ -205,16 +223,18 @@ def test_retry_after_header_is_honoured(kind, gserver, oserver, tmp_path):
     srv, R, backend = (gserver, Reply, gemini(gserver)) if kind == "gemini" else (oserver, OAReply, openai(oserver))
     later = email.utils.format_datetime(datetime.datetime.fromtimestamp(time.time() + 2.6, datetime.timezone.utc), usegmt=True)
     srv.script("[note 0]", R.error(429, retry_after="0.6"), R.error(503, retry_after=later))
-    t0 = time.perf_counter()
-    _, calls = run(reqs(1), backend, tmp_path, backoff_base_s=0.01, backoff_max_s=5.0)
-    elapsed = time.perf_counter() - t0
+    clock = SleepLog()  # the waits are recorded, not slept
+    _, calls = run(reqs(1), backend, tmp_path, backoff_base_s=0.01, backoff_max_s=5.0, sleep=clock)
+    elapsed = clock.elapsed()
     assert calls.status.tolist() == ["ok"] and calls.attempts.tolist() == [3]
     # 0.6 s, then up to the HTTP date (2.6 s from the start, cut to whole seconds: at least 1.6 s)
     assert elapsed >= 1.5
+    assert len(clock.waits) == 2 and clock.waits[0] == pytest.approx(0.6) and clock.waits[1] <= 2.6
     srv.script("[note 1]", R.error(429))  # without Retry-After: the back-off alone (10 ms here)
-    t0 = time.perf_counter()
-    _, calls = run(reqs(1, start=1), backend, tmp_path)
-    assert calls.attempts.tolist() == [2] and time.perf_counter() - t0 < 1.0
+    clock = SleepLog()
+    _, calls = run(reqs(1, start=1), backend, tmp_path, sleep=clock)
+    assert calls.attempts.tolist() == [2] and clock.elapsed() < 1.0
+    assert len(clock.waits) == 1 and 0.005 <= clock.waits[0] <= 0.01  # base 0.01 s times [0.5, 1)
 
 
 def test_answer_size_and_quotes_are_capped(gserver, tmp_path, caplog):

@@ -73,6 +73,8 @@ def test_select_by_number_and_name():
 
 # --------------------------------------------------------------------------------------------
 # runs that never lie
+# (tests of the runner's state, skipping and locks execute their throw-away notebooks in-process,
+# ``inprocess_notebooks`` in tests/conftest.py; those about kernels start real ones)
 # --------------------------------------------------------------------------------------------
 import os
 import shutil
@@ -98,7 +100,7 @@ def _series(tmp_path, body1="(ctx.out_dir / 'a.txt').write_text('one')", body2="
     return nbs
 
 
-def test_only_02_reruns_after_upstream_rerun_outside_the_selection(tmp_path):
+def test_only_02_reruns_after_upstream_rerun_outside_the_selection(tmp_path, inprocess_notebooks):
     prof, runs = _profile(tmp_path), tmp_path / "runs"
     nbs = _series(tmp_path)
     assert [r["status"] for r in run_series(str(prof), runs_dir=runs, notebooks_dir=nbs, only=["01", "02"])] == ["ok", "ok"]
@@ -108,6 +110,7 @@ def test_only_02_reruns_after_upstream_rerun_outside_the_selection(tmp_path):
     assert [r["status"] for r in run_series(str(prof), runs_dir=runs, notebooks_dir=nbs, only=["01"])] == ["ok"]
     assert [r["status"] for r in run_series(str(prof), runs_dir=runs, notebooks_dir=nbs, only=["02"])] == ["ok"]
     assert [r["status"] for r in run_series(str(prof), runs_dir=runs, notebooks_dir=nbs, only=["02"])] == ["skipped"]
+    assert [p.rsplit("/", 1)[1] for p in inprocess_notebooks] == ["01_data.ipynb", "02_train.ipynb", "01_data.ipynb", "02_train.ipynb"]
 
 
 def test_changed_upstream_artifact_is_refused_naming_file_and_notebook(tmp_path):
@@ -132,7 +135,7 @@ def test_changed_upstream_artifact_is_refused_naming_file_and_notebook(tmp_path)
         setup("02_train", str(prof), show=False).upstream("01_data")
 
 
-def test_corrupt_state_json_counts_as_nothing_done(tmp_path, capsys):
+def test_corrupt_state_json_counts_as_nothing_done(tmp_path, capsys, inprocess_notebooks):
     prof, runs = _profile(tmp_path), tmp_path / "runs"
     nbs = _series(tmp_path)
     run_series(str(prof), runs_dir=runs, notebooks_dir=nbs, only=["01"])
@@ -143,7 +146,7 @@ def test_corrupt_state_json_counts_as_nothing_done(tmp_path, capsys):
     assert json.loads((runs / "state.json").read_text())["01_data"]["status"] == "done"
 
 
-def test_second_run_of_a_profile_is_locked_out_and_stale_lock_taken_over(tmp_path, capsys):
+def test_second_run_of_a_profile_is_locked_out_and_stale_lock_taken_over(tmp_path, capsys, inprocess_notebooks):
     prof, runs = _profile(tmp_path), tmp_path / "runs"
     nbs = _series(tmp_path)
     runs.mkdir()
@@ -170,7 +173,7 @@ def test_relative_profile_path_is_resolved_for_the_notebooks(tmp_path, monkeypat
     assert (tmp_path / "art" / "p" / "02_train" / "manifest.json").exists()
 
 
-def test_killed_run_is_not_skipped_and_its_partial_notebook_is_marked(tmp_path):
+def test_killed_run_is_not_skipped_and_its_partial_notebook_is_marked(tmp_path, inprocess_notebooks):
     prof, runs = _profile(tmp_path), tmp_path / "runs"
     flag = tmp_path / "started"
     nbs = _series(tmp_path)

@@ -455,3 +455,15 @@ def test_data_line_counts_mdace_documents_in_the_total(tmp_path):
     assert line.startswith("mimic: 16 documents (train 6 · val 2 · test 8), ")
     assert "10 MIMIC-IV documents (coding)" in line and "6 MDACE documents (rationale evaluation)" in line
     assert sum(v["documents"] for v in ds.report["splits"].values()) == ds.report["kept"]["documents"]
+
+
+@pytest.mark.notebooks
+def test_report_of_the_smoke_series(smoke_series):
+    """The report run_series wrote after the shared smoke series (tests/conftest.py): the real
+    artifacts of every notebook, in the paper's order, with the figures embedded."""
+    smoke_series.require(*pipeline.NOTEBOOKS)
+    # the run report collects the tables in the paper's order
+    html = (smoke_series.runs / "report.html").read_text(encoding="utf-8")
+    assert (smoke_series.runs / "report.md").exists()
+    assert "coding" in html.lower() and "plausibility" in html.lower() and "data:image/png;base64" in html
+    _in_order(html, NUMBERED)

@@ -12,7 +12,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Awaitable, Callable, Mapping, Optional, Sequence
 
 import pandas as pd
 
@@ -50,7 +50,8 @@ class AskPolicy:
     """How one request is asked: ``max_retries`` after the first attempt with back-off
     ``backoff_base_s * 2**i`` (capped at ``backoff_max_s``) times a random factor in [0.5, 1), one
     re-ask of an unusable answer (``reask``, with the repair prompt of ``prompts_dir``), and the
-    longest answer that is parsed (``max_answer_chars``)."""
+    longest answer that is parsed (``max_answer_chars``). ``sleep`` waits out a back-off
+    (``asyncio.sleep``; tests inject one that records the waits and returns at once)."""
 
     max_retries: int = 5
     backoff_base_s: float = 1.0
@@ -58,6 +59,7 @@ class AskPolicy:
     reask: bool = True
     prompts_dir: str | os.PathLike | None = None
     max_answer_chars: int = MAX_ANSWER_CHARS
+    sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep
 
 
 @dataclass(frozen=True)
@@ -76,10 +78,11 @@ class _RunSpec:
 
 
 class _RateLimiter:
-    def __init__(self, per_minute: Optional[float]):
+    def __init__(self, per_minute: Optional[float], sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep):
         self.interval = 60.0 / per_minute if per_minute else 0.0
         self._next = 0.0
         self._lock = asyncio.Lock()
+        self._sleep = sleep
 
     async def wait(self) -> None:
         if not self.interval:
@@ -89,7 +92,7 @@ class _RateLimiter:
             delay = self._next - now
             self._next = max(now, self._next) + self.interval
         if delay > 0:
-            await asyncio.sleep(delay)
+            await self._sleep(delay)
 
 
 def _response_record(prompt: Prompt, backend: Backend, r: LLMResponse) -> dict:
@@ -102,8 +105,8 @@ async def _call(backend: Backend, prompt: Prompt, policy: AskPolicy, limiter: _R
     """One prompt with retries: ``(response or None, attempts, error)``. An answer longer than
     ``policy.max_answer_chars`` is kept (and recorded) only up to one character more: still too
     long, so it reads the same when replayed, without megabytes going to the cache."""
-    max_retries, base, cap, max_chars = (policy.max_retries, policy.backoff_base_s, policy.backoff_max_s,
-                                         policy.max_answer_chars)
+    max_retries, base, cap, max_chars, sleep = (policy.max_retries, policy.backoff_base_s, policy.backoff_max_s,
+                                                policy.max_answer_chars, policy.sleep)
     last = ""
     for attempt in range(max_retries + 1):
         await limiter.wait()
@@ -117,7 +120,7 @@ async def _call(backend: Backend, prompt: Prompt, policy: AskPolicy, limiter: _R
             if exc.retry_after:
                 delay = max(delay, min(cap, exc.retry_after))
             log.info("note %s: %s; retry %d/%d in %.2f s", note_id, last, attempt + 1, max_retries, delay)
-            await asyncio.sleep(delay)
+            await sleep(delay)
             continue
         except (PermanentLLMError, LLMConfigError) as exc:
             return None, attempt + 1, backend.scrub(str(exc))
@@ -230,6 +233,7 @@ def run_llm(
     reask: bool = True, record: str | os.PathLike | None = None, rerun_failed: bool = False, fsync: bool = True,
     prompts_dir: str | os.PathLike | None = None, max_answer_chars: int = MAX_ANSWER_CHARS,
     max_quotes_per_code: Optional[int] = MAX_QUOTES_PER_CODE, skipped_cache_lines: Optional[list] = None,
+    sleep: Optional[Callable[[float], Awaitable[Any]]] = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Ask ``backend`` about every request; return ``(answers, calls)``.
 
@@ -263,6 +267,8 @@ def run_llm(
     ``record`` appends every raw answer (new or cached) to a replay file for :class:`ReplayBackend`.
     Retries: ``max_retries`` after the first attempt, back-off ``backoff_base_s * 2**i`` (capped at
     ``backoff_max_s``) times a random factor in [0.5, 1). ``requests_per_minute`` spaces calls out.
+    ``sleep`` (default ``asyncio.sleep``) waits out back-offs and the rate limit: a test passes one
+    that records the waits instead of waiting.
     """
     credential_guard(backend, credentialed, allow_remote_credentialed_data)
     if int(max_answer_chars) < 1:
@@ -270,7 +276,8 @@ def run_llm(
     requests = list(requests)
     schema = response_schema(prompts_dir)
     policy = AskPolicy(max_retries=max(0, int(max_retries)), backoff_base_s=backoff_base_s, backoff_max_s=backoff_max_s,
-                       reask=reask, prompts_dir=prompts_dir, max_answer_chars=int(max_answer_chars))
+                       reask=reask, prompts_dir=prompts_dir, max_answer_chars=int(max_answer_chars),
+                       sleep=sleep or asyncio.sleep)
     spec = _RunSpec(policy, schema, concurrency, requests_per_minute, progress,
                     cache_path=Path(cache_dir) / CACHE_FILE if cache_dir is not None else None,
                     record_path=Path(record) if record is not None else None, fsync=fsync)
@@ -312,7 +319,7 @@ class _Run:
             if record_log is not None:  # cached answers go to the record file too
                 self._record_cached(record_log, recorded)
             bar.update(len(self.requests) - sum(self.counts[k] for k in self.todo))
-            limiter = _RateLimiter(spec.requests_per_minute)
+            limiter = _RateLimiter(spec.requests_per_minute, spec.policy.sleep)
             queue: asyncio.Queue = asyncio.Queue()
             for k, i in self.todo.items():
                 queue.put_nowait((k, i))

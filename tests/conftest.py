@@ -1,0 +1,213 @@
+"""Fixtures shared by the whole test suite (pytest loads this file before the test modules).
+
+Expensive things are done once per pytest session and shared; nothing is cached across sessions,
+so every session tests the code as it is now.
+
+``smoke_series`` (session)
+    The notebook series 01-08 executed once, through the papermill runner, on the ``smoke``
+    profile into a fresh temporary folder (``force=True``: nothing is resumed). Any test that needs
+    executed notebooks, their artifacts, figures or the run report asks for this fixture instead
+    of running notebooks itself::
+
+        def test_my_table(smoke_series):
+            table = pd.read_csv(smoke_series.path("06_plausibility", "plausibility_table.csv"))
+
+    ``smoke_series.path(notebook, *parts)`` fails the test (with the notebook's error) unless that
+    notebook finished; ``smoke_series.require(*notebooks)`` does the same without a path. The
+    artifacts are shared: **read them, never change them** (copy what you must modify into
+    ``tmp_path``). The LLM teachers of notebook 03 answer from ``tests/data/smoke_llm_replay.jsonl``
+    (the ``replay`` backend): the bundled local model's answers to exactly the prompts notebook 03
+    sends on the smoke profile, recorded by ``tools/record_smoke_replay.py``. When prompts, the
+    smoke data or the local backend change, re-record them with that tool (the fixture then says
+    so); ``RK_SMOKE_LLM=local`` runs the series with the real local model instead.
+
+``inprocess_notebooks``
+    While a test holds it, the papermill runner executes notebooks in the test's own process
+    (each code cell ``exec``-ed in one namespace, stdout kept as the cell's output, the first
+    exception recorded as the cell's error output, so papermill raises as for a kernel) instead of
+    starting a Jupyter kernel (~3 s each, with ``import torch``). For tests of the runner's own
+    logic (state, skipping, locks) on throw-away notebooks that only print and write files; a test
+    about kernels (working directory, imports, a killed process) needs a real kernel. Returns the
+    list of notebooks so executed. Subprocesses the test starts still use real kernels.
+
+``smollm`` (session) and ``local_llm``
+    The bundled SmolLM2-135M-Instruct loaded (GGUF de-quantised) once per session;
+    ``local_llm(**settings)`` is a ``LocalBackend`` with those settings over that loaded model.
+    Skipped when ``RK_SKIP_LOCAL_LLM`` is set.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+TESTS_DIR = Path(__file__).resolve().parent
+#: recorded answers of the local backend to every prompt notebook 03 sends on the smoke profile
+SMOKE_REPLAY = TESTS_DIR / "data" / "smoke_llm_replay.jsonl"
+RECORD_TOOL = "tools/record_smoke_replay.py"
+#: environment variables run_series sets for its kernels (restored after the shared run)
+_RUNNER_ENV = ("PAPERMILL_EXECUTION", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "PYTHONPATH")
+
+
+@dataclass(frozen=True)
+class SeriesRun:
+    """One execution of the notebook series: where everything went and what each notebook did."""
+
+    profile: str  # as given to run_series (a name in params/ or a YAML path)
+    overrides: dict  # the overrides every notebook got
+    root: Path  # the temporary folder holding everything below
+    runs: Path  # executed notebooks, state.json, report.html and report.md
+    artifacts: Path  # artifacts/<profile name>/: one folder per notebook
+    figures: Path  # figures/<profile name>/
+    results: tuple  # run_series's status dicts, one per notebook, in order
+
+    def status(self, notebook: str) -> str | None:
+        """``ok`` / ``failed`` / ``missing`` / ..., or None when the series stopped before it."""
+        return next((r["status"] for r in self.results if r["notebook"] == notebook), None)
+
+    def require(self, *notebooks: str) -> None:
+        """Fail the calling test, with the notebook's error, unless every one of ``notebooks`` ran ok."""
+        for name in notebooks:
+            if self.status(name) != "ok":
+                pytest.fail(f"{name} did not run in the shared series: {self.explain(name)}", pytrace=False)
+
+    def path(self, notebook: str, *parts: str) -> Path:
+        """``artifacts/<profile>/<notebook>/<parts>``, after :meth:`require` of ``notebook``."""
+        self.require(notebook)
+        return self.artifacts.joinpath(notebook, *parts)
+
+    def explain(self, notebook: str) -> str:
+        r = next((r for r in self.results if r["notebook"] == notebook), None)
+        if r is None:
+            failed = [x for x in self.results if x["status"] != "ok"]
+            return f"the series stopped earlier ({failed[0]['notebook']}: {failed[0].get('error')})" if failed \
+                else "not part of this series"
+        text = f"status {r['status']}: {r.get('error')} (executed notebook: {r.get('output')})"
+        if "ReplayMissError" in str(r.get("error")):
+            text += (f"; the recorded LLM answers ({SMOKE_REPLAY.relative_to(TESTS_DIR.parent)}) no longer match "
+                     f"the prompts of notebook 03: re-record them with `python {RECORD_TOOL}`, or run the "
+                     "tests with RK_SMOKE_LLM=local")
+        return text
+
+
+def smoke_llm_overrides() -> dict:
+    """The LLM settings of the shared series: the recorded answers (``replay``), or the real local
+    model when ``RK_SMOKE_LLM=local``."""
+    mode = os.environ.get("RK_SMOKE_LLM", "replay")
+    if mode == "local":
+        return {}
+    if mode != "replay":
+        raise pytest.UsageError(f"RK_SMOKE_LLM must be 'replay' or 'local', not {mode!r}")
+    return {"rationales": {"llm": {"backend": "replay", "replay_file": str(SMOKE_REPLAY)}}}
+
+
+def run_series_into(root: Path, profile: str = "smoke", overrides: dict | None = None, **kw) -> SeriesRun:
+    """``run_series`` into a fresh folder ``root`` (artifacts, figures and runs below it, forced),
+    the environment restored afterwards. ``kw`` goes to run_series (``only``, ...)."""
+    from rationale_kit.core.config import load_profile
+    from rationale_kit.workbook.runner import run_series
+
+    over = {**(overrides or {})}
+    over["common"] = {**over.get("common", {}), "artifacts_dir": str(root / "artifacts"),
+                      "figures_dir": str(root / "figures")}
+    name = load_profile(profile, over).name
+    with pytest.MonkeyPatch.context() as mp:
+        for var in _RUNNER_ENV:  # run_series sets them for its kernels; put them back after
+            if var in os.environ:
+                mp.setenv(var, os.environ[var])
+            else:
+                mp.delenv(var, raising=False)
+        results = run_series(profile, force=True, runs_dir=root / "runs", overrides=over, **kw)
+    return SeriesRun(profile, over, root, root / "runs", root / "artifacts" / name, root / "figures" / name,
+                     tuple(results))
+
+
+@pytest.fixture(scope="session")
+def smoke_series(tmp_path_factory) -> SeriesRun:
+    """The series 01-08 on the smoke profile, executed once per session (see the module docstring)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    return run_series_into(tmp_path_factory.mktemp("smoke_series"), "smoke", smoke_llm_overrides())
+
+
+@pytest.fixture(scope="session")
+def smollm():
+    """The bundled SmolLM2 ``LocalBackend``, loaded once per session."""
+    if os.environ.get("RK_SKIP_LOCAL_LLM"):
+        pytest.skip("RK_SKIP_LOCAL_LLM is set")
+    from rationale_kit.rationales import llm
+
+    return llm.LocalBackend().load()
+
+
+@pytest.fixture
+def local_llm(smollm):
+    """``local_llm(**settings)``: a ``LocalBackend`` with those settings over the session's loaded
+    model (only the decoding settings differ; the tokenizer and weights are shared, read-only)."""
+    from rationale_kit.rationales import llm
+
+    def make(**settings) -> llm.LocalBackend:
+        if "path" in settings:
+            raise ValueError("local_llm shares the bundled model; build LocalBackend(path=...) yourself")
+        backend = llm.LocalBackend(**settings)
+        backend._tok, backend._lm = smollm._tok, smollm._lm  # what load() would set
+        return backend
+
+    return make
+
+
+def _inprocess_engine():
+    from nbformat.v4 import new_output
+    from papermill.engines import Engine
+
+    class InProcessEngine(Engine):
+        """A papermill engine that runs the code cells with ``exec`` in this process."""
+
+        @classmethod
+        def execute_managed_notebook(cls, nb_man, kernel_name, **kwargs):
+            namespace: dict = {"__name__": "__main__"}
+            count = 0
+            for index, cell in enumerate(nb_man.nb.cells):
+                if cell.cell_type != "code":
+                    continue
+                nb_man.cell_start(cell, index)
+                count += 1
+                cell.execution_count = count
+                out, failed = io.StringIO(), None
+                try:
+                    with contextlib.redirect_stdout(out):
+                        exec(compile(cell.source, f"<cell {index}>", "exec"), namespace)
+                except Exception as exc:  # noqa: BLE001 - becomes the cell's error output
+                    failed = exc
+                if out.getvalue():
+                    cell.outputs.append(new_output("stream", name="stdout", text=out.getvalue()))
+                if failed is not None:
+                    cell.outputs.append(new_output("error", ename=type(failed).__name__, evalue=str(failed),
+                                                   traceback=traceback.format_exception(failed)))
+                    nb_man.cell_exception(cell, index, exception=failed)
+                    nb_man.cell_complete(cell, index)
+                    return  # the later cells stay pending, as after a kernel's error
+                nb_man.cell_complete(cell, index)
+
+    return InProcessEngine
+
+
+@pytest.fixture
+def inprocess_notebooks(monkeypatch) -> list:
+    """Notebooks run by the papermill runner execute in this process (see the module docstring)."""
+    import papermill
+    from papermill.engines import papermill_engines
+
+    papermill_engines.register("rk-inprocess", _inprocess_engine())
+    real, executed = papermill.execute_notebook, []
+
+    def execute_notebook(input_path, *args, **kwargs):
+        executed.append(str(input_path))
+        return real(input_path, *args, **{**kwargs, "engine_name": "rk-inprocess"})
+
+    monkeypatch.setattr(papermill, "execute_notebook", execute_notebook)
+    return executed
