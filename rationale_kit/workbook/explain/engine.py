@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 
 from rationale_kit.core import icd, runtime
-from rationale_kit.core.records import SCORE_COLUMNS, SPAN_COLUMNS, DataError
+from rationale_kit.core.records import SPAN_COLUMNS, DataError
 from rationale_kit.models.adapter import as_coder
 
 SOURCES = ("attention", "gradient", "attention_x_gradient", "entity", "llm")
