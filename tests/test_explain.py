@@ -156,3 +156,38 @@ def test_cli_missing_model_and_unknown_source(tmp_path, capsys):
     assert cli_main(["explain", "--model", str(tmp_path), "--docs", str(notes), "--out", str(tmp_path / "o"),
                      "--sources", "attention,shap"]) == 2
     assert "unknown source" in capsys.readouterr().err
+
+
+def test_cli_llm_source_uses_quote_machinery_and_guard(model_dir, tmp_path, capsys):
+    """The llm source against a fake OpenAI-compatible server: refused for notes of unknown status,
+    then one request per note, quotes aligned to spans, answers cached for a rerun."""
+    import re
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from fake_gemini import _CODES_RE
+    from fake_openai import FakeOpenAI, OAReply, chat_text
+
+    def respond(body):
+        text = chat_text(body)
+        note = text.rsplit("<note>\n", 1)[1].split("\n</note>", 1)[0]
+        codes = re.findall(r"^- (\S+?):", _CODES_RE.findall(text)[-1], re.M)
+        first = re.match(r"\S+ \S+", note).group()
+        return OAReply.rationales({c: [first, "words that are not in the note"] for c in codes})
+
+    notes = write_notes(tmp_path / "notes.jsonl", [{"note_id": k, "text": v} for k, v in TEXTS.items()])
+    out = tmp_path / "out"
+    with FakeOpenAI(responder=respond) as srv:
+        prof = tmp_path / "p.yaml"
+        prof.write_text(f"rationales:\n  llm: {{backend: openai, model: served, base_url: '{srv.base_url}'}}\n")
+        args = ["explain", "--model", str(model_dir), "--docs", str(notes), "--out", str(out), "--profile", str(prof),
+                "--sources", "attention,llm", "--codes-from-docs"]
+        notes.write_text("".join(json.dumps({"note_id": k, "text": v, "codes": ["I10"]}) + "\n" for k, v in TEXTS.items()))
+        assert cli_main(args) == 2 and "credentialed" in capsys.readouterr().err and srv.hits == 0
+        assert cli_main(args + ["--public-data"]) == 0 and srv.hits == 3
+        spans = [json.loads(x) for x in (out / "spans.jsonl").read_text().splitlines()]
+        llm = [s for s in spans if s["source"] == "llm"]
+        assert len(llm) == 3 and all(s["code"] == "I10" and s["start"] == 0 and s["method"] == "zero_shot" for s in llm)
+        outcome = [json.loads(x) for x in (out / "llm.jsonl").read_text().splitlines()]
+        assert sorted(o["status"] for o in outcome) == ["aligned"] * 3 + ["unaligned"] * 3
+        assert cli_main(args + ["--public-data", "--fresh"]) == 0 and srv.hits == 3  # answers cached
