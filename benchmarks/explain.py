@@ -11,7 +11,7 @@ source (the profile's backend, by default the bundled SmolLM2 on this CPU) runs 
 notes without a cache.
 
     .venv/bin/python benchmarks/explain.py [--profile default] [--models caml,laat,plm_icd] [--notes 20]
-        [--sources attention,gradient,attention_x_gradient,entity] [--llm-notes 0] [--batch-size 8]
+        [--docs-profile P] [--sources attention,gradient,attention_x_gradient,entity] [--llm-notes 0] [--batch-size 8]
         [--threads 1] [--out benchmarks/out/explain.json]
 """
 from __future__ import annotations
@@ -47,6 +47,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--profile", default="default")
     ap.add_argument("--models", default="caml,laat,plm_icd", help="names under artifacts/<profile>/02_train, or folders")
+    ap.add_argument("--docs-profile", default=None, help="profile whose test notes are explained (default: --profile)")
     ap.add_argument("--notes", type=int, default=20)
     ap.add_argument("--sources", default="attention,gradient,attention_x_gradient,entity")
     ap.add_argument("--llm-notes", type=int, default=0, help="notes for the llm source (0: not measured)")
@@ -56,14 +57,14 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     prof = load_profile(args.profile)
-    ds = data.load_dataset(prof)
+    ds = data.load_dataset(load_profile(args.docs_profile) if args.docs_profile else prof)
     test = ds.docs[ds.docs.split == "test"]
     docs = test[["note_id", "text"]].head(args.notes).reset_index(drop=True)
     sources = [s for s in args.sources.split(",") if s]
     if args.llm_notes:
         sources.append("llm")
     rows = []
-    print(f"profile {prof.name}: {len(docs)} test notes, {docs.text.str.len().mean():.0f} characters on average; "
+    print(f"models of profile {prof.name}; {len(docs)} test notes of profile {args.docs_profile or prof.name}, {docs.text.str.len().mean():.0f} characters on average; "
           f"batch {args.batch_size}; torch threads {args.threads}; CPU seconds", flush=True)
     for m in args.models.split(","):
         folder = Path(m) if Path(m).exists() else artifacts_root(prof) / "02_train" / m

@@ -2,7 +2,7 @@
 
 ``explain --model DIR --docs notes.jsonl --out DIR [--codes-from-docs] [--sources
 attention,gradient,attention_x_gradient,entity[,llm]] [--top-k K] [--threshold T] [--min-codes N]
-[--profile P] [--device cpu|cuda|auto] [--batch-size N] [--public-data] [--fresh]``
+[--profile P] [--overrides JSON] [--device cpu|cuda|auto] [--batch-size N] [--public-data] [--fresh]``
 
 * ``--model``: a folder written by notebook 02 or ``train`` (``02_train/<name>`` or its ``model``).
 * ``--docs``: one ``{"note_id", "text"}`` per line, optional ``"codes": [...]``; with
@@ -187,6 +187,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--threshold", type=float, default=None, help="decision threshold (default: the model's)")
     ap.add_argument("--min-codes", type=int, default=1, help="codes explained per note at least (most probable first)")
     ap.add_argument("--profile", default="default", help="profile for the entity, gradient, alignment and LLM settings")
+    ap.add_argument("--overrides", default=None, help='JSON object of profile overrides, e.g. {"rationales": {"llm": {"max_new_tokens": 400}}}')
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     ap.add_argument("--batch-size", type=int, default=None, help="notes per forward pass (default: the profile's)")
     ap.add_argument("--public-data", action="store_true", help="the notes are not credentialed data (a remote LLM may see them)")
@@ -198,14 +199,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
 
     from rationale_kit.core import icd, runtime
-    from rationale_kit.core.config import ConfigError
+    from rationale_kit.core.config import ConfigError, load_profile
     from rationale_kit.rationales import llm
     from rationale_kit.workbook import explain as E
 
     sources = tuple(s.strip() for s in args.sources.split(",") if s.strip())
     out = Path(args.out)
     try:
-        settings = E.settings_from_profile(args.profile, sources=sources, top_k=args.top_k, threshold=args.threshold,
+        overrides = json.loads(args.overrides) if args.overrides else None
+        if overrides is not None and not isinstance(overrides, dict):
+            raise ConfigError("--overrides must be a JSON object")
+        settings = E.settings_from_profile(load_profile(args.profile, overrides), sources=sources, top_k=args.top_k, threshold=args.threshold,
                                            min_codes=args.min_codes, batch_size=args.batch_size)
         model_dir = E.resolve_model_dir(args.model)
         docs, codes, line_of = read_notes(args.docs, args.codes_from_docs)
@@ -215,6 +219,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                 credentialed=credentialed)
         if codes:
             _check_codes(args.docs, codes, line_of, explainer.model.labels, bool(set(sources) & set(E.MODEL_SOURCES)))
+    except json.JSONDecodeError as exc:
+        return fail(f"--overrides: not JSON ({exc.msg})")
     except (DataError, ConfigError, ValueError, FileNotFoundError, RuntimeError, llm.LLMConfigError) as exc:
         return fail(str(exc))
     except llm.CredentialedDataError as exc:
