@@ -11,7 +11,7 @@ from typing import Optional
 
 import pandas as pd
 
-from rationale_kit.viz.spans import SOURCE_COLOURS, Layer, render_note
+from rationale_kit.viz.spans import SOURCE_COLOURS, Layer, render_note, window_around
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]")
 
@@ -30,7 +30,7 @@ def _page(title: str, body: str) -> str:
     return ("<!DOCTYPE html>\n<html><head><meta charset='utf-8'>"
             f"<title>{html.escape(title)}</title>"
             "<style>body{font-family:sans-serif;margin:1.5em;max-width:1100px} table{border-collapse:collapse}"
-            " td,th{border:1px solid #ccc;padding:3px 8px;text-align:left} .rk-code{margin:1.2em 0}</style>"
+            " td,th{border:1px solid #ccc;padding:3px 8px;text-align:left} .rk-code{margin:1.2em 0} .rk-text{max-height:none !important}</style>"
             f"</head><body>{body}</body></html>\n")
 
 
@@ -43,10 +43,12 @@ def _span_name(source: str, method: str) -> str:
 
 
 def note_page(note_id: str, text: str, predictions: pd.DataFrame, spans: pd.DataFrame, scores: pd.DataFrame,
-              descriptions: Optional[dict] = None, shade: Optional[str] = None, info: Optional[dict] = None) -> str:
+              descriptions: Optional[dict] = None, shade: Optional[str] = None, info: Optional[dict] = None,
+              margin: int = 300) -> str:
     """The page of one note: its predicted codes, then per explained code the note with every
     source's spans (underlines) and ``shade``'s scores (default: attention when present, else the
-    first soft source) as shading. ``predictions``/``spans``/``scores``: that note's rows of an
+    first soft source) as shading, on the characters from ``margin`` before the code's first span to
+    ``margin`` after its last (the whole note when it has none). ``predictions``/``spans``/``scores``: that note's rows of an
     :class:`~rationale_kit.workbook.explain.Explanation`."""
     descriptions = descriptions or {}
     soft_sources = list(dict.fromkeys(scores.source)) if len(scores) else []
@@ -77,8 +79,11 @@ def note_page(note_id: str, text: str, predictions: pd.DataFrame, spans: pd.Data
             sc = scores[(scores.code == r.code) & (scores.source == shade)]
             layers.append(Layer(f"{shade} (shading)", "soft", tuple(zip(sc.start, sc.end, sc.score)), "#1565c0"))
         prob = "" if pd.isna(r.prob) else f" · p = {r.prob:.3f}"
-        title = f"{r.code} · {descriptions.get(r.code, '')}{prob}"
-        sections.append(f"<div class='rk-code'>{render_note(text, layers, title=title)}</div>")
+        lo, hi = (window_around(text, list(zip(sp.start.astype(int), sp.end.astype(int))), margin) if len(sp)
+                  else (0, len(text)))
+        shown = "" if (lo, hi) == (0, len(text)) else f" · characters {lo:,}-{hi:,} of {len(text):,} (around the spans)"
+        title = f"{r.code} · {descriptions.get(r.code, '')}{prob}{shown}"
+        sections.append(f"<div class='rk-code'>{render_note(text, layers, title=title, window=(lo, hi))}</div>")
     body = head + table + ("".join(sections) or "<p>No code explained.</p>")
     return _page(f"{note_id} · explain", body)
 
