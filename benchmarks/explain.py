@@ -70,7 +70,9 @@ def main(argv=None) -> int:
         folder = Path(m) if Path(m).exists() else artifacts_root(prof) / "02_train" / m
         settings = settings_from_profile(prof, sources=tuple(sources), batch_size=args.batch_size)
         ex = Explainer(folder, settings, device="cpu")
-        name = ex.name
+        folder = folder.resolve()
+        trained = folder.parts[-3] if folder.parts[-2] == "02_train" else str(folder)  # the profile it was trained on
+        name = f"{ex.name} ({trained})"
         ex.explain_batch(docs.head(2), sources=["attention"] if getattr(ex.model, "has_attention", True) else ["gradient"])
         for src in sources:
             sub = docs.head(args.llm_notes) if src == "llm" else docs
@@ -85,7 +87,7 @@ def main(argv=None) -> int:
                    "batched_notes_per_s": len(sub) / t_b, "single_notes_per_s": len(sub) / t_1,
                    "ratio": t_1 / t_b, "batched_cpu_s": t_b, "single_cpu_s": t_1}
             rows.append(row)
-            print(f"  {name:8s} {src:22s} {len(sub):3d} notes {pairs:4d} pairs  batched {row['batched_notes_per_s']:7.2f} notes/s  "
+            print(f"  {name:16s} {src:22s} {len(sub):3d} notes {pairs:4d} pairs  batched {row['batched_notes_per_s']:7.2f} notes/s  "
                   f"one at a time {row['single_notes_per_s']:7.2f} notes/s  ratio {row['ratio']:.2f}", flush=True)
     table = pd.DataFrame(rows)
     print("\n| model | source | notes | pairs | notes/s batched | notes/s one at a time | ratio |\n|---|---|---|---|---|---|---|")
