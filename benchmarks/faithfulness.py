@@ -55,6 +55,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from rationale_kit.core.sources import ATTENTION, ENTITY_CATEGORY, ENTITY_EXACT, LLM_FEW, LLM_ZERO  # noqa: E402
 from rationale_kit.metrics.faithfulness import (  # noqa: E402
     NoteCache, faithfulness_discrete, faithfulness_loop, faithfulness_scored,
 )
@@ -63,7 +64,7 @@ BATCH = 32
 N_LABELS = 60
 AOPC_K = [1.0, 5.0, 10.0, 20.0, 50.0]
 EDIN_STEPS = 6  # the default profile's faithfulness.word_steps
-DISCRETE_SOURCES = ("entity (exact_code)", "entity (category)", "llm_zero", "llm_few")
+DISCRETE_SOURCES = tuple(s.name for s in (ENTITY_EXACT, ENTITY_CATEGORY, LLM_ZERO, LLM_FEW))
 
 
 # --------------------------------------------------------------------------------------------
@@ -310,7 +311,7 @@ def workload(model, docs, gold, rng, shape: str, device="cpu"):
                        score=att.score * rng.lognormal(0.0, 1.0, len(att)))
     scored = pd.concat([att, noisy], ignore_index=True)
     top = (att.sort_values("score", ascending=False, kind="stable").groupby(["note_id", "code"]).head(10)
-           .assign(source="attention top-10", granularity="")[["note_id", "code", "start", "end", "granularity", "source"]])
+           .assign(source=ATTENTION.with_top_k(10).name, granularity="")[["note_id", "code", "start", "end", "granularity", "source"]])
     spans = pd.concat([random_spans(docs, gold, rng).assign(source=src) for src in DISCRETE_SOURCES] + [top],
                       ignore_index=True)
     return [(faithfulness_discrete, "discrete", spans, {}),
@@ -354,6 +355,69 @@ def cpu_timed(fn, device="cpu"):
     return time.process_time() - t0, out
 
 
+class InputRecorder:
+    """Records the perturbed inputs of the batched engine (``incremental=False``): per note its
+    ids and every removal mask, for :func:`reuse_ceilings`."""
+
+    def __init__(self):
+        from rationale_kit.metrics.faithfulness import engine as E
+
+        self.E, self.orig = E, E._evaluate_batched
+        self.inputs: dict[str, tuple[np.ndarray, list[np.ndarray]]] = {}
+
+        def wrapped(model, jobs, *args, **kwargs):
+            for j in jobs:
+                self.inputs.setdefault(j.note.note_id, (j.note.ids, []))[1].append(j.removed)
+            return self.orig(model, jobs, *args, **kwargs)
+        E._evaluate_batched = wrapped
+
+    def remove(self):
+        self.E._evaluate_batched = self.orig
+
+
+def _trie_positions(rows: list[np.ndarray], base: np.ndarray) -> int:
+    """Positions a left-to-right recurrence must compute for ``rows`` when every prefix already
+    computed (for the note itself or an earlier row) is reused: the size of their prefix trie
+    minus the note's own path."""
+    seqs = sorted([base.tobytes()] + [r.tobytes() for r in rows])
+    item = base.itemsize
+    total = 0
+    for prev, cur in zip(seqs, seqs[1:]):
+        a, b = np.frombuffer(prev, dtype=base.dtype), np.frombuffer(cur, dtype=base.dtype)
+        ne = np.flatnonzero(a != b)
+        total += len(b) - (int(ne[0]) if len(ne) else len(b))
+    del item
+    return total
+
+
+def reuse_ceilings(model, inputs: dict, mask_id: int) -> dict:
+    """What an exact reuse of shared computation could at best save on this workload (mask
+    perturbation): the share of distinct perturbed inputs; for a recurrent encoder (LAAT's
+    BiLSTM) the share of recurrence steps left when every prefix (forward) and suffix (backward)
+    already computed is reused; for a chunked encoder (PLM-ICD) the loop's chunks per distinct
+    chunk of a note over all calls."""
+    rows = distinct = steps_all = steps_needed = chunks_loop = chunks_distinct = 0
+    s = getattr(model, "chunk_size", None)
+    recurrent = any(isinstance(m, torch.nn.RNNBase) for m in model.modules())
+    for ids, removed in inputs.values():
+        xs = [np.where(r, mask_id, ids) for r in removed if len(r) == len(ids)]
+        rows += len(xs)
+        distinct += len({x.tobytes() for x in xs})
+        if recurrent:
+            steps_all += 2 * len(ids) * len(xs)
+            steps_needed += _trie_positions(xs, ids) + _trie_positions([x[::-1].copy() for x in xs], ids[::-1].copy())
+        elif s is not None:
+            bounds = [(a, min(a + s, len(ids))) for a in range(0, len(ids), s)]
+            chunks_loop += len(bounds) * (len(xs) + 1)
+            chunks_distinct += len({x[a:b].tobytes() for x in [ids, *xs] for a, b in bounds})
+    out = {"rows": rows, "distinct_share": distinct / max(1, rows)}
+    if recurrent:
+        out["recurrent_steps_share"] = steps_needed / max(1, steps_all)
+    if s is not None:
+        out["chunks_loop_per_distinct"] = chunks_loop / max(1, chunks_distinct)
+    return out
+
+
 def bench_model(name, model, docs_all, gold_all, budget_s, rng, reps=2, device="cpu", shape="notebook"):
     """One workload (sized so the loop takes about a third of ``budget_s`` in all), measured
     ``reps`` times round-robin (engine with its forward calls recorded, plain forward passes
@@ -367,8 +431,10 @@ def bench_model(name, model, docs_all, gold_all, budget_s, rng, reps=2, device="
         model(*(x.to(device) for x in model.collate([enc])))
         per_single, _ = cpu_timed(lambda: model(*(x.to(device) for x in model.collate([enc]))), device)
     rows_per_pair = ROWS_PER_PAIR[shape]
-    n_pairs = max(1, int(budget_s / 3 / reps / per_single / rows_per_pair))
-    codes_per_note = min(3, n_pairs)
+    # per repetition: the loop, two engine runs and two replays (each a fraction of the loop):
+    # about 4 loops' worth, so the loop gets an eighth of the model's budget over two repetitions
+    n_pairs = max(1, int(budget_s / (4 * reps) / per_single / rows_per_pair))
+    codes_per_note = 1  # pairs spread over as many notes as the budget allows
     n_notes = max(1, min(len(docs_all), math.ceil(n_pairs / codes_per_note)))
     docs = docs_all.iloc[:n_notes].reset_index(drop=True)
     gold = {n: list(gold_all[n][:codes_per_note]) for n in docs.note_id}
@@ -385,10 +451,13 @@ def bench_model(name, model, docs_all, gold_all, budget_s, rng, reps=2, device="
                           for _, kind, table, args in jobs])
 
     times = {"engine": [], "incr": [], "plain": [], "plain_lab": [], "loop": []}
+    inputs = InputRecorder()
     for rep in range(reps):
         rec = Recorder(model)
         t, fast = cpu_timed(engine, device)
         rec.handle.remove()
+        if rep == 0:
+            inputs.remove()
         times["engine"].append(t)
         rec_incr, enc_incr = Recorder(model), EncoderRows(model)
         t, fast_incr = cpu_timed(lambda: engine(True), device)
@@ -451,6 +520,7 @@ def bench_model(name, model, docs_all, gold_all, budget_s, rng, reps=2, device="
         "incr_speedup_vs_loop": t_loop / t_incr,
         "incr_max_abs_diff": max_diff_incr,
         "incr_agree": bool(same_keys_incr and max_diff_incr <= tol),
+        "ceilings": reuse_ceilings(model, inputs.inputs, int(model.tokenizer.mask_id)),
         "chunks_engine": enc_incr.rows,
         "chunks_loop": enc_loop.rows,
     }
@@ -473,6 +543,7 @@ def main(argv=None):
     ap.add_argument("--plm-chunks", default="2,8",
                     help="PLM-ICD max_chunks values to run (default 2 = the default profile, 8 = 1,024 tokens)")
     args = ap.parse_args(argv)
+    t_all = time.perf_counter()  # the budget covers the whole run
     names = tuple(n.strip() for n in args.models.split(",") if n.strip())
     if args.device == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda: no CUDA device is available")
@@ -512,7 +583,7 @@ def main(argv=None):
           f"see workload()), <= 3 gold codes per note, mask perturbation")
     results = []
     per_model = args.budget / len(models)
-    t_all = time.perf_counter()
+    t_setup, t_measured = time.perf_counter() - t_all, time.process_time()
     for name, model in models.items():
         try:
             r = bench_model(name, model, docs, gold, per_model, rng, device=args.device, shape=args.shape)
@@ -537,10 +608,20 @@ def main(argv=None):
         if r["chunks_loop"]:
             print(f"      chunks encoded: {r['chunks_engine']} by the engine, {r['chunks_loop']} by the loop "
                   f"({r['chunks_loop'] / max(1, r['chunks_engine']):.1f}x fewer)")
+        c = r["ceilings"]
+        print(f"      exact-reuse ceilings on this workload: {c['distinct_share']:.0%} of the "
+              f"{c['rows']} perturbed inputs are distinct" +
+              (f"; a prefix/suffix store leaves {c['recurrent_steps_share']:.0%} of the recurrence steps"
+               if "recurrent_steps_share" in c else "") +
+              (f"; the loop encodes {c['chunks_loop_per_distinct']:.2f}x the distinct chunks"
+               if "chunks_loop_per_distinct" in c else ""))
         print(f"      (b) {r['incr_s']:.2f} s: speed-up {r['incr_speedup_vs_loop']:.1f}x over the loop; "
               f"max |engine - loop| = {r['incr_max_abs_diff']:.2e} "
               f"({'agree' if r['incr_agree'] else 'DISAGREE'} at {r['tolerance']:g})")
-    print(f"\ntotal {time.perf_counter() - t_all:.0f} s wall")
+    wall = time.perf_counter() - t_all
+    print(f"measured part {time.process_time() - t_measured:.0f} CPU s (set-up before it: {t_setup:.0f} s wall)")
+    print(f"\ntotal {wall:.0f} s wall for a budget of {args.budget:.0f} CPU s "
+          f"({'within' if wall <= args.budget * 1.25 else 'OVER'} it; wall time also counts other jobs on the cores)")
     if results:
         summary = pd.DataFrame(results).set_index("model")[
             ["ratio_vs_plain", "ratio_vs_plain_same_labels", "speedup_vs_loop", "max_abs_diff",

@@ -153,3 +153,17 @@ def test_every_default_agrees():
     from rationale_kit.rationales.ner import NERConfig
 
     assert C.Guided().ner_formulation == NERConfig().formulation
+
+
+def test_each_model_family_has_its_own_typed_config():
+    from rationale_kit.core.config import CAMLParams, LAATParams, PLMICDParams, params_for
+
+    p = load_profile("default")
+    assert type(p.train.caml) is CAMLParams and type(p.train.laat) is LAATParams
+    assert type(p.train.plm_icd) is PLMICDParams and p.train.plm_icd.freeze_layers == 5
+    assert not hasattr(p.train.caml, "hidden") and not hasattr(p.train.plm_icd, "filters")
+    with pytest.raises(ConfigError, match=r"train\.caml: unknown key 'hidden'"):
+        load_profile("default", {"train": {"caml": {"hidden": 64}}})
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['chunk_size'\] for LAATParams"):
+        params_for("laat", {"hidden": 8, "chunk_size": 16})
+    assert params_for("laat", {"hidden": 8, "chunk_size": 16}, strict=False) == LAATParams(hidden=8)

@@ -77,7 +77,7 @@ def test_a_source_run_on_one_note_is_scored_on_that_note_only():
     entity = pd.DataFrame([_span("a", "R05", 10, 15, "entity"), _span("c", "R05", 0, 5, "entity")])
     soft = pd.DataFrame(columns=["note_id", "code", "source", "method", "model", "unit", "start", "end", "score"])
     preds = pd.DataFrame(columns=["note_id", "code", "prob", "pred", "is_gold", "model"])
-    prof = load_profile("smoke", {"evaluation": {"tuning_fraction": 0.0, "bootstrap_resamples": 200}})
+    prof = load_profile("smoke", {"evaluation": {"min_notes": 0, "tuning_fraction": 0.0, "bootstrap_resamples": 200}})
     res = steps.plausibility_tables(ds, {"llm_zero": llm, "entity (exact_code)": entity}, soft, preds, prof, design)
     row = lambda s: res.spans[(res.spans.source == s) & (res.spans.measure == "token_position_independent")
                               & (res.spans.granularity == "all") & (res.spans.code_set == "all")].iloc[0]
@@ -129,6 +129,13 @@ def test_common_faithfulness_pairs_are_shared_and_capped():
     # every source has (n1, B), (n2, A), (n2, C); note order of docs: n2 first
     assert steps.common_pairs(cand, [att, ent], docs, None) == [("n2", "A"), ("n2", "C"), ("n1", "B")]
     assert steps.common_pairs(cand - {("n2", "C")}, [att, ent], docs, 1) == [("n2", "A")]
+    # a pair of a note outside docs (e.g. a tuning note) is never chosen
+    assert steps.common_pairs(cand, [att, ent], docs[docs.note_id == "n1"], None) == [("n1", "B")]
+    # a seeded sample of 2 of the 3 common pairs, in note order, the same for the same seed
+    pick = steps.common_pairs(cand, [att, ent], docs, 2, seed=0)
+    assert len(pick) == 2 and set(pick) < {("n2", "A"), ("n2", "C"), ("n1", "B")}
+    assert pick == steps.common_pairs(cand, [att, ent], docs, 2, seed=0)
+    assert {tuple(steps.common_pairs(cand, [att, ent], docs, 2, seed=s)) for s in range(20)} != {tuple(pick)}
 
 
 def _agg(rows):
@@ -136,8 +143,9 @@ def _agg(rows):
 
 
 def test_faithfulness_summary_and_attention_vs_entity_on_common_pairs():
-    prof = load_profile("smoke", {"evaluation": {"bootstrap_resamples": 200}})
-    att, ent = "attention top-10", "entity (exact_code)"
+    prof = load_profile("smoke", {"evaluation": {"bootstrap_resamples": 200, "min_notes": 0, "interval_method": "percentile"}})
+    # (two notes: the percentile interval spans the two note differences; the t interval would not exclude 0)
+    att, ent = "attention (top-10)", "entity (exact_code)"
     rows = []
     for src, vals in ((att, {("n1", "A"): 0.6, ("n2", "A"): 0.4, ("n3", "A"): 0.9}), (ent, {("n1", "A"): 0.2, ("n2", "A"): 0.1})):
         for (n, c), v in vals.items():
@@ -182,7 +190,7 @@ def test_lambda_is_chosen_on_tuning_notes_not_on_the_reported_ones():
         {"model": "caml", "teacher": "none", "lambda": 0.0, "seed": 13, "micro_f1": 0.6, "macro_f1": 0.5, "pi_token_f1": f1(1)},
         {"model": "caml", "teacher": "human", "lambda": 0.5, "seed": 13, "micro_f1": 0.55, "macro_f1": 0.5, "pi_token_f1": f1(2)},
         {"model": "caml", "teacher": "human", "lambda": 2.5, "seed": 13, "micro_f1": 0.5, "macro_f1": 0.5, "pi_token_f1": f1(4)}])
-    prof = load_profile("smoke", {"evaluation": {"bootstrap_resamples": 200}})
+    prof = load_profile("smoke", {"evaluation": {"bootstrap_resamples": 200, "min_notes": 0}})
     table, verdicts = steps.tradeoff(sweep, counts, design, prof, "toy")
     row = table.iloc[0]
     assert row["lambda (chosen on tuning notes)"] == 0.5 and row["lambda best on report notes"] == 2.5
@@ -192,8 +200,10 @@ def test_lambda_is_chosen_on_tuning_notes_not_on_the_reported_ones():
     assert verdicts.verdict.tolist() == ["holds", "inconclusive", "inconclusive"]
 
 
-def test_few_shot_summary_puts_teachers_and_students_on_the_same_pairs(tmp_path):
-    # teachers were run on note r1 only (pairs (r1, X), (r1, Y)); students know r1 and r2
+def test_few_shot_summary_scores_each_role_on_its_own_report_note_units(tmp_path):
+    # teachers were run on note r1 only (pairs (r1, X), (r1, Y)); students were scored on r1, r2 and
+    # the tuning note t1, which is never reported
+    design = E.EvaluationDesign(("r1", "r2", "t1"), ("t1",), ("r1", "r2"), 1 / 3)
     tc = pd.DataFrame([("r1", "X", "token_position_independent", 1, 1, 1), ("r1", "Y", "token_position_independent", 0, 0, 2)],
                       columns=E.COUNT_COLUMNS)
     teacher_counts = pd.concat([tc.assign(source="llm_zero", model="-"),
@@ -203,18 +213,26 @@ def test_few_shot_summary_puts_teachers_and_students_on_the_same_pairs(tmp_path)
         d = tmp_path / teacher
         d.mkdir()
         pd.DataFrame([("r1", "X", "token_position_independent", tp, 1, 2 - tp), ("r2", "X", "token_position_independent", 5, 0, 0),
+                      ("t1", "X", "token_position_independent", 9 * tp, 0, 0),
                       ("r1", "-", "coding", 1, 0, 0)], columns=E.COUNT_COLUMNS).to_parquet(d / "note_counts.parquet")
         rows.append({"model": "caml", "teacher": teacher, "lambda": 0.5, "seed": 13, "run_dir": str(d)})
-    prof = load_profile("smoke", {"evaluation": {"bootstrap_resamples": 200}})
-    summary, verdicts = steps.few_shot_summary(teacher_counts, pd.DataFrame(rows), prof, "toy")
+    prof = load_profile("smoke", {"evaluation": {"bootstrap_resamples": 200, "min_notes": 0}})
+    summary, verdicts = steps.few_shot_summary(teacher_counts, pd.DataFrame(rows), prof, "toy", design)
     s = summary.set_index("role")
-    # common units: (r1, X) only (teachers have no r2, students no Y)
-    assert s.n_pairs.tolist() == [1, 1]
-    # teacher on (r1, X): zero tp 1 fp 1 fn 1 -> 0.5; few tp 2 fp 1 -> 0.8
-    assert s.loc["teacher", "zero-shot"] == pytest.approx(0.5) and s.loc["teacher", "few-shot"] == pytest.approx(0.8)
-    # student on (r1, X): zero tp 0 -> 0; few tp 1 fp 1 fn 1 -> 0.5 (r2 would add tp 5 to both)
-    assert s.loc["student", "zero-shot"] == 0.0 and s.loc["student", "few-shot"] == pytest.approx(0.5)
-    assert verdicts.finding.tolist() == ["d", "d", "d"] and verdicts.verdict.iloc[-1] == "holds"
+    # teacher: both pairs of r1; student: (r1, X) and (r2, X), not t1
+    assert s.n_pairs.tolist() == [2, 2] and s.n_notes.tolist() == [1, 2]
+    # teacher zero: tp 1, fp 1, fn 3 -> 2/6; few: tp 4, fp 1, fn 0 -> 8/9
+    assert s.loc["teacher", "zero-shot"] == pytest.approx(1 / 3) and s.loc["teacher", "few-shot"] == pytest.approx(8 / 9)
+    # student zero: tp 5, fp 1, fn 2 -> 10/13; few: tp 6, fp 1, fn 1 -> 12/14
+    assert s.loc["student", "zero-shot"] == pytest.approx(10 / 13) and s.loc["student", "few-shot"] == pytest.approx(6 / 7)
+    assert verdicts.finding.tolist() == ["d", "d", "d"]
+    assert verdicts.units.iloc[0] == "report-note gold pairs both teachers were run on"
+    assert verdicts.units.iloc[1] == "report-note gold pairs both students were scored on"
+    # with min_notes 2 the teacher row (1 note) has too few notes; the combined row skips it and says so
+    prof2 = load_profile("smoke", {"evaluation": {"bootstrap_resamples": 200, "min_notes": 2}})
+    v2 = steps.few_shot_summary(teacher_counts, pd.DataFrame(rows), prof2, "toy", design)[1]
+    assert v2.verdict.iloc[0] == "too few notes" and v2.verdict.iloc[1] != "too few notes"
+    assert v2.verdict.iloc[2] == E.combine([v2.verdict.iloc[1]]) and "skipped (too few notes)" in v2.units.iloc[2]
 
 
 def test_evaluation_and_seeds_keys_are_validated(tmp_path):
@@ -227,6 +245,13 @@ def test_evaluation_and_seeds_keys_are_validated(tmp_path):
         load_profile("smoke", {"evaluation": {"bootstrap_resamples": 0}})
     with pytest.raises(ConfigError, match="unknown key 'resamples'"):
         load_profile("smoke", {"evaluation": {"resamples": 10}})
+    assert (prof.evaluation.interval_method, prof.evaluation.min_notes) == ("t", 10)
+    with pytest.raises(ConfigError, match="interval_method"):
+        load_profile("smoke", {"evaluation": {"interval_method": "wald"}})
+    with pytest.raises(ConfigError, match="min_notes"):
+        load_profile("smoke", {"evaluation": {"min_notes": -1}})
+    with pytest.raises(ConfigError, match="stability_seeds"):
+        load_profile("smoke", {"evaluation": {"stability_seeds": 0}})
 
 
 def test_run_on_pairs_of_notebook_03_sources():
@@ -273,9 +298,14 @@ def test_seeds_are_summed_for_intervals_and_spread_across_seeds(tmp_path):
     sweep = pd.DataFrame(rows)
     counts = steps.sweep_counts(sweep)
     assert len(counts) == 4 * 6 and set(counts.seed) == {1, 2}
-    prof = load_profile("smoke", {"evaluation": {"bootstrap_resamples": 200}})
+    prof = load_profile("smoke", {"evaluation": {"bootstrap_resamples": 200, "min_notes": 0}})
     row = steps.tradeoff(sweep, counts, design, prof)[0].iloc[0]
     # pooled over seeds per report note: guided tp 2 + 4 = 6 of 8 -> 0.75; unguided 2 of 8 -> 0.25
     assert row["PI token F1 gain"] == pytest.approx(0.5) and row.seeds == 2
     # per seed: gains 0.25 and 0.75 -> mean 0.5, sample std 0.3536
     assert row["gain seed mean"] == pytest.approx(0.5) and row["gain seed std"] == pytest.approx(np.sqrt(0.125))
+    # the verdict row resamples training seeds and notes together: notes are alike within a seed, so
+    # the interval runs from both draws = seed 1 (gain 0.25) to both = seed 2 (0.75); seed_sd as above
+    v = steps.tradeoff(sweep, counts, design, prof)[1].iloc[0]
+    assert v.interval_method == "hierarchical" and v.seed_sd == pytest.approx(np.sqrt(0.125))
+    assert (v.lo, v.hi) == pytest.approx((0.25, 0.75)) and v.seed_agreement == 1.0 and v.verdict == "holds"

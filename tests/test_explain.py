@@ -12,7 +12,7 @@ import torch
 
 import rationale_kit as rk
 from rationale_kit.cli import main as cli_main
-from rationale_kit.core.config import ModelParams
+from rationale_kit.core.config import CAMLParams
 from rationale_kit.core.records import DataError
 from rationale_kit.models import build_model, save
 from rationale_kit.rationales import attention_rationales, gradient_rationales
@@ -30,7 +30,7 @@ TEXTS = {
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     torch.manual_seed(0)
-    params = ModelParams(embed_dim=8, filters=6, kernel=3, dropout=0.0)
+    params = CAMLParams(embed_dim=8, filters=6, kernel=3, dropout=0.0)
     model = build_model("caml", params, LABELS, list(TEXTS.values()), min_count=1)
     model.threshold = 0.5
     return save(model, tmp_path_factory.mktemp("m") / "caml" / "model").parent  # the 02_train/<name> folder

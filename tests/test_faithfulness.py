@@ -598,14 +598,15 @@ def test_engine_equals_loop_on_project_models():
     """The engine and the loop agree on the package's CAML and LAAT (tiny sizes), both units and
     both perturbations: padding, batching and label gathering do not change the values."""
     models = pytest.importorskip("rationale_kit.models")
-    from rationale_kit.core.config import ModelParams
+    from rationale_kit.core.config import CAMLParams, LAATParams
 
     g, texts, labels, docs = corpus(n_notes=4, n_labels=10, seed=5)
     rat = random_spans(g, docs, labels, n_codes=3)
-    params = ModelParams(embed_dim=8, filters=6, kernel=3, hidden=8, projection=8, dropout=0.0)
+    sizes = {"caml": CAMLParams(embed_dim=8, filters=6, kernel=3, dropout=0.0),
+             "laat": LAATParams(embed_dim=8, hidden=8, projection=8, dropout=0.0)}
     for name in ("caml", "laat"):
         torch.manual_seed(0)
-        model = models.build_model(name, params, labels, train_texts=texts)
+        model = models.build_model(name, sizes[name], labels, train_texts=texts)
         for unit, perturbation in (("token", "mask"), ("word", "delete")):
             kw = dict(unit=unit, perturbation=perturbation, code_set="gold", progress=False)
             fast = faithfulness_discrete(model, docs, rat, batch_size=4, **kw)
@@ -622,10 +623,10 @@ def test_engine_equals_loop_on_project_models():
 # --------------------------------------------------------------------------------------------
 def _tiny_caml(texts, labels, kernel, seed=0):
     models = pytest.importorskip("rationale_kit.models")
-    from rationale_kit.core.config import ModelParams
+    from rationale_kit.core.config import CAMLParams
 
     torch.manual_seed(seed)
-    params = ModelParams(embed_dim=8, filters=6, kernel=kernel, dropout=0.3)
+    params = CAMLParams(embed_dim=8, filters=6, kernel=kernel, dropout=0.3)
     model = models.build_model("caml", params, labels, texts, w2v=None)
     with torch.no_grad():  # a non-zero mask embedding, so masked units still feed the convolution
         model.embedding.weight[model.tokenizer.mask_id].normal_()
@@ -760,13 +761,13 @@ def tiny_plm(tmp_path_factory):
     pytest.importorskip("transformers")
     from test_models import _tiny_encoder
 
-    from rationale_kit.core.config import ModelParams
+    from rationale_kit.core.config import PLMICDParams
     from rationale_kit.models import build_model
 
     g, texts, labels, docs = corpus(n_notes=4, n_labels=6, seed=11)
     path = _tiny_encoder(tmp_path_factory.mktemp("plm"), texts * 2, chunk_size=8)
     torch.manual_seed(3)
-    model = build_model("plm_icd", ModelParams(encoder_path=path, chunk_size=8, max_chunks=6, projection=5), labels)
+    model = build_model("plm_icd", PLMICDParams(encoder_path=path, chunk_size=8, max_chunks=6, projection=5), labels)
     return g, labels, docs, model.eval()
 
 
@@ -816,3 +817,101 @@ def test_note_cache_shared_across_calls_and_invalidated_by_training():
     small = NoteCache(max_bytes=1)  # nothing fits: every call recomputes, results unchanged
     assert_same(faithfulness_discrete(model, docs, rat, cache=small, **kw), after, tol=0)
     assert not small._caml
+
+
+# --------------------------------------------------------------------------------------------
+# finding (b): size-controlled comparisons
+def test_attention_size_matched_takes_as_many_units_as_the_entity_rationale():
+    from rationale_kit.workbook import steps
+
+    soft = pd.DataFrame({"note_id": ["n1"] * 5 + ["n2"] * 2, "code": ["A"] * 7, "source": "attention", "method": "attention",
+                         "model": "caml", "unit": [0, 1, 2, 3, 4, 0, 1], "start": [0, 5, 10, 15, 20, 0, 5],
+                         "end": [4, 9, 14, 19, 24, 4, 9], "score": [0.1, 0.5, 0.05, 0.3, 0.05, 0.6, 0.4]})
+    entity = pd.DataFrame({"note_id": ["n1"], "code": ["A"], "start": [5], "end": [12]})
+    out = steps.attention_size_matched_spans(soft, "caml", entity)
+    # the entity span [5, 12) covers units 1 and 2: k = 2, the two best units are 1 (0.5) and 3 (0.3);
+    # n2 has no entity rationale and is left out
+    assert out[["note_id", "start", "end", "k"]].values.tolist() == [["n1", 5, 9, 2], ["n1", 15, 19, 2]]
+
+
+def test_attention_vs_entity_raw_minus_random_and_size_matched():
+    from rationale_kit.core.config import load_profile
+    from rationale_kit.workbook import steps
+
+    prof = load_profile("smoke", {"evaluation": {"bootstrap_resamples": 200, "min_notes": 0}})
+    att, ent, sm = "attention (top-10)", "entity (exact_code)", steps.SIZE_MATCHED.name
+    comp = {att: ({"n1": 0.6, "n2": 0.4}, {"n1": 0.5, "n2": 0.1}), ent: ({"n1": 0.2, "n2": 0.1}, {"n1": 0.15, "n2": 0.05}),
+            sm: ({"n1": 0.3, "n2": 0.2}, {"n1": 0.2, "n2": 0.2})}
+    rows = []
+    for src, (rat, rnd) in comp.items():
+        for n in rat:
+            rows += [("caml", src, "comprehensiveness", "rationale", n, "A", rat[n], np.nan),
+                     ("caml", src, "comprehensiveness", "random", n, "A", rnd[n], np.nan),
+                     ("caml", src, "sufficiency", "rationale", n, "A", 1 - rat[n], np.nan),
+                     ("caml", src, "sufficiency", "random", n, "A", 1 - rnd[n], np.nan)]
+    agg = pd.DataFrame(rows, columns=["model", "source", "measure", "control", "note_id", "code", "value", "k"])
+    v = steps.attention_vs_entity(agg, 10, prof, "toy")
+    c = v[v.measure == "comprehensiveness"].set_index("control")
+    assert list(c.index) == ["raw", "minus_random", "size_matched"]
+    # raw: (0.6 + 0.4) / 2 - (0.2 + 0.1) / 2 = 0.35
+    assert c.loc["raw", "effect"] == pytest.approx(0.35)
+    # minus random: attention (0.1 + 0.3) / 2 = 0.2, entity (0.05 + 0.05) / 2 = 0.05
+    assert c.loc["minus_random", "a"] == pytest.approx(0.2) and c.loc["minus_random", "effect"] == pytest.approx(0.15)
+    # size matched: (0.3 + 0.2) / 2 - 0.15 = 0.1
+    assert c.loc["size_matched", "a"] == pytest.approx(0.25) and c.loc["size_matched", "effect"] == pytest.approx(0.1)
+    both = v[v.measure == "both"]
+    assert both.control.tolist() == ["raw", "minus_random", "size_matched"] and both.units.str.startswith("combined").all()
+    assert v.interval_method.iloc[0] == prof.evaluation.interval_method and 0 <= v.seed_agreement.iloc[0] <= 1
+
+
+def test_plm_chunk_store_shared_by_pairs_and_calls(tiny_plm):
+    """The PLM-ICD chunk path keeps the note's own chunks in the ``NoteCache`` (encoded once for
+    the calls sharing it) and every distinct perturbed chunk once per note and call, across
+    groups of rows: values equal the loop within 1e-6 whatever the group size, and a second
+    call with the same cache encodes no base chunk again."""
+    import rationale_kit.metrics.faithfulness.engine as F
+    from rationale_kit.metrics.faithfulness import NoteCache
+
+    g, labels, docs, model = tiny_plm
+    table = random_spans(g, docs, labels)
+    scores = random_scores(g, model, docs, labels)
+    kw = dict(unit="token", perturbation="mask", code_set="gold", seed=5, progress=False)
+    slow_d = faithfulness_loop(model, docs, table, kind="discrete", **kw)
+    slow_e = faithfulness_loop(model, docs, scores, kind="eraser", **kw)
+    n_chunks = sum(-(-min(len(model.tokenizer.encode(t).ids), 48) // 8) for t in docs.text)
+    for elements in (F._CHUNK_ELEMENTS, 1):  # one group per note; one row per group
+        old = F._CHUNK_ELEMENTS
+        F._CHUNK_ELEMENTS = elements
+        try:
+            cache = NoteCache()
+            enc = _EncoderRows(model)
+            d = faithfulness_discrete(model, docs, table, batch_size=4, cache=cache, **kw)
+            first = enc.rows
+            base_encoded = cache.chunk_stats["encoded"]
+            e = faithfulness_scored(model, docs, scores, batch_size=4, cache=cache, **kw)
+            enc.handle.remove()
+        finally:
+            F._CHUNK_ELEMENTS = old
+        assert_same(d, slow_d, tol=1e-6)
+        assert_same(e, slow_e, tol=1e-6)
+        st = cache.chunk_stats
+        assert 0 < st["encoded"] < st["lookups"] + n_chunks
+        assert len(cache._plm) == len(docs)  # the note's own chunks, kept for the next call
+        # the chunks the encoder read: the notes' base passes (one per call), the notes' own chunks
+        # once, then only the perturbed chunks not seen before
+        assert first <= base_encoded + n_chunks
+        assert enc.rows - first <= (st["encoded"] - base_encoded) + n_chunks
+
+
+def test_the_profile_section_becomes_a_spec_in_one_place():
+    from rationale_kit.core.config import load_profile
+    from rationale_kit.metrics.faithfulness import FaithfulnessSpec
+
+    f = load_profile("default").faithfulness
+    d, e, w = (FaithfulnessSpec.from_profile(f, k, seed=3, model_name="caml") for k in ("discrete", "eraser", "edin"))
+    assert (d.kind, d.unit, d.perturbation, d.code_set, d.missing, d.batch_size) == ("discrete", f.unit, f.perturbation,
+                                                                                     f.code_set, f.missing, f.batch_size)
+    assert e.aopc_k == tuple(f.aopc_k) and e.unit == f.unit and w.unit == f.edin_unit and w.word_steps == f.word_steps
+    assert d.seed == 3 and d.model_name == "caml" and d.max_pairs is None  # the workbook samples pairs itself
+    # one set of defaults: the spec and the keyword functions both use the incremental paths
+    assert FaithfulnessSpec().incremental is True

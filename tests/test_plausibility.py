@@ -430,3 +430,24 @@ def test_span_evaluation_gives_every_view_of_one_scoring():
     assert tuple(per.loc["n1", ["tp", "fp", "fn"]]) == (2, 2, 1)
     assert counts({"x": ev.pooled("token_exact")}, "x") == (3, 3, 1)
     assert ev.pair_counts().equals(pl.pair_counts(gold, pred, DOCS))
+
+
+def test_note_tokens_computed_once_per_process_and_read_only():
+    """Every ``Tokens`` over the same note reads one tokenisation (computed once), which nobody
+    can change in place; the values are those of ``mdace_tokens`` / ``word_units``."""
+    import pandas as pd
+
+    from rationale_kit.core.text import mdace_tokens
+    from rationale_kit.metrics.plausibility import Tokens
+
+    docs = pd.DataFrame({"note_id": ["a"], "text": ["Pt has CHF, EF 35%; on lasix 40 mg."]})
+    one, two = Tokens(docs), Tokens(docs)
+    s1, e1, w1 = one.get("a")
+    s2, e2, w2 = two.get("a")
+    assert s1 is s2 and e1 is e2 and w1 is w2
+    want = mdace_tokens(docs.text[0], max_number=10)
+    assert s1.tolist() == [t[0] for t in want] and w1 == [t[2] for t in want]
+    with pytest.raises(ValueError):
+        s1[0] = 5
+    ws, we, ww = Tokens(docs, unit="word").get("a")
+    assert ww[:3] == ["pt", "has", "chf"] and ws is not s1

@@ -6,14 +6,14 @@ import torch
 from rationale_kit.workbook import steps
 from rationale_kit.core.config import load_profile
 from rationale_kit.models import build_model
-from test_models import LABELS, TEXTS, W2V, WORD_PARAMS
+from test_models import LABELS, TEXTS, W2V, word_params
 
 torch.set_num_threads(1)
 
 
 def _setup():
     torch.manual_seed(0)
-    models = {n: build_model(n, WORD_PARAMS, LABELS, TEXTS, W2V, max_words=4000) for n in ("caml", "laat")}
+    models = {n: build_model(n, word_params(n), LABELS, TEXTS, W2V, max_words=4000) for n in ("caml", "laat")}
     docs = pd.DataFrame({"note_id": ["a", "b"], "text": TEXTS[:2], "codes": [["I10"], ["E11.9"]], "split": ["test", "test"]})
     pairs = pd.DataFrame([{"model": m, "note_id": n, "code": c} for m in models for n, c in (("a", "I10"), ("b", "E11.9"))])
     return models, docs, pairs
@@ -37,6 +37,23 @@ def test_faithfulness_models_chooses_the_scorers():
     entity = pd.DataFrame({"note_id": ["a"], "code": ["I10"], "start": [0], "end": [5], "source": ["entity"]})
     table = steps.faithfulness_tables(models, docs, {"entity": entity}, soft, prof)
     assert set(table.model) == {"caml"}
+
+
+def test_faithfulness_scores_report_notes_only_with_a_size_matched_attention():
+    from rationale_kit.metrics.evaluation import EvaluationDesign
+
+    models, docs, pairs = _setup()
+    prof = load_profile("smoke", {"common": {"progress": False}, "faithfulness": {"models": ["caml"], "code_set": "gold"}})
+    soft, _ = steps.model_rationales(models, docs, pairs, prof)
+    entity = pd.DataFrame({"note_id": ["a", "b"], "code": ["I10", "E11.9"], "start": [0, 0], "end": [5, 5],
+                           "source": ["entity (exact_code)"] * 2})
+    design = EvaluationDesign(("a", "b"), ("b",), ("a",), 0.5)  # b is a tuning note: never scored
+    table = steps.faithfulness_tables(models, docs, {"entity (exact_code)": entity}, soft, prof, design=design)
+    assert set(table.note_id) == {"a"}
+    sm = table[(table.source == steps.SIZE_MATCHED.name) & (table.control == "rationale") & table.k.isna()]
+    ent = table[(table.source == "entity (exact_code)") & (table.control == "rationale") & table.k.isna()]
+    # attention with k = the entity rationale's unit count removes as many units as the entity spans
+    assert len(sm) and sm.rationale_size.iloc[0] == ent.rationale_size.iloc[0]
 
 
 def test_few_shot_examples_when_every_document_is_annotated():

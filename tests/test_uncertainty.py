@@ -165,3 +165,80 @@ def test_bootstrap_is_fast():
     for _ in range(10):
         paired_bootstrap(df, df.assign(tp=df["tp"] + 1), f1_statistic)
     assert (time.perf_counter() - t0) / 10 < 0.1
+
+
+# --- interval methods, hierarchical bootstrap, stability, coverage ---------------------------------
+from rationale_kit.metrics import uncertainty as U  # noqa: E402
+from rationale_kit.metrics import evaluation as E  # noqa: E402
+
+
+def _mean_effect(sums):
+    return mean_statistic({"sum": sums[..., 0], "count": sums[..., 1]})
+
+
+def test_t_interval_is_the_classical_t_interval_for_a_mean():
+    # values 1, 2, 3, 4 (one pair per note): mean 2.5, sd 1.2910, se 0.6455, t(3, 0.975) = 3.1824
+    vals = np.array([[1.0, 1], [2, 1], [3, 1], [4, 1]])
+    iv = U.resample_interval(vals, _mean_effect, method="t")
+    half = 3.182446305 * np.sqrt(np.var([1, 2, 3, 4], ddof=1) / 4)
+    assert iv.estimate == pytest.approx(2.5) and iv.lo == pytest.approx(2.5 - half) and iv.hi == pytest.approx(2.5 + half)
+    assert iv.lo == pytest.approx(0.4457, abs=1e-4)
+
+
+def test_every_method_gives_a_point_interval_on_identical_notes_and_percentile_matches_paired_bootstrap():
+    vals = np.tile([[2.0, 1.0, 1.0]], (6, 1))  # tp 2, fp 1, fn 1 on every note: F1 2/3 in every resample
+    f1 = lambda s: f1_statistic({"tp": s[..., 0], "fp": s[..., 1], "fn": s[..., 2]})
+    for m in U.METHODS:
+        iv = U.resample_interval(vals, f1, method=m, n_resamples=300, seed=1)
+        assert iv.lo == pytest.approx(2 / 3) and iv.hi == pytest.approx(2 / 3), m
+    a = pd.DataFrame({"tp": [3, 0, 2, 5], "fp": [1, 2, 0, 1], "fn": [0, 1, 1, 2]}, index=list("abcd"))
+    b = pd.DataFrame({"tp": [1, 1, 2, 2], "fp": [0, 1, 1, 1], "fn": [2, 0, 1, 5]}, index=list("abcd"))
+    ref = paired_bootstrap(a, b, f1_statistic, n_resamples=500, seed=4)
+    got = U.resample_interval(np.hstack([a.to_numpy(float), b.to_numpy(float)]), E.paired_effect(list(a), list(b), "f1"),
+                              method="percentile", n_resamples=500, seed=4)
+    assert (got.estimate, got.lo, got.hi) == pytest.approx((ref.estimate, ref.lo, ref.hi))
+    with pytest.raises(ValueError, match="interval method"):
+        U.resample_interval(vals, f1, method="wald")
+
+
+def test_hierarchical_bootstrap_resamples_training_seeds_on_a_hand_made_case():
+    # two training seeds; within a seed every note has the same value (1 for seed A, 3 for seed B),
+    # so resampling notes changes nothing and resampling seeds gives the mean of 2 draws of {1, 3}:
+    # 1 (p 1/4), 2 (p 1/2), 3 (p 1/4). The percentile interval is [1, 3]; notes alone give [2, 2]
+    vals = np.stack([np.tile([[1.0, 1.0]], (5, 1)), np.tile([[3.0, 1.0]], (5, 1))])
+    iv = U.hierarchical_interval(vals, _mean_effect, n_resamples=2000, seed=0)
+    assert iv.estimate == pytest.approx(2.0) and iv.lo == 1.0 and iv.hi == 3.0 and iv.n_notes == 5
+    flat = U.resample_interval(vals.sum(axis=0), _mean_effect, n_resamples=2000, seed=0)
+    assert flat.lo == flat.hi == pytest.approx(2.0)
+    # through the verdict machinery: a (two seeds) minus b (0 everywhere), seed spread sd(1, 3) = sqrt(2)
+    a = [pd.DataFrame(v, columns=["sum", "count"], index=list("vwxyz")) for v in vals]
+    b = [x.assign(sum=0.0) for x in a]
+    res = E.verdict_comparison(a, b, "mean", E.Bootstrap(n_resamples=500, seed=0, stability_seeds=5))
+    assert res["interval_method"] == "hierarchical" and res["seed_sd"] == pytest.approx(np.sqrt(2))
+    assert (res["lo"], res["hi"]) == (1.0, 3.0) and len(res["intervals"]) == 5
+
+
+def test_stability_borderline_and_too_few_notes():
+    ivs = [Interval(0.1, lo, 0.2, 30, 1000, 0.95) for lo in (0.01, -0.01, 0.02, 0.015)]
+    st = U.verdict_stability(ivs, "greater")
+    # the first says holds; the second is inconclusive: 3 of 4 agree; edge nearest 0 is lo
+    assert st["seed_agreement"] == 0.75 and st["mc_error"] == pytest.approx(np.std([0.01, -0.01, 0.02, 0.015], ddof=1))
+    assert U.final_verdict(ivs[0], "greater", st["mc_error"]) == "borderline"  # |0.01| < 0.0131
+    assert U.final_verdict(ivs[0], "greater", 0.001) == "holds"
+    assert U.final_verdict(ivs[0], "greater", 0.001, min_notes=31) == "too few notes"
+    assert E.combine(["too few notes", "holds"]) == "holds" and E.combine(["too few notes"]) == "too few notes"
+    assert E.combine(["borderline", "holds"]) == "inconclusive"
+    row = E.combined_row("a", "x", "-", "toy", "m", [{"comparison": "c1", "verdict": "too few notes", "n_notes": 4},
+                                                      {"comparison": "c2", "verdict": "holds", "n_notes": 40}])
+    assert row["verdict"] == "holds" and row["units"] == "combined: 1 of 2 rows above; skipped (too few notes): c1 (n_notes=4)"
+
+
+def test_simulated_coverage_with_a_fixed_seed():
+    # a population of identical notes: every interval is the true value, coverage 1
+    same = U.simulate_coverage(np.tile([[2.0, 1.0]], (50, 1)), _mean_effect, 5, reps=10, n_resamples=200, seed=0)
+    assert all(r["coverage"] == 1.0 and r["width"] == 0.0 for r in same.values())
+    # normal values at n = 4: the percentile bootstrap undercovers (about 0.80), the t interval does not
+    pop = np.column_stack([np.random.default_rng(0).normal(0.2, 1.0, 4000), np.ones(4000)])
+    res = U.simulate_coverage(pop, _mean_effect, 4, methods=("percentile", "t"), reps=300, n_resamples=400, seed=0)
+    assert res["percentile"]["coverage"] < 0.88 and 0.91 <= res["t"]["coverage"] <= 0.98
+    assert res == U.simulate_coverage(pop, _mean_effect, 4, methods=("percentile", "t"), reps=300, n_resamples=400, seed=0)

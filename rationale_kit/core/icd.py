@@ -22,9 +22,25 @@ import warnings
 
 import pandas as pd
 
-with warnings.catch_warnings():  # the package loads its data with deprecated importlib calls
-    warnings.simplefilter("ignore", DeprecationWarning)
-    import simple_icd_10_cm as _cm
+
+
+class _LazyCM:
+    """``simple_icd_10_cm``, imported on first use: the package parses its XML tables at import
+    (~2 s per process), which kernels that never look a code up should not pay."""
+
+    _module = None
+
+    def __getattr__(self, name: str):
+        mod = type(self)._module
+        if mod is None:
+            with warnings.catch_warnings():  # the package loads its data with deprecated importlib calls
+                warnings.simplefilter("ignore", DeprecationWarning)
+                import simple_icd_10_cm as mod
+            type(self)._module = mod
+        return getattr(mod, name)
+
+
+_cm = _LazyCM()
 
 from rationale_kit.core.records import DataError
 

@@ -13,7 +13,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import pandas as pd
 
@@ -120,13 +120,16 @@ def validate_spans(spans: pd.DataFrame, docs: pd.DataFrame, where: str = "spans"
             )
 
 
-def write_spans_jsonl(spans: pd.DataFrame, path: str | Path, docs: pd.DataFrame | None = None) -> None:
+def write_spans_jsonl(spans: pd.DataFrame, path: str | Path, docs: pd.DataFrame | None = None,
+                      extra: Sequence[str] = ()) -> None:
     """Write the documented JSONL span format: one object per span with ``note_id, code, start,
-    end, granularity, source`` and, when ``docs`` is given, the covered ``text``."""
+    end, granularity, source``, the ``extra`` keys a span has a value for (e.g. MDACE's
+    ``hadm_id``) and, when ``docs`` is given, the covered ``text``."""
     texts = dict(zip(docs["note_id"], docs["text"])) if docs is not None else {}
     with open(path, "w", encoding="utf-8") as fh:
         for row in spans.to_dict("records"):
             rec = {k: row.get(k) for k in SPAN_COLUMNS if k in row}
+            rec.update({k: str(row[k]) for k in extra if k in row and isinstance(row[k], str) and row[k] != ""})
             rec["start"], rec["end"] = int(rec["start"]), int(rec["end"])
             if row["note_id"] in texts:
                 rec["text"] = texts[row["note_id"]][rec["start"]:rec["end"]]

@@ -4,9 +4,10 @@ sources or two models is made on the units both have, with a paired bootstrap ov
 
 * **Evaluation notes**: annotated test notes that are not few-shot examples (annotated non-few-shot
   notes when a data set has none in test, e.g. MDACE on validation).
-* **Tuning notes**: a deterministic ``tuning_fraction`` of the evaluation notes (the smallest
-  SHA-256 hashes of the note ids). Every choice (soft-rationale thresholds, the guided-learning
-  lambda) is made on them; they are never reported.
+* **Tuning notes**: the evaluation notes whose ``eval_role`` is ``"tuning"`` (fixed by the data
+  set: MDACE's train/val admissions), and a deterministic ``tuning_fraction`` of those without a
+  role (the smallest SHA-256 hashes of the note ids). Every choice (soft-rationale thresholds, the
+  guided-learning lambda) is made on them; they are never reported.
 * **Report notes**: the other evaluation notes.
 * **Run-on pairs** (``run_on``: ``source, model, note_id, code``): the pairs a source was run on
   (``model`` is ``"-"`` for model-independent sources). A source run on a subset (the LLM on
@@ -34,7 +35,11 @@ from rationale_kit.core.records import DataError
 RUN_ON_COLUMNS = ["source", "model", "note_id", "code"]
 COUNT_COLUMNS = ["note_id", "code", "measure", "tp", "fp", "fn"]
 VERDICT_COLUMNS = ["finding", "comparison", "model", "dataset", "measure", "units", "a", "b", "effect",
-                   "lo", "hi", "n_notes", "n_pairs", "expect", "verdict"]
+                   "lo", "hi", "n_notes", "n_pairs", "expect", "verdict", "interval_method", "seed_agreement",
+                   "mc_error", "control", "seed_sd"]
+#: ``verdict`` values: the interval on the expected side of 0 / on the other side / across 0; fewer
+#: notes than ``evaluation.min_notes``; an interval edge within its Monte Carlo error of 0
+VERDICTS = ("holds", "does not hold", "inconclusive", "too few notes", "borderline")
 DESIGN_FILE = "evaluation_design.json"
 RUN_ON_FILE = "run_on.parquet"
 
@@ -165,9 +170,17 @@ class EvaluationDesign:
 
 
 def make_design(docs: pd.DataFrame, tuning_fraction: float = 0.25) -> EvaluationDesign:
-    """The design of ``docs``: evaluation notes, their tuning fraction and the report notes."""
-    ev = sorted(evaluation_notes(docs).note_id.astype(str))
-    tune = tuning_split(ev, tuning_fraction)
+    """The design of ``docs``: evaluation notes, their tuning notes and the report notes. Notes
+    whose ``eval_role`` is ``"tuning"`` / ``"report"`` keep that role; of the others (``""``, or no
+    ``eval_role`` column) the hashed ``tuning_fraction`` tunes (:func:`tuning_split`)."""
+    ev_notes = evaluation_notes(docs)
+    ev = sorted(ev_notes.note_id.astype(str))
+    role = dict(zip(ev_notes.note_id.astype(str), ev_notes["eval_role"].astype(str))) if "eval_role" in ev_notes else {}
+    bad = sorted({r for r in role.values() if r not in ("", "tuning", "report")})
+    if bad:
+        raise DataError(f"docs: eval_role must be '', 'tuning' or 'report', got {bad}")
+    free = [n for n in ev if not role.get(n)]
+    tune = tuning_split(free, tuning_fraction) | {n for n in ev if role.get(n) == "tuning"}
     return EvaluationDesign(tuple(ev), tuple(sorted(tune)), tuple(n for n in ev if n not in tune), tuning_fraction)
 
 
@@ -263,11 +276,23 @@ def prf(sums: Mapping) -> dict:
 # --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Bootstrap:
-    """How intervals are computed (profile ``evaluation``)."""
+    """How intervals and verdicts are computed (profile ``evaluation``): ``n_resamples`` for
+    descriptive intervals, ``verdict_resamples`` (None: ``n_resamples``) for verdict comparisons,
+    ``method`` of the verdict intervals (:data:`~rationale_kit.metrics.uncertainty.METHODS`),
+    ``min_notes`` below which a row's verdict is "too few notes", ``stability_seeds`` bootstrap
+    seeds per verdict row (``seed``, ``seed + 1``, ...; the first is reported)."""
 
     n_resamples: int = 1000
     seed: int = 0
     level: float = 0.95
+    method: str = "percentile"
+    min_notes: int = 0
+    stability_seeds: int = 20
+    verdict_resamples: int | None = None
+
+    @property
+    def resamples(self) -> int:
+        return int(self.verdict_resamples or self.n_resamples)
 
 
 def _stat(name: str) -> Callable:
@@ -301,76 +326,168 @@ def paired_interval(a: pd.DataFrame, b: pd.DataFrame, statistic: str, boot: Boot
                                   seed=boot.seed, level=boot.level)
 
 
+def paired_effect(columns_a: Sequence[str], columns_b: Sequence[str], statistic: str) -> Callable:
+    """``effect(sums [..., Ca + Cb]) = statistic(a's columns) - statistic(b's columns)``."""
+    from rationale_kit.metrics.uncertainty import _sums
+
+    f, ca = _stat(statistic), len(columns_a)
+
+    def effect(sums: np.ndarray) -> np.ndarray:
+        return f(_sums(columns_a, sums[..., :ca])) - f(_sums(columns_b, sums[..., ca:]))
+
+    return effect
+
+
+def verdict_comparison(a: Sequence[pd.DataFrame], b: Sequence[pd.DataFrame], statistic: str, boot: Bootstrap) -> dict:
+    """The interval of a verdict row: ``statistic(a) - statistic(b)`` from per-note frames, one per
+    training seed (``a[s]`` and ``b[s]`` the same seed; every frame indexed by the same notes).
+    One seed: :func:`~rationale_kit.metrics.uncertainty.resample_interval` by ``boot.method``;
+    several: :func:`~rationale_kit.metrics.uncertainty.hierarchical_interval` (seeds and notes
+    resampled together, ``interval_method`` "hierarchical"). Each is computed under
+    ``boot.stability_seeds`` bootstrap seeds. Returns ``lo, hi, interval_method, seed_sd`` (the
+    effect's standard deviation across training seeds, NaN for one) and ``intervals`` (the
+    per-bootstrap-seed intervals, for :func:`verdict_row`)."""
+    from rationale_kit.metrics import uncertainty as U
+
+    if len(a) != len(b) or not len(a):
+        raise ValueError(f"verdict_comparison: need the same number (>= 1) of seeds on both sides, got {len(a)} and {len(b)}")
+    vals = np.stack([np.concatenate([x.to_numpy(np.float64), y.to_numpy(np.float64)], axis=1) for x, y in zip(a, b)])
+    effect = paired_effect(list(a[0].columns), list(b[0].columns), statistic)
+    seeds = [boot.seed + i for i in range(max(int(boot.stability_seeds), 1))]
+    with _timed():
+        if len(vals) == 1:
+            if boot.method == "t":  # no resampling: every bootstrap seed gives the same interval
+                ivs = [U.resample_interval(vals[0], effect, method="t", level=boot.level)] * len(seeds)
+            else:
+                ivs = [U.resample_interval(vals[0], effect, method=boot.method, n_resamples=boot.resamples, seed=s,
+                                           level=boot.level) for s in seeds]
+            method, sd = boot.method, np.nan
+        else:
+            ivs = [U.hierarchical_interval(vals, effect, n_resamples=boot.resamples, seed=s, level=boot.level)
+                   for s in seeds]
+            per_seed = [float(effect(v.sum(axis=0))) for v in vals]
+            method, sd = "hierarchical", float(np.std(per_seed, ddof=1))
+    return {"lo": ivs[0].lo, "hi": ivs[0].hi, "interval_method": method, "seed_sd": sd, "intervals": ivs}
+
+
+def _per_seed(frame: pd.DataFrame, pairs: set, notes: pd.Index, columns: Sequence[str]) -> list[pd.DataFrame]:
+    """Per-note sums of ``columns`` over ``pairs``, one frame per value of ``frame.seed`` (one frame
+    when there is no ``seed`` column), each reindexed to ``notes`` (0 where a seed has none)."""
+    groups = [frame] if "seed" not in frame.columns else [g for _, g in frame.groupby("seed", sort=True)]
+    return [per_note(g, columns, pairs=pairs).reindex(notes, fill_value=0) for g in groups]
+
+
 def compare_counts(a: pd.DataFrame, b: pd.DataFrame, boot: Bootstrap, notes: Iterable[str] | None = None,
                    measure: str = "token_position_independent", statistic: str = "f1") -> dict:
     """Two sources' pair counts (``pair_counts`` frames) compared on the pairs both were scored on
-    (of ``notes`` when given): ``a, b, effect, lo, hi, n_notes, n_pairs`` (NaN without common pairs)."""
+    (of ``notes`` when given): ``a, b, effect, lo, hi, n_notes, n_pairs`` (NaN without common pairs)
+    and the stability and seed columns of :func:`verdict_comparison`. With a ``seed`` column on
+    both sides (several training seeds), the point values pool the seeds and the interval resamples
+    seeds and notes together (the seeds both sides have, paired by seed)."""
     a = a[a.measure == measure]
     b = b[b.measure == measure]
+    if "seed" in a.columns and "seed" in b.columns:
+        both = sorted(set(a.seed) & set(b.seed))
+        a, b = a[a.seed.isin(both)], b[b.seed.isin(both)]
+    else:
+        a, b = a.drop(columns="seed", errors="ignore"), b.drop(columns="seed", errors="ignore")
     common = set(zip(a.note_id, a.code)) & set(zip(b.note_id, b.code))
     if notes is not None:
         keep = set(notes)
         common = {p for p in common if p[0] in keep}
     out = {"a": np.nan, "b": np.nan, "effect": np.nan, "lo": np.nan, "hi": np.nan,
-           "n_notes": len({n for n, _ in common}), "n_pairs": len(common)}
+           "n_notes": len({n for n, _ in common}), "n_pairs": len(common), "seed_sd": np.nan}
     if not common:
         return out
     na, nb = per_note(a, pairs=common), per_note(b, pairs=common)
     out["a"], out["b"] = prf(na.sum())[statistic], prf(nb.sum())[statistic]
-    iv = paired_interval(na, nb, statistic, boot)
-    out.update(effect=out["a"] - out["b"], lo=iv.lo, hi=iv.hi)
+    idx = na.index.intersection(nb.index)
+    cols = ["tp", "fp", "fn"]
+    out.update(effect=out["a"] - out["b"], **verdict_comparison(_per_seed(a, common, idx, cols),
+                                                                _per_seed(b, common, idx, cols), statistic, boot))
     return out
 
 
 def compare_values(a: pd.DataFrame, b: pd.DataFrame, boot: Bootstrap) -> dict:
     """Two per-pair value tables (``note_id, code, value``) compared on their common pairs: the
-    means over those pairs, their difference and its paired bootstrap interval over notes."""
+    means over those pairs, their difference and its paired interval over notes (with the
+    stability columns of :func:`verdict_comparison`)."""
     ka = a.groupby(["note_id", "code"])["value"].mean()
     kb = b.groupby(["note_id", "code"])["value"].mean()
     common = ka.index.intersection(kb.index)
     out = {"a": np.nan, "b": np.nan, "effect": np.nan, "lo": np.nan, "hi": np.nan,
-           "n_notes": len(set(common.get_level_values(0))) if len(common) else 0, "n_pairs": len(common)}
+           "n_notes": len(set(common.get_level_values(0))) if len(common) else 0, "n_pairs": len(common),
+           "seed_sd": np.nan}
     if not len(common):
         return out
     na = ka.loc[common].groupby(level=0).agg(sum="sum", count="count")
     nb = kb.loc[common].groupby(level=0).agg(sum="sum", count="count")
     out["a"], out["b"] = float(ka.loc[common].mean()), float(kb.loc[common].mean())
-    iv = paired_interval(na, nb, "mean", boot)
-    out.update(effect=out["a"] - out["b"], lo=iv.lo, hi=iv.hi)
+    out.update(effect=out["a"] - out["b"], **verdict_comparison([na], [nb], "mean", boot))
     return out
 
 
-def decide(effect_row: Mapping, expect: str) -> str:
-    """"holds" / "does not hold" / "inconclusive" from a comparison's interval (no common units:
-    inconclusive)."""
+def decide(effect_row: Mapping, expect: str, min_notes: int = 0) -> str:
+    """The verdict of a row from its interval, ``n_notes`` and ``mc_error``
+    (:func:`~rationale_kit.metrics.uncertainty.final_verdict`): "too few notes" below
+    ``min_notes`` common notes (also without common units when ``min_notes`` > 0, else
+    "inconclusive"), "borderline", "holds", "does not hold" or "inconclusive"."""
     from rationale_kit.metrics import uncertainty as U
 
+    n = effect_row.get("n_notes")
+    n = int(n) if n is not None and not pd.isna(n) else 0
+    if n < min_notes:
+        return "too few notes"
     if not effect_row.get("n_pairs") or not np.isfinite(effect_row.get("lo", np.nan)):
         return "inconclusive"
     iv = U.Interval(estimate=float(effect_row["effect"]), lo=float(effect_row["lo"]), hi=float(effect_row["hi"]),
-                    n_notes=int(effect_row["n_notes"]), n_resamples=0, level=0.95)
-    return U.verdict(iv, expect=expect)
+                    n_notes=n, n_resamples=0, level=0.95)
+    mc = effect_row.get("mc_error", np.nan)
+    return U.final_verdict(iv, expect, float(mc) if mc is not None and not pd.isna(mc) else np.nan, min_notes)
 
 
 def verdict_row(finding: str, comparison: str, model: str, dataset: str, measure: str, units: str,
-                result: Mapping, expect: str) -> dict:
-    """One row of ``verdicts.csv``: the comparison ``a - b`` with its interval, n and verdict."""
+                result: Mapping, expect: str, min_notes: int = 0, control: str = "raw") -> dict:
+    """One row of ``verdicts.csv``: the comparison ``a - b`` with its interval, n, stability
+    (``seed_agreement``, ``mc_error`` from ``result["intervals"]`` when present), training-seed
+    spread and verdict (:func:`decide`)."""
+    from rationale_kit.metrics import uncertainty as U
+
     row = {"finding": finding, "comparison": comparison, "model": model, "dataset": dataset, "measure": measure,
            "units": units, **{k: result.get(k, np.nan) for k in ("a", "b", "effect", "lo", "hi", "n_notes", "n_pairs")},
-           "expect": expect}
-    row["verdict"] = decide(row, expect)
+           "expect": expect, "interval_method": result.get("interval_method", np.nan), "control": control,
+           "seed_sd": result.get("seed_sd", np.nan)}
+    stab = U.verdict_stability(list(result.get("intervals") or []), expect)
+    row.update(stab)
+    row["verdict"] = decide(row, expect, min_notes)
     return row
 
 
 def combine(verdicts: Sequence[str]) -> str:
-    """A finding made of several comparisons: holds when all hold, does not hold when any does
-    not, inconclusive otherwise (and when there is none)."""
+    """A finding made of several comparisons, skipping "too few notes" rows: holds when all the
+    others hold, does not hold when any does not, inconclusive otherwise ("borderline" counts as
+    inconclusive); "too few notes" when every row has too few notes; inconclusive without rows."""
     v = list(verdicts)
-    if v and all(x == "holds" for x in v):
+    kept = [x for x in v if x != "too few notes"]
+    if v and not kept:
+        return "too few notes"
+    if kept and all(x == "holds" for x in kept):
         return "holds"
-    if any(x == "does not hold" for x in v):
+    if any(x == "does not hold" for x in kept):
         return "does not hold"
     return "inconclusive"
+
+
+def combined_row(finding: str, comparison: str, model: str, dataset: str, measure: str,
+                 rows: Sequence[Mapping], control: str = "raw") -> dict:
+    """The combined verdict row of ``rows`` (:func:`combine`); ``units`` says how many rows it
+    combines and names those skipped for too few notes."""
+    skipped = [r for r in rows if r.get("verdict") == "too few notes"]
+    units = f"combined: {len(rows) - len(skipped)} of {len(rows)} rows above"
+    if skipped:
+        units += "; skipped (too few notes): " + "; ".join(f"{r['comparison']} (n_notes={r.get('n_notes')})" for r in skipped)
+    return {"finding": finding, "comparison": comparison, "model": model, "dataset": dataset, "measure": measure,
+            "units": units, "control": control, "verdict": combine([r["verdict"] for r in rows])}
 
 
 def verdicts_frame(rows: Sequence[Mapping]) -> pd.DataFrame:

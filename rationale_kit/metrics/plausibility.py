@@ -6,6 +6,8 @@ soft-rationale scores (AUPRC, P@k, thresholds). See docs/method/plausibility.md.
 """
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass
 from typing import Iterable, Literal, Mapping, Sequence
 
@@ -43,6 +45,31 @@ def _f1(p: float, r: float) -> float:
     return 2 * p * r / (p + r) if p + r > 0 else 0.0
 
 
+def _columns(frame: pd.DataFrame, *cols: str) -> list[list]:
+    """Columns as Python lists (one bulk conversion; iterating an Arrow-backed column value by
+    value is slow)."""
+    return [frame[c].tolist() for c in cols]
+
+
+@functools.lru_cache(maxsize=4096)
+def _note_tokens(text: str, unit: str, max_number: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Sorted token ``starts``, ``ends`` (int64, read-only) and texts of one note: computed once
+    per process for every :class:`Tokens` (each source, binarisation and threshold scores the same
+    notes)."""
+    if unit == "mdace":
+        toks = mdace_tokens(text, max_number=max_number)
+        starts = np.array([t[0] for t in toks], dtype=np.int64)
+        ends = np.array([t[1] for t in toks], dtype=np.int64)
+        words = [t[2] for t in toks]
+    else:
+        off = word_units(text)
+        starts, ends = off[:, 0].copy(), off[:, 1].copy()
+        words = [text[s:e].lower() for s, e in off]
+    starts.setflags(write=False)
+    ends.setflags(write=False)
+    return starts, ends, words
+
+
 class Tokens:
     """Tokens of each note (cached): sorted ``starts``, ``ends`` (int64) and ``texts``."""
 
@@ -52,7 +79,7 @@ class Tokens:
         for col in ("note_id", "text"):
             if col not in docs.columns:
                 raise DataError(f"docs: missing column {col!r}")
-        self.texts = dict(zip(docs["note_id"].astype(str), docs["text"]))
+        self.texts = dict(zip(docs["note_id"].astype(str).tolist(), docs["text"].tolist()))
         self.unit = unit
         self.max_number = max_number
         self._cache: dict[str, tuple[np.ndarray, np.ndarray, list[str]]] = {}
@@ -66,17 +93,7 @@ class Tokens:
     def get(self, note_id: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
         hit = self._cache.get(note_id)
         if hit is None:
-            text = self.text(note_id)
-            if self.unit == "mdace":
-                toks = mdace_tokens(text, max_number=self.max_number)
-                starts = np.array([t[0] for t in toks], dtype=np.int64)
-                ends = np.array([t[1] for t in toks], dtype=np.int64)
-                words = [t[2] for t in toks]
-            else:
-                off = word_units(text)
-                starts, ends = off[:, 0].copy(), off[:, 1].copy()
-                words = [text[s:e].lower() for s, e in off]
-            hit = self._cache[note_id] = (starts, ends, words)
+            hit = self._cache[note_id] = _note_tokens(self.text(note_id), self.unit, self.max_number)
         return hit
 
     def covered(self, note_id: str, start: int, end: int) -> range:
@@ -127,7 +144,7 @@ def _pair_spans(
 
     def group(frame: pd.DataFrame) -> dict:
         out: dict[tuple[str, str], list[tuple[int, int]]] = {}
-        for nid, code, s, e in zip(frame["note_id"], frame["code"], frame["start"], frame["end"]):
+        for nid, code, s, e in zip(*_columns(frame, "note_id", "code", "start", "end")):
             out.setdefault((nid, code), []).append((int(s), int(e)))
         return out
 
@@ -411,7 +428,7 @@ def _all_measures(gold, pred, tokens: Tokens, pairs: Pairs = "gold", iou: float 
 def _restrict(frame: pd.DataFrame, pairs: set[tuple[str, str]]) -> pd.DataFrame:
     if len(frame) == 0:
         return frame
-    keys = list(zip(frame["note_id"].astype(str), frame["code"].astype(str)))
+    keys = list(zip(frame["note_id"].astype(str).tolist(), frame["code"].astype(str).tolist()))
     return frame[[k in pairs for k in keys]]
 
 
@@ -456,11 +473,11 @@ def plausibility_table(
     pred_pairs: set[tuple[str, str]] = set()
     if predicted_codes is not None:
         code_sets += ["predicted", "missed"]
-        pred_pairs = set(zip(predicted_codes["note_id"].astype(str), predicted_codes["code"].astype(str)))
+        pred_pairs = set(zip(predicted_codes["note_id"].astype(str).tolist(), predicted_codes["code"].astype(str).tolist()))
     rows = []
     for level in levels:
         g_level = gold if level == "all" else gold[gold["granularity"] == level]
-        level_pairs = set(zip(g_level["note_id"], g_level["code"]))
+        level_pairs = set(zip(g_level["note_id"].tolist(), g_level["code"].tolist()))
         for cs in code_sets:
             if cs == "all":
                 pairs = level_pairs
@@ -522,11 +539,11 @@ def soft_token_scores(
     scores = _normalised(_check_scores(scores, "scores"))
     gold = _check_spans(gold, tokens, "gold")
     gpairs: dict[tuple[str, str], list[tuple[int, int]]] = {}
-    for nid, code, s, e in zip(gold["note_id"], gold["code"], gold["start"], gold["end"]):
+    for nid, code, s, e in zip(*_columns(gold, "note_id", "code", "start", "end")):
         gpairs.setdefault((nid, code), []).append((int(s), int(e)))
     keys = set(gpairs)
     if pairs is not None:
-        keys &= set(zip(pairs["note_id"].astype(str), pairs["code"].astype(str)))
+        keys &= set(zip(pairs["note_id"].astype(str).tolist(), pairs["code"].astype(str).tolist()))
     groups = {k: v for k, v in scores.groupby(["note_id", "code"], sort=False)} if len(scores) else {}
     out = []
     for nid, code in sorted(keys):

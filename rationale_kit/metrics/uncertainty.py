@@ -210,3 +210,196 @@ def verdict(interval: Interval, expect: Literal["greater", "less"] = "greater") 
     if expect == "greater":
         return "holds" if above else "does not hold" if below else "inconclusive"
     return "holds" if below else "does not hold" if above else "inconclusive"
+
+
+# --- interval methods, stability, training seeds ------------------------------------------------
+
+#: interval methods of :func:`resample_interval` (docs/method/uncertainty.md, benchmarks/coverage.py)
+METHODS = ("percentile", "bca", "studentized", "t")
+#: bootstrap seeds per row for the stability columns (``seed_agreement``, ``mc_error``)
+STABILITY_SEEDS = 20
+
+Effect = Callable[[np.ndarray], np.ndarray]
+
+
+def _order_stat(sorted_x: np.ndarray, q: float) -> float:
+    """The ``inverted_cdf`` quantile ``x_(ceil(n q))`` of sorted ``x`` (1-based, clipped to [1, n])."""
+    n = len(sorted_x)
+    k = min(max(int(np.ceil(n * q - 1e-9)), 1), n)
+    return float(sorted_x[k - 1])
+
+
+def _fn(effect: Effect, sums: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.asarray(effect(sums), dtype=np.float64)
+
+
+def _jackknife(effect: Effect, vals: np.ndarray) -> np.ndarray:
+    """Leave-one-note-out values ``[N]`` of ``effect`` (column sums minus one note's row)."""
+    return _fn(effect, vals.sum(axis=0)[None, :] - vals)
+
+
+def _jack_se(theta: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
+    """Jackknife standard error from leave-one-out values ``theta [..., N]``; with counts ``w``
+    (a resample's multiplicities), each note's value counts ``w`` times (n = sum of ``w``)."""
+    if w is None:
+        w = np.ones_like(theta)
+    n = w.sum(axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        bar = (w * theta).sum(axis=-1) / n
+        var = (n - 1) / n * (w * (theta - bar[..., None]) ** 2).sum(axis=-1)
+    return np.sqrt(var)
+
+
+def resample_interval(vals: np.ndarray, effect: Effect, *, method: str = "percentile", n_resamples: int = 1000,
+                      seed: int = 0, level: float = 0.95) -> Interval:
+    """Interval of ``effect`` over notes by ``method``.
+
+    ``vals`` ``[N, C]``: additive per-note columns (a paired comparison puts both sides' columns
+    side by side); ``effect`` maps column sums ``[..., C]`` to the statistic ``[...]``.
+
+    * ``percentile``: order statistics of the resampled statistic;
+    * ``bca``: bias-corrected and accelerated percentiles (bias from the share of resamples below
+      the estimate, acceleration from the leave-one-note-out jackknife);
+    * ``studentized``: bootstrap-t, each resample standardised by its own jackknife standard error
+      (``[R, N]`` leave-one-out values, vectorised);
+    * ``t``: estimate +- Student t(N - 1) quantile x jackknife standard error (the paired t on
+      note-level jackknife pseudo-values; no resampling).
+    """
+    from scipy.stats import norm, t as student
+
+    _check_level(level)
+    if method not in METHODS:
+        raise ValueError(f"interval method must be one of {list(METHODS)}, got {method!r}")
+    vals = np.asarray(vals, dtype=np.float64)
+    if vals.ndim != 2 or len(vals) == 0:
+        raise ValueError(f"vals: expected [N >= 1, C] per-note columns, got shape {vals.shape}")
+    n = len(vals)
+    est = float(_fn(effect, vals.sum(axis=0)))
+    a = (1.0 - level) / 2.0
+    if method == "t":
+        if n < 2:
+            return Interval(est, float("nan"), float("nan"), n, 0, level)
+        se = float(_jack_se(_jackknife(effect, vals)))
+        q = float(student.ppf(1 - a, n - 1))
+        return Interval(est, est - q * se, est + q * se, n, 0, level)
+    w = note_weights(n, n_resamples, seed)
+    draws = _fn(effect, w @ vals)
+    if method == "percentile":
+        return _interval(est, draws, n, level)
+    ok = ~np.isnan(draws)
+    if not ok.any():
+        return Interval(est, float("nan"), float("nan"), n, len(draws), level, int((~ok).sum()))
+    if method == "bca":
+        d = draws[ok]
+        share = (np.sum(d < est) + 0.5 * np.sum(d == est)) / len(d)
+        z0 = float(norm.ppf(np.clip(share, 1.0 / (len(d) + 1), len(d) / (len(d) + 1))))
+        jack = _jackknife(effect, vals)
+        jack = jack[~np.isnan(jack)]
+        dev = jack.mean() - jack if len(jack) else np.zeros(1)
+        den = 6.0 * (np.sum(dev ** 2) ** 1.5)
+        acc = float(np.sum(dev ** 3) / den) if den > 0 else 0.0
+        qs = []
+        for z in (norm.ppf(a), norm.ppf(1 - a)):
+            qs.append(float(norm.cdf(z0 + (z0 + z) / (1 - acc * (z0 + z)))))
+        x = np.sort(d)
+        return Interval(est, _order_stat(x, qs[0]), _order_stat(x, qs[1]), n, len(draws), level, int((~ok).sum()))
+    # studentized: leave-one-out within each resample, [R, N] values weighted by the multiplicities
+    sums = w @ vals
+    loo = _fn(effect, sums[:, None, :] - vals[None, :, :])
+    loo = np.where(w > 0, loo, 0.0)
+    se_r = _jack_se(loo, w.astype(np.float64))
+    se = float(_jack_se(_jackknife(effect, vals)))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tt = (draws - est) / se_r
+    tt = np.where((se_r == 0) & (draws == est), 0.0, tt)
+    ok = ~np.isnan(tt)
+    if not ok.any() or not np.isfinite(se):
+        return Interval(est, float("nan"), float("nan"), n, len(draws), level, int((~ok).sum()))
+    x = np.sort(tt[ok])
+    lo, hi = est - _order_stat(x, 1 - a) * se, est - _order_stat(x, a) * se
+    return Interval(est, float(lo), float(hi), n, len(draws), level, int((~ok).sum()))
+
+
+def hierarchical_interval(vals: np.ndarray, effect: Effect, *, n_resamples: int = 1000, seed: int = 0,
+                          level: float = 0.95) -> Interval:
+    """Percentile interval of ``effect`` resampling training seeds and notes together.
+
+    ``vals`` ``[S, N, C]``: additive per-note columns of each of ``S`` training seeds on the same
+    ``N`` notes. Each resample draws ``S`` seeds and ``N`` notes with replacement (independent
+    multinomial rows ``Ws [R, S]`` and ``W [R, N]``) and evaluates ``effect`` on
+    ``sum_s Ws[r, s] * (W[r] @ vals[s])``; the estimate pools every seed and note once."""
+    _check_level(level)
+    vals = np.asarray(vals, dtype=np.float64)
+    if vals.ndim != 3 or vals.shape[0] < 1 or vals.shape[1] < 1:
+        raise ValueError(f"vals: expected [S >= 1, N >= 1, C], got shape {vals.shape}")
+    s, n, _ = vals.shape
+    w = note_weights(n, n_resamples, seed)
+    ws = note_weights(s, n_resamples, seed + 7919) if s > 1 else np.ones((n_resamples, 1), dtype=np.int64)
+    sums = np.zeros((n_resamples, vals.shape[2]))
+    for j in range(s):
+        sums += ws[:, j, None] * (w @ vals[j])
+    est = float(_fn(effect, vals.sum(axis=(0, 1))))
+    return _interval(est, _fn(effect, sums), n, level)
+
+
+def verdict_stability(intervals: "list[Interval]", expect: str) -> dict:
+    """How a verdict depends on the bootstrap seed: ``intervals`` of one comparison under
+    :data:`STABILITY_SEEDS` bootstrap seeds, the first being the reported one. Returns
+    ``seed_agreement`` (share of seeds whose holds / does not hold / inconclusive equals the first's)
+    and ``mc_error`` (standard deviation across seeds of the interval edge nearest 0 in the
+    first interval; NaN with fewer than 2 defined intervals)."""
+    if not intervals:
+        return {"seed_agreement": float("nan"), "mc_error": float("nan")}
+    first = verdict(intervals[0], expect)
+    agree = float(np.mean([verdict(iv, expect) == first for iv in intervals]))
+    lo0, hi0 = intervals[0].lo, intervals[0].hi
+    if np.isnan(lo0) or np.isnan(hi0):
+        return {"seed_agreement": agree, "mc_error": float("nan")}
+    edge = "lo" if abs(lo0) <= abs(hi0) else "hi"
+    e = np.array([getattr(iv, edge) for iv in intervals], dtype=float)
+    e = e[np.isfinite(e)]
+    return {"seed_agreement": agree, "mc_error": float(e.std(ddof=1)) if len(e) > 1 else float("nan")}
+
+
+def final_verdict(interval: Interval, expect: str, mc_error: float = float("nan"), min_notes: int = 0) -> str:
+    """The verdict of a row: "too few notes" below ``min_notes`` common notes; "borderline" when the
+    interval edge nearest 0 is within ``mc_error`` of 0; else :func:`verdict`."""
+    if interval.n_notes < min_notes:
+        return "too few notes"
+    base = verdict(interval, expect)
+    lo, hi = interval.lo, interval.hi
+    if np.isfinite(mc_error) and mc_error > 0 and np.isfinite(lo) and np.isfinite(hi):
+        if min(abs(lo), abs(hi)) <= mc_error:
+            return "borderline"
+    return base
+
+
+def simulate_coverage(population: np.ndarray, effect: Effect, n_notes: int, *, methods=METHODS, reps: int = 200,
+                      n_resamples: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
+    """Real coverage of the interval methods at ``n_notes`` notes, by simulation.
+
+    ``population`` ``[M, C]``: additive per-note columns of a note population (e.g. both sides'
+    ``tp, fp, fn`` of a paired comparison); its true value is ``effect`` of its column sums.
+    Each of ``reps`` repetitions draws ``n_notes`` notes with replacement, computes every method's
+    interval (bootstrap seed = repetition) and checks whether it contains the true value. Returns
+    ``{method: {"coverage", "excludes_0", "width", "undefined"}}`` (shares over the repetitions;
+    ``width``: median interval width; an undefined interval counts as not covering)."""
+    pop = np.asarray(population, dtype=np.float64)
+    truth = float(_fn(effect, pop.sum(axis=0)))
+    rng = np.random.default_rng(seed)
+    hits = {m: [] for m in methods}
+    for r in range(reps):
+        sample = pop[rng.integers(0, len(pop), size=int(n_notes))]
+        for m in methods:
+            iv = resample_interval(sample, effect, method=m, n_resamples=n_resamples, seed=r, level=level)
+            hits[m].append((iv.lo, iv.hi))
+    out = {}
+    for m, lohi in hits.items():
+        a = np.asarray(lohi, dtype=float)
+        ok = np.isfinite(a).all(axis=1)
+        cover = ok & (a[:, 0] <= truth + 1e-12) & (truth - 1e-12 <= a[:, 1])
+        out[m] = {"coverage": float(cover.mean()), "excludes_0": float((ok & ((a[:, 0] > 0) | (a[:, 1] < 0))).mean()),
+                  "width": float(np.median(a[ok, 1] - a[ok, 0])) if ok.any() else float("nan"),
+                  "undefined": float((~ok).mean())}
+    return out

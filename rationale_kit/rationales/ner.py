@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rationale_kit.models import PieceTokenizer, bundled_encoder_path, load_encoder, load_hf_tokenizer, freeze_encoder_layers, read_saved_config, save_weights
+from rationale_kit.models import FrozenPrefix, PieceTokenizer, bundled_encoder_path, load_encoder, load_hf_tokenizer, freeze_encoder_layers, read_saved_config, save_weights
 from rationale_kit.core.records import SPAN_COLUMNS, merge_intervals, validate_spans
 
 __all__ = [
@@ -152,7 +152,11 @@ class NERModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Tag logits ``[B, T, 3]`` (float32) of windows ``input_ids [B, T]``."""
-        h = self.encoder(input_ids=input_ids, attention_mask=attention_mask.long()).last_hidden_state
+        prefix = getattr(self, "_prefix", None)
+        if prefix is not None:  # frozen layers computed once per window (training)
+            h = prefix(attention_mask, input_ids=input_ids)
+        else:
+            h = self.encoder(input_ids=input_ids, attention_mask=attention_mask.long()).last_hidden_state
         return self.head(self.dropout(h)).float()
 
     def collate(self, pieces: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -257,6 +261,8 @@ def assign_codes(spans: pd.DataFrame, codes_per_note: pd.DataFrame, codes: Itera
 def _cfg_dict(cfg: NERConfig) -> dict:
     d = dataclasses.asdict(cfg)
     d["encoder_path"] = None if cfg.encoder_path is None else str(cfg.encoder_path)
+    if cfg.freeze_layers:  # a tagger trained with dropout inside its frozen layers is not reused
+        d["frozen_layers"] = "eval, computed once (FrozenPrefix)"
     return d
 
 
@@ -282,7 +288,7 @@ def load_ner(path: str | os.PathLike, device: str | torch.device = "cpu") -> NER
 
     path = Path(path)
     info = read_saved_config(path, "NER model", FORMAT_VERSION)
-    cfg = NERConfig(**info["config"])
+    cfg = NERConfig(**{k: v for k, v in info["config"].items() if k != "frozen_layers"})
     model = NERModel(load_encoder(path / "encoder", from_config_only=True), load_hf_tokenizer(path / "tokenizer"), cfg)
     load_model(model, str(path / "model.safetensors"), strict=True)
     model.info = info
@@ -378,6 +384,8 @@ def _train(docs: pd.DataFrame, spans: pd.DataFrame, cfg: NERConfig, dev: torch.d
                              for (head, no_decay), ps in groups.items()], lr=cfg.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: max(0.0, 1.0 - step / total))
     history = []
+    # frozen embeddings and layers: computed once per window, in eval mode (no dropout inside them)
+    model._prefix = FrozenPrefix(model.encoder, cfg.freeze_layers) if cfg.freeze_layers else None
     for epoch in range(cfg.epochs):
         model.train()
         t0 = time.perf_counter()
@@ -404,6 +412,7 @@ def _train(docs: pd.DataFrame, spans: pd.DataFrame, cfg: NERConfig, dev: torch.d
         if progress:
             print(f"NER epoch {epoch + 1}/{cfg.epochs}: loss {history[-1]['loss']:.4f} "
                   f"({len(data)} windows, {secs:.1f} s)", file=sys.stderr)
+    model._prefix = None
     model.eval()
     model.info = {"n_docs": int(len(docs)), "n_windows": len(data), "encoder": enc_path, "history": history}
     return model

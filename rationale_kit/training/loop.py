@@ -247,7 +247,8 @@ def _fingerprint(model: LabelAttentionModel, data: _Data, spec: _Spec, opt: _Opt
         # the architecture and vocabulary: a checkpoint of another code version is not resumed
         "shapes": shapes_hash(model),
         "key": plain(spec.key or {}),
-    }
+    } | ({"frozen_layers": {"n": int(model.freeze_layers), "mode": "eval, computed once (FrozenPrefix)"}}
+         if getattr(model, "freeze_layers", 0) else {})
 
 
 def _start_or_resume(model: LabelAttentionModel, spec: _Spec, opt: _Optim, dist: Dist, fingerprint: dict) -> dict:
@@ -310,13 +311,16 @@ def train_model(
     timing = {"loop_seconds": 0.0, "data_seconds": 0.0, "compute_seconds": 0.0, "val_seconds": 0.0,
               "steps": 0, "docs": 0, "units": 0}
     run = _Run(model, dist.wrap(model), dist, spec, data, opt, fingerprint, state, timing)
-    for epoch in range(state["epoch"] + 1, spec.n_epochs + 1):
-        if state["stopped"]:
-            break
-        t_epoch = time.perf_counter()
-        sums = _train_epoch(run, epoch)
-        row = _validate(run, epoch, sums, t_epoch)
-        _end_epoch(run, epoch, row)
+    # frozen encoder layers (PLM-ICD's freeze_layers): computed once per chunk for all epochs
+    frozen = getattr(model, "frozen_cache", None)
+    with frozen() if frozen is not None else contextlib.nullcontext():
+        for epoch in range(state["epoch"] + 1, spec.n_epochs + 1):
+            if state["stopped"]:
+                break
+            t_epoch = time.perf_counter()
+            sums = _train_epoch(run, epoch)
+            row = _validate(run, epoch, sums, t_epoch)
+            _end_epoch(run, epoch, row)
     return _finish(run)
 
 

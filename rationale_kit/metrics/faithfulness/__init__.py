@@ -18,12 +18,12 @@ from rationale_kit.metrics.faithfulness.measures import MEASURES, NOTE_AOPC, OUT
 
 if TYPE_CHECKING:
     from rationale_kit.metrics.faithfulness.engine import (
-        FaithfulnessSpec, NoteCache, faithfulness_discrete, faithfulness_loop, faithfulness_scored,
+        FaithfulnessSpec, NoteCache, faithfulness_discrete, faithfulness_loop, faithfulness_scored, run_spec,
     )
 
 __all__ = [
     "NOTE_AOPC", "MEASURES", "OUTPUT_COLUMNS", "summarise",
-    "FaithfulnessSpec", "NoteCache", "faithfulness_discrete", "faithfulness_scored", "faithfulness_loop",
+    "FaithfulnessSpec", "NoteCache", "faithfulness_discrete", "faithfulness_scored", "faithfulness_loop", "run_spec",
 ]
 _ENGINE_NAMES = frozenset(__all__[4:])
 

@@ -56,9 +56,27 @@ class FaithfulnessSpec:
     seed: int = 0
     model_name: str | None = None
     engine: bool = True
-    incremental: bool = False
+    incremental: bool = True
     batch_size: int = 32
     progress: bool = True
+
+    @classmethod
+    def from_profile(cls, section: Any, kind: Literal["discrete", "eraser", "edin"], **run: Any) -> "FaithfulnessSpec":
+        """The spec of one ``kind`` of run from a profile's ``faithfulness`` section: the one place
+        where the section's keys become a spec (``unit``, or ``edin_unit`` for Edin;
+        ``perturbation``, ``code_set``, ``batch_size``; ``missing`` for discrete rationales,
+        ``aopc_k`` for ERASER, ``word_steps`` for Edin). The section's ``max_pairs`` is not the
+        spec's (the workbook draws its sample of pairs itself, ``faithfulness.sample_seed``).
+        ``run``: the run's own fields (``seed``, ``progress``, ``model_name``, ``threshold``...)."""
+        fields = dict(kind=kind, unit=section.edin_unit if kind == "edin" else section.unit,
+                      perturbation=section.perturbation, code_set=section.code_set, batch_size=section.batch_size)
+        if kind == "discrete":
+            fields["missing"] = section.missing
+        elif kind == "eraser":
+            fields["aopc_k"] = tuple(section.aopc_k)
+        else:
+            fields["word_steps"] = section.word_steps
+        return cls(**{**fields, **run})
 
     def __post_init__(self) -> None:
         if self.kind not in MEASURES:
@@ -732,22 +750,36 @@ def _encode_chunks(model, segments: list[np.ndarray], batch_size: int, device) -
     return out
 
 
-def _evaluate_chunks(model, note: _Note, jobs: list[_Job], batch_size: int, device, mask_id: int):
+#: Perturbed chunks' hidden states one note keeps at once (bytes); beyond it the note's chunk
+#: store starts again from the note's own chunks (values unchanged, only more encoding).
+_CHUNK_STORE_BYTES = 256 * 2**20
+
+
+def _evaluate_chunks(model, note: _Note, jobs: list[_Job], batch_size: int, device, mask_id: int,
+                     cache: "NoteCache | None" = None):
     """Probabilities of ``jobs`` (all of one note, mask perturbation), encoding each distinct
-    chunk once: chunks a perturbation leaves as in the note reuse the note's hidden states, and
-    identical perturbed chunks (the all-mask chunk of every sufficiency input, chunks shared by
-    nested top-k steps) are encoded once per group of rows. The head (``model.attend``) then runs
-    on the assembled states, reading only each row's own label."""
+    chunk once: chunks a perturbation leaves as in the note reuse the note's hidden states (kept
+    in ``cache`` across calls), and identical perturbed chunks (the all-mask chunk of every
+    sufficiency input, chunks shared by nested top-k steps, by several pairs or sources of the
+    note) are encoded once per note and call (up to ``_CHUNK_STORE_BYTES``). The head
+    (``model.attend``) then runs on the assembled states, reading only each row's own label.
+    ``cache.chunk_stats`` counts the chunk look-ups and the chunks encoded."""
     s, ids = model.chunk_size, note.ids
     bounds = [(c, min(c + s, note.n)) for c in range(0, note.n, s)]
-    base = _encode_chunks(model, [ids[a:b] for a, b in bounds], batch_size, device)
+    if cache is None:
+        cache = NoteCache(max_bytes=0)
+    base = cache.plm_base(model, note, bounds, batch_size, device)
     known_base = {ids[a:b].tobytes(): h for (a, b), h in zip(bounds, base)}
     dim = base[0].shape[-1] if base else 1
+    chunk_bytes = s * dim * 4
     group = max(1, min(4 * batch_size, _CHUNK_ELEMENTS // max(1, note.n * dim)))
     mask = torch.ones(1, note.n, dtype=torch.bool, device=device)
+    known = dict(known_base)
+    stats = cache.chunk_stats
     for g in range(0, len(jobs), group):
         rows = jobs[g: g + group]
-        known = dict(known_base)
+        if (len(known) - len(known_base)) * chunk_bytes > _CHUNK_STORE_BYTES:
+            known = dict(known_base)
         keys: list[list[bytes]] = []
         todo: dict[bytes, np.ndarray] = {}
         for j in rows:
@@ -760,6 +792,8 @@ def _evaluate_chunks(model, note: _Note, jobs: list[_Job], batch_size: int, devi
                     todo[key] = x[a:b]
                 row_keys.append(key)
             keys.append(row_keys)
+        stats["lookups"] += len(rows) * len(bounds)
+        stats["encoded"] += len(todo)
         known.update(zip(todo, _encode_chunks(model, list(todo.values()), batch_size, device)))
         for b in range(0, len(rows), batch_size):
             part, part_keys = rows[b: b + batch_size], keys[b: b + batch_size]
@@ -777,20 +811,24 @@ def _evaluate_chunks(model, note: _Note, jobs: list[_Job], batch_size: int, devi
 # --------------------------------------------------------------------------------------------
 class NoteCache:
     """Per-note work that several engine calls with the same model share: each note's units (per
-    unit kind) and, on the incremental CAML path, its pre-activations and tap changes. Pass one
+    unit kind), on the incremental CAML path its pre-activations and tap changes, on the PLM-ICD
+    chunk path the hidden states of the note's own chunks (``chunk_stats``: chunk look-ups of
+    perturbed rows and chunks encoded, so ``1 - encoded / lookups`` is the hit rate). Pass one
     instance as ``cache=`` to every call that scores with one model (``steps.faithfulness_tables``
     does: discrete, ERASER and Edin calls then encode each note once). It empties itself when used
     with another model or device, or after the model's parameters changed (storage or in-place
-    version). ``max_bytes`` bounds the tap changes kept (least recently used dropped first); the
-    units and pre-activations are small and always kept."""
+    version). ``max_bytes`` bounds the tap changes and chunk states kept (least recently used
+    dropped first); the units and pre-activations are small and always kept."""
 
     def __init__(self, max_bytes: int = 512 * 2**20):
         self.max_bytes = int(max_bytes)
         self._key: tuple | None = None
         self._notes: dict[tuple[str, str], tuple[str, _Note]] = {}
         self._pre: dict[str, tuple[np.ndarray, torch.Tensor]] = {}
-        self._caml: "OrderedDict[str, _CamlNote]" = OrderedDict()
+        self._caml: "OrderedDict[str, tuple[_CamlNote, int]]" = OrderedDict()  # entry, bytes
+        self._plm: "OrderedDict[str, tuple[tuple[np.ndarray, list[torch.Tensor]], int]]" = OrderedDict()
         self._bytes = 0
+        self.chunk_stats = {"lookups": 0, "encoded": 0}  # PLM-ICD chunk path, over this cache's life
 
     def _bind(self, model, device) -> None:
         key = (id(model), str(device), tuple((p.data_ptr(), p._version) for p in model.parameters()))
@@ -798,6 +836,7 @@ class NoteCache:
             self._notes.clear()
             self._pre.clear()
             self._caml.clear()
+            self._plm.clear()
             self._bytes = 0
             self._key = key
 
@@ -817,25 +856,53 @@ class NoteCache:
         self._pre[note.note_id] = (note.ids, pre)
         return pre
 
+    def _keep(self, store: OrderedDict, key: str, entry: Any, size: int) -> None:
+        """Keep ``entry`` under ``key`` within ``max_bytes`` (least recently used dropped first)."""
+        if size > self.max_bytes:
+            return
+        store[key] = (entry, size)
+        self._bytes += size
+        while self._bytes > self.max_bytes:
+            for st in (self._caml, self._plm):  # the older kind first: CAML and PLM-ICD never mix
+                if st:
+                    _, (_, old) = st.popitem(last=False)
+                    self._bytes -= old
+                    break
+
+    def plm_base(self, model, note: _Note, bounds: list[tuple[int, int]], batch_size: int, device) -> list[torch.Tensor]:
+        """Hidden states ``[len, D]`` of each chunk of the note itself (PLM-ICD chunk path),
+        encoded once for every call that shares this cache."""
+        hit = self._plm.get(note.note_id)
+        if hit is not None and np.array_equal(hit[0][0], note.ids):
+            self._plm.move_to_end(note.note_id)
+            return hit[0][1]
+        base = _encode_chunks(model, [note.ids[a:b] for a, b in bounds], batch_size, device)
+        self.chunk_stats["encoded"] += len(base)
+        self._keep(self._plm, note.note_id, (note.ids, base), sum(h.numel() * h.element_size() for h in base))
+        return base
+
     def caml_note(self, model, note: _Note, pre: torch.Tensor, mask_id: int, device) -> "_CamlNote":
         hit = self._caml.get(note.note_id)
+        hit = hit[0] if hit is not None else None
         if hit is not None and hit.pre is pre and hit.mask_id == mask_id:
             self._caml.move_to_end(note.note_id)
             return hit
         entry = _CamlNote(model, note.ids, pre, mask_id, device)
-        size = entry.Q.numel() * entry.Q.element_size()
-        if size <= self.max_bytes:
-            self._caml[note.note_id] = entry
-            self._bytes += size
-            while self._bytes > self.max_bytes:
-                _, old = self._caml.popitem(last=False)
-                self._bytes -= old.Q.numel() * old.Q.element_size()
+        self._keep(self._caml, note.note_id, entry, entry.Q.numel() * entry.Q.element_size())
         return entry
 
 
 # --------------------------------------------------------------------------------------------
 # driver
 # --------------------------------------------------------------------------------------------
+def run_spec(model, docs, table, spec: FaithfulnessSpec, *, gold: Any = None, device: Any = "cpu",
+             cache: "NoteCache | None" = None) -> pd.DataFrame:
+    """The result table of ``spec`` (e.g. :meth:`FaithfulnessSpec.from_profile`) for ``model`` on
+    ``docs`` and a span (``kind="discrete"``) or score table; the keyword functions above build
+    their spec and call this."""
+    return _run(model, docs, table, spec, gold=gold, device=device, cache=cache)
+
+
 def _run(model, docs, table, spec: FaithfulnessSpec, *, gold: Any = None, device: Any = "cpu",
          cache: "NoteCache | None" = None) -> pd.DataFrame:
     """The result table of ``spec`` for ``model`` on ``docs`` and a span / score ``table``."""
@@ -914,7 +981,8 @@ def _route(model, notes: dict[str, _Note], needed, cache: "NoteCache", spec: Fai
             spec.batch_size, device, mask_id)
     base = _base_probs(model, notes, needed, spec.engine, spec.batch_size, device)
     if fast and _chunk_reuse_ok(model):
-        return base, lambda note, jobs: _evaluate_chunks(model, note, jobs, spec.batch_size, device, mask_id)
+        return base, lambda note, jobs: _evaluate_chunks(model, note, jobs, spec.batch_size, device, mask_id,
+                                                          cache)
     return base, None
 
 

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Optional
 
-import simple_icd_10_cm as _cm
 import yaml
 
+from rationale_kit.core.icd import _cm  # imported lazily on first use
 from rationale_kit.core.records import DataError
 
 LEXICON_PATH = Path(__file__).resolve().parent / "abbreviations.yaml"

@@ -14,7 +14,8 @@ def bootstrap(evaluation):
     """The bootstrap settings of a profile's ``evaluation`` section."""
     from rationale_kit.metrics.evaluation import Bootstrap
 
-    return Bootstrap(evaluation.bootstrap_resamples, evaluation.seed, evaluation.level)
+    return Bootstrap(evaluation.bootstrap_resamples, evaluation.seed, evaluation.level, evaluation.interval_method,
+                     evaluation.min_notes, evaluation.stability_seeds, evaluation.verdict_resamples)
 
 
 def with_seed(profile: Profile, seed: int) -> Profile:

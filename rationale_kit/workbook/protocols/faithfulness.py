@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Iterable, Mapping
 
+import numpy as np
 import pandas as pd
 import torch
 
 from rationale_kit.core.config import Profile
+from rationale_kit.core.sources import ATTENTION, ENTITY_EXACT, Source
 from rationale_kit.workbook.protocols.common import bootstrap
 from rationale_kit.workbook.protocols.train import predictions
 
@@ -20,7 +22,37 @@ def attention_topk_spans(soft: pd.DataFrame, model: str, k: int) -> pd.DataFrame
     return soft_to_spans(sub, topk=k)
 
 
-COMPARED_SOURCES = ("attention top-{k}", "entity (exact_code)")  # the sources finding (b) compares
+def compared_sources(k: int) -> tuple[Source, Source]:
+    """The sources finding (b) compares: the model's attention cut to its top-``k`` units and the
+    exact-code entity spans."""
+    return ATTENTION.with_top_k(k), ENTITY_EXACT
+
+
+#: top-k attention with k matched per pair to the entity rationale's unit count
+SIZE_MATCHED = Source("attention", "k = entity units")
+
+
+def attention_size_matched_spans(soft: pd.DataFrame, model: str, reference: pd.DataFrame) -> pd.DataFrame:
+    """The model's attention binarised per pair by its top-``k`` units, ``k`` = the number of the
+    model's units (the attention rows' ``start, end``) that overlap the ``reference`` spans of that
+    pair (the entity rationale's size in the model's units); pairs without a reference unit are
+    left out. Spans as :func:`attention_topk_spans`, plus ``k``."""
+    from rationale_kit.rationales import soft_to_spans
+
+    sub = soft[(soft.source == "attention") & (soft.model == model)]
+    ref = {key: g[["start", "end"]].to_numpy() for key, g in reference.groupby(["note_id", "code"], sort=False)}
+    parts = []
+    for (nid, code), g in sub.groupby(["note_id", "code"], sort=False):
+        spans = ref.get((nid, code))
+        if spans is None or not len(spans):
+            continue
+        st, en = g["start"].to_numpy()[:, None], g["end"].to_numpy()[:, None]
+        k = int(((st < spans[None, :, 1]) & (en > spans[None, :, 0])).any(axis=1).sum())
+        if k:
+            parts.append(soft_to_spans(g, topk=k).assign(k=k))
+    if not parts:
+        return soft_to_spans(sub.iloc[:0], topk=1).assign(k=pd.Series(dtype="int64"))
+    return pd.concat(parts, ignore_index=True)
 
 
 def _code_set_pairs(name: str, model, docs: pd.DataFrame, preds: pd.DataFrame | None, code_set: str) -> set:
@@ -35,29 +67,41 @@ def _code_set_pairs(name: str, model, docs: pd.DataFrame, preds: pd.DataFrame | 
     return set(zip(p.note_id.astype(str), p.code.astype(str)))
 
 
-def common_pairs(candidates: set, tables: Iterable[pd.DataFrame], docs: pd.DataFrame, max_pairs: int | None) -> list:
-    """ONE set of pairs for every compared source: the ``candidates`` every table of ``tables`` has
-    a rationale for, in note order (``docs``) then code, the first ``max_pairs`` of them."""
+def common_pairs(candidates: set, tables: Iterable[pd.DataFrame], docs: pd.DataFrame, max_pairs: int | None,
+                 seed: int | None = None) -> list:
+    """ONE set of pairs for every compared source: the ``candidates`` of the notes of ``docs`` that
+    every table of ``tables`` has a rationale for, in note order (``docs``) then code (pairs of
+    other notes are left out). With ``max_pairs``: the first ``max_pairs``
+    of them (``seed`` None) or a sample of ``max_pairs`` drawn without replacement by
+    ``numpy.random.default_rng(seed)`` from that ordered list (returned in the same order)."""
     common = set(candidates)
     for t in tables:
         common &= set(zip(t.note_id.astype(str), t.code.astype(str)))
     order = {n: i for i, n in enumerate(docs.note_id)}
-    out = sorted(common, key=lambda p: (order.get(p[0], len(order)), p[1]))
-    return out[:max_pairs] if max_pairs else out
+    out = sorted((p for p in common if p[0] in order), key=lambda p: (order[p[0]], p[1]))
+    if not max_pairs or len(out) <= max_pairs:
+        return out
+    if seed is None:
+        return out[:max_pairs]
+    pick = np.sort(np.random.default_rng(seed).choice(len(out), size=max_pairs, replace=False))
+    return [out[i] for i in pick]
 
 
 def faithfulness_tables(models_: Mapping[str, torch.nn.Module], docs: pd.DataFrame, discrete: Mapping[str, pd.DataFrame],
                         soft: pd.DataFrame, profile: Profile, device: str = "cpu", gold: pd.DataFrame | None = None,
-                        preds: pd.DataFrame | None = None) -> pd.DataFrame:
+                        preds: pd.DataFrame | None = None, design=None) -> pd.DataFrame:
     """Comprehensiveness and sufficiency of every source under every model (its own attention and
     gradients as scored rationales; the discrete sources and its top-k attention as span sets),
     each with a random control of the same size. One long table.
 
     Per model, ONE set of pairs is scored for every source: the pairs of the code set
-    (``faithfulness.code_set``) that both compared sources (top-k attention and exact-code entity
-    spans) have, the first ``faithfulness.max_pairs`` of them. Other sources are scored on the pairs
-    of that set they have (e.g. LLM spans of the notes the LLM saw), so any two rows of a model
-    are comparable on their common pairs.
+    (``faithfulness.code_set``) of the report notes of ``design`` (every note of ``docs`` without
+    one; never tuning notes with one) that both compared sources (top-k attention and exact-code
+    entity spans) have, a seeded sample (``faithfulness.sample_seed``) of ``faithfulness.max_pairs``
+    of them. Other sources are scored on the pairs of that set they have (e.g. LLM spans of the
+    notes the LLM saw), so any two rows of a model are comparable on their common pairs. Beside
+    them, the size control of finding (b): the model's attention with ``k`` matched per pair to
+    the entity rationale's unit count (source :data:`SIZE_MATCHED`).
 
     Per model the engine is called once per kind (all discrete sources together, all scored
     sources for ERASER, all for Edin), the three calls sharing one ``NoteCache``, so each note is
@@ -67,33 +111,39 @@ def faithfulness_tables(models_: Mapping[str, torch.nn.Module], docs: pd.DataFra
 
     f = profile.faithfulness
     k = profile.rationales.topk
-    common = dict(perturbation=f.perturbation, code_set=f.code_set, batch_size=f.batch_size, device=device,
-                  seed=profile.common.seed, progress=profile.common.progress, max_pairs=None)
+    # the settings of each kind of run come from the profile section in one place (FaithfulnessSpec.from_profile)
+    spec = lambda kind, name: faithfulness.FaithfulnessSpec.from_profile(f, kind, seed=profile.common.seed,
+                                                                         progress=profile.common.progress, model_name=name)
     gold_map = None
     if f.code_set == "gold":
         gold_map = docs[["note_id", "codes"]]
     parts = []
+    if design is not None:
+        docs = docs[docs.note_id.isin(set(design.report_ids))].reset_index(drop=True)
     note_ids = set(docs.note_id)
     for name, model in models_.items():
         if f.models is not None and name not in f.models:
             continue
-        shared = dict(common, cache=faithfulness.NoteCache())  # each note encoded once for the three calls
+        shared = dict(gold=gold_map, device=device, cache=faithfulness.NoteCache())  # each note encoded once for the three calls
         spans = dict(discrete)
-        spans[f"attention top-{k}"] = attention_topk_spans(soft, name, k)
-        compared = [spans[s.format(k=k)] for s in COMPARED_SOURCES if s.format(k=k) in spans and len(spans[s.format(k=k)])]
-        chosen = set(common_pairs(_code_set_pairs(name, model, docs, preds, f.code_set), compared, docs, f.max_pairs))
+        spans[ATTENTION.with_top_k(k).name] = attention_topk_spans(soft, name, k)
+        compared = [spans[s.name] for s in compared_sources(k) if s.name in spans and len(spans[s.name])]
+        chosen = set(common_pairs(_code_set_pairs(name, model, docs, preds, f.code_set), compared, docs, f.max_pairs,
+                                  f.sample_seed))
+        ent = spans.get(ENTITY_EXACT.name)
+        if ent is not None and len(ent):
+            spans[SIZE_MATCHED.name] = attention_size_matched_spans(soft[soft.note_id.isin(note_ids)], name,
+                                                                    restrict(ent, chosen))
         tables = [restrict(table[table.note_id.isin(note_ids)], chosen).assign(source=src)
                   for src, table in spans.items()]
         tables = [t for t in tables if len(t)]
         if tables:
-            parts.append(faithfulness.faithfulness_discrete(model, docs, pd.concat(tables, ignore_index=True), unit=f.unit,
-                                                 model_name=name, missing=f.missing, gold=gold_map, **shared))
+            parts.append(faithfulness.run_spec(model, docs, pd.concat(tables, ignore_index=True), spec("discrete", name),
+                                               **shared))
         own = restrict(soft[(soft.model == name) & soft.note_id.isin(note_ids)], chosen)
         if len(own):
-            parts.append(faithfulness.faithfulness_scored(model, docs, own, aopc_k=tuple(f.aopc_k), variant="eraser",
-                                               unit=f.unit, model_name=name, gold=gold_map, **shared))
-            parts.append(faithfulness.faithfulness_scored(model, docs, own, variant="edin", unit=f.edin_unit,
-                                               word_steps=f.word_steps, model_name=name, gold=gold_map, **shared))
+            parts.append(faithfulness.run_spec(model, docs, own, spec("eraser", name), **shared))
+            parts.append(faithfulness.run_spec(model, docs, own, spec("edin", name), **shared))
     return pd.concat(parts, ignore_index=True)
 
 
@@ -128,22 +178,48 @@ def attention_vs_entity(agg: pd.DataFrame, k: int, profile: Profile, dataset: st
     """Finding (b) per model: top-k attention more comprehensive than exact-code entity spans, and
     entity spans more sufficient (lower sufficiency), each from a paired comparison on the pairs
     both sources were scored on (means over those pairs, difference attention - entity, paired
-    bootstrap interval over notes, verdict); a combined row per model. ``agg``: per-pair rows."""
+    interval over notes, verdict), under three ``control`` values:
+
+    * ``raw``: the paper's comparison (top-k attention vs entity spans, whatever their sizes);
+    * ``minus_random``: each rationale's value minus its random control of the same size (per pair);
+    * ``size_matched``: attention with ``k`` matched per pair to the entity rationale's unit count
+      (:data:`SIZE_MATCHED`) vs entity spans.
+
+    A combined row per model and control. ``agg``: per-pair rows (``k`` NaN, ``control`` rationale
+    and random)."""
     from rationale_kit.metrics import evaluation as E
 
-    att, ent = f"attention top-{k}", "entity (exact_code)"
+    att, ent = (s.name for s in compared_sources(k))
     boot_ = bootstrap(profile.evaluation)
     rows = []
-    rat = agg[agg.control == "rationale"]
-    for model, part in rat.groupby("model"):
-        pair = []
-        for measure, claim in (("comprehensiveness", "attention more comprehensive"), ("sufficiency", "entity more sufficient")):
-            get = lambda s: part[(part.source == s) & (part.measure == measure)][["note_id", "code", "value"]]
-            res = E.compare_values(get(att), get(ent), boot_)
-            r = E.verdict_row("b", f"{claim} ({measure}: {att} - {ent})", model, dataset, measure,
-                              "pairs both were scored on", res, "greater")
-            rows.append(r)
-            pair.append(r["verdict"])
-        rows.append({"finding": "b", "comparison": "attention more comprehensive, entity more sufficient", "model": model,
-                     "dataset": dataset, "measure": "both", "units": "as above", "verdict": E.combine(pair)})
+    cols = ["note_id", "code", "value"]
+
+    def values(part, source, measure, control="rationale"):
+        return part[(part.source == source) & (part.measure == measure) & (part.control == control)][cols]
+
+    def minus_random(part, source, measure):
+        r = values(part, source, measure).groupby(["note_id", "code"])["value"].mean()
+        c = values(part, source, measure, "random").groupby(["note_id", "code"])["value"].mean()
+        return r.sub(c).dropna().rename("value").reset_index()
+
+    for model, part in agg.groupby("model"):
+        for control in ("raw", "minus_random", "size_matched"):
+            a_src = SIZE_MATCHED.name if control == "size_matched" else att
+            if not ((part.source == a_src) & (part.control == "rationale")).any():
+                continue
+            pair = []
+            for measure, claim in (("comprehensiveness", "attention more comprehensive"), ("sufficiency", "entity more sufficient")):
+                if control == "minus_random":
+                    a_v, b_v = minus_random(part, att, measure), minus_random(part, ent, measure)
+                    text = f"{claim} ({measure}, each minus its random control of the same size: {att} - {ent})"
+                else:
+                    a_v, b_v = values(part, a_src, measure), values(part, ent, measure)
+                    text = f"{claim} ({measure}: {a_src} - {ent})"
+                res = E.compare_values(a_v, b_v, boot_)
+                r = E.verdict_row("b", text, model, dataset, measure, "report-note pairs both were scored on (seeded sample)",
+                                  res, "greater", boot_.min_notes, control)
+                rows.append(r)
+                pair.append(r)
+            rows.append(E.combined_row("b", f"attention more comprehensive, entity more sufficient ({control})", model,
+                                       dataset, "both", pair, control))
     return E.verdicts_frame(rows)
