@@ -1,4 +1,4 @@
-"""The command line: ``python -m rationale_kit {run,report,numbers,train,align,plausibility,compare,export-data,quote} ...``."""
+"""The command line: ``python -m rationale_kit {run,report,numbers,train,align,plausibility,compare,export-data,quote,explain} ...``."""
 from __future__ import annotations
 
 import argparse
@@ -124,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     commands = {"run": "the notebook series", "report": "rewrite runs/<profile>/report.html from the artifacts",
                 "train": "train one model (multi-GPU with torchrun)", "align": "align LLM quotes to notes", "plausibility": "score spans against gold spans",
                 "compare": "compare two span sources on the notes both cover (paired bootstrap)",
-                "quote": "LLM quotes for your own notes, aligned to spans"}
+                "quote": "LLM quotes for your own notes, aligned to spans",
+                "explain": "codes and rationales of your own notes under a trained coder"}
     commands["export-data"] = "write a profile's documents and human spans as JSONL"
     commands["numbers"] = "the README's numbers, regenerated from a run's artifacts (Markdown block)"
     if argv and argv[0] == "export-data":
@@ -141,6 +142,10 @@ def main(argv: list[str] | None = None) -> int:
         return _report(rest)
     if cmd == "numbers":
         return _numbers(rest)
+    if cmd == "explain":
+        from rationale_kit.cli.explain import main as explain_main
+
+        return explain_main(rest)
     if cmd == "quote":
         from rationale_kit.cli.quote import main as quote_main
 
