@@ -30,14 +30,15 @@ from pathlib import Path
 from rationale_kit import data
 from rationale_kit.core.config import load_profile
 from rationale_kit.core.runtime import seed_everything
-from rationale_kit.workbook import steps
+from rationale_kit.workbook.protocols.data import label_space
+from rationale_kit.workbook.protocols.train import fit_model
 
 profile, model, threads, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), Path(sys.argv[4])
 prof = load_profile(profile)
 seed_everything(prof.common.seed)          # what workbook.context.setup does in every notebook
 torch.set_num_threads(threads)
 ds = data.load_dataset(prof)
-res = steps.fit_model(model, prof, ds.docs, steps.label_space(ds.docs), out, "cpu")
+res = fit_model(model, prof, ds.docs, label_space(ds.docs), out, "cpu")
 h = hashlib.sha256()
 for k, v in sorted(res.model.state_dict().items()):
     h.update(k.encode()); h.update(v.detach().cpu().contiguous().numpy().tobytes())

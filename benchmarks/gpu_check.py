@@ -443,12 +443,12 @@ def main(argv=None) -> int:
 
     with step("corpus", args.out):
         from rationale_kit import data
-        from rationale_kit.workbook import steps
+        from rationale_kit.workbook.protocols.data import label_space
 
         prof = make_profile(sz, args.encoder)
         t0 = time.perf_counter()
         docs = data.load_dataset(prof).docs
-        labels = steps.label_space(docs)
+        labels = label_space(docs)
         RESULT["corpus"] = {"seconds": round(time.perf_counter() - t0, 1), "labels": len(labels),
                             "docs": {s: int((docs.split == s).sum()) for s in ("train", "val", "test")},
                             "mean_words": round(float(docs.text.str.split().str.len().mean()))}

@@ -31,15 +31,16 @@ import pandas as pd  # noqa: E402
 from rationale_kit.rationales import alignment, llm
 from rationale_kit.core import config
 from rationale_kit import data
-from rationale_kit.workbook import steps  # noqa: E402
+from rationale_kit.workbook.protocols.data import eval_docs, teacher_notes  # noqa: E402
+from rationale_kit.workbook.protocols.rationales import llm_requests  # noqa: E402
 from rationale_kit.metrics.plausibility import mdace_measures  # noqa: E402
 
 
 def teacher_docs(ds, prof) -> pd.DataFrame:
     r = prof.rationales
-    evald = steps.eval_docs(ds.docs)
+    evald = eval_docs(ds.docs)
     llm_docs = evald.head(r.max_llm_notes) if r.max_llm_notes else evald
-    train = steps.teacher_notes(ds.docs, r.train_notes_for_teacher, prof.common.seed)
+    train = teacher_notes(ds.docs, r.train_notes_for_teacher, prof.common.seed)
     return pd.concat([llm_docs, train], ignore_index=True)
 
 
@@ -79,7 +80,7 @@ def main() -> int:
     ds = data.load_dataset(prof)
     docs = teacher_docs(ds, prof)
     teachers = {"llm_zero": 0, "llm_few": cfg.shots_per_code}
-    reqs = {t: steps.llm_requests(ds, docs, k, prof) for t, k in teachers.items()}
+    reqs = {t: llm_requests(ds, docs, k, prof) for t, k in teachers.items()}
     results: dict = {"profile": prof.name, "notes": len(docs), "quality": [], "throughput": []}
     shared = llm.LocalBackend(path=cfg.local_path, max_new_tokens=cfg.max_new_tokens).load()
 

@@ -156,18 +156,19 @@ def test_unseen_gold_codes_are_misses():
 def test_coding_table_reports_unseen_share():
     import pandas as pd
 
-    from rationale_kit.workbook import steps
+    from rationale_kit.workbook.protocols.data import label_space
+    from rationale_kit.workbook.protocols.train import coding_table
 
     docs = pd.DataFrame({
         "note_id": ["t1", "t2", "v1", "s1", "s2"],
         "codes": [["A"], ["B", "A"], ["A"], ["A", "Q"], ["B"]],
         "split": ["train", "train", "val", "test", "test"],
     })
-    labels = steps.label_space(docs)
+    labels = label_space(docs)
     assert labels == ["A", "B"]
     perfect = pd.DataFrame({"note_id": ["s1", "s1", "s2", "s2"], "code": ["A", "B", "A", "B"],
                             "prob": [0.9, 0.1, 0.1, 0.9]})
-    table = steps.coding_table({"perfect": perfect}, docs, labels, {"perfect": 0.5})
+    table = coding_table({"perfect": perfect}, docs, labels, {"perfect": 0.5})
     # 2 known gold codes found, Q (unseen) missed: P 1, R 2/3, F1 0.8; Q is 1 of 3 gold occurrences
     assert table.loc["perfect", "micro_f1"] == pytest.approx(0.8)
     assert table.loc["perfect", "unseen_gold_share"] == pytest.approx(1 / 3)

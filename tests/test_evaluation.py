@@ -7,7 +7,12 @@ import pandas as pd
 import pytest
 
 from rationale_kit.metrics import evaluation as E
-from rationale_kit.workbook import steps
+from rationale_kit.workbook.protocols.data import tuning_ids
+from rationale_kit.workbook.protocols.faithfulness import attention_vs_entity, common_pairs, faithfulness_summary
+from rationale_kit.workbook.protocols.fewshot import few_shot_summary
+from rationale_kit.workbook.protocols.guided import choose_lambda, sweep_counts, tradeoff
+from rationale_kit.workbook.protocols.plausibility import plausibility_tables
+from rationale_kit.workbook.protocols.rationales import record_run_on
 from rationale_kit.core.config import ConfigError, load_profile, seeds
 from rationale_kit.metrics import plausibility as P
 
@@ -34,7 +39,7 @@ def test_design_splits_are_disjoint_deterministic_and_round_trip(tmp_path):
     assert d.eval_ids == ("a", "b", "c")  # the training note is not an evaluation note
     assert len(d.tuning_ids) == 1 and set(d.tuning_ids) | set(d.report_ids) == {"a", "b", "c"}
     assert d.tuning_ids == E.make_design(docs, 1 / 3).tuning_ids
-    assert set(d.tuning_ids) == steps.tuning_ids(docs, 1 / 3)
+    assert set(d.tuning_ids) == tuning_ids(docs, 1 / 3)
     d = d.with_run_on(E.run_on_frame("llm_zero", [("a", "R05")]))
     d = d.with_run_on(E.run_on_frame("llm_zero", [("b", "R05")]))  # replaces the earlier group
     assert d.pairs("llm_zero") == {("b", "R05")} and d.pairs("entity (exact_code)") is None
@@ -78,7 +83,7 @@ def test_a_source_run_on_one_note_is_scored_on_that_note_only():
     soft = pd.DataFrame(columns=["note_id", "code", "source", "method", "model", "unit", "start", "end", "score"])
     preds = pd.DataFrame(columns=["note_id", "code", "prob", "pred", "is_gold", "model"])
     prof = load_profile("smoke", {"evaluation": {"min_notes": 0, "tuning_fraction": 0.0, "bootstrap_resamples": 200}})
-    res = steps.plausibility_tables(ds, {"llm_zero": llm, "entity (exact_code)": entity}, soft, preds, prof, design)
+    res = plausibility_tables(ds, {"llm_zero": llm, "entity (exact_code)": entity}, soft, preds, prof, design)
     row = lambda s: res.spans[(res.spans.source == s) & (res.spans.measure == "token_position_independent")
                               & (res.spans.granularity == "all") & (res.spans.code_set == "all")].iloc[0]
     llm_row = row("llm_zero")
@@ -127,15 +132,15 @@ def test_common_faithfulness_pairs_are_shared_and_capped():
     ent = pd.DataFrame({"note_id": ["n1", "n2", "n2"], "code": ["B", "A", "C"]})
     cand = {("n1", "A"), ("n1", "B"), ("n2", "A"), ("n2", "C")}
     # every source has (n1, B), (n2, A), (n2, C); note order of docs: n2 first
-    assert steps.common_pairs(cand, [att, ent], docs, None) == [("n2", "A"), ("n2", "C"), ("n1", "B")]
-    assert steps.common_pairs(cand - {("n2", "C")}, [att, ent], docs, 1) == [("n2", "A")]
+    assert common_pairs(cand, [att, ent], docs, None) == [("n2", "A"), ("n2", "C"), ("n1", "B")]
+    assert common_pairs(cand - {("n2", "C")}, [att, ent], docs, 1) == [("n2", "A")]
     # a pair of a note outside docs (e.g. a tuning note) is never chosen
-    assert steps.common_pairs(cand, [att, ent], docs[docs.note_id == "n1"], None) == [("n1", "B")]
+    assert common_pairs(cand, [att, ent], docs[docs.note_id == "n1"], None) == [("n1", "B")]
     # a seeded sample of 2 of the 3 common pairs, in note order, the same for the same seed
-    pick = steps.common_pairs(cand, [att, ent], docs, 2, seed=0)
+    pick = common_pairs(cand, [att, ent], docs, 2, seed=0)
     assert len(pick) == 2 and set(pick) < {("n2", "A"), ("n2", "C"), ("n1", "B")}
-    assert pick == steps.common_pairs(cand, [att, ent], docs, 2, seed=0)
-    assert {tuple(steps.common_pairs(cand, [att, ent], docs, 2, seed=s)) for s in range(20)} != {tuple(pick)}
+    assert pick == common_pairs(cand, [att, ent], docs, 2, seed=0)
+    assert {tuple(common_pairs(cand, [att, ent], docs, 2, seed=s)) for s in range(20)} != {tuple(pick)}
 
 
 def _agg(rows):
@@ -154,13 +159,13 @@ def test_faithfulness_summary_and_attention_vs_entity_on_common_pairs():
                      ("caml", src, "sufficiency", "rationale", n, c, 1 - v, np.nan),
                      ("caml", src, "sufficiency", "random", n, c, 1 - v, np.nan)]
     agg = _agg(rows)
-    summary = steps.faithfulness_summary(agg, prof)
+    summary = faithfulness_summary(agg, prof)
     r = summary[(summary.source == att) & (summary.measure == "comprehensiveness")].iloc[0]
     # mean of 0.6, 0.4, 0.9 = 0.633..; difference to the control 0.1 on every pair
     assert r.n_pairs == 3 and r.n_notes == 3 and r.rationale == pytest.approx(1.9 / 3)
     assert r.difference == pytest.approx(0.1) and r.difference_lo == pytest.approx(0.1) and r.difference_hi == pytest.approx(0.1)
     assert 0.4 <= r.rationale_lo <= r.rationale <= r.rationale_hi <= 0.9
-    v = steps.attention_vs_entity(agg, 10, prof, "toy")
+    v = attention_vs_entity(agg, 10, prof, "toy")
     comp = v[v.measure == "comprehensiveness"].iloc[0]
     # on the two common pairs: attention (0.6 + 0.4) / 2 = 0.5, entity 0.15 (n3 is left out)
     assert comp.n_pairs == 2 and comp.a == pytest.approx(0.5) and comp.b == pytest.approx(0.15) and comp.verdict == "holds"
@@ -183,7 +188,7 @@ def test_lambda_is_chosen_on_tuning_notes_not_on_the_reported_ones():
     counts = pd.concat([_counts("caml", "none", 0.0, 13, {"t1": 1, "r1": 1, "r2": 1}),
                         _counts("caml", "human", 0.5, 13, {"t1": 4, "r1": 2, "r2": 2}),
                         _counts("caml", "human", 2.5, 13, {"t1": 1, "r1": 4, "r2": 4})], ignore_index=True)
-    lam, scores = steps.choose_lambda(counts, "caml", "human", design.tuning_ids)
+    lam, scores = choose_lambda(counts, "caml", "human", design.tuning_ids)
     assert lam == 0.5 and scores == {0.5: 1.0, 2.5: 0.25}
     f1 = lambda tp: tp / 4  # tp of 4 gold, 4 predicted
     sweep = pd.DataFrame([
@@ -191,7 +196,7 @@ def test_lambda_is_chosen_on_tuning_notes_not_on_the_reported_ones():
         {"model": "caml", "teacher": "human", "lambda": 0.5, "seed": 13, "micro_f1": 0.55, "macro_f1": 0.5, "pi_token_f1": f1(2)},
         {"model": "caml", "teacher": "human", "lambda": 2.5, "seed": 13, "micro_f1": 0.5, "macro_f1": 0.5, "pi_token_f1": f1(4)}])
     prof = load_profile("smoke", {"evaluation": {"bootstrap_resamples": 200, "min_notes": 0}})
-    table, verdicts = steps.tradeoff(sweep, counts, design, prof, "toy")
+    table, verdicts = tradeoff(sweep, counts, design, prof, "toy")
     row = table.iloc[0]
     assert row["lambda (chosen on tuning notes)"] == 0.5 and row["lambda best on report notes"] == 2.5
     # reported at lambda 0.5 on r1, r2: F1 4/8 = 0.5 against the unguided 2/8 = 0.25; every note gains 0.25
@@ -217,7 +222,7 @@ def test_few_shot_summary_scores_each_role_on_its_own_report_note_units(tmp_path
                       ("r1", "-", "coding", 1, 0, 0)], columns=E.COUNT_COLUMNS).to_parquet(d / "note_counts.parquet")
         rows.append({"model": "caml", "teacher": teacher, "lambda": 0.5, "seed": 13, "run_dir": str(d)})
     prof = load_profile("smoke", {"evaluation": {"bootstrap_resamples": 200, "min_notes": 0}})
-    summary, verdicts = steps.few_shot_summary(teacher_counts, pd.DataFrame(rows), prof, "toy", design)
+    summary, verdicts = few_shot_summary(teacher_counts, pd.DataFrame(rows), prof, "toy", design)
     s = summary.set_index("role")
     # teacher: both pairs of r1; student: (r1, X) and (r2, X), not t1
     assert s.n_pairs.tolist() == [2, 2] and s.n_notes.tolist() == [1, 2]
@@ -230,7 +235,7 @@ def test_few_shot_summary_scores_each_role_on_its_own_report_note_units(tmp_path
     assert verdicts.units.iloc[1] == "report-note gold pairs both students were scored on"
     # with min_notes 2 the teacher row (1 note) has too few notes; the combined row skips it and says so
     prof2 = load_profile("smoke", {"evaluation": {"bootstrap_resamples": 200, "min_notes": 2}})
-    v2 = steps.few_shot_summary(teacher_counts, pd.DataFrame(rows), prof2, "toy", design)[1]
+    v2 = few_shot_summary(teacher_counts, pd.DataFrame(rows), prof2, "toy", design)[1]
     assert v2.verdict.iloc[0] == "too few notes" and v2.verdict.iloc[1] != "too few notes"
     assert v2.verdict.iloc[2] == E.combine([v2.verdict.iloc[1]]) and "skipped (too few notes)" in v2.units.iloc[2]
 
@@ -260,7 +265,7 @@ def test_run_on_pairs_of_notebook_03_sources():
     pairs = pd.DataFrame({"model": ["caml", "caml", "laat"], "note_id": ["a", "b", "a"], "code": ["R05", "R05", "R05"]})
     soft = pd.DataFrame({"model": ["caml", "laat", "laat"], "source": ["attention", "attention", "gradient"]})
     llm_docs = docs[docs.note_id == "c"].assign(codes=[["R05", "R50"]])
-    d = steps.record_run_on(design, pairs, soft, ["exact_code", "category"], llm_docs, ["llm_zero", "llm_few"])
+    d = record_run_on(design, pairs, soft, ["exact_code", "category"], llm_docs, ["llm_zero", "llm_few"])
     assert d.pairs("attention", "caml") == {("a", "R05"), ("b", "R05")}
     assert d.pairs("gradient", "laat") == {("a", "R05")} and d.pairs("gradient", "caml") is None
     assert d.pairs("entity (exact_code)") == d.pairs("random") == {("a", "R05"), ("b", "R05")}
@@ -296,16 +301,16 @@ def test_seeds_are_summed_for_intervals_and_spread_across_seeds(tmp_path):
             rows.append({"model": "caml", "teacher": teacher, "lambda": lam, "seed": seed, "micro_f1": 0.5,
                          "macro_f1": 0.5, "pi_token_f1": t / 4, "run_dir": str(d)})
     sweep = pd.DataFrame(rows)
-    counts = steps.sweep_counts(sweep)
+    counts = sweep_counts(sweep)
     assert len(counts) == 4 * 6 and set(counts.seed) == {1, 2}
     prof = load_profile("smoke", {"evaluation": {"bootstrap_resamples": 200, "min_notes": 0}})
-    row = steps.tradeoff(sweep, counts, design, prof)[0].iloc[0]
+    row = tradeoff(sweep, counts, design, prof)[0].iloc[0]
     # pooled over seeds per report note: guided tp 2 + 4 = 6 of 8 -> 0.75; unguided 2 of 8 -> 0.25
     assert row["PI token F1 gain"] == pytest.approx(0.5) and row.seeds == 2
     # per seed: gains 0.25 and 0.75 -> mean 0.5, sample std 0.3536
     assert row["gain seed mean"] == pytest.approx(0.5) and row["gain seed std"] == pytest.approx(np.sqrt(0.125))
     # the verdict row resamples training seeds and notes together: notes are alike within a seed, so
     # the interval runs from both draws = seed 1 (gain 0.25) to both = seed 2 (0.75); seed_sd as above
-    v = steps.tradeoff(sweep, counts, design, prof)[1].iloc[0]
+    v = tradeoff(sweep, counts, design, prof)[1].iloc[0]
     assert v.interval_method == "hierarchical" and v.seed_sd == pytest.approx(np.sqrt(0.125))
     assert (v.lo, v.hi) == pytest.approx((0.25, 0.75)) and v.seed_agreement == 1.0 and v.verdict == "holds"

@@ -822,13 +822,13 @@ def test_note_cache_shared_across_calls_and_invalidated_by_training():
 # --------------------------------------------------------------------------------------------
 # finding (b): size-controlled comparisons
 def test_attention_size_matched_takes_as_many_units_as_the_entity_rationale():
-    from rationale_kit.workbook import steps
+    from rationale_kit.workbook.protocols.faithfulness import attention_size_matched_spans
 
     soft = pd.DataFrame({"note_id": ["n1"] * 5 + ["n2"] * 2, "code": ["A"] * 7, "source": "attention", "method": "attention",
                          "model": "caml", "unit": [0, 1, 2, 3, 4, 0, 1], "start": [0, 5, 10, 15, 20, 0, 5],
                          "end": [4, 9, 14, 19, 24, 4, 9], "score": [0.1, 0.5, 0.05, 0.3, 0.05, 0.6, 0.4]})
     entity = pd.DataFrame({"note_id": ["n1"], "code": ["A"], "start": [5], "end": [12]})
-    out = steps.attention_size_matched_spans(soft, "caml", entity)
+    out = attention_size_matched_spans(soft, "caml", entity)
     # the entity span [5, 12) covers units 1 and 2: k = 2, the two best units are 1 (0.5) and 3 (0.3);
     # n2 has no entity rationale and is left out
     assert out[["note_id", "start", "end", "k"]].values.tolist() == [["n1", 5, 9, 2], ["n1", 15, 19, 2]]
@@ -836,10 +836,10 @@ def test_attention_size_matched_takes_as_many_units_as_the_entity_rationale():
 
 def test_attention_vs_entity_raw_minus_random_and_size_matched():
     from rationale_kit.core.config import load_profile
-    from rationale_kit.workbook import steps
+    from rationale_kit.workbook.protocols.faithfulness import SIZE_MATCHED, attention_vs_entity
 
     prof = load_profile("smoke", {"evaluation": {"bootstrap_resamples": 200, "min_notes": 0}})
-    att, ent, sm = "attention (top-10)", "entity (exact_code)", steps.SIZE_MATCHED.name
+    att, ent, sm = "attention (top-10)", "entity (exact_code)", SIZE_MATCHED.name
     comp = {att: ({"n1": 0.6, "n2": 0.4}, {"n1": 0.5, "n2": 0.1}), ent: ({"n1": 0.2, "n2": 0.1}, {"n1": 0.15, "n2": 0.05}),
             sm: ({"n1": 0.3, "n2": 0.2}, {"n1": 0.2, "n2": 0.2})}
     rows = []
@@ -850,7 +850,7 @@ def test_attention_vs_entity_raw_minus_random_and_size_matched():
                      ("caml", src, "sufficiency", "rationale", n, "A", 1 - rat[n], np.nan),
                      ("caml", src, "sufficiency", "random", n, "A", 1 - rnd[n], np.nan)]
     agg = pd.DataFrame(rows, columns=["model", "source", "measure", "control", "note_id", "code", "value", "k"])
-    v = steps.attention_vs_entity(agg, 10, prof, "toy")
+    v = attention_vs_entity(agg, 10, prof, "toy")
     c = v[v.measure == "comprehensiveness"].set_index("control")
     assert list(c.index) == ["raw", "minus_random", "size_matched"]
     # raw: (0.6 + 0.4) / 2 - (0.2 + 0.1) / 2 = 0.35

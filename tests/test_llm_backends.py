@@ -502,7 +502,7 @@ def _tiny_ds():
 
 
 def test_steps_llm_rationales_guard_reads_the_profile(gserver, tmp_path, monkeypatch):
-    from rationale_kit.workbook import steps
+    from rationale_kit.workbook.protocols.rationales import llm_plan, llm_rationales
 
     monkeypatch.setenv("GEMINI_API_KEY", FAKE_KEY)
     ds = _tiny_ds()
@@ -510,12 +510,12 @@ def test_steps_llm_rationales_guard_reads_the_profile(gserver, tmp_path, monkeyp
     mimic_like = config.load_profile("smoke", {"common": {"dataset": "mimic", "progress": False},
                                                "rationales": {"llm": llm_over}})
     with pytest.raises(llm.CredentialedDataError):
-        steps.llm_rationales(ds, ds.docs[ds.docs.note_id == "e1"], mimic_like, tmp_path / "c", {"llm_zero": 0})
+        llm_rationales(ds, ds.docs[ds.docs.note_id == "e1"], mimic_like, tmp_path / "c", {"llm_zero": 0})
     assert gserver.hits == 0
     public = config.load_profile("smoke", {"common": {"progress": False}, "rationales": {"llm": llm_over}})
-    quotes, calls = steps.llm_rationales(ds, ds.docs[ds.docs.note_id == "e1"], public, tmp_path / "c", {"llm_zero": 0})
+    quotes, calls = llm_rationales(ds, ds.docs[ds.docs.note_id == "e1"], public, tmp_path / "c", {"llm_zero": 0})
     assert gserver.hits == 1 and calls.status.tolist() == ["ok"]
-    plan = steps.llm_plan(ds, ds.docs[ds.docs.note_id == "e1"], public, tmp_path / "c", {"llm_zero": 0, "llm_few": 1})
+    plan = llm_plan(ds, ds.docs[ds.docs.note_id == "e1"], public, tmp_path / "c", {"llm_zero": 0, "llm_few": 1})
     p = plan.set_index("teacher")
     assert p.loc["llm_zero", "cached"] == 1 and p.loc["llm_zero", "calls"] == 0  # answered above
     assert p.loc["llm_few", "calls"] == 1 and p.loc["total", "calls"] == 1 and gserver.hits == 1

@@ -3,7 +3,10 @@ import pandas as pd
 import pytest
 import torch
 
-from rationale_kit.workbook import steps
+from rationale_kit.workbook.protocols.data import eval_docs
+from rationale_kit.workbook.protocols.faithfulness import SIZE_MATCHED, faithfulness_tables
+from rationale_kit.workbook.protocols.rationales import llm_rationales, llm_requests, model_rationales, run_entity_linking
+from rationale_kit.workbook.protocols.train import coding_seed_spread, coding_table, fit_model, note_counts, seed_dirs
 from rationale_kit.core.config import load_profile
 from rationale_kit.models import build_model
 from test_models import LABELS, TEXTS, W2V, word_params
@@ -22,7 +25,7 @@ def _setup():
 def test_gradient_models_limits_the_gradient_rationales():
     models, docs, pairs = _setup()
     prof = load_profile("smoke", {"common": {"progress": False}, "rationales": {"gradient_models": ["laat"]}})
-    soft, report = steps.model_rationales(models, docs, pairs, prof)
+    soft, report = model_rationales(models, docs, pairs, prof)
     by = soft.groupby(["model", "source"]).size()
     assert ("caml", "attention") in by and ("laat", "attention") in by and ("laat", "gradient") in by
     assert ("caml", "gradient") not in by
@@ -33,9 +36,9 @@ def test_gradient_models_limits_the_gradient_rationales():
 def test_faithfulness_models_chooses_the_scorers():
     models, docs, pairs = _setup()
     prof = load_profile("smoke", {"common": {"progress": False}, "faithfulness": {"models": ["caml"], "max_pairs": 2}})
-    soft, _ = steps.model_rationales(models, docs, pairs, prof)
+    soft, _ = model_rationales(models, docs, pairs, prof)
     entity = pd.DataFrame({"note_id": ["a"], "code": ["I10"], "start": [0], "end": [5], "source": ["entity"]})
-    table = steps.faithfulness_tables(models, docs, {"entity": entity}, soft, prof)
+    table = faithfulness_tables(models, docs, {"entity": entity}, soft, prof)
     assert set(table.model) == {"caml"}
 
 
@@ -44,13 +47,13 @@ def test_faithfulness_scores_report_notes_only_with_a_size_matched_attention():
 
     models, docs, pairs = _setup()
     prof = load_profile("smoke", {"common": {"progress": False}, "faithfulness": {"models": ["caml"], "code_set": "gold"}})
-    soft, _ = steps.model_rationales(models, docs, pairs, prof)
+    soft, _ = model_rationales(models, docs, pairs, prof)
     entity = pd.DataFrame({"note_id": ["a", "b"], "code": ["I10", "E11.9"], "start": [0, 0], "end": [5, 5],
                            "source": ["entity (exact_code)"] * 2})
     design = EvaluationDesign(("a", "b"), ("b",), ("a",), 0.5)  # b is a tuning note: never scored
-    table = steps.faithfulness_tables(models, docs, {"entity (exact_code)": entity}, soft, prof, design=design)
+    table = faithfulness_tables(models, docs, {"entity (exact_code)": entity}, soft, prof, design=design)
     assert set(table.note_id) == {"a"}
-    sm = table[(table.source == steps.SIZE_MATCHED.name) & (table.control == "rationale") & table.k.isna()]
+    sm = table[(table.source == SIZE_MATCHED.name) & (table.control == "rationale") & table.k.isna()]
     ent = table[(table.source == "entity (exact_code)") & (table.control == "rationale") & table.k.isna()]
     # attention with k = the entity rationale's unit count removes as many units as the entity spans
     assert len(sm) and sm.rationale_size.iloc[0] == ent.rationale_size.iloc[0]
@@ -69,7 +72,7 @@ def test_few_shot_examples_when_every_document_is_annotated():
                           "end": [15, 15, 15, 5], "granularity": ["mention"] * 4, "source": ["human"] * 4})
     ds = SimpleNamespace(docs=docs, spans=spans, codes=pd.DataFrame({"code": ["R05"], "description": ["Cough"]}))
     prof = load_profile("smoke")
-    reqs = steps.llm_requests(ds, steps.eval_docs(docs), 1, prof)
+    reqs = llm_requests(ds, eval_docs(docs), 1, prof)
     assert [r.note_id for r in reqs] == ["e1"]
     # the example comes from the pool note (its context "fever and"), never from the evaluated note
     assert "fever and" in reqs[0].prompt.user and reqs[0].prompt.user.count("cough again") == 1
@@ -98,26 +101,26 @@ def _fit_setup(tmp_path, **overrides):
 
 def test_guided_cap_replaces_the_training_cap(tmp_path):
     prof, docs = _fit_setup(tmp_path)
-    res = steps.fit_model("caml", prof, docs, ["E11.9", "J18.9"], tmp_path / "a")
+    res = fit_model("caml", prof, docs, ["E11.9", "J18.9"], tmp_path / "a")
     assert res.timing["docs"] == 10  # train.max_train_docs
-    res = steps.fit_model("caml", prof, docs, ["E11.9", "J18.9"], tmp_path / "b", max_train_docs=25)
+    res = fit_model("caml", prof, docs, ["E11.9", "J18.9"], tmp_path / "b", max_train_docs=25)
     assert res.timing["docs"] == 25  # guided.max_train_docs = 25 is not cut back to 10
 
 
 def test_student_retrains_when_its_starting_model_changes(tmp_path, capsys):
     prof, docs = _fit_setup(tmp_path)
     labels = ["E11.9", "J18.9"]
-    steps.fit_model("caml", prof, docs, labels, tmp_path / "t1")
-    first = steps.fit_model("caml", prof, docs, labels, tmp_path / "student", init_from=tmp_path / "t1" / "model")
+    fit_model("caml", prof, docs, labels, tmp_path / "t1")
+    first = fit_model("caml", prof, docs, labels, tmp_path / "student", init_from=tmp_path / "t1" / "model")
     assert first.timing["steps"] > 0
-    again = steps.fit_model("caml", prof, docs, labels, tmp_path / "student", init_from=tmp_path / "t1" / "model")
+    again = fit_model("caml", prof, docs, labels, tmp_path / "student", init_from=tmp_path / "t1" / "model")
     assert again.timing["steps"] == 0  # same key: reused
     other = load_profile("smoke", {"common": {"progress": False, "seed": 3}, "train": {
         "max_train_docs": 10, "word2vec": {"dim": 8, "epochs": 1, "min_count": 1},
         "caml": {"embed_dim": 8, "filters": 4, "kernel": 3, "epochs": 1, "patience": 1, "dropout": 0.7}}})
-    steps.fit_model("caml", other, docs, labels, tmp_path / "t2")  # another trained model
+    fit_model("caml", other, docs, labels, tmp_path / "t2")  # another trained model
     capsys.readouterr()
-    moved = steps.fit_model("caml", prof, docs, labels, tmp_path / "student", init_from=tmp_path / "t2" / "model")
+    moved = fit_model("caml", prof, docs, labels, tmp_path / "student", init_from=tmp_path / "t2" / "model")
     assert moved.timing["steps"] > 0
     assert "key.init_from" in capsys.readouterr().out
 
@@ -125,13 +128,13 @@ def test_student_retrains_when_its_starting_model_changes(tmp_path, capsys):
 def test_rationale_sources_switch_off_gradient_entity_and_teachers(tmp_path):
     models, docs, pairs = _setup()
     prof = load_profile("smoke", {"common": {"progress": False}, "rationales": {"sources": ["attention", "llm_zero"]}})
-    soft, report = steps.model_rationales(models, docs, pairs, prof)
+    soft, report = model_rationales(models, docs, pairs, prof)
     assert set(soft.source) == {"attention"}
     assert report["caml"]["gradient"] == "not computed (rationales.sources)"
     codes = pd.DataFrame({"code": ["I10", "E11.9"], "description": ["Essential hypertension", "Type 2 diabetes"]})
-    spans, mentions = steps.run_entity_linking(docs, pairs, codes, prof)
+    spans, mentions = run_entity_linking(docs, pairs, codes, prof)
     assert len(spans) == 0 and len(mentions) == 0 and "start" in spans.columns
-    quotes, calls = steps.llm_rationales(None, docs, load_profile("smoke", {"rationales": {"sources": ["attention"]}}),
+    quotes, calls = llm_rationales(None, docs, load_profile("smoke", {"rationales": {"sources": ["attention"]}}),
                                          tmp_path, {"llm_zero": 0, "llm_few": 1})
     assert len(quotes) == 0 and {"source", "note_id", "quote"} <= set(quotes.columns)
 
@@ -150,13 +153,13 @@ def test_any_setting_of_the_model_restarts_a_finished_checkpoint(tmp_path, capsy
     base = {"common": {"progress": False, "seed": 3}, "data": {"max_words": 4000},
             "train": {"max_train_docs": 10, "word2vec": {"dim": 8, "epochs": 1, "min_count": 1, "window": 3},
                       "caml": {"embed_dim": 8, "filters": 4, "kernel": 3, "epochs": 1, "patience": 1}}}
-    steps.fit_model("caml", load_profile("smoke", base), docs, labels, tmp_path / "m2")
+    fit_model("caml", load_profile("smoke", base), docs, labels, tmp_path / "m2")
 
     def merge(a, b):
         return {k: merge(a[k], v) if isinstance(v, dict) and isinstance(a.get(k), dict) else v for k, v in {**a, **b}.items()}
 
     capsys.readouterr()
-    res = steps.fit_model("caml", load_profile("smoke", merge(base, change)), docs, labels, tmp_path / "m2")
+    res = fit_model("caml", load_profile("smoke", merge(base, change)), docs, labels, tmp_path / "m2")
     out = capsys.readouterr().out
     assert res.timing["steps"] > 0 and "starting over" in out and shown in out, out
     saved = _json.loads((tmp_path / "m2" / "model" / "config.json").read_text())
@@ -172,7 +175,7 @@ def test_note_counts_count_unseen_gold_as_false_negatives():
 
     y = np.array([[1, 0, 1], [0, 1, 0]])
     pred = np.array([[1, 1, 0], [0, 1, 0]])
-    counts = steps.note_counts(y, pred, np.array([2, 0]), ["a", "b"])
+    counts = note_counts(y, pred, np.array([2, 0]), ["a", "b"])
     # note a: tp 1 (code 0), fp 1 (code 1), fn 1 (code 2) + 2 unseen; note b: tp 1
     assert counts.to_dict("index") == {"a": {"tp": 1, "fp": 1, "fn": 3}, "b": {"tp": 1, "fp": 0, "fn": 0}}
 
@@ -187,15 +190,15 @@ def test_coding_table_interval_brackets_micro_f1_and_the_seed_spread_is_mean_and
     test = docs[docs.split == "test"]
     probs = {"A": [0.9, 0.2, 0.6, 0.7], "B": [0.1, 0.8, 0.3, 0.4]}  # > 0.5: A on n4, n6, n7; B on n5
     pred = pd.DataFrame([{"note_id": n, "code": c, "prob": probs[c][i]} for i, n in enumerate(test.note_id) for c in labels])
-    table = steps.coding_table({"m": pred}, docs, labels, {"m": 0.5}, boot=Bootstrap(200, 0, 0.95))
+    table = coding_table({"m": pred}, docs, labels, {"m": 0.5}, boot=Bootstrap(200, 0, 0.95))
     # gold: n4 A, n5 B, n6 A, n7 B -> tp 3 (n4 A, n5 B, n6 A), fp 1 (n7 A), fn 1 (n7 B): F1 = 6 / 8
     assert table.loc["m", "micro_f1"] == pytest.approx(0.75)
     assert table.loc["m", "micro_f1_lo"] <= 0.75 <= table.loc["m", "micro_f1_hi"]
     assert table.loc["m", "notes"] == 4 and "micro_f1_lo" in table.columns
-    assert "micro_f1_lo" not in steps.coding_table({"m": pred}, docs, labels, {"m": 0.5}).columns  # no boot: as before
+    assert "micro_f1_lo" not in coding_table({"m": pred}, docs, labels, {"m": 0.5}).columns  # no boot: as before
     other = table.copy()
     other.loc["m", "micro_f1"] = 0.55
-    spread = steps.coding_seed_spread({1: table, 2: other}, measures=("micro_f1",))
+    spread = coding_seed_spread({1: table, 2: other}, measures=("micro_f1",))
     assert list(spread.index) == ["m"]  # the frequency baseline has no seed
     assert spread.loc["m", "seeds"] == 2
     assert spread.loc["m", "micro_f1 mean"] == pytest.approx(0.65)
@@ -203,4 +206,4 @@ def test_coding_table_interval_brackets_micro_f1_and_the_seed_spread_is_mean_and
 
 
 def test_seed_dirs_keep_the_first_seed_where_the_series_reads_it(tmp_path):
-    assert steps.seed_dirs(tmp_path, "caml", [13, 7]) == {13: tmp_path / "caml", 7: tmp_path / "caml_seed7"}
+    assert seed_dirs(tmp_path, "caml", [13, 7]) == {13: tmp_path / "caml", 7: tmp_path / "caml_seed7"}

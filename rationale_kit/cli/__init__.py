@@ -31,7 +31,8 @@ def _train(argv: list[str]) -> int:
     ap.add_argument("--out", default=None, help="output folder (default: artifacts/<profile>/02_train/<model>)")
     args = ap.parse_args(argv)
     from rationale_kit import data
-    from rationale_kit.workbook import steps
+    from rationale_kit.workbook.protocols.data import label_space
+    from rationale_kit.workbook.protocols.train import fit_model
     from rationale_kit.core.runtime import pick_device
     from rationale_kit.workbook.context import artifacts_root
 
@@ -40,8 +41,8 @@ def _train(argv: list[str]) -> int:
     prof = load_profile(args.profile)
     ds = data.load_dataset(prof)
     out = args.out or str(artifacts_root(prof) / "02_train" / args.model)
-    res = steps.fit_model(args.model, prof, ds.docs, steps.label_space(ds.docs), __import__("pathlib").Path(out),
-                          pick_device(prof.common.device))
+    res = fit_model(args.model, prof, ds.docs, label_space(ds.docs), __import__("pathlib").Path(out),
+                    pick_device(prof.common.device))
     print(f"{args.model}: best epoch {res.best_epoch}, threshold {res.threshold:.3f}, val {res.val_metrics}")
     return 0
 

@@ -2,4 +2,4 @@
 ``rationales``, ``alignment``, ``faithfulness``, ``plausibility``, ``guided``, ``fewshot``) plus
 what they share (``common``, ``tables``). Each function reads and writes the canonical tables
 (documents, span tables, score tables) and the profile's parameters; nothing here is specific to
-one data set. :mod:`rationale_kit.workbook.steps` re-exports them for the notebooks."""
+one data set. Notebooks import each function from the module it lives in."""
