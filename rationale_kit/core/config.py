@@ -173,6 +173,10 @@ class LLM:
     # openai: how the answer schema is asked for: json_schema (response_format json_schema; vLLM,
     # Ollama, OpenAI), json_object (JSON mode without a schema), none (the prompt alone)
     response_format: Literal["json_schema", "json_object", "none"] = "json_schema"
+    # openai: the request field of the answer budget: max_tokens (vLLM, Ollama, llama.cpp, TGI) or
+    # max_completion_tokens (OpenAI and Azure OpenAI, where max_tokens is deprecated and o-series
+    # reasoning models reject it)
+    output_token_param: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
     backoff_base_s: float = 1.0  # retry back-off: base * 2**attempt, with jitter, capped below
     backoff_max_s: float = 60.0
     requests_per_minute: Optional[float] = None  # client-side rate limit (None = none)
