@@ -13,8 +13,9 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Optional
 
+import numpy as np
 import pandas as pd
 
 #: Columns of the documents table. ``codes`` is a list of dotted ICD-10 codes.
@@ -113,11 +114,8 @@ def validate_spans(spans: pd.DataFrame, docs: pd.DataFrame, where: str = "spans"
     for i, row in enumerate(spans.itertuples(index=False)):
         if row.note_id not in lengths:
             raise DataError(f"{where} row {i}: unknown note_id {row.note_id!r}")
-        if not (0 <= row.start < row.end <= lengths[row.note_id]):
-            raise DataError(
-                f"{where} row {i}: offsets [{row.start}, {row.end}) outside note "
-                f"{row.note_id!r} of length {lengths[row.note_id]}"
-            )
+        check_offsets(row.start, row.end, f"{where} row {i}", lengths[row.note_id], note_id=row.note_id,
+                      integral_floats=True)
 
 
 def write_spans_jsonl(spans: pd.DataFrame, path: str | Path, docs: pd.DataFrame | None = None) -> None:
@@ -168,10 +166,29 @@ def read_spans_jsonl(path: str | Path, docs: pd.DataFrame | None = None) -> pd.D
     return _read_spans_jsonl(path, docs)[0]
 
 
-def _json_int(value, where: str, key: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise DataError(f"{where}: start/end must be integers ({key} is {type(value).__name__} {value!r})")
-    return value
+def check_offsets(start, end, where: str, length: Optional[int] = None, *, note_id: Optional[str] = None,
+                  integral_floats: bool = False) -> tuple[int, int]:
+    """``(start, end)`` as Python ints, checked: the one validation every reader of span offsets
+    (gold or predicted, JSONL or a table) applies. Integers only: a float (``12.9``, also ``12.0``
+    from JSON), a boolean or a string (``"12"``) is a :class:`DataError` naming ``where`` (file and
+    line, or table and row); never rounded or coerced. ``integral_floats`` accepts a float with an
+    integral value (a table column that held a missing value elsewhere: ``12.0``, never ``12.9``).
+    With ``length`` (characters of the note), ``0 <= start < end <= length`` must hold."""
+    out = []
+    for key, value in (("start", start), ("end", end)):
+        v = value
+        if isinstance(v, np.generic):
+            v = v.item()
+        if integral_floats and isinstance(v, float) and v.is_integer():
+            v = int(v)
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise DataError(f"{where}: start/end must be integers ({key} is {type(value).__name__} {value!r})")
+        out.append(v)
+    s, e = out
+    if length is not None and not (0 <= s < e <= length):
+        note = f" {note_id!r}" if note_id is not None else ""
+        raise DataError(f"{where}: offsets [{s}, {e}) outside note{note} of length {length}")
+    return s, e
 
 
 def _read_spans_jsonl(path: str | Path, docs: pd.DataFrame | None = None) -> tuple[pd.DataFrame, list[int]]:
@@ -183,18 +200,13 @@ def _read_spans_jsonl(path: str | Path, docs: pd.DataFrame | None = None) -> tup
         for key in ("note_id", "code", "start", "end"):
             if key not in rec:
                 raise DataError(f"{path}:{lineno}: missing key {key!r}")
-        start = _json_int(rec["start"], f"{path}:{lineno}", "start")
-        end = _json_int(rec["end"], f"{path}:{lineno}", "end")
+        start, end = check_offsets(rec["start"], rec["end"], f"{path}:{lineno}")
         linenos.append(lineno)
         nid = str(rec["note_id"])
         if texts is not None:
             if nid not in texts:
                 raise DataError(f"{path}:{lineno}: unknown note_id {nid!r}")
-            if not (0 <= start < end <= len(texts[nid])):
-                raise DataError(
-                    f"{path}:{lineno}: offsets [{start}, {end}) outside note {nid!r} "
-                    f"of length {len(texts[nid])}"
-                )
+            check_offsets(start, end, f"{path}:{lineno}", len(texts[nid]), note_id=nid)
             if "text" in rec and texts[nid][start:end] != rec["text"]:
                 raise DataError(
                     f"{path}:{lineno}: span text {rec['text']!r} does not match note text "
