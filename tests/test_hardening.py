@@ -67,3 +67,132 @@ def test_plausibility_tables_reject_fractional_offsets():
         P.span_plausibility(gold, pred.astype(object).assign(start=[True]), docs)
     ok = pred.assign(start=[12.0], end=[17.0])
     assert P.span_plausibility(gold, ok, docs)["span_exact"]["tp"] == 1
+
+
+# ---- quote: the user's cache, output checked before paying, flags, real-server errors, Ctrl-C ----
+
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fake_openai import FakeOpenAI, OAReply  # noqa: E402
+
+from rationale_kit.__main__ import main  # noqa: E402
+
+NOTES = {"a": "Type 2 diabetes mellitus on metformin.", "b": "Essential hypertension, poorly controlled.",
+         "c": "Asthma, mild intermittent."}
+
+
+@pytest.fixture
+def qfiles(tmp_path, monkeypatch):
+    monkeypatch.setenv("RK_LLM_CACHE_DIR", str(tmp_path / "user_cache"))
+    docs = write_jsonl(tmp_path / "notes.jsonl", [{"note_id": k, "text": v} for k, v in NOTES.items()])
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", [{"note_id": "a", "code": "E11.9"}, {"note_id": "b", "code": "I10"},
+                                                   {"note_id": "c", "code": "J45.20"}])
+    return tmp_path, ["quote", "--docs", docs, "--pairs", pairs, "--backend", "openai", "--model", "m", "--public-data"]
+
+
+def test_quote_checks_out_before_any_call_and_reruns_from_the_user_cache(qfiles, capsys):
+    tmp, args = qfiles
+    with FakeOpenAI() as srv:
+        url = ["--base-url", srv.base_url]
+        (tmp / "adir").mkdir()
+        assert main(args + url + ["--out", str(tmp / "adir")]) == 2  # a folder: refused before paying
+        assert "is a folder" in capsys.readouterr().err and srv.hits == 0
+        blocker = tmp / "afile"
+        blocker.write_text("x")
+        assert main(args + url + ["--out", str(tmp / "o.jsonl"), "--cache-dir", str(blocker)]) == 2
+        assert "--cache-dir" in capsys.readouterr().err and srv.hits == 0
+        assert main(args + url + ["--out", str(tmp / "o1.jsonl")]) == 0 and srv.hits == 3
+        assert main(args + url + ["--out", str(tmp / "o2.jsonl")]) == 0 and srv.hits == 3  # another --out: no new call
+        assert "0 new calls, 3 cached" in capsys.readouterr().err
+        assert (tmp / "o1.jsonl").read_text() == (tmp / "o2.jsonl").read_text()
+
+
+def test_quote_flags_reach_the_request(qfiles, capsys):
+    tmp, args = qfiles
+    with FakeOpenAI() as srv:
+        rc = main(args + ["--base-url", srv.base_url, "--out", str(tmp / "o.jsonl"), "--concurrency", "1",
+                          "--timeout", "30", "--max-output-tokens", "512", "--response-format", "json_object",
+                          "--output-token-param", "max_completion_tokens", "--local-endpoint"])
+        assert rc == 0, capsys.readouterr().err
+        body = srv.requests[0]["body"]
+    assert body["max_completion_tokens"] == 512 and "max_tokens" not in body
+    assert body["response_format"] == {"type": "json_object"}
+    assert main(args + ["--out", str(tmp / "o.jsonl"), "--concurrency", "0"]) == 2
+    assert "--concurrency must be at least 1" in capsys.readouterr().err
+
+
+def test_quote_on_a_server_without_json_schema_says_what_to_change(qfiles, capsys):
+    """llama-cpp-python 0.3 answers HTTP 500 to response_format json_schema: one clear error naming
+    the setting, no retries; the rerun with the setting asks again and succeeds."""
+    tmp, args = qfiles
+    msg = ("1 validation error for CreateChatCompletionRequest\nresponse_format.type\n  Input should be 'text' or "
+           "'json_object' [type=literal_error, input_value='json_schema', input_type=str]")
+
+    def respond(body):
+        if (body.get("response_format") or {}).get("type") == "json_schema":
+            return OAReply.error(500, msg)
+        from fake_openai import quote_first_words
+        return quote_first_words(body)
+
+    with FakeOpenAI(responder=respond) as srv:
+        rc = main(args + ["--base-url", srv.base_url, "--out", str(tmp / "o.jsonl"), "--concurrency", "1"])
+        err = capsys.readouterr().err
+        assert rc == 2 and srv.hits == 1 and not (tmp / "o.jsonl").exists()
+        assert "response_format: json_object" in err and "--response-format json_object" in err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+        rc = main(args + ["--base-url", srv.base_url, "--out", str(tmp / "o.jsonl"), "--response-format", "json_object"])
+        assert rc == 0 and srv.hits == 4
+
+
+def test_quote_ctrl_c_exits_130_and_keeps_the_answers(qfiles, capsys, monkeypatch):
+    tmp, args = qfiles
+    from rationale_kit.rationales import llm
+
+    real = llm.OpenAIBackend.agenerate
+
+    async def interrupted(self, prompt):
+        if "Asthma" in prompt.user:
+            raise KeyboardInterrupt
+        return await real(self, prompt)
+
+    with FakeOpenAI() as srv:
+        url = ["--base-url", srv.base_url, "--out", str(tmp / "o.jsonl"), "--concurrency", "1"]
+        monkeypatch.setattr(llm.OpenAIBackend, "agenerate", interrupted)
+        assert main(args + url) == 130
+        assert "interrupted" in capsys.readouterr().err and srv.hits == 2 and not (tmp / "o.jsonl").exists()
+        monkeypatch.setattr(llm.OpenAIBackend, "agenerate", real)
+        assert main(args + url) == 0 and srv.hits == 3  # only the note that was not answered is asked
+
+
+# ---- exit status 2 with one line, for every command -------------------------------------------------
+
+@pytest.mark.parametrize("command", ["run", "report", "train", "export-data", "quote"])
+@pytest.mark.parametrize("problem", ["not_utf8", "folder", "bad_overrides", "overrides_not_object"])
+def test_bad_profile_or_overrides_exit_2_with_one_line(tmp_path, capsys, command, problem):
+    prof = tmp_path / "p.yaml"
+    prof.write_text("common: {seed: 3}\n")
+    extra: list[str] = []
+    if problem == "not_utf8":
+        prof.write_bytes(b"common: {seed: 3}\n# caf\xe9\n")
+    elif problem == "folder":
+        prof = tmp_path / "adir.yaml"
+        prof.mkdir()
+    elif problem == "bad_overrides":
+        extra = ["--overrides", "{not json"]
+    else:
+        extra = ["--overrides", "[1, 2]"]
+    if command == "quote":
+        if extra:
+            pytest.skip("quote takes no --overrides")
+        docs = write_jsonl(tmp_path / "d.jsonl", [{"note_id": "a", "text": "x y"}])
+        argv = ["quote", "--docs", docs, "--pairs", docs, "--out", str(tmp_path / "o.jsonl")]
+    else:
+        argv = [command] + (["--model", "caml"] if command == "train" else []) + \
+            (["--out", str(tmp_path / "out")] if command == "export-data" else [])
+    rc = main(argv + ["--profile", str(prof)] + extra)
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("error: ")
+    assert ("--overrides" in err) if extra else (str(prof) in err)

@@ -164,7 +164,7 @@ class OpenAIBackend(AsyncBackend):
             msg = self.scrub(f"HTTP {resp.status_code}: {str(detail)[:500]}")
             unsupported = self._unsupported(resp.status_code, str(detail))
             if unsupported:
-                raise UnsupportedRequestError(f"{self.base_url} rejects the request ({msg}): {unsupported}",)
+                raise UnsupportedRequestError(" ".join(f"{self.base_url} rejects the request ({msg}): {unsupported}".split()))
             if resp.status_code in (408, 409, 429) or resp.status_code >= 500:
                 raise TransientLLMError(msg, status=resp.status_code, retry_after=retry_after(resp.headers))
             raise PermanentLLMError(msg, status=resp.status_code)
