@@ -196,3 +196,94 @@ def test_bad_profile_or_overrides_exit_2_with_one_line(tmp_path, capsys, command
     assert rc == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert err.startswith("error: ")
     assert ("--overrides" in err) if extra else (str(prof) in err)
+
+
+# ---- the run lock ------------------------------------------------------------------------------
+
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import time  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+CONTENDER = """
+import json, sys, time
+from rationale_kit.core.lock import ProfileLock, RunLocked
+path, go = sys.argv[1], float(sys.argv[2])
+time.sleep(max(0.0, go - time.time()))
+try:
+    with ProfileLock(path, "p", kernel_wait_s=0):
+        t0 = time.time(); time.sleep(1.0); print(json.dumps(["held", t0, time.time()]))
+except RunLocked as exc:
+    print(json.dumps(["refused", str(exc)]))
+"""
+
+
+def _race(lock: Path, n: int = 8) -> list:
+    go = time.time() + 3.0
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    procs = [subprocess.Popen([sys.executable, "-c", CONTENDER, str(lock), str(go)], stdout=subprocess.PIPE,
+                              text=True, env=env) for _ in range(n)]
+    return [json.loads(p.communicate(timeout=60)[0]) for p in procs]
+
+
+@pytest.mark.parametrize("left_behind", ["empty", "live_unrelated_pid"])
+def test_lock_race_has_exactly_one_holder(tmp_path, left_behind):
+    """8 processes start at the same instant, over a lock file left as the case says: never two
+    holders at once, and someone holds it (before: up to 3 holders at once, none in some rounds,
+    and a stale file naming a live unrelated pid refused every run)."""
+    lock = tmp_path / ".lock"
+    if left_behind == "empty":
+        lock.write_text("")
+    elif left_behind == "dead_pid":
+        lock.write_text(json.dumps({"pid": 2 ** 22 + 7, "started": "earlier"}))
+    elif left_behind == "live_unrelated_pid":
+        lock.write_text(json.dumps({"pid": os.getpid(), "started": "earlier"}))
+    results = _race(lock)
+    held = sorted(r[1:] for r in results if r[0] == "held")
+    assert held, results
+    assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(held, held[1:])), held  # no overlap
+    assert all("another run of profile 'p' is in progress" in r[1] for r in results if r[0] == "refused")
+    assert not lock.exists()  # released and removed
+
+
+def test_lock_names_holder_with_start_time_and_orphan_kernels_are_waited_for(tmp_path, monkeypatch):
+    from rationale_kit.core.lock import KERNEL_LOCK_ENV, ProfileLock, RunLocked, process_start_time
+
+    lock = tmp_path / ".lock"
+    with ProfileLock(lock, "p", "train"):
+        info = json.loads(lock.read_text())
+        assert info["pid"] == os.getpid() and info["command"] == "train"
+        assert info["pid_start"] == process_start_time(os.getpid()) is not None
+        with pytest.raises(RunLocked, match=rf"pid {os.getpid()}, train"):
+            ProfileLock(lock, "p").__enter__()
+    # a kernel of an earlier run still alive (its runner was killed): the next holder waits for it
+    kernel = subprocess.Popen([sys.executable, "-c", "import time; from rationale_kit.core.lock import hold_kernel_lock; "
+                               "hold_kernel_lock(); print('up', flush=True); time.sleep(1.0)"],
+                              env={**os.environ, "PYTHONPATH": str(ROOT), KERNEL_LOCK_ENV: str(tmp_path / ".kernel.lock")},
+                              stdout=subprocess.PIPE, text=True)
+    assert kernel.stdout.readline().strip() == "up"
+    with pytest.raises(RunLocked, match="notebook kernel of an earlier run"):
+        ProfileLock(lock, "p", kernel_wait_s=0.1).__enter__()
+    t0 = time.monotonic()
+    with ProfileLock(lock, "p", kernel_wait_s=30):
+        waited = time.monotonic() - t0
+        assert kernel.poll() is not None  # the kernel was gone before the lock was given
+    kernel.wait()
+    assert waited > 0.3
+
+
+def test_train_refuses_while_a_run_holds_the_profile(tmp_path, capsys, monkeypatch):
+    """`train` takes the same lock as `run` (before: it wrote artifacts/<profile>/02_train while a run
+    held runs/<profile>/.lock)."""
+    from rationale_kit.core import runtime
+    from rationale_kit.core.lock import ProfileLock
+    from rationale_kit import data
+
+    monkeypatch.setattr(runtime, "ROOT", tmp_path)
+    loaded = []
+    monkeypatch.setattr(data, "load_dataset", lambda prof: loaded.append(prof) or 1 / 0)
+    with ProfileLock(tmp_path / "runs" / "smoke" / ".lock", "smoke", "run"):
+        rc = main(["train", "--profile", "smoke", "--model", "caml", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "another run of profile 'smoke' is in progress" in err and "run, started" in err
+    assert not loaded and not (tmp_path / "o").exists()
