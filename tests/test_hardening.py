@@ -287,3 +287,22 @@ def test_train_refuses_while_a_run_holds_the_profile(tmp_path, capsys, monkeypat
     err = capsys.readouterr().err
     assert rc == 2 and "another run of profile 'smoke' is in progress" in err and "run, started" in err
     assert not loaded and not (tmp_path / "o").exists()
+
+
+# ---- RK_CODIESP_DIR ------------------------------------------------------------------------------
+
+def test_rk_codiesp_dir_is_honoured_by_the_codiesp_profile(tmp_path, monkeypatch):
+    from rationale_kit.core.config import load_profile
+    from rationale_kit.data.codiesp import resolve_codiesp_dir
+
+    fake = tmp_path / "mycopy" / "codiesp_v4"
+    (fake / "train").mkdir(parents=True)
+    (fake / "train" / "trainD.tsv").write_text("")
+    monkeypatch.setenv("RK_CODIESP_DIR", str(tmp_path / "mycopy"))
+    prof = load_profile("codiesp")
+    assert resolve_codiesp_dir(prof.data.codiesp_dir) == fake  # before: the profile's path won
+    monkeypatch.setenv("RK_CODIESP_DIR", str(tmp_path / "nowhere"))
+    with pytest.raises(DataError, match=r"nowhere, from \$RK_CODIESP_DIR"):
+        resolve_codiesp_dir(prof.data.codiesp_dir)
+    with pytest.raises(DataError, match=r"from data.codiesp_dir .*RK_CODIESP_DIR=.*nowhere is not used"):
+        resolve_codiesp_dir(str(tmp_path / "elsewhere"))
