@@ -306,3 +306,85 @@ def test_rk_codiesp_dir_is_honoured_by_the_codiesp_profile(tmp_path, monkeypatch
         resolve_codiesp_dir(prof.data.codiesp_dir)
     with pytest.raises(DataError, match=r"from data.codiesp_dir .*RK_CODIESP_DIR=.*nowhere is not used"):
         resolve_codiesp_dir(str(tmp_path / "elsewhere"))
+
+
+# ---- loaders ----------------------------------------------------------------------------------------
+
+def test_mimic_header_only_tables_are_errors(tmp_path):
+    from test_data import _notes, _diagnoses, _procedures, write_mimic
+    from rationale_kit import data
+
+    root = write_mimic(tmp_path / "a", notes=_notes().iloc[:0])
+    with pytest.raises(DataError, match=r"discharge\.csv\.gz: no data rows \(only a header\)"):
+        data.load_mimic(root, min_code_count=1)
+    root = write_mimic(tmp_path / "b", diagnoses=_diagnoses().iloc[:0])
+    with pytest.raises(DataError, match=r"diagnoses_icd\.csv\.gz: no data rows \(only a header\)"):
+        data.load_mimic(root, min_code_count=1)
+    ds = data.load_mimic(write_mimic(tmp_path / "c", procedures=_procedures().iloc[:0]), min_code_count=1)
+    assert len(ds.docs) and "procedures_icd.csv.gz has no data rows (only a header): no procedure codes" in ds.report["warnings"]
+
+
+def test_mdace_span_on_a_whitespace_only_note_is_refused_like_the_spans_loader(tmp_path):
+    from rationale_kit.data.mdace import load_mdace
+
+    docs = pd.DataFrame({"note_id": ["101"], "text": ["   \n  "], "codes": [["I10"]], "split": ["test"],
+                         "annotated": [False], "fewshot": [False], "credentialed": [True]})
+    d = tmp_path / "mdace" / "Inpatient" / "ICD-10" / "1.0"
+    d.mkdir(parents=True)
+    (d / "101.json").write_text(json.dumps({"hadm_id": 101, "notes": [
+        {"note_id": 9, "category": "Discharge summary", "description": "Report",
+         "annotations": [{"begin": 1, "end": 3, "code": "I10", "code_system": "ICD-10-CM", "type": "Diagnosis"}]}]}))
+    with pytest.raises(DataError, match=r"101\.json: notes\[0\]\.annotations\[0\]: admission '101' is an empty note"):
+        load_mdace(tmp_path / "mdace", docs)
+
+
+def test_damaged_saved_dataset_and_model_name_the_file(tmp_path):
+    from rationale_kit import data
+    from rationale_kit.models import io
+
+    folder = tmp_path / "01_data"
+    folder.mkdir()
+    for name in ("docs.parquet", "spans.parquet", "codes.parquet"):
+        (folder / name).write_bytes(b"PAR1 this is not parquet")
+    with pytest.raises(DataError, match=r"01_data/docs\.parquet: unreadable"):
+        data.load_saved(folder)
+    m = tmp_path / "model"
+    m.mkdir()
+    (m / "config.json").write_text('{"format": ')
+    with pytest.raises(DataError, match=r"model/config\.json: unreadable model configuration"):
+        io.load(m)
+    cfg = {"format": io.FORMAT_VERSION, "name": "caml", "labels": ["I10"], "params": {}, "max_words": 10,
+           "tokenizer": {"max_words": 10}, "threshold": "abc"}
+    (m / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(DataError, match=r"config\.json: threshold must be a number in \[0, 1\] or null, got 'abc'"):
+        io.load(m)
+    (m / "config.json").write_text(json.dumps({**cfg, "threshold": 0.4}))
+    (m / "vocab.json").write_text('{"a": 1')
+    with pytest.raises(DataError, match=r"model/vocab\.json: unreadable"):
+        io.load(m)
+
+
+def test_export_data_writes_whole_files_or_nothing(tmp_path, monkeypatch):
+    """A failure half-way leaves the previous file (or none), never a partial one."""
+    from rationale_kit.core import records
+    from rationale_kit.core.config import load_profile
+    from rationale_kit import data
+
+    ds = data.load_dataset(load_profile("smoke"))
+    out = tmp_path / "exp"
+    data.export_dataset(ds, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    calls = {"n": 0}
+    real_dumps = records.json.dumps
+
+    def dying(obj, **kw):  # the process dies after a few spans are written
+        calls["n"] += 1
+        if calls["n"] > 3:
+            raise KeyboardInterrupt
+        return real_dumps(obj, **kw)
+
+    monkeypatch.setattr(records.json, "dumps", dying)
+    with pytest.raises(KeyboardInterrupt):
+        data.export_dataset(ds, out)
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no partial file, no temporary left

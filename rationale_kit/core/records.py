@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional
@@ -122,13 +123,21 @@ def write_spans_jsonl(spans: pd.DataFrame, path: str | Path, docs: pd.DataFrame 
     """Write the documented JSONL span format: one object per span with ``note_id, code, start,
     end, granularity, source`` and, when ``docs`` is given, the covered ``text``."""
     texts = dict(zip(docs["note_id"], docs["text"])) if docs is not None else {}
-    with open(path, "w", encoding="utf-8") as fh:
-        for row in spans.to_dict("records"):
-            rec = {k: row.get(k) for k in SPAN_COLUMNS if k in row}
-            rec["start"], rec["end"] = int(rec["start"]), int(rec["end"])
-            if row["note_id"] in texts:
-                rec["text"] = texts[row["note_id"]][rec["start"]:rec["end"]]
-            fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # written whole or not at all
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            for i, row in enumerate(spans.to_dict("records")):
+                rec = {k: row.get(k) for k in SPAN_COLUMNS if k in row}
+                rec["start"], rec["end"] = check_offsets(rec["start"], rec["end"], f"spans row {i}", integral_floats=True)
+                if row["note_id"] in texts:
+                    rec["text"] = texts[row["note_id"]][rec["start"]:rec["end"]]
+                fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def iter_jsonl_objects(path: str | Path):
