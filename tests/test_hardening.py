@@ -388,3 +388,19 @@ def test_export_data_writes_whole_files_or_nothing(tmp_path, monkeypatch):
         data.export_dataset(ds, out)
     monkeypatch.undo()
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no partial file, no temporary left
+
+
+# ---- alignment of short verbatim quotes -----------------------------------------------------------
+
+def test_short_verbatim_quotes_like_list_markers_align():
+    """'1.' and '2.' are in the note at the start of lines (list markers, which the alignment form
+    blanks): both align, exactly where they are (before: 'no_overlap')."""
+    from rationale_kit.rationales.alignment import align_quote
+
+    text = "Diagnoses:\n1. Hypertension\n2. Diabetes\n10. Asthma"
+    for quote in ("1.", "2.", "10."):
+        rows = align_quote(text, quote)
+        assert [(r.start, r.end, r.method) for r in rows] == [(text.index(f"\n{quote}") + 1,
+                                                                text.index(f"\n{quote}") + 1 + len(quote), "exact")]
+    # word boundaries hold: '1.' is not found inside '11.' or '21.'
+    assert not align_quote("Items 11. and 21. only", "1.")[0].aligned
