@@ -85,6 +85,11 @@ NOTES = {"a": "Type 2 diabetes mellitus on metformin.", "b": "Essential hyperten
 
 @pytest.fixture
 def qfiles(tmp_path, monkeypatch):
+    import logging
+
+    # a root handler left by an earlier test (run_series' basicConfig on a captured, now closed
+    # stdout) would print "--- Logging error ---" into the stderr these tests read
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])
     monkeypatch.setenv("RK_LLM_CACHE_DIR", str(tmp_path / "user_cache"))
     docs = write_jsonl(tmp_path / "notes.jsonl", [{"note_id": k, "text": v} for k, v in NOTES.items()])
     pairs = write_jsonl(tmp_path / "pairs.jsonl", [{"note_id": "a", "code": "E11.9"}, {"note_id": "b", "code": "I10"},

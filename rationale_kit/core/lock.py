@@ -82,9 +82,15 @@ class ProfileLock:
     def __enter__(self) -> "ProfileLock":
         if fcntl is None:  # pragma: no cover
             raise RunLocked("the profile lock needs fcntl (a POSIX system)")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RunLocked(f"cannot create the folder of the lock {self.path} ({exc.strerror})") from None
         for _ in range(100):
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise RunLocked(f"cannot open the lock {self.path} of profile {self.profile!r} ({exc.strerror})") from None
             if not _flock(fd, fcntl.LOCK_EX):
                 info = _read_info(fd)
                 os.close(fd)
