@@ -55,6 +55,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from rationale_kit.core.sources import ATTENTION, ENTITY_CATEGORY, ENTITY_EXACT, LLM_FEW, LLM_ZERO  # noqa: E402
 from rationale_kit.metrics.faithfulness import (  # noqa: E402
     NoteCache, faithfulness_discrete, faithfulness_loop, faithfulness_scored,
 )
@@ -63,7 +64,7 @@ BATCH = 32
 N_LABELS = 60
 AOPC_K = [1.0, 5.0, 10.0, 20.0, 50.0]
 EDIN_STEPS = 6  # the default profile's faithfulness.word_steps
-DISCRETE_SOURCES = ("entity (exact_code)", "entity (category)", "llm_zero", "llm_few")
+DISCRETE_SOURCES = tuple(s.name for s in (ENTITY_EXACT, ENTITY_CATEGORY, LLM_ZERO, LLM_FEW))
 
 
 # --------------------------------------------------------------------------------------------
@@ -310,7 +311,7 @@ def workload(model, docs, gold, rng, shape: str, device="cpu"):
                        score=att.score * rng.lognormal(0.0, 1.0, len(att)))
     scored = pd.concat([att, noisy], ignore_index=True)
     top = (att.sort_values("score", ascending=False, kind="stable").groupby(["note_id", "code"]).head(10)
-           .assign(source="attention top-10", granularity="")[["note_id", "code", "start", "end", "granularity", "source"]])
+           .assign(source=ATTENTION.with_top_k(10).name, granularity="")[["note_id", "code", "start", "end", "granularity", "source"]])
     spans = pd.concat([random_spans(docs, gold, rng).assign(source=src) for src in DISCRETE_SOURCES] + [top],
                       ignore_index=True)
     return [(faithfulness_discrete, "discrete", spans, {}),

@@ -165,12 +165,12 @@ def env_info(dev: torch.device) -> dict:
 
 
 def make_profile(sz: dict, encoder: str):
-    from rationale_kit.core.config import ModelParams, load_profile
+    from rationale_kit.core.config import PARAMS_BY_MODEL, load_profile
 
-    # every model parameter set here (ModelParams defaults + SIZES): edits of default.yaml do not leak in
-    base = dataclasses.asdict(ModelParams())
-    train = {k: {**base, **sz[k]} for k in ("caml", "laat")}
-    train["plm_icd"] = {**base, **sz["plm_icd"], "encoder_path": encoder}
+    # every model parameter set here (each family's defaults + SIZES): edits of default.yaml do not leak in
+    base = {k: dataclasses.asdict(cls()) for k, cls in PARAMS_BY_MODEL.items()}
+    train = {k: {**base[k], **sz[k]} for k in ("caml", "laat")}
+    train["plm_icd"] = {**base["plm_icd"], **sz["plm_icd"], "encoder_path": encoder}
     train["word2vec"] = sz["word2vec"]
     return load_profile("default", overrides={"common": {"progress": False},
                                                "data": {"embedded": sz["corpus"]},

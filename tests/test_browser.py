@@ -104,3 +104,30 @@ def test_exported_notebook_in_chromium(tmp_path):
     page = tmp_path / "notebook.html"
     page.write_text(body, encoding="utf-8")
     check(dump_dom(browser, page, tmp_path))
+
+
+def test_run_report_first_screen_in_chromium(tmp_path):
+    """The run report's opening (verdict grid, forest plot, caveats) as elements, data as text."""
+    browser = chromium()
+    import pandas as pd
+
+    from rationale_kit.workbook import report
+
+    rows = pd.DataFrame({"group": ["(a) x"], "label": [EVIL], "effect": [0.1], "lo": [0.05], "hi": [0.2],
+                         "verdict": ["holds"], "note": ["n=12 · holds"]})
+    png = viz.figure_png(viz.plot_forest(rows))
+    cells = (report.GridCell("(a) x", "toy", "caml", "holds"), report.GridCell("(a) x", "toy", "laat", "does not hold", EVIL))
+    table = report.Table("rows", pd.DataFrame({"finding": ["(a) x", "(a) x"], "comparison": [EVIL, "b"]}), "v.csv", group="finding")
+    rep = report.Report("p", (("data", "toy"),), (), (), (
+        report.Section("verdicts", "Verdicts", True, ("note",), (table,),
+                       (report.Figure("forest", tmp_path / "verdicts_forest.png", png, generated=True),), cells),
+        report.Section("caveats", "Caveats", True, (f"Synthetic data {EVIL}",))))
+    page, _ = report.write_report(rep, tmp_path / "runs")
+    page.write_text(page.read_text().replace("</body>", f"{JS_PROBE}</body>"), encoding="utf-8")
+    dom = dump_dom(browser, page, tmp_path)
+    body = dom.find("body")[0]
+    assert body.get("data-js") == "ran" and "data-pwned" not in body
+    assert len(dom.find("table", "grid")) == 1 and len(dom.find("div", "chip")) == 2
+    assert [a["src"][:22] for a in dom.find("img")] == ["data:image/png;base64,"]  # the forest plot, no injected <img>
+    assert len(dom.find("ul", "caveats")) == 1 and len(dom.find("tr", "group")) == 1
+    assert len(dom.find("div", "scroll")) == 2  # grid and table scroll inside the page

@@ -155,12 +155,12 @@ def test_every_default_agrees():
     assert C.Guided().ner_formulation == NERConfig().formulation
 
 
-def test_a_profile_path_inherits_default_yaml(tmp_path):
-    """A profile file outside params/ is default.yaml plus its own keys (section by section);
-    ``base`` names another profile, or null for the built-in defaults."""
+def test_a_profile_path_inherits_with_base(tmp_path):
+    """``base: default`` makes a profile file default.yaml plus its own keys (section by section);
+    without base a file keeps the built-in defaults (a copy of a shipped profile behaves the same)."""
     default = load_profile("default")
     f = tmp_path / "mine.yaml"
-    f.write_text("rationales:\n  llm: {backend: openai, base_url: 'http://localhost:8080/v1', concurrency: 1}\n")
+    f.write_text("base: default\nrationales:\n  llm: {backend: openai, base_url: 'http://localhost:8080/v1', concurrency: 1}\n")
     prof = load_profile(f)
     assert prof.name == "mine" and prof.rationales.llm.backend == "openai" and prof.rationales.llm.concurrency == 1
     assert prof.alignment.threshold == default.alignment.threshold == 1.7  # from default.yaml, not the built-in value
@@ -169,9 +169,29 @@ def test_a_profile_path_inherits_default_yaml(tmp_path):
     f.write_text("base: smoke\ncommon: {seed: 99}\n")
     prof = load_profile(f)
     assert prof.common.seed == 99 and prof.train == load_profile("smoke").train
+    import yaml
+
+    (tmp_path / "copy.yaml").write_text((PARAMS_DIR / "smoke.yaml").read_text())
+    copy = load_profile(tmp_path / "copy.yaml")
+    assert dataclasses.replace(copy, name="smoke") == load_profile("smoke")  # no base: nothing inherited
+    assert yaml.safe_load(f.read_text())["base"] == "smoke"
     f.write_text("base: 7\n")
     with pytest.raises(ConfigError, match="base must be a profile name"):
         load_profile(f)
     f.write_text("base: nope\n")
     with pytest.raises(ConfigError, match="nope.yaml not found"):
         load_profile(f)
+
+
+def test_each_model_family_has_its_own_typed_config():
+    from rationale_kit.core.config import CAMLParams, LAATParams, PLMICDParams, params_for
+
+    p = load_profile("default")
+    assert type(p.train.caml) is CAMLParams and type(p.train.laat) is LAATParams
+    assert type(p.train.plm_icd) is PLMICDParams and p.train.plm_icd.freeze_layers == 5
+    assert not hasattr(p.train.caml, "hidden") and not hasattr(p.train.plm_icd, "filters")
+    with pytest.raises(ConfigError, match=r"train\.caml: unknown key 'hidden'"):
+        load_profile("default", {"train": {"caml": {"hidden": 64}}})
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['chunk_size'\] for LAATParams"):
+        params_for("laat", {"hidden": 8, "chunk_size": 16})
+    assert params_for("laat", {"hidden": 8, "chunk_size": 16}, strict=False) == LAATParams(hidden=8)

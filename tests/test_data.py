@@ -242,7 +242,7 @@ def test_load_mdace(tmp_path, mimic_docs):
             _ann(s2, s2 + 12, "4019", "ICD-9-CM"),
         ]},
         {"note_id": 6, "category": "Radiology", "annotations": [_ann(0, 3, "I10")]},
-        {"note_id": 7, "category": "Discharge summary", "annotations": [_ann(0, 3, "I10")]},  # addendum
+        {"note_id": 7, "category": "Discharge summary", "annotations": [_ann(0, 3, "I10")]},  # no description: a second report
     ])
     p = TEXT_102.index("appendectomy")
     _mdace_file(root / "ICD-10" / "102.json", 102, [
@@ -260,7 +260,8 @@ def test_load_mdace(tmp_path, mimic_docs):
     sk = report["skipped"]
     assert sk["ICD-9 annotations"] == 1
     assert sk["notes other than discharge summaries"] == 1
-    assert sk["additional discharge summaries (addenda) of an admission"] == 1
+    # load_mdace keeps one report per admission; the other is named a report, not an addendum (issue 26)
+    assert sk["further discharge-summary reports of an admission (first_report: only the first used)"] == 1
     assert sk["admissions not among the documents"] == 1
     assert sk["duplicate spans (same note, code and offsets)"] == 1
     assert report["kept"] == {"spans": 3, "annotated documents": 2}

@@ -137,7 +137,7 @@ def _agg(rows):
 
 def test_faithfulness_summary_and_attention_vs_entity_on_common_pairs():
     prof = load_profile("smoke", {"evaluation": {"bootstrap_resamples": 200}})
-    att, ent = "attention top-10", "entity (exact_code)"
+    att, ent = "attention (top-10)", "entity (exact_code)"
     rows = []
     for src, vals in ((att, {("n1", "A"): 0.6, ("n2", "A"): 0.4, ("n3", "A"): 0.9}), (ent, {("n1", "A"): 0.2, ("n2", "A"): 0.1})):
         for (n, c), v in vals.items():

@@ -38,13 +38,21 @@ def _read_export(out):
 def test_export_data_equals_the_canonical_tables(profile_path, tmp_path, capsys):
     out = tmp_path / "deep" / "export"
     assert main(["export-data", "--profile", str(profile_path), "--out", str(out)]) == 0
-    assert "13 documents" in capsys.readouterr().out
+    assert "16 documents" in capsys.readouterr().out  # 10 MIMIC-IV + 6 MDACE
     docs, spans = _read_export(out)
     ds = data.load_dataset(load_profile(str(profile_path)))
     assert list(docs.columns) == data.DATASET_DOC_COLUMNS
     pd.testing.assert_frame_equal(docs, ds.docs[data.DATASET_DOC_COLUMNS].reset_index(drop=True))
     pd.testing.assert_frame_equal(spans, data.human_spans(ds)[SPAN_COLUMNS].reset_index(drop=True))
-    assert len(spans) == 9 and docs.annotated.sum() == 3
+    assert len(spans) == 17 and docs.annotated.sum() == 6
+    # MDACE's splits can be applied from the export alone: every span carries its admission
+    lines = [json.loads(x) for x in (out / "spans.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert {(r["note_id"], r["hadm_id"], r["source_note_id"]) for r in lines} == {
+        ("mimic3_501", "100001", "501"), ("mimic3_900", "100002", "900"), ("mimic3_1500", "100003", "1500"),
+        ("mimic3_2300", "100004", "2300"), ("mimic3_2301", "100004", "2301"), ("mimic3_2500", "100005", "2500")}
+    # and the documents say which are coding documents and which MDACE's report / tuning notes
+    assert set(docs.note_id[~docs.full_codes]) == set(docs.note_id[docs.annotated])
+    assert docs.set_index("note_id").eval_role.to_dict()["mimic3_2301"] == "report"
     # the error path: exit 2 with the message, no traceback
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"common": {"dataset": "mimic"}, "data": {"mimic_dir": str(tmp_path / "none")}}))
@@ -77,4 +85,12 @@ def test_series_on_the_mimic_fixture(profile_path, tmp_path):
     pd.testing.assert_frame_equal(docs, saved.docs[data.DATASET_DOC_COLUMNS].reset_index(drop=True))
     pd.testing.assert_frame_equal(spans, saved.spans[SPAN_COLUMNS].reset_index(drop=True))
     stats = pd.read_csv(os.path.join(prof.common.artifacts_dir, prof.name, "01_data", "statistics.csv"), index_col=0)
-    assert stats.loc["test", "documents"] == 5 and stats.loc["test", "annotated documents"] == 3
+    assert stats.loc["test", "documents"] == 8 and stats.loc["test", "annotated documents"] == 6
+    # notebook 02's coding table: the MIMIC-IV test documents only
+    coding = pd.read_csv(os.path.join(prof.common.artifacts_dir, prof.name, "02_train", "coding_table.csv"), index_col=0)
+    assert (coding["notes"] == 2).all()
+    # notebook 03's design: MDACE's test admissions are the report notes, its train/val the tuning notes
+    design = json.loads(open(os.path.join(prof.common.artifacts_dir, prof.name, "03_rationales",
+                                          "evaluation_design.json")).read())
+    assert design["report_ids"] == ["mimic3_2300", "mimic3_2301", "mimic3_501"]
+    assert design["tuning_ids"] == ["mimic3_1500", "mimic3_2500", "mimic3_900"]

@@ -598,14 +598,15 @@ def test_engine_equals_loop_on_project_models():
     """The engine and the loop agree on the package's CAML and LAAT (tiny sizes), both units and
     both perturbations: padding, batching and label gathering do not change the values."""
     models = pytest.importorskip("rationale_kit.models")
-    from rationale_kit.core.config import ModelParams
+    from rationale_kit.core.config import CAMLParams, LAATParams
 
     g, texts, labels, docs = corpus(n_notes=4, n_labels=10, seed=5)
     rat = random_spans(g, docs, labels, n_codes=3)
-    params = ModelParams(embed_dim=8, filters=6, kernel=3, hidden=8, projection=8, dropout=0.0)
+    sizes = {"caml": CAMLParams(embed_dim=8, filters=6, kernel=3, dropout=0.0),
+             "laat": LAATParams(embed_dim=8, hidden=8, projection=8, dropout=0.0)}
     for name in ("caml", "laat"):
         torch.manual_seed(0)
-        model = models.build_model(name, params, labels, train_texts=texts)
+        model = models.build_model(name, sizes[name], labels, train_texts=texts)
         for unit, perturbation in (("token", "mask"), ("word", "delete")):
             kw = dict(unit=unit, perturbation=perturbation, code_set="gold", progress=False)
             fast = faithfulness_discrete(model, docs, rat, batch_size=4, **kw)
@@ -622,10 +623,10 @@ def test_engine_equals_loop_on_project_models():
 # --------------------------------------------------------------------------------------------
 def _tiny_caml(texts, labels, kernel, seed=0):
     models = pytest.importorskip("rationale_kit.models")
-    from rationale_kit.core.config import ModelParams
+    from rationale_kit.core.config import CAMLParams
 
     torch.manual_seed(seed)
-    params = ModelParams(embed_dim=8, filters=6, kernel=kernel, dropout=0.3)
+    params = CAMLParams(embed_dim=8, filters=6, kernel=kernel, dropout=0.3)
     model = models.build_model("caml", params, labels, texts, w2v=None)
     with torch.no_grad():  # a non-zero mask embedding, so masked units still feed the convolution
         model.embedding.weight[model.tokenizer.mask_id].normal_()
@@ -760,13 +761,13 @@ def tiny_plm(tmp_path_factory):
     pytest.importorskip("transformers")
     from test_models import _tiny_encoder
 
-    from rationale_kit.core.config import ModelParams
+    from rationale_kit.core.config import PLMICDParams
     from rationale_kit.models import build_model
 
     g, texts, labels, docs = corpus(n_notes=4, n_labels=6, seed=11)
     path = _tiny_encoder(tmp_path_factory.mktemp("plm"), texts * 2, chunk_size=8)
     torch.manual_seed(3)
-    model = build_model("plm_icd", ModelParams(encoder_path=path, chunk_size=8, max_chunks=6, projection=5), labels)
+    model = build_model("plm_icd", PLMICDParams(encoder_path=path, chunk_size=8, max_chunks=6, projection=5), labels)
     return g, labels, docs, model.eval()
 
 

@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from rationale_kit.core.config import ModelParams, Word2Vec
+import dataclasses
+
+from rationale_kit.core.config import ModelParams, PLMICDParams, Word2Vec, params_for
 from rationale_kit.models import MASK_ID, PAD_ID, Encoded, PLMICD, WordTokenizer, build_model, load, load_predictor, save
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -18,7 +20,25 @@ TEXTS = [
     "No pneumonia. Diabetes denied. BP 150/90.",
     "Short.",
 ]
-WORD_PARAMS = ModelParams(embed_dim=12, filters=6, kernel=4, hidden=5, projection=7, dropout=0.1)
+
+
+@dataclasses.dataclass(frozen=True)
+class WordParams(ModelParams):
+    """Test-only: one set of small sizes for CAML and LAAT (each model gets its own typed config)."""
+
+    embed_dim: int = 12
+    filters: int = 6
+    kernel: int = 4
+    hidden: int = 5
+    projection: int = 7
+
+
+WORD_PARAMS = WordParams(dropout=0.1)
+
+
+def word_params(name: str, params: ModelParams = WORD_PARAMS) -> ModelParams:
+    """The typed config of ``name`` ("caml" or "laat") with the sizes of ``params``."""
+    return params_for(name, params, strict=False)
 W2V = Word2Vec(dim=12, window=3, min_count=1, epochs=2)
 
 
@@ -56,9 +76,9 @@ def tiny_encoder(tmp_path_factory):
 def _build(name, tiny_encoder=None, **kw):
     torch.manual_seed(0)
     if name == "plm_icd":
-        params = ModelParams(encoder_path=tiny_encoder, chunk_size=16, max_chunks=3, projection=7, **kw)
+        params = PLMICDParams(encoder_path=tiny_encoder, chunk_size=16, max_chunks=3, projection=7, **kw)
         return build_model("plm_icd", params, LABELS)
-    return build_model(name, WORD_PARAMS, LABELS, TEXTS, W2V, max_words=4000)
+    return build_model(name, word_params(name), LABELS, TEXTS, W2V, max_words=4000)
 
 
 MODELS = ["caml", "laat", "plm_icd"]
@@ -185,7 +205,7 @@ def test_word2vec_initialisation_is_deterministic():
     assert w[PAD_ID].abs().sum() == 0 and w[MASK_ID].abs().sum() == 0
     assert w[a.tokenizer.index["pneumonia"]].abs().sum() > 0
     with pytest.raises(ValueError, match="embed_dim"):
-        build_model("caml", WORD_PARAMS, LABELS, TEXTS, Word2Vec(dim=8, min_count=1))
+        build_model("caml", word_params("caml"), LABELS, TEXTS, Word2Vec(dim=8, min_count=1))
     with pytest.raises(ValueError, match="unknown model"):
         build_model("bert", WORD_PARAMS, LABELS, TEXTS)
 
@@ -239,7 +259,7 @@ def test_predictor(tmp_path):
 
 
 def test_bundled_minilm_forward():
-    params = ModelParams(chunk_size=16, max_chunks=2, projection=8)
+    params = PLMICDParams(chunk_size=16, max_chunks=2, projection=8)
     torch.manual_seed(0)
     model = build_model("plm_icd", params, LABELS).eval()
     assert model.tokenizer.mask_id == model.tokenizer.hf.mask_token_id

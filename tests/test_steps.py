@@ -6,14 +6,14 @@ import torch
 from rationale_kit.workbook import steps
 from rationale_kit.core.config import load_profile
 from rationale_kit.models import build_model
-from test_models import LABELS, TEXTS, W2V, WORD_PARAMS
+from test_models import LABELS, TEXTS, W2V, word_params
 
 torch.set_num_threads(1)
 
 
 def _setup():
     torch.manual_seed(0)
-    models = {n: build_model(n, WORD_PARAMS, LABELS, TEXTS, W2V, max_words=4000) for n in ("caml", "laat")}
+    models = {n: build_model(n, word_params(n), LABELS, TEXTS, W2V, max_words=4000) for n in ("caml", "laat")}
     docs = pd.DataFrame({"note_id": ["a", "b"], "text": TEXTS[:2], "codes": [["I10"], ["E11.9"]], "split": ["test", "test"]})
     pairs = pd.DataFrame([{"model": m, "note_id": n, "code": c} for m in models for n, c in (("a", "I10"), ("b", "E11.9"))])
     return models, docs, pairs

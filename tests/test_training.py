@@ -11,7 +11,10 @@ import pandas as pd
 import pytest
 import torch
 
-from rationale_kit.core.config import ModelParams, Train, Word2Vec
+import dataclasses
+
+from rationale_kit.core.config import PLMICDParams, Train, Word2Vec
+from test_models import WordParams, word_params
 from rationale_kit.models import build_model, load_predictor
 from rationale_kit.training import HISTORY_COLUMNS, NonFiniteLoss, attention_rationale_loss, make_batches, predict_probs, teacher_units, train_model
 
@@ -20,8 +23,8 @@ torch.set_num_threads(1)
 
 KEYS = {"J18.9": "pneumonia", "E11.9": "diabetes", "S72.0": "fracture"}
 FILLER = [f"w{i}" for i in range(40)]
-PARAMS = ModelParams(embed_dim=12, filters=8, kernel=3, hidden=6, projection=6, dropout=0.2, lr=5e-2,
-                     weight_decay=0.0, batch_size=8, epochs=4, patience=4)
+PARAMS = WordParams(embed_dim=12, filters=8, kernel=3, hidden=6, projection=6, dropout=0.2, lr=5e-2,
+                    weight_decay=0.0, batch_size=8, epochs=4, patience=4)
 W2V = Word2Vec(dim=12, window=3, min_count=1, epochs=1)
 CFG = Train(warmup_ratio=0.1, clip_norm=1.0, amp=True, threshold_grid=101)
 
@@ -45,7 +48,7 @@ VAL = _corpus(16, 1000, 2)
 
 def _model(name="caml", params=PARAMS, seed=0):
     torch.manual_seed(seed)
-    return build_model(name, params, list(KEYS), TRAIN["text"], W2V)
+    return build_model(name, word_params(name, params), list(KEYS), TRAIN["text"], W2V)
 
 
 def _train(out_dir, model=None, **kw):
@@ -121,7 +124,7 @@ def test_resume_after_interruption_matches_uninterrupted(tmp_path):
 
 
 def test_early_stopping(tmp_path):
-    params = ModelParams(**{**PARAMS.__dict__, "lr": 0.0, "patience": 2, "epochs": 10})
+    params = dataclasses.replace(PARAMS, lr=0.0, patience=2, epochs=10)
     res = _train(tmp_path, params=params)
     assert len(res.history) == 3 and res.best_epoch == 1  # no improvement with lr 0
 
@@ -135,7 +138,7 @@ def test_nan_loss_stops_with_message(tmp_path):
 
 
 def test_grad_accumulation_and_laat(tmp_path):
-    params = ModelParams(**{**PARAMS.__dict__, "batch_size": 4, "grad_accum": 3, "lr": 1e-2})
+    params = dataclasses.replace(PARAMS, batch_size=4, grad_accum=3, lr=1e-2)
     res = _train(tmp_path, model=_model("laat", params), params=params, epochs=2)
     assert len(res.history) == 2 and np.isfinite(res.history["train_loss"]).all()
 
@@ -252,7 +255,7 @@ def test_plm_icd_trains(tmp_path):
     torch.manual_seed(0)
     RobertaModel(RobertaConfig(vocab_size=len(hf), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                                intermediate_size=48, max_position_embeddings=40, pad_token_id=0)).save_pretrained(enc_dir)
-    params = ModelParams(encoder_path=str(enc_dir), chunk_size=16, max_chunks=3, projection=8, lr=5e-3,
+    params = PLMICDParams(encoder_path=str(enc_dir), chunk_size=16, max_chunks=3, projection=8, lr=5e-3,
                          weight_decay=0.0, batch_size=8, epochs=2, patience=2)
     torch.manual_seed(0)
     model = build_model("plm_icd", params, list(KEYS))
@@ -310,7 +313,7 @@ def test_finished_checkpoint_not_reused_when_anything_it_depends_on_changes(tmp_
     first = _train(tmp_path, epochs=2, seed=4)
     params, train, key = PARAMS, TRAIN, {"init_from": "aaaa"}
     if change == "dropout":  # not a shape: the old weights used to come back under the new setting
-        params = ModelParams(**{**PARAMS.__dict__, "dropout": 0.9})
+        params = dataclasses.replace(PARAMS, dropout=0.9)
     elif change == "text":  # same ids and codes, other words
         train = TRAIN.assign(text=TRAIN.text.str.replace("w1", "w2", regex=False))
     trained = []

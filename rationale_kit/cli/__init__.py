@@ -1,4 +1,4 @@
-"""The command line: ``python -m rationale_kit {run,report,train,align,plausibility,compare,export-data,quote} ...``."""
+"""The command line: ``python -m rationale_kit {run,report,numbers,train,align,plausibility,compare,export-data,quote} ...``."""
 from __future__ import annotations
 
 import argparse
@@ -65,6 +65,38 @@ def _report(argv: list[str]) -> int:
     with _profile_lock(prof, "report"):
         html_path, md_path = build_report(prof, args.runs_dir or ROOT / "runs" / prof.name)
     print(f"report: {html_path}\nmarkdown: {md_path}")
+    return 0
+
+
+def _numbers(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m rationale_kit numbers",
+        description="Print every number the README quotes, regenerated from a run's artifacts (seeds, intervals, "
+                    "spread across seeds), as a Markdown block between <!-- numbers:begin/end profile=P --> markers.")
+    ap.add_argument("--profile", default="default", help="params/<profile>.yaml or a path (default: default)")
+    ap.add_argument("--overrides", default=None, help="JSON object of parameter overrides")
+    ap.add_argument("--into", default=None, help="replace the profile's marked block in this file (e.g. README.md)")
+    args = ap.parse_args(argv)
+    from rationale_kit.core.config import ConfigError, load_profile
+    from rationale_kit.core.records import DataError
+    from rationale_kit.workbook.context import artifacts_root
+    from rationale_kit.workbook.numbers import numbers_block, splice
+
+    try:
+        prof = load_profile(args.profile, json.loads(args.overrides) if args.overrides else None)
+        block = numbers_block(prof, artifacts_root(prof))
+        if args.into:
+            from pathlib import Path
+
+            target = Path(args.into)
+            target.write_text(splice(target.read_text(encoding="utf-8"), block, prof.name), encoding="utf-8")
+            print(f"numbers of profile {prof.name} written into {target}")
+        else:
+            sys.stdout.write(block)
+    except (DataError, ConfigError, OSError, json.JSONDecodeError) as exc:
+        where = f"{args.into}: " if args.into and isinstance(exc, DataError) and "markers" in str(exc) else ""
+        print(f"error: {where}{exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -145,6 +177,7 @@ def _main(argv: list[str] | None = None) -> int:
                 "compare": "compare two span sources on the notes both cover (paired bootstrap)",
                 "quote": "LLM quotes for your own notes, aligned to spans"}
     commands["export-data"] = "write a profile's documents and human spans as JSONL"
+    commands["numbers"] = "the README's numbers, regenerated from a run's artifacts (Markdown block)"
     if argv and argv[0] == "export-data":
         return _export_data(argv[1:])
     if not argv or argv[0] not in commands:
@@ -157,6 +190,8 @@ def _main(argv: list[str] | None = None) -> int:
         return _train(rest)
     if cmd == "report":
         return _report(rest)
+    if cmd == "numbers":
+        return _numbers(rest)
     if cmd == "quote":
         from rationale_kit.cli.quote import main as quote_main
 

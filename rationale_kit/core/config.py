@@ -67,21 +67,43 @@ class Data:
     embedded: EmbeddedCorpus = field(default_factory=EmbeddedCorpus)
     codiesp_dir: Optional[str] = None  # or env RK_CODIESP_DIR; default ../shared/data/codiesp_v4
     codiesp_language: Literal["es", "en"] = "es"
-    mimic_dir: Optional[str] = None  # MIMIC-IV: a folder holding both hosp/ (MIMIC-IV) and note/ (MIMIC-IV-Note)
-    mimic_hosp_dir: Optional[str] = None  # MIMIC-IV hosp/ (diagnoses_icd, procedures_icd[, d_icd_*]); wins over mimic_dir/hosp
-    mimic_note_dir: Optional[str] = None  # MIMIC-IV-Note note/ (discharge.csv.gz); wins over mimic_dir/note
+    # MIMIC-IV: either mimic_dir (a folder holding both hosp/ and note/) or both mimic_hosp_dir and
+    # mimic_note_dir (the two PhysioNet projects); setting mimic_dir and either of the others is an error
+    mimic_dir: Optional[str] = None
+    mimic_hosp_dir: Optional[str] = None  # MIMIC-IV hosp/ (diagnoses_icd, procedures_icd[, d_icd_*])
+    mimic_note_dir: Optional[str] = None  # MIMIC-IV-Note note/ (discharge.csv.gz)
     mimic_split_file: Optional[str] = None  # Edin et al. 2023 feather split (_id = hadm_id, split); None = patient split
     mimic_min_code_count: int = 10
     # MDACE's data/ folder as released (Inpatient/ICD-10 used; Profee and ICD-9 copies skipped, counted).
     # Its offsets refer to MIMIC-III notes: needs mimic3_noteevents
     mdace_dir: Optional[str] = None
     mimic3_noteevents: Optional[str] = None  # MIMIC-III NOTEEVENTS.csv or .csv.gz: the text of MDACE's notes
-    # span edges: "edges" strips all punctuation/whitespace at both ends; "edin" = Edin et al. 2024's
-    # one-character rule verbatim (looks at text[end], the character after the span); "none"
-    mdace_trim: Literal["edges", "edin", "none"] = "edges"
+    # MDACE's splits/Inpatient folder (MDace-ev-{train,val,test}.csv); None = <mdace_dir>/../splits/Inpatient
+    mdace_splits_dir: Optional[str] = None
+    # The MDACE rules (docs/method/data.md): a preset, "project" (the defaults below) or "edin" (Edin
+    # et al. 2024's choices); each mdace_* option left null takes the preset's value
+    mdace_preset: Literal["project", "edin"] = "project"
+    # which admissions tune and which are reported: "mdace" = MDACE's evidence splits (test reported,
+    # train/val tuning; both presets), "hashed" = all evaluated, evaluation.tuning_fraction tunes
+    mdace_split: Optional[Literal["mdace", "hashed"]] = None
+    # discharge summaries used as documents: "reports" (every Report; project), "discharge" (addenda
+    # too; edin), "first_report" (one per admission)
+    mdace_notes: Optional[Literal["reports", "discharge", "first_report"]] = None
+    # evidence evaluated: "cm_pcs" (diagnoses and procedures; project) or "cm" (diagnoses; edin)
+    mdace_code_systems: Optional[Literal["cm_pcs", "cm"]] = None
+    # codes MDACE codes are mapped to: "all" ICD-10 codes of MIMIC-IV's hosp tables (both presets) or
+    # the codes of the "kept" MIMIC-IV documents
+    mdace_known_codes: Optional[Literal["all", "kept"]] = None
+    mdace_map_per_system: Optional[bool] = None  # CM maps to CM codes, PCS to PCS (both presets: true)
+    # span edges: "edges" strips all punctuation/whitespace at both ends (project); "edin" = Edin et
+    # al. 2024's one-character rule verbatim (looks at text[end], the character after the span); "none"
+    mdace_trim: Optional[Literal["edges", "edin", "none"]] = None
     # MDACE codes no MIMIC-IV training document carries (after version mapping): "keep" them as gold
-    # codes (misses for every model) with their spans, or "drop" them and their spans; counted either way
-    mdace_unseen_codes: Literal["keep", "drop"] = "keep"
+    # codes (misses for every model) with their spans (project), or "drop" them and their spans (edin)
+    mdace_unseen_codes: Optional[Literal["keep", "drop"]] = None
+    # spans starting after the first max_words words, where models cut the note: "keep" (project) or
+    # "drop" (edin: spans past the input cut skipped)
+    mdace_beyond_cut: Optional[Literal["keep", "drop"]] = None
     spans_jsonl: Optional[str] = None  # human spans in the project's JSONL format
     max_words: int = 4000  # notes are cut here before modelling
     # keep only the N codes carried by the most training documents (ties: code order), like the
@@ -94,16 +116,10 @@ class Data:
 
 @dataclass(frozen=True)
 class ModelParams:
-    embed_dim: int = 100  # word2vec size (CAML/LAAT)
-    filters: int = 50  # CAML conv filters
-    kernel: int = 10  # CAML conv width
-    hidden: int = 512  # LAAT BiLSTM size per direction
-    projection: int = 512  # LAAT attention projection
+    """What training reads for every model family; each family's typed config adds its own
+    architecture (:class:`CAMLParams`, :class:`LAATParams`, :class:`PLMICDParams`)."""
+
     dropout: float = 0.2
-    encoder_path: Optional[str] = None  # PLM-ICD: local HF checkpoint; None = bundled MiniLM
-    chunk_size: int = 128  # PLM-ICD chunk length in tokens
-    max_chunks: int = 32  # PLM-ICD: chunks kept per note
-    freeze_layers: int = 0  # PLM-ICD: freeze the embeddings and the first N encoder layers (0 = fine-tune all)
     head_lr: Optional[float] = None  # learning rate of the non-encoder parameters; None = lr
     lr: float = 1e-3
     weight_decay: float = 1e-3
@@ -112,6 +128,52 @@ class ModelParams:
     epochs: int = 20
     patience: int = 6
     max_train_docs: Optional[int] = None  # train this model on the first N training notes only
+
+
+@dataclass(frozen=True)
+class CAMLParams(ModelParams):
+    embed_dim: int = 100  # word2vec size
+    filters: int = 50  # convolution filters
+    kernel: int = 10  # convolution width
+
+
+@dataclass(frozen=True)
+class LAATParams(ModelParams):
+    embed_dim: int = 100  # word2vec size
+    hidden: int = 512  # BiLSTM size per direction
+    projection: int = 512  # attention projection
+
+
+@dataclass(frozen=True)
+class PLMICDParams(ModelParams):
+    encoder_path: Optional[str] = None  # local Hugging Face checkpoint; None = bundled MiniLM
+    chunk_size: int = 128  # chunk length in tokens
+    max_chunks: int = 32  # chunks kept per note
+    freeze_layers: int = 0  # freeze the embeddings and the first N encoder layers (0 = fine-tune all)
+    projection: int = 512  # attention projection
+
+
+#: The typed config of each model family (``train.<name>`` in a profile).
+PARAMS_BY_MODEL: dict[str, type] = {"caml": CAMLParams, "laat": LAATParams, "plm_icd": PLMICDParams}
+
+
+def params_for(name: str, values: Any = None, strict: bool = True) -> ModelParams:
+    """The typed config of model family ``name`` from a mapping or another config's fields
+    (``values``). ``strict``: a key the family does not have is an error naming it; otherwise it is
+    left out (reading a model saved by an older version, or one setting shared by several families)."""
+    if name not in PARAMS_BY_MODEL:
+        raise ConfigError(f"unknown model {name!r} (one of {sorted(PARAMS_BY_MODEL)})")
+    cls = PARAMS_BY_MODEL[name]
+    if isinstance(values, cls) and type(values) is cls:
+        return values
+    if dataclasses.is_dataclass(values):
+        values = dataclasses.asdict(values)
+    values = dict(values or {})
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown and strict:
+        raise ConfigError(f"train.{name}: unknown key(s) {unknown} for {cls.__name__} (allowed: {sorted(known)})")
+    return cls(**{k: v for k, v in values.items() if k in known})
 
 
 @dataclass(frozen=True)
@@ -125,14 +187,14 @@ class Word2Vec:
 @dataclass(frozen=True)
 class Train:
     models: list[str] = field(default_factory=lambda: ["caml", "laat", "plm_icd"])
-    caml: ModelParams = field(
-        default_factory=lambda: ModelParams(dropout=0.2, lr=5e-3, weight_decay=1e-3, batch_size=8)
+    caml: CAMLParams = field(
+        default_factory=lambda: CAMLParams(dropout=0.2, lr=5e-3, weight_decay=1e-3, batch_size=8)
     )
-    laat: ModelParams = field(
-        default_factory=lambda: ModelParams(dropout=0.3, lr=1e-3, weight_decay=1e-3, batch_size=8)
+    laat: LAATParams = field(
+        default_factory=lambda: LAATParams(dropout=0.3, lr=1e-3, weight_decay=1e-3, batch_size=8)
     )
-    plm_icd: ModelParams = field(
-        default_factory=lambda: ModelParams(lr=5e-5, weight_decay=0.0, batch_size=8, grad_accum=2)
+    plm_icd: PLMICDParams = field(
+        default_factory=lambda: PLMICDParams(lr=5e-5, weight_decay=0.0, batch_size=8, grad_accum=2)
     )
     word2vec: Word2Vec = field(default_factory=Word2Vec)
     warmup_ratio: float = 0.1
@@ -430,16 +492,17 @@ def _merge(base: dict, top: dict) -> dict:
 def load_profile(profile: str | os.PathLike = "default", overrides: dict | None = None) -> Profile:
     """Load ``params/<profile>.yaml`` (or a path), apply ``overrides``, validate, return a Profile.
 
-    A profile given as a path outside ``params/`` inherits ``params/default.yaml``: its keys
-    override those of default.yaml, section by section. Its top-level ``base`` key names another
-    profile to inherit instead (a name or a path), or ``null`` for none (the built-in defaults of
-    this module). The profiles of ``params/`` are complete and inherit nothing."""
+    A profile file may inherit another with its top-level ``base`` key (a profile name such as
+    ``default``, or a path relative to the file): its keys then override those of the base,
+    section by section (``base: default`` for a small profile of one's own, e.g. only the
+    ``rationales.llm`` settings of a server). Without ``base`` (or with ``null``) the keys it does
+    not set take the built-in defaults of this module, as the complete profiles of ``params/`` do;
+    inheriting by default would silently change a copy of ``smoke.yaml`` kept elsewhere."""
     path = Path(profile)
     if not path.suffix:
         path = PARAMS_DIR / f"{profile}.yaml"
     raw = _read_yaml(path)
-    in_params = path.resolve().parent == PARAMS_DIR.resolve()
-    base = raw.pop("base", None if in_params else "default")
+    base = raw.pop("base", None)
     if base is not None:
         if not isinstance(base, str) or not base.strip():
             raise ConfigError(f"{path}: base must be a profile name or path, or null, got {base!r}")

@@ -14,7 +14,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -119,9 +119,11 @@ def validate_spans(spans: pd.DataFrame, docs: pd.DataFrame, where: str = "spans"
                       integral_floats=True)
 
 
-def write_spans_jsonl(spans: pd.DataFrame, path: str | Path, docs: pd.DataFrame | None = None) -> None:
+def write_spans_jsonl(spans: pd.DataFrame, path: str | Path, docs: pd.DataFrame | None = None,
+                      extra: Sequence[str] = ()) -> None:
     """Write the documented JSONL span format: one object per span with ``note_id, code, start,
-    end, granularity, source`` and, when ``docs`` is given, the covered ``text``."""
+    end, granularity, source``, the ``extra`` keys a span has a value for (e.g. MDACE's
+    ``hadm_id``) and, when ``docs`` is given, the covered ``text``."""
     texts = dict(zip(docs["note_id"], docs["text"])) if docs is not None else {}
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # written whole or not at all
@@ -129,6 +131,7 @@ def write_spans_jsonl(spans: pd.DataFrame, path: str | Path, docs: pd.DataFrame 
         with open(tmp, "w", encoding="utf-8") as fh:
             for i, row in enumerate(spans.to_dict("records")):
                 rec = {k: row.get(k) for k in SPAN_COLUMNS if k in row}
+                rec.update({k: str(row[k]) for k in extra if k in row and isinstance(row[k], str) and row[k] != ""})
                 rec["start"], rec["end"] = check_offsets(rec["start"], rec["end"], f"spans row {i}", integral_floats=True)
                 if row["note_id"] in texts:
                     rec["text"] = texts[row["note_id"]][rec["start"]:rec["end"]]

@@ -23,9 +23,11 @@ from rationale_kit.data.codiesp import (
 )
 from rationale_kit.data.dataset import (
     DATASET_DOC_COLUMNS,
+    EVAL_ROLES,
     SPLITS,
     Dataset,
     codes_table,
+    coding_docs,
     dataset_statistics,
     describe_code,
     example_pair,
@@ -34,18 +36,23 @@ from rationale_kit.data.dataset import (
     human_spans,
     load_saved,
     save_dataset,
+    with_doc_defaults,
 )
 from rationale_kit.data.files import first_bad_utf8, read_text_file, resolve_path
 from rationale_kit.data.load import load_dataset
 from rationale_kit.data.mdace import (
     MDACE_CODE_TABLE,
+    MDACE_PRESETS,
     NOTEEVENTS_COLUMNS,
     TRIM_CHARS,
     MdaceNote,
+    MdaceRules,
     load_mdace,
     load_mdace_mimic3,
     map_code_version,
+    mdace_rules,
     read_mdace,
+    read_mdace_splits,
     read_noteevents,
     trim_span,
 )
@@ -54,7 +61,8 @@ from rationale_kit.data.spans_jsonl import load_spans_jsonl
 from rationale_kit.data.splits import mark_fewshot, patient_split, restrict_top_codes
 
 __all__ = [
-    "CODIESP_SPLITS", "DATASET_DOC_COLUMNS", "DEFAULT_CODIESP_DIR", "MDACE_CODE_TABLE", "NOTEEVENTS_COLUMNS",
+    "CODIESP_SPLITS", "DATASET_DOC_COLUMNS", "DEFAULT_CODIESP_DIR", "EVAL_ROLES", "MDACE_CODE_TABLE", "MDACE_PRESETS",
+    "MdaceRules", "NOTEEVENTS_COLUMNS", "coding_docs", "mdace_rules", "read_mdace_splits", "with_doc_defaults",
     "SENTENCE_BREAK", "SPLITS", "TRIM_CHARS", "DataError", "Dataset", "MdaceNote", "codes_table",
     "dataset_statistics", "describe_code", "download_codiesp", "example_pair", "export_dataset", "first_bad_utf8",
     "format_report", "human_spans", "load_codiesp", "load_dataset", "load_mdace", "load_mdace_mimic3", "load_mimic",

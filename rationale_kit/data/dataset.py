@@ -2,8 +2,12 @@
 saved tables of notebook 01 (save, load, JSONL export).
 
 - ``docs``: ``note_id, text, codes (list), split (train|val|test), annotated, fewshot,
-  credentialed``. ``text`` is the raw note, never cut or cleaned: span offsets point into it
-  (models cut notes to ``data.max_words`` themselves).
+  credentialed, full_codes, eval_role``. ``text`` is the raw note, never cut or cleaned: span
+  offsets point into it (models cut notes to ``data.max_words`` themselves). ``full_codes``: the
+  document's ``codes`` are its whole code assignment, so it counts in coding measurement (False for
+  rationale-only documents such as MDACE's, whose codes are the annotated ones). ``eval_role``:
+  ``""`` (the evaluation design picks tuning notes), or ``"tuning"`` / ``"report"`` fixed by the
+  data set (MDACE's own splits).
 - ``spans``: :data:`records.SPAN_COLUMNS` (half-open character offsets into ``text``) plus, by
   source, ``group`` (CodiEsp: the pieces of one discontinuous evidence share a group id),
   ``evidence_type`` / ``source_note_id`` (MDACE).
@@ -29,8 +33,11 @@ from rationale_kit.core.text import count_words
 
 
 #: Columns of the canonical documents table.
-DATASET_DOC_COLUMNS = ["note_id", "text", "codes", "split", "annotated", "fewshot", "credentialed"]
+DATASET_DOC_COLUMNS = ["note_id", "text", "codes", "split", "annotated", "fewshot", "credentialed", "full_codes",
+                       "eval_role"]
 SPLITS = ("train", "val", "test")
+#: Values of ``eval_role``.
+EVAL_ROLES = ("", "tuning", "report")
 
 
 @dataclass(frozen=True)
@@ -46,13 +53,49 @@ class Dataset:
     def split(self, name: str) -> pd.DataFrame:
         return self.docs[self.docs["split"] == name]
 
+    def subset(self, note_ids: Iterable[str]) -> "Dataset":
+        """The same data set restricted to ``note_ids`` (documents in their original order, their
+        spans; codes table and report unchanged). An id the data set does not have is an error."""
+        keep = set(map(str, note_ids))
+        unknown = keep - set(self.docs["note_id"])
+        if unknown:
+            raise DataError(f"{self.name}: subset names {len(unknown)} unknown note id(s), e.g. {sorted(unknown)[:3]}")
+        docs = self.docs[self.docs["note_id"].isin(keep)].reset_index(drop=True)
+        spans = self.spans[self.spans["note_id"].isin(keep)].reset_index(drop=True)
+        return Dataset(self.name, docs, spans, self.codes, self.report)
+
 
 def docs_frame(rows: list[dict]) -> pd.DataFrame:
+    """The documents table of ``rows`` (``full_codes`` defaults to True, ``eval_role`` to "")."""
+    rows = [{"full_codes": True, "eval_role": "", **r} for r in rows]
     frame = pd.DataFrame(rows, columns=DATASET_DOC_COLUMNS)
-    for col in ("annotated", "fewshot", "credentialed"):
+    for col in ("annotated", "fewshot", "credentialed", "full_codes"):
         frame[col] = frame[col].astype(bool)
     frame["note_id"] = frame["note_id"].astype(str)
+    frame["eval_role"] = frame["eval_role"].astype(str)
     return frame.reset_index(drop=True)
+
+
+def with_doc_defaults(docs: pd.DataFrame) -> pd.DataFrame:
+    """``docs`` with ``full_codes`` (True) and ``eval_role`` ("") added where a table (an older saved
+    one, a hand-built one) lacks them."""
+    if "full_codes" in docs and "eval_role" in docs:
+        return docs
+    docs = docs.copy()
+    if "full_codes" not in docs:
+        docs["full_codes"] = True
+    if "eval_role" not in docs:
+        docs["eval_role"] = ""
+    return docs
+
+
+def coding_docs(docs: pd.DataFrame, split: str) -> pd.DataFrame:
+    """The documents of ``split`` that count in coding measurement (``full_codes``): on the MIMIC
+    route the MIMIC-IV documents, never MDACE's rationale evaluation documents."""
+    sel = docs["split"] == split
+    if "full_codes" in docs:
+        sel &= docs["full_codes"].astype(bool)
+    return docs[sel]
 
 
 def spans_frame(rows: list[dict], extra: Iterable[str] = ()) -> pd.DataFrame:
@@ -202,11 +245,17 @@ def save_dataset(ds: Dataset, out_dir: str | os.PathLike) -> list[Path]:
     return paths
 
 
+#: Span columns the export carries where a source has them (MDACE: the admission and the MIMIC-III
+#: note, so MDACE's splits can be applied from the export alone).
+EXPORT_SPAN_EXTRAS = ("hadm_id", "source_note_id")
+
+
 def export_dataset(ds: Dataset, out_dir: str | os.PathLike) -> tuple[Path, Path]:
     """Write the canonical tables as JSONL (what ``export-data`` writes): ``docs.jsonl``, one object
     per document with the docs table's columns (``note_id, text, codes, split, annotated, fewshot,
     credentialed``), and ``spans.jsonl`` with the human spans notebook 01 saves
-    (:func:`human_spans`: ``note_id, code, start, end, granularity, source``). Returns the paths."""
+    (:func:`human_spans`: ``note_id, code, start, end, granularity, source``, plus ``hadm_id`` and
+    ``source_note_id`` on MDACE spans). Returns the paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     docs_path, spans_path = out / "docs.jsonl", out / "spans.jsonl"
@@ -215,14 +264,17 @@ def export_dataset(ds: Dataset, out_dir: str | os.PathLike) -> tuple[Path, Path]
         with open(tmp, "w", encoding="utf-8") as fh:
             for r in ds.docs[DATASET_DOC_COLUMNS].itertuples(index=False):
                 rec = {"note_id": str(r.note_id), "text": r.text, "codes": [str(c) for c in r.codes], "split": r.split,
-                       "annotated": bool(r.annotated), "fewshot": bool(r.fewshot), "credentialed": bool(r.credentialed)}
+                       "annotated": bool(r.annotated), "fewshot": bool(r.fewshot), "credentialed": bool(r.credentialed),
+                       "full_codes": bool(r.full_codes), "eval_role": str(r.eval_role)}
                 fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, docs_path)
     finally:
         tmp.unlink(missing_ok=True)
-    write_spans_jsonl(human_spans(ds)[SPAN_COLUMNS], spans_path)  # atomic too
+    spans = human_spans(ds)
+    write_spans_jsonl(spans[SPAN_COLUMNS + [c for c in EXPORT_SPAN_EXTRAS if c in spans]], spans_path,
+                      extra=EXPORT_SPAN_EXTRAS)  # atomic too
     return docs_path, spans_path
 
 
@@ -245,7 +297,7 @@ def load_saved(folder: str | os.PathLike, oracle: bool = False) -> Dataset:
             raise DataError(f"{path}: missing column(s) {missing}; run notebooks/01_data.ipynb again")
         return frame
 
-    docs = table("docs.parquet", ("note_id", "text", "codes", "split"))
+    docs = with_doc_defaults(table("docs.parquet", ("note_id", "text", "codes", "split")))
     try:
         docs["codes"] = docs["codes"].map(list)
     except TypeError:

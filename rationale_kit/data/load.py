@@ -7,8 +7,8 @@ from rationale_kit.core.records import DataError
 from rationale_kit.data.codiesp import load_codiesp
 from rationale_kit.data.dataset import DATASET_DOC_COLUMNS, Dataset, codes_table, docs_frame, split_counts
 from rationale_kit.data.files import resolve_path
-from rationale_kit.data.mdace import load_mdace_mimic3
-from rationale_kit.data.mimic import load_mimic
+from rationale_kit.data.mdace import default_splits_dir, load_mdace_mimic3, mdace_rules
+from rationale_kit.data.mimic import load_mimic_with_codes
 from rationale_kit.data.spans_jsonl import load_spans_jsonl
 from rationale_kit.data.splits import mark_fewshot, restrict_top_codes
 
@@ -30,8 +30,8 @@ def _load_dataset(profile) -> Dataset:
     - ``mimic``: :func:`load_mimic` (``data.mimic_dir`` or ``data.mimic_hosp_dir`` +
       ``data.mimic_note_dir``, ``data.mimic_split_file``, ``data.mimic_min_code_count``) for the
       coding data, plus the rationale evaluation documents of :func:`load_mdace_mimic3`
-      (``data.mdace_dir`` + ``data.mimic3_noteevents``, ``data.mdace_trim``,
-      ``data.mdace_unseen_codes``) and/or spans on MIMIC-IV notes from :func:`load_spans_jsonl`
+      (``data.mdace_dir`` + ``data.mimic3_noteevents``, the rules of ``data.mdace_preset`` and the
+      ``data.mdace_*`` options, MDACE's splits from ``data.mdace_splits_dir``) and/or spans on MIMIC-IV notes from :func:`load_spans_jsonl`
       (``data.spans_jsonl``). At least one span source is required (checked here, at load time);
       documents are credentialed.
     Texts are kept whole: models cut them to ``data.max_words`` themselves.
@@ -60,6 +60,7 @@ def _load_embedded(data, seed: int) -> Dataset:
         if col not in docs:
             docs[col] = False
     docs["credentialed"] = bool(data.credentialed)
+    docs["full_codes"], docs["eval_role"] = True, ""  # every note carries its whole code assignment
     docs = docs_frame(docs[DATASET_DOC_COLUMNS].to_dict("records"))
     descs = dict(zip(c.codes["code"], c.codes["description"])) if len(c.codes) else {}
     codes = codes_table(docs, descriptions=descs)
@@ -74,11 +75,28 @@ def _load_embedded(data, seed: int) -> Dataset:
     return Dataset("embedded", docs, spans, codes, report)
 
 
-def _load_mimic_profile(data, seed: int, pool) -> Dataset:
-    """MIMIC-IV coding data plus the rationale evaluation documents and spans the profile names."""
+def mdace_profile_rules(data):
+    """The :class:`~rationale_kit.data.mdace.MdaceRules` of a profile's ``data`` section: its
+    ``mdace_preset`` with every ``mdace_*`` option that is set."""
+    return mdace_rules(data.mdace_preset, notes=data.mdace_notes, code_systems=data.mdace_code_systems,
+                       known_codes=data.mdace_known_codes, map_per_system=data.mdace_map_per_system,
+                       unseen=data.mdace_unseen_codes, trim=data.mdace_trim, beyond_cut=data.mdace_beyond_cut,
+                       split=data.mdace_split)
+
+
+def _check_mimic_location(data) -> None:
+    both = [k for k in ("mimic_hosp_dir", "mimic_note_dir") if getattr(data, k)]
+    if data.mimic_dir and both:
+        raise DataError(f"profile sets both data.mimic_dir and data.{' and data.'.join(both)}: set data.mimic_dir "
+                        "(a folder holding hosp/ and note/) or data.mimic_hosp_dir and data.mimic_note_dir, not both")
     if not data.mimic_dir and not (data.mimic_hosp_dir and data.mimic_note_dir):
         raise DataError("profile data.mimic_dir is not set (the folder holding MIMIC-IV note/ and hosp/); "
                         "or set both data.mimic_hosp_dir and data.mimic_note_dir")
+
+
+def _load_mimic_profile(data, seed: int, pool) -> Dataset:
+    """MIMIC-IV coding data plus the rationale evaluation documents and spans the profile names."""
+    _check_mimic_location(data)
     if not data.mdace_dir and not data.spans_jsonl:
         raise DataError("mimic profile without rationale spans: set data.mdace_dir (MDACE's data/ folder) and "
                         "data.mimic3_noteevents (MIMIC-III NOTEEVENTS.csv[.gz]), or data.spans_jsonl")
@@ -86,17 +104,23 @@ def _load_mimic_profile(data, seed: int, pool) -> Dataset:
         raise DataError("data.mdace_dir is set but data.mimic3_noteevents is not: MDACE's offsets refer to "
                         "MIMIC-III discharge summaries (note_id = NOTEEVENTS ROW_ID), so set "
                         "data.mimic3_noteevents to MIMIC-III NOTEEVENTS.csv or .csv.gz")
-    ds = load_mimic(data.mimic_dir, data.mimic_split_file, data.mimic_min_code_count, seed,
-                    hosp_dir=data.mimic_hosp_dir, note_dir=data.mimic_note_dir)
+    ds, mimic_codes = load_mimic_with_codes(data.mimic_dir, data.mimic_split_file, data.mimic_min_code_count, seed,
+                                            hosp_dir=data.mimic_hosp_dir, note_dir=data.mimic_note_dir)
     docs, spans, report = ds.docs, [ds.spans], dict(ds.report)
+    report["kept"] = {"documents": int(len(docs)), "MIMIC-IV documents (coding)": int(len(docs)),
+                      **{k: v for k, v in report.get("kept", {}).items() if k != "documents"}}
     if data.mdace_dir:
-        ev_docs, s, report["mdace"] = load_mdace_mimic3(data.mdace_dir, data.mimic3_noteevents, docs,
-                                                        trim=data.mdace_trim, unseen=data.mdace_unseen_codes)
+        rules = mdace_profile_rules(data)
+        splits = (data.mdace_splits_dir or default_splits_dir(data.mdace_dir)) if rules.split == "mdace" else None
+        ev_docs, s, report["mdace"] = load_mdace_mimic3(data.mdace_dir, data.mimic3_noteevents, docs, rules,
+                                                        mimic_codes=mimic_codes, splits=splits, max_words=data.max_words)
+        report["mdace"]["preset"] = data.mdace_preset
         if not len(s):
             raise DataError(f"{resolve_path(data.mdace_dir)}: no MDACE span could be used (see the counts: "
                             f"{report['mdace']['skipped']}); check data.mdace_dir points at MDACE's data/ folder")
         docs = pd.concat([docs, ev_docs], ignore_index=True)
         spans.append(s)
+        report["kept"]["MDACE documents (rationale evaluation)"] = int(len(ev_docs))
     if data.spans_jsonl:
         docs, s, report["spans_jsonl"] = load_spans_jsonl(data.spans_jsonl, docs, report.get("empty_note_ids", ()))
         if not len(s):
@@ -105,6 +129,7 @@ def _load_mimic_profile(data, seed: int, pool) -> Dataset:
     spans = pd.concat([s for s in spans if len(s)] or [spans[0]], ignore_index=True)
     if pool:
         docs = mark_fewshot(docs, pool, seed)
+    report["kept"]["documents"] = int(len(docs))
     report["splits"] = split_counts(docs, spans)
     codes = codes_table(docs, descriptions=dict(zip(ds.codes["code"], ds.codes["description"])))
     return Dataset("mimic", docs, spans, codes, report)

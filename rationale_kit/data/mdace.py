@@ -15,6 +15,7 @@ import pandas as pd
 
 from rationale_kit.core import icd
 from rationale_kit.core.records import DataError
+from rationale_kit.core.text import truncate_words
 from rationale_kit.data.dataset import code_for_doc, docs_frame, spans_frame
 from rationale_kit.data.files import collapse_ws, csv_rows, parse_int, read_text_file, resolve_path
 
@@ -81,35 +82,48 @@ def _int_id(value: Any, where: str, what: str) -> int:
 
 @dataclass(frozen=True)
 class MdaceNote:
-    """One MDACE admission's chosen discharge summary and its validated annotations."""
+    """One MDACE discharge-summary note used as a document, with its validated annotations."""
 
     path: Path
     hadm_id: int
     note_index: int  # position in the file's ``notes``
     note_id: int  # MIMIC-III NOTEEVENTS ROW_ID
     description: str
-    annotations: tuple  # (k, begin, end, code, system "cm"|"pcs", type)
+    annotations: tuple  # (k, begin, end, code, system "cm"|"pcs", type, quoted text or None)
 
 
-def read_mdace(mdace_dir: str | os.PathLike) -> tuple[list[MdaceNote], dict]:
+#: Which discharge-summary notes of an admission :func:`read_mdace` uses (``data.mdace_notes``).
+MDACE_NOTE_RULES = ("reports", "discharge", "first_report")
+
+
+def read_mdace(mdace_dir: str | os.PathLike,
+               notes: Literal["reports", "discharge", "first_report"] = "reports") -> tuple[list[MdaceNote], dict]:
     """MDACE as released (``data/{Inpatient,Profee}/{ICD-10,ICD-9}/1.0/<hadm_id>-<system>.json``;
-    a sub-folder, or a folder of such files, also works): the Inpatient ICD-10 admissions.
+    a sub-folder, or a folder of such files, also works): the Inpatient ICD-10 discharge summaries.
 
-    Each file is ``{hadm_id, notes: [{note_id, category, description, annotations: [{begin, end,
-    code, code_system, description, type}]}]}``. Files under ``Profee/`` or ``ICD-9/`` are skipped
-    and counted, as are annotations whose ``code_system`` is ``CPT`` or ICD-9, and notes whose
-    category is not "Discharge summary". Per admission the note used is the discharge summary
-    whose description is "Report" (a missing description counts as a report), the lowest integer
-    ``note_id`` when there are several; addenda ("Addendum") and further reports are counted and
-    skipped: their offsets point into their own text, never the report's. Structural problems
-    (wrong types, missing keys, an admission in two files) are a :class:`DataError` naming the file
-    and key. Returns ``(notes, report)``.
+    Each file is ``{hadm_id, comment, notes: [{note_id, category, description, annotations:
+    [{begin, end, code, code_system, description, type}]}]}``. Files under ``Profee/`` or ``ICD-9/``
+    are skipped and counted, as are annotations whose ``code_system`` is ``CPT`` or ICD-9 (MDACE's
+    ICD-10 files hold a few ICD-9-CM annotations), and notes whose category is not "Discharge
+    summary". Which discharge summaries become documents (``notes``; each keeps its own offsets):
+
+    - ``reports`` (default): every note whose description is "Report" (a missing description counts
+      as a report). One admission of MDACE (142712) has two full reports with different
+      annotations: both are used, and counted under ``read``. Addenda are counted and skipped.
+    - ``discharge``: every discharge-summary note, addenda included (Edin et al. 2024).
+    - ``first_report``: the report with the lowest integer ``note_id``; further reports are counted
+      and skipped (``load_mdace``: one document per admission).
+
+    Structural problems (wrong types, missing keys, an admission in two files) are a
+    :class:`DataError` naming the file and key. Returns ``(notes, report)``.
     """
+    if notes not in MDACE_NOTE_RULES:
+        raise ValueError(f"notes must be one of {list(MDACE_NOTE_RULES)}, got {notes!r}")
     root = resolve_path(mdace_dir)
     if not root.is_dir():
         raise DataError(f"{root}: MDACE folder not found (data.mdace_dir should be MDACE's data/ folder)")
     files = sorted(root.rglob("*.json"))
-    report: dict = {"source": f"MDACE {root}", "read": Counter(), "skipped": Counter()}
+    report: dict = {"source": f"MDACE {root}", "notes used": notes, "read": Counter(), "skipped": Counter()}
     out: list[MdaceNote] = []
     seen: dict[int, Path] = {}
     for path in files:
@@ -121,16 +135,15 @@ def read_mdace(mdace_dir: str | os.PathLike) -> tuple[list[MdaceNote], dict]:
             report["skipped"]["ICD-9 files"] += 1
             continue
         report["read"]["files"] += 1
-        note = _read_mdace_file(path, report, seen)
-        if note is not None:
-            out.append(note)
-    report["read"]["admissions (Inpatient ICD-10) with a report"] = len(out)
+        out.extend(_read_mdace_file(path, report, seen, notes))
+    report["read"]["admissions (Inpatient ICD-10) with a used discharge summary"] = len({n.hadm_id for n in out})
+    report["read"]["discharge-summary notes used"] = len(out)
     report["read"] = dict(report["read"])
     return out, report
 
 
-def _read_mdace_file(path: Path, report: dict, seen: dict[int, Path]) -> Optional[MdaceNote]:
-    """The admission of one MDACE file with its discharge-summary report, or None without one."""
+def _read_mdace_file(path: Path, report: dict, seen: dict[int, Path], rule: str) -> list[MdaceNote]:
+    """The used discharge summaries of one MDACE file (none when it has no report)."""
     try:
         obj = json.loads(read_text_file(path))
     except json.JSONDecodeError as exc:
@@ -148,21 +161,28 @@ def _read_mdace_file(path: Path, report: dict, seen: dict[int, Path]) -> Optiona
         raise DataError(f"{path}: 'notes' must be a list, got {type(obj['notes']).__name__}")
     ds_notes = _discharge_summaries(path, obj["notes"], report)
     reports = sorted([x for x in ds_notes if x[2].lower() == "report"], key=lambda x: x[1])
-    for j, nid, desc, note in ds_notes:
-        if reports and (j, nid) == reports[0][:2]:
-            continue
-        if desc.lower() == "addendum":  # offsets refer to the addendum's own text
+    if len(reports) > 1:
+        report["read"]["admissions with more than one discharge-summary report"] += 1
+    used = []
+    for x in sorted(ds_notes, key=lambda x: x[1]):
+        j, nid, desc, note = x
+        is_report = desc.lower() == "report"
+        if rule == "discharge" or (rule == "reports" and is_report) or (rule == "first_report" and x is (reports[0] if reports else None)):
+            used.append(x)
+            if is_report and reports and x is not reports[0]:
+                report["read"]["further discharge-summary reports of an admission (used as their own documents)"] += 1
+            if not is_report:
+                report["read"]["discharge-summary addenda (used as their own documents)"] += 1
+        elif is_report:  # first_report: a second full report, not an addendum
+            report["skipped"]["further discharge-summary reports of an admission (first_report: only the first used)"] += 1
+            report["skipped"]["annotations on further discharge-summary reports"] += len(note["annotations"])
+        else:  # offsets refer to the addendum's own text
             report["skipped"]["addenda (description Addendum) of an admission"] += 1
             report["skipped"]["annotations on addenda"] += len(note["annotations"])
-        else:
-            report["skipped"]["additional discharge summaries (addenda) of an admission"] += 1
-            report["skipped"]["annotations on additional discharge summaries"] += len(note["annotations"])
-    if not reports:
-        report["skipped"]["admissions without a discharge summary report"] += 1
-        return None
-    j, nid, desc, note = reports[0]
-    anns = _report_annotations(path, j, note, report)
-    return MdaceNote(path, hadm, j, nid, desc, tuple(anns))
+    if not used:
+        report["skipped"]["admissions without a used discharge summary"] += 1
+    return [MdaceNote(path, hadm, j, nid, desc, tuple(_report_annotations(path, j, note, report)))
+            for j, nid, desc, note in used]
 
 
 def _discharge_summaries(path: Path, notes: list, report: dict) -> list[tuple[int, int, str, dict]]:
@@ -229,7 +249,7 @@ def load_mdace(
     Granularity ``evidence``; the MDACE ``type`` is kept in ``evidence_type``. Returns ``(docs with
     annotated=True on matched documents, spans, report)``.
     """
-    notes, report = read_mdace(mdace_dir)
+    notes, report = read_mdace(mdace_dir, notes="first_report")
     report["skipped"] = Counter(report["skipped"])
     texts = dict(zip(docs["note_id"].astype(str), docs["text"]))
     codes_of = {str(n): set(cs) for n, cs in zip(docs["note_id"], docs["codes"])}
@@ -305,13 +325,94 @@ def read_noteevents(path: str | os.PathLike, row_ids: set[int]) -> dict[int, dic
 
 
 @dataclass(frozen=True)
-class _CodeRules:
-    """How :func:`load_mdace_mimic3` maps, keeps and trims an annotation."""
+class MdaceRules:
+    """How :func:`load_mdace_mimic3` turns MDACE into evaluation documents and spans (the
+    ``data.mdace_*`` options; :data:`MDACE_PRESETS` holds the project's defaults and Edin et al.
+    2024's choices; docs/method/data.md justifies each default).
 
-    known: frozenset  # codes of the MIMIC-IV documents (any split)
-    trained: frozenset  # codes of their training documents
-    trim: str
-    unseen: str
+    - ``notes``: which discharge summaries become documents (:func:`read_mdace`).
+    - ``code_systems``: ``cm_pcs`` evaluates ICD-10-CM and -PCS evidence; ``cm`` only CM (PCS
+      annotations counted and skipped).
+    - ``known_codes``: what codes are mapped to (:func:`map_code_version`): ``all`` = every ICD-10
+      code of MIMIC-IV's hosp tables (any count), ``kept`` = the codes of the kept MIMIC-IV documents.
+    - ``map_per_system``: map CM codes to CM codes and PCS to PCS (else one shared set).
+    - ``unseen``: codes no training document carries (the models' label space): ``keep`` them as gold
+      codes with their spans, or ``drop`` them with their spans (documents left without codes go).
+    - ``trim``: span edges (:func:`trim_span`).
+    - ``beyond_cut``: spans starting after the first ``data.max_words`` words (where models cut the
+      note): ``keep`` (misses of every model) or ``drop`` (counted).
+    - ``split``: ``mdace`` = MDACE's evidence splits (``MDace-ev-{train,val,test}.csv``): test
+      admissions are report notes, train/val admissions tuning notes; ``hashed`` = every admission
+      an evaluation note, the design's hashed ``tuning_fraction`` for tuning.
+    """
+
+    notes: Literal["reports", "discharge", "first_report"] = "reports"
+    code_systems: Literal["cm_pcs", "cm"] = "cm_pcs"
+    known_codes: Literal["all", "kept"] = "all"
+    map_per_system: bool = True
+    unseen: Literal["keep", "drop"] = "keep"
+    trim: Literal["edges", "edin", "none"] = "edges"
+    beyond_cut: Literal["keep", "drop"] = "keep"
+    split: Literal["mdace", "hashed"] = "mdace"
+
+
+#: ``data.mdace_preset``: the project's defaults, and Edin et al. 2024's route (explainable-medical-coding:
+#: every discharge-summary note, diagnosis codes only, targets the model lacks dropped, their
+#: one-character trim, spans past the input cut skipped, MDACE's evidence test split).
+MDACE_PRESETS = {
+    "project": MdaceRules(),
+    "edin": MdaceRules(notes="discharge", code_systems="cm", unseen="drop", trim="edin", beyond_cut="drop"),
+}
+
+
+def mdace_rules(preset: str = "project", **overrides) -> MdaceRules:
+    """The rules of ``preset`` with the given fields replaced (``None`` values are ignored)."""
+    import dataclasses
+
+    if preset not in MDACE_PRESETS:
+        raise DataError(f"data.mdace_preset must be one of {list(MDACE_PRESETS)}, got {preset!r}")
+    return dataclasses.replace(MDACE_PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None})
+
+
+#: MDACE's evidence split files (``splits/Inpatient`` of the MDACE repository; one hadm_id a line).
+MDACE_SPLIT_FILES = {"train": "MDace-ev-train.csv", "val": "MDace-ev-val.csv", "test": "MDace-ev-test.csv"}
+
+
+def default_splits_dir(mdace_dir: str | os.PathLike) -> Path:
+    """Where MDACE keeps its Inpatient splits relative to its ``data/`` folder: ``../splits/Inpatient``."""
+    return resolve_path(mdace_dir).parent / "splits" / "Inpatient"
+
+
+def read_mdace_splits(splits_dir: str | os.PathLike) -> dict[int, str]:
+    """``hadm_id -> train|val|test`` from MDACE's ``MDace-ev-{train,val,test}.csv`` (no header, one
+    integer hadm_id a line). A missing file, a line that is not an integer, or an admission in two
+    files is a :class:`DataError` naming the file and line."""
+    root = resolve_path(splits_dir)
+    out: dict[int, str] = {}
+    where_of: dict[int, str] = {}
+    for split, name in MDACE_SPLIT_FILES.items():
+        path = root / name
+        if not path.exists():
+            raise DataError(f"{path}: MDACE split file not found (data.mdace_splits_dir should be MDACE's "
+                            f"splits/Inpatient folder; or set data.mdace_split: hashed)")
+        for lineno, line in enumerate(read_text_file(path).splitlines(), 1):
+            if not line.strip():
+                continue
+            hadm = parse_int(line.strip(), f"{path} line {lineno}", "hadm_id")
+            if hadm in out:
+                raise DataError(f"{path} line {lineno}: hadm_id {hadm} is also in {where_of[hadm]}")
+            out[hadm], where_of[hadm] = split, f"{name} line {lineno}"
+    return out
+
+
+@dataclass(frozen=True)
+class _CodeRules:
+    """The code sets and rules one :func:`load_mdace_mimic3` call applies."""
+
+    known: dict  # system ("cm", "pcs") -> frozenset of codes mapped to
+    trained: frozenset  # codes of the MIMIC-IV training documents (the models' label space)
+    rules: MdaceRules
+    max_words: Optional[int]
 
 
 @dataclass
@@ -325,70 +426,109 @@ class _Mimic3Tally:
     n_trimmed: int = 0
 
 
+def _known_codes(train_docs: pd.DataFrame, rules: MdaceRules, mimic_codes: Optional[dict]) -> dict:
+    """``{"cm": codes, "pcs": codes}`` that MDACE codes are mapped to (one shared set when
+    ``rules.map_per_system`` is off)."""
+    if rules.known_codes == "all" and mimic_codes is not None:
+        cm, pcs = frozenset(mimic_codes.get("cm", ())), frozenset(mimic_codes.get("pcs", ()))
+    else:  # the kept documents' codes, split by form (CM codes are dotted or 3 characters)
+        kept = {c for cs in train_docs["codes"] for c in cs}
+        cm = frozenset(c for c in kept if "." in c or len(c) == 3)
+        pcs = frozenset(kept - cm)
+    if not rules.map_per_system:
+        cm = pcs = cm | pcs
+    return {"cm": cm, "pcs": pcs}
+
+
 def load_mdace_mimic3(
     mdace_dir: str | os.PathLike,
     noteevents: str | os.PathLike,
     train_docs: pd.DataFrame,
-    trim: Literal["edges", "edin", "none"] = "edges",
-    unseen: Literal["keep", "drop"] = "keep",
-    split: str = "test",
+    rules: Optional[MdaceRules] = None,
+    mimic_codes: Optional[dict] = None,
+    splits: Optional[dict[int, str] | str | os.PathLike] = None,
+    max_words: Optional[int] = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    """MDACE's Inpatient ICD-10 admissions as evaluation documents, their text from MIMIC-III
-    (the route of Edin et al. 2024: train on MIMIC-IV, evaluate rationales on MDACE).
+    """MDACE's Inpatient ICD-10 discharge summaries as rationale evaluation documents, their text
+    from MIMIC-III (the route of Edin et al. 2024: train on MIMIC-IV, evaluate rationales on MDACE).
 
-    - Notes: :func:`read_mdace` picks each admission's discharge-summary report; its MDACE
-      ``note_id`` is the NOTEEVENTS ``ROW_ID`` (integers compared as integers). The document is
-      ``note_id = "mimic3_<ROW_ID>"``, ``split`` (default ``test``), ``annotated=True``,
-      ``credentialed=True``. A ROW_ID absent from NOTEEVENTS, or whose HADM_ID or CATEGORY differ
-      from MDACE's, is an error naming both files.
+    - Notes: :func:`read_mdace` picks the discharge summaries (``rules.notes``); an MDACE
+      ``note_id`` is the NOTEEVENTS ``ROW_ID`` (integers compared as integers). Each is a document
+      ``note_id = "mimic3_<ROW_ID>"``, ``split="test"`` (never trained on), ``annotated=True``,
+      ``credentialed=True``, ``full_codes=False`` (its codes are the annotated ones only: never part
+      of coding measurement), ``eval_role`` from MDACE's split (``rules.split="mdace"``, ``splits``:
+      ``report`` for its test admissions, ``tuning`` for train/val; ``splits`` is the mapping of
+      :func:`read_mdace_splits` or the folder it reads; admissions in no split file are counted and
+      skipped) or ``""`` (``hashed``). A ROW_ID absent from NOTEEVENTS, or whose
+      HADM_ID or CATEGORY differ from MDACE's, is an error naming both files.
     - Spans: offsets are checked against the text (``0 <= begin < end <= len``: else an error),
-      then trimmed (:func:`trim_span`, rule ``trim``); spans empty after trimming are counted and
-      skipped; duplicates (same note, code, offsets) counted and merged.
-    - Codes: normalised (dotted ICD-10-CM, undotted PCS), then mapped to the code versions of the
-      MIMIC-IV documents ``train_docs`` (:func:`map_code_version`; counted by how). A code no
-      training document carries is counted and listed; ``unseen="keep"`` keeps it (its spans,
-      and it stays a gold code, a miss for every model), ``"drop"`` removes it and its spans.
+      then trimmed (:func:`trim_span`, ``rules.trim``); spans empty after trimming, and with
+      ``rules.beyond_cut="drop"`` spans starting after the first ``max_words`` words, are counted
+      and skipped; duplicates (same note, code, offsets) counted and merged. Each span carries
+      ``hadm_id`` and ``source_note_id``.
+    - Codes: normalised (dotted ICD-10-CM, undotted PCS; PCS skipped with ``rules.code_systems="cm"``),
+      then mapped (:func:`map_code_version`) to ``mimic_codes`` (``{"cm", "pcs"}``: every ICD-10
+      code of MIMIC-IV) or the codes of ``train_docs`` (``rules.known_codes``), counted by how. A
+      code no training document carries is counted and listed; ``rules.unseen`` keeps or drops it.
     - ``codes`` of a document: its mapped codes with at least one kept span, in first-span order.
 
     Returns ``(documents, spans, report)``; the report holds every count.
     """
-    notes, report = read_mdace(mdace_dir)
+    rules = rules or MdaceRules()
+    if rules.split == "mdace" and splits is None:
+        raise ValueError("rules.split = 'mdace' needs MDACE's splits (a mapping or the splits folder)")
+    notes, report = read_mdace(mdace_dir, rules.notes)
+    if rules.split == "mdace" and notes and not isinstance(splits, dict):
+        splits = read_mdace_splits(splits)  # read once there is something to split
     tally = _Mimic3Tally(Counter(report["skipped"]))
-    rules = _CodeRules(frozenset(c for cs in train_docs["codes"] for c in cs),
-                       frozenset(c for cs, s in zip(train_docs["codes"], train_docs["split"]) if s == "train" for c in cs),
-                       trim, unseen)
+    trained = frozenset(c for cs, s in zip(train_docs["codes"], train_docs["split"]) if s == "train" for c in cs)
+    code_rules = _CodeRules(_known_codes(train_docs, rules, mimic_codes), trained, rules, max_words)
     rows_of = read_noteevents(noteevents, {n.note_id for n in notes})
     ne_path = resolve_path(noteevents)
     doc_rows, span_rows = [], []
+    roles: Counter = Counter()
     for note in notes:
         text = _mimic3_text(note, rows_of.get(note.note_id), ne_path, report)
+        role = ""
+        if rules.split == "mdace":
+            if note.hadm_id not in splits:
+                tally.skipped["discharge summaries of admissions in none of MDACE's split files"] += 1
+                continue
+            role = "report" if splits[note.hadm_id] == "test" else "tuning"
         nid = f"mimic3_{note.note_id}"
-        rows, codes = _mimic3_spans(note, text, nid, rules, tally)
+        rows, codes = _mimic3_spans(note, text, nid, code_rules, tally)
         span_rows.extend(rows)
         if not codes:
-            tally.skipped["admissions left without spans"] += 1
+            tally.skipped["documents left without spans"] += 1
             continue
-        doc_rows.append({"note_id": nid, "text": text, "codes": codes, "split": split, "annotated": True,
-                         "fewshot": False, "credentialed": True})
+        doc_rows.append({"note_id": nid, "text": text, "codes": codes, "split": "test", "annotated": True,
+                         "fewshot": False, "credentialed": True, "full_codes": False, "eval_role": role})
+        roles[(f"MDACE {splits[note.hadm_id]}" if role else "all"), note.hadm_id] += 1
     docs = docs_frame(doc_rows)
-    spans = spans_frame(span_rows, ["evidence_type", "source_note_id"])
+    spans = spans_frame(span_rows, ["evidence_type", "source_note_id", "hadm_id"])
     dup = spans.duplicated(["note_id", "code", "start", "end"])
     if dup.any():
         tally.skipped["duplicate spans (same note, code and offsets, after mapping and trimming)"] += int(dup.sum())
         spans = spans[~dup].reset_index(drop=True)
     report["source"] += f" with MIMIC-III text from {ne_path}"
+    report["rules"] = {k: str(v) for k, v in rules.__dict__.items()}
     report["code versions"] = {**dict(tally.mapped), "mapping used": dict(sorted(tally.mapping_used.items()))}
     report["codes no training document carries"] = {
-        "rule": f"{unseen}: " + ("kept as gold codes (misses for every model) with their spans" if unseen == "keep"
-                                 else "dropped with their spans"),
+        "rule": f"{rules.unseen}: " + ("kept as gold codes (misses for every model) with their spans" if rules.unseen == "keep"
+                                       else "dropped with their spans"),
         "distinct codes": len(tally.unseen_codes), "annotations": int(sum(tally.unseen_codes.values())),
         "codes": dict(sorted(tally.unseen_codes.items())),
     }
-    report["trimming"] = {"rule": trim, "spans trimmed": tally.n_trimmed}
+    report["trimming"] = {"rule": rules.trim, "spans trimmed": tally.n_trimmed}
     report["skipped"] = dict(tally.skipped)
     if "warnings" in report:
         report["warnings"] = dict(report["warnings"])
-    report["kept"] = {"documents": int(len(docs)), "spans": int(len(spans)), "split": split}
+    split_rule = ("MDACE's evidence splits: test admissions report notes, train/val admissions tuning notes"
+                  if rules.split == "mdace" else "hashed: every admission an evaluation note")
+    report["kept"] = {"documents": int(len(docs)), "spans": int(len(spans)), "split": "test (evaluation only)",
+                      "evaluation split": split_rule,
+                      **{f"{k} documents": int(sum(n for (g, _), n in roles.items() if g == k)) for k in sorted({g for g, _ in roles})},
+                      **{f"{k} admissions": int(len({h for (g, h) in roles if g == k})) for k in sorted({g for g, _ in roles})}}
     return docs, spans, report
 
 
@@ -410,6 +550,8 @@ def _mimic3_text(note: MdaceNote, row: Optional[dict], ne_path: Path, report: di
 def _mimic3_spans(note: MdaceNote, text: str, nid: str, rules: _CodeRules,
                   tally: _Mimic3Tally) -> tuple[list[dict], list[str]]:
     """The kept span rows of one note and its codes in first-span order."""
+    r = rules.rules
+    cut = truncate_words(text, rules.max_words) if (r.beyond_cut == "drop" and rules.max_words) else len(text)
     rows: list[dict] = []
     codes: list[str] = []
     for k, start, end, raw_code, sys, etype, quoted in note.annotations:
@@ -422,23 +564,31 @@ def _mimic3_spans(note: MdaceNote, text: str, nid: str, rules: _CodeRules,
             code = icd.normalize_code(raw_code, sys)
         except icd.CodeError as exc:
             raise DataError(f"{where}: {exc}") from None
-        new, how = map_code_version(code, rules.known)
-        tally.mapped[f"annotations whose code is {how}" if how != "same" else "annotations whose code MIMIC-IV has"] += 1
+        if sys == "pcs" and r.code_systems == "cm":
+            tally.skipped["ICD-10-PCS annotations (mdace_code_systems: cm)"] += 1
+            continue
+        new, how = map_code_version(code, rules.known[sys])
+        has = "annotations whose code MIMIC-IV has" if r.known_codes == "all" else "annotations whose code the kept MIMIC-IV documents have"
+        tally.mapped[f"annotations whose code is {how}" if how != "same" else has] += 1
         if how in ("prefix", "table"):
             tally.mapping_used[code] = new
         if new not in rules.trained:
             tally.unseen_codes[new] += 1
-            if rules.unseen == "drop":
+            if r.unseen == "drop":
                 tally.skipped["annotations of codes no training document carries (dropped)"] += 1
                 continue
-        s, e = trim_span(text, start, end, rules.trim)
+        s, e = trim_span(text, start, end, r.trim)
         if (s, e) != (start, end):
             tally.n_trimmed += 1
         if s >= e:
             tally.skipped["spans empty after trimming punctuation and whitespace"] += 1
             continue
+        if s >= cut:
+            tally.skipped["spans starting after the first data.max_words words (mdace_beyond_cut: drop)"] += 1
+            continue
         rows.append({"note_id": nid, "code": new, "start": s, "end": e, "granularity": "evidence",
-                     "source": "human", "evidence_type": etype, "source_note_id": str(note.note_id)})
+                     "source": "human", "evidence_type": etype, "source_note_id": str(note.note_id),
+                     "hadm_id": str(note.hadm_id)})
         if new not in codes:
             codes.append(new)
     return rows, codes

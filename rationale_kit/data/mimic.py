@@ -93,7 +93,21 @@ def load_mimic(
     hosp_dir: Optional[str | os.PathLike] = None,
     note_dir: Optional[str | os.PathLike] = None,
 ) -> Dataset:
-    """MIMIC-IV ICD-10 following Edin et al. (2023).
+    """MIMIC-IV ICD-10 following Edin et al. (2023): :func:`load_mimic_with_codes` without the code sets."""
+    return load_mimic_with_codes(mimic_dir, split_file, min_code_count, seed, fewshot_pool, hosp_dir, note_dir)[0]
+
+
+def load_mimic_with_codes(
+    mimic_dir: Optional[str | os.PathLike],
+    split_file: Optional[str | os.PathLike] = None,
+    min_code_count: int = 10,
+    seed: int = 0,
+    fewshot_pool: int = 0,
+    hosp_dir: Optional[str | os.PathLike] = None,
+    note_dir: Optional[str | os.PathLike] = None,
+) -> tuple[Dataset, dict[str, frozenset]]:
+    """MIMIC-IV ICD-10 following Edin et al. (2023), and ``{"cm", "pcs"}``: every ICD-10 code of the
+    hosp tables (any admission, any count; what MDACE codes are mapped to).
 
     Reads ``note/discharge.csv.gz`` and ``hosp/{diagnoses,procedures}_icd.csv.gz`` (``.csv`` also
     accepted), keeps ICD-10 rows (diagnoses as dotted CM, procedures as PCS), joins on
@@ -114,7 +128,7 @@ def load_mimic(
     if not len(notes):
         raise DataError(f"{note_path}: no data rows (only a header): no discharge summaries to load")
     notes, empty_ids = _select_notes(notes, note_path, report)
-    by_hadm = _admission_codes(files, set(notes["hadm_id"]), report)
+    by_hadm, all_codes = _admission_codes(files, set(notes["hadm_id"]), report)
     notes, doc_codes = _coded_notes(notes, by_hadm, min_code_count, report)
     splits, missing = _assign_splits(notes, split_file, seed, report)
     rows = [
@@ -132,7 +146,7 @@ def load_mimic(
     if fewshot_pool:
         docs = mark_fewshot(docs, fewshot_pool, seed)
     report["splits"] = split_counts(docs, spans)
-    return Dataset("mimic", docs, spans, codes_table(docs, descs), report)
+    return Dataset("mimic", docs, spans, codes_table(docs, descs), report), all_codes
 
 
 def _select_notes(notes: pd.DataFrame, note_path: Path, report: dict) -> tuple[pd.DataFrame, list[str]]:
@@ -185,8 +199,9 @@ def _last_per_admission(notes: pd.DataFrame, note_path: Path, report: dict) -> p
     return notes[~dup]
 
 
-def _admission_codes(files: _MimicFiles, kept_ids: set[str], report: dict) -> dict[str, list[str]]:
-    """``hadm_id -> ICD-10 codes`` (diagnoses by seq_num, then procedures) of the kept admissions."""
+def _admission_codes(files: _MimicFiles, kept_ids: set[str], report: dict) -> tuple[dict[str, list[str]], dict]:
+    """``hadm_id -> ICD-10 codes`` (diagnoses by seq_num, then procedures) of the kept admissions,
+    and ``{"cm", "pcs"}``: every ICD-10 code of the tables."""
     codes = pd.concat(
         [
             _read_codes(files.hosp("diagnoses_icd.csv.gz"), "cm", report, "diagnosis"),
@@ -194,6 +209,8 @@ def _admission_codes(files: _MimicFiles, kept_ids: set[str], report: dict) -> di
         ],
         ignore_index=True,
     )
+    all_codes = {"cm": frozenset(codes.loc[codes["kind"] == "diagnosis", "code"]),
+                 "pcs": frozenset(codes.loc[codes["kind"] == "procedure", "code"])}
     orphan = ~codes["hadm_id"].isin(kept_ids)
     if orphan.any():
         report["skipped"]["ICD-10 code rows of admissions without a kept discharge summary"] = int(orphan.sum())
@@ -202,7 +219,7 @@ def _admission_codes(files: _MimicFiles, kept_ids: set[str], report: dict) -> di
     if dup_codes.any():
         report["skipped"]["repeated code rows of the same admission"] = int(dup_codes.sum())
     codes = codes[~dup_codes].sort_values(["hadm_id", "kind", "seq", "row"], kind="stable")
-    return codes.groupby("hadm_id", sort=False)["code"].agg(list).to_dict()
+    return codes.groupby("hadm_id", sort=False)["code"].agg(list).to_dict(), all_codes
 
 
 def _coded_notes(notes: pd.DataFrame, by_hadm: dict[str, list[str]], min_code_count: int,

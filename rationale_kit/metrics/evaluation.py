@@ -4,9 +4,10 @@ sources or two models is made on the units both have, with a paired bootstrap ov
 
 * **Evaluation notes**: annotated test notes that are not few-shot examples (annotated non-few-shot
   notes when a data set has none in test, e.g. MDACE on validation).
-* **Tuning notes**: a deterministic ``tuning_fraction`` of the evaluation notes (the smallest
-  SHA-256 hashes of the note ids). Every choice (soft-rationale thresholds, the guided-learning
-  lambda) is made on them; they are never reported.
+* **Tuning notes**: the evaluation notes whose ``eval_role`` is ``"tuning"`` (fixed by the data
+  set: MDACE's train/val admissions), and a deterministic ``tuning_fraction`` of those without a
+  role (the smallest SHA-256 hashes of the note ids). Every choice (soft-rationale thresholds, the
+  guided-learning lambda) is made on them; they are never reported.
 * **Report notes**: the other evaluation notes.
 * **Run-on pairs** (``run_on``: ``source, model, note_id, code``): the pairs a source was run on
   (``model`` is ``"-"`` for model-independent sources). A source run on a subset (the LLM on
@@ -165,9 +166,17 @@ class EvaluationDesign:
 
 
 def make_design(docs: pd.DataFrame, tuning_fraction: float = 0.25) -> EvaluationDesign:
-    """The design of ``docs``: evaluation notes, their tuning fraction and the report notes."""
-    ev = sorted(evaluation_notes(docs).note_id.astype(str))
-    tune = tuning_split(ev, tuning_fraction)
+    """The design of ``docs``: evaluation notes, their tuning notes and the report notes. Notes
+    whose ``eval_role`` is ``"tuning"`` / ``"report"`` keep that role; of the others (``""``, or no
+    ``eval_role`` column) the hashed ``tuning_fraction`` tunes (:func:`tuning_split`)."""
+    ev_notes = evaluation_notes(docs)
+    ev = sorted(ev_notes.note_id.astype(str))
+    role = dict(zip(ev_notes.note_id.astype(str), ev_notes["eval_role"].astype(str))) if "eval_role" in ev_notes else {}
+    bad = sorted({r for r in role.values() if r not in ("", "tuning", "report")})
+    if bad:
+        raise DataError(f"docs: eval_role must be '', 'tuning' or 'report', got {bad}")
+    free = [n for n in ev if not role.get(n)]
+    tune = tuning_split(free, tuning_fraction) | {n for n in ev if role.get(n) == "tuning"}
     return EvaluationDesign(tuple(ev), tuple(sorted(tune)), tuple(n for n in ev if n not in tune), tuning_fraction)
 
 

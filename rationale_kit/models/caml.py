@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rationale_kit.core.config import ModelParams
+from rationale_kit.core.config import CAMLParams
 from rationale_kit.models.label_attention import LabelAttentionModel, select_rows
 from rationale_kit.models.tokenizers import PAD_ID, WordTokenizer
 
@@ -19,7 +19,7 @@ class CAML(LabelAttentionModel):
 
     name = "caml"
 
-    def __init__(self, labels: Sequence[str], tokenizer: WordTokenizer, params: ModelParams, max_words: int = 4000):
+    def __init__(self, labels: Sequence[str], tokenizer: WordTokenizer, params: CAMLParams, max_words: int = 4000):
         super().__init__(labels, tokenizer, params, max_words)
         e, f, k = params.embed_dim, params.filters, params.kernel
         self.embedding = nn.Embedding(tokenizer.vocab_size, e, padding_idx=PAD_ID)

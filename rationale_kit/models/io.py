@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from rationale_kit.core.records import DataError
-from rationale_kit.core.config import ModelParams, Word2Vec
+from rationale_kit.core.config import ModelParams, Word2Vec, params_for
 from rationale_kit.models.caml import CAML
 from rationale_kit.models.encoders import bundled_encoder_path, load_encoder, load_hf_tokenizer, train_word2vec
 from rationale_kit.models.label_attention import LabelAttentionModel
@@ -49,6 +49,7 @@ def build_model(
     """
     if name not in MODEL_NAMES:
         raise ValueError(f"unknown model {name!r} (choose from {list(MODEL_NAMES)})")
+    params = params_for(name, params)  # the family's typed config (another family's keys: an error)
     if name == "plm_icd":
         path = params.encoder_path or str(bundled_encoder_path())
         if not Path(path).exists():
@@ -176,13 +177,14 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[L
         raise DataError(f"{cfg_file}: labels must be a list of code strings")
     if not isinstance(cfg["params"], dict) or not isinstance(cfg["tokenizer"], dict):
         raise DataError(f"{cfg_file}: params and tokenizer must be JSON objects")
-    known = {f.name for f in dataclasses.fields(ModelParams)}
+    name = cfg["name"]
+    if name not in MODEL_NAMES:
+        raise DataError(f"{cfg_file}: unknown model name {name!r} (known: caml, laat, plm_icd)")
     try:
-        params = ModelParams(**{k: v for k, v in cfg["params"].items() if k in known})
+        params = params_for(name, cfg["params"], strict=False)  # older versions saved every family's keys
         max_words = int(cfg["max_words"])
     except (TypeError, ValueError) as exc:
         raise DataError(f"{cfg_file}: bad params or max_words ({exc})") from None
-    name = cfg["name"]
     tcfg = cfg["tokenizer"]
     try:
         if name in ("caml", "laat"):

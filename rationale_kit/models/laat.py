@@ -8,7 +8,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from rationale_kit.core.config import ModelParams
+from rationale_kit.core.config import LAATParams
 from rationale_kit.models.label_attention import LAATHead, LabelAttentionModel
 from rationale_kit.models.tokenizers import PAD_ID, WordTokenizer
 
@@ -25,7 +25,7 @@ class LAAT(LabelAttentionModel):
 
     name = "laat"
 
-    def __init__(self, labels: Sequence[str], tokenizer: WordTokenizer, params: ModelParams, max_words: int = 4000):
+    def __init__(self, labels: Sequence[str], tokenizer: WordTokenizer, params: LAATParams, max_words: int = 4000):
         super().__init__(labels, tokenizer, params, max_words)
         e, hdim = params.embed_dim, params.hidden
         self.embedding = nn.Embedding(tokenizer.vocab_size, e, padding_idx=PAD_ID)

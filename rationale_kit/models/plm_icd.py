@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rationale_kit.core.config import ModelParams
+from rationale_kit.core.config import PLMICDParams
 from rationale_kit.models.encoders import freeze_encoder_layers
 from rationale_kit.models.label_attention import LAATHead, LabelAttentionModel
 from rationale_kit.models.tokenizers import PieceTokenizer
@@ -31,7 +31,7 @@ class PLMICD(LabelAttentionModel):
         self,
         labels: Sequence[str],
         tokenizer: PieceTokenizer,
-        params: ModelParams,
+        params: PLMICDParams,
         encoder: nn.Module,
         max_words: int = 4000,
     ):

@@ -597,7 +597,7 @@ def summary_table(aligned: pd.DataFrame, by: str = "source") -> pd.DataFrame:
         rows[key] = row
     cols = ["n_quotes", "n_aligned", "n_unaligned", "n_partial", "alignment_rate", "unaligned_rate", "n_spans",
             "mean_score_aligned"] + [f"method: {m}" for m in METHODS] + [f"unaligned: {r}" for r in REASONS]
-    return pd.DataFrame.from_dict(rows, orient="index", columns=cols)
+    return pd.DataFrame.from_dict(rows, orient="index", columns=cols).rename_axis(by)
 
 
 def spans_by_source(aligned: pd.DataFrame, by: str = "source") -> pd.DataFrame:

@@ -172,3 +172,95 @@ def plot_ner_sizes(ner: pd.DataFrame, path=None):
     ax.set_ylabel("PI token F1")
     ax.set_title("NER tagger: plausibility against training-set size")
     return _finish(fig, path)
+
+
+#: Colour of each verdict (grid cells, forest-plot rows); unknown verdicts are drawn grey-blue.
+VERDICT_COLOURS = {"holds": "#1b7837", "does not hold": "#c51b7d", "inconclusive": "#8c8c8c",
+                   "borderline": "#e08214", "too few notes": "#9fb6cd"}
+VERDICT_ORDER = ("holds", "does not hold", "borderline", "inconclusive", "too few notes")
+_OTHER = "#5b7fa6"
+
+
+def verdict_colour(verdict: str) -> str:
+    return VERDICT_COLOURS.get(str(verdict), _OTHER)
+
+
+def plot_forest(rows: pd.DataFrame, path=None, width: float = 11.0):
+    """A forest plot of verdict rows: one panel per ``group`` (a finding), one row per comparison,
+    the effect as a dot and its interval as a line coloured by ``verdict``, 0 dashed, and on the
+    right ``note`` (n, stability). ``rows``: ``group, label, effect, lo, hi, verdict, note`` (rows
+    without a finite effect are listed with "no estimate"). Panels keep their own x scale (the
+    findings measure different quantities)."""
+    import textwrap
+
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    groups = list(dict.fromkeys(rows["group"])) if len(rows) else []
+    if not groups:
+        fig, ax = plt.subplots(figsize=(width, 1.2))
+        ax.text(0.5, 0.5, "no verdict rows yet", ha="center", va="center", transform=ax.transAxes)
+        ax.axis("off")
+        return _finish(fig, path)
+    wrap = lambda t: "\n".join(textwrap.wrap(str(t), 66, max_lines=2, placeholder="…"))
+    labels = [wrap(t) for t in rows["label"]]
+    lines = [lab.count("\n") + 1 for lab in labels]
+    row_h, head_h, gap_h = 0.22, 0.3, 0.32  # inches: per label line, panel title, between panels
+    heights = [sum(max(1.25, 0.9 * n) for n, g in zip(lines, rows["group"]) if g == grp) * row_h for grp in groups]
+    total = sum(heights) + len(groups) * head_h + (len(groups) - 1) * gap_h + 0.75
+    fig = plt.figure(figsize=(width, total))
+    top = 1 - 0.22 / total
+    for i, g in enumerate(groups):
+        mask = (rows["group"] == g).to_numpy()
+        part = rows[mask].reset_index(drop=True)
+        labs = [lab for lab, m in zip(labels, mask) if m]
+        ax_top = top - head_h / total
+        ax_h = heights[i] / total
+        ax = fig.add_axes((0.4, ax_top - ax_h, 0.32, ax_h))
+        top = ax_top - ax_h - gap_h / total
+        y = np.arange(len(part))[::-1]
+        finite = part[["effect", "lo", "hi"]].apply(pd.to_numeric, errors="coerce")
+        ax.axvline(0, ls="--", c="#555", lw=0.8, zorder=1)
+        for yi, (_, r), (_, f) in zip(y, part.iterrows(), finite.iterrows()):
+            c = verdict_colour(r["verdict"])
+            if np.isfinite(f["lo"]) and np.isfinite(f["hi"]):
+                ax.plot([f["lo"], f["hi"]], [yi, yi], c=c, lw=2.4, solid_capstyle="butt", zorder=2)
+            if np.isfinite(f["effect"]):
+                ax.plot(f["effect"], yi, "o", c=c, ms=6, zorder=3)
+            else:
+                ax.text(0.01, yi, "no estimate", va="center", fontsize=7.5, color="#777",
+                        transform=ax.get_yaxis_transform())
+        vals = finite.to_numpy(dtype=float)
+        vals = vals[np.isfinite(vals)]
+        lo, hi = (min(vals.min(), 0.0), max(vals.max(), 0.0)) if len(vals) else (-1.0, 1.0)
+        pad = 0.06 * (hi - lo or 1.0)
+        ax.set_xlim(lo - pad, hi + pad)
+        ax.set_ylim(-0.6, len(part) - 0.4)
+        ax.set_yticks(y, labs, fontsize=7.5)
+        for yi, note in zip(y, part["note"]):
+            ax.annotate(str(note), (1.02, yi), xycoords=("axes fraction", "data"), va="center", fontsize=7.5, color="#333")
+        ax.set_title(str(g), loc="left", fontsize=9.5, fontweight="bold", x=-0.4 / 0.32 + 0.01, ha="left")
+        ax.tick_params(axis="x", labelsize=7.5)
+        ax.grid(axis="x", lw=0.3, color="#ddd")
+        for side in ("top", "right"):
+            ax.spines[side].set_visible(False)
+        last = ax
+    last.set_xlabel("effect a - b (each panel its own scale), 95% interval", fontsize=8)
+    present = [v for v in VERDICT_ORDER if v in set(rows["verdict"])] + sorted(set(rows["verdict"]) - set(VERDICT_ORDER))
+    handles = [Line2D([0], [0], c=verdict_colour(v), lw=2.4, marker="o", ms=5, label=v) for v in present]
+    fig.legend(handles=handles, loc="upper right", ncol=len(handles), fontsize=8, frameon=False, bbox_to_anchor=(0.99, 1.0))
+    if path is not None:
+        fig.savefig(path, dpi=120, bbox_inches="tight")
+    return fig
+
+
+def figure_png(fig, dpi: int = 110) -> bytes:
+    """``fig`` as PNG bytes (closed afterwards: report figures are not shown inline)."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()

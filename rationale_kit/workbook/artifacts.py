@@ -11,6 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+class ContractError(RuntimeError):
+    """A notebook writes an artifact it does not own, reads one it is not a declared reader of, or
+    writes a table without its declared columns."""
+
+
 @dataclass(frozen=True)
 class Artifact:
     """One file of a notebook's artifact folder (``file`` relative to that folder)."""
@@ -26,6 +31,39 @@ class Artifact:
         """``<writer>/<file>``: where it lies below ``artifacts/<profile>/``."""
         return f"{self.writer}/{self.file}"
 
+    @property
+    def index_column(self) -> str | None:
+        """The declared index (a column written ``"name (index)"``), or None."""
+        return next((c[: -len(" (index)")] for c in self.columns if c.endswith(" (index)")), None)
+
+    @property
+    def required_columns(self) -> tuple[str, ...]:
+        """The declared columns every write must have: all but the index, ``"..."`` (more
+        columns may follow) and patterns such as ``"p@<k>"`` or ``"<model>"``."""
+        return tuple(c for c in self.columns if not c.endswith(" (index)") and "..." not in c and "<" not in c)
+
+
+def check_columns(artifact: Artifact, obj) -> None:
+    """Raise ``ContractError`` naming the artifact and what is missing when ``obj`` (a DataFrame,
+    or a dict for JSON artifacts) lacks a declared column or key, or is of the wrong kind."""
+    if artifact.file.endswith(".json"):
+        if not isinstance(obj, (dict, list)):
+            raise ContractError(f"{artifact.key}: expected a JSON object, got {type(obj).__name__}")
+        have = set(obj) if isinstance(obj, dict) else set()
+        what = "key"
+    else:
+        import pandas as pd
+
+        if not isinstance(obj, pd.DataFrame):
+            raise ContractError(f"{artifact.key}: expected a DataFrame, got {type(obj).__name__}")
+        have = set(map(str, obj.columns)) | {str(n) for n in obj.index.names if n is not None}
+        what = "column"
+    required = artifact.required_columns + ((artifact.index_column,) if artifact.index_column else ())
+    missing = [c for c in required if c not in have]
+    if missing and not (isinstance(obj, list) and not artifact.required_columns):
+        raise ContractError(f"{artifact.key}: missing declared {what}(s) {', '.join(map(repr, missing))} "
+                            f"(rationale_kit/workbook/artifacts.py declares {', '.join(artifact.columns)})")
+
 
 VERDICT_COLUMNS = ("finding", "comparison", "model", "dataset", "measure", "units", "a", "b", "effect", "lo", "hi",
                    "n_notes", "n_pairs", "expect", "verdict")
@@ -33,7 +71,7 @@ SPAN_TABLE = ("note_id", "code", "start", "end", "granularity", "source")
 TIMING_KEYS = ("bootstrap_seconds", "bootstrap_calls", "notebook_seconds", "share")
 RUN_ON = ("source", "model", "note_id", "code")
 STUDENT_ROW = ("model", "teacher", "lambda", "seed", "micro_f1", "macro_f1", "map", "pi_token_f1", "pi_token_f1_tuning",
-               "token_exact_f1", "auprc", "p@<k>", "n_report_notes", "n_test_notes", "run_dir", "seconds", "init")
+               "token_exact_f1", "auprc", "p@<k>", "n_report_notes", "n_test_notes", "run_dir", "seconds", "run_key", "init")
 COUNT_TABLE = ("note_id", "code", "measure", "tp", "fp", "fn")
 
 # 01_data
@@ -44,7 +82,7 @@ DOCS = Artifact("docs.parquet", "01_data", LATER,
 SPANS = Artifact("spans.parquet", "01_data", LATER, SPAN_TABLE, "human spans")
 ORACLE_SPANS = Artifact("oracle_spans.parquet", "01_data", ("07_guided_learning", "08_few_shot"), SPAN_TABLE,
                         "every known span (the `human` teacher)")
-CODES = Artifact("codes.parquet", "01_data", LATER, ("code", "description", "n_train"), "the code table")
+CODES = Artifact("codes.parquet", "01_data", LATER + ("report",), ("code", "description", "n_train"), "the code table")
 DATA_REPORT = Artifact("report.json", "01_data", ("report",), ("name", "dataset", "kept", "skipped", "splits"),
                        "what was loaded and skipped")
 STATISTICS = Artifact("statistics.csv", "01_data", ("report",), ("split", "documents", "unique codes", "..."),

@@ -12,7 +12,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import Any, Iterable
 
 from rationale_kit.core.lock import hold_kernel_lock
 from rationale_kit.core.config import Profile, load_profile, to_dict
@@ -25,9 +25,8 @@ from rationale_kit.core.runtime import (
     seed_everything,
     versions,
 )
-
-if TYPE_CHECKING:
-    from rationale_kit.workbook.artifacts import Artifact
+from rationale_kit.core.sources import with_source_columns
+from rationale_kit.workbook.artifacts import Artifact, ContractError, check_columns
 
 NOTEBOOKS_DIR = ROOT / "notebooks"
 #: Written last by every notebook (``Context.save_manifest``): its folder is complete once it exists.
@@ -52,6 +51,36 @@ class MissingArtifact(RuntimeError):
 
 class StaleArtifact(RuntimeError):
     """An upstream artifact differs from the hash its notebook's manifest recorded (or is gone)."""
+
+
+def _check_writer(artifact: "Artifact", notebook: str) -> None:
+    if artifact.writer != notebook:
+        raise ContractError(f"{notebook} may not write {artifact.key}: its declared writer is {artifact.writer} "
+                            f"(rationale_kit/workbook/artifacts.py); read it with ctx.read")
+
+
+def _check_reader(artifact: "Artifact", notebook: str) -> None:
+    if notebook not in artifact.readers:
+        raise ContractError(f"{notebook} is not a declared reader of {artifact.key} (readers: "
+                            f"{', '.join(artifact.readers) or 'none'}); add it to the artifact's readers in "
+                            f"rationale_kit/workbook/artifacts.py")
+
+
+def read_artifact_file(path: Path, artifact: "Artifact | None" = None) -> Any:
+    """A DataFrame for ``.parquet`` / ``.csv`` (the declared index column as index), the parsed
+    object for ``.json``."""
+    index_col = artifact.index_column if artifact is not None else None
+    if path.suffix == ".parquet":
+        import pandas as pd
+
+        return pd.read_parquet(path)
+    if path.suffix == ".csv":
+        import pandas as pd
+
+        return pd.read_csv(path, index_col=0 if index_col else None)
+    if path.suffix == ".json":
+        return json.loads(path.read_text(encoding="utf-8"))
+    raise ValueError(f"{path}: no reader for {path.suffix!r} files")
 
 
 def artifacts_root(profile: Profile) -> Path:
@@ -103,29 +132,53 @@ class Context:
         return d
 
     def path(self, artifact: "Artifact") -> Path:
-        """Where ``artifact`` lies for this profile (no check; for this notebook's own outputs and
-        optional reads)."""
+        """Where this notebook's own ``artifact`` lies (for files written by a library call, e.g.
+        a model folder). Reading another notebook's artifact goes through :meth:`read`."""
+        _check_writer(artifact, self.notebook)
         return self.artifacts_root / artifact.writer / artifact.file
 
     def upstream_path(self, artifact: "Artifact") -> Path:
-        """The path of an upstream artifact, after :meth:`upstream` checked its notebook's manifest."""
+        """The path of an upstream artifact, after :meth:`upstream` checked its notebook's manifest
+        and that this notebook is a declared reader."""
+        _check_reader(artifact, self.notebook)
         return self.upstream(artifact.writer) / artifact.file
 
-    def read(self, artifact: "Artifact") -> Any:
-        """An upstream artifact (checked as :meth:`upstream` does): a DataFrame for ``.parquet`` and
-        ``.csv``, the parsed object for ``.json``."""
-        path = self.upstream_path(artifact)
+    def write(self, artifact: "Artifact", obj: Any, index: bool | None = None) -> Path:
+        """Write this notebook's ``artifact`` atomically: a DataFrame as ``.parquet`` or ``.csv``
+        (``index`` defaults to False, True where the contract declares an index column), a
+        JSON-able object as ``.json``. A table with a ``source`` column gets the typed
+        ``source_kind`` / ``source_variant`` columns beside it (core.sources). Refuses (:class:`ContractError`) when this notebook is not
+        the declared writer or a declared column (JSON: key) is missing."""
+        _check_writer(artifact, self.notebook)
+        check_columns(artifact, obj)
+        if hasattr(obj, "columns"):  # typed source columns beside every display name
+            obj = with_source_columns(obj)
+        path = self.artifacts_root / artifact.writer / artifact.file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        keep_index = artifact.index_column is not None if index is None else index
         if path.suffix == ".parquet":
-            import pandas as pd
+            obj.to_parquet(tmp, index=keep_index)
+        elif path.suffix == ".csv":
+            obj.to_csv(tmp, index=keep_index)
+        elif path.suffix == ".json":
+            tmp.write_text(json.dumps(obj, indent=2, default=str), encoding="utf-8")
+        else:
+            raise ContractError(f"{artifact.key}: no writer for {path.suffix!r} files")
+        os.replace(tmp, path)
+        return path
 
-            return pd.read_parquet(path)
-        if path.suffix == ".csv":
-            import pandas as pd
-
-            return pd.read_csv(path)
-        if path.suffix == ".json":
-            return json.loads(path.read_text(encoding="utf-8"))
-        raise ValueError(f"{artifact.key}: no reader for {path.suffix!r} files")
+    def read(self, artifact: "Artifact", optional: bool = False) -> Any:
+        """An upstream artifact (checked as :meth:`upstream` does, and this notebook must be one of
+        its declared readers): a DataFrame for ``.parquet`` and ``.csv``, the parsed object for
+        ``.json``. ``optional``: None when its notebook has not been run for this profile (a
+        stale or partial folder still raises)."""
+        _check_reader(artifact, self.notebook)
+        folder = self.artifacts_root / artifact.writer
+        if optional and not (folder / MANIFEST_FILE).exists():
+            return None
+        path = self.upstream_path(artifact)
+        return read_artifact_file(path, artifact)
 
     def figure(self, name: str) -> Path:
         return self.figures_dir / name

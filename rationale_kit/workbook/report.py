@@ -10,12 +10,14 @@ import html
 import json
 import math
 import os
+import re
 import time
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
+import numpy as np
 import pandas as pd
 
 from rationale_kit.core.config import Profile
@@ -33,6 +35,7 @@ class Table:
     frame: pd.DataFrame
     source: str
     digits: int = 4
+    group: Optional[str] = None  # a column whose runs of equal values are shown once (a heading row in HTML)
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,19 @@ class Figure:
     caption: str
     path: Path
     data: Optional[bytes]
+    generated: bool = False  # drawn by the report: written next to report.md under ``path.name``
+
+
+@dataclass(frozen=True)
+class GridCell:
+    """One verdict of the grid: finding x dataset x model (``detail`` tells several apart, e.g. the
+    teacher of (c); ``note`` is a reading such as "coding improves")."""
+    finding: str
+    dataset: str
+    model: str
+    verdict: str
+    detail: str = ""
+    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -50,6 +66,7 @@ class Section:
     notes: tuple[str, ...] = ()
     tables: tuple[Table, ...] = ()
     figures: tuple[Figure, ...] = ()
+    grid: tuple[GridCell, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -157,26 +174,268 @@ def _ci(est: Any, lo: Any, hi: Any, digits: int = 3) -> str:
     return out + (f" [{float(lo):.{digits}f}, {float(hi):.{digits}f}]" if f(lo) and f(hi) else "")
 
 
-def _verdicts(root: Path) -> Section:
+#: Columns the verdict tables may carry beyond VERDICT_COLUMNS (used when present).
+STABILITY_COLUMNS = ("interval_method", "seed_agreement", "mc_error", "control", "seed_sd")
+
+
+def _num(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _share(value: Any) -> float:
+    """A share as a float: ``0.95``, ``"0.95"`` or ``"19/20"`` (NaN when missing)."""
+    if isinstance(value, str) and "/" in value:
+        k, _, n = value.partition("/")
+        return _num(k) / _num(n) if _num(n) else math.nan
+    return _num(value)
+
+
+def _count(value: Any) -> str:
+    v = _num(value)
+    return "–" if math.isnan(v) else f"{int(v)}"
+
+
+def _text(value: Any) -> str:
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA else str(value)
+
+
+def read_verdicts(root: Path) -> tuple[pd.DataFrame | None, list[str]]:
+    """Every notebook's ``verdicts.csv`` in the order a, b, c, d (None when none is written) and a
+    line for each finding that has none yet. Adds ``combined`` (rows that combine the rows before
+    them: ``units == "as above"``) and ``reading`` (e.g. coding improving under (c))."""
     parts, missing = [], []
     for finding, artifact in A.VERDICTS:
         path = root / artifact.key
         if path.exists():
-            parts.append(pd.read_csv(path))
+            parts.append(pd.read_csv(path, keep_default_na=True))
         else:
             missing.append(f"finding ({finding}) {FINDINGS[finding]}: no verdicts yet ({artifact.key} not written)")
+    if not parts:
+        return None, missing
+    v = pd.concat(parts, ignore_index=True)
+    for col in ("model", "dataset", "comparison", "units", "measure", "expect", "verdict"):
+        v[col] = [_text(x) for x in v[col]] if col in v.columns else ""
+    for col in ("a", "b", "effect", "lo", "hi", "n_notes", "n_pairs"):
+        v[col] = [_num(x) for x in v[col]] if col in v.columns else math.nan
+    v["combined"] = ((v["units"] == "as above") | v["units"].str.startswith("combined")
+                     | (v["effect"].isna() & v["n_notes"].isna() & v["lo"].isna()))
+    v["reading"] = [_reading(r) for r in v.to_dict("records")]
+    # a combined row that skipped rows says which (its units: "combined: 2 of 3 rows above; skipped ...")
+    skipped = v.combined & v["units"].str.contains("skipped")
+    v.loc[skipped, "reading"] = v.loc[skipped, "units"]
+    # a combined (c) row says why it does not hold when its coding half improved instead
+    improved = {(r["model"], _label(r["comparison"])) for r in v.to_dict("records") if r["reading"].startswith("coding improves")}
+    v.loc[v.combined & (v.finding == "c") & np.array([(m, _label(c)) in improved for m, c in zip(v.model, v.comparison)], dtype=bool), "reading"] = \
+        "no coding cost: coding improves (see the micro-F1 row)"
+    return v, missing
+
+
+def _label(comparison: str) -> str:
+    """The part after the first ": " (finding (c): "<model> + <teacher> (lambda=x) vs unguided")."""
+    return comparison.split(": ", 1)[1] if ": " in comparison else comparison
+
+
+def _reading(r: Mapping) -> str:
+    """A plain-words reading of a row where the verdict alone misleads: under (c) a coding-cost row
+    whose interval lies above 0 means coding improves, not that guided learning fails."""
+    if r.get("finding") == "c" and r.get("measure") == "micro_f1" and r.get("expect") == "less" and _num(r.get("lo")) > 0:
+        return f"coding improves instead of costing (micro-F1 {_ci(r['effect'], r['lo'], r['hi'])})"
+    return ""
+
+
+def _teacher(comparison: str) -> str:
+    m = re.search(r"\+ (.+?) \(lambda=([^)]+)\)", comparison)
+    return f"teacher {m.group(1)}, λ={m.group(2)}" if m else ""
+
+
+def verdict_grid(v: pd.DataFrame) -> tuple[GridCell, ...]:
+    """One cell per combined verdict of each (finding, dataset, model) (the rows themselves when a
+    finding has no combined row). Several verdicts in one cell are told apart by teacher (c) and
+    control (b: raw / minus_random / size_matched), else by their comparison."""
+    cells = []
+    for (finding, dataset), part in v.groupby(["finding", "dataset"], sort=False):
+        use = part[part.combined] if part.combined.any() else part
+        for model, group in use.groupby("model", sort=False):
+            controls = {_text(c) for c in group.get("control", pd.Series([""] * len(group)))}
+            for r in group.to_dict("records"):
+                control = _text(r.get("control"))
+                detail = ", ".join(x for x in (_teacher(r["comparison"]),
+                                                control if control and (len(controls) > 1 or control != "raw") else "") if x)
+                if not detail and len(group) > 1:
+                    detail = r["comparison"]
+                note = "coding improves" if r["reading"].startswith(("no coding cost", "coding improves")) else ""
+                if "skipped" in r["units"]:
+                    m = re.match(r"combined: (\d+) of (\d+)", r["units"])
+                    skip = f"skips {int(m.group(2)) - int(m.group(1))} of {m.group(2)}: too few notes" if m else "skips rows: too few notes"
+                    note = ", ".join(x for x in (note, skip) if x)
+                cells.append(GridCell(f"({finding}) {FINDINGS.get(finding, '')}", dataset, model, r["verdict"], detail, note))
+    return tuple(cells)
+
+
+def _stability(r: Mapping) -> str:
+    bits = []
+    agree = _share(r.get("seed_agreement"))
+    if not math.isnan(agree):
+        bits.append(f"agree {agree:.0%}")
+    sd = _num(r.get("seed_sd"))
+    if not math.isnan(sd):
+        bits.append(f"seed sd {sd:.3f}")
+    return " · ".join(bits)
+
+
+def forest_rows(v: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the forest plot: every comparison (combined rows left out), grouped by finding."""
+    rows = []
+    several = v.dataset.nunique() > 1
+    for r in v[~v.combined].to_dict("records"):
+        label = r["comparison"] + (f" · {r['model']}" if r["model"] not in ("", "-") else "")
+        control = _text(r.get("control"))
+        if control and control != "raw":
+            label += f" · {control}"
+        if several:
+            label += f" · {r['dataset']}"
+        if r["expect"] == "less":
+            label += " (expects < 0)"
+        note = f"n={_count(r['n_notes'])} · {r['verdict']}"
+        extra = _stability(r)
+        if extra:
+            note += f" · {extra}"
+        if r["reading"]:
+            note += " · coding improves"
+        rows.append({"group": f"({r['finding']}) {FINDINGS.get(r['finding'], '')}", "label": label, "effect": r["effect"],
+                     "lo": r["lo"], "hi": r["hi"], "verdict": r["verdict"], "note": note})
+    return pd.DataFrame(rows, columns=["group", "label", "effect", "lo", "hi", "verdict", "note"])
+
+
+def verdict_table(v: pd.DataFrame) -> pd.DataFrame:
+    """The verdict rows as display strings (no ``<NA>``): combined rows say so and carry no numbers;
+    the stability columns appear when the table has them."""
+    out = pd.DataFrame({
+        "finding": [f"({f}) {FINDINGS.get(f, '')}" for f in v.finding],
+        "comparison": [("combined: " + c if not c.startswith(("combined", "LLM > entity > attention (all")) else c)
+                       if comb else c for c, comb in zip(v.comparison, v.combined)],
+        "model": v.model, "dataset": v.dataset})
+    if "control" in v.columns:
+        out["control"] = [_text(x) or "–" for x in v.control]
+    out["a"] = [_ci(x, None, None) for x in v.a]
+    out["b"] = [_ci(x, None, None) for x in v.b]
+    out["effect [95% CI]"] = [_ci(e, lo, hi) for e, lo, hi in zip(v.effect, v.lo, v.hi)]
+    out["n_notes"] = [_count(x) for x in v.n_notes]
+    out["n_pairs"] = [_count(x) for x in v.n_pairs]
+    out["verdict"] = v.verdict
+    if "seed_agreement" in v.columns:
+        out["seeds agree"] = [("–" if math.isnan(_share(x)) else f"{_share(x):.0%}") for x in v.seed_agreement]
+    if "mc_error" in v.columns:
+        out["MC error"] = [("–" if math.isnan(_num(x)) else f"{_num(x):.4f}") for x in v.mc_error]
+    if "seed_sd" in v.columns:
+        out["training-seed sd"] = [("–" if math.isnan(_num(x)) else f"{_num(x):.3f}") for x in v.seed_sd]
+    if "interval_method" in v.columns:
+        out["interval"] = [_text(x) or "–" for x in v.interval_method]
+    if v.reading.astype(bool).any():
+        out["reading"] = v.reading
+    if out["dataset"].nunique() <= 1:
+        out = out.drop(columns="dataset")
+    return out
+
+
+def _verdicts(root: Path, draw: bool = True) -> Section:
+    v, missing = read_verdicts(root)
     notes = ["Each comparison is a - b on the units both sides have, with a 95% paired bootstrap interval over "
              "notes: 'holds' when the whole interval lies on the expected side of 0, 'does not hold' when it lies "
-             "on the other side, otherwise 'inconclusive'. Rows marked 'as above' combine the rows before them."]
-    tables = []
-    if parts:
-        v = pd.concat(parts, ignore_index=True)
-        v = v.astype({c: "Int64" for c in ("n_notes", "n_pairs") if c in v.columns})
-        v["finding"] = v["finding"].map(lambda f: f"({f}) {FINDINGS.get(f, '')}")
-        v["effect [95% CI]"] = [_ci(e, lo, hi) for e, lo, hi in zip(v.effect, v.lo, v.hi)]
-        cols = ["finding", "comparison", "model", "dataset", "a", "b", "effect [95% CI]", "n_notes", "n_pairs", "verdict"]
-        tables.append(Table("the paper's findings as verdicts", v[[c for c in cols if c in v.columns]], "*/verdicts.csv", 3))
-    return Section("verdicts", "Verdicts on the paper's four findings", True, tuple(notes + missing), tuple(tables))
+             "on the other side, otherwise 'inconclusive' ('too few notes' and 'borderline' when the verdict table "
+             "marks a row so). Combined rows combine the rows of their finding and model before them."]
+    if v is None:
+        return Section("verdicts", "Verdicts on the paper's four findings", True, tuple(notes + missing))
+    datasets = sorted(set(v.dataset) - {""})
+    table = Table("the paper's findings as verdicts" + (f" ({datasets[0]})" if len(datasets) == 1 else ""),
+                  verdict_table(v), "*/verdicts.csv", 3, group="finding")
+    figures = []
+    if draw:
+        from rationale_kit.viz.figures import figure_png, plot_forest
+
+        fig = plot_forest(forest_rows(v))
+        figures.append(Figure("every verdict row: effect and 95% interval, coloured by verdict, n on the right",
+                              Path("verdicts_forest.png"), figure_png(fig, dpi=100), generated=True))
+    return Section("verdicts", "Verdicts on the paper's four findings", True, tuple(missing + notes), (table,),
+                   tuple(figures), verdict_grid(v))
+
+
+def _params(manifests: Mapping[str, dict], notebook: str) -> dict:
+    return manifests.get(notebook, {}).get("parameters", {}) or {}
+
+
+def _caveats(root: Path, profile: Profile, manifests: Mapping[str, dict], v: pd.DataFrame | None) -> Section:
+    """What limits the verdicts, read from the run's artifacts: synthetic data, the LLM teacher and
+    the notes it covers, the training seeds, the smallest comparisons, (c) where coding improves."""
+    notes = []
+    info = _json(root / A.DATA_REPORT.key) if manifests.get("01_data") else {}
+    if info.get("dataset", profile.common.dataset) == "embedded":
+        gen = f" ({info['generator']})" if info.get("generator") else ""
+        notes.append(f"Synthetic data: the embedded corpus{gen} is generated, with evidence planted by its lexicon; "
+                     "the verdicts show how the methods compare where the evidence is known, not what they do on "
+                     "real clinical notes.")
+    top = info.get("top codes")
+    if isinstance(top, dict):
+        removed = top.get("test gold code occurrences removed")
+        notes.append(f"Restricted label space: {top.get('rule', 'the most frequent codes')}"
+                     + (f"; {removed} of the test notes' gold code occurrences are outside it" if removed else "")
+                     + ". Every count and verdict is on the restricted codes.")
+    llm = _params(manifests, "03_rationales").get("rationales", {}).get("llm")
+    if llm:
+        line = f"Teacher LLM: {_llm_line(llm)}."
+        if llm.get("backend") == "local" and not llm.get("local_path"):
+            line += (" The bundled SmolLM2-135M-Instruct is a very weak teacher: its quotes are verbatim by "
+                     "construction but rarely the evidence, so LLM rows measure the pipeline, not a good teacher.")
+        p = root / A.PLAUSIBILITY_TABLE.key
+        if p.exists():
+            t = pd.read_csv(p)
+            if {"source", "n_notes", "n_pairs"} <= set(t.columns):
+                ent = t[t.source.astype(str).str.startswith("entity")]
+                all_notes = int(ent.n_notes.max()) if len(ent) and not ent.n_notes.isna().all() else None
+                cover = []
+                for src in ("llm_zero", "llm_few"):
+                    r = t[t.source == src]
+                    if len(r):
+                        r = r.iloc[0]
+                        of = f" of {all_notes}" if all_notes else ""
+                        eligible = f" of {_count(r.get('n_pairs_eligible'))}" if "n_pairs_eligible" in t.columns else ""
+                        cover.append(f"{src} on {_count(r.n_notes)}{of} report notes ({_count(r.n_pairs)}{eligible} "
+                                     "gold pairs)")
+                if cover:
+                    line += " Coverage: " + "; ".join(cover) + ": every comparison with a teacher is on those notes only."
+        notes.append(line)
+    seeds = _params(manifests, "02_train").get("common", {}).get("seeds") or [
+        _params(manifests, "02_train").get("common", {}).get("seed", profile.common.seed)]
+    if len(seeds) == 1:
+        notes.append(f"One training seed ({seeds[0]}): the intervals resample notes only, so the variation "
+                     "between training runs (seeds, machines) is not in them.")
+    else:
+        notes.append(f"Training seeds {', '.join(map(str, seeds))}: tables give the spread across them.")
+    if v is not None:
+        empty = v[~v.combined & (v.n_notes.fillna(0) == 0)]
+        if len(empty):
+            what = "; ".join(f"({r['finding']}) {r['comparison']}" + (f" · {r['model']}" if r["model"] not in ("", "-") else "")
+                             for r in empty.head(4).to_dict("records")) + (" …" if len(empty) > 4 else "")
+            notes.append(f"No common units: {len(empty)} row(s) have no note both sides were scored on ({what}); "
+                         "they carry no estimate and decide nothing.")
+        rows = v[~v.combined & (v.n_notes > 0)]
+        if len(rows):
+            small = rows.n_notes.min()
+            few = rows[rows.n_notes == small]
+            what = "; ".join(f"({r['finding']}) {r['comparison']}" + (f" · {r['model']}" if r["model"] not in ("", "-") else "")
+                             for r in few.head(4).to_dict("records")) + (" …" if len(few) > 4 else "")
+            notes.append(f"Smallest comparisons: {len(few)} row(s) on {int(small)} notes ({what}); their intervals "
+                         "come from resampling those notes alone.")
+        for r in v[v.reading.str.startswith("coding improves")].to_dict("records"):
+            notes.append(f"Finding (c), {_label(r['comparison'])}: {r['reading']}; the finding's 'at a coding cost' "
+                         "half does not hold because guided learning helps coding here, not because it fails.")
+        few_rows = int((v.verdict == "too few notes").sum())
+        if few_rows:
+            notes.append(f"{few_rows} row(s) have too few notes for a verdict; combined verdicts leave them out.")
+    return Section("caveats", "Caveats that apply to these verdicts", True, tuple(notes))
 
 
 def _compact(root: Path, profile: Profile) -> Section:
@@ -212,6 +471,7 @@ def _compact(root: Path, profile: Profile) -> Section:
             frame = pd.DataFrame({"model": t.model, "teacher": t.teacher, "lambda (tuning notes)": t["lambda (chosen on tuning notes)"],
                                   "PI token F1 gain [95% CI]": [_ci(*x) for x in zip(t["PI token F1 gain"], t["gain lo"], t["gain hi"])],
                                   "micro-F1 change [95% CI]": [_ci(*x) for x in zip(t["micro-F1 change"], t["change lo"], t["change hi"])],
+                                  "coding": [_coding_reading(lo, hi) for lo, hi in zip(t["change lo"], t["change hi"])],
                                   "n_notes": t.n_notes, "seeds": t.seeds})
             tables.append(Table("guided learning against the unguided model (report notes)", frame,
                                 A.TRADEOFF.key, 3))
@@ -226,6 +486,14 @@ def _compact(root: Path, profile: Profile) -> Section:
     if not tables:
         notes.append("no table with intervals yet (notebooks 05-08 not run with the evaluation design)")
     return Section("headline", "Headline tables with 95% bootstrap intervals over notes", True, tuple(notes), tuple(tables))
+
+
+def _coding_reading(lo: Any, hi: Any) -> str:
+    """What the micro-F1 change of a guided student says: a cost, an improvement, or neither."""
+    lo, hi = _num(lo), _num(hi)
+    if math.isnan(lo) or math.isnan(hi):
+        return "–"
+    return "improves (no cost)" if lo > 0 else "costs" if hi < 0 else "no clear change"
 
 
 def _safe(name: str, title: str, build: Callable[[], Section]) -> Section:
@@ -260,14 +528,43 @@ def _section(name: str, title: str, load: Callable[[], list], manifest: dict, ti
     return Section(name, title, True, tuple(notes), tuple(tables), tuple(figures))
 
 
-def _data_line(profile: Profile, info: dict) -> str:
+def _data_line(profile: Profile, info: dict, n_codes: int | None = None) -> str:
+    """Documents, codes and spans as used: after every restriction (``data.top_codes``), from the
+    per-split counts the loader recomputes after restricting; ``n_codes``: the code table's rows."""
     if not info:
         return f"{profile.common.dataset} (01_data not run yet)"
     kept = info.get("kept", {})
-    splits = " · ".join(f"{s} {v.get('documents')}" for s, v in info.get("splits", {}).items() if isinstance(v, dict))
-    parts = [f"{kept.get('documents', '?')} documents" + (f" ({splits})" if splits else "")]
-    parts += [f"{kept[k]} {k}" for k in ("codes", "spans") if k in kept]
+    splits = {s: v for s, v in info.get("splits", {}).items() if isinstance(v, dict)}
+    per = " · ".join(f"{s} {v.get('documents')}" for s, v in splits.items())
+    docs = sum(int(v.get("documents", 0)) for v in splits.values()) if splits else kept.get("documents", "?")
+    parts = [f"{docs} documents" + (f" ({per})" if per else "")]
+    # the parts of that total (mimic: MIMIC-IV coding documents and MDACE's evaluation documents)
+    parts += [f"{v} {k}" for k, v in kept.items() if k != "documents" and k.endswith(")") and "documents" in k]
+    codes = n_codes if n_codes is not None else kept.get("codes", kept.get("distinct codes"))
+    if codes is not None:
+        parts.append(f"{codes} codes")
+    spans = sum(int(v.get("spans", 0)) for v in splits.values()) if splits and all("spans" in v for v in splits.values()) \
+        else kept.get("spans")
+    if spans is not None:
+        parts.append(f"{spans} spans")
+    top = info.get("top codes")
+    if isinstance(top, dict):
+        removed = top.get("spans removed")
+        parts.append(f"after the top-codes restriction ({top.get('rule', '')}"
+                     + (f"; {removed} spans removed" if removed is not None else "") + ")")
     return f"{info.get('name', profile.common.dataset)}: " + ", ".join(parts)
+
+
+def _n_codes(root: Path, info: dict) -> int | None:
+    """Rows of the code table when the label space was restricted (the loader's ``kept`` counts
+    come before the restriction)."""
+    path = root / A.CODES.key
+    if not isinstance(info.get("top codes"), dict) or not path.exists():
+        return None
+    try:
+        return int(len(pd.read_parquet(path, columns=["code"])))
+    except Exception:  # noqa: BLE001 - the count is optional
+        return None
 
 
 def _llm_line(llm: Mapping) -> str:
@@ -299,9 +596,11 @@ def _timings(timings: Iterable[Mapping], manifests: Mapping[str, dict],
 
 
 def collect(profile: Profile, artifacts_root: str | os.PathLike, figures_dir: str | os.PathLike,
-            timings: Iterable[Mapping] = (), commit: str | None = None, date: str | None = None) -> Report:
+            timings: Iterable[Mapping] = (), commit: str | None = None, date: str | None = None,
+            draw: bool = True) -> Report:
     """Everything the report shows. ``timings``: one dict per notebook (``notebook, status, seconds,
-    finished``), as :func:`runner_timings` gives; missing notebooks use their manifest's duration."""
+    finished``), as :func:`runner_timings` gives; missing notebooks use their manifest's duration.
+    ``draw``: draw the forest plot (matplotlib); without it the report has the grid and tables only."""
     root, figs = Path(artifacts_root), Path(figures_dir)
     manifests = {n: _json(root / n / MANIFEST_FILE) for n in NOTEBOOKS}
     boot = {t.writer: _json(root / t.key).get("bootstrap_seconds") for t in A.BOOTSTRAP_TIMINGS}
@@ -309,20 +608,26 @@ def collect(profile: Profile, artifacts_root: str | os.PathLike, figures_dir: st
     by_name = {t.notebook: t for t in timing}
     sections = tuple(_section(n, title, load, manifests[n], by_name.get(n), profile.name)
                      for n, title, load in _sections(root, figs))
+    info = _json(root / A.DATA_REPORT.key) if manifests["01_data"] else {}
     thresholds = _json(root / A.THRESHOLDS.key)
     trained = ", ".join(thresholds) if thresholds else "none yet (02_train not run)"
     llm = manifests["03_rationales"].get("parameters", {}).get("rationales", {}).get("llm") or {
         k: getattr(profile.rationales.llm, k) for k in ("backend", "model", "local_path", "replay_file")}
     header = (
         ("profile", profile.name),
-        ("data", _data_line(profile, _json(root / A.DATA_REPORT.key) if manifests["01_data"] else {})),
+        ("data", _data_line(profile, info, _n_codes(root, info))),
         ("models trained", trained),
         ("LLM (backend · model)", _llm_line(llm)),
         ("git commit", commit or git_commit()),
         ("date", date or time.strftime("%Y-%m-%d %H:%M:%S")),
         ("artifacts", str(root)),
     )
-    opening = (_safe("verdicts", "Verdicts on the paper's four findings", lambda: _verdicts(root)),
+    try:
+        v = read_verdicts(root)[0]
+    except Exception:  # noqa: BLE001 - the verdict section reports the error itself
+        v = None
+    opening = (_safe("verdicts", "Verdicts on the paper's four findings", lambda: _verdicts(root, draw)),
+               _safe("caveats", "Caveats that apply to these verdicts", lambda: _caveats(root, profile, manifests, v)),
                _safe("headline", "Headline tables with 95% bootstrap intervals over notes", lambda: _compact(root, profile)))
     return Report(profile.name, header, timing, sections, opening)
 
@@ -367,11 +672,26 @@ def _boot(t: Timing) -> str:
     return f"{t.bootstrap_seconds:.2f} s{share}"
 
 
+def _html_rows(frame: pd.DataFrame, digits: int) -> list[str]:
+    return ["<tr>" + "".join(f"<td>{html.escape(_cell(v, digits))}</td>" for v in row) + "</tr>"
+            for row in frame.itertuples(index=False)]
+
+
 def _html_table(t: Table) -> str:
-    body = t.frame.to_html(escape=True, index=not _plain_index(t.frame), na_rep="–", border=0,
-                           float_format=lambda x: f"{x:.{t.digits}f}")
-    return (f"<figure class=\"table\"><figcaption>{html.escape(t.caption)} "
-            f"<span class=\"src\">({html.escape(t.source)})</span></figcaption>\n{body}</figure>")
+    cap = (f"<figure class=\"table\"><figcaption>{html.escape(t.caption)} "
+           f"<span class=\"src\">({html.escape(t.source)})</span></figcaption>\n<div class=\"scroll\">")
+    if t.group and t.group in t.frame.columns:
+        frame = t.frame.drop(columns=t.group)
+        head = "<tr>" + "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns) + "</tr>"
+        body = []
+        for key, part in t.frame.groupby(t.group, sort=False):
+            body.append(f"<tr class=\"group\"><th colspan=\"{len(frame.columns)}\">{html.escape(str(key))}</th></tr>")
+            body += _html_rows(part.drop(columns=t.group), t.digits)
+        table = f"<table class=\"grouped\"><thead>{head}</thead><tbody>\n" + "\n".join(body) + "\n</tbody></table>"
+    else:
+        table = t.frame.to_html(escape=True, index=not _plain_index(t.frame), na_rep="–", border=0,
+                                float_format=lambda x: f"{x:.{t.digits}f}")
+    return f"{cap}{table}</div></figure>"
 
 
 def _html_figure(f: Figure) -> str:
@@ -383,22 +703,130 @@ def _html_figure(f: Figure) -> str:
             f"<figcaption>{html.escape(f.caption)} <span class=\"src\">({html.escape(f.path.name)})</span></figcaption></figure>")
 
 
-_CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+def _grid_layout(cells: Sequence[GridCell]) -> tuple[list[str], list[tuple[str, str]], dict]:
+    """Findings (rows), (dataset, model) columns (models sorted, "-" last) and the cells of each."""
+    findings = list(dict.fromkeys(c.finding for c in cells))
+    datasets = list(dict.fromkeys(c.dataset for c in cells))
+    cols = [(d, m) for d in datasets
+            for m in sorted({c.model for c in cells if c.dataset == d}, key=lambda m: (m in ("-", ""), m))]
+    at: dict = {}
+    for c in cells:
+        at.setdefault((c.finding, c.dataset, c.model), []).append(c)
+    return findings, cols, at
+
+
+def _model_name(model: str) -> str:
+    return "model-free / across models" if model in ("-", "") else model
+
+
+def _html_grid(cells: Sequence[GridCell]) -> str:
+    from rationale_kit.viz.figures import VERDICT_ORDER, verdict_colour
+
+    e = html.escape
+    findings, cols, at = _grid_layout(cells)
+    datasets = list(dict.fromkeys(d for d, _ in cols))
+    out = ["<div class=\"scroll\"><table class=\"grid\"><thead>"]
+    if len(datasets) > 1 or datasets != [""]:
+        out.append("<tr><th></th>" + "".join(f"<th colspan=\"{sum(1 for d2, _ in cols if d2 == d)}\">{e(d or '–')}</th>"
+                                              for d in datasets) + "</tr>")
+    out.append("<tr><th>finding</th>" + "".join(f"<th>{e(_model_name(m))}</th>" for _, m in cols) + "</tr></thead><tbody>")
+    for f in findings:
+        row = [f"<tr><th class=\"finding\">{e(f)}</th>"]
+        for d, m in cols:
+            chips = [f"<div class=\"chip\" style=\"background:{verdict_colour(c.verdict)}\">{e(c.verdict)}"
+                     + (f"<span class=\"detail\">{e(c.detail)}</span>" if c.detail else "")
+                     + (f"<span class=\"detail\"><b>{e(c.note)}</b></span>" if c.note else "") + "</div>"
+                     for c in at.get((f, d, m), [])]
+            row.append("<td>" + ("".join(chips) if chips else "<span class=\"none\">–</span>") + "</td>")
+        out.append("".join(row) + "</tr>")
+    out.append("</tbody></table></div>")
+    present = [v for v in VERDICT_ORDER] + sorted({c.verdict for c in cells} - set(VERDICT_ORDER))
+    out.append("<p class=\"legend\">" + " ".join(f"<span class=\"chip\" style=\"background:{verdict_colour(v)}\">{e(v)}</span>"
+                                                 for v in present) + "</p>")
+    return "\n".join(out)
+
+
+def _md_grid(cells: Sequence[GridCell]) -> list[str]:
+    findings, cols, at = _grid_layout(cells)
+    several = len({d for d, _ in cols}) > 1
+    header = ["finding"] + [(f"{d}: " if several else "") + _model_name(m) for d, m in cols]
+    rows = []
+    for f in findings:
+        row = [f]
+        for d, m in cols:
+            row.append("; ".join(c.verdict.upper() + (f" ({c.detail})" if c.detail else "") + (f" — {c.note}" if c.note else "")
+                                 for c in at.get((f, d, m), [])) or "–")
+        rows.append(row)
+    return _md_table(pd.DataFrame(rows, columns=header))
+
+
+_CSS = """body{font-family:system-ui,sans-serif;max-width:1180px;margin:1.2em auto;padding:0 1em;color:#222}
+h1{font-size:1.5em;margin:0.2em 0 0.4em}h2{font-size:1.2em;margin:1.1em 0 0.4em}
 table{border-collapse:collapse;font-size:0.85em;margin:0.5em 0}th,td{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}
-th{background:#f4f4f4}table.header td,table.header th{text-align:left}figure{margin:1em 0}img{max-width:100%}
+td{max-width:30em;overflow-wrap:anywhere}th{background:#f4f4f4}
+.scroll{overflow-x:auto;max-width:100%}
+table.header td,table.header th{text-align:left}figure{margin:0.8em 0}img{max-width:100%}
+table.grouped td:first-child{text-align:left}tr.group th{text-align:left;background:#e8edf3;padding-top:5px}
+table.grid{font-size:0.9em}table.grid td,table.grid th{text-align:center;vertical-align:top;border:1px solid #ddd;padding:4px}
+table.grid th.finding{text-align:left;font-weight:normal;max-width:20em}
+.chip{display:inline-block;color:#fff;border-radius:4px;padding:2px 7px;margin:1px;font-weight:600;font-size:0.92em}
+.chip .detail{display:block;font-weight:normal;font-size:0.8em}.none{color:#aaa}
+.legend{font-size:0.85em;margin:0.2em 0 0.8em}
+ul.caveats{background:#fff8e6;border-left:4px solid #e0a030;padding:0.5em 1em 0.5em 2em;margin:0.4em 0}
+ul.caveats li{margin:0.2em 0}
 .src{color:#888;font-size:0.85em}.note{color:#a40}"""
 
 
+def _html_opening(s: Section) -> list[str]:
+    e = html.escape
+    out = [f"<h2 id=\"{s.notebook}\">{e(s.title)}</h2>"]
+    if s.notebook == "caveats":
+        return out + ["<ul class=\"caveats\">"] + [f"<li>{e(n)}</li>" for n in s.notes] + ["</ul>"]
+    if s.grid:
+        out.append(_html_grid(s.grid))
+    out += [_html_figure(f) for f in s.figures if f.data is not None]
+    out += [f"<p class=\"note\">{e(n)}</p>" for n in s.notes]
+    out += [_html_table(t) for t in s.tables]
+    return out
+
+
+def _opening_order(opening: Sequence[Section]) -> list[Section]:
+    """The picture first: the verdicts' grid and forest plot, the caveats right under them, then
+    the verdict rows (a pseudo-section ``verdict-table`` holding the verdicts' notes and table),
+    then the rest."""
+    out = []
+    for s in opening:
+        if s.notebook == "caveats" and any(x.notebook == "verdicts" for x in opening):
+            continue
+        out.append(s)
+        if s.notebook == "verdicts":
+            out += [c for c in opening if c.notebook == "caveats"]
+            out.append(Section("verdict-table", "Verdict rows", True, s.notes, s.tables))
+    return out
+
+
 def to_html(report: Report) -> str:
-    """The report as one self-contained HTML page (figures embedded)."""
+    """The report as one self-contained HTML page (figures embedded): the verdict grid, the forest
+    plot and the caveats first, then the tables."""
     e = html.escape
     out = ["<!DOCTYPE html>", "<html lang=\"en\"><head><meta charset=\"utf-8\">",
            f"<title>Run report: {e(report.profile)}</title><style>{_CSS}</style></head><body>",
            f"<h1>Run report: profile {e(report.profile)}</h1>"]
-    for s in report.opening:
-        out.append(f"<h2 id=\"{s.notebook}\">{e(s.title)}</h2>")
-        out += [f"<p class=\"note\">{e(n)}</p>" for n in s.notes]
-        out += [_html_table(t) for t in s.tables]
+    head = dict(report.header)
+    out.append("<p class=\"src\">" + " · ".join(e(f"{k}: {head[k]}") for k in ("data", "LLM (backend · model)", "git commit")
+                                                 if k in head) + "</p>")
+    for s in _opening_order(report.opening):
+        if s.notebook == "verdict-table":
+            out.append("<h2 id=\"verdict-table\">Verdict rows</h2>")
+            out += [f"<p class=\"note\">{e(n)}</p>" for n in s.notes]
+            out += [_html_table(t) for t in s.tables]
+        elif s.notebook == "verdicts":
+            out.append(f"<h2 id=\"{s.notebook}\">{e(s.title)}</h2>")
+            if s.grid:
+                out.append(_html_grid(s.grid))
+            out += [_html_figure(f) for f in s.figures if f.data is not None]
+        else:
+            out += _html_opening(s)
     out.append("<h2 id=\"run\">The run</h2><table class=\"header\">")
     out += [f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in report.header]
     out += ["</table>", "<h2 id=\"timings\">Notebook timings</h2>", "<table class=\"header\">",
@@ -425,25 +853,59 @@ def _md_text(value: Any) -> str:
     return text.replace("|", "\\|").replace("\r", " ").replace("\n", " ")
 
 
-def _md_table(frame: pd.DataFrame, digits: int = 4) -> list[str]:
+def _md_table(frame: pd.DataFrame, digits: int = 4, group: str | None = None) -> list[str]:
+    """A Markdown table; with ``group``, a run of equal values in that column is written once."""
     if not _plain_index(frame):
         frame = frame.reset_index()
     cols = [_md_text(c) for c in frame.columns]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    at = list(frame.columns).index(group) if group in frame.columns else None
+    last = object()
     for row in frame.itertuples(index=False):
-        lines.append("| " + " | ".join(_md_text(_cell(v, digits)) for v in row) + " |")
+        cells = [_md_text(_cell(v, digits)) for v in row]
+        if at is not None:
+            cells[at], last = ("" if row[at] == last else cells[at]), row[at]
+        lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
-def to_markdown(report: Report, base_dir: str | os.PathLike | None = None) -> str:
-    """The report as Markdown; figures are linked relative to ``base_dir`` (the report's folder)."""
-    out = [f"# Run report: profile {_md_text(report.profile)}"]
-    for s in report.opening:
-        out += ["", f"## {_md_text(s.title)}"]
-        if s.notes:
+def _md_figure(f: Figure, base_dir: str | os.PathLike | None) -> list[str]:
+    if f.data is None:
+        return []
+    if f.generated:
+        rel = f.path.name
+    else:
+        rel = os.path.relpath(f.path, base_dir) if base_dir else str(f.path)
+    return ["", f"![{_md_text(f.caption)}]({urllib.parse.quote(Path(rel).as_posix())})"]
+
+
+def _md_section_body(s: Section, base_dir) -> list[str]:
+    out = []
+    if s.notes:
+        if s.notebook == "caveats":
+            out += [""] + [f"- {_md_text(n)}" for n in s.notes]
+        else:
             out += [""] + [f"> {_md_text(n)}  " for n in s.notes]
-        for t in s.tables:
-            out += ["", f"*{_md_text(t.caption)}* ({_md_text(t.source)})", ""] + _md_table(t.frame, t.digits)
+    for t in s.tables:
+        out += ["", f"*{_md_text(t.caption)}* ({_md_text(t.source)})", ""] + _md_table(t.frame, t.digits, t.group)
+    return out
+
+
+def to_markdown(report: Report, base_dir: str | os.PathLike | None = None) -> str:
+    """The report as Markdown; figures are linked relative to ``base_dir`` (the report's folder;
+    figures the report draws are written there by :func:`write_report`)."""
+    out = [f"# Run report: profile {_md_text(report.profile)}"]
+    for s in _opening_order(report.opening):
+        if s.notebook == "verdict-table":
+            out += ["", "## Verdict rows"] + _md_section_body(s, base_dir)
+            continue
+        out += ["", f"## {_md_text(s.title)}"]
+        if s.grid:
+            out += [""] + _md_grid(s.grid)
+        for f in s.figures:
+            out += _md_figure(f, base_dir)
+        if s.notebook != "verdicts":
+            out += _md_section_body(s, base_dir)
     out += ["", "## The run", ""]
     out += _md_table(pd.DataFrame(list(report.header), columns=["", "value"]))
     out += ["", "## Notebook timings", ""]
@@ -455,18 +917,21 @@ def to_markdown(report: Report, base_dir: str | os.PathLike | None = None) -> st
         if s.notes:
             out += [""] + [f"> {_md_text(n)}  " for n in s.notes]
         for f in s.figures:
-            if f.data is not None:
-                rel = os.path.relpath(f.path, base_dir) if base_dir else str(f.path)
-                out += ["", f"![{_md_text(f.caption)}]({urllib.parse.quote(Path(rel).as_posix())})"]
+            out += _md_figure(f, base_dir)
         for t in s.tables:
-            out += ["", f"*{_md_text(t.caption)}* ({_md_text(t.source)})", ""] + _md_table(t.frame, t.digits)
+            out += ["", f"*{_md_text(t.caption)}* ({_md_text(t.source)})", ""] + _md_table(t.frame, t.digits, t.group)
     return "\n".join(out) + "\n"
 
 
 def write_report(report: Report, out_dir: str | os.PathLike) -> tuple[Path, Path]:
-    """Write ``report.html`` and ``report.md`` into ``out_dir``; returns their paths."""
+    """Write ``report.html`` and ``report.md`` (and the figures the report drew, which report.md
+    links) into ``out_dir``; returns the two paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    for s in report.opening + report.sections:
+        for f in s.figures:
+            if f.generated and f.data is not None:
+                (out / f.path.name).write_bytes(f.data)
     html_path, md_path = out / "report.html", out / "report.md"
     html_path.write_text(to_html(report), encoding="utf-8")
     md_path.write_text(to_markdown(report, out), encoding="utf-8")

@@ -30,8 +30,9 @@ def _package_hash() -> str:
     h = hashlib.sha256()
     pkg = ROOT / "rationale_kit"
     for p in sorted(pkg.rglob("*")):
-        # the report module does not change what the notebooks compute
-        if p.is_file() and p.suffix in {".py", ".yaml", ".txt", ".json"} and "__pycache__" not in p.parts and p != pkg / "workbook" / "report.py":
+        # the report and numbers modules do not change what the notebooks compute
+        if p.is_file() and p.suffix in {".py", ".yaml", ".txt", ".json"} and "__pycache__" not in p.parts \
+                and p not in (pkg / "workbook" / "report.py", pkg / "workbook" / "numbers.py"):
             h.update(str(p.relative_to(pkg)).encode())
             h.update(p.read_bytes())
     return h.hexdigest()[:16]

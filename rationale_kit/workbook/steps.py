@@ -17,7 +17,7 @@ from rationale_kit.workbook.protocols.data import (
     tuning_ids,
 )
 from rationale_kit.workbook.protocols.faithfulness import (
-    COMPARED_SOURCES,
+    compared_sources,
     attention_topk_spans,
     attention_vs_entity,
     common_pairs,
@@ -70,7 +70,7 @@ from rationale_kit.workbook.protocols.train import (
 )
 
 __all__ = [
-    "COMPARED_SOURCES", "NER_COLUMNS", "PI", "PlausibilityResult", "attention_topk_spans", "attention_vs_entity",
+    "compared_sources", "NER_COLUMNS", "PI", "PlausibilityResult", "attention_topk_spans", "attention_vs_entity",
     "SEED_MEASURES", "bootstrap", "choose_lambda", "coding_report_ids", "coding_seed_spread", "coding_table", "common_pairs", "coverage", "discrete_sources",
     "eval_docs", "evaluate_student", "evaluation_design", "faithfulness_summary", "faithfulness_tables",
     "few_shot_students", "few_shot_summary", "fit_model", "guided_run", "guided_summary", "guided_sweep", "headline",

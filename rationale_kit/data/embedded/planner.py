@@ -3,6 +3,7 @@ filler up to a target length (the layout in sections and blocks that :mod:`.rend
 See docs/method/data.md."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import re
@@ -26,8 +27,18 @@ from rationale_kit.data.embedded.renderer import (
 )
 
 
+#: Share of a note's filler budget that goes to the hospital course (and decides whether the course
+#: gets a day-by-day paragraph and transitional issues).
+COURSE_FILLER_SHARE = 0.45
+#: Filler budget shares per section, in the order they are filled (they sum to 1).
 _FILLER_WEIGHTS = (("hpi", 0.10), ("exam", 0.13), ("results", 0.12), ("instructions", 0.10), ("social", 0.03),
-                   ("family", 0.02), ("pmh", 0.02), ("meds", 0.03), ("course", 0.45))
+                   ("family", 0.02), ("pmh", 0.02), ("meds", 0.03), ("course", COURSE_FILLER_SHARE))
+#: Course filler words above which a day-by-day paragraph, and transitional issues, are written.
+DAY_BY_DAY_MIN_WORDS = 400
+TRANSITIONAL_MIN_WORDS = 300
+#: Results filler lines per note at most; examination rounds (admission, discharge) at most.
+MAX_RESULT_LINES = 30
+EXAM_ROUNDS = 2
 _RELATIVES = (("mother", "her"), ("father", "his"), ("sister", "her"), ("brother", "his"),
               ("maternal grandmother", "her"), ("paternal grandfather", "his"), ("maternal aunt", "her"),
               ("paternal uncle", "his"))
@@ -108,6 +119,36 @@ class CodeModel:
 
 
 @dataclass
+class _SlotState:
+    """What the slots of one sentence share while it is written."""
+
+    distractor: tuple | None = None  # (code, kind, forms): {mention} names this distractor instead
+    kinds: list[str] | None = None  # the evidence kinds {evidence} draws from (None: any)
+    history: list[str] = field(default_factory=list)  # the codes {history} lists
+    day: int = 2  # the hospital day {day} names
+    his_rel: str = "their"  # the pronoun of the last {relative} ({his_rel})
+
+
+@dataclass
+class _ExamState:
+    """The examination lines still to write: the current round's queue (round 1 admission, 2 discharge)."""
+
+    round: int = 0
+    queue: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _FillerState:
+    """What filling a note remembers between sentences."""
+
+    left: dict[str, list[int]] = field(default_factory=dict)  # pool -> indices not drawn yet
+    day: int = 1  # the last hospital day written
+    day_block: Block | None = None  # the day-by-day paragraph of the course, when there is one
+    ros_done: bool = False  # the review of systems is written once
+    result_lines: int = 0  # results filler lines written
+
+
+@dataclass
 class _Placed:
     """What placing a note's codes collects for the layout after all codes are placed."""
 
@@ -120,8 +161,9 @@ class _Placed:
 class _Note:
     """Plans one note (codes, evidence, distractors, filler); :func:`.renderer.render_note` writes it."""
 
-    def __init__(self, model: CodeModel, cfg: EmbeddedCorpus, rng: random.Random):
+    def __init__(self, model: CodeModel, cfg: EmbeddedCorpus, rng: random.Random, sex: str, age: int):
         self.m, self.cfg, self.rng = model, cfg, rng
+        self.sex, self.age = sex, age
         self.lex = model.lex
         self.T = model.lex["templates"]
         self.filler = model.lex["filler"]
@@ -132,7 +174,7 @@ class _Note:
         return {"he": "he" if male else "she", "his": "his" if male else "her",
                 "him": "him" if male else "her"}[name]
 
-    def _basic_slot(self, name: str, state: dict) -> list:
+    def _basic_slot(self, name: str, state: _SlotState) -> list:
         rng = self.rng
         if name in ("he", "his", "him"):
             return [[self._pron(name), ()]]
@@ -145,13 +187,13 @@ class _Note:
         if name == "year":
             return [[str(rng.randint(1995, 2022)), ()]]
         if name == "day":
-            return [[str(state.get("day", 2)), ()]]
+            return [[str(state.day), ()]]
         if name == "relative":
             rel, pron = _RELATIVES[rng.randrange(len(_RELATIVES))]
-            state["his_rel"] = pron
+            state.his_rel = pron
             return [[rel, ()]]
         if name == "his_rel":
-            return [[state.get("his_rel", "their"), ()]]
+            return [[state.his_rel, ()]]
         if name == "complaint":
             return [[self.complaint, ()]]
         if name == "ros":
@@ -180,7 +222,7 @@ class _Note:
         self.used_facts.add(f)
         text = self.fact_text.get(f)
         if text is None:
-            text = render_plain(parse_template(f), self.rng, lambda n, k: self._basic_slot(n, {}))
+            text = render_plain(parse_template(f), self.rng, lambda n, k: self._basic_slot(n, _SlotState()))
             self.fact_text[f] = text
         if self.rng.random() < self.cfg.typo_rate:
             text = _typo(self.rng, text)
@@ -189,24 +231,25 @@ class _Note:
             codes.insert(0, code)
         return [text, tuple((c, "evidence") for c in codes)], codes
 
-    def sentence(self, template: str, code: str | None = None, extra: dict | None = None) -> Sent:
+    def sentence(self, template: str, code: str | None = None, slots: _SlotState | None = None) -> Sent:
+        """``template`` written for ``code`` (its slots filled; ``slots`` seeds what they share)."""
         codes: list[str] = []
         avoid: set = set()
-        state: dict = dict(extra or {})
+        state = dataclasses.replace(slots) if slots is not None else _SlotState()
 
         def slot(name: str, kind: str | None) -> list:
             if name == "mention":
-                if state.get("distractor"):
-                    d_code, d_kind, forms = state["distractor"]
+                if state.distractor:
+                    d_code, d_kind, forms = state.distractor
                     return [self.mention_piece(d_code, "d:" + d_kind, forms)]
                 codes.append(code)
                 return [self.mention_piece(code)]
             if name == "evidence":
-                piece, cs = self.fact(code, [kind] if kind else state.get("kinds"), avoid)
+                piece, cs = self.fact(code, [kind] if kind else state.kinds, avoid)
                 codes.extend(cs)
                 return [piece]
             if name == "history":
-                items = state["history"]
+                items = state.history
                 out: list = []
                 for i, c in enumerate(items):
                     if i:
@@ -219,8 +262,8 @@ class _Note:
         pieces = render_pieces(parse_template(template), self.rng, slot, [])
         return Sent(pieces, codes)
 
-    def plain(self, template: str, extra: dict | None = None) -> Sent:
-        return self.sentence(template, None, extra)
+    def plain(self, template: str, slots: _SlotState | None = None) -> Sent:
+        return self.sentence(template, None, slots)
 
     # ---- structure ---------------------------------------------------------------------------
     def _prefix_words(self, block: Block) -> int:
@@ -342,8 +385,8 @@ class _Note:
                              f"Discharge Date:   ___\n \nDate of Birth:  ___             Sex:   {self.sex}\n \n"
                              f"Service: MEDICINE\n \n")
         self.words += count_words(self.preamble)
-        self.exam_state = {"round": 0, "queue": []}
-        self.fstate: dict = {}
+        self.exam_state = _ExamState()
+        self.fill_state = _FillerState()
         for name, style, head in (("allergies", "plain", 0), ("cc", "plain", 0), ("procedures", "plain", 0),
                                   ("hpi", "para", 1), ("pmh", "dash", 0), ("social", "para", 0),
                                   ("family", "para", 0), ("exam", "plain", 1), ("results", "plain", 0),
@@ -375,7 +418,7 @@ class _Note:
         e = self.m.by[c]
         kinds = [k for k in ("lab", "finding", "procedure") if k in e["evidence"]]
         if kinds and self.rng.random() < 0.3:
-            self.add("pmh", self.sentence("{mention} ({evidence})", c, {"kinds": kinds}))
+            self.add("pmh", self.sentence("{mention} ({evidence})", c, _SlotState(kinds=kinds)))
         else:
             self.add("pmh", self.sentence("{mention}", c))
 
@@ -407,7 +450,7 @@ class _Note:
             tpl = self._context(c, mention=True)
         else:
             tpl = self._indirect_template(c, "history")
-        self.add("social", self.sentence(tpl, c, {"kinds": ["history"]}))
+        self.add("social", self.sentence(tpl, c, _SlotState(kinds=["history"])))
 
     def _place_allergy(self, c: str, mode: str, scale: float, placed: _Placed) -> None:
         self.add("allergies", self.sentence("{mention}", c))
@@ -422,7 +465,7 @@ class _Note:
         e = self.m.by[c]
         kinds = [k for k in ("lab", "finding") if k in e["evidence"]]
         kind = kinds[self.rng.randrange(len(kinds))]
-        self.add("results", self.sentence(self.rng.choice(self.T["results"][kind]), c, {"kinds": [kind]}))
+        self.add("results", self.sentence(self.rng.choice(self.T["results"][kind]), c, _SlotState(kinds=[kind])))
 
     def _place_indirect(self, c: str, mode: str, scale: float, placed: _Placed) -> None:
         self._indirect_sentence(c)
@@ -433,7 +476,7 @@ class _Note:
         rng, T, filler = self.rng, self.T, self.filler
         if placed.history:
             tpl = rng.choice(T["hpi_opening"]["with_history"])
-            opening = self.sentence(tpl, None, {"history": placed.history})
+            opening = self.sentence(tpl, None, _SlotState(history=placed.history))
         else:
             opening = self.plain(rng.choice(T["hpi_opening"]["without_history"]))
         self.add("hpi", opening, self.sections["hpi"][0], pos="start")
@@ -454,7 +497,7 @@ class _Note:
             for sec, pool in (("pmh", "pmh"), ("social", "social"), ("family", "family"), ("meds_adm", "meds"),
                               ("meds_dis", "meds"), ("results", "results")):
                 if not self.sections[sec][0].items:
-                    got = self._filler_sentence(pool, self.fstate)
+                    got = self._filler_sentence(pool, self.fill_state)
                     if got is not None:
                         self.add(sec, got[1])
             self.add("exam", self.plain(rng.choice(filler["vitals"])), pos="end")
@@ -528,7 +571,7 @@ class _Note:
         e = self.m.by[c]
         kinds = list(e["evidence"])
         kind = kinds[self.rng.randrange(len(kinds))]
-        s = self.sentence(self._indirect_template(c, kind), c, {"kinds": [kind]})
+        s = self.sentence(self._indirect_template(c, kind), c, _SlotState(kinds=[kind]))
         if kind == "symptom":
             self.add("hpi", s)
         elif kind == "history" and self.sections["social"]:
@@ -554,7 +597,7 @@ class _Note:
                 piece, cs = self.fact(c, ["med"], avoid)
                 codes.extend(cs)
                 return [piece]
-            return self._basic_slot(name, {})
+            return self._basic_slot(name, _SlotState())
 
         pieces = render_pieces(parse_template(template), self.rng, slot, [])
         if pieces and pieces[0][0][:1].islower() and template.startswith("{evidence}"):
@@ -600,50 +643,49 @@ class _Note:
             kind, text, section = rng.choice(m.distractor_options[d])
             section = section or rng.choice(self.T["distractor_sections"][kind])
             forms = e["distractor_forms"] or e["mentions"]
-            s = self.sentence(text, d, {"distractor": (d, kind, forms)})
+            s = self.sentence(text, d, _SlotState(distractor=(d, kind, forms)))
             self.add(section, s)
 
     # ---- filler ------------------------------------------------------------------------------
-    def _filler_sentence(self, section: str, state: dict) -> tuple[str, Sent] | None:
+    def _filler_sentence(self, section: str, state: _FillerState) -> tuple[str, Sent] | None:
+        """The next filler sentence of ``section`` (with the kind of line it is), or None when the
+        section has no more to give."""
         rng, filler = self.rng, self.filler
-        bag = state.setdefault(section, [])
         if section == "exam":
             ex = self.exam_state
-            if not ex["queue"]:
-                if ex["round"] >= 2:
+            if not ex.queue:
+                if ex.round >= EXAM_ROUNDS:
                     return None
-                ex["round"] += 1
+                ex.round += 1
                 systems = list(filler["exam"])
-                ex["queue"] = ([] if ex["round"] == 1 else ["DISCHARGE EXAM:", rng.choice(filler["vitals"])]) + [
+                ex.queue = ([] if ex.round == 1 else ["DISCHARGE EXAM:", rng.choice(filler["vitals"])]) + [
                     rng.choice(filler["exam"][s]) for s in systems]
-            return "exam", self.plain(ex["queue"].pop(0))
+            return "exam", self.plain(ex.queue.pop(0))
         if section == "course":
-            if state.get("day_block") is not None and rng.random() < 0.25:
-                state["day"] = state.get("day", 1) + 1 + (rng.random() < 0.3)
-                days = state.setdefault("left_days", [])
+            if state.day_block is not None and rng.random() < 0.25:
+                state.day = state.day + 1 + (rng.random() < 0.3)
+                days = state.left.setdefault("course_day", [])
                 if not days:
                     days.extend(range(len(filler["course_day"])))
                 i = days.pop(rng.randrange(len(days)))
-                return "day", self.plain(filler["course_day"][i], {"day": state["day"]})
+                return "day", self.plain(filler["course_day"][i], _SlotState(day=state.day))
             pool = filler["course"]
         elif section == "hpi":
-            if not state.get("ros") and rng.random() < 0.25:
-                state["ros"] = True
+            if not state.ros_done and rng.random() < 0.25:
+                state.ros_done = True
                 return "hpi", self.plain(rng.choice(filler["ros_templates"]))
             pool = filler["hpi"]
         elif section == "results":
-            if len(bag) >= 30:
+            if state.result_lines >= MAX_RESULT_LINES:
                 return None
-            bag.append(1)
+            state.result_lines += 1
             pool = filler["results"]
         elif section == "instructions":
             pool = filler["instructions"][2:]
         else:
             pool = filler[section]
         # draw without replacement until the pool is used up; only course prose then repeats
-        if "left_" + section not in state:
-            state["left_" + section] = list(range(len(pool)))
-        left = state["left_" + section]
+        left = state.left.setdefault(section, list(range(len(pool))))
         if not left:
             if section not in ("course", "hpi", "results"):
                 return None
@@ -654,13 +696,13 @@ class _Note:
     def fill(self, target: int) -> None:
         rng, cfg = self.rng, self.cfg
         budget = max(0, target - self.words)
-        state = self.fstate
-        course_budget = budget * 0.45
+        state = self.fill_state
+        course_budget = budget * COURSE_FILLER_SHARE
         if self.compact:
             course_budget = 0.0
-        if course_budget > 400:  # a day-by-day paragraph somewhere after the opening
-            state["day_block"] = self.new_block("course", "para", at_end=False)
-        if course_budget > 300:  # transitional issues close the course
+        if course_budget > DAY_BY_DAY_MIN_WORDS:  # a day-by-day paragraph somewhere after the opening
+            state.day_block = self.new_block("course", "para", at_end=False)
+        if course_budget > TRANSITIONAL_MIN_WORDS:  # transitional issues close the course
             b = self.new_block("course", "para", at_end=True, head=1, head_sep="\n")
             self.add("course", self.plain(rng.choice(self.filler["transitional_header"])), b, pos="end")
             for t in rng.sample(self.filler["transitional"], min(len(self.filler["transitional"]), rng.randint(2, 4))):
@@ -682,7 +724,7 @@ class _Note:
                 if self.words + sent.words + extra > cfg.max_words:
                     break
                 if kind == "day":
-                    self.add("course", sent, state["day_block"], pos="end")
+                    self.add("course", sent, state.day_block, pos="end")
                 elif kind == "exam":
                     self.add("exam", sent, self.sections["exam"][0], pos="end")
                 else:
@@ -724,9 +766,8 @@ def _target_words(rng: random.Random, cfg: EmbeddedCorpus) -> int:
 
 def generate_note(model: CodeModel, cfg: EmbeddedCorpus, seed: int, index: int):
     rng = random.Random(f"rationale-kit-corpus:{seed}:{index}")
-    note = _Note(model, cfg, rng)
-    note.sex = "F" if rng.random() < 0.5 else "M"
-    note.age = rng.randint(28, 94)
+    sex = "F" if rng.random() < 0.5 else "M"
+    note = _Note(model, cfg, rng, sex=sex, age=rng.randint(28, 94))
     codes = note.sample_codes()
     modes: dict[str, str] = {}
     for c in codes:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from rationale_kit.core.sources import Source
 from rationale_kit.workbook import artifacts as A
 
 
@@ -11,10 +12,9 @@ def discrete_sources(ctx) -> dict[str, pd.DataFrame]:
     :class:`~rationale_kit.workbook.context.Context`): entity (exact code and category) and the
     aligned LLM spans of each teacher."""
     ent = ctx.read(A.ENTITY)
-    llm_file = ctx.upstream_path(A.LLM_SPANS)
-    out = {f"entity ({m})": part.reset_index(drop=True) for m, part in ent.groupby("method")}
-    if llm_file.exists():
-        llm_spans = pd.read_parquet(llm_file)
+    llm_spans = ctx.read(A.LLM_SPANS)
+    out = {Source("entity", m).name: part.reset_index(drop=True) for m, part in ent.groupby("method")}
+    if llm_spans is not None:
         for src, part in llm_spans.groupby("source"):
             out[src] = part.reset_index(drop=True)
     return out

@@ -8,6 +8,7 @@ import pandas as pd
 import torch
 
 from rationale_kit.core.config import Profile
+from rationale_kit.core.sources import ATTENTION, ENTITY_EXACT, Source
 from rationale_kit.workbook.protocols.common import bootstrap
 from rationale_kit.workbook.protocols.train import predictions
 
@@ -20,7 +21,10 @@ def attention_topk_spans(soft: pd.DataFrame, model: str, k: int) -> pd.DataFrame
     return soft_to_spans(sub, topk=k)
 
 
-COMPARED_SOURCES = ("attention top-{k}", "entity (exact_code)")  # the sources finding (b) compares
+def compared_sources(k: int) -> tuple[Source, Source]:
+    """The sources finding (b) compares: the model's attention cut to its top-``k`` units and the
+    exact-code entity spans."""
+    return ATTENTION.with_top_k(k), ENTITY_EXACT
 
 
 def _code_set_pairs(name: str, model, docs: pd.DataFrame, preds: pd.DataFrame | None, code_set: str) -> set:
@@ -79,8 +83,8 @@ def faithfulness_tables(models_: Mapping[str, torch.nn.Module], docs: pd.DataFra
             continue
         shared = dict(common, cache=faithfulness.NoteCache())  # each note encoded once for the three calls
         spans = dict(discrete)
-        spans[f"attention top-{k}"] = attention_topk_spans(soft, name, k)
-        compared = [spans[s.format(k=k)] for s in COMPARED_SOURCES if s.format(k=k) in spans and len(spans[s.format(k=k)])]
+        spans[ATTENTION.with_top_k(k).name] = attention_topk_spans(soft, name, k)
+        compared = [spans[s.name] for s in compared_sources(k) if s.name in spans and len(spans[s.name])]
         chosen = set(common_pairs(_code_set_pairs(name, model, docs, preds, f.code_set), compared, docs, f.max_pairs))
         tables = [restrict(table[table.note_id.isin(note_ids)], chosen).assign(source=src)
                   for src, table in spans.items()]
@@ -131,7 +135,7 @@ def attention_vs_entity(agg: pd.DataFrame, k: int, profile: Profile, dataset: st
     bootstrap interval over notes, verdict); a combined row per model. ``agg``: per-pair rows."""
     from rationale_kit.metrics import evaluation as E
 
-    att, ent = f"attention top-{k}", "entity (exact_code)"
+    att, ent = (s.name for s in compared_sources(k))
     boot_ = bootstrap(profile.evaluation)
     rows = []
     rat = agg[agg.control == "rationale"]

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from rationale_kit.core.config import Profile
+from rationale_kit.core.sources import TEACHERS
 from rationale_kit.workbook import artifacts as A
 from rationale_kit.workbook.protocols.common import PI, bootstrap, with_seed
 from rationale_kit.workbook.protocols.guided import guided_run
@@ -19,7 +20,7 @@ def teacher_comparison(plaus: pd.DataFrame, calls: pd.DataFrame, llm_spans: pd.D
     (MDACE PI token / exact token / exact span F1) from notebook 06, each on the pairs that
     teacher was run on (``n_notes``, ``n_pairs``, interval of the PI token F1)."""
     rows = []
-    for t in ("llm_zero", "llm_few"):
+    for t in (s.name for s in TEACHERS):
         c = calls[calls.source == t] if "source" in calls else calls.iloc[:0]
         p = plaus[(plaus.source == t) & (plaus.granularity == "all") & (plaus.code_set == "all")]
         get = lambda m, col="f1": float(p.loc[p.measure == m, col].iloc[0]) if (p.measure == m).any() and col in p else float("nan")
@@ -38,23 +39,32 @@ def few_shot_students(ds, labels: list[str], targets: Mapping[str, dict], profil
     """The student model unguided and trained on each teacher's rationales at ``few_shot.lam``,
     for every seed of ``common.seeds``.
 
-    A student that notebook 07 already trained with the same settings (a row of its ``sweep`` with
-    the same model, teacher, lambda and seed; same profile, so the same data, targets and training)
-    is reused rather than trained again; the ``trained_in`` column says which."""
+    A student that notebook 07 already trained (a row of its ``sweep``) is reused rather than
+    trained again only when its ``run_key`` equals this run's :func:`student_key` (everything that
+    determines the row) and its per-unit counts are still there; the ``trained_in`` column says which.
+    A row without a key (an older sweep) or with another key is trained again, saying why."""
     from rationale_kit.core.config import seeds as seeds_of
+    from rationale_kit.workbook.protocols.guided import student_key
 
     fs = profile.few_shot
     seeds = seeds_of(profile)
 
     def run(teacher: str, lam: float, tg: dict | None, folder: str, seed: int) -> dict:
+        p = with_seed(profile, seed)
         if sweep is not None and len(sweep):
             hit = sweep[(sweep.model == fs.student_model) & (sweep.teacher == teacher) & np.isclose(sweep["lambda"], lam)]
             if "seed" in hit:
                 hit = hit[hit.seed == seed]
             if len(hit):
-                return {**hit.iloc[0].to_dict(), "trained_in": "07_guided_learning"}
+                row = hit.iloc[0].to_dict()
+                want = student_key(fs.student_model, teacher, lam, tg, ds, labels, p, trained_dir, design)
+                counts = Path(str(row.get("run_dir", ""))) / A.NOTE_COUNTS.file
+                if row.get("run_key") == want and counts.is_file():
+                    return {**row, "trained_in": "07_guided_learning"}
+                why = "its key differs" if row.get("run_key") != want else f"{counts} is missing"
+                print(f"{fs.student_model}/{teacher}/lambda={lam:g}/seed {seed}: notebook 07's run not reused ({why})")
         tag = f"_seed{seed}" if len(seeds) > 1 else ""
-        row = guided_run(fs.student_model, teacher, lam, tg, ds, labels, with_seed(profile, seed),
+        row = guided_run(fs.student_model, teacher, lam, tg, ds, labels, p,
                          Path(out_dir) / f"{folder}{tag}", device, trained_dir, design)
         return {**row, "trained_in": "08_few_shot"}
 

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from rationale_kit.core.config import Profile
+from rationale_kit.data.dataset import coding_docs
 from rationale_kit.workbook import artifacts as A
 from rationale_kit.workbook.protocols.common import PI, bootstrap, with_seed
 from rationale_kit.workbook.protocols.data import evaluation_design
@@ -47,8 +48,8 @@ def _student_counts(model, threshold: float, ds, design, topk: int, device: str 
     from rationale_kit.rationales import attention_rationales
 
     labels = set(model.labels)
-    if pr is None:  # the predictions of every test note
-        pr = predictions(model, ds.docs[ds.docs.split == "test"], threshold, device)
+    if pr is None:  # the predictions of every test note that counts in coding measurement
+        pr = predictions(model, coding_docs(ds.docs, "test"), threshold, device)
     c = pr.assign(tp=pr.pred & pr.is_gold, fp=pr.pred & ~pr.is_gold, fn=~pr.pred & pr.is_gold)
     coding_ = c.groupby("note_id")[["tp", "fp", "fn"]].sum().astype("int64").reset_index()
     coding_ = coding_.assign(code="-", measure="coding")[E.COUNT_COLUMNS]
@@ -75,9 +76,10 @@ def evaluate_student(model, threshold: float, ds, profile: Profile, device: str 
     design = design or evaluation_design(ds.docs, profile)
     k = profile.rationales.topk
     report, tune = set(design.report_ids), set(design.tuning_ids)
-    all_pr = predictions(model, ds.docs[ds.docs.split == "test"], threshold, device)
+    all_pr = predictions(model, coding_docs(ds.docs, "test"), threshold, device)
     counts, att = _student_counts(model, threshold, ds, design, k, device, all_pr)
-    test = ds.docs[(ds.docs.split == "test") & ~ds.docs.note_id.isin(tune)]
+    test = coding_docs(ds.docs, "test")
+    test = test[~test.note_id.isin(tune)]
     labels = list(model.labels)
     pr = all_pr[all_pr.note_id.isin(set(test.note_id))]
     y = coding.label_matrix(test.codes, labels)
@@ -91,6 +93,46 @@ def evaluate_student(model, threshold: float, ds, profile: Profile, device: str 
             "pi_token_f1": f1(PI, report), "pi_token_f1_tuning": f1(PI, tune), "token_exact_f1": f1("token_exact", report),
             "auprc": soft["auprc"], f"p@{k}": soft[f"p@{k}"], "n_report_notes": len(report),
             "n_test_notes": len(test), "counts": counts}
+
+
+def student_key(name: str, teacher: str, lam: float, targets: dict | None, ds, labels: list[str], profile: Profile,
+                trained_dir: Path | None = None, design=None) -> str:
+    """What determines a student's row, hashed: model, teacher, lambda, the teacher's spans, the
+    notes and labels, every profile section training and evaluation read (common, data, train,
+    guided, plausibility, evaluation; with the seed), the training code, the starting model (with
+    ``guided.init = "trained"``) and the evaluation design. A row of another notebook is reused only
+    when this key is equal."""
+    import hashlib
+    import json
+
+    from rationale_kit.training.checkpoints import docs_hash, labels_hash, plain, targets_hash
+    from rationale_kit.workbook.protocols.train import saved_model_hash, training_code_hash
+
+    init = ""
+    if profile.guided.init == "trained" and trained_dir is not None and (Path(trained_dir) / name / "model").is_dir():
+        init = saved_model_hash(Path(trained_dir) / name / "model")
+    key = {"model": name, "teacher": teacher if lam > 0 else "none", "lambda": float(lam),
+           "targets": targets_hash(targets) if lam > 0 else "", "docs": docs_hash(ds.docs), "labels": labels_hash(labels),
+           "profile": {k: plain(getattr(profile, k)) for k in ("common", "data", "train", "guided", "plausibility",
+                                                                "evaluation")},
+           "code": training_code_hash(), "init": init,
+           "design": _design_hash(design)}
+    # a letter first: read back from CSV, an all-digit (or "1e5...") key would become a number
+    return "k" + hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _design_hash(design) -> str:
+    """Evaluation, tuning and report note ids and the run-on pairs of an ``EvaluationDesign``."""
+    import hashlib
+
+    if design is None:
+        return ""
+    h = hashlib.sha256()
+    for ids in (design.eval_ids, design.tuning_ids, design.report_ids):
+        h.update(("\n".join(map(str, ids)) + "\x00").encode())
+    h.update(str(design.tuning_fraction).encode())
+    h.update(pd.util.hash_pandas_object(design.run_on.astype(str), index=False).to_numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def guided_run(name: str, teacher: str, lam: float, targets: dict | None, ds, labels: list[str], profile: Profile,
@@ -114,7 +156,8 @@ def guided_run(name: str, teacher: str, lam: float, targets: dict | None, ds, la
     counts = scores.pop("counts")
     counts.to_parquet(Path(out_dir) / A.NOTE_COUNTS.file, index=False)
     return {"model": name, "teacher": teacher if lam > 0 else "none", "lambda": lam, "seed": profile.common.seed,
-            **scores, "run_dir": str(Path(out_dir).resolve()), "seconds": round(time.time() - t0, 1)}
+            **scores, "run_dir": str(Path(out_dir).resolve()), "seconds": round(time.time() - t0, 1),
+            "run_key": student_key(name, teacher, lam, targets, ds, labels, profile, trained_dir, design)}
 
 
 def guided_sweep(ds, labels: list[str], targets: Mapping[str, dict], profile: Profile, out_dir: Path,

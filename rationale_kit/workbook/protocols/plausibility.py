@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from rationale_kit.core.config import Profile
+from rationale_kit.core.sources import ATTENTION, ENTITY_EXACT, RANDOM, TEACHERS, Source, parse_source
 from rationale_kit.workbook.protocols.common import bootstrap
 from rationale_kit.workbook.protocols.data import evaluation_design
 from rationale_kit.workbook.protocols.rationales import random_rationales
@@ -88,8 +89,8 @@ def plausibility_tables(ds, discrete: Mapping[str, pd.DataFrame], soft: pd.DataF
     gold_tune = gold_all[gold_all.note_id.isin(tune)]
     on_test = lambda t: t[t.note_id.isin(report)]
     sources = {k: on_test(v) for k, v in discrete.items()}
-    like = sources.get("entity (exact_code)", next(iter(sources.values()), gold))
-    sources["random"] = random_rationales(docs, like if len(like) else gold, profile.common.seed)
+    like = sources.get(ENTITY_EXACT.name, next(iter(sources.values()), gold))
+    sources[RANDOM.name] = random_rationales(docs, like if len(like) else gold, profile.common.seed)
     rows, counts = [], []
     for name, spans in sources.items():
         tab, c = _score(P, E, gold, design.pairs(name), name, spans, docs, None, boot_)
@@ -106,9 +107,9 @@ def plausibility_tables(ds, discrete: Mapping[str, pd.DataFrame], soft: pd.DataF
         predicted = set(zip(p_.note_id.astype(str), p_.code.astype(str)))
         res = P.soft_plausibility(test_scores, E.restrict(gold, run_on), docs, threshold=t, ks=tuple(pl.topk))
         soft_rows.append({"model": model, "source": src, **res})
-        binarised = {f"{src} (threshold {t:.3f})": P.binarise(test_scores, threshold=t, docs=docs)}
+        binarised = {Source(parse_source(src).kind, f"threshold {t:.3f}").name: P.binarise(test_scores, threshold=t, docs=docs)}
         for k in pl.topk:
-            binarised[f"{src} (top-{k})"] = P.binarise(test_scores, topk=k)
+            binarised[parse_source(src).with_top_k(k).name] = P.binarise(test_scores, topk=k)
         for name, spans in binarised.items():
             tab, c = _score(P, E, gold, run_on, name, spans, docs, predicted, boot_)
             rows.append(tab.assign(model=model, binarisation=name.split("(")[-1].rstrip(")")))
@@ -128,11 +129,13 @@ def plausibility_verdicts(counts: pd.DataFrame, profile: Profile, dataset: str,
 
     boot_ = bootstrap(profile.evaluation)
     k = profile.rationales.topk
-    att = f"attention (top-{k})" if f"attention (top-{k})" in set(counts.source) else f"attention (top-{profile.plausibility.topk[0]})"
-    ent = "entity (exact_code)"
+    att = ATTENTION.with_top_k(k).name
+    if att not in set(counts.source):
+        att = ATTENTION.with_top_k(profile.plausibility.topk[0]).name
+    ent = ENTITY_EXACT.name
     get = lambda s, m="-": counts[(counts.source == s) & (counts.model == m)]
     rows, llm_rows = [], []
-    for t in ("llm_zero", "llm_few"):
+    for t in (teacher.name for teacher in TEACHERS):
         if (counts.source == t).any() and (counts.source == ent).any():
             r = E.verdict_row("a", f"{t} > {ent}", "-", dataset, measure, "report notes, pairs both were run on",
                               E.compare_counts(get(t), get(ent), boot_, measure=measure), "greater")

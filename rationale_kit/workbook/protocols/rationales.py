@@ -11,6 +11,7 @@ import pandas as pd
 import torch
 
 from rationale_kit.core.config import Profile
+from rationale_kit.core.sources import RANDOM, Source
 from rationale_kit.core.records import SPAN_COLUMNS
 from rationale_kit.workbook.protocols.data import eval_docs
 
@@ -164,9 +165,9 @@ def record_run_on(design, pairs: pd.DataFrame, soft: pd.DataFrame, entity_method
         parts.append(E.run_on_frame(source, pairs[pairs.model == model], model=model))
     every = pairs[["note_id", "code"]].drop_duplicates()
     for m in entity_methods:
-        parts.append(E.run_on_frame(f"entity ({m})", every))
+        parts.append(E.run_on_frame(Source("entity", m).name, every))
     if "exact_code" in set(entity_methods):  # the random baseline has the exact-code spans' sizes
-        parts.append(E.run_on_frame("random", every))
+        parts.append(E.run_on_frame(RANDOM.name, every))
     if llm_docs is not None:
         sent = llm_docs[llm_docs.note_id.isin(set(design.eval_ids))]
         for t in teachers:

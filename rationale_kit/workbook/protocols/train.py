@@ -122,7 +122,9 @@ def _with_interval(row: dict, y: np.ndarray, probs: np.ndarray, threshold: float
 
 def coding_table(pred_frames: Mapping[str, pd.DataFrame], docs: pd.DataFrame, labels: list[str],
                  thresholds: Mapping[str, float], boot=None) -> pd.DataFrame:
-    """The coding table on the test notes: one row per model plus the frequency baseline.
+    """The coding table on the test notes that carry their full code assignment (``full_codes``:
+    on the MIMIC route the MIMIC-IV test documents, never MDACE's rationale evaluation documents):
+    one row per model plus the frequency baseline.
 
     Test codes outside ``labels`` (no training document carries them) count as misses in micro
     recall/F1, R@k and R-precision; ``unseen_gold_share`` is their share of the gold occurrences
@@ -130,14 +132,15 @@ def coding_table(pred_frames: Mapping[str, pd.DataFrame], docs: pd.DataFrame, la
     :class:`~rationale_kit.metrics.evaluation.Bootstrap`), micro-F1 gets its percentile interval over
     the test notes (``micro_f1_lo``, ``micro_f1_hi``; counts summed over resampled notes) and
     ``notes`` their number."""
+    from rationale_kit.data import coding_docs
     from rationale_kit.metrics import coding
 
-    test = docs[docs.split == "test"]
+    test = coding_docs(docs, "test")
     y = coding.label_matrix(test.codes, labels)
     unseen = coding.unseen_counts(test.codes, labels)
     rows = {}
     base = coding.frequency_baseline(docs.loc[docs.split == "train", "codes"], labels, len(test))
-    val = docs[docs.split == "val"]
+    val = coding_docs(docs, "val")
     base_val = coding.frequency_baseline(docs.loc[docs.split == "train", "codes"], labels, len(val))
     t_base, _ = coding.tune_threshold(coding.label_matrix(val.codes, labels), base_val)
     scored = {"frequency baseline": (base, t_base)}
@@ -154,7 +157,7 @@ def coding_table(pred_frames: Mapping[str, pd.DataFrame], docs: pd.DataFrame, la
             "map", "micro_auc", "macro_auc", "threshold", "unseen_gold_share", *(["notes"] if boot is not None else [])]
     table = table[[k for k in keep if k in table.columns]]
     table["labels"] = float(len(labels))  # the label space (e.g. data.top_codes) beside every row
-    return table
+    return table.rename_axis("model")
 
 
 def coding_seed_spread(tables: Mapping[int, pd.DataFrame], measures: Sequence[str] = SEED_MEASURES) -> pd.DataFrame:
@@ -173,7 +176,7 @@ def coding_seed_spread(tables: Mapping[int, pd.DataFrame], measures: Sequence[st
             mean, std = seed_spread([float(t.loc[m, measure]) for t in tables.values()])
             row[f"{measure} mean"], row[f"{measure} std"] = mean, std
         rows[m] = row
-    return pd.DataFrame(rows).T
+    return pd.DataFrame(rows).T.rename_axis("model")
 
 
 def load_models(train_dir: Path, names: Iterable[str], device: str = "cpu") -> dict:
