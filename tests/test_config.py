@@ -45,7 +45,7 @@ def test_type_errors(tmp_path, yaml_text, fragment):
 
 def test_partial_model_section_keeps_model_defaults(tmp_path):
     f = tmp_path / "p.yaml"
-    f.write_text("train:\n  plm_icd: {max_chunks: 3}\n")
+    f.write_text("base: null\ntrain:\n  plm_icd: {max_chunks: 3}\n")  # null: the built-in defaults, not default.yaml
     prof = load_profile(f)
     assert prof.train.plm_icd.max_chunks == 3
     assert prof.train.plm_icd.lr == pytest.approx(5e-5)  # PLM-ICD's own default, not the generic one
@@ -153,6 +153,34 @@ def test_every_default_agrees():
     from rationale_kit.rationales.ner import NERConfig
 
     assert C.Guided().ner_formulation == NERConfig().formulation
+
+
+def test_a_profile_path_inherits_with_base(tmp_path):
+    """``base: default`` makes a profile file default.yaml plus its own keys (section by section);
+    without base a file keeps the built-in defaults (a copy of a shipped profile behaves the same)."""
+    default = load_profile("default")
+    f = tmp_path / "mine.yaml"
+    f.write_text("base: default\nrationales:\n  llm: {backend: openai, base_url: 'http://localhost:8080/v1', concurrency: 1}\n")
+    prof = load_profile(f)
+    assert prof.name == "mine" and prof.rationales.llm.backend == "openai" and prof.rationales.llm.concurrency == 1
+    assert prof.alignment.threshold == default.alignment.threshold == 1.7  # from default.yaml, not the built-in value
+    assert prof.rationales.llm.max_new_tokens == default.rationales.llm.max_new_tokens == 160
+    assert prof.data == default.data and prof.train == default.train
+    f.write_text("base: smoke\ncommon: {seed: 99}\n")
+    prof = load_profile(f)
+    assert prof.common.seed == 99 and prof.train == load_profile("smoke").train
+    import yaml
+
+    (tmp_path / "copy.yaml").write_text((PARAMS_DIR / "smoke.yaml").read_text())
+    copy = load_profile(tmp_path / "copy.yaml")
+    assert dataclasses.replace(copy, name="smoke") == load_profile("smoke")  # no base: nothing inherited
+    assert yaml.safe_load(f.read_text())["base"] == "smoke"
+    f.write_text("base: 7\n")
+    with pytest.raises(ConfigError, match="base must be a profile name"):
+        load_profile(f)
+    f.write_text("base: nope\n")
+    with pytest.raises(ConfigError, match="nope.yaml not found"):
+        load_profile(f)
 
 
 def test_each_model_family_has_its_own_typed_config():

@@ -303,19 +303,24 @@ def test_cache_rerun_makes_no_calls(server, gemini, tmp_path):
     assert server.hits == 7
 
 
+class SimulatedKill(BaseException):
+    """Stands for the process being stopped (a BaseException, like KeyboardInterrupt): an ordinary
+    exception of a backend is one failed request (see test_llm_backends), never the end of a run."""
+
+
 def test_killed_run_resumes_with_only_the_remaining_calls(server, tmp_path):
     class Crashing(llm.GeminiBackend):
         calls = 0
 
         async def agenerate(self, prompt):
             if Crashing.calls >= 5:
-                raise RuntimeError("simulated crash")
+                raise SimulatedKill("simulated crash")
             Crashing.calls += 1
             return await super().agenerate(prompt)
 
     reqs = make_requests(12)
     crashing = Crashing(api_key=FAKE_KEY, base_url=server.base_url, timeout_s=2)
-    with pytest.raises(RuntimeError, match="simulated crash"):
+    with pytest.raises(SimulatedKill, match="simulated crash"):
         run(reqs, crashing, tmp_path, concurrency=3)
     cache_file = tmp_path / "cache" / llm.CACHE_FILE
     done = len(cache_file.read_text().splitlines())

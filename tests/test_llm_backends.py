@@ -294,7 +294,14 @@ def test_openai_request_answers_and_faults(oserver, tmp_path):
     assert b["model"] == "fake-model" and b["temperature"] == 0.0 and b["max_tokens"] == 8192
     assert [m["role"] for m in b["messages"]] == ["system", "user"] and "[note 0]" in b["messages"][1]["content"]
     assert b["response_format"]["type"] == "json_schema"
-    assert b["response_format"]["json_schema"]["schema"] == llm.response_schema()
+    # the answer schema in the form OpenAI's strict mode accepts (additionalProperties false, all required)
+    from rationale_kit.rationales.llm.backends.openai import strict_schema
+
+    sent = b["response_format"]["json_schema"]["schema"]
+    assert sent == strict_schema(llm.response_schema()) and b["response_format"]["json_schema"]["strict"] is True
+    assert sent["additionalProperties"] is False and sent["required"] == ["rationales"]
+    item = sent["properties"]["rationales"]["items"]
+    assert item["additionalProperties"] is False and item["required"] == ["code", "quotes"]
     assert c.loc["n0", "status"] == "ok" and c.loc["n0", "input_tokens"] == 100
     assert c.loc["n1", "status"] == "ok" and c.loc["n1", "attempts"] == 3
     assert c.loc["n2", "status"] == "ok" and c.loc["n2", "attempts"] == 2

@@ -150,9 +150,12 @@ def test_second_run_of_a_profile_is_locked_out_and_stale_lock_taken_over(tmp_pat
     prof, runs = _profile(tmp_path), tmp_path / "runs"
     nbs = _series(tmp_path)
     runs.mkdir()
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    # another process holding the lock (it is killed with SIGKILL below: no clean-up of its own)
+    other = subprocess.Popen([sys.executable, "-c", "import sys, time; from rationale_kit.core.lock import ProfileLock\n"
+                              f"l = ProfileLock({str(runs / '.lock')!r}, 'p').__enter__(); print('held', flush=True); time.sleep(60)"],
+                             stdout=subprocess.PIPE, text=True)
     try:
-        (runs / ".lock").write_text(json.dumps({"pid": other.pid, "started": "earlier"}))
+        assert other.stdout.readline().strip() == "held"
         with pytest.raises(pipeline.RunLocked, match=rf"another run of profile 'p' is in progress \(pid {other.pid}"):
             run_series(str(prof), runs_dir=runs, notebooks_dir=nbs, only=["01"])
     finally:
@@ -161,7 +164,7 @@ def test_second_run_of_a_profile_is_locked_out_and_stale_lock_taken_over(tmp_pat
     # the same lock of a process that is gone is taken over
     res = run_series(str(prof), runs_dir=runs, notebooks_dir=nbs, only=["01"])
     assert [r["status"] for r in res] == ["ok"] and not (runs / ".lock").exists()
-    assert "stale lock" in capsys.readouterr().out
+    assert "stale lock" in capsys.readouterr().err
 
 
 def test_relative_profile_path_is_resolved_for_the_notebooks(tmp_path, monkeypatch):

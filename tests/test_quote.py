@@ -19,6 +19,13 @@ CODIESP = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "codi
 pytestmark = pytest.mark.skipif(not (CODIESP / "trainX.tsv").exists(), reason="CodiEsp not available")
 
 
+@pytest.fixture(autouse=True)
+def user_cache(tmp_path, monkeypatch):
+    """The per-user answer cache of ``quote`` (its default), here in the test's folder."""
+    monkeypatch.setenv("RK_LLM_CACHE_DIR", str(tmp_path / "user_cache"))
+    return tmp_path / "user_cache"
+
+
 def codiesp_notes(n: int):
     """The first ``n`` training notes with diagnosis evidence: texts and (code, start, end, text)."""
     ev: dict[str, list] = {}
@@ -87,7 +94,9 @@ def test_quote_command_on_codiesp_notes(corpus, capsys):
         first = out.read_text(encoding="utf-8")
         assert main(args + ["--base-url", srv.base_url, "--public-data"]) == 0  # a rerun: cached, same spans
         assert srv.hits == 3 and out.read_text(encoding="utf-8") == first
-        assert (tmp / "spans.jsonl.llm_cache" / "llm_cache.jsonl").exists()
+        assert (tmp / "user_cache" / "llm_cache.jsonl").exists()  # the user's cache, not one per --out
+        assert main(args + ["--base-url", srv.base_url, "--public-data", "--out", str(tmp / "other.jsonl")]) == 0
+        assert srv.hits == 3 and (tmp / "other.jsonl").read_text(encoding="utf-8") == first
 
 
 def test_quote_command_few_shot_examples(corpus):

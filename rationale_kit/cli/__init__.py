@@ -16,7 +16,7 @@ def _run(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     from rationale_kit.workbook.runner import run_series
 
-    overrides = json.loads(args.overrides) if args.overrides else None
+    overrides = _overrides(args.overrides)
     results = run_series(args.profile, only=args.only, start=args.start, force=args.force, overrides=overrides)
     return 0 if all(r["status"] in ("ok", "skipped") for r in results) else 1
 
@@ -29,7 +29,10 @@ def _train(argv: list[str]) -> int:
     ap.add_argument("--profile", default="default")
     ap.add_argument("--model", required=True, choices=["caml", "laat", "plm_icd"])
     ap.add_argument("--out", default=None, help="output folder (default: artifacts/<profile>/02_train/<model>)")
+    ap.add_argument("--overrides", default=None, help="JSON object of parameter overrides")
     args = ap.parse_args(argv)
+    from pathlib import Path
+
     from rationale_kit import data
     from rationale_kit.workbook.protocols.data import label_space
     from rationale_kit.workbook.protocols.train import fit_model
@@ -38,11 +41,12 @@ def _train(argv: list[str]) -> int:
 
     from rationale_kit.core.config import load_profile
 
-    prof = load_profile(args.profile)
-    ds = data.load_dataset(prof)
-    out = args.out or str(artifacts_root(prof) / "02_train" / args.model)
-    res = fit_model(args.model, prof, ds.docs, label_space(ds.docs), __import__("pathlib").Path(out),
-                    pick_device(prof.common.device))
+    prof = load_profile(args.profile, _overrides(args.overrides))
+    with _profile_lock(prof, "train"):  # never while a run (or another train) writes the profile's artifacts
+        ds = data.load_dataset(prof)
+        out = args.out or str(artifacts_root(prof) / "02_train" / args.model)
+        res = fit_model(args.model, prof, ds.docs, label_space(ds.docs), Path(out),
+                        pick_device(prof.common.device))
     print(f"{args.model}: best epoch {res.best_epoch}, threshold {res.threshold:.3f}, val {res.val_metrics}")
     return 0
 
@@ -58,8 +62,9 @@ def _report(argv: list[str]) -> int:
     from rationale_kit.core.runtime import ROOT
     from rationale_kit.workbook.report import build_report
 
-    prof = load_profile(args.profile, json.loads(args.overrides) if args.overrides else None)
-    html_path, md_path = build_report(prof, args.runs_dir or ROOT / "runs" / prof.name)
+    prof = load_profile(args.profile, _overrides(args.overrides))
+    with _profile_lock(prof, "report"):
+        html_path, md_path = build_report(prof, args.runs_dir or ROOT / "runs" / prof.name)
     print(f"report: {html_path}\nmarkdown: {md_path}")
     return 0
 
@@ -110,17 +115,63 @@ def _export_data(argv: list[str]) -> int:
     from rationale_kit.core.config import ConfigError, load_profile
 
     try:
-        prof = load_profile(args.profile, json.loads(args.overrides) if args.overrides else None)
+        prof = load_profile(args.profile, _overrides(args.overrides))
         ds = data.load_dataset(prof)
         docs_path, spans_path = data.export_dataset(ds, args.out)
-    except (data.DataError, ConfigError, OSError, json.JSONDecodeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except (data.DataError, ConfigError, OSError) as exc:
+        return _error(exc)
     print(f"{len(ds.docs)} documents: {docs_path}\n{len(data.human_spans(ds))} spans: {spans_path}")
     return 0
 
 
+def _overrides(text: str | None) -> dict | None:
+    """The ``--overrides`` JSON object; anything else is a ConfigError naming the option."""
+    from rationale_kit.core.config import ConfigError
+
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--overrides: not JSON ({exc.msg} at character {exc.pos})") from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"--overrides: expected a JSON object of sections, got {type(value).__name__}")
+    return value
+
+
+def _profile_lock(prof, command: str):
+    """The lock of ``runs/<profile>`` that ``run`` holds too: one writer of a profile's artifacts."""
+    from rationale_kit.core.lock import ProfileLock
+    from rationale_kit.core.runtime import ROOT
+
+    return ProfileLock(ROOT / "runs" / prof.name / ".lock", prof.name, command)
+
+
+def _error(exc: BaseException) -> int:
+    """Exit status 2 with one line on stderr."""
+    msg = " ".join(str(exc).split()) or type(exc).__name__
+    print(f"error: {msg}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Dispatch a command. Bad input (a profile or overrides that do not validate, a data file
+    that does not load, a profile that another process holds) exits with status 2 and one line on
+    stderr; Ctrl-C exits with 130 (answers already cached stay cached)."""
+    from rationale_kit.core.config import ConfigError
+    from rationale_kit.core.lock import RunLocked
+    from rationale_kit.core.records import DataError
+
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("interrupted (answers and artifacts written so far are kept)", file=sys.stderr)
+        return 130
+    except (ConfigError, DataError, RunLocked) as exc:
+        return _error(exc)
+
+
+def _main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = {"run": "the notebook series", "report": "rewrite runs/<profile>/report.html from the artifacts",
                 "train": "train one model (multi-GPU with torchrun)", "align": "align LLM quotes to notes", "plausibility": "score spans against gold spans",

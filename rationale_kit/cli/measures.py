@@ -41,7 +41,7 @@ from typing import Sequence
 
 import pandas as pd
 
-from rationale_kit.core.records import SPAN_COLUMNS, DataError, iter_jsonl_objects, read_spans_jsonl
+from rationale_kit.core.records import SPAN_COLUMNS, DataError, check_offsets, iter_jsonl_objects, read_spans_jsonl
 
 
 def _check_text(value: str, path: str | Path, lineno: int, key: str) -> None:
@@ -214,12 +214,7 @@ def read_pred_jsonl(path: str | Path, docs: pd.DataFrame) -> tuple[pd.DataFrame,
         covered.add(nid)
         if rec["start"] is None and rec["end"] is None:
             continue
-        try:
-            start, end = int(rec["start"]), int(rec["end"])
-        except (TypeError, ValueError):
-            raise DataError(f"{path}:{lineno}: start/end must be integers (or both null: no span)") from None
-        if not (0 <= start < end <= len(texts[nid])):
-            raise DataError(f"{path}:{lineno}: offsets [{start}, {end}) outside note {nid!r} of length {len(texts[nid])}")
+        start, end = check_offsets(rec["start"], rec["end"], f"{path}:{lineno}", len(texts[nid]), note_id=nid)
         if rec.get("text") is not None and texts[nid][start:end] != rec["text"]:
             raise DataError(f"{path}:{lineno}: span text {rec['text']!r} does not match note text "
                             f"{texts[nid][start:end]!r}")

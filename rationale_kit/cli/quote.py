@@ -11,8 +11,17 @@
   validated like the profile. ``--shots K`` adds up to K human-annotated examples per code taken
   from ``--examples`` (spans JSONL ``note_id, code, start, end`` of the notes in
   ``--examples-docs``, default ``--docs``); a note being explained is never its own example.
-* Answers go through the same cache as the notebooks (``--cache-dir``, default ``<out>.llm_cache``):
-  a rerun makes no new calls, and a killed run resumes where it stopped.
+* Answers go through the same cache as the notebooks (``--cache-dir``, default: one cache per user,
+  ``$RK_LLM_CACHE_DIR``, else ``$XDG_CACHE_HOME/rationale_kit/llm_cache``, else
+  ``~/.cache/rationale_kit/llm_cache``), keyed on backend, model, prompt and every setting that
+  determines the answer: a rerun, also one writing another ``--out``, makes no new calls, and a
+  killed or interrupted run (exit 130) resumes where it stopped.
+* The settings a real server needs can be given here too: ``--concurrency``, ``--timeout``,
+  ``--max-output-tokens``, ``--response-format``, ``--output-token-param``, ``--local-endpoint``
+  (they override the profile's ``rationales.llm`` keys of the same names). A server that rejects
+  the request format (e.g. ``response_format`` json_schema) stops the command with exit status 2
+  and the setting to change; nothing is retried.
+* ``--out`` and the cache folder are checked (writable, not a folder) before the first call.
 * The quotes are aligned to the notes (:mod:`rationale_kit.rationales.alignment`, the profile's threshold
   and occurrences) and written as JSONL, one line per span ``{note_id, code, start, end, quote,
   score, status}``: ``status`` is ``aligned``; or, with ``start``/``end`` null, ``unaligned`` (a
@@ -152,7 +161,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--shots", type=int, default=0, help="human-annotated examples per code (needs --examples)")
     ap.add_argument("--examples", help="spans JSONL {note_id, code, start, end} of annotated notes (few-shot pool)")
     ap.add_argument("--examples-docs", help="JSONL {note_id, text} of the annotated notes (default: --docs)")
-    ap.add_argument("--cache-dir", help="answer cache folder (default: <out>.llm_cache)")
+    ap.add_argument("--cache-dir", help="answer cache folder (default: the user's cache, see RK_LLM_CACHE_DIR)")
+    ap.add_argument("--concurrency", type=int, help="requests in flight (rationales.llm.concurrency; 1 for a "
+                    "server with one slot)")
+    ap.add_argument("--timeout", type=float, help="seconds per request (rationales.llm.timeout_s)")
+    ap.add_argument("--max-output-tokens", type=int, help="answer budget in tokens (rationales.llm.max_output_tokens)")
+    ap.add_argument("--response-format", choices=["json_schema", "json_object", "none"],
+                    help="how the answer format is asked for (rationales.llm.response_format)")
+    ap.add_argument("--output-token-param", choices=["max_tokens", "max_completion_tokens"],
+                    help="request field of the answer budget (rationales.llm.output_token_param)")
+    ap.add_argument("--local-endpoint", action="store_true",
+                    help="the openai server runs on this machine or your own network (rationales.llm.local_endpoint)")
     ap.add_argument("--public-data", action="store_true",
                     help="the notes are not credentialed data (otherwise a remote backend is refused unless the profile allows it)")
     args = ap.parse_args(argv)
@@ -161,17 +180,29 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from rationale_kit.core.config import ConfigError, load_profile
 
     def fail(msg: str) -> int:
-        print(f"error: {msg}", file=sys.stderr)
+        print(f"error: {' '.join(msg.split())}", file=sys.stderr)  # one line
         return 2
 
     out = Path(args.out)
     if not out.parent.is_dir():
         return fail(f"--out {out}: folder {out.parent} does not exist")
+    if out.is_dir():
+        return fail(f"--out {out} is a folder; give the path of the spans JSONL file to write")
     if args.shots < 0:
         return fail(f"--shots must be 0 or more, got {args.shots}")
     if args.shots and not args.examples:
         return fail("--shots needs --examples (spans JSONL of annotated notes)")
-    llm_over = {k: v for k, v in (("backend", args.backend), ("model", args.model), ("base_url", args.base_url)) if v}
+    for flag, v, lo in (("--concurrency", args.concurrency, 1), ("--max-output-tokens", args.max_output_tokens, 1)):
+        if v is not None and v < lo:
+            return fail(f"{flag} must be at least {lo}, got {v}")
+    if args.timeout is not None and not args.timeout > 0:
+        return fail(f"--timeout must be a positive number of seconds, got {args.timeout}")
+    llm_over = {k: v for k, v in (("backend", args.backend), ("model", args.model), ("base_url", args.base_url),
+                                  ("concurrency", args.concurrency), ("timeout_s", args.timeout),
+                                  ("max_output_tokens", args.max_output_tokens),
+                                  ("response_format", args.response_format),
+                                  ("output_token_param", args.output_token_param),
+                                  ("local_endpoint", True if args.local_endpoint else None)) if v is not None}
     try:
         prof = load_profile(args.profile, {"rationales": {"llm": llm_over}} if llm_over else None)
         docs = read_docs(args.docs)
@@ -193,15 +224,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return fail(str(exc))
     except llm.CredentialedDataError as exc:
         return fail(f"{exc} For notes that are not credentialed data, pass --public-data.")
-    cache_dir = Path(args.cache_dir) if args.cache_dir else out.with_name(out.name + ".llm_cache")
-    answers, calls = llm.run_llm(
-        reqs, backend, cache_dir=cache_dir, concurrency=cfg.concurrency, max_retries=cfg.max_retries,
-        credentialed=credentialed, allow_remote_credentialed_data=cfg.allow_remote_credentialed_data,
-        progress=sys.stderr.isatty(), backoff_base_s=cfg.backoff_base_s, backoff_max_s=cfg.backoff_max_s,
-        requests_per_minute=cfg.requests_per_minute, record=cfg.record_file,
-        max_answer_chars=cfg.max_answer_chars, max_quotes_per_code=cfg.max_quotes_per_code)
-    spans = quote_spans(docs, answers, prof.alignment.threshold, prof.alignment.occurrences)
+    cache_dir = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
     tmp = out.with_name(out.name + ".tmp")
+    problem = _check_writable(out, tmp, cache_dir)  # before paying for any call
+    if problem:
+        return fail(problem)
+    try:
+        answers, calls = llm.run_llm(
+            reqs, backend, cache_dir=cache_dir, concurrency=cfg.concurrency, max_retries=cfg.max_retries,
+            credentialed=credentialed, allow_remote_credentialed_data=cfg.allow_remote_credentialed_data,
+            progress=sys.stderr.isatty(), backoff_base_s=cfg.backoff_base_s, backoff_max_s=cfg.backoff_max_s,
+            requests_per_minute=cfg.requests_per_minute, record=cfg.record_file,
+            max_answer_chars=cfg.max_answer_chars, max_quotes_per_code=cfg.max_quotes_per_code)
+    except llm.UnsupportedRequestError as exc:
+        return fail(f"{exc} (answers already given are kept in {cache_dir})")
+    except (llm.LLMConfigError, llm.ReplayMissError) as exc:
+        return fail(str(exc))
+    except KeyboardInterrupt:
+        print(f"interrupted; the answers so far are kept in {cache_dir} (a rerun asks only the rest)", file=sys.stderr)
+        return 130
+    spans = quote_spans(docs, answers, prof.alignment.threshold, prof.alignment.occurrences)
     with open(tmp, "w", encoding="utf-8") as fh:
         for rec in spans.to_dict("records"):
             fh.write(json.dumps({k: rec[k] for k in SPAN_KEYS}, ensure_ascii=False) + "\n")
@@ -210,4 +252,41 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     counts = spans.status.value_counts().to_dict()
     print(f"{len(pairs)} pairs of {len(asked)} notes; {s['new']} new calls, {s['cached']} cached; "
           f"spans by status: {json.dumps(counts)}; wrote {out}", file=sys.stderr)
+    failed = calls[calls.outcome == "failed"]
+    if len(failed):  # say why, not only how many
+        reasons = failed.error.fillna("?").map(lambda e: " ".join(str(e).split())[:200]).value_counts()
+        for why, n in reasons.head(3).items():
+            print(f"failed ({n} request(s)): {why}", file=sys.stderr)
     return 0
+
+
+def default_cache_dir() -> Path:
+    """The answer cache shared by every ``quote`` run of this user: ``$RK_LLM_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/rationale_kit/llm_cache``, else ``~/.cache/rationale_kit/llm_cache``."""
+    import os
+
+    if os.environ.get("RK_LLM_CACHE_DIR"):
+        return Path(os.environ["RK_LLM_CACHE_DIR"]).expanduser()
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser()
+    return base / "rationale_kit" / "llm_cache"
+
+
+def _check_writable(out: Path, tmp: Path, cache_dir: Path) -> Optional[str]:
+    """Why ``out`` (through ``tmp``) or ``cache_dir`` cannot be written, or None."""
+    try:
+        with open(tmp, "w", encoding="utf-8"):
+            pass
+        tmp.unlink()
+    except OSError as exc:
+        return f"--out {out}: cannot write in {out.parent} ({exc.strerror})"
+    try:
+        if cache_dir.exists() and not cache_dir.is_dir():
+            return f"--cache-dir {cache_dir} is not a folder"
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        probe = cache_dir / f".probe-{__import__('os').getpid()}"
+        with open(probe, "w"):
+            pass
+        probe.unlink()
+    except OSError as exc:
+        return f"--cache-dir {cache_dir}: cannot write there ({exc.strerror}); give another with --cache-dir"
+    return None

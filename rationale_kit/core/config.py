@@ -235,6 +235,10 @@ class LLM:
     # openai: how the answer schema is asked for: json_schema (response_format json_schema; vLLM,
     # Ollama, OpenAI), json_object (JSON mode without a schema), none (the prompt alone)
     response_format: Literal["json_schema", "json_object", "none"] = "json_schema"
+    # openai: the request field of the answer budget: max_tokens (vLLM, Ollama, llama.cpp, TGI) or
+    # max_completion_tokens (OpenAI and Azure OpenAI, where max_tokens is deprecated and o-series
+    # reasoning models reject it)
+    output_token_param: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
     backoff_base_s: float = 1.0  # retry back-off: base * 2**attempt, with jitter, capped below
     backoff_max_s: float = 60.0
     requests_per_minute: Optional[float] = None  # client-side rate limit (None = none)
@@ -498,21 +502,63 @@ def _merge(a: dict, b: dict) -> dict:
     return out
 
 
-def load_profile(profile: str | os.PathLike = "default", overrides: dict | None = None) -> Profile:
-    """Load ``params/<profile>.yaml`` (or a path), apply ``overrides``, validate, return a Profile."""
-    path = Path(profile)
-    if not path.suffix:
-        path = PARAMS_DIR / f"{profile}.yaml"
+def _read_yaml(path: Path) -> dict:
+    """The mapping of a profile file; every problem (missing, a folder, unreadable, not UTF-8,
+    invalid YAML, not a mapping) is a :class:`ConfigError` naming the file."""
     if not path.exists():
         available = sorted(p.stem for p in PARAMS_DIR.glob("*.yaml"))
         raise ConfigError(f"profile file {path} not found (available: {available})")
-    with open(path, encoding="utf-8") as fh:
-        try:
+    if path.is_dir():
+        raise ConfigError(f"profile {path} is a folder, not a YAML file")
+    try:
+        with open(path, encoding="utf-8") as fh:
             raw = yaml.safe_load(fh) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections")
+    return raw
+
+
+def _merge(base: dict, top: dict) -> dict:
+    """``top`` over ``base``, mappings merged key by key (lists and values replaced)."""
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_profile(profile: str | os.PathLike = "default", overrides: dict | None = None) -> Profile:
+    """Load ``params/<profile>.yaml`` (or a path), apply ``overrides``, validate, return a Profile.
+
+    A profile file may inherit another with its top-level ``base`` key (a profile name such as
+    ``default``, or a path relative to the file): its keys then override those of the base,
+    section by section (``base: default`` for a small profile of one's own, e.g. only the
+    ``rationales.llm`` settings of a server). Without ``base`` (or with ``null``) the keys it does
+    not set take the built-in defaults of this module, as the complete profiles of ``params/`` do;
+    inheriting by default would silently change a copy of ``smoke.yaml`` kept elsewhere."""
+    path = Path(profile)
+    if not path.suffix:
+        path = PARAMS_DIR / f"{profile}.yaml"
+    raw = _read_yaml(path)
+    base = raw.pop("base", None)
+    if base is not None:
+        if not isinstance(base, str) or not base.strip():
+            raise ConfigError(f"{path}: base must be a profile name or path, or null, got {base!r}")
+        bpath = Path(base) if Path(base).suffix else PARAMS_DIR / f"{base}.yaml"
+        if not bpath.is_absolute() and Path(base).suffix:
+            bpath = path.parent / bpath
+        if bpath.resolve() == path.resolve():
+            raise ConfigError(f"{path}: base names the profile itself")
+        braw = _read_yaml(bpath)
+        if "base" in braw:
+            raise ConfigError(f"{bpath}: a base profile cannot have a base itself (named by {path})")
+        braw.pop("name", None)
+        raw = _merge(braw, raw)
     raw = {**raw, "name": raw.get("name", path.stem)}
     where = str(path)
     prof = _build(Profile, raw, where)

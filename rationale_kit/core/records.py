@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Optional, Sequence
 
+import numpy as np
 import pandas as pd
 
 #: Columns of the documents table. ``codes`` is a list of dotted ICD-10 codes.
@@ -113,11 +115,8 @@ def validate_spans(spans: pd.DataFrame, docs: pd.DataFrame, where: str = "spans"
     for i, row in enumerate(spans.itertuples(index=False)):
         if row.note_id not in lengths:
             raise DataError(f"{where} row {i}: unknown note_id {row.note_id!r}")
-        if not (0 <= row.start < row.end <= lengths[row.note_id]):
-            raise DataError(
-                f"{where} row {i}: offsets [{row.start}, {row.end}) outside note "
-                f"{row.note_id!r} of length {lengths[row.note_id]}"
-            )
+        check_offsets(row.start, row.end, f"{where} row {i}", lengths[row.note_id], note_id=row.note_id,
+                      integral_floats=True)
 
 
 def write_spans_jsonl(spans: pd.DataFrame, path: str | Path, docs: pd.DataFrame | None = None,
@@ -126,14 +125,22 @@ def write_spans_jsonl(spans: pd.DataFrame, path: str | Path, docs: pd.DataFrame 
     end, granularity, source``, the ``extra`` keys a span has a value for (e.g. MDACE's
     ``hadm_id``) and, when ``docs`` is given, the covered ``text``."""
     texts = dict(zip(docs["note_id"], docs["text"])) if docs is not None else {}
-    with open(path, "w", encoding="utf-8") as fh:
-        for row in spans.to_dict("records"):
-            rec = {k: row.get(k) for k in SPAN_COLUMNS if k in row}
-            rec.update({k: str(row[k]) for k in extra if k in row and isinstance(row[k], str) and row[k] != ""})
-            rec["start"], rec["end"] = int(rec["start"]), int(rec["end"])
-            if row["note_id"] in texts:
-                rec["text"] = texts[row["note_id"]][rec["start"]:rec["end"]]
-            fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # written whole or not at all
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            for i, row in enumerate(spans.to_dict("records")):
+                rec = {k: row.get(k) for k in SPAN_COLUMNS if k in row}
+                rec.update({k: str(row[k]) for k in extra if k in row and isinstance(row[k], str) and row[k] != ""})
+                rec["start"], rec["end"] = check_offsets(rec["start"], rec["end"], f"spans row {i}", integral_floats=True)
+                if row["note_id"] in texts:
+                    rec["text"] = texts[row["note_id"]][rec["start"]:rec["end"]]
+                fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def iter_jsonl_objects(path: str | Path):
@@ -171,10 +178,29 @@ def read_spans_jsonl(path: str | Path, docs: pd.DataFrame | None = None) -> pd.D
     return _read_spans_jsonl(path, docs)[0]
 
 
-def _json_int(value, where: str, key: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise DataError(f"{where}: start/end must be integers ({key} is {type(value).__name__} {value!r})")
-    return value
+def check_offsets(start, end, where: str, length: Optional[int] = None, *, note_id: Optional[str] = None,
+                  integral_floats: bool = False) -> tuple[int, int]:
+    """``(start, end)`` as Python ints, checked: the one validation every reader of span offsets
+    (gold or predicted, JSONL or a table) applies. Integers only: a float (``12.9``, also ``12.0``
+    from JSON), a boolean or a string (``"12"``) is a :class:`DataError` naming ``where`` (file and
+    line, or table and row); never rounded or coerced. ``integral_floats`` accepts a float with an
+    integral value (a table column that held a missing value elsewhere: ``12.0``, never ``12.9``).
+    With ``length`` (characters of the note), ``0 <= start < end <= length`` must hold."""
+    out = []
+    for key, value in (("start", start), ("end", end)):
+        v = value
+        if isinstance(v, np.generic):
+            v = v.item()
+        if integral_floats and isinstance(v, float) and v.is_integer():
+            v = int(v)
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise DataError(f"{where}: start/end must be integers ({key} is {type(value).__name__} {value!r})")
+        out.append(v)
+    s, e = out
+    if length is not None and not (0 <= s < e <= length):
+        note = f" {note_id!r}" if note_id is not None else ""
+        raise DataError(f"{where}: offsets [{s}, {e}) outside note{note} of length {length}")
+    return s, e
 
 
 def _read_spans_jsonl(path: str | Path, docs: pd.DataFrame | None = None) -> tuple[pd.DataFrame, list[int]]:
@@ -186,18 +212,13 @@ def _read_spans_jsonl(path: str | Path, docs: pd.DataFrame | None = None) -> tup
         for key in ("note_id", "code", "start", "end"):
             if key not in rec:
                 raise DataError(f"{path}:{lineno}: missing key {key!r}")
-        start = _json_int(rec["start"], f"{path}:{lineno}", "start")
-        end = _json_int(rec["end"], f"{path}:{lineno}", "end")
+        start, end = check_offsets(rec["start"], rec["end"], f"{path}:{lineno}")
         linenos.append(lineno)
         nid = str(rec["note_id"])
         if texts is not None:
             if nid not in texts:
                 raise DataError(f"{path}:{lineno}: unknown note_id {nid!r}")
-            if not (0 <= start < end <= len(texts[nid])):
-                raise DataError(
-                    f"{path}:{lineno}: offsets [{start}, {end}) outside note {nid!r} "
-                    f"of length {len(texts[nid])}"
-                )
+            check_offsets(start, end, f"{path}:{lineno}", len(texts[nid]), note_id=nid)
             if "text" in rec and texts[nid][start:end] != rec["text"]:
                 raise DataError(
                     f"{path}:{lineno}: span text {rec['text']!r} does not match note text "

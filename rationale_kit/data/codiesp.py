@@ -62,13 +62,16 @@ def translation_lines(text: str) -> list[tuple[int, int]]:
 def resolve_codiesp_dir(path: Optional[str | os.PathLike] = None) -> Path:
     """``path``, else ``$RK_CODIESP_DIR``, else :data:`DEFAULT_CODIESP_DIR` (relative paths from
     the repository root); then the folder below it that holds ``train/trainD.tsv``."""
-    chosen = path or os.environ.get("RK_CODIESP_DIR") or DEFAULT_CODIESP_DIR
+    env = os.environ.get("RK_CODIESP_DIR")
+    chosen, source = ((path, "data.codiesp_dir") if path else (env, "$RK_CODIESP_DIR") if env
+                      else (DEFAULT_CODIESP_DIR, "the default location"))
     root = resolve_path(chosen)
     found = _find_codiesp_root(root)
     if found is None:
+        hint = (f" ($RK_CODIESP_DIR={env} is not used while data.codiesp_dir is set)" if path and env else "")
         raise DataError(
-            f"CodiEsp folder not found at {root} (no train/trainD.tsv below it): set data.codiesp_dir "
-            f"or RK_CODIESP_DIR, or fetch it with rationale_kit.data.download_codiesp"
+            f"CodiEsp folder not found at {root}, from {source} (no train/trainD.tsv below it){hint}: set "
+            f"data.codiesp_dir or RK_CODIESP_DIR, or fetch it with rationale_kit.data.download_codiesp"
         )
     return found
 

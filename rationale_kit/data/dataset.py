@@ -259,15 +259,22 @@ def export_dataset(ds: Dataset, out_dir: str | os.PathLike) -> tuple[Path, Path]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     docs_path, spans_path = out / "docs.jsonl", out / "spans.jsonl"
-    with open(docs_path, "w", encoding="utf-8") as fh:
-        for r in ds.docs[DATASET_DOC_COLUMNS].itertuples(index=False):
-            rec = {"note_id": str(r.note_id), "text": r.text, "codes": [str(c) for c in r.codes], "split": r.split,
-                   "annotated": bool(r.annotated), "fewshot": bool(r.fewshot), "credentialed": bool(r.credentialed),
-                   "full_codes": bool(r.full_codes), "eval_role": str(r.eval_role)}
-            fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    tmp = docs_path.with_name(f".{docs_path.name}.{os.getpid()}.tmp")  # written whole or not at all
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            for r in ds.docs[DATASET_DOC_COLUMNS].itertuples(index=False):
+                rec = {"note_id": str(r.note_id), "text": r.text, "codes": [str(c) for c in r.codes], "split": r.split,
+                       "annotated": bool(r.annotated), "fewshot": bool(r.fewshot), "credentialed": bool(r.credentialed),
+                       "full_codes": bool(r.full_codes), "eval_role": str(r.eval_role)}
+                fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, docs_path)
+    finally:
+        tmp.unlink(missing_ok=True)
     spans = human_spans(ds)
     write_spans_jsonl(spans[SPAN_COLUMNS + [c for c in EXPORT_SPAN_EXTRAS if c in spans]], spans_path,
-                      extra=EXPORT_SPAN_EXTRAS)
+                      extra=EXPORT_SPAN_EXTRAS)  # atomic too
     return docs_path, spans_path
 
 
@@ -278,11 +285,33 @@ def load_saved(folder: str | os.PathLike, oracle: bool = False) -> Dataset:
     for name in ("docs.parquet", "spans.parquet", "codes.parquet"):
         if not (folder / name).exists():
             raise DataError(f"{folder}: {name} is missing; run notebooks/01_data.ipynb first")
-    docs = with_doc_defaults(pd.read_parquet(folder / "docs.parquet"))
-    docs["codes"] = docs["codes"].map(list)
-    spans = pd.read_parquet(folder / ("oracle_spans.parquet" if oracle else "spans.parquet"))
-    report = json.loads((folder / "report.json").read_text()) if (folder / "report.json").exists() else {}
-    return Dataset(report.get("name", folder.name), docs, spans, pd.read_parquet(folder / "codes.parquet"), report)
+    def table(name: str, columns: tuple[str, ...]) -> pd.DataFrame:
+        path = folder / name
+        try:
+            frame = pd.read_parquet(path)
+        except Exception as exc:  # noqa: BLE001 - pyarrow raises several kinds; each names the file here
+            raise DataError(f"{path}: unreadable ({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); "
+                            "run notebooks/01_data.ipynb again") from None
+        missing = [c for c in columns if c not in frame.columns]
+        if missing:
+            raise DataError(f"{path}: missing column(s) {missing}; run notebooks/01_data.ipynb again")
+        return frame
+
+    docs = with_doc_defaults(table("docs.parquet", ("note_id", "text", "codes", "split")))
+    try:
+        docs["codes"] = docs["codes"].map(list)
+    except TypeError:
+        raise DataError(f"{folder / 'docs.parquet'}: the codes column does not hold lists of codes") from None
+    spans = table("oracle_spans.parquet" if oracle else "spans.parquet", ("note_id", "code", "start", "end"))
+    report: dict = {}
+    if (folder / "report.json").exists():
+        try:
+            report = json.loads((folder / "report.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{folder / 'report.json'}: unreadable ({exc})") from None
+        if not isinstance(report, dict):
+            raise DataError(f"{folder / 'report.json'}: expected a JSON object")
+    return Dataset(report.get("name", folder.name), docs, spans, table("codes.parquet", ("code",)), report)
 
 
 def example_pair(ds: Dataset, split: str = "test") -> tuple[str, str]:

@@ -262,6 +262,9 @@ def load_mdace(
             report["skipped"]["annotations of admissions not among the documents"] += len(note.annotations)
             continue
         text = texts[nid]
+        if not str(text).strip() and note.annotations:  # as the spans JSONL loader: no span on an empty note
+            raise DataError(f"{note.path}: notes[{note.note_index}].annotations[0]: admission {nid!r} is an empty "
+                            "note (only whitespace)")
         for k, start, end, raw_code, sys, etype, quoted in note.annotations:
             n_ann += 1
             where = f"{note.path}: notes[{note.note_index}].annotations[{k}]"

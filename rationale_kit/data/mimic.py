@@ -28,6 +28,10 @@ def _find_file(root: Path, rel: str, key: str = "data.mimic_dir") -> Path:
 def _read_codes(path: Path, system: str, report: dict, kind: str) -> pd.DataFrame:
     table = read_csv(path, ["hadm_id", "icd_code", "icd_version"])
     report["read"][f"{kind} rows"] = int(len(table))
+    if not len(table) and kind == "diagnosis":  # every MIMIC-IV admission has diagnoses
+        raise DataError(f"{path}: no data rows (only a header): a MIMIC-IV diagnoses_icd table has one row per diagnosis")
+    if not len(table):
+        report["warnings"][f"{path.name} has no data rows (only a header): no {kind} codes"] = 1
     version = table["icd_version"].str.strip()
     bad = ~version.isin(["9", "10"])
     if bad.any():
@@ -121,6 +125,8 @@ def load_mimic_with_codes(
     note_path = files.note()
     notes = read_csv(note_path, ["subject_id", "hadm_id", "text"])
     report["read"]["discharge summaries"] = int(len(notes))
+    if not len(notes):
+        raise DataError(f"{note_path}: no data rows (only a header): no discharge summaries to load")
     notes, empty_ids = _select_notes(notes, note_path, report)
     by_hadm, all_codes = _admission_codes(files, set(notes["hadm_id"]), report)
     notes, doc_codes = _coded_notes(notes, by_hadm, min_code_count, report)

@@ -14,7 +14,7 @@ from typing import Iterable, Literal, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from rationale_kit.core.records import SPAN_COLUMNS, DataError, merge_intervals
+from rationale_kit.core.records import SPAN_COLUMNS, DataError, check_offsets, merge_intervals
 from rationale_kit.core.text import mdace_tokens, word_units
 from rationale_kit.metrics.coding import average_precision
 
@@ -112,24 +112,18 @@ def _check_spans(spans: pd.DataFrame, tokens: Tokens, where: str) -> pd.DataFram
     out["note_id"] = out["note_id"].astype(str)
     out["code"] = out["code"].astype(str)
     if len(out):
-        try:
-            out["start"] = out["start"].astype("int64")
-            out["end"] = out["end"].astype("int64")
-        except (TypeError, ValueError):
-            raise DataError(f"{where}: start/end must be integers") from None
         lengths = out["note_id"].map({n: len(t) for n, t in tokens.texts.items()})
         unknown = lengths.isna().to_numpy()
         if unknown.any():
             i = int(np.flatnonzero(unknown)[0])
             raise DataError(f"{where} row {i}: unknown note_id {out['note_id'].iloc[i]!r}")
-        s, e, n = out["start"].to_numpy(), out["end"].to_numpy(), lengths.to_numpy(np.int64)
-        bad = ~((0 <= s) & (s < e) & (e <= n))
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            raise DataError(
-                f"{where} row {i}: offsets [{s[i]}, {e[i]}) outside note {out['note_id'].iloc[i]!r} "
-                f"of length {n[i]}"
-            )
+        # one check for every reader of offsets (records.check_offsets): integers only, never
+        # truncated (12.9 is an error, not 12), inside the note
+        checked = [check_offsets(s, e, f"{where} row {i}", int(n), note_id=nid, integral_floats=True)
+                   for i, (s, e, n, nid) in enumerate(zip(out["start"].tolist(), out["end"].tolist(),
+                                                          lengths.tolist(), out["note_id"]))]
+        out["start"] = np.array([c[0] for c in checked], dtype=np.int64)
+        out["end"] = np.array([c[1] for c in checked], dtype=np.int64)
     return out
 
 

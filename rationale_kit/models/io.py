@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from rationale_kit.core.records import DataError
 from rationale_kit.core.config import ModelParams, Word2Vec, params_for
 from rationale_kit.models.caml import CAML
 from rationale_kit.models.encoders import bundled_encoder_path, load_encoder, load_hf_tokenizer, train_word2vec
@@ -145,7 +146,12 @@ def read_saved_config(path: Path, what: str = "model", version: int = FORMAT_VER
     cfg_file = Path(path) / "config.json"
     if not cfg_file.exists():
         raise FileNotFoundError(f"{path} holds no saved {what} (no config.json)")
-    cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
+    try:
+        cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise DataError(f"{cfg_file}: unreadable {what} configuration ({type(exc).__name__}: {exc})") from None
+    if not isinstance(cfg, dict):
+        raise DataError(f"{cfg_file}: expected a JSON object, got {type(cfg).__name__}")
     if cfg.get("format") != version:
         raise ValueError(f"{cfg_file}: unsupported {what} format {cfg.get('format')!r}")
     return cfg
@@ -158,22 +164,52 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[L
 
     path = Path(path)
     cfg = read_saved_config(path, "model")
-    name, labels, max_words = cfg["name"], cfg["labels"], int(cfg["max_words"])
+    cfg_file = path / "config.json"
+    for key in ("params", "name", "labels", "max_words", "tokenizer"):
+        if key not in cfg:
+            raise DataError(f"{cfg_file}: missing key {key!r}")
+    threshold = cfg.get("threshold")
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
+                                  or not 0.0 <= float(threshold) <= 1.0):
+        raise DataError(f"{cfg_file}: threshold must be a number in [0, 1] or null, got {threshold!r}")
+    labels = cfg["labels"]
+    if not isinstance(labels, list) or not all(isinstance(c, str) for c in labels):
+        raise DataError(f"{cfg_file}: labels must be a list of code strings")
+    if not isinstance(cfg["params"], dict) or not isinstance(cfg["tokenizer"], dict):
+        raise DataError(f"{cfg_file}: params and tokenizer must be JSON objects")
+    name = cfg["name"]
     if name not in MODEL_NAMES:
-        raise ValueError(f"{path / 'config.json'}: unknown model name {name!r} (known: caml, laat, plm_icd)")
-    params = params_for(name, cfg["params"], strict=False)  # older versions saved every family's keys
+        raise DataError(f"{cfg_file}: unknown model name {name!r} (known: caml, laat, plm_icd)")
+    try:
+        params = params_for(name, cfg["params"], strict=False)  # older versions saved every family's keys
+        max_words = int(cfg["max_words"])
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{cfg_file}: bad params or max_words ({exc})") from None
     tcfg = cfg["tokenizer"]
-    if name in ("caml", "laat"):
-        vocab = json.loads((path / "vocab.json").read_text(encoding="utf-8"))
-        tok = WordTokenizer(vocab, max_words=tcfg["max_words"], numbers=tcfg.get("numbers", "keep"))
-        model: LabelAttentionModel = (CAML if name == "caml" else LAAT)(labels, tok, params, max_words)
-    elif name == "plm_icd":
-        tok = PieceTokenizer(load_hf_tokenizer(path / "tokenizer"), tcfg["max_tokens"], tcfg.get("max_words"))
-        model = PLMICD(labels, tok, params, load_encoder(path / "encoder", from_config_only=True), max_words)
-    else:
-        raise ValueError(f"{path / 'config.json'}: unknown model name {name!r} (known: caml, laat, plm_icd)")
-    load_model(model, str(path / "model.safetensors"), strict=True)
-    model.threshold = cfg.get("threshold")
+    try:
+        if name in ("caml", "laat"):
+            try:
+                vocab = json.loads((path / "vocab.json").read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, ValueError) as exc:
+                raise DataError(f"{path / 'vocab.json'}: unreadable ({type(exc).__name__}: {exc})") from None
+            tok = WordTokenizer(vocab, max_words=tcfg["max_words"], numbers=tcfg.get("numbers", "keep"))
+            model: LabelAttentionModel = (CAML if name == "caml" else LAAT)(labels, tok, params, max_words)
+        elif name == "plm_icd":
+            tok = PieceTokenizer(load_hf_tokenizer(path / "tokenizer"), tcfg["max_tokens"], tcfg.get("max_words"))
+            model = PLMICD(labels, tok, params, load_encoder(path / "encoder", from_config_only=True), max_words)
+        else:
+            raise DataError(f"{cfg_file}: unknown model name {name!r} (known: caml, laat, plm_icd)")
+    except DataError:
+        raise
+    except (KeyError, TypeError, ValueError, OSError) as exc:
+        raise DataError(f"{path}: cannot rebuild the {name} model from its files ({type(exc).__name__}: {exc})") from None
+    weights = path / "model.safetensors"
+    try:
+        load_model(model, str(weights), strict=True)
+    except Exception as exc:  # noqa: BLE001 - safetensors and torch raise several kinds; name the file
+        raise DataError(f"{weights}: unreadable or not this model's weights ({type(exc).__name__}: "
+                        f"{' '.join(str(exc).split())[:300]})") from None
+    model.threshold = None if threshold is None else float(threshold)
     model.to(device).eval()
     return model, cfg
 

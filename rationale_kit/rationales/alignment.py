@@ -189,6 +189,30 @@ class NoteIndex:
                 pos = norm.find(qnorm, pos + 1)
         return out
 
+    def verbatim(self, piece: str, occurrences: Occurrences = "all") -> list[tuple[int, int]]:
+        """Raw spans where ``piece`` (stripped of surrounding whitespace) occurs character for
+        character in the note, at word boundaries. The fallback for quotes the alignment form
+        loses: a list marker such as ``1.`` is blanked at the start of a line, so the quote
+        ``'1.'`` has no normalised match although it is in the note."""
+        raw = piece.strip()
+        if not raw:
+            return []
+        text, k = self.text, len(raw)
+        check_left, check_right = _is_word_char(raw[0]), _is_word_char(raw[-1])
+        out: list[tuple[int, int]] = []
+        pos = text.find(raw)
+        while pos >= 0:
+            end = pos + k
+            if not (check_left and pos > 0 and _is_word_char(text[pos - 1])) and not (
+                    check_right and end < len(text) and _is_word_char(text[end])):
+                out.append((pos, end))
+                if occurrences == "first":
+                    break
+                pos = text.find(raw, end)
+            else:
+                pos = text.find(raw, pos + 1)
+        return out
+
     # -- fuzzy ---------------------------------------------------------------------------------
     def fuzzy(
         self, qtokens: Sequence[str], threshold: float = 1.7, occurrences: Occurrences = "all"
@@ -299,7 +323,7 @@ class NoteIndex:
         if not qtokens:
             return [], "empty", 0.0
         prefix = "split_" if split else ""
-        spans = self.exact(qnorm, occurrences)
+        spans = self.exact(qnorm, occurrences) or self.verbatim(piece, occurrences)
         if spans:
             return [AlignedQuote(note_id, code, quote, s, e, 2.0, prefix + "exact", None, piece) for s, e in spans], None, 2.0
         score, spans = self.fuzzy(qtokens, threshold, occurrences)

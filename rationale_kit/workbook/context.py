@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+from rationale_kit.core.lock import hold_kernel_lock
 from rationale_kit.core.config import Profile, load_profile, to_dict
 from rationale_kit.core.runtime import (
     ROOT,
@@ -243,6 +244,7 @@ def setup(notebook: str, profile: str | None = None, overrides: dict | None = No
     """
     profile = profile or os.environ.get("RK_PROFILE", "default")
     prof = load_profile(profile, overrides)
+    hold_kernel_lock()  # inside a run's kernel: the next run waits for this kernel to end
     seed_everything(prof.common.seed)
     device = pick_device(prof.common.device)
     try:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from rationale_kit.core.config import Profile, load_profile
+from rationale_kit.core.lock import ProfileLock, RunLocked  # noqa: F401 - RunLocked: what run_series raises
 from rationale_kit.core.runtime import ROOT, atomic_write_text, git_commit
 from rationale_kit.workbook.context import (
     NOTEBOOKS,
@@ -22,10 +23,6 @@ from rationale_kit.workbook.context import (
     artifacts_root,
     figures_dir,
 )
-
-
-class RunLocked(RuntimeError):
-    """Another run of the same profile is in progress."""
 
 
 def _package_hash() -> str:
@@ -72,55 +69,6 @@ def _load_state(state_path: Path) -> dict:
         return {}
 
 
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    return True
-
-
-class _ProfileLock:
-    """``runs/<profile>/.lock`` holding the runner's pid: a second run of the same profile is refused
-    while the first is alive; a lock left by a dead process is taken over (with a message)."""
-
-    def __init__(self, path: Path, profile: str):
-        self.path, self.profile, self.held = path, profile, False
-
-    def __enter__(self) -> "_ProfileLock":
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                try:
-                    info = json.loads(self.path.read_text(encoding="utf-8"))
-                    pid = int(info.get("pid", 0))
-                except (OSError, ValueError, AttributeError, TypeError):
-                    info, pid = {}, 0
-                if _pid_alive(pid) and pid != os.getpid():
-                    raise RunLocked(
-                        f"another run of profile {self.profile!r} is in progress (pid {pid}, started "
-                        f"{info.get('started', '?')}; lock {self.path}); wait for it to finish, or stop it first"
-                    ) from None
-                print(f"note: removing the stale lock {self.path} of a run that is no longer alive (pid {pid or '?'})")
-                self.path.unlink(missing_ok=True)
-                continue
-            with os.fdopen(fd, "w") as fh:
-                json.dump({"pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}, fh)
-            self.held = True
-            return self
-        raise RunLocked(f"could not take the lock {self.path} of profile {self.profile!r}")  # pragma: no cover
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.held:
-            self.path.unlink(missing_ok=True)
-            self.held = False
-
-
 def _upstream_digest(prof: Profile, name: str) -> bytes:
     """What the earlier notebooks of the series left for ``name``: each one's output hashes (from its
     manifest), or a marker when it has none, whether or not it is in this run's selection."""
@@ -164,7 +112,8 @@ def run_series(
     returned; a run killed part-way is never taken as done, and its partial executed notebook is
     renamed ``<name>.partial.ipynb``. A failure keeps the executed notebook, says which cell failed
     and stops the series. The kernel imports ``rationale_kit`` from this checkout (``PYTHONPATH``).
-    A second run of the same profile while one is alive is refused (:class:`RunLocked`).
+    A second run of the same profile while one is alive is refused (:class:`RunLocked`); so is a
+    run while ``train`` or ``report`` of the profile holds its lock (:class:`ProfileLock`).
     """
     import logging
 
@@ -182,7 +131,7 @@ def run_series(
     # install points (one environment shared by two checkouts)
     paths = [str(ROOT)] + [q for q in os.environ.get("PYTHONPATH", "").split(os.pathsep) if q and q != str(ROOT)]
     os.environ["PYTHONPATH"] = os.pathsep.join(paths)
-    with _ProfileLock(runs / ".lock", prof.name):
+    with ProfileLock(runs / ".lock", prof.name, "run"):
         results = _run_locked(pm, prof, nb_profile, profile_file, only, start, force, overrides, runs, notebooks_dir)
     _write_provenance(prof, results, runs)
     report_line = _report(prof, runs, results, str(profile))

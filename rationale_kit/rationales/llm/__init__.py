@@ -24,7 +24,8 @@ from rationale_kit.rationales.llm.cost import (
 )
 from rationale_kit.rationales.llm.credentials import credential_guard, is_credentialed
 from rationale_kit.rationales.llm.errors import (
-    CredentialedDataError, LLMConfigError, LLMError, PermanentLLMError, ReplayMissError, TransientLLMError,
+    CredentialedDataError, LLMConfigError, LLMError, MalformedAnswerError, PermanentLLMError, ReplayMissError,
+    TimeoutLLMError, TransientLLMError, UnsupportedRequestError,
 )
 from rationale_kit.rationales.llm.parsing import code_key, local_repair, parse_answer, validate
 from rationale_kit.rationales.llm.response import BLOCK_FINISH_REASONS, LLMResponse
@@ -42,7 +43,8 @@ __all__ = [
     "PRICE_PER_MILLION_OUT", "PROMPTS_DIR", "SCHEMA_FILE",
     "Backend", "CredentialedDataError", "FewShotExample", "GeminiBackend", "LLMConfigError", "LLMError",
     "LLMRequest", "LLMResponse", "LocalBackend", "OpenAIBackend", "PermanentLLMError", "Prompt", "ReplayBackend",
-    "ReplayMissError", "TransientLLMError", "VerbatimIndex",
+    "MalformedAnswerError", "ReplayMissError", "TimeoutLLMError", "TransientLLMError", "UnsupportedRequestError",
+    "VerbatimIndex",
     "build_prompt", "bundled_local_model", "cache_key", "calls_summary", "code_key", "credential_guard",
     "estimate_cost", "is_credentialed", "local_repair", "make_backend", "make_requests", "parse_answer",
     "parse_retry_after", "plan_backend", "plan_llm", "plan_table", "prompt_codes", "prompt_note", "prompt_versions",

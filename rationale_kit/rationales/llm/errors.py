@@ -22,8 +22,25 @@ class PermanentLLMError(LLMError):
     """Not worth retrying: bad request, prompt too long for the model, refused credentials..."""
 
 
+class MalformedAnswerError(TransientLLMError):
+    """The server answered (HTTP 200) but the answer cannot be read (not a chat completion, a
+    ``message`` or ``usage`` of the wrong type, a token count that is not a number). A failed
+    attempt of that request: retried per the retry policy, never stopping the other requests."""
+
+
+class TimeoutLLMError(TransientLLMError):
+    """A request that ran past the time-out; :func:`run_llm` retries it and lowers the number of
+    requests in flight (a server that queues requests makes the waiting ones time out)."""
+
+
 class LLMConfigError(ValueError):
     """A backend cannot be built (missing API key, model file, replay file)."""
+
+
+class UnsupportedRequestError(LLMConfigError):
+    """The server rejects the request format itself (e.g. ``response_format: json_schema``): no
+    request can succeed, so the run stops at once with a message naming the setting to change
+    (nothing is retried; answers already cached stay)."""
 
 
 class ReplayMissError(LookupError):

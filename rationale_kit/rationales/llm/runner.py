@@ -7,6 +7,7 @@ import asyncio
 import collections
 import dataclasses
 import logging
+import numbers
 import os
 import random
 import time
@@ -20,7 +21,10 @@ from rationale_kit.core import runtime
 from rationale_kit.rationales.llm.backends.base import Backend, run_coro
 from rationale_kit.rationales.llm.cache import CACHE_FILE, JsonlLog, cache_key, load_cache, read_jsonl
 from rationale_kit.rationales.llm.credentials import RUN_CLEARED, credential_guard
-from rationale_kit.rationales.llm.errors import LLMConfigError, PermanentLLMError, TransientLLMError
+from rationale_kit.rationales.llm.errors import (
+    CredentialedDataError, LLMConfigError, LLMError, MalformedAnswerError, PermanentLLMError, ReplayMissError,
+    TimeoutLLMError, TransientLLMError, UnsupportedRequestError,
+)
 from rationale_kit.rationales.llm.parsing import interpret_response, quotes_by_code, reached_codes
 from rationale_kit.rationales.llm.response import LLMResponse
 from rationale_kit.rationales.llm.prompting import LLMRequest, Prompt, repair_prompt, response_schema
@@ -77,11 +81,44 @@ class _RunSpec:
     fsync: bool
 
 
+class _Gate:
+    """At most ``limit`` requests in flight. A time-out halves the limit (never below 1): a server
+    that queues requests (llama.cpp, llama-cpp-python, Ollama) makes the waiting ones time out,
+    since a client cannot tell waiting in the server's queue from generating; with fewer in
+    flight, the time-out counts (almost) only the generation of each request."""
+
+    def __init__(self, limit: int):
+        self.limit = max(1, int(limit))
+        self.in_flight = 0
+        self._cond = asyncio.Condition()
+
+    async def __aenter__(self) -> "_Gate":
+        async with self._cond:
+            await self._cond.wait_for(lambda: self.in_flight < self.limit)
+            self.in_flight += 1
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        async with self._cond:
+            self.in_flight -= 1
+            self._cond.notify_all()
+
+    def shrink(self, why: str) -> None:
+        if self.limit > 1:
+            self.limit = max(1, self.limit // 2)
+            log.warning("%s: at most %d request(s) in flight from now on", why, self.limit)
+
+
 class _RateLimiter:
-    def __init__(self, per_minute: Optional[float], sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep):
+    """Spaces calls out (``per_minute``) and holds the run's :class:`_Gate` (``gate``); ``sleep``
+    waits (injected by tests)."""
+
+    def __init__(self, per_minute: Optional[float], concurrency: int = 1_000_000,
+                 sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep):
         self.interval = 60.0 / per_minute if per_minute else 0.0
         self._next = 0.0
         self._lock = asyncio.Lock()
+        self.gate = _Gate(concurrency)
         self._sleep = sleep
 
     async def wait(self) -> None:
@@ -111,9 +148,12 @@ async def _call(backend: Backend, prompt: Prompt, policy: AskPolicy, limiter: _R
     for attempt in range(max_retries + 1):
         await limiter.wait()
         try:
-            r = await backend.agenerate(prompt)
+            async with limiter.gate:
+                r = _checked(await _ask_once(backend, prompt))
         except TransientLLMError as exc:
             last = backend.scrub(str(exc)) or ""
+            if isinstance(exc, TimeoutLLMError):
+                limiter.gate.shrink(f"note {note_id}: {last}")
             if attempt == max_retries:
                 break
             delay = min(cap, base * 2 ** attempt) * (0.5 + random.random() / 2)  # exponential + jitter
@@ -122,6 +162,8 @@ async def _call(backend: Backend, prompt: Prompt, policy: AskPolicy, limiter: _R
             log.info("note %s: %s; retry %d/%d in %.2f s", note_id, last, attempt + 1, max_retries, delay)
             await sleep(delay)
             continue
+        except UnsupportedRequestError:
+            raise  # no request of this run can succeed: stop with the message
         except (PermanentLLMError, LLMConfigError) as exc:
             return None, attempt + 1, backend.scrub(str(exc))
         # an answer that repeats a secret (the API key reflected by a proxy or a model) is masked
@@ -130,6 +172,35 @@ async def _call(backend: Backend, prompt: Prompt, policy: AskPolicy, limiter: _R
         await sink.aappend(_response_record(prompt, backend, r))
         return r, attempt + 1, None
     return None, max_retries + 1, f"gave up after {max_retries + 1} attempts: {last}"
+
+
+async def _ask_once(backend: Backend, prompt: Prompt) -> LLMResponse:
+    """One attempt. What stops the run is re-raised (a request format the server rejects, a
+    replay miss, credentialed data); any other unexpected failure while asking or reading the
+    answer is a :class:`MalformedAnswerError` of this request (retried, never cancelling others)."""
+    try:
+        return await backend.agenerate(prompt)
+    except (LLMError, LLMConfigError, ReplayMissError, CredentialedDataError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - a bad answer fails this request, not the run
+        raise MalformedAnswerError(f"unreadable answer ({type(exc).__name__}: {str(exc)[:200]})") from None
+
+
+def _checked(r: Any) -> LLMResponse:
+    """``r`` if it is a well-formed :class:`LLMResponse`, else a :class:`MalformedAnswerError`."""
+    if not isinstance(r, LLMResponse):
+        raise MalformedAnswerError(f"the backend returned a {type(r).__name__}, not an answer")
+    if not isinstance(r.text, str):
+        raise MalformedAnswerError(f"the answer's text is a {type(r.text).__name__}, not a string")
+    for name in ("input_tokens", "output_tokens"):
+        v = getattr(r, name)
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 0:
+            raise MalformedAnswerError(f"the answer's {name} is {v!r}, not a count")
+    for name in ("finish_reason", "blocked_reason"):
+        v = getattr(r, name)
+        if v is not None and not isinstance(v, str):
+            raise MalformedAnswerError(f"the answer's {name} is a {type(v).__name__}, not a string")
+    return r
 
 
 async def _answer(req: LLMRequest, backend: Backend, schema: Mapping[str, Any], policy: AskPolicy,
@@ -319,12 +390,12 @@ class _Run:
             if record_log is not None:  # cached answers go to the record file too
                 self._record_cached(record_log, recorded)
             bar.update(len(self.requests) - sum(self.counts[k] for k in self.todo))
-            limiter = _RateLimiter(spec.requests_per_minute, spec.policy.sleep)
             queue: asyncio.Queue = asyncio.Queue()
             for k, i in self.todo.items():
                 queue.put_nowait((k, i))
             concurrency = int(spec.concurrency)
             n_workers = max(1, min(concurrency, self.backend.max_concurrency or concurrency, len(self.todo) or 1))
+            limiter = _RateLimiter(spec.requests_per_minute, n_workers, spec.policy.sleep)
             await _gather_or_cancel([self._worker(queue, spec, limiter, cache_log, record_log, bar)
                                      for _ in range(n_workers)])
         finally:

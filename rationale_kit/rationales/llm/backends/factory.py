@@ -27,7 +27,8 @@ def make_backend(llm_cfg: Any, credentialed: Optional[bool] = None, **overrides:
     if kind == "openai":
         kw = dict(model=llm_cfg.model, base_url=llm_cfg.base_url, timeout_s=llm_cfg.timeout_s,
                   temperature=llm_cfg.temperature, max_output_tokens=llm_cfg.max_output_tokens,
-                  response_format=llm_cfg.response_format, local_endpoint=llm_cfg.local_endpoint, **guard)
+                  response_format=llm_cfg.response_format, local_endpoint=llm_cfg.local_endpoint,
+                  output_token_param=llm_cfg.output_token_param, **guard)
         return OpenAIBackend(**{**kw, **overrides})
     if kind == "local":
         kw = dict(path=llm_cfg.local_path, max_new_tokens=llm_cfg.max_new_tokens, temperature=llm_cfg.temperature,

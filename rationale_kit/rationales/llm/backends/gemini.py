@@ -9,7 +9,9 @@ import os
 from typing import Any, Optional
 
 from rationale_kit.rationales.llm.backends.base import AsyncBackend, parse_retry_after
-from rationale_kit.rationales.llm.errors import LLMConfigError, LLMError, PermanentLLMError, TransientLLMError
+from rationale_kit.rationales.llm.errors import (
+    LLMConfigError, LLMError, MalformedAnswerError, PermanentLLMError, TimeoutLLMError, TransientLLMError,
+)
 from rationale_kit.rationales.llm.prompting import Prompt, response_schema, short_sha
 from rationale_kit.rationales.llm.response import BLOCK_FINISH_REASONS, LLMResponse
 
@@ -197,7 +199,10 @@ class GeminiBackend(AsyncBackend):
                     model=self.model, contents=prompt.user, config=self._config(prompt))
         except Exception as exc:  # noqa: BLE001 - mapped to the two error kinds
             raise self._map_error(exc) from None
-        return self._to_response(resp)
+        try:
+            return self._to_response(resp)
+        except Exception as exc:  # noqa: BLE001 - an answer that cannot be read fails this request
+            raise MalformedAnswerError(self._scrub(f"unreadable Gemini answer ({type(exc).__name__}: {exc})")) from None
 
     def _map_error(self, exc: Exception) -> LLMError:
         from google.genai import errors
@@ -212,13 +217,16 @@ class GeminiBackend(AsyncBackend):
         name = type(exc).__name__
         msg = self._scrub(f"{name}: {exc}")
         if isinstance(exc, (asyncio.TimeoutError, TimeoutError)) or "Timeout" in name:
-            return TransientLLMError(f"time-out after {self.timeout_s:g} s ({name})")
+            return TimeoutLLMError(f"time-out after {self.timeout_s:g} s ({name}; rationales.llm.timeout_s, quote --timeout)")
         transient = []
         for mod in ("httpx", "httpx2"):
             if importlib.util.find_spec(mod) is not None:
                 transient.append(__import__(mod).TransportError)
         if transient and isinstance(exc, tuple(transient)):
             return TransientLLMError(msg)
+        if isinstance(exc, (ValueError, TypeError, AttributeError, KeyError, IndexError)):
+            # the SDK could not read the answer (pydantic's ValidationError is a ValueError)
+            return MalformedAnswerError(f"unreadable Gemini answer ({msg[:300]})")
         return PermanentLLMError(msg)
 
     @staticmethod
