@@ -102,3 +102,13 @@ def test_dataset_subset_keeps_order_spans_and_refuses_unknown_ids():
     assert sub.codes is ds.codes and sub.report == {"kept": 3} and sub.name == "toy"
     with pytest.raises(DataError, match="toy: subset names 1 unknown note id"):
         ds.subset(["a", "zz"])
+
+
+def test_the_tradeoff_table_keeps_its_declared_columns_when_no_teacher_has_rationales(tmp_path):
+    from rationale_kit.workbook.protocols.guided import TRADEOFF_COLUMNS
+
+    empty = pd.DataFrame([], columns=TRADEOFF_COLUMNS)
+    ctx = _ctx(tmp_path, "07_guided_learning")
+    ctx.write(A.TRADEOFF, empty)  # an empty table with the declared columns is a table
+    with pytest.raises(ContractError, match="missing declared column"):
+        ctx.write(A.TRADEOFF, pd.DataFrame())

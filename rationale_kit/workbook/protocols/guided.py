@@ -271,7 +271,14 @@ def tradeoff(sweep: pd.DataFrame, counts: pd.DataFrame, design, profile: Profile
                                "test notes that are not tuning notes", code_, "less", boot_.min_notes)
             verdicts += [v1, v2, E.combined_row("c", f"plausibility up at a coding cost: {label}", model, dataset,
                                                 "both", [v1, v2])]
-    return pd.DataFrame(rows), E.verdicts_frame(verdicts)
+    return pd.DataFrame(rows, columns=TRADEOFF_COLUMNS), E.verdicts_frame(verdicts)
+
+
+#: The columns of :func:`tradeoff`'s table (also when no teacher has rationales: an empty table).
+TRADEOFF_COLUMNS = ["model", "teacher", "lambda (chosen on tuning notes)", "tuning PI token F1", "lambda best on report notes",
+                    "PI token F1 gain", "gain lo", "gain hi", "micro-F1 change", "change lo", "change hi", "n_notes",
+                    "n_pairs", "n_test_notes", "seeds", "gain seed mean", "gain seed std", "change seed mean",
+                    "change seed std", "some lambda improves both"]
 
 
 def coding_report_ids(counts: pd.DataFrame, tuning: set) -> list[str]:
