@@ -195,3 +195,11 @@ def test_each_model_family_has_its_own_typed_config():
     with pytest.raises(ConfigError, match=r"unknown key\(s\) \['chunk_size'\] for LAATParams"):
         params_for("laat", {"hidden": 8, "chunk_size": 16})
     assert params_for("laat", {"hidden": 8, "chunk_size": 16}, strict=False) == LAATParams(hidden=8)
+
+
+@pytest.mark.parametrize("bad, key", [({"thresholds": [-1.0]}, "thresholds"), ({"threshold_grid": []}, "threshold_grid"),
+                                      ({"surgery_lambdas": [0.0]}, "surgery_lambdas"), ({"soft_samples": 0}, "soft_samples"),
+                                      ({"curve_notes": 0}, "curve_notes"), ({"two_stage_tolerances": [-0.1]}, "two_stage_tolerances")])
+def test_open_questions_settings_out_of_range_are_refused_naming_the_key(bad, key):
+    with pytest.raises(ConfigError, match=rf"open_questions\.{key} must be"):
+        load_profile("smoke", {"open_questions": bad})

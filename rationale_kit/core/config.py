@@ -591,6 +591,14 @@ def _validate(prof: Profile, where: str) -> None:
         raise ConfigError(f"{where}: open_questions.fractions must be in (0, 1], got {oq.fractions}")
     if oq.coding_margin < 0 or oq.coding_slack < 0:
         raise ConfigError(f"{where}: open_questions.coding_margin and coding_slack must be >= 0")
+    for key in ("thresholds", "threshold_grid", "surgery_lambdas", "two_stage_tolerances"):
+        values = getattr(oq, key)
+        if not values or any(not v > 0 for v in values):
+            raise ConfigError(f"{where}: open_questions.{key} must be a non-empty list of numbers > 0, got {values}")
+    for key in ("faithfulness_pairs", "soft_samples", "ffid_samples", "ffid_epochs", "epochs", "batch_size", "curve_notes"):
+        v = getattr(oq, key)
+        if v is not None and v < 1:
+            raise ConfigError(f"{where}: open_questions.{key} must be >= 1, got {v}")
     seeds = prof.common.seeds
     if seeds is not None and (not seeds or len(set(seeds)) != len(seeds)):
         raise ConfigError(f"{where}: common.seeds must be a non-empty list of distinct integers, got {seeds}")
