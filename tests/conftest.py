@@ -169,6 +169,15 @@ def _inprocess_engine():
 
         @classmethod
         def execute_managed_notebook(cls, nb_man, kernel_name, **kwargs):
+            from rationale_kit.core.lock import release_kernel_lock
+
+            try:
+                cls._execute(nb_man)
+            finally:  # the notebook ends here, not with its process: the next run must not wait for it
+                release_kernel_lock()
+
+        @classmethod
+        def _execute(cls, nb_man):
             namespace: dict = {"__name__": "__main__"}
             count = 0
             for index, cell in enumerate(nb_man.nb.cells):

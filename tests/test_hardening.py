@@ -409,3 +409,25 @@ def test_short_verbatim_quotes_like_list_markers_align():
                                                                 text.index(f"\n{quote}") + 1 + len(quote), "exact")]
     # word boundaries hold: '1.' is not found inside '11.' or '21.'
     assert not align_quote("Items 11. and 21. only", "1.")[0].aligned
+
+
+def test_a_released_kernel_lock_lets_the_next_run_in(tmp_path, monkeypatch):
+    """A notebook executed inside a longer-lived process (an in-process engine) gives its kernel
+    lock back when it ends: an exclusive lock on the file is then free again."""
+    import fcntl
+    import os
+
+    from rationale_kit.core import lock
+
+    path = tmp_path / ".kernel.lock"
+    monkeypatch.setenv(lock.KERNEL_LOCK_ENV, str(path))
+    lock.hold_kernel_lock()
+    probe = os.open(path, os.O_RDWR)
+    try:
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held (shared) by the "kernel"
+        lock.release_kernel_lock()
+        fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free again
+    finally:
+        os.close(probe)
+        lock.release_kernel_lock()

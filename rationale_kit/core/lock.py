@@ -173,3 +173,14 @@ def hold_kernel_lock() -> None:
         return
     fcntl.flock(fd, fcntl.LOCK_SH)
     _kernel_fd = fd
+
+
+def release_kernel_lock() -> None:
+    """Give up the lock :func:`hold_kernel_lock` took (a notebook executed inside another
+    process, e.g. by a test's in-process engine, ends without its process ending)."""
+    global _kernel_fd
+    if _kernel_fd is not None:
+        try:
+            os.close(_kernel_fd)  # closing the descriptor releases its flock
+        finally:
+            _kernel_fd = None
