@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 import numpy as np
 import pandas as pd
+
+from rationale_kit.core.runtime import atomic_write_lines
 
 #: Columns of the documents table. ``codes`` is a list of dotted ICD-10 codes.
 DOC_COLUMNS = ["note_id", "text", "codes", "split"]
@@ -125,22 +126,17 @@ def write_spans_jsonl(spans: pd.DataFrame, path: str | Path, docs: pd.DataFrame 
     end, granularity, source``, the ``extra`` keys a span has a value for (e.g. MDACE's
     ``hadm_id``) and, when ``docs`` is given, the covered ``text``."""
     texts = dict(zip(docs["note_id"], docs["text"])) if docs is not None else {}
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # written whole or not at all
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            for i, row in enumerate(spans.to_dict("records")):
-                rec = {k: row.get(k) for k in SPAN_COLUMNS if k in row}
-                rec.update({k: str(row[k]) for k in extra if k in row and isinstance(row[k], str) and row[k] != ""})
-                rec["start"], rec["end"] = check_offsets(rec["start"], rec["end"], f"spans row {i}", integral_floats=True)
-                if row["note_id"] in texts:
-                    rec["text"] = texts[row["note_id"]][rec["start"]:rec["end"]]
-                fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    def lines():
+        for i, row in enumerate(spans.to_dict("records")):
+            rec = {k: row.get(k) for k in SPAN_COLUMNS if k in row}
+            rec.update({k: str(row[k]) for k in extra if k in row and isinstance(row[k], str) and row[k] != ""})
+            rec["start"], rec["end"] = check_offsets(rec["start"], rec["end"], f"spans row {i}", integral_floats=True)
+            if row["note_id"] in texts:
+                rec["text"] = texts[row["note_id"]][rec["start"]:rec["end"]]
+            yield json.dumps(rec, ensure_ascii=False)
+
+    atomic_write_lines(path, lines())  # written whole or not at all
 
 
 def iter_jsonl_objects(path: str | Path):

@@ -9,7 +9,7 @@ import platform
 import random
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 #: The repository root (``notebooks/``, ``params/``, ``artifacts/`` live below it).
 ROOT = Path(__file__).resolve().parents[2]
@@ -18,13 +18,27 @@ ROOT = Path(__file__).resolve().parents[2]
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` via a temporary file and ``os.replace``: readers see the old or the
     new content, never a truncated file."""
+    _atomic_write(path, (text,))
+
+
+def atomic_write_lines(path: str | os.PathLike, lines: Iterable[str]) -> None:
+    """Write ``lines`` (each without its newline; streamed, e.g. JSONL records) to ``path`` as
+    :func:`atomic_write_text` does; an error while producing them leaves the old file untouched."""
+    _atomic_write(path, (line + "\n" for line in lines))
+
+
+def _atomic_write(path: str | os.PathLike, chunks: Iterable[str]) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            for chunk in chunks:
+                fh.write(chunk)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def git_commit() -> str:

@@ -29,6 +29,7 @@ import pandas as pd
 
 from rationale_kit.core import icd
 from rationale_kit.core.records import SPAN_COLUMNS, DataError, write_spans_jsonl
+from rationale_kit.core.runtime import atomic_write_lines
 from rationale_kit.core.text import count_words
 
 
@@ -259,19 +260,11 @@ def export_dataset(ds: Dataset, out_dir: str | os.PathLike) -> tuple[Path, Path]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     docs_path, spans_path = out / "docs.jsonl", out / "spans.jsonl"
-    tmp = docs_path.with_name(f".{docs_path.name}.{os.getpid()}.tmp")  # written whole or not at all
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            for r in ds.docs[DATASET_DOC_COLUMNS].itertuples(index=False):
-                rec = {"note_id": str(r.note_id), "text": r.text, "codes": [str(c) for c in r.codes], "split": r.split,
-                       "annotated": bool(r.annotated), "fewshot": bool(r.fewshot), "credentialed": bool(r.credentialed),
-                       "full_codes": bool(r.full_codes), "eval_role": str(r.eval_role)}
-                fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, docs_path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write_lines(docs_path, (  # written whole or not at all
+        json.dumps({"note_id": str(r.note_id), "text": r.text, "codes": [str(c) for c in r.codes], "split": r.split,
+                    "annotated": bool(r.annotated), "fewshot": bool(r.fewshot), "credentialed": bool(r.credentialed),
+                    "full_codes": bool(r.full_codes), "eval_role": str(r.eval_role)}, ensure_ascii=False)
+        for r in ds.docs[DATASET_DOC_COLUMNS].itertuples(index=False)))
     spans = human_spans(ds)
     write_spans_jsonl(spans[SPAN_COLUMNS + [c for c in EXPORT_SPAN_EXTRAS if c in spans]], spans_path,
                       extra=EXPORT_SPAN_EXTRAS)  # atomic too
