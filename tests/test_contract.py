@@ -112,3 +112,26 @@ def test_the_tradeoff_table_keeps_its_declared_columns_when_no_teacher_has_ratio
     ctx.write(A.TRADEOFF, empty)  # an empty table with the declared columns is a table
     with pytest.raises(ContractError, match="missing declared column"):
         ctx.write(A.TRADEOFF, pd.DataFrame())
+
+
+def test_a_student_is_reused_only_under_an_equal_key():
+    import dataclasses
+
+    from rationale_kit.core.config import load_profile
+    from rationale_kit.data.dataset import Dataset
+    from rationale_kit.workbook.protocols.guided import student_key
+
+    docs = pd.DataFrame({"note_id": ["a", "b"], "text": ["x y", "z"], "codes": [["A"], ["B"]], "split": ["train", "test"]})
+    ds = Dataset("toy", docs, pd.DataFrame(columns=["note_id", "code", "start", "end"]), pd.DataFrame({"code": ["A", "B"]}))
+    prof = load_profile("smoke")
+    key = lambda p=prof, tg={("a", "A"): [(0, 1)]}, d=ds, lam=1.0: student_key("caml", "human", lam, tg, d, ["A", "B"], p)
+    assert key() == key() and key().startswith("k")
+    changed = [
+        key(p=load_profile("smoke", {"guided": {"epochs": prof.guided.epochs + 1}})),  # one guided setting
+        key(p=load_profile("smoke", {"common": {"seed": prof.common.seed + 1}})),  # the seed
+        key(p=dataclasses.replace(prof, train=dataclasses.replace(prof.train, caml=dataclasses.replace(prof.train.caml, lr=0.5)))),
+        key(tg={("a", "A"): [(0, 2)]}),  # the teacher's spans
+        key(d=Dataset("toy", docs.assign(text=["x w", "z"]), ds.spans, ds.codes)),  # a note's text
+        key(lam=2.0),
+    ]
+    assert len({key(), *changed}) == 1 + len(changed)
