@@ -328,7 +328,7 @@ ROBUST_CLAIMS = (("soft_nc", "attention more comprehensive", "greater"),
 
 def robust_verdicts(scores: pd.DataFrame, profile: Profile, dataset: str = "") -> pd.DataFrame:
     """Finding (b) re-tested per model and family of measures (Soft-NC/NS; F-Fidelity in probability form): attention
-    - entity on the pairs both have a value for (undefined normalisations dropped), paired
+    - entity on the pairs both have a value for (a missing value drops the pair), paired
     bootstrap over notes, a verdict per measure and a combined one per family."""
     from rationale_kit.metrics import evaluation as E
 
