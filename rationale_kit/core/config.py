@@ -365,9 +365,10 @@ class OpenQuestions:
     # "without a coding cost" holds when the micro-F1 change's interval lies above -coding_margin
     coding_margin: float = 0.01
     faithfulness_pairs: int = 40  # pairs of finding (b) re-scored under the new measures
-    soft_samples: int = 10  # Bernoulli masks per pair and measure (Soft-NC / Soft-NS)
-    ffid_beta: float = 0.1  # F-Fidelity: the most of a note masked, in fine-tuning and in evaluation
-    ffid_samples: int = 10  # random removals per pair and measure
+    soft_samples: int = 10  # Bernoulli masks per pair and measure, scores averaged (Soft-NC / Soft-NS; authors: 1)
+    ffid_beta: float = 0.1  # F-Fidelity: share of a note masked in fine-tuning, the most masked on average in evaluation
+    ffid_alpha: float = 0.5  # F-Fidelity: removal probability per unit of the pool (lowered to keep within beta)
+    ffid_samples: int = 10  # random removals per pair and measure (authors: 50)
     ffid_epochs: int = 1  # random-masking fine-tuning epochs
     ffid_lr: float = 1e-3
     thresholds: list[float] = field(default_factory=lambda: [1.5, 1.7, 2.0])  # finding (a) at each (+ the tuned one)
@@ -587,6 +588,8 @@ def _validate(prof: Profile, where: str) -> None:
     oq = prof.open_questions
     if not 0.0 < oq.ffid_beta <= 1.0:
         raise ConfigError(f"{where}: open_questions.ffid_beta must be in (0, 1], got {oq.ffid_beta}")
+    if not 0.0 < oq.ffid_alpha <= 1.0:
+        raise ConfigError(f"{where}: open_questions.ffid_alpha must be in (0, 1], got {oq.ffid_alpha}")
     if not oq.fractions or any(not 0.0 < f <= 1.0 for f in oq.fractions):
         raise ConfigError(f"{where}: open_questions.fractions must be in (0, 1], got {oq.fractions}")
     if oq.coding_margin < 0 or oq.coding_slack < 0:

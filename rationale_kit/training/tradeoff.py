@@ -7,7 +7,6 @@ the same batches, losses and teacher units as the main loop. See docs/method/tra
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -199,12 +198,13 @@ def train_two_stage(model: LabelAttentionModel, docs: pd.DataFrame, targets: dic
 
 
 def random_masks(ids: torch.Tensor, mask: torch.Tensor, beta: float, mask_id: int, rng: np.random.Generator) -> torch.Tensor:
-    """F-Fidelity's fine-tuning perturbation: per note, a ratio ``r ~ U(0, beta)`` and
-    ``ceil(r * n)`` of its ``n`` units (``mask [B, T]``) replaced by ``mask_id``, at random."""
+    """F-Fidelity's fine-tuning perturbation (the authors' ``RandomPixelRemoval`` in
+    ``code/train_model.py`` of github.com/AslanDing/Finetune-Fidelity): per note, ``int(beta * n)``
+    of its ``n`` units (``mask [B, T]``), drawn uniformly without replacement, replaced by ``mask_id``."""
     ids = ids.clone()
     for b in range(ids.shape[0]):
         n = int(mask[b].sum())
-        m = min(n, int(math.ceil(rng.uniform(0, beta) * n)))
+        m = int(beta * n)
         if m:
             ids[b, torch.from_numpy(rng.choice(n, size=m, replace=False))] = mask_id
     return ids
@@ -213,7 +213,7 @@ def random_masks(ids: torch.Tensor, mask: torch.Tensor, beta: float, mask_id: in
 def finetune_random_masking(model: LabelAttentionModel, docs: pd.DataFrame, beta: float, *, epochs: int = 1,
                             lr: float = 1e-3, batch_size: int = 8, seed: int = 13, device: str = "cpu") -> LabelAttentionModel:
     """F-Fidelity's explanation-agnostic fine-tuning: a COPY of ``model`` trained with the coding
-    loss on ``docs`` whose units are randomly masked (:func:`random_masks`, at most ``beta`` of each
+    loss on ``docs`` whose units are randomly masked (:func:`random_masks`, ``int(beta * n)`` of each
     note), so that the removals of the evaluation stay in its training distribution."""
     if not 0 < beta <= 1:
         raise ValueError(f"beta must be in (0, 1], got {beta}")

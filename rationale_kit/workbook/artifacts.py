@@ -215,7 +215,7 @@ PARETO = Artifact("pareto.csv", "09_open_questions", ("report",),
                   "every setting of every method, the one chosen on the tuning notes marked")
 ROBUST = Artifact("robust_faithfulness.parquet", "09_open_questions", (),
                   ("note_id", "code", "source", "model", "measure", "value", "p", "p_zero", "n_units", "rationale_size"),
-                  "Soft-NC/NS and F-Fidelity per pair of finding (b)")
+                  "Soft-NC/NS and F-Fidelity (probability form) per pair of finding (b)")
 THRESHOLD_GRID = Artifact("threshold_grid.csv", "09_open_questions", (),
                           ("threshold", "tuning PI token F1", "n_pairs", "chosen"), "the alignment threshold tuned")
 THRESHOLD_VERDICTS = Artifact("threshold_verdicts.csv", "09_open_questions", ("report",),

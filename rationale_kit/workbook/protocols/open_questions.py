@@ -288,8 +288,8 @@ def b_rationales(model, ds, pairs, entity: pd.DataFrame, k: int, device="cpu") -
 
 def robust_faithfulness(models_: Mapping[str, object], ds, faith: pd.DataFrame, entity: pd.DataFrame, profile: Profile,
                         device: str = "cpu") -> pd.DataFrame:
-    """Soft-NC / Soft-NS under each model of :func:`plan` (notebook 02's) and FFid+ / FFid- under
-    its random-masking fine-tuned copy, of finding (b)'s two rationales on the first
+    """Soft-NC / Soft-NS under each model of :func:`plan` (notebook 02's) and FFid+ / FFid- (probability
+    form) under its random-masking fine-tuned copy, of finding (b)'s two rationales on the first
     ``faithfulness_pairs`` pairs notebook 05 scored both on. Long table
     (:data:`~rationale_kit.metrics.faithfulness.robust.ROBUST_COLUMNS`)."""
     from rationale_kit.metrics.faithfulness import robust as R
@@ -314,7 +314,7 @@ def robust_faithfulness(models_: Mapping[str, object], ds, faith: pd.DataFrame, 
         ft = finetune_random_masking(model, student_notes(ds, profile), oq.ffid_beta, epochs=oq.ffid_epochs, lr=oq.ffid_lr,
                                      batch_size=oq.batch_size or getattr(profile.train, name).batch_size,
                                      seed=profile.common.seed, device=device)
-        parts.append(R.ffid_scores(ft, texts, rats, model_name=name, beta=oq.ffid_beta, samples=oq.ffid_samples,
+        parts.append(R.ffid_scores(ft, texts, rats, model_name=name, alpha=oq.ffid_alpha, beta=oq.ffid_beta, samples=oq.ffid_samples,
                                    seed=profile.common.seed, device=device))
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=R.ROBUST_COLUMNS)
 
@@ -322,13 +322,13 @@ def robust_faithfulness(models_: Mapping[str, object], ds, faith: pd.DataFrame, 
 #: finding (b)'s claims under the new measures: (measure, claim, expected sign of attention - entity)
 ROBUST_CLAIMS = (("soft_nc", "attention more comprehensive", "greater"),
                  ("soft_ns", "entity more sufficient", "less"),
-                 ("ffid_plus", "attention more comprehensive", "greater"),
-                 ("ffid_minus", "entity more sufficient", "greater"))
+                 ("ffid_plus_prob", "attention more comprehensive", "greater"),
+                 ("ffid_minus_prob", "entity more sufficient", "greater"))
 
 
 def robust_verdicts(scores: pd.DataFrame, profile: Profile, dataset: str = "") -> pd.DataFrame:
-    """Finding (b) re-tested per model and family of measures (Soft-NC/NS; F-Fidelity): attention
-    - entity on the pairs both have a value for (undefined normalisations dropped), paired
+    """Finding (b) re-tested per model and family of measures (Soft-NC/NS; F-Fidelity in probability form): attention
+    - entity on the pairs both have a value for (a missing value drops the pair), paired
     bootstrap over notes, a verdict per measure and a combined one per family."""
     from rationale_kit.metrics import evaluation as E
 
@@ -337,7 +337,7 @@ def robust_verdicts(scores: pd.DataFrame, profile: Profile, dataset: str = "") -
     att, ent = _b_names(k)
     rows = []
     for model, part in scores.dropna(subset=["value"]).groupby("model"):
-        for family, measures in (("Soft-NC/NS", ("soft_nc", "soft_ns")), ("F-Fidelity", ("ffid_plus", "ffid_minus"))):
+        for family, measures in (("Soft-NC/NS", ("soft_nc", "soft_ns")), ("F-Fidelity (probability)", ("ffid_plus_prob", "ffid_minus_prob"))):
             got = []
             for measure, claim, expect in ROBUST_CLAIMS:
                 if measure not in measures:
