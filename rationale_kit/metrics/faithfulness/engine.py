@@ -53,8 +53,6 @@ _LOCAL_FRACTION = 0.25
 _CHUNK_ELEMENTS = 8_000_000
 
 
-
-
 @dataclass(frozen=True)
 class FaithfulnessSpec:
     """One faithfulness run: what is measured (``kind``, ``unit``, ``perturbation``, ``code_set``,

@@ -54,6 +54,9 @@ def _evaluate_single(model, jobs: list[_Job], device, perturbation: str, mask_id
 
 
 def _base_probs(model, notes: dict[str, _Note], needed, engine: bool, batch_size: int, device):
+    """Full-note probabilities ``{note: {label: p}}`` of the ``needed`` labels (None: all), by
+    batched forward passes (notes sorted by length) or, for the loop (``engine=False``), one full
+    pass per note."""
     base: dict[str, dict[int, float]] = {}
     if not engine:
         for nid, note in notes.items():
