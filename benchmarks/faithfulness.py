@@ -360,7 +360,7 @@ class InputRecorder:
     ids and every removal mask, for :func:`reuse_ceilings`."""
 
     def __init__(self):
-        from rationale_kit.metrics.faithfulness import engine as E
+        from rationale_kit.metrics.faithfulness import generic as E  # the batched path
 
         self.E, self.orig = E, E._evaluate_batched
         self.inputs: dict[str, tuple[np.ndarray, list[np.ndarray]]] = {}

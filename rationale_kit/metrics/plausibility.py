@@ -1,6 +1,7 @@
 """Plausibility: agreement of rationales with human evidence spans. Pure functions over the span
 tables of :mod:`rationale_kit.core.records` (``note_id, code, start, end`` [, ``granularity,
-source``]) and the note texts (``docs``: ``note_id, text``): MDACE's four measures, their overlap
+source``]) and the note texts (``docs``: a ``note_id, text`` table or anything
+:func:`~rationale_kit.core.documents.as_documents` accepts, converted once by :class:`Tokens`): MDACE's four measures, their overlap
 variants, ERASER's token and span-IoU measures, per-pair / per-note counts for the bootstrap, and
 soft-rationale scores (AUPRC, P@k, thresholds). See docs/method/plausibility.md.
 """
@@ -9,11 +10,12 @@ from __future__ import annotations
 import functools
 
 from dataclasses import dataclass
-from typing import Iterable, Literal, Mapping, Sequence
+from typing import Any, Iterable, Literal, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
+from rationale_kit.core.documents import as_documents
 from rationale_kit.core.records import SPAN_COLUMNS, DataError, check_offsets, merge_intervals
 from rationale_kit.core.text import mdace_tokens, word_units
 from rationale_kit.metrics.coding import average_precision
@@ -71,15 +73,14 @@ def _note_tokens(text: str, unit: str, max_number: int) -> tuple[np.ndarray, np.
 
 
 class Tokens:
-    """Tokens of each note (cached): sorted ``starts``, ``ends`` (int64) and ``texts``."""
+    """Tokens of each note (cached): sorted ``starts``, ``ends`` (int64) and ``texts``.
+    ``docs``: anything :func:`~rationale_kit.core.documents.as_documents` accepts; ``texts`` is
+    the :class:`~rationale_kit.core.documents.Documents` it becomes."""
 
-    def __init__(self, docs: pd.DataFrame, unit: Unit = "mdace", max_number: int = 10):
+    def __init__(self, docs: Any, unit: Unit = "mdace", max_number: int = 10):
         if unit not in ("mdace", "word"):
             raise ValueError(f"unit must be 'mdace' or 'word', got {unit!r}")
-        for col in ("note_id", "text"):
-            if col not in docs.columns:
-                raise DataError(f"docs: missing column {col!r}")
-        self.texts = dict(zip(docs["note_id"].astype(str).tolist(), docs["text"].tolist()))
+        self.texts = as_documents(docs)
         self.unit = unit
         self.max_number = max_number
         self._cache: dict[str, tuple[np.ndarray, np.ndarray, list[str]]] = {}

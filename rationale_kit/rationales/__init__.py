@@ -16,7 +16,6 @@ from rationale_kit.rationales.model import (
 from rationale_kit.rationales.tables import (
     DISCRETE_COLUMNS,
     DISCRETE_EXTRA,
-    doc_texts,
     load_table,
     save_table,
     soft_to_spans,
@@ -30,7 +29,7 @@ from rationale_kit.rationales.tables import (
 
 __all__ = [
     "DISCRETE_COLUMNS", "DISCRETE_EXTRA", "GradientMethod", "SoftResult", "attention_rationales",
-    "codes_for_rationales", "doc_texts", "explain_encoded", "gradient_rationales", "load_table",
+    "codes_for_rationales", "explain_encoded", "gradient_rationales", "load_table",
     "save_table", "soft_to_spans", "spans_from_jsonl", "spans_to_jsonl", "table_kind",
     "to_token_mask", "to_word_units", "word_unit_scores",
 ]

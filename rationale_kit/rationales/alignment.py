@@ -16,6 +16,7 @@ from typing import Iterable, Literal, Sequence
 import numpy as np
 import pandas as pd
 
+from rationale_kit.core.documents import as_documents
 from rationale_kit.core.records import SPAN_COLUMNS, DataError
 
 Occurrences = Literal["all", "first"]
@@ -405,26 +406,24 @@ _OUT_COLUMNS = ["start", "end", "score", "method", "reason", "part", "quote_row"
 
 
 def align_quotes(
-    docs: pd.DataFrame,
+    docs,
     quotes: pd.DataFrame,
     threshold: float = 1.7,
     occurrences: Occurrences = "all",
 ) -> pd.DataFrame:
     """Align every quote of ``quotes`` (``note_id, code, quote``, extra columns kept) to ``docs``
-    (``note_id, text``).
+    (anything :func:`~rationale_kit.core.documents.as_documents` accepts: a ``note_id, text``
+    table, ``Documents``...).
 
     Returns one row per aligned span, plus one row per unaligned quote (or unaligned part):
     the input columns, then ``start, end`` (nullable Int64, NA when unaligned), ``score``,
     ``method``, ``reason`` (NA when aligned), ``part`` and ``quote_row`` (0-based position of the
     quote in ``quotes``). Raises :class:`DataError` naming an unknown ``note_id``.
     """
-    for col in ("note_id", "text"):
-        if col not in docs.columns:
-            raise DataError(f"docs: missing column {col!r}")
+    texts = as_documents(docs)
     for col in ("note_id", "code", "quote"):
         if col not in quotes.columns:
             raise DataError(f"quotes: missing column {col!r}")
-    texts = dict(zip(docs["note_id"].astype(str), docs["text"]))
     note_ids = quotes["note_id"].astype(str).tolist()
     unknown = sorted(set(note_ids) - set(texts))
     if unknown:
@@ -440,7 +439,7 @@ def align_quotes(
         if res is None:
             idx = indexes.get(nid)
             if idx is None:
-                idx = indexes[nid] = NoteIndex(str(texts[nid]))
+                idx = indexes[nid] = NoteIndex(texts[nid])
             res = cache[key] = idx.align(qs, threshold, occurrences)
         for r in res:
             src_rows.append(i)
@@ -528,11 +527,12 @@ def alignment_summary(frame: pd.DataFrame) -> dict:
 
 
 def threshold_sweep(
-    docs: pd.DataFrame, quotes: pd.DataFrame, thresholds: Iterable[float] = (1.5, 1.7, 2.0),
+    docs, quotes: pd.DataFrame, thresholds: Iterable[float] = (1.5, 1.7, 2.0),
     occurrences: Occurrences = "all",
 ) -> pd.DataFrame:
     """One row per threshold: ``threshold, alignment_rate, unaligned_rate, n_spans`` and the
     share of quotes per method (columns ``share_<method>``)."""
+    docs = as_documents(docs)
     rows = []
     for t in thresholds:
         s = alignment_summary(align_quotes(docs, quotes, t, occurrences))
@@ -543,9 +543,9 @@ def threshold_sweep(
     return pd.DataFrame(rows)
 
 
-def examples(aligned: pd.DataFrame, docs: pd.DataFrame, per_method: int = 2, width: int = 90) -> pd.DataFrame:
+def examples(aligned: pd.DataFrame, docs, per_method: int = 2, width: int = 90) -> pd.DataFrame:
     """A few quotes per alignment method, with the note text they were mapped to (for reading)."""
-    texts = dict(zip(docs["note_id"], docs["text"]))
+    texts = as_documents(docs)
     rows = []
     for method, part in aligned.groupby("method", sort=False):
         for r in part.drop_duplicates("quote_row").head(per_method).itertuples(index=False):
@@ -566,7 +566,7 @@ def threshold_effect(ds, quotes: pd.DataFrame, thresholds: Iterable[float] = (1.
     from rationale_kit.metrics.evaluation import make_design, restrict
     from rationale_kit.metrics.plausibility import mdace_measures
 
-    docs = ds.docs[["note_id", "text"]]
+    docs = as_documents(ds.docs)
     design = design or make_design(ds.docs)
     report = set(design.report_ids)
     gold_all = ds.spans[ds.spans.note_id.isin(report)]
@@ -577,7 +577,7 @@ def threshold_effect(ds, quotes: pd.DataFrame, thresholds: Iterable[float] = (1.
             a = align_quotes(docs, q, t, occurrences)
             s = alignment_summary(a)
             spans = aligned_to_spans(a, src)
-            m = mdace_measures(gold, spans[spans.note_id.isin(report)], ds.docs)
+            m = mdace_measures(gold, spans[spans.note_id.isin(report)], docs)
             rows.append({"source": src, "threshold": float(t), "alignment_rate": s["alignment_rate"],
                          "n_spans": s["n_spans"], "pi_token_f1": m["token_position_independent"]["f1"],
                          "token_exact_f1": m["token_exact"]["f1"],

@@ -13,8 +13,9 @@ import pandas as pd
 
 from rationale_kit.core import runtime
 from rationale_kit.core.config import DEFAULT_GRADIENT_METHOD
+from rationale_kit.core.documents import as_documents, as_gold_codes
 from rationale_kit.core.records import DataError
-from rationale_kit.rationales.tables import check_columns, doc_texts, soft_table
+from rationale_kit.rationales.tables import check_columns, soft_table
 
 GradientMethod = Literal["attention_x_gradient", "input_x_gradient", "integrated_gradients"]
 
@@ -33,14 +34,6 @@ class SoftResult(NamedTuple):
     diagnostics: Optional[pd.DataFrame] = None
 
 
-def _doc_codes(docs) -> dict[str, list[str]]:
-    if isinstance(docs, pd.DataFrame):
-        if "codes" not in docs.columns:
-            raise DataError("documents table needs a codes column for gold codes")
-        return {str(n): [str(c) for c in cs] for n, cs in zip(docs["note_id"], docs["codes"])}
-    return {d.note_id: list(d.codes) for d in docs}
-
-
 # --------------------------------------------------------------------------------------------
 # code sets
 # --------------------------------------------------------------------------------------------
@@ -54,7 +47,7 @@ def codes_for_rationales(
     (``prob`` NaN where the predictions lack the pair)."""
     if code_set not in ("gold", "predicted", "both"):
         raise ValueError(f"code_set must be gold, predicted or both, got {code_set!r}")
-    gold = _doc_codes(docs)
+    gold = as_gold_codes(None, as_documents(docs))  # the documents' own codes
     gold_pairs = {(n, c) for n, cs in gold.items() for c in cs}
     pred_pairs: set[tuple[str, str]] = set()
     prob: dict[tuple[str, str], float] = {}
@@ -88,7 +81,7 @@ def codes_for_rationales(
 # --------------------------------------------------------------------------------------------
 def _plan(model, docs, codes_per_note: pd.DataFrame):
     """Per note: ``[(code, label_row)]``; and the pairs whose code the model lacks."""
-    texts = doc_texts(docs)
+    texts = as_documents(docs)
     check_columns(codes_per_note, ["note_id", "code"], "codes_per_note")
     row_of = {c: i for i, c in enumerate(model.labels)}
     pairs = codes_per_note[["note_id", "code"]].astype(str).drop_duplicates()

@@ -9,37 +9,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal, Mapping, Optional, Sequence
+from typing import Literal, Optional, Sequence
 
 import numpy as np
 import pandas as pd
 
 from rationale_kit.core import text as _text
-from rationale_kit.core.records import SCORE_COLUMNS, SPAN_COLUMNS, DataError, Document, Span, read_spans_jsonl, write_spans_jsonl
+from rationale_kit.core.documents import as_documents
+from rationale_kit.core.records import SCORE_COLUMNS, SPAN_COLUMNS, DataError, Span, read_spans_jsonl, write_spans_jsonl
 
 #: Extra columns of a discrete rationale table (after SPAN_COLUMNS).
 DISCRETE_EXTRA = ["method", "model"]
 DISCRETE_COLUMNS = SPAN_COLUMNS + DISCRETE_EXTRA
-
-
-# --------------------------------------------------------------------------------------------
-# documents
-# --------------------------------------------------------------------------------------------
-def doc_texts(docs) -> dict[str, str]:
-    """``{note_id: text}`` from a documents table, a list of :class:`Document` or a mapping."""
-    if isinstance(docs, pd.DataFrame):
-        if not {"note_id", "text"} <= set(docs.columns):
-            raise DataError("documents table needs columns note_id and text")
-        return {str(k): str(v) for k, v in zip(docs["note_id"], docs["text"])}
-    if isinstance(docs, Mapping):
-        return {str(k): str(v) for k, v in docs.items()}
-    out = {}
-    for d in docs:
-        if isinstance(d, Document):
-            out[d.note_id] = d.text
-        else:
-            raise DataError(f"expected Document objects, got {type(d).__name__}")
-    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -154,7 +135,7 @@ def word_unit_scores(table: pd.DataFrame, docs, reduce: Literal["sum", "max", "m
     pair's word scores may sum to less than its unit scores; ``renormalize`` rescales each pair's
     word scores to sum 1 (when positive)."""
     check_columns(table, SCORE_COLUMNS, "soft rationale table")
-    texts = doc_texts(docs)
+    texts = as_documents(docs)
     parts = []
     keys = ["note_id", "code", "source", "method", "model"]
     for key, g in table.groupby(keys, sort=False, dropna=False):

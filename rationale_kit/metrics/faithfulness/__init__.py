@@ -3,9 +3,13 @@
 
 - :mod:`~rationale_kit.metrics.faithfulness.measures`: the measures over probabilities, the bins
   and :func:`summarise` (no torch);
-- :mod:`~rationale_kit.metrics.faithfulness.engine`: perturbations, batching, caching and the
-  model runs (:func:`faithfulness_discrete`, :func:`faithfulness_scored`,
-  :func:`faithfulness_loop`, :class:`NoteCache`, :class:`FaithfulnessSpec`).
+- :mod:`~rationale_kit.metrics.faithfulness.engine`: the spec, the public functions and the one
+  dispatch to a path (:func:`faithfulness_discrete`, :func:`faithfulness_scored`,
+  :func:`faithfulness_loop`, :func:`run_spec`, :class:`FaithfulnessSpec`; :class:`NoteCache` is
+  re-exported from ``cache``);
+- the paths: ``generic`` (batched forward passes, any model), ``caml_patch`` (CAML patching),
+  ``chunk_reuse`` (PLM-ICD chunk reuse), ``cache`` (:class:`NoteCache`); ``units`` and ``tasks``:
+  a note's units and perturbed inputs, the pairs, controls and result table they share.
 
 The engine (it imports torch) is loaded on first use of one of its names, so the measures and
 ``NOTE_AOPC`` import without torch. See docs/method/faithfulness.md.

@@ -14,9 +14,9 @@ from typing import Iterable, Mapping, Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from rationale_kit.core.documents import as_documents
 from rationale_kit.core.records import SPAN_COLUMNS, DataError
 from rationale_kit.core.runtime import progress as progress_bar
-from rationale_kit.rationales import doc_texts
 from rationale_kit.rationales.entity.context import ContextRules
 from rationale_kit.rationales.entity.index import CharGramIndex, build_lexicon_index, candidate_index, scispacy_kb
 from rationale_kit.rationales.entity.kb import (
@@ -192,7 +192,7 @@ class EntityLinker:
 # --------------------------------------------------------------------------------------------
 def link_documents(docs, linker: EntityLinker, progress: bool = False) -> pd.DataFrame:
     """Mentions of every note (kept and filtered), columns :data:`MENTION_COLUMNS`."""
-    texts = doc_texts(docs)
+    texts = as_documents(docs)
     rows = []
     for nid, text in progress_bar(texts.items(), enabled=progress, total=len(texts), desc="entity linking"):
         for m in linker.link(text):
@@ -265,7 +265,7 @@ def entity_rationales(
     bad = set(methods) - {"exact_code", "category"}
     if bad:
         raise ValueError(f"unknown entity rationale method(s) {sorted(bad)}")
-    texts = doc_texts(docs)
+    texts = as_documents(docs)
     pairs = codes_per_note[["note_id", "code"]].astype({"note_id": str, "code": str})
     unknown = sorted(set(pairs["note_id"]) - set(texts))
     if unknown:
