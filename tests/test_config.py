@@ -4,7 +4,7 @@ import pytest
 from rationale_kit.core.config import PARAMS_DIR, ConfigError, load_profile
 
 
-@pytest.mark.parametrize("name", ["default", "smoke", "codiesp", "mimic"])
+@pytest.mark.parametrize("name", ["default", "smoke", "codiesp", "mimic", "seeds", "codiesp_seeds"])
 def test_shipped_profiles_load(name):
     prof = load_profile(name)
     assert prof.name == name
@@ -203,3 +203,33 @@ def test_each_model_family_has_its_own_typed_config():
 def test_open_questions_settings_out_of_range_are_refused_naming_the_key(bad, key):
     with pytest.raises(ConfigError, match=rf"open_questions\.{key} must be"):
         load_profile("smoke", {"open_questions": bad})
+
+
+def test_seed_models_are_validated_and_pick_each_models_seeds(tmp_path):
+    """train.seed_models: the models trained (and explained) under every seed; a misspelt key or a
+    model outside train.models is an error naming it."""
+    from rationale_kit.core.config import model_seeds, seeds
+
+    prof = load_profile("smoke", {"common": {"seeds": [7, 8, 9]}, "train": {"seed_models": ["caml"]}})
+    assert model_seeds(prof, "caml") == [7, 8, 9] and model_seeds(prof, "laat") == [7]
+    every = load_profile("smoke", {"common": {"seeds": [7, 8]}})
+    assert every.train.seed_models is None and model_seeds(every, "plm_icd") == seeds(every) == [7, 8]
+    assert model_seeds(load_profile("smoke"), "caml") == [7]  # one seed: common.seed
+    with pytest.raises(ConfigError, match=r"train.seed_models names 'bert', which is not in train.models"):
+        load_profile("smoke", {"train": {"seed_models": ["caml", "bert"]}})
+    with pytest.raises(ConfigError, match="distinct"):
+        load_profile("smoke", {"train": {"seed_models": ["caml", "caml"]}})
+    f = tmp_path / "p.yaml"
+    f.write_text("base: smoke\ntrain:\n  seed_model: [caml]\n")
+    with pytest.raises(ConfigError, match=r"p.yaml.train: unknown key 'seed_model'"):
+        load_profile(f)
+
+
+def test_seeds_profile_is_the_default_series_with_three_seeds_for_the_compared_models():
+    from rationale_kit.core.config import model_seeds
+
+    prof, default = load_profile("seeds"), load_profile("default")
+    assert len(prof.common.seeds) == 3 and prof.common.seeds[0] == default.common.seed
+    assert prof.train.models == default.train.models and prof.data == default.data
+    for m in prof.train.seed_models:
+        assert model_seeds(prof, m) == prof.common.seeds

@@ -467,3 +467,35 @@ def test_report_of_the_smoke_series(smoke_series):
     assert (smoke_series.runs / "report.md").exists()
     assert "coding" in html.lower() and "plausibility" in html.lower() and "data:image/png;base64" in html
     _in_order(html, NUMBERED)
+
+
+def test_findings_a_and_b_across_training_seeds_in_numbers_and_report(prof, tmp_path):
+    """A run with three training seeds: the (a) row names its seeds and spread, and the per-seed
+    tables of 05 and 06 appear in the numbers block and the report (absent with one seed)."""
+    from rationale_kit.workbook import numbers
+
+    root = _artifacts(tmp_path)
+    _seeded_run(root)
+    assert "Rationales across training seeds" not in numbers.numbers_block(prof, root)
+    v = pd.read_csv(root / "06_plausibility" / "verdicts.csv")
+    v.loc[1, "units"] = "report notes, pairs both were run on (3 training seeds)"
+    v.to_csv(root / "06_plausibility" / "verdicts.csv", index=False)
+    pd.DataFrame({"model": ["caml"], "source": ["attention (top-10)"], "measure": ["token_position_independent"],
+                  "seeds": [3], "mean": [0.25], "std": [0.05], "n_pairs": [300]}).to_csv(root / "06_plausibility" / "plausibility_seeds.csv", index=False)
+    pd.DataFrame({"model": ["caml"] * 2, "source": ["attention (top-10)"] * 2, "measure": ["comprehensiveness"] * 2,
+                  "value": ["rationale", "difference"], "seeds": [3, 3], "mean": [0.4, 0.1], "std": [0.02, 0.01],
+                  "n_pairs": [60, 60]}).to_csv(root / "05_faithfulness" / "faithfulness_seeds.csv", index=False)
+    block = numbers.numbers_block(prof, root)
+    assert ("| (a) | entity (exact_code) > attention (top-10) | caml | 0.100 [0.050, 0.150] | 112 | holds | 3 training seeds, "
+            "training-seed sd 0.012, 100% of bootstrap seeds agree |") in block
+    assert "| caml | attention (top-10) | PI token F1 (06) | 0.250 ± 0.050 (3 seeds) | 300 |" in block
+    assert "| caml | attention (top-10) | comprehensiveness (05) | 0.400 ± 0.020 (3 seeds) | 60 |" in block
+    rows = report.forest_rows(report.read_verdicts(root)[0])
+    assert rows.note.iloc[1] == "n=112 · holds · 3 seeds · agree 100% · seed sd 0.012"
+    rep = _collect(prof, tmp_path)
+    tables = {t.caption: t for s in rep.sections for t in s.tables}
+    pl = tables["PI token F1 of the top-k model rationales across training seeds (mean ± sd)"].frame
+    assert pl.loc[("caml", "attention (top-10)"), "token_position_independent"] == "0.250 ± 0.050"
+    fa = next(t.frame for c, t in tables.items() if c.startswith("finding (b)'s sources across training seeds"))
+    assert fa.loc[("caml", "attention (top-10)"), "comprehensiveness · difference"] == "0.100 ± 0.010"
+    assert fa.loc[("caml", "attention (top-10)"), "seeds"] == 3

@@ -207,3 +207,37 @@ def test_coding_table_interval_brackets_micro_f1_and_the_seed_spread_is_mean_and
 
 def test_seed_dirs_keep_the_first_seed_where_the_series_reads_it(tmp_path):
     assert seed_dirs(tmp_path, "caml", [13, 7]) == {13: tmp_path / "caml", 7: tmp_path / "caml_seed7"}
+
+
+def test_a_later_seed_is_explained_and_scored_on_the_first_seeds_pairs():
+    """The later seeds' steps (03: seed_rationales, 05: faithfulness_seed_tables) on the first
+    seed's pairs: a 'later seed' that is the first seed's model itself reproduces the first seed's
+    attention and finding (b)'s values exactly, on the same pairs, with nothing else scored."""
+    import copy
+
+    from rationale_kit.workbook.protocols.faithfulness import compared_sources, faithfulness_seed_tables, seed_sources
+    from rationale_kit.workbook.protocols.rationales import seed_rationales
+
+    models, docs, pairs = _setup()
+    prof = load_profile("smoke", {"common": {"progress": False, "seeds": [7, 8]},
+                                  "faithfulness": {"models": ["caml"], "code_set": "gold"}})
+    soft, _ = model_rationales(models, docs, pairs, prof)
+    twin = copy.deepcopy(models["caml"])
+    soft_seeds = seed_rationales({("caml", 8): twin}, docs, pairs, prof)
+    assert set(soft_seeds.seed) == {8} and set(soft_seeds.model) == {"caml"}
+    first_att = soft[(soft.model == "caml")].reset_index(drop=True)
+    pd.testing.assert_frame_equal(soft_seeds.drop(columns="seed").reset_index(drop=True), first_att)
+    entity = pd.DataFrame({"note_id": ["a", "b"], "code": ["I10", "E11.9"], "start": [0, 0], "end": [5, 5],
+                           "source": ["entity (exact_code)"] * 2})
+    discrete = {"entity (exact_code)": entity, "llm_zero": entity.assign(source="llm_zero")}
+    table = faithfulness_tables({"caml": models["caml"]}, docs, discrete, soft, prof)
+    # the first seed scored one of the two pairs only (say): the later seed must score that one
+    att = compared_sources(prof.rationales.topk)[0].name
+    first = table[~((table.note_id == "b") & (table.source == att))]
+    rows = faithfulness_seed_tables({("caml", 8): twin}, docs, discrete, soft_seeds, first, prof)
+    assert set(rows.seed) == {8} and set(rows.source) == set(seed_sources(prof.rationales.topk))  # no LLM, no curves
+    assert set(zip(rows.note_id, rows.code)) == {("a", "I10")} and rows.k.isna().all()
+    key = ["source", "measure", "control", "note_id", "code"]
+    mine = rows.set_index(key).value.sort_index()
+    theirs = table[(table.note_id == "a") & table.k.isna()].set_index(key).value.reindex(mine.index)
+    pd.testing.assert_series_equal(mine, theirs)

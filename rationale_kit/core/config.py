@@ -202,6 +202,11 @@ class Train:
     amp: bool = True  # mixed precision on GPU only; label attention stays float32
     threshold_grid: int = 101  # decision thresholds tried on validation, over [0, 1]
     max_train_docs: Optional[int] = None  # cap for quick runs
+    # with several common.seeds: the models trained under every seed, whose attention and gradient
+    # rationales (03), faithfulness (05) and plausibility (06) are then computed per seed for the
+    # verdicts of findings (a) and (b) (docs/method/uncertainty.md); the other models of
+    # train.models are trained and explained under the first seed only. None = every model
+    seed_models: Optional[list[str]] = None
 
 
 @dataclass(frozen=True)
@@ -605,11 +610,27 @@ def _validate(prof: Profile, where: str) -> None:
     seeds = prof.common.seeds
     if seeds is not None and (not seeds or len(set(seeds)) != len(seeds)):
         raise ConfigError(f"{where}: common.seeds must be a non-empty list of distinct integers, got {seeds}")
+    sm = prof.train.seed_models
+    if sm is not None:
+        unknown = [m for m in sm if m not in prof.train.models]
+        if unknown:
+            raise ConfigError(f"{where}: train.seed_models names {unknown[0]!r}, which is not in train.models "
+                              f"{list(prof.train.models)}")
+        if len(set(sm)) != len(sm):
+            raise ConfigError(f"{where}: train.seed_models must list distinct models, got {sm}")
 
 
 def seeds(profile: Profile) -> list[int]:
     """The training seeds: ``common.seeds``, else ``[common.seed]``."""
     return list(profile.common.seeds) if profile.common.seeds else [profile.common.seed]
+
+
+def model_seeds(profile: Profile, model: str) -> list[int]:
+    """The training seeds of coding model ``model`` (notebooks 02-06): every seed of :func:`seeds`
+    when ``train.seed_models`` is None or names it, else the first seed only."""
+    all_ = seeds(profile)
+    sm = profile.train.seed_models
+    return all_ if sm is None or model in sm else all_[:1]
 
 
 def to_dict(profile: Profile) -> dict:

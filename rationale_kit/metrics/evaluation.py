@@ -377,20 +377,38 @@ def _per_seed(frame: pd.DataFrame, pairs: set, notes: pd.Index, columns: Sequenc
     return [per_note(g, columns, pairs=pairs).reindex(notes, fill_value=0) for g in groups]
 
 
+def pair_seeds(a: pd.DataFrame, b: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Both sides of a comparison on the same training seeds: with a ``seed`` column on both, the
+    rows of the seeds both have; with one on one side only, the other side (a model-free source
+    such as entity or LLM spans, the same under every seed) repeated under each of its seeds;
+    without one, unchanged."""
+    if "seed" in a.columns and "seed" in b.columns:
+        both = sorted(set(a.seed) & set(b.seed))
+        return a[a.seed.isin(both)], b[b.seed.isin(both)]
+    if "seed" in a.columns or "seed" in b.columns:
+        seeded, free = (a, b) if "seed" in a.columns else (b, a)
+        seeds = sorted(set(seeded.seed))
+        free = pd.concat([free.assign(seed=s) for s in seeds], ignore_index=True) if seeds else free.assign(seed=0).iloc[:0]
+        return (seeded, free) if "seed" in a.columns else (free, seeded)
+    return a, b
+
+
+def n_seeds(frame: pd.DataFrame) -> int:
+    """Training seeds of a per-seed table (its ``seed`` values; 1 without the column)."""
+    return int(frame["seed"].nunique()) if "seed" in frame.columns and len(frame) else 1
+
+
 def compare_counts(a: pd.DataFrame, b: pd.DataFrame, boot: Bootstrap, notes: Iterable[str] | None = None,
                    measure: str = "token_position_independent", statistic: str = "f1") -> dict:
     """Two sources' pair counts (``pair_counts`` frames) compared on the pairs both were scored on
     (of ``notes`` when given): ``a, b, effect, lo, hi, n_notes, n_pairs`` (NaN without common pairs)
-    and the stability and seed columns of :func:`verdict_comparison`. With a ``seed`` column on
-    both sides (several training seeds), the point values pool the seeds and the interval resamples
-    seeds and notes together (the seeds both sides have, paired by seed)."""
+    and the stability and seed columns of :func:`verdict_comparison`. With a ``seed`` column
+    (several training seeds; :func:`pair_seeds`: a side without one is model-free and pairs with
+    every seed of the other), the point values pool the seeds and the interval resamples seeds and
+    notes together (paired by seed)."""
     a = a[a.measure == measure]
     b = b[b.measure == measure]
-    if "seed" in a.columns and "seed" in b.columns:
-        both = sorted(set(a.seed) & set(b.seed))
-        a, b = a[a.seed.isin(both)], b[b.seed.isin(both)]
-    else:
-        a, b = a.drop(columns="seed", errors="ignore"), b.drop(columns="seed", errors="ignore")
+    a, b = pair_seeds(a, b)
     common = set(zip(a.note_id, a.code)) & set(zip(b.note_id, b.code))
     if notes is not None:
         keep = set(notes)
@@ -411,7 +429,10 @@ def compare_counts(a: pd.DataFrame, b: pd.DataFrame, boot: Bootstrap, notes: Ite
 def compare_values(a: pd.DataFrame, b: pd.DataFrame, boot: Bootstrap) -> dict:
     """Two per-pair value tables (``note_id, code, value``) compared on their common pairs: the
     means over those pairs, their difference and its paired interval over notes (with the
-    stability columns of :func:`verdict_comparison`)."""
+    stability columns of :func:`verdict_comparison`). With a ``seed`` column (several training
+    seeds): :func:`compare_values_seeds`."""
+    if "seed" in a.columns or "seed" in b.columns:
+        return compare_values_seeds(a, b, boot)
     ka = a.groupby(["note_id", "code"])["value"].mean()
     kb = b.groupby(["note_id", "code"])["value"].mean()
     common = ka.index.intersection(kb.index)
@@ -425,6 +446,53 @@ def compare_values(a: pd.DataFrame, b: pd.DataFrame, boot: Bootstrap) -> dict:
     out["a"], out["b"] = float(ka.loc[common].mean()), float(kb.loc[common].mean())
     out.update(effect=out["a"] - out["b"], **verdict_comparison([na], [nb], "mean", boot))
     return out
+
+
+def compare_values_seeds(a: pd.DataFrame, b: pd.DataFrame, boot: Bootstrap) -> dict:
+    """:func:`compare_values` over training seeds: ``a`` and ``b`` are ``note_id, code, value,
+    seed`` tables (:func:`pair_seeds`: a side without ``seed`` pairs with every seed of the other).
+    The units are the pairs both sides have under **every** seed, so each seed is scored on the
+    same pairs; ``a``, ``b`` are the means over seeds and those pairs, and the interval resamples
+    seeds and notes together (:func:`verdict_comparison` on one ``sum, count`` per-note frame per
+    seed; one seed: the notes-only interval). ``seed_sd``: the spread of the per-seed effect."""
+    a, b = pair_seeds(a, b)
+    seeds = sorted(set(a.seed) | set(b.seed)) if len(a) or len(b) else []
+    ka = a.groupby(["seed", "note_id", "code"])["value"].mean()
+    kb = b.groupby(["seed", "note_id", "code"])["value"].mean()
+    common = None
+    for s_ in seeds:
+        pa = ka.xs(s_, level="seed").index if s_ in ka.index.get_level_values(0) else pd.MultiIndex.from_tuples([], names=["note_id", "code"])
+        pb = kb.xs(s_, level="seed").index if s_ in kb.index.get_level_values(0) else pd.MultiIndex.from_tuples([], names=["note_id", "code"])
+        both = pa.intersection(pb)
+        common = both if common is None else common.intersection(both)
+    common = common.sort_values() if common is not None else pd.MultiIndex.from_tuples([], names=["note_id", "code"])
+    out = {"a": np.nan, "b": np.nan, "effect": np.nan, "lo": np.nan, "hi": np.nan,
+           "n_notes": len(set(common.get_level_values(0))) if len(common) else 0, "n_pairs": len(common),
+           "seed_sd": np.nan}
+    if not len(common):
+        return out
+    notes = pd.Index(sorted(set(common.get_level_values(0))), name="note_id")
+    frames_a, frames_b = [], []
+    for s_ in seeds:
+        va, vb = ka.xs(s_, level="seed").loc[common], kb.xs(s_, level="seed").loc[common]
+        frames_a.append(va.groupby(level=0).agg(sum="sum", count="count").reindex(notes))
+        frames_b.append(vb.groupby(level=0).agg(sum="sum", count="count").reindex(notes))
+    out["a"] = float(np.mean([f["sum"].sum() / f["count"].sum() for f in frames_a]))
+    out["b"] = float(np.mean([f["sum"].sum() / f["count"].sum() for f in frames_b]))
+    out.update(effect=out["a"] - out["b"], **verdict_comparison(frames_a, frames_b, "mean", boot))
+    return out
+
+
+def seed_spread_table(values: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
+    """Per group of ``keys``: ``seeds``, the ``mean`` and sample ``std`` across training seeds of
+    ``value`` (one row per group and ``seed`` in ``values``; std NaN with one seed) and the
+    ``n_pairs`` each seed was scored on (the smallest)."""
+    rows = []
+    for key, g in values.groupby(list(keys), sort=True):
+        mean, std = seed_spread(g["value"])
+        rows.append({**dict(zip(keys, key if isinstance(key, tuple) else (key,))), "seeds": int(g.seed.nunique()),
+                     "mean": mean, "std": std, "n_pairs": int(g["n_pairs"].min()) if "n_pairs" in g else np.nan})
+    return pd.DataFrame(rows, columns=[*keys, "seeds", "mean", "std", "n_pairs"])
 
 
 def decide(effect_row: Mapping, expect: str, min_notes: int = 0) -> str:

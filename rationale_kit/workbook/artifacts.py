@@ -112,6 +112,9 @@ PAIRS = Artifact("pairs.parquet", "03_rationales", (), ("note_id", "code", "is_g
 SOFT = Artifact("soft.parquet", "03_rationales", ("05_faithfulness", "06_plausibility"),
                 ("note_id", "code", "source", "method", "model", "unit", "start", "end", "score"),
                 "attention and gradient rationales")
+SOFT_SEEDS = Artifact("soft_seeds.parquet", "03_rationales", ("05_faithfulness", "06_plausibility"),
+                      SOFT.columns + ("seed",),
+                      "attention and gradient rationales of the later training seeds' models (several common.seeds)")
 ENTITY = Artifact("entity.parquet", "03_rationales", ("05_faithfulness", "06_plausibility", "09_open_questions"),
                   SPAN_TABLE + ("method", "model", "score", "match", "linked_code", "mention", "filtered_reason"),
                   "entity-linking spans")
@@ -156,6 +159,12 @@ FAITHFULNESS_TABLE = Artifact("faithfulness_table.csv", "05_faithfulness", ("rep
                               ("model", "source", "measure", "random", "rationale", "difference", "n_pairs", "n_notes",
                                "rationale_lo", "rationale_hi", "difference_lo", "difference_hi"),
                               "faithfulness summary with intervals")
+FAITHFULNESS_SEEDS = Artifact("faithfulness_seeds.parquet", "05_faithfulness", (),
+                              ("note_id", "code", "source", "model", "measure", "k", "value", "control", "unit", "...",
+                               "seed"), "per-pair rows of finding (b)'s sources under the later training seeds' models")
+SEED_SPREAD_COLUMNS = ("model", "source", "measure", "seeds", "mean", "std", "n_pairs")
+FAITHFULNESS_SEED_SPREAD = Artifact("faithfulness_seeds.csv", "05_faithfulness", ("report",), SEED_SPREAD_COLUMNS + ("value",),
+                                    "finding (b)'s sources: mean and sd across training seeds")
 VERDICTS_B = Artifact("verdicts.csv", "05_faithfulness", ("report",), VERDICT_COLUMNS, "finding (b)")
 TIMING_05 = Artifact("bootstrap_timing.json", "05_faithfulness", ("report",), TIMING_KEYS, "time in the bootstrap")
 
@@ -166,6 +175,10 @@ PLAUSIBILITY = Artifact("plausibility.parquet", "06_plausibility", ("08_few_shot
                          "model", "binarisation"), "plausibility rows of every source")
 PAIR_COUNTS = Artifact("pair_counts.parquet", "06_plausibility", ("08_few_shot", "09_open_questions"), COUNT_TABLE + ("source", "model"),
                        "per-pair MDACE counts of every source")
+PAIR_COUNTS_SEEDS = Artifact("pair_counts_seeds.parquet", "06_plausibility", (), COUNT_TABLE + ("source", "model", "seed"),
+                             "per-pair MDACE counts of the top-k attention and gradients of the later training seeds' models")
+PLAUSIBILITY_SEED_SPREAD = Artifact("plausibility_seeds.csv", "06_plausibility", ("report",), SEED_SPREAD_COLUMNS,
+                                    "PI token F1 of the top-k model rationales: mean and sd across training seeds")
 SOFT_PLAUSIBILITY = Artifact("soft_plausibility.csv", "06_plausibility", (),
                              ("model", "source", "n_pairs", "auprc", "...", "threshold", "topk"),
                              "soft measures per model and source")

@@ -125,6 +125,24 @@ def _faithfulness(values: str) -> Callable[[pd.DataFrame], pd.DataFrame]:
     return shape
 
 
+def _seed_spread(frame: pd.DataFrame) -> pd.DataFrame:
+    """A seed-spread table (``*_seeds.csv``) as ``mean ± sd`` per model and source (one column per
+    measure, and per rationale / difference for faithfulness), with the number of seeds."""
+    cols = ["measure"] + (["value"] if "value" in frame.columns else [])
+    cells = frame.assign(cell=[f"{m:.3f} ± {s:.3f}" if not math.isnan(_num(s)) else f"{m:.3f}"
+                               for m, s in zip(frame["mean"], frame["std"])],
+                         column=[" · ".join(str(x) for x in r) for r in frame[cols].itertuples(index=False)])
+    out = cells.pivot(index=["model", "source"], columns="column", values="cell")
+    out.columns.name = None
+    out["seeds"] = cells.groupby(["model", "source"])["seeds"].max()
+    return out
+
+
+def _if_present(root: Path, artifact: Artifact, *args, **kwargs) -> list:
+    """:func:`_csv` of an artifact only some runs write (several training seeds); nothing otherwise."""
+    return [_csv(root, artifact, *args, **kwargs)] if (root / artifact.key).exists() else []
+
+
 def _aopc_note() -> str:
     from rationale_kit.metrics.faithfulness.measures import NOTE_AOPC  # torch-free
 
@@ -151,11 +169,16 @@ def _sections(root: Path, figures_dir: Path) -> list[tuple[str, str, Callable[[]
                                         _csv(root, A.CODING_SEEDS, "coding measures across training seeds (common.seeds)",
                                              3, 0, _coding)]),
         ("06_plausibility", "Plausibility", lambda: [_csv(root, A.PLAUSIBILITY_TABLE,
-                                                          "plausibility (F1, all granularities, all codes)", 4, [0, 1])]),
+                                                          "plausibility (F1, all granularities, all codes)", 4, [0, 1]),
+                                                     *_if_present(root, A.PLAUSIBILITY_SEED_SPREAD,
+                                                                  "PI token F1 of the top-k model rationales across "
+                                                                  "training seeds (mean ± sd)", 3, None, _seed_spread)]),
         ("05_faithfulness", "Faithfulness", lambda: [
             _aopc_note(),
             _csv(root, A.FAITHFULNESS_TABLE, "faithfulness of the rationales", 4, None, _faithfulness("rationale")),
             _csv(root, A.FAITHFULNESS_TABLE, "rationale minus random control", 4, None, _faithfulness("difference")),
+            *_if_present(root, A.FAITHFULNESS_SEED_SPREAD, "finding (b)'s sources across training seeds (mean ± sd over "
+                         "seeds of the mean over the same pairs)", 3, None, _seed_spread),
         ]),
         ("07_guided_learning", "Guided learning", guided),
         ("08_few_shot", "Few-shot", lambda: [
@@ -300,8 +323,18 @@ def verdict_grid(v: pd.DataFrame) -> tuple[GridCell, ...]:
     return tuple(cells)
 
 
+def training_seeds(units: Any) -> int | None:
+    """The number of training seeds a verdict row rests on, as its ``units`` text states it
+    ("... (3 training seeds)"); None when it names none (one seed)."""
+    m = re.search(r"(\d+) training seeds", _text(units))
+    return int(m.group(1)) if m else None
+
+
 def _stability(r: Mapping) -> str:
     bits = []
+    n = training_seeds(r.get("units"))
+    if n:
+        bits.append(f"{n} seeds")
     agree = _share(r.get("seed_agreement"))
     if not math.isnan(agree):
         bits.append(f"agree {agree:.0%}")

@@ -89,7 +89,8 @@ def common_pairs(candidates: set, tables: Iterable[pd.DataFrame], docs: pd.DataF
 
 def faithfulness_tables(models_: Mapping[str, torch.nn.Module], docs: pd.DataFrame, discrete: Mapping[str, pd.DataFrame],
                         soft: pd.DataFrame, profile: Profile, device: str = "cpu", gold: pd.DataFrame | None = None,
-                        preds: pd.DataFrame | None = None, design=None) -> pd.DataFrame:
+                        preds: pd.DataFrame | None = None, design=None, pairs: Mapping[str, set] | None = None,
+                        sources: Iterable[str] | None = None, scored: bool = True) -> pd.DataFrame:
     """Comprehensiveness and sufficiency of every source under every model (its own attention and
     gradients as scored rationales; the discrete sources and its top-k attention as span sets),
     each with a random control of the same size. One long table.
@@ -105,7 +106,11 @@ def faithfulness_tables(models_: Mapping[str, torch.nn.Module], docs: pd.DataFra
 
     Per model the engine is called once per kind (all discrete sources together, all scored
     sources for ERASER, all for Edin), the three calls sharing one ``NoteCache``, so each note is
-    encoded and cached once per model."""
+    encoded and cached once per model.
+
+    ``pairs`` (``{model: pairs}``): score these pairs instead of drawing them (an extra training
+    seed on the first seed's sample: :func:`faithfulness_seed_tables`); ``sources``: keep only these
+    span sources (display names); ``scored=False``: no ERASER / Edin runs of the soft rationales."""
     from rationale_kit.metrics.evaluation import restrict
     from rationale_kit.metrics import faithfulness
 
@@ -128,23 +133,94 @@ def faithfulness_tables(models_: Mapping[str, torch.nn.Module], docs: pd.DataFra
         spans = dict(discrete)
         spans[ATTENTION.with_top_k(k).name] = attention_topk_spans(soft, name, k)
         compared = [spans[s.name] for s in compared_sources(k) if s.name in spans and len(spans[s.name])]
-        chosen = set(common_pairs(_code_set_pairs(name, model, docs, preds, f.code_set), compared, docs, f.max_pairs,
-                                  f.sample_seed))
+        if pairs is not None and name in pairs:
+            chosen = {p for p in pairs[name] if p[0] in note_ids}
+        else:
+            chosen = set(common_pairs(_code_set_pairs(name, model, docs, preds, f.code_set), compared, docs, f.max_pairs,
+                                      f.sample_seed))
         ent = spans.get(ENTITY_EXACT.name)
         if ent is not None and len(ent):
             spans[SIZE_MATCHED.name] = attention_size_matched_spans(soft[soft.note_id.isin(note_ids)], name,
                                                                     restrict(ent, chosen))
+        if sources is not None:
+            keep = set(sources)
+            spans = {src: table for src, table in spans.items() if src in keep}
         tables = [restrict(table[table.note_id.isin(note_ids)], chosen).assign(source=src)
                   for src, table in spans.items()]
         tables = [t for t in tables if len(t)]
         if tables:
             parts.append(faithfulness.run_spec(model, docs, pd.concat(tables, ignore_index=True), spec("discrete", name),
                                                **shared))
-        own = restrict(soft[(soft.model == name) & soft.note_id.isin(note_ids)], chosen)
+        own = restrict(soft[(soft.model == name) & soft.note_id.isin(note_ids)], chosen) if scored else soft.iloc[:0]
         if len(own):
             parts.append(faithfulness.run_spec(model, docs, own, spec("eraser", name), **shared))
             parts.append(faithfulness.run_spec(model, docs, own, spec("edin", name), **shared))
     return pd.concat(parts, ignore_index=True)
+
+
+def seed_sources(k: int) -> tuple[str, ...]:
+    """The span sources an extra training seed is scored on: those finding (b) compares (top-``k``
+    attention, exact-code entity spans, size-matched attention; :func:`attention_vs_entity`)."""
+    return (*(s.name for s in compared_sources(k)), SIZE_MATCHED.name)
+
+
+def faithfulness_seed_tables(extra: Mapping[tuple[str, int], torch.nn.Module], docs: pd.DataFrame,
+                             discrete: Mapping[str, pd.DataFrame], soft_seeds: pd.DataFrame, first: pd.DataFrame,
+                             profile: Profile, device: str = "cpu", design=None) -> pd.DataFrame:
+    """Finding (b)'s sources under the models of the training seeds after the first (``extra``:
+    ``{(model, seed): model}``, notebook 02's ``<model>_seed<N>``), with their own attention
+    (``soft_seeds``: notebook 03's rationales of those models, a ``seed`` column), on the pairs the
+    first seed's model was scored on (``first``: its :func:`faithfulness_tables` rows; the seeded
+    sample is drawn once, so every seed is scored on the same pairs): :func:`seed_sources` only,
+    with their random controls, no ERASER / Edin curves. The rows of :func:`faithfulness_tables`
+    plus ``seed``."""
+    k = profile.rationales.topk
+    att = compared_sources(k)[0].name
+    parts = []
+    for (name, seed), model in extra.items():
+        done = first[(first.model == name) & (first.source == att)]
+        chosen = set(zip(done.note_id.astype(str), done.code.astype(str)))
+        if not chosen:
+            continue
+        soft_s = soft_seeds[(soft_seeds.seed == seed) & (soft_seeds.model == name)].drop(columns="seed")
+        t = faithfulness_tables({name: model}, docs, discrete, soft_s, profile, device, design=design,
+                                pairs={name: chosen}, sources=seed_sources(k), scored=False)
+        parts.append(t.assign(seed=int(seed)))
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def with_first_seed(rows: pd.DataFrame, seed_rows: pd.DataFrame | None, first_seed: int) -> pd.DataFrame:
+    """The first seed's rows (no ``seed`` column) and the extra seeds' (``seed_rows``) in one table
+    with a ``seed`` column; ``rows`` unchanged when there are no extra seeds."""
+    if seed_rows is None or not len(seed_rows):
+        return rows
+    return pd.concat([rows.assign(seed=int(first_seed)), seed_rows], ignore_index=True)
+
+
+def faithfulness_seed_spread(agg: pd.DataFrame, seed_rows: pd.DataFrame, first_seed: int) -> pd.DataFrame:
+    """The spread across training seeds of the faithfulness table: per model, source and measure of
+    the sources scored under every seed (:func:`seed_sources`), the mean over pairs of the
+    rationale and of rationale minus its random control under each seed, then their ``mean`` and
+    ``std`` across seeds (``seeds``, ``n_pairs``). ``agg``: the first seed's per-pair rows (``k``
+    NaN), ``seed_rows``: the extra seeds' (:func:`faithfulness_seed_tables`)."""
+    from rationale_kit.metrics import evaluation as E
+
+    both = with_first_seed(agg, seed_rows[seed_rows.k.isna()], first_seed)
+    both = both[both.source.isin(set(seed_rows.source)) & both.model.isin(set(seed_rows.model))]
+    keys = ["model", "source", "measure", "seed"]
+    per_pair = both.groupby(keys + ["note_id", "code", "control"])["value"].mean().unstack("control")
+    rows = []
+    for key, g in per_pair.groupby(level=list(range(len(keys)))):
+        rat = g["rationale"].dropna()
+        diff = (g["rationale"] - g["random"]).dropna() if "random" in g else rat.iloc[:0]
+        rows.append({**dict(zip(keys, key)), "n_pairs": len(rat), "rationale": rat.mean() if len(rat) else np.nan,
+                     "difference": diff.mean() if len(diff) else np.nan})
+    per_seed = pd.DataFrame(rows)
+    out = []
+    for what in ("rationale", "difference"):
+        t = E.seed_spread_table(per_seed.rename(columns={what: "value"}), ["model", "source", "measure"])
+        out.append(t.assign(value=what))
+    return pd.concat(out, ignore_index=True)[["model", "source", "measure", "value", "seeds", "mean", "std", "n_pairs"]]
 
 
 def faithfulness_summary(agg: pd.DataFrame, profile: Profile) -> pd.DataFrame:
@@ -174,7 +250,8 @@ def faithfulness_summary(agg: pd.DataFrame, profile: Profile) -> pd.DataFrame:
     return summary.merge(pd.DataFrame(extra), on=keys, how="left")
 
 
-def attention_vs_entity(agg: pd.DataFrame, k: int, profile: Profile, dataset: str = "") -> pd.DataFrame:
+def attention_vs_entity(agg: pd.DataFrame, k: int, profile: Profile, dataset: str = "",
+                        seed_rows: pd.DataFrame | None = None) -> pd.DataFrame:
     """Finding (b) per model: top-k attention more comprehensive than exact-code entity spans, and
     entity spans more sufficient (lower sufficiency), each from a paired comparison on the pairs
     both sources were scored on (means over those pairs, difference attention - entity, paired
@@ -186,23 +263,37 @@ def attention_vs_entity(agg: pd.DataFrame, k: int, profile: Profile, dataset: st
       (:data:`SIZE_MATCHED`) vs entity spans.
 
     A combined row per model and control. ``agg``: per-pair rows (``k`` NaN, ``control`` rationale
-    and random)."""
+    and random). ``seed_rows``: the same rows under the models of the later training seeds
+    (:func:`faithfulness_seed_tables`, a ``seed`` column): a model scored under several seeds is
+    compared on the pairs every seed has, the interval resampling seeds and notes together
+    (:func:`~rationale_kit.metrics.evaluation.compare_values_seeds`), with ``seed_sd``."""
+    from rationale_kit.core.config import seeds as seeds_of
     from rationale_kit.metrics import evaluation as E
 
     att, ent = (s.name for s in compared_sources(k))
     boot_ = bootstrap(profile.evaluation)
     rows = []
+    if seed_rows is not None and len(seed_rows):
+        agg = with_first_seed(agg, seed_rows[seed_rows.k.isna()], seeds_of(profile)[0])
     cols = ["note_id", "code", "value"]
 
     def values(part, source, measure, control="rationale"):
         return part[(part.source == source) & (part.measure == measure) & (part.control == control)][cols]
 
     def minus_random(part, source, measure):
-        r = values(part, source, measure).groupby(["note_id", "code"])["value"].mean()
-        c = values(part, source, measure, "random").groupby(["note_id", "code"])["value"].mean()
+        keys = cols[:2] + cols[3:]
+        r = values(part, source, measure).groupby(keys)["value"].mean()
+        c = values(part, source, measure, "random").groupby(keys)["value"].mean()
         return r.sub(c).dropna().rename("value").reset_index()
 
     for model, part in agg.groupby("model"):
+        n_seeds = E.n_seeds(part)
+        if "seed" in part.columns and n_seeds == 1:
+            part = part.drop(columns="seed")
+        cols = ["note_id", "code", "value"] + (["seed"] if "seed" in part.columns else [])
+        units = "report-note pairs both were scored on (seeded sample)"
+        if n_seeds > 1:
+            units = f"report-note pairs both were scored on under every training seed (seeded sample; {n_seeds} training seeds)"
         for control in ("raw", "minus_random", "size_matched"):
             a_src = SIZE_MATCHED.name if control == "size_matched" else att
             if not ((part.source == a_src) & (part.control == "rationale")).any():
@@ -216,8 +307,7 @@ def attention_vs_entity(agg: pd.DataFrame, k: int, profile: Profile, dataset: st
                     a_v, b_v = values(part, a_src, measure), values(part, ent, measure)
                     text = f"{claim} ({measure}: {a_src} - {ent})"
                 res = E.compare_values(a_v, b_v, boot_)
-                r = E.verdict_row("b", text, model, dataset, measure, "report-note pairs both were scored on (seeded sample)",
-                                  res, "greater", boot_.min_notes, control)
+                r = E.verdict_row("b", text, model, dataset, measure, units, res, "greater", boot_.min_notes, control)
                 rows.append(r)
                 pair.append(r)
             rows.append(E.combined_row("b", f"attention more comprehensive, entity more sufficient ({control})", model,

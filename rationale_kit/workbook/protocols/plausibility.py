@@ -22,6 +22,9 @@ class PlausibilityResult:
     thresholds: dict  # tuned thresholds per (model, source)
     counts: pd.DataFrame = None  # per (note, code) MDACE counts of every row source (report notes)
     comparisons: pd.DataFrame = None  # paired comparisons and finding (a)'s verdicts
+    # the later training seeds' models (train.seed_models): per-pair counts of their top-k
+    # binarised attention and gradients, with a seed column (None with one seed)
+    seed_counts: pd.DataFrame = None
 
 
 def _unit_counts(gold: pd.DataFrame, predicted: set | None) -> pd.DataFrame:
@@ -63,7 +66,7 @@ def _score(P, E, gold_report: pd.DataFrame, run_on: set | None, name: str, spans
 
 
 def plausibility_tables(ds, discrete: Mapping[str, pd.DataFrame], soft: pd.DataFrame, preds: pd.DataFrame,
-                        profile: Profile, design=None) -> PlausibilityResult:
+                        profile: Profile, design=None, soft_seeds: pd.DataFrame | None = None) -> PlausibilityResult:
     """The paper's plausibility table on the report notes of the evaluation design.
 
     Every source is scored on the gold pairs of the report notes **it was run on** (``design``'s
@@ -75,7 +78,12 @@ def plausibility_tables(ds, discrete: Mapping[str, pd.DataFrame], soft: pd.DataF
     their soft measures (AUPRC, P@k, R@k, token P/R/F1 at the tuned threshold) are reported
     alongside. A random baseline has the entity spans' sizes placed at random. Model sources are
     also split by codes the model predicted vs missed. ``comparisons``: finding (a) from paired
-    comparisons (LLM vs entity, entity vs top-k attention per model) on the pairs both have."""
+    comparisons (LLM vs entity, entity vs top-k attention per model) on the pairs both have.
+
+    ``soft_seeds``: notebook 03's rationales of the later training seeds' models (a ``seed``
+    column; they explain the first seed's pairs): each is binarised by top-k
+    (``plausibility.topk``) and counted on the same gold pairs (``seed_counts``), and finding (a)'s
+    attention rows resample seeds and notes together (:func:`plausibility_verdicts`)."""
     from rationale_kit.metrics import evaluation as E
     from rationale_kit.metrics import plausibility as P
 
@@ -115,16 +123,63 @@ def plausibility_tables(ds, discrete: Mapping[str, pd.DataFrame], soft: pd.DataF
             rows.append(tab.assign(model=model, binarisation=name.split("(")[-1].rstrip(")")))
             counts.append(c.assign(source=name, model=model))
     counts = pd.concat(counts, ignore_index=True)
+    seed_counts = None
+    if soft_seeds is not None and len(soft_seeds):
+        parts = []
+        for (model, src, seed), table in soft_seeds.groupby(["model", "source", "seed"], sort=True):
+            run_on = design.pairs(src, model)  # the first seed's pairs: every seed explains them
+            test_scores = on_test(table.drop(columns="seed"))
+            for k in pl.topk:
+                c = E.pair_counts(E.restrict(gold, run_on), P.binarise(test_scores, topk=k), docs)
+                parts.append(c.assign(source=parse_source(src).with_top_k(k).name, model=model, seed=int(seed)))
+        seed_counts = pd.concat(parts, ignore_index=True)
     return PlausibilityResult(pd.concat(rows, ignore_index=True), pd.DataFrame(soft_rows),
                               {f"{m}/{s}": v for (m, s), v in thresholds.items()}, counts,
-                              plausibility_verdicts(counts, profile, ds.name))
+                              plausibility_verdicts(counts, profile, ds.name, seed_counts=seed_counts), seed_counts)
+
+
+def with_seed_counts(counts: pd.DataFrame, seed_counts: pd.DataFrame | None, source: str, model: str,
+                     first_seed: int) -> pd.DataFrame:
+    """The counts of ``source`` under ``model``: the first seed's (``counts``) and, when the model
+    was trained under more seeds, theirs (``seed_counts``), with a ``seed`` column; the first seed's
+    alone (no ``seed`` column) otherwise."""
+    base = counts[(counts.source == source) & (counts.model == model)]
+    if seed_counts is None or not len(seed_counts):
+        return base
+    extra = seed_counts[(seed_counts.source == source) & (seed_counts.model == model)]
+    if not len(extra):
+        return base
+    return pd.concat([base.assign(seed=int(first_seed)), extra[[*base.columns, "seed"]]], ignore_index=True)
+
+
+def plausibility_seed_spread(counts: pd.DataFrame, seed_counts: pd.DataFrame, first_seed: int,
+                             measure: str = "token_position_independent") -> pd.DataFrame:
+    """The spread across training seeds of ``measure`` F1 (pooled over the report-note gold pairs)
+    of every source scored under several seeds (``seed_counts``' sources: top-k attention and
+    gradients): per model and source, ``seeds``, ``mean``, ``std`` and ``n_pairs``."""
+    from rationale_kit.metrics import evaluation as E
+
+    rows = []
+    for (model, source), _ in seed_counts.groupby(["model", "source"], sort=True):
+        c = with_seed_counts(counts, seed_counts, source, model, first_seed)
+        c = c[c.measure == measure]
+        for seed, g in c.groupby("seed"):
+            rows.append({"model": model, "source": source, "measure": measure, "seed": seed,
+                         "value": E.prf(g[["tp", "fp", "fn"]].sum())["f1"], "n_pairs": len(g)})
+    return E.seed_spread_table(pd.DataFrame(rows, columns=["model", "source", "measure", "seed", "value", "n_pairs"]),
+                               ["model", "source", "measure"])
 
 
 def plausibility_verdicts(counts: pd.DataFrame, profile: Profile, dataset: str,
-                          measure: str = "token_position_independent") -> pd.DataFrame:
+                          measure: str = "token_position_independent", seed_counts: pd.DataFrame | None = None) -> pd.DataFrame:
     """Finding (a), plausibility LLM > entity > attention, from paired comparisons of ``measure``
     F1 on the pairs both sources were scored on: each LLM teacher vs exact-code entity spans, and
-    entity spans vs each model's top-k attention (``rationales.topk``); a combined row per model."""
+    entity spans vs each model's top-k attention (``rationales.topk``); a combined row per model.
+    With ``seed_counts`` (the later training seeds' counts), a model trained under several seeds
+    has its entity-vs-attention row resample seeds and notes together, the model-free entity
+    spans pairing with every seed (:func:`~rationale_kit.metrics.evaluation.compare_counts`), and
+    ``seed_sd`` gives the spread."""
+    from rationale_kit.core.config import seeds as seeds_of
     from rationale_kit.metrics import evaluation as E
 
     boot_ = bootstrap(profile.evaluation)
@@ -143,8 +198,11 @@ def plausibility_verdicts(counts: pd.DataFrame, profile: Profile, dataset: str,
             llm_rows.append(r)
     models = sorted(set(counts.loc[counts.source == att, "model"]))
     for m in models:
-        r = E.verdict_row("a", f"{ent} > {att}", m, dataset, measure, "report notes, pairs both were run on",
-                          E.compare_counts(get(ent), get(att, m), boot_, measure=measure), "greater", boot_.min_notes)
+        att_m = with_seed_counts(counts, seed_counts, att, m, seeds_of(profile)[0])
+        n = E.n_seeds(att_m)
+        units = "report notes, pairs both were run on" + (f" ({n} training seeds)" if n > 1 else "")
+        r = E.verdict_row("a", f"{ent} > {att}", m, dataset, measure, units,
+                          E.compare_counts(get(ent), att_m, boot_, measure=measure), "greater", boot_.min_notes)
         rows.append(r)
         rows.append(E.combined_row("a", "LLM > entity > attention (all of the above)", m, dataset, measure, llm_rows + [r]))
     return E.verdicts_frame(rows)

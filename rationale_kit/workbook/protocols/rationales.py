@@ -57,6 +57,21 @@ def model_rationales(models_: Mapping[str, torch.nn.Module], docs: pd.DataFrame,
     return pd.concat(tables, ignore_index=True), report
 
 
+def seed_rationales(extra: Mapping[tuple[str, int], torch.nn.Module], docs: pd.DataFrame, pairs: pd.DataFrame,
+                    profile: Profile, device: str = "cpu") -> pd.DataFrame:
+    """:func:`model_rationales` of the models of the training seeds after the first (``extra``:
+    ``{(model, seed): model}``, :func:`~rationale_kit.workbook.protocols.train.extra_seed_models`)
+    on the pairs the first seed's model explains (``pairs``: its :func:`pairs_to_explain` rows, so
+    every seed is scored on the same units and the design's run-on pairs hold for all of them):
+    the soft table plus ``seed``. Entity and LLM rationales do not depend on the model and are
+    not computed again."""
+    parts = []
+    for (name, seed), model in extra.items():
+        soft_s, _ = model_rationales({name: model}, docs, pairs, profile, device)
+        parts.append(soft_s.assign(seed=int(seed)))
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
 def run_entity_linking(docs: pd.DataFrame, pairs: pd.DataFrame, codes: pd.DataFrame, profile: Profile,
                       cache_dir: Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Entity-linking rationales for the pairs (model-independent). Returns ``(spans, mentions)``;

@@ -163,20 +163,40 @@ def coding_table(pred_frames: Mapping[str, pd.DataFrame], docs: pd.DataFrame, la
 def coding_seed_spread(tables: Mapping[int, pd.DataFrame], measures: Sequence[str] = SEED_MEASURES) -> pd.DataFrame:
     """Mean and sample standard deviation across training seeds of each model's coding measures.
 
-    ``tables``: ``{seed: coding_table}`` (one :func:`coding_table` per seed, the same models). Returns
-    one row per model with ``seeds`` and ``<measure> mean`` / ``<measure> std`` (std NaN with one
-    seed). The frequency baseline has no seed and is left out."""
+    ``tables``: ``{seed: coding_table}`` (one :func:`coding_table` per seed; the first seed's has
+    every model, a later seed's the models trained under it: ``train.seed_models``). Returns one row
+    per model of the first table with ``seeds`` (the tables that have it) and ``<measure> mean`` /
+    ``<measure> std`` (std NaN with one seed). The frequency baseline has no seed and is left out."""
     from rationale_kit.metrics.evaluation import seed_spread
 
     models_ = [m for m in next(iter(tables.values())).index if m != "frequency baseline"]
     rows = {}
     for m in models_:
-        row = {"seeds": float(len(tables))}
+        have = [t for t in tables.values() if m in t.index]
+        row = {"seeds": float(len(have))}
         for measure in measures:
-            mean, std = seed_spread([float(t.loc[m, measure]) for t in tables.values()])
+            mean, std = seed_spread([float(t.loc[m, measure]) for t in have])
             row[f"{measure} mean"], row[f"{measure} std"] = mean, std
         rows[m] = row
     return pd.DataFrame(rows).T.rename_axis("model")
+
+
+def extra_seed_models(train_dir: Path, profile: Profile, names: Iterable[str] | None = None,
+                      device: str = "cpu") -> dict:
+    """The models notebook 02 trained under the seeds after the first (``{(name, seed): model}``,
+    in eval mode; :func:`seed_dirs`): for each of ``names`` (default ``train.models``) the seeds of
+    :func:`~rationale_kit.core.config.model_seeds` but the first. Empty with one seed."""
+    from rationale_kit import models
+    from rationale_kit.core.config import model_seeds
+
+    out = {}
+    for name in (names if names is not None else profile.train.models):
+        seeds = model_seeds(profile, name)
+        for seed, folder in list(seed_dirs(train_dir, name, seeds).items())[1:]:
+            model, _ = models.load(Path(folder) / "model", device=device)
+            model.eval()
+            out[name, seed] = model
+    return out
 
 
 def load_models(train_dir: Path, names: Iterable[str], device: str = "cpu") -> dict:
