@@ -1,6 +1,8 @@
-"""The OpenAI-compatible backend against recorded request/response pairs in the wire formats of
-real servers (llama.cpp llama-server, llama-cpp-python, vLLM, Ollama, OpenAI:
-tests/fixtures/openai_wire.json), malformed answers, and a server that queues requests.
+"""The OpenAI-compatible backend against request/response pairs in the wire formats of real servers
+(llama.cpp llama-server, llama-cpp-python, vLLM, Ollama, OpenAI: tests/fixtures/openai_wire.json,
+DOCUMENTATION-DERIVED: written from their documentation and API references, not recorded),
+malformed answers, and a server that queues requests. Pairs recorded from real servers are
+replayed by tests/test_llm_recorded.py.
 
 Each fixture is replayed through ``httpx.MockTransport`` (no sockets): the request our backend sends
 is kept and checked, the recorded answer is given back byte for byte.
