@@ -332,7 +332,8 @@ def run_llm(
     list is given) and its request asked again.
 
     An answer cut at the output token limit (finish reason ``MAX_TOKENS``) that does not reach
-    every code asked has outcome ``truncated``: the codes it reached keep their quotes, the others
+    every code asked (also one that cannot be read at all: it is not re-asked, since the re-ask
+    has the same budget) has outcome ``truncated``: the codes it reached keep their quotes, the others
     get status ``truncated`` (not ``no_quotes``: nothing was said about them), ``truncated_codes``
     counts them, a warning gives the totals, and ``rerun_failed=True`` asks again. Caps:
     an answer longer than ``max_answer_chars`` is not parsed (outcome failed); at most
