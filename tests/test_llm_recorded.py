@@ -197,7 +197,7 @@ def replay(stem: str, name: str, tmp_path: Path, monkeypatch) -> tuple[dict, Rep
 
 
 def test_fixtures_are_recorded_with_provenance():
-    assert "llama-cpp-python" in {fx["server"]["name"] for fx in FIXTURES.values()}
+    assert {"llama-cpp-python", "llama-server"} <= {fx["server"]["name"] for fx in FIXTURES.values()}
     for stem, fx in FIXTURES.items():
         s = fx["server"]
         assert fx["kind"] == "recorded" and stem == f"{s['name']}-{s['version']}"
@@ -257,10 +257,13 @@ def test_quote_against_recorded_server(stem, name, tmp_path, monkeypatch):
             continue
         content, finish, _, _ = completion(resp)
         quotes = answer_quotes(content)
-        if finish == "length" and not all(c in quotes for c in asked[note["note_id"]]):
+        # the codes the answer reached (a cut answer is not JSON, the code may still be written out)
+        reached = [c for c in asked[note["note_id"]]
+                   if c in quotes or re.search(r'"code"\s*:\s*"' + re.escape(c) + '"', content)]
+        if finish == "length" and len(reached) < len(asked[note["note_id"]]):
             # cut at the budget before reaching every code: the codes not reached say so
             assert any(s["status"] == "truncated" for s in lines), lines
-            if not quotes:  # nothing readable: not re-asked (the same budget cuts the re-ask too)
+            if not reached:  # nothing readable: not re-asked (the same budget cuts the re-ask too)
                 assert {s["status"] for s in lines} == {"truncated"}
                 assert sum(note_of(e["request"], sc["docs"]) is note for e in used) == 1
         for code, qs in quotes.items():
