@@ -1,6 +1,8 @@
-"""The OpenAI-compatible backend against recorded request/response pairs in the wire formats of
-real servers (llama.cpp llama-server, llama-cpp-python, vLLM, Ollama, OpenAI:
-tests/fixtures/openai_wire.json), malformed answers, and a server that queues requests.
+"""The OpenAI-compatible backend against request/response pairs in the wire formats of real servers
+(llama.cpp llama-server, llama-cpp-python, vLLM, Ollama, OpenAI: tests/fixtures/openai_wire.json,
+DOCUMENTATION-DERIVED: written from their documentation and API references, not recorded),
+malformed answers, and a server that queues requests. Pairs recorded from real servers are
+replayed by tests/test_llm_recorded.py.
 
 Each fixture is replayed through ``httpx.MockTransport`` (no sockets): the request our backend sends
 is kept and checked, the recorded answer is given back byte for byte.
@@ -232,3 +234,21 @@ def test_a_queueing_server_does_not_time_out_every_request(tmp_path, caplog):
         _, calls = run(reqs(10), b, tmp_path, concurrency=8, max_retries=4)
     assert calls.status.eq("ok").all(), calls.error.tolist()
     assert "request(s) in flight from now on" in caplog.text
+
+
+@pytest.mark.parametrize("status,message", [
+    (400, "This model's maximum context length is 2048 tokens. However, you requested 2789 tokens (2693 in the "
+          "messages, 96 in the completion). Please reduce the length of the messages or completion."),
+    (400, "the request exceeds the available context size, try increasing it"),
+    (500, "Requested tokens (2693) exceed context window of 2048"),
+])
+def test_a_prompt_longer_than_the_context_is_asked_once(status, message, tmp_path):
+    """A context-length error cannot succeed on a retry, whatever its status (llama-cpp-python
+    raised it as a 500 before 0.2.x): that note fails after one request, the error names the
+    settings to change, and the other notes are asked."""
+    rep = Replayer([{"status": status, "headers": {"content-type": "application/json"},
+                     "body": {"error": {"message": message, "type": "invalid_request_error"}}}])
+    _, calls = run(reqs(2), backend(rep), tmp_path, max_retries=3, concurrency=1)
+    assert calls.status.tolist() == ["failed", "failed"] and calls.attempts.tolist() == [1, 1]
+    assert len(rep.requests) == 2
+    assert all("max_note_chars" in e and "max_output_tokens" in e and message[:30] in e for e in calls.error)

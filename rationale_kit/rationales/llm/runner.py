@@ -230,7 +230,13 @@ async def _answer(req: LLMRequest, backend: Backend, schema: Mapping[str, Any], 
         last = r
         oversize = too_long(r)
         kind, obj, detail = ("oversize", None, oversize) if oversize else interpret_response(r, schema)
-        if kind == "invalid" and policy.reask:
+        if kind == "invalid" and r.finish_reason == "MAX_TOKENS":
+            # cut at the output budget before it could be read: a re-ask has the same budget and is
+            # cut again (llama-cpp-python's recorded answers), so the codes are reported truncated
+            entry.update(outcome="truncated", parsed={"rationales": []}, truncated_codes=req.code_list(),
+                         error=f"{detail}: no code could be read; raise the output budget (max_output_tokens)")
+            kind = "cut"
+        elif kind == "invalid" and policy.reask:
             rp = repair_prompt(req.prompt, r.text, detail or "", policy.prompts_dir)
             r2, n2, err2 = await _call(backend, rp, *args)
             entry["attempts"] += n2
@@ -326,7 +332,8 @@ def run_llm(
     list is given) and its request asked again.
 
     An answer cut at the output token limit (finish reason ``MAX_TOKENS``) that does not reach
-    every code asked has outcome ``truncated``: the codes it reached keep their quotes, the others
+    every code asked (also one that cannot be read at all: it is not re-asked, since the re-ask
+    has the same budget) has outcome ``truncated``: the codes it reached keep their quotes, the others
     get status ``truncated`` (not ``no_quotes``: nothing was said about them), ``truncated_codes``
     counts them, a warning gives the totals, and ``rerun_failed=True`` asks again. Caps:
     an answer longer than ``max_answer_chars`` is not parsed (outcome failed); at most

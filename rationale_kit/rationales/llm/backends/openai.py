@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 from typing import Any, Optional
 
 from rationale_kit.rationales.llm.backends.base import AsyncBackend, parse_retry_after
@@ -14,6 +15,13 @@ from rationale_kit.rationales.llm.errors import (
 )
 from rationale_kit.rationales.llm.response import LLMResponse
 from rationale_kit.rationales.llm.prompting import Prompt, response_schema, short_sha
+
+
+#: an error saying the prompt is longer than the server's context (llama-cpp-python and vLLM
+#: "maximum context length", llama-server "exceeds the available context size", OpenAI
+#: "context_length_exceeded", "context window")
+_CONTEXT_RE = re.compile(r"maximum context length|context[ _](?:window|size|length)|context_length_exceeded",
+                         re.IGNORECASE)
 
 
 class OpenAIBackend(AsyncBackend):
@@ -41,6 +49,8 @@ class OpenAIBackend(AsyncBackend):
     Errors: 408, 409, 429 and 5xx are retried (honouring ``retry-after-ms`` and ``Retry-After``:
     seconds or an HTTP date), time-outs (:class:`TimeoutLLMError`: the runner then lowers the
     requests in flight) and dropped connections too; other statuses are permanent. An error (4xx or
+    5xx) saying the prompt is longer than the server's context is permanent whatever its status
+    (that note fails at once, the error names ``max_note_chars``). An error (4xx or
     5xx) saying the server does not support the request's ``response_format`` or
     ``max_tokens``/``max_completion_tokens`` field raises :class:`UnsupportedRequestError`, which
     stops the run with the setting to change (no retries: no request can succeed). A 200 answer
@@ -165,6 +175,12 @@ class OpenAIBackend(AsyncBackend):
             unsupported = self._unsupported(resp.status_code, str(detail))
             if unsupported:
                 raise UnsupportedRequestError(" ".join(f"{self.base_url} rejects the request ({msg}): {unsupported}".split()))
+            if _CONTEXT_RE.search(str(detail)):  # this prompt can never fit: not retried, whatever the status
+                raise PermanentLLMError(self.scrub(
+                    f"HTTP {resp.status_code}: the prompt and answer budget do not fit the server's context (cut notes "
+                    f"with rationales.llm.max_note_chars, lower rationales.llm.max_output_tokens, or give the server "
+                    f"a larger context): {str(detail)[:400]}"),
+                    status=resp.status_code)
             if resp.status_code in (408, 409, 429) or resp.status_code >= 500:
                 raise TransientLLMError(msg, status=resp.status_code, retry_after=retry_after(resp.headers))
             raise PermanentLLMError(msg, status=resp.status_code)
