@@ -146,6 +146,51 @@ def test_select_examples_uses_only_the_pool():
     assert reqs[0].prompt.user.count("<example>") == 6 and reqs[0].code_list() == ["E11.9", "I10"]
 
 
+def test_examples_are_spans_with_context_not_the_note():
+    text = "alpha beta gamma DIAB delta epsilon zeta eta theta iota INS kappa lambda"
+    pool = pd.DataFrame([{"note_id": "p0", "text": text, "codes": ["E11.9"], "fewshot": True}])
+    s1, s2 = text.index("DIAB"), text.index("INS")
+    spans = pd.DataFrame([{"note_id": "p0", "code": "E11.9", "start": s1, "end": s1 + 4},
+                          {"note_id": "p0", "code": "E11.9", "start": s2, "end": s2 + 3}])
+
+    def ex(**kw):
+        (e,) = llm.select_examples(pool, spans, ["E11.9"], k=1, **kw)
+        return e.excerpt, e.quotes
+
+    # 8 characters each side, cut at white space: "ta gamma" -> "gamma", " delta e" -> " delta"
+    assert ex(window=8) == ("...gamma DIAB delta ... iota INS kappa...", ("DIAB", "INS"))
+    assert ex(window=0) == ("...DIAB ... INS...", ("DIAB", "INS"))
+    # the snippets must fit max_excerpt_chars: 15 + 5 + 14 characters do not fit in 30
+    assert ex(window=8, max_excerpt_chars=30) == ("...gamma DIAB delta...", ("DIAB",))
+    # overlapping contexts make one snippet; reaching both ends of the note, no "..."
+    assert ex(window=40, max_excerpt_chars=1000) == (text, ("DIAB", "INS"))
+    # the profile key reaches the prompts; the prompt (so its sha and cache key) changes with it
+    prof = config.load_profile("smoke", {"rationales": {"llm": {"example_context_chars": 8}}})
+    assert prof.rationales.llm.example_context_chars == 8
+    with pytest.raises(config.ConfigError, match="example_context_chars"):
+        config.load_profile("smoke", {"rationales": {"llm": {"example_context_chars": -1}}})
+    p8 = llm.build_prompt(note(1), CODES[:1], llm.select_examples(pool, spans, ["E11.9"], k=1, window=8))
+    p0 = llm.build_prompt(note(1), CODES[:1], llm.select_examples(pool, spans, ["E11.9"], k=1, window=0))
+    assert "...gamma DIAB delta ... iota INS kappa..." in p8.user and p8.sha != p0.sha
+    backend = llm.LocalBackend()
+    assert llm.cache_key(backend, p8) != llm.cache_key(backend, p0)
+
+
+def test_prompts_mark_their_shared_head():
+    zero = [llm.build_prompt(note(i), CODES[: 1 + i % 2]) for i in range(3)]
+    head = "Find the supporting quotes in the following note.\n\n<note>\n"
+    assert {p.shared_user_chars for p in zero} == {len(head)} and all(p.user.startswith(head) for p in zero)
+    ex = [llm.FewShotExample("E11.9", "Type 2 diabetes", f"excerpt {i}", (f"q{i}",)) for i in range(2)]
+    few = [llm.build_prompt(note(i), CODES, ex[i:]) for i in range(2)]
+    k = few[0].shared_user_chars
+    assert k == few[1].shared_user_chars and few[0].user[:k] == few[1].user[:k]
+    assert few[0].user[:k].startswith("Annotated examples") and few[0].user[k:].startswith("<example>")
+    assert few[0].user[k:] != few[1].user[k:]  # the examples themselves differ per note
+    assert llm.repair_prompt(zero[0], "{", "bad").shared_user_chars == len(head)
+    bare = llm.Prompt(system="s", user="u", version="v1", sha="x")
+    assert bare.shared_user_chars is None  # not built by build_prompt: read in one pass
+
+
 def test_select_examples_refuses_evaluated_notes():
     docs, spans = _corpus()
     pool = docs[docs.fewshot]
@@ -601,3 +646,31 @@ def test_smollm_structured_answers_every_code(tmp_path, local_llm):
     assert json.loads(c.raw)["rationales"][0]["code"] == "E11.9"
     # verbatim decoding (the default): every quote the real model produced is a substring of the note
     assert all(q in text for q in ok.quote), ok.quote.tolist()
+
+
+@pytest.mark.local_llm
+@pytest.mark.skipif(bool(os.environ.get("RK_SKIP_LOCAL_LLM")), reason="RK_SKIP_LOCAL_LLM is set")
+def test_smollm_prefix_cache_gives_identical_answers(local_llm):
+    """Greedy decoding with the shared-prefix KV cache writes exactly the tokens it writes without."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    texts = ["Patient with type 2 diabetes on metformin 500 mg. Essential hypertension, on lisinopril.",
+             "Known hypertension. Blood pressure 170/95 on arrival. Diabetes type 2, diet controlled."]
+    ex = [llm.FewShotExample("E11.9", CODES[0][1], "...history of type 2 diabetes, on insulin...", ("type 2 diabetes",))]
+    prompts = [llm.build_prompt(t, CODES) for t in texts] + [llm.build_prompt(t, CODES, ex) for t in texts]
+    try:
+        cached, fresh = local_llm(max_quote_tokens=12, max_new_tokens=30), local_llm(max_quote_tokens=12, max_new_tokens=30, prefix_cache=False)
+        with_cache = [cached.generate(p) for p in prompts]
+        without = [fresh.generate(p) for p in prompts]
+    finally:
+        torch.set_num_threads(threads)
+    assert [(r.text, r.output_tokens, r.finish_reason) for r in with_cache] == \
+        [(r.text, r.output_tokens, r.finish_reason) for r in without]
+    # the prefix (system turn and shared head of the user turn) was computed once per kind and reused
+    assert [s["prefix_reused"] for s in cached.stats] == [False, True, False, True]
+    assert not any(s["prefix_reused"] for s in fresh.stats)
+    n_zero, n_few = cached.stats[0]["prefix_tokens"], cached.stats[2]["prefix_tokens"]
+    assert 0 < n_zero < n_few < cached.stats[2]["prompt_tokens"] and cached.stats[1]["prefix_tokens"] == n_zero
+    assert llm.cache_key(cached, prompts[0]) == llm.cache_key(fresh, prompts[0])  # exact: not a cache-key setting

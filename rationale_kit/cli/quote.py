@@ -108,7 +108,7 @@ def read_pairs(path: str | Path, docs: pd.DataFrame) -> pd.DataFrame:
 
 
 def _examples(path: str, docs: pd.DataFrame, codes: Sequence[str], shots: int, exclude: set, seed: int,
-              descriptions: dict) -> list:
+              descriptions: dict, window: int) -> list:
     from rationale_kit.rationales import llm
     from rationale_kit.core.records import read_spans_jsonl
 
@@ -123,7 +123,7 @@ def _examples(path: str, docs: pd.DataFrame, codes: Sequence[str], shots: int, e
               file=sys.stderr)
     pool = docs[docs.note_id.isin(annotated - exclude)]
     return llm.select_examples(pool, spans[spans.note_id.isin(pool.note_id)], list(codes), shots, seed=seed,
-                               exclude=exclude, descriptions=descriptions)
+                               exclude=exclude, descriptions=descriptions, window=window)
 
 
 def quote_spans(docs: pd.DataFrame, answers: pd.DataFrame, threshold: float, occurrences: str) -> pd.DataFrame:
@@ -214,7 +214,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.shots:
             pool = read_docs(args.examples_docs) if args.examples_docs else docs
             examples = _examples(args.examples, pool, sorted(descriptions), args.shots, set(asked.note_id),
-                                 prof.common.seed, descriptions)
+                                 prof.common.seed, descriptions, prof.rationales.llm.example_context_chars)
         cfg = prof.rationales.llm
         credentialed = True if llm.is_credentialed(prof) else (False if args.public_data else None)
         backend = llm.make_backend(cfg, credentialed=credentialed)

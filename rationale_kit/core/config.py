@@ -220,6 +220,9 @@ class LLM:
     replay_file: Optional[str] = None  # recorded responses for the replay backend
     prompt_version: str = "v1"
     shots_per_code: int = 5
+    # few-shot examples: each human span with this many characters of context on each side (cut at
+    # white space), not the note around it; applies to every backend (docs/method/llm.md)
+    example_context_chars: int = 60
     concurrency: int = 8  # requests in flight (gemini, openai); the local backend runs local_batch_size at a time
     max_retries: int = 5
     timeout_s: float = 60.0
@@ -586,6 +589,9 @@ def _validate(prof: Profile, where: str) -> None:
             raise ConfigError(f"{where}: evaluation.{key} must be >= 1, got {getattr(ev, key)}")
     if ev.min_notes < 0:
         raise ConfigError(f"{where}: evaluation.min_notes must be >= 0, got {ev.min_notes}")
+    if prof.rationales.llm.example_context_chars < 0:
+        raise ConfigError(f"{where}: rationales.llm.example_context_chars must be >= 0, "
+                          f"got {prof.rationales.llm.example_context_chars}")
     if not 0.0 < ev.level < 1.0:
         raise ConfigError(f"{where}: evaluation.level must be in (0, 1), got {ev.level}")
     if not 0.0 <= ev.tuning_fraction < 1.0:

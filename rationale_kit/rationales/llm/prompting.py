@@ -48,6 +48,11 @@ class Prompt:
     #: the note as shown in the prompt (set by :func:`build_prompt`; not hashed): what verbatim
     #: decoding quotes from.
     note: Optional[str] = field(default=None, repr=False, compare=False)
+    #: characters at the start of ``user`` that every prompt of the same version and kind (zero- or
+    #: few-shot) shares, whatever the note, codes and examples (set by :func:`build_prompt`; not
+    #: hashed): the local backend's prefix cache computes the system text and these once per run.
+    #: None (a prompt not built here): no shared prefix, the prompt is read in one pass.
+    shared_user_chars: Optional[int] = field(default=None, repr=False, compare=False)
 
     def __repr__(self) -> str:
         return f"Prompt(version={self.version!r}, sha={self.sha!r}, chars={len(self.system) + len(self.user)})"
@@ -133,9 +138,24 @@ def build_prompt(
         head = header.read_text(encoding="utf-8").strip() + "\n\n" if header.exists() else ""
         examples_block = head + "\n\n".join(rendered) + "\n\n"
     system = _template(version, "system", d).substitute().strip()
-    user = _template(version, "user", d).substitute(note=note, codes=code_lines, examples=examples_block).strip()
+    user_t = _template(version, "user", d)
+    user = user_t.substitute(note=note, codes=code_lines, examples=examples_block).strip()
     return Prompt(system=system, user=user, version=version, sha=short_sha(version, system, user, schema_text(d)),
-                  codes=tuple(c for c, _ in pairs), note=shown)
+                  codes=tuple(c for c, _ in pairs), note=shown,
+                  shared_user_chars=_shared_head(user_t, user, head if examples else None))
+
+
+_MARK = "\x00"
+
+
+def _shared_head(user_t: string.Template, user: str, examples_head: Optional[str]) -> int:
+    """How many leading characters of ``user`` come from the template alone (and, with examples,
+    the examples header): the user template filled with a marker for everything that varies, up to
+    the first marker. 0 when the filled prompt does not start with it."""
+    probe = user_t.substitute(note=_MARK, codes=_MARK,
+                              examples="" if examples_head is None else examples_head + _MARK).strip()
+    head = probe[: probe.find(_MARK)] if _MARK in probe else ""
+    return len(head) if user.startswith(head) else 0
 
 
 def repair_prompt(prompt: Prompt, previous: str, problem: str, prompts_dir: str | os.PathLike | None = None,
@@ -146,7 +166,7 @@ def repair_prompt(prompt: Prompt, previous: str, problem: str, prompts_dir: str 
     user = _template(prompt.version, "repair", d).substitute(user=prompt.user, problem=problem, previous=prev).strip()
     return Prompt(system=prompt.system, user=user, version=prompt.version,
                   sha=short_sha(prompt.version, "repair", prompt.system, user, schema_text(d)), codes=prompt.codes,
-                  note=prompt.note)
+                  note=prompt.note, shared_user_chars=prompt.shared_user_chars if user.startswith(prompt.user) else None)
 
 
 _CODES_BLOCK_RE = re.compile(r"<codes>\s*\n(.*?)\n\s*</codes>", re.S)
@@ -175,27 +195,40 @@ def prompt_codes(prompt: Prompt) -> list[str]:
 # --------------------------------------------------------------------------------------------
 # few-shot examples
 # --------------------------------------------------------------------------------------------
-def _excerpt(text: str, spans: list[tuple[int, int]], window: int, max_chars: int) -> tuple[str, list[tuple[int, int]]]:
-    """An excerpt around the first cluster of ``spans`` that fits ``max_chars``; returns the excerpt
-    and the spans inside it."""
-    spans = sorted(set(spans))
-    first_s, first_e = spans[0]
-    kept = [(first_s, first_e)]
-    end = first_e
-    for s, e in spans[1:]:
-        if max(end, e) - first_s + 2 * window > max_chars:
-            continue
-        kept.append((s, e))
-        end = max(end, e)
-    lo, hi = max(0, first_s - window), min(len(text), end + window)
-    if lo > 0:  # start after a whitespace, not inside a word
-        ws = re.search(r"\s", text[lo:first_s])
-        lo = lo + ws.end() if ws else first_s
+def _snap(text: str, lo: int, hi: int, s: int, e: int) -> tuple[int, int]:
+    """``[lo, hi)`` around the span ``[s, e)`` moved inwards to white space, so that the context
+    neither starts nor ends inside a word (the span itself is never cut)."""
+    if lo > 0:
+        ws = re.search(r"\s", text[lo:s])
+        lo = lo + ws.end() if ws else s
     if hi < len(text):
-        ws = [m.start() for m in re.finditer(r"\s", text[end:hi])]
-        hi = end + ws[-1] if ws else end
-    body = text[lo:hi].strip()
-    return ("..." if lo > 0 else "") + body + ("..." if hi < len(text) else ""), kept
+        ws = [m.start() for m in re.finditer(r"\s", text[e:hi])]
+        hi = e + ws[-1] if ws else e
+    return lo, hi
+
+
+def _excerpt(text: str, spans: list[tuple[int, int]], window: int, max_chars: int) -> tuple[str, list[tuple[int, int]]]:
+    """The human spans of one note with ``window`` characters of context on each side (cut at white
+    space), in note order: spans whose contexts overlap share one snippet, snippets are joined by
+    ``...``. Spans are taken from the first on while the snippets fit ``max_chars`` (the first
+    always). Returns the excerpt and the spans in it."""
+    spans = sorted(set(spans))
+    window = max(0, int(window))
+    groups: list[list[int]] = []  # [lo, hi) per snippet
+    kept: list[tuple[int, int]] = []
+    for s, e in spans:
+        lo, hi = _snap(text, max(0, s - window), min(len(text), e + window), s, e)
+        if groups and lo <= groups[-1][1]:  # overlaps (or touches) the previous snippet: one snippet
+            trial = groups[:-1] + [[groups[-1][0], max(groups[-1][1], hi)]]
+        else:
+            trial = groups + [[lo, hi]]
+        if kept and sum(h - lw for lw, h in trial) + 5 * (len(trial) - 1) > max_chars:
+            continue
+        groups = trial
+        kept.append((s, e))
+    parts = [text[lo:hi].strip() for lo, hi in groups]
+    body = " ... ".join(p for p in parts if p)
+    return ("..." if groups[0][0] > 0 else "") + body + ("..." if groups[-1][1] < len(text) else ""), kept
 
 
 def select_examples(
@@ -207,17 +240,18 @@ def select_examples(
     *,
     exclude: Iterable[str] = (),
     descriptions: Optional[Mapping[str, str]] = None,
-    window: int = 150,
-    max_excerpt_chars: int = 800,
+    window: int = 60,
+    max_excerpt_chars: int = 300,
 ) -> list[FewShotExample]:
     """Up to ``k`` human-annotated examples per code, drawn only from the few-shot pool.
 
     ``pool_docs``/``pool_spans`` must be the few-shot pool only (documents flagged
     ``fewshot=True``, never evaluated on): a document not flagged, or whose ``note_id`` is in
     ``exclude`` (the evaluated note ids), is an error. For each code, ``k`` pool notes that have
-    spans for it are drawn (seeded, independent of the order of ``codes``); each example is an
-    excerpt of the note around the spans (``window`` characters on each side, at most
-    ``max_excerpt_chars``), with the span texts inside it as quotes.
+    spans for it are drawn (seeded, independent of the order of ``codes``); each example is the
+    note's spans for the code with ``window`` characters of context on each side
+    (``rationales.llm.example_context_chars``; snippets joined by ``...``, at most
+    ``max_excerpt_chars`` in all), not the note around them, with the span texts as quotes.
     """
     if k <= 0:
         return []

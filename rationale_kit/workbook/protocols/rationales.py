@@ -93,7 +93,8 @@ def run_entity_linking(docs: pd.DataFrame, pairs: pd.DataFrame, codes: pd.DataFr
 
 def llm_requests(ds, docs: pd.DataFrame, shots: int, profile: Profile):
     """Requests for ``docs`` (gold codes with descriptions); with ``shots > 0`` each prompt holds up
-    to ``shots`` human-annotated examples per code from the few-shot pool (never an evaluated note)."""
+    to ``shots`` human-annotated examples per code from the few-shot pool (never an evaluated note):
+    their spans with ``rationales.llm.example_context_chars`` characters of context."""
     from rationale_kit.rationales import llm
 
     desc = dict(zip(ds.codes.code, ds.codes.description))
@@ -103,7 +104,8 @@ def llm_requests(ds, docs: pd.DataFrame, shots: int, profile: Profile):
         pool_spans = ds.spans[ds.spans.note_id.isin(pool.note_id)]
         codes = sorted({c for cs in docs.codes for c in cs})
         examples = llm.select_examples(pool, pool_spans, codes, shots, seed=profile.common.seed,
-                                       exclude=set(eval_docs(ds.docs).note_id) | set(docs.note_id), descriptions=desc)
+                                       exclude=set(eval_docs(ds.docs).note_id) | set(docs.note_id), descriptions=desc,
+                                       window=profile.rationales.llm.example_context_chars)
     return llm.make_requests(docs, desc, examples, version=profile.rationales.llm.prompt_version,
                              max_note_chars=profile.rationales.llm.max_note_chars)
 

@@ -152,6 +152,8 @@ def guided_answer(
     eos_ids: Iterable[int] = (),
     temperature: float = 0.0,
     verbatim: Optional[VerbatimIndex] = None,
+    past: Any = None,
+    timings: Optional[dict] = None,
 ) -> tuple[str, int, str]:
     """Structured decoding: the JSON answer is written here, the model fills in only the quotes.
 
@@ -180,32 +182,49 @@ def guided_answer(
     would spell the code or a placeholder are ruled out while the quote could still become one, and
     a quote does not open with ``<``, ``[`` or ``{``. :func:`guided_answers_batched` runs several
     requests in one batch.
+
+    ``past``: ``(n, cache)``, the model's KV cache after the first ``n`` prompt tokens (the local
+    backend's shared prefix, :meth:`LocalBackend._prefix`); the prompt is then read from token
+    ``n`` on. ``timings``: filled with ``prefill_s`` (the first forward pass: the prompt or what the
+    prefix leaves) and ``decode_s`` (every later pass), in seconds.
     """
+    import time
+
     import torch
 
     eos = {int(e) for e in eos_ids if e is not None}
     cache_arg, extra = _forward_args(lm)
-    state: dict[str, Any] = {"cache": None, "logits": None}
+    skip, cache0 = past if past is not None else (0, None)
+    state: dict[str, Any] = {"cache": cache0, "logits": None}
+    clock = {"prefill_s": 0.0, "decode_s": 0.0}
+    if timings is not None:
+        timings.update(clock)
     encode, decode = _codec(tok)
     banned = _banned(codes)
     steps = _guided_steps(codes, encode, decode, eos, max_quote_tokens=max_quote_tokens,
                           max_quotes_per_code=max_quotes_per_code, max_new_tokens=max_new_tokens, verbatim=verbatim)
-    pending = list(prompt_ids)  # fed lazily, right before the next token is needed
+    pending = list(prompt_ids)[skip:]  # fed lazily, right before the next token is needed
     reply: Any = None
+    first = True
     while True:
         try:
             op = steps.send(reply)
         except StopIteration as done:
+            if timings is not None:
+                timings.update(clock)
             return done.value
         reply = None
         if op[0] == "feed":
             pending += op[1]
             continue
         if pending:
+            t0 = time.perf_counter()
             out = lm(input_ids=torch.tensor([pending], dtype=torch.long), use_cache=True,
                      **{cache_arg: state["cache"]}, **extra)
             state["cache"], state["logits"] = getattr(out, cache_arg), out.logits[0, -1]
             pending = []
+            clock["prefill_s" if first else "decode_s"] += time.perf_counter() - t0
+            first = False
         reply = _pick_token(state["logits"], op[1], op[2], banned, decode, temperature)
 
 

@@ -101,6 +101,16 @@ class LocalBackend(Backend):
     ``verbatim=True`` (the default, with ``structured``) constrains every quote token so that the
     quote stays a substring of the note shown in the prompt (:class:`VerbatimIndex`): a small model
     can only choose *what* to quote, never write text that is not in the note.
+
+    Guided requests decoded one at a time read their prompt in two forward passes: the shared
+    prefix (the chat template's system turn and the start of the user turn that every prompt of
+    its kind has, ``Prompt.shared_user_chars``), then the rest. With ``prefix_cache=True`` (the
+    default) the prefix's KV cache is computed once per backend and a copy serves every later
+    request with the same prefix tokens; with ``prefix_cache=False`` the prefix is recomputed
+    each time, the same two passes, so the answers are identical either way (not a cache-key
+    setting). ``stats`` lists, per guided request, its prompt tokens, the prefix tokens and
+    whether they were reused, and the seconds of the prefix pass, of the rest of the prompt
+    (``prefill_s``) and of decoding.
     """
 
     name = "local"
@@ -118,6 +128,7 @@ class LocalBackend(Backend):
         max_quote_tokens: int = 48,
         max_quotes_per_code: int = 2,
         verbatim: bool = True,
+        prefix_cache: bool = True,
     ):
         if path is None:
             self.folder, self.gguf_file = bundled_local_model()
@@ -137,6 +148,9 @@ class LocalBackend(Backend):
         self.max_quote_tokens = max(1, int(max_quote_tokens))
         self.max_quotes_per_code = max(1, int(max_quotes_per_code))
         self.verbatim = bool(verbatim)
+        self.prefix_cache = bool(prefix_cache)
+        self._prefixes: dict[tuple, Any] = {}  # prefix token ids -> KV cache (a few, most recent last)
+        self.stats: list[dict] = []
         self._pieces: Optional[list[str]] = None
         self._tok: Any = None
         self._lm: Any = None
@@ -158,7 +172,8 @@ class LocalBackend(Backend):
     def cache_tag(self) -> str:  # type: ignore[override]
         if not self.structured:
             return ""
-        return f"structured-v1:q{self.max_quote_tokens}x{self.max_quotes_per_code}:n{self.max_new_tokens}"
+        # v2: the prompt is read in two passes (shared prefix, rest): float sums may differ from v1's one pass
+        return f"structured-v2:q{self.max_quote_tokens}x{self.max_quotes_per_code}:n{self.max_new_tokens}"
 
     def _eos_ids(self) -> set[int]:
         gen_eos = getattr(self._lm.generation_config, "eos_token_id", None)
@@ -170,7 +185,7 @@ class LocalBackend(Backend):
         state = dict(self.__dict__)
         for k in ("_tok", "_lm", "_load_lock", "_gen_lock", "_worker", "_pieces"):
             state[k] = None
-        state["_pending"] = []
+        state["_pending"], state["_prefixes"], state["stats"] = [], {}, []
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -231,6 +246,49 @@ class LocalBackend(Backend):
             return self._tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return f"{prompt.system}\n\n{prompt.user}\n\n"
 
+    def _prefix_len(self, prompt: Prompt, rendered: str, ids: Sequence[int]) -> int:
+        """How many leading tokens of ``ids`` (the rendered prompt) are its shared prefix: the
+        rendered text up to ``prompt.shared_user_chars`` into the user turn, tokenized alone, as far
+        as its tokens agree with the prompt's own; at least one token is left to read after it; 0
+        (one pass) when ``shared_user_chars`` is None. Depends on the prompt alone, so the same
+        split is made with and without the cache."""
+        at = rendered.find(prompt.user) if prompt.user and prompt.shared_user_chars is not None else -1
+        if at < 0:
+            return 0
+        head = self._tok(rendered[: at + prompt.shared_user_chars], add_special_tokens=False)["input_ids"]
+        n = 0
+        for a, b in zip(head, ids):
+            if a != b:
+                break
+            n += 1
+        return min(n, len(ids) - 1)
+
+    def _prefix(self, ids: Sequence[int], stat: dict) -> Any:
+        """``(len(ids), KV cache after ids)``: from the prefix cache (a copy) when it holds ``ids``,
+        else computed (and kept, with ``prefix_cache``; the four most recent prefixes)."""
+        import time
+
+        from rationale_kit.rationales.llm.backends.guided import _forward_args
+
+        key = tuple(ids)
+        t0 = time.perf_counter()
+        if self.prefix_cache and key in self._prefixes:
+            self._prefixes[key] = self._prefixes.pop(key)  # most recent last
+            cache, stat["prefix_reused"] = copy.deepcopy(self._prefixes[key]), True
+        else:
+            import torch
+
+            cache_arg, extra = _forward_args(self._lm)
+            out = self._lm(input_ids=torch.tensor([list(ids)], dtype=torch.long, device=self.device),
+                           use_cache=True, **extra)
+            cache, stat["prefix_reused"] = getattr(out, cache_arg), False
+            if self.prefix_cache:
+                self._prefixes[key] = copy.deepcopy(cache)
+                while len(self._prefixes) > 4:
+                    self._prefixes.pop(next(iter(self._prefixes)))
+        stat["prefix_s"] = time.perf_counter() - t0
+        return len(key), cache
+
     def _generate_batch(self, prompts: Sequence[Prompt]) -> list[Union[LLMResponse, LLMError]]:
         import torch
 
@@ -242,6 +300,7 @@ class LocalBackend(Backend):
         results: list[Union[LLMResponse, LLMError, None]] = [None] * len(prompts)
         texts, idx = [], []
         guided: list[tuple[int, list[int], list[str], Optional[VerbatimIndex]]] = []
+        splits: dict[int, int] = {}
         for i, p in enumerate(prompts):
             rendered = self._render(p)
             ids = tok(rendered, add_special_tokens=False)["input_ids"]
@@ -251,6 +310,7 @@ class LocalBackend(Backend):
                 results[i] = PermanentLLMError(f"prompt has {n} tokens, more than the local model's {limit} (set max_note_chars)")
             elif codes:
                 guided.append((i, list(ids), codes, self._verbatim_index(p)))
+                splits[i] = self._prefix_len(p, rendered, ids)
             else:
                 texts.append(rendered)
                 idx.append(i)
@@ -258,8 +318,12 @@ class LocalBackend(Backend):
                     max_new_tokens=self.max_new_tokens, eos_ids=self._eos_ids(), temperature=self.temperature)
         if len(guided) == 1:
             i, ids, codes, index = guided[0]
+            stat: dict[str, Any] = {"prompt_tokens": len(ids), "prefix_tokens": splits[i], "prefix_reused": False,
+                                    "prefix_s": 0.0}
             with self._gen_lock, torch.inference_mode():
-                text, n_out, finish = guided_answer(lm, tok, ids, codes, verbatim=index, **opts)
+                past = self._prefix(ids[: splits[i]], stat) if splits[i] else None
+                text, n_out, finish = guided_answer(lm, tok, ids, codes, verbatim=index, past=past, timings=stat, **opts)
+            self.stats.append({**stat, "output_tokens": n_out})
             results[i] = LLMResponse(text, finish, len(ids), n_out)
         elif guided:  # one left-padded batch, every request one token per forward pass
             with self._gen_lock, torch.inference_mode():
