@@ -135,3 +135,28 @@ def test_a_student_is_reused_only_under_an_equal_key():
         key(lam=2.0),
     ]
     assert len({key(), *changed}) == 1 + len(changed)
+
+
+def test_students_trained_in_08_carry_every_declared_column(monkeypatch, tmp_path):
+    """A student 08 trains itself (no 07 row to reuse: another lambda, another teacher) has the
+    columns a reused one has; on CodiEsp, where few_shot.lam is not among guided.lambdas, 08 used to
+    stop at students.csv without 'init'."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from rationale_kit.core.config import load_profile
+    from rationale_kit.workbook.protocols import fewshot, guided
+
+    def fake_fit(name, profile, docs, labels, out_dir, *a, **k):  # what fit_model leaves: the run's folder
+        out_dir.mkdir(parents=True, exist_ok=True)
+        return SimpleNamespace(model=None, threshold=0.5)
+
+    monkeypatch.setattr(guided, "fit_model", fake_fit)
+    monkeypatch.setattr(guided, "evaluate_student",
+                        lambda *a, **k: {"micro_f1": 0.5, "counts": pd.DataFrame({"note_id": ["n1"], "tp": [1]})})
+    prof = load_profile("smoke", {"guided": {"init": "scratch"}})
+    ds = SimpleNamespace(docs=pd.DataFrame({"note_id": ["n1"], "text": ["a note"], "codes": [["I10"]], "split": ["train"]}))
+    rows = fewshot.few_shot_students(ds, ["I10"], {"human": {}}, prof, tmp_path, sweep=None)
+    assert rows.loc[rows.teacher == "none", "init"].tolist() == ["scratch"]
+    assert rows.loc[rows.teacher == "none", "trained_in"].tolist() == ["08_few_shot"]

@@ -157,7 +157,8 @@ def guided_run(name: str, teacher: str, lam: float, targets: dict | None, ds, la
     counts.to_parquet(Path(out_dir) / A.NOTE_COUNTS.file, index=False)
     return {"model": name, "teacher": teacher if lam > 0 else "none", "lambda": lam, "seed": profile.common.seed,
             **scores, "run_dir": str(Path(out_dir).resolve()), "seconds": round(time.time() - t0, 1),
-            "run_key": student_key(name, teacher, lam, targets, ds, labels, profile, trained_dir, design)}
+            "run_key": student_key(name, teacher, lam, targets, ds, labels, profile, trained_dir, design),
+            "init": g.init}
 
 
 def guided_sweep(ds, labels: list[str], targets: Mapping[str, dict], profile: Profile, out_dir: Path,
@@ -183,9 +184,7 @@ def guided_sweep(ds, labels: list[str], targets: Mapping[str, dict], profile: Pr
                 for lam in [l for l in g.lambdas if l > 0]:
                     rows.append(guided_run(name, teacher, lam, tg, ds, labels, p,
                                            Path(out_dir) / f"{name}_{teacher}_lam{lam:g}{tag(seed)}", device, trained_dir, design))
-    out = pd.DataFrame(rows)
-    out["init"] = g.init
-    return out
+    return pd.DataFrame(rows)
 
 
 def sweep_counts(sweep: pd.DataFrame) -> pd.DataFrame:
