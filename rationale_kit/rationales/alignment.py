@@ -93,6 +93,29 @@ def _is_word_char(c: str) -> bool:
     return c.isalnum() or c == "_"
 
 
+def _word_bounded_matches(text: str, needle: str, occurrences: Occurrences = "all") -> list[tuple[int, int]]:
+    """``(start, end)`` of the occurrences of ``needle`` in ``text`` that do not cut a word: a
+    needle that starts (ends) with a word character must not be preceded (followed) by one.
+    Matches do not overlap; ``occurrences="first"`` stops at the first. Empty needle: none."""
+    if not needle:
+        return []
+    n, k = len(text), len(needle)
+    check_left, check_right = _is_word_char(needle[0]), _is_word_char(needle[-1])
+    out: list[tuple[int, int]] = []
+    pos = text.find(needle)
+    while pos >= 0:
+        end = pos + k
+        if not (check_left and pos > 0 and _is_word_char(text[pos - 1])) and not (
+                check_right and end < n and _is_word_char(text[end])):
+            out.append((pos, end))
+            if occurrences == "first":
+                break
+            pos = text.find(needle, end)
+        else:
+            pos = text.find(needle, pos + 1)
+    return out
+
+
 def alignment_form(text: str) -> str:
     """``alignment_form_with_offsets(text)[0]`` without the index map (faster; used for quotes)."""
     t = text.translate(_CHAR_TABLE)
@@ -170,49 +193,15 @@ class NoteIndex:
     # -- exact ---------------------------------------------------------------------------------
     def exact(self, qnorm: str, occurrences: Occurrences = "all") -> list[tuple[int, int]]:
         """Raw spans of the word-boundary-respecting occurrences of normalised quote ``qnorm``."""
-        if not qnorm:
-            return []
-        out: list[tuple[int, int]] = []
-        norm, n, k = self.norm, len(self.norm), len(qnorm)
-        check_left, check_right = _is_word_char(qnorm[0]), _is_word_char(qnorm[-1])
-        pos = norm.find(qnorm)
-        while pos >= 0:
-            end = pos + k
-            ok = not (check_left and pos > 0 and _is_word_char(norm[pos - 1])) and not (
-                check_right and end < n and _is_word_char(norm[end])
-            )
-            if ok:
-                out.append((int(self.index[pos]), int(self.index[end - 1]) + 1))
-                if occurrences == "first":
-                    break
-                pos = norm.find(qnorm, end)
-            else:
-                pos = norm.find(qnorm, pos + 1)
-        return out
+        return [(int(self.index[a]), int(self.index[b - 1]) + 1)
+                for a, b in _word_bounded_matches(self.norm, qnorm, occurrences)]
 
     def verbatim(self, piece: str, occurrences: Occurrences = "all") -> list[tuple[int, int]]:
         """Raw spans where ``piece`` (stripped of surrounding whitespace) occurs character for
         character in the note, at word boundaries. The fallback for quotes the alignment form
         loses: a list marker such as ``1.`` is blanked at the start of a line, so the quote
         ``'1.'`` has no normalised match although it is in the note."""
-        raw = piece.strip()
-        if not raw:
-            return []
-        text, k = self.text, len(raw)
-        check_left, check_right = _is_word_char(raw[0]), _is_word_char(raw[-1])
-        out: list[tuple[int, int]] = []
-        pos = text.find(raw)
-        while pos >= 0:
-            end = pos + k
-            if not (check_left and pos > 0 and _is_word_char(text[pos - 1])) and not (
-                    check_right and end < len(text) and _is_word_char(text[end])):
-                out.append((pos, end))
-                if occurrences == "first":
-                    break
-                pos = text.find(raw, end)
-            else:
-                pos = text.find(raw, pos + 1)
-        return out
+        return _word_bounded_matches(self.text, piece.strip(), occurrences)
 
     # -- fuzzy ---------------------------------------------------------------------------------
     def fuzzy(
