@@ -26,6 +26,14 @@ PI-token F1 and span IoU-F1 against the human spans (pairs with human spans). Th
 and with the prefix cache must be identical (checked, exit 1 otherwise)::
 
     nice -n 10 python benchmarks/local_teacher.py --prompt-cut [--json out.json]
+
+``--dtypes float32 bfloat16``: instead, the profile's own requests (both teachers, verbatim
+decoding, prefix cache on) answered by the model loaded in each dtype
+(``rationales.llm.local_dtype``), side by side in one run: seconds per call reading the prompt and
+decoding (wall) and the process CPU seconds, the same quality columns as ``--prompt-cut``, and how
+many answers are identical to the first dtype's::
+
+    nice -n 10 python benchmarks/local_teacher.py --dtypes float32 bfloat16 [--json out.json]
 """
 from __future__ import annotations
 
@@ -173,6 +181,37 @@ def prompt_cut(ds, docs, prof, shared, args) -> dict:
     return {"rows": rows, "prefix_cache_exact": same}
 
 
+def dtype_compare(ds, docs, prof, args) -> dict:
+    """The table of ``--dtypes`` (see the module doc)."""
+    cfg = prof.rationales.llm
+    teachers = {"llm_zero": 0, "llm_few": cfg.shots_per_code}
+    reqs = {t: llm_requests(ds, docs, k, prof) for t, k in teachers.items()}
+    rows, first = [], {}
+    for dtype in args.dtypes:
+        b = llm.LocalBackend(path=cfg.local_path, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                             dtype=dtype).load()
+        for teacher, rs in reqs.items():
+            b.stats.clear()
+            t0, c0 = time.perf_counter(), time.process_time()
+            answers, _ = llm.run_llm(rs, b, cache_dir=None, progress=False, credentialed=False, concurrency=1)
+            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+            st = pd.DataFrame(b.stats)
+            n = max(1, len(st))
+            got = [tuple(answers[answers.note_id == r.note_id].quote) for r in rs]
+            first.setdefault(teacher, got)
+            row = {"dtype": dtype, "teacher": teacher, "calls": len(st),
+                   "prompt_tokens": round(st.prompt_tokens.mean(), 1) if len(st) else 0,
+                   "prefill_s": round((st.prefix_s + st.prefill_s).sum() / n, 2) if len(st) else 0,
+                   "decode_s": round(st.decode_s.sum() / n, 2) if len(st) else 0,
+                   "seconds": round(wall, 1), "cpu_seconds": round(cpu, 1),
+                   "same_answers_as_first": sum(a == c for a, c in zip(first[teacher], got)),
+                   **quality(ds, docs, answers, prof)}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+        del b
+    return {"rows": rows}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--profile", default="default")
@@ -187,6 +226,8 @@ def main() -> int:
     ap.add_argument("--max-notes", type=int, default=None, help="the first N of the teacher notes only")
     ap.add_argument("--context", type=int, nargs="+", default=None,
                     help="example_context_chars values to try (default: the profile's)")
+    ap.add_argument("--dtypes", nargs="+", choices=["float32", "bfloat16"], default=None,
+                    help="the model in each dtype instead (module doc)")
     args = ap.parse_args()
     import torch
 
@@ -197,6 +238,12 @@ def main() -> int:
     docs = teacher_docs(ds, prof)
     docs = docs.head(args.max_notes) if args.max_notes else docs
     teachers = {"llm_zero": 0, "llm_few": cfg.shots_per_code}
+    if args.dtypes:
+        res = {"profile": prof.name, "notes": len(docs), "threads": args.threads, **dtype_compare(ds, docs, prof, args)}
+        print(pd.DataFrame(res["rows"]).to_string(index=False))
+        if args.json:
+            Path(args.json).write_text(json.dumps(res, indent=1), encoding="utf-8")
+        return 0
     reqs = {t: llm_requests(ds, docs, k, prof) for t, k in teachers.items()}
     shared = llm.LocalBackend(path=cfg.local_path, max_new_tokens=cfg.max_new_tokens).load()
     if args.prompt_cut:

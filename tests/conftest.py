@@ -160,8 +160,9 @@ def local_llm(smollm):
     from rationale_kit.rationales import llm
 
     def make(**settings) -> llm.LocalBackend:
-        if "path" in settings:
-            raise ValueError("local_llm shares the bundled model; build LocalBackend(path=...) yourself")
+        if "path" in settings or settings.get("dtype", "float32") != "float32":
+            raise ValueError("local_llm shares the bundled float32 model; build LocalBackend(path=..., "
+                             "dtype=...) yourself")
         backend = llm.LocalBackend(**settings)
         backend._tok, backend._lm = smollm._tok, smollm._lm  # what load() would set
         return backend

@@ -674,3 +674,42 @@ def test_smollm_prefix_cache_gives_identical_answers(local_llm):
     n_zero, n_few = cached.stats[0]["prefix_tokens"], cached.stats[2]["prefix_tokens"]
     assert 0 < n_zero < n_few < cached.stats[2]["prompt_tokens"] and cached.stats[1]["prefix_tokens"] == n_zero
     assert llm.cache_key(cached, prompts[0]) == llm.cache_key(fresh, prompts[0])  # exact: not a cache-key setting
+
+
+def test_smollm_bfloat16_is_a_cache_key_setting_and_answers(smollm):
+    """``local_dtype: bfloat16``: the model runs in bfloat16 (weights and activations), writes a
+    valid structured answer, and its answers are cached under another key than float32's; float32
+    keeps the keys of earlier runs (no dtype in its settings)."""
+    import copy
+
+    import torch
+
+    from rationale_kit.core import config
+    from rationale_kit.rationales.llm.backends.factory import make_backend
+
+    text = "Patient with type 2 diabetes on metformin 500 mg. Essential hypertension, on lisinopril."
+    prompt = llm.build_prompt(text, CODES)
+    f32 = llm.LocalBackend(max_quote_tokens=12, max_new_tokens=30)
+    b16 = llm.LocalBackend(max_quote_tokens=12, max_new_tokens=30, dtype="bfloat16")
+    assert "dtype" not in f32.settings() and b16.settings()["dtype"] == "bfloat16"
+    assert llm.cache_key(f32, prompt) != llm.cache_key(b16, prompt)
+    with pytest.raises(llm.LLMConfigError, match="float32 or bfloat16"):
+        llm.LocalBackend(dtype="float16")
+    # the profile key reaches the backend; an unknown value is refused naming the key
+    prof = config.load_profile("smoke", {"rationales": {"llm": {"local_dtype": "bfloat16"}}})
+    assert make_backend(prof.rationales.llm).dtype == "bfloat16"
+    with pytest.raises(config.ConfigError, match="local_dtype"):
+        config.load_profile("smoke", {"rationales": {"llm": {"local_dtype": "int8"}}})
+    # the session's float32 model, copied and cast as load() casts it
+    b16._tok, b16._lm = smollm._tok, copy.deepcopy(smollm._lm).to(torch.bfloat16)
+    assert {p.dtype for p in b16._lm.parameters()} == {torch.bfloat16}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        answer = b16.generate(prompt)
+    finally:
+        torch.set_num_threads(threads)
+    parsed = json.loads(answer.text)
+    assert [c["code"] for c in parsed["rationales"]] == [c for c, _ in CODES]
+    for c in parsed["rationales"]:  # verbatim decoding: every quote is text of the note
+        assert all(q in text for q in c["quotes"])

@@ -33,7 +33,8 @@ def make_backend(llm_cfg: Any, credentialed: Optional[bool] = None, **overrides:
     if kind == "local":
         kw = dict(path=llm_cfg.local_path, max_new_tokens=llm_cfg.max_new_tokens, temperature=llm_cfg.temperature,
                   structured=llm_cfg.local_structured, verbatim=llm_cfg.local_verbatim,
-                  batch_size=llm_cfg.local_batch_size, device=auto_device(llm_cfg.local_device))
+                  batch_size=llm_cfg.local_batch_size, device=auto_device(llm_cfg.local_device),
+                  dtype=llm_cfg.local_dtype)
         return LocalBackend(**{**kw, **overrides})
     if kind == "replay":
         path = overrides.pop("path", llm_cfg.replay_file)

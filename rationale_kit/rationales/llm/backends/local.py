@@ -102,6 +102,11 @@ class LocalBackend(Backend):
     quote stays a substring of the note shown in the prompt (:class:`VerbatimIndex`): a small model
     can only choose *what* to quote, never write text that is not in the note.
 
+    ``dtype`` (``float32`` or ``bfloat16``) is the dtype of the weights and activations: bfloat16
+    reads prompts about 3x faster on CPUs with AMX or AVX512-BF16 (and is slower on CPUs without
+    them); its answers differ slightly from float32's, so a non-default dtype is part of the cache
+    key.
+
     Guided requests decoded one at a time read their prompt in two forward passes: the shared
     prefix (the chat template's system turn and the start of the user turn that every prompt of
     its kind has, ``Prompt.shared_user_chars``), then the rest. With ``prefix_cache=True`` (the
@@ -129,6 +134,7 @@ class LocalBackend(Backend):
         max_quotes_per_code: int = 2,
         verbatim: bool = True,
         prefix_cache: bool = True,
+        dtype: str = "float32",
     ):
         if path is None:
             self.folder, self.gguf_file = bundled_local_model()
@@ -143,6 +149,9 @@ class LocalBackend(Backend):
         self.batch_size = max(1, batch_size)
         self.max_concurrency = self.batch_size
         self.device = device
+        if dtype not in ("float32", "bfloat16"):
+            raise LLMConfigError(f"local backend: dtype must be float32 or bfloat16, got {dtype!r}")
+        self.dtype = dtype
         self.max_input_tokens = max_input_tokens
         self.structured = bool(structured)
         self.max_quote_tokens = max(1, int(max_quote_tokens))
@@ -161,12 +170,14 @@ class LocalBackend(Backend):
 
     def __repr__(self) -> str:
         return (f"LocalBackend(model={self.model!r}, max_new_tokens={self.max_new_tokens}, "
-                f"temperature={self.temperature}, structured={self.structured}, verbatim={self.verbatim})")
+                f"temperature={self.temperature}, structured={self.structured}, verbatim={self.verbatim}, "
+                f"dtype={self.dtype!r})")
 
     def settings(self) -> dict:
         return {"temperature": self.temperature, "max_new_tokens": self.max_new_tokens,
                 "max_input_tokens": self.max_input_tokens, "structured": self.cache_tag,
-                "verbatim": bool(self.structured and self.verbatim)}
+                "verbatim": bool(self.structured and self.verbatim)} | (
+                    {"dtype": self.dtype} if self.dtype != "float32" else {})  # float32: the keys of earlier runs
 
     @property
     def cache_tag(self) -> str:  # type: ignore[override]
@@ -196,12 +207,14 @@ class LocalBackend(Backend):
         """Load tokenizer and model (once)."""
         with self._load_lock:
             if self._lm is None:
+                import torch
                 from transformers import AutoModelForCausalLM, AutoTokenizer
 
                 kw = {"gguf_file": self.gguf_file} if self.gguf_file else {}
                 with _reuse_gguf_parsing() if self.gguf_file else contextlib.nullcontext():
                     tok = self._tok if self._tok is not None else AutoTokenizer.from_pretrained(self.folder, **kw)
-                    lm = AutoModelForCausalLM.from_pretrained(self.folder, **kw).to(self.device).eval()
+                    lm = AutoModelForCausalLM.from_pretrained(self.folder, **kw)
+                    lm = lm.to(device=self.device, dtype=getattr(torch, self.dtype)).eval()
                 tok.padding_side = "left"
                 if tok.pad_token_id is None:
                     tok.pad_token = tok.eos_token
