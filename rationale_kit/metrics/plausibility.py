@@ -118,6 +118,13 @@ def _check_spans(spans: pd.DataFrame, tokens: Tokens, where: str) -> pd.DataFram
         if unknown.any():
             i = int(np.flatnonzero(unknown)[0])
             raise DataError(f"{where} row {i}: unknown note_id {out['note_id'].iloc[i]!r}")
+        n_chars = lengths.to_numpy(dtype=np.int64)
+        s_col, e_col = out["start"].to_numpy(), out["end"].to_numpy()
+        if s_col.dtype.kind in "iu" and e_col.dtype.kind in "iu" and bool(
+                ((s_col >= 0) & (s_col < e_col) & (e_col <= n_chars)).all()):
+            # integer columns, every row inside its note: what the row-by-row check below accepts
+            out["start"], out["end"] = s_col.astype(np.int64), e_col.astype(np.int64)
+            return out
         # one check for every reader of offsets (records.check_offsets): integers only, never
         # truncated (12.9 is an error, not 12), inside the note
         checked = [check_offsets(s, e, f"{where} row {i}", int(n), note_id=nid, integral_floats=True)
@@ -180,6 +187,25 @@ def _iou_match(gr: list[tuple[int, int]], pr: list[tuple[int, int]], iou: float)
     return int((best >= iou).sum()), int((m >= iou).any(axis=0).sum()) if len(g) else 0
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def _side(text: str, spans: tuple, unit: str, max_number: int) -> tuple:
+    """What one side (gold or predicted) of a pair contributes to each count of
+    :data:`COUNT_MEASURES`, from its distinct ``spans`` (sorted ``(start, end)`` tuples): the
+    spans, their lower-cased texts, MDACE token starts and texts, the note tokens they overlap and
+    those tokens' texts, and the sorted token ranges for span IoU. Cached: the same gold spans are
+    scored against every source, binarisation and threshold of a run."""
+    starts, ends, words = _note_tokens(text, unit, max_number)
+    span_pi = frozenset(text[s:e].lower() for s, e in spans)
+    tok = [t for s, e in spans for t in mdace_span_tokens(text, s, e, max_number)]
+    ranges = set()
+    for s, e in spans:  # as Tokens.covered
+        lo = int(np.searchsorted(ends, s, side="right"))
+        ranges.add((lo, max(lo, int(np.searchsorted(starts, e, side="left")))))
+    over = frozenset(t for lo, hi in ranges for t in range(lo, hi))
+    return (frozenset(spans), span_pi, frozenset(a for a, _ in tok), frozenset(w for _, w in tok), over,
+            frozenset(words[t] for t in over), over, sorted(ranges))
+
+
 def _pair_counts(keys, g: dict, p: dict, tokens: Tokens, iou: float) -> tuple[np.ndarray, np.ndarray]:
     """``[n_pairs, len(COUNT_MEASURES), 3]`` (tp, fp, fn) per pair and the gold spans matched by
     span IoU per pair (``[n_pairs]``)."""
@@ -187,17 +213,8 @@ def _pair_counts(keys, g: dict, p: dict, tokens: Tokens, iou: float) -> tuple[np
     matched = np.zeros(len(keys), dtype=np.int64)
     for i, (nid, code) in enumerate(keys):
         text = tokens.text(nid)
-        words = tokens.get(nid)[2]
-        sides = []
-        for table in (g, p):
-            spans = set(table.get((nid, code), ()))
-            span_pi = {text[s:e].lower() for s, e in spans}
-            tok = [t for s, e in spans for t in mdace_span_tokens(text, s, e, tokens.max_number)]
-            ranges = {(r.start, r.stop) for r in (tokens.covered(nid, s, e) for s, e in spans)}
-            over = {t for lo, hi in ranges for t in range(lo, hi)}
-            sides.append((spans, span_pi, {a for a, _ in tok}, {w for _, w in tok}, over,
-                          {words[t] for t in over}, over, sorted(ranges)))
-        gs, ps = sides
+        gs, ps = (_side(text, tuple(sorted(set(table.get((nid, code), ())))), tokens.unit, tokens.max_number)
+                  for table in (g, p))
         for j in range(len(COUNT_MEASURES) - 1):
             a, b = gs[j], ps[j]
             out[i, j] = (len(a & b), len(b - a), len(a - b))
