@@ -295,3 +295,31 @@ def test_simulated_hierarchical_coverage_with_a_fixed_seed():
     assert res["t_components"]["mc_error"] == pytest.approx(np.sqrt(res["t_components"]["coverage"]
                                                                      * (1 - res["t_components"]["coverage"]) / 200))
     assert res == U.simulate_hierarchical_coverage(_seed_dominated, 0.2, _mean_effect, 20, **kw)
+
+
+def test_hierarchical_benchmark_populations_have_their_stated_truth():
+    # benchmarks/coverage.py --hierarchical: the pooled effect of many simulated runs (many notes and
+    # seeds) approaches each population's true effect; a real run's seeds x notes table as population
+    import importlib.util
+    from pathlib import Path
+
+    # loaded from its file: "coverage" is also the name of the coverage.py package
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "coverage.py"
+    spec = importlib.util.spec_from_file_location("coverage_benchmark", path)
+    C = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(C)
+
+    rng = np.random.default_rng(1)
+    for pop in (C.HierF1(0.3, n=400, seed=2), C.HierMean(0.04, n=400, seed=2)):
+        v = pop.draw(rng, 4000, 200)
+        assert v.shape == (200, 4000, 6 if isinstance(pop, C.HierF1) else 4)
+        assert float(pop.effect(v.sum(axis=(0, 1)))) == pytest.approx(pop.truth, abs=0.006)
+    # mean: truth 0.03 + sum k h / sum k by construction; the seed effect's sd is the parameter
+    m = C.HierMean(0.04, n=400, seed=2)
+    assert m.truth == pytest.approx(0.03 + (m.k * m.h).sum() / m.k.sum()) and m.seed_sd == 0.04
+    # a real run's [S, M, C]: truth pools every seed and note; a draw picks whole seeds
+    vals = np.stack([np.tile([[1.0, 1, 0, 1]], (5, 1)), np.tile([[3.0, 1, 0, 1]], (5, 1))])
+    real = C.RealSeeds(vals, E.paired_effect(["sum", "count"], ["sum", "count"], "mean"))
+    assert real.truth == pytest.approx(2.0) and real.seed_sd == pytest.approx(np.sqrt(2))
+    d = real.draw(np.random.default_rng(0), 7, 3)
+    assert d.shape == (3, 7, 4) and all(len(set(d[s, :, 0])) == 1 for s in range(3))
