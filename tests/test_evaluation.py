@@ -303,7 +303,8 @@ def test_seeds_are_summed_for_intervals_and_spread_across_seeds(tmp_path):
     sweep = pd.DataFrame(rows)
     counts = sweep_counts(sweep)
     assert len(counts) == 4 * 6 and set(counts.seed) == {1, 2}
-    prof = load_profile("smoke", {"evaluation": {"bootstrap_resamples": 200, "min_notes": 0}})
+    prof = load_profile("smoke", {"evaluation": {"bootstrap_resamples": 200, "min_notes": 0,
+                                                 "seed_interval_method": "percentile"}})
     row = tradeoff(sweep, counts, design, prof)[0].iloc[0]
     # pooled over seeds per report note: guided tp 2 + 4 = 6 of 8 -> 0.75; unguided 2 of 8 -> 0.25
     assert row["PI token F1 gain"] == pytest.approx(0.5) and row.seeds == 2
@@ -314,3 +315,10 @@ def test_seeds_are_summed_for_intervals_and_spread_across_seeds(tmp_path):
     v = tradeoff(sweep, counts, design, prof)[1].iloc[0]
     assert v.interval_method == "hierarchical" and v.seed_sd == pytest.approx(np.sqrt(0.125))
     assert (v.lo, v.hi) == pytest.approx((0.25, 0.75)) and v.seed_agreement == 1.0 and v.verdict == "holds"
+    # the profile's default (t_components): notes alike within a seed give V_note = 0; leaving seed 1
+    # out gives 0.75, seed 2 out 0.25, so V_seed = 1/2 * 2 * 0.25^2 = 0.0625 and the half-width is
+    # t(1 df, 0.975) * 0.25 = 12.706 * 0.25: two training seeds cannot show the gain
+    prof_t = load_profile("smoke", {"evaluation": {"bootstrap_resamples": 200, "min_notes": 0}})
+    vt = tradeoff(sweep, counts, design, prof_t)[1].iloc[0]
+    assert vt.interval_method == "hierarchical t (components)" and vt.verdict == "inconclusive"
+    assert (vt.lo, vt.hi) == pytest.approx((0.5 - 12.7062047 * 0.25, 0.5 + 12.7062047 * 0.25))

@@ -10,9 +10,11 @@ from rationale_kit.metrics import evaluation as E
 from rationale_kit.workbook.protocols.faithfulness import attention_vs_entity, faithfulness_seed_spread
 from rationale_kit.workbook.protocols.plausibility import plausibility_seed_spread, plausibility_verdicts
 
-# two notes: percentile intervals (the hierarchical interval is one), min_notes off
+# two notes: percentile intervals (the hierarchical interval is one; these cases work out the
+# percentile bootstrap over seeds and notes, not evaluation.seed_interval_method's default), min_notes off
 PROF = load_profile("smoke", {"common": {"seeds": [1, 2]},
-                              "evaluation": {"verdict_resamples": 2000, "min_notes": 0, "stability_seeds": 3}})
+                              "evaluation": {"verdict_resamples": 2000, "min_notes": 0, "stability_seeds": 3,
+                                             "seed_interval_method": "percentile"}})
 BOOT = E.Bootstrap(200, 0, 0.95, "t", 0, 3, 2000)
 PI = "token_position_independent"
 ATT, ENT = "attention (top-10)", "entity (exact_code)"

@@ -241,3 +241,37 @@ def test_a_later_seed_is_explained_and_scored_on_the_first_seeds_pairs():
     mine = rows.set_index(key).value.sort_index()
     theirs = table[(table.note_id == "a") & table.k.isna()].set_index(key).value.reindex(mine.index)
     pd.testing.assert_series_equal(mine, theirs)
+
+
+def test_the_faithfulness_sample_draws_from_pairs_every_training_seed_scores():
+    """With later training seeds, the sample is drawn among the pairs in the code set of every
+    later seed's model (seed_code_set_pairs), so each sampled pair is scored under every seed."""
+    import copy
+
+    from rationale_kit.workbook.protocols.faithfulness import seed_code_set_pairs
+
+    models, docs, pairs = _setup()
+    models = {"caml": models["caml"]}
+    models["caml"].threshold = 0.0  # the first seed's model predicts every label
+    prof = load_profile("smoke", {"common": {"progress": False}, "faithfulness": {"models": ["caml"]}})
+    soft, _ = model_rationales(models, docs, pairs, prof)
+    entity = pd.DataFrame({"note_id": ["a", "b"], "code": ["I10", "E11.9"], "start": [0, 0], "end": [5, 5],
+                           "source": ["entity (exact_code)"] * 2})
+    every, none = copy.deepcopy(models["caml"]), copy.deepcopy(models["caml"])
+    none.threshold = 1.0  # a later seed's model that predicts nothing (p > 1 never holds)
+    all_pairs = {(n, c) for n in ("a", "b") for c in models["caml"].labels}
+    assert seed_code_set_pairs({("caml", 8): every}, docs, "predicted") == {"caml": all_pairs}
+    # the pairs of every later seed: the intersection over seeds
+    assert seed_code_set_pairs({("caml", 8): every, ("caml", 9): none}, docs, "predicted") == {"caml": set()}
+    # gold codes are the same under every seed; no seed: no restriction
+    assert seed_code_set_pairs({("caml", 8): none}, docs, "gold") == {"caml": {("a", "I10"), ("b", "E11.9")}}
+    assert seed_code_set_pairs({}, docs, "predicted") == {}
+    disc = {"entity (exact_code)": entity}
+    ent_pairs = lambda t: set(zip(*[t[(t.source == "entity (exact_code)") & t.k.isna()][c] for c in ("note_id", "code")]))
+    base = faithfulness_tables(models, docs, disc, soft, prof)
+    assert ent_pairs(base) == {("a", "I10"), ("b", "E11.9")}
+    # a later seed that scores every pair changes nothing; one that scores (a, I10) only narrows the sample to it
+    same = faithfulness_tables(models, docs, disc, soft, prof, every_seed={"caml": all_pairs})
+    pd.testing.assert_frame_equal(same, base)
+    narrowed = faithfulness_tables(models, docs, disc, soft, prof, every_seed={"caml": {("a", "I10")}})
+    assert ent_pairs(narrowed) == {("a", "I10")} and set(narrowed.note_id) == {"a"}

@@ -242,3 +242,84 @@ def test_simulated_coverage_with_a_fixed_seed():
     res = U.simulate_coverage(pop, _mean_effect, 4, methods=("percentile", "t"), reps=300, n_resamples=400, seed=0)
     assert res["percentile"]["coverage"] < 0.88 and 0.91 <= res["t"]["coverage"] <= 0.98
     assert res == U.simulate_coverage(pop, _mean_effect, 4, methods=("percentile", "t"), reps=300, n_resamples=400, seed=0)
+
+
+def test_hierarchical_t_intervals_on_a_hand_made_case():
+    # two training seeds x three notes, one pair per note: seed A 1, 2, 3; seed B 3, 4, 5; pooled mean 3.
+    # leave one note out of both seeds: (18 - 4) / 4 = 3.5, 3, 2.5 -> V_note = 2/3 * 0.5 = 1/3;
+    # leave one seed out: 12 / 3 = 4, 6 / 3 = 2 -> V_seed = 1/2 * 2 = 1
+    from scipy.stats import t as student
+
+    vals = np.array([[[1.0, 1], [2, 1], [3, 1]], [[3.0, 1], [4, 1], [5, 1]]])
+    assert U._two_way_jackknife(vals, _mean_effect) == pytest.approx((1 / 3, 1.0))
+    comp = U.hierarchical_interval(vals, _mean_effect, method="t_components")
+    half = np.sqrt(student.ppf(0.975, 2) ** 2 / 3 + student.ppf(0.975, 1) ** 2)  # sqrt(4.3027^2 / 3 + 12.706^2)
+    assert half == pytest.approx(12.947, abs=1e-3)
+    assert (comp.estimate, comp.lo, comp.hi) == pytest.approx((3.0, 3.0 - half, 3.0 + half))
+    df = (4 / 3) ** 2 / ((1 / 3) ** 2 / 2 + 1.0 ** 2 / 1)  # Satterthwaite: 1.684
+    sat = U.hierarchical_interval(vals, _mean_effect, method="t")
+    assert df == pytest.approx(1.6842, abs=1e-4)
+    assert sat.hi - 3.0 == pytest.approx(student.ppf(0.975, df) * np.sqrt(4 / 3))
+    # one seed: both are the notes-only t interval
+    one = U.resample_interval(vals[0], _mean_effect, method="t")
+    for m in ("t", "t_components"):
+        iv = U.hierarchical_interval(vals[:1], _mean_effect, method=m)
+        assert (iv.lo, iv.hi) == pytest.approx((one.lo, one.hi)), m
+    with pytest.raises(ValueError, match="hierarchical interval method"):
+        U.hierarchical_interval(vals, _mean_effect, method="bca")
+    # through the verdict machinery: rows name the method; no resampling, so every bootstrap seed agrees
+    a = [pd.DataFrame(v, columns=["sum", "count"], index=list("xyz")) for v in vals]
+    b = [x.assign(sum=0.0) for x in a]
+    res = E.verdict_comparison(a, b, "mean", E.Bootstrap(n_resamples=200, seed=0, stability_seeds=4,
+                                                          seed_method="t_components"))
+    assert res["interval_method"] == "hierarchical t (components)" and (res["lo"], res["hi"]) == pytest.approx((3 - half, 3 + half))
+    assert U.verdict_stability(res["intervals"], "greater") == {"seed_agreement": 1.0, "mc_error": 0.0}
+
+
+def _seed_dominated(rng, n, s):
+    # per (seed, note) value: note effect N(0.2, 1) + seed effect N(0, 1) + noise N(0, 0.3); truth 0.2
+    note = rng.normal(0.2, 1.0, size=n)
+    v = note[None, :] + rng.normal(0, 1.0, size=(s, 1)) + rng.normal(0, 0.3, size=(s, n))
+    return np.stack([v, np.ones_like(v)], axis=2)
+
+
+def test_simulated_hierarchical_coverage_with_a_fixed_seed():
+    # a seed effect as large as the note effect, 3 seeds x 20 notes: ignoring the seeds (t over notes)
+    # undercovers badly; the hierarchical percentile (3 seeds resampled) undercovers; the component-wise
+    # t interval does not
+    kw = dict(n_seeds=3, reps=200, n_resamples=300, seed=0)
+    res = U.simulate_hierarchical_coverage(_seed_dominated, 0.2, _mean_effect, 20, **kw)
+    assert set(res) == {"percentile", "t", "t_components", U.NOTES_ONLY_T}
+    assert res[U.NOTES_ONLY_T]["coverage"] < 0.6 and res["percentile"]["coverage"] < 0.9
+    assert res["t_components"]["coverage"] >= 0.93
+    assert res["t_components"]["mc_error"] == pytest.approx(np.sqrt(res["t_components"]["coverage"]
+                                                                     * (1 - res["t_components"]["coverage"]) / 200))
+    assert res == U.simulate_hierarchical_coverage(_seed_dominated, 0.2, _mean_effect, 20, **kw)
+
+
+def test_hierarchical_benchmark_populations_have_their_stated_truth():
+    # benchmarks/coverage.py --hierarchical: the pooled effect of many simulated runs (many notes and
+    # seeds) approaches each population's true effect; a real run's seeds x notes table as population
+    import importlib.util
+    from pathlib import Path
+
+    # loaded from its file: "coverage" is also the name of the coverage.py package
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "coverage.py"
+    spec = importlib.util.spec_from_file_location("coverage_benchmark", path)
+    C = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(C)
+
+    rng = np.random.default_rng(1)
+    for pop in (C.HierF1(0.3, n=400, seed=2), C.HierMean(0.04, n=400, seed=2)):
+        v = pop.draw(rng, 4000, 200)
+        assert v.shape == (200, 4000, 6 if isinstance(pop, C.HierF1) else 4)
+        assert float(pop.effect(v.sum(axis=(0, 1)))) == pytest.approx(pop.truth, abs=0.006)
+    # mean: truth 0.03 + sum k h / sum k by construction; the seed effect's sd is the parameter
+    m = C.HierMean(0.04, n=400, seed=2)
+    assert m.truth == pytest.approx(0.03 + (m.k * m.h).sum() / m.k.sum()) and m.seed_sd == 0.04
+    # a real run's [S, M, C]: truth pools every seed and note; a draw picks whole seeds
+    vals = np.stack([np.tile([[1.0, 1, 0, 1]], (5, 1)), np.tile([[3.0, 1, 0, 1]], (5, 1))])
+    real = C.RealSeeds(vals, E.paired_effect(["sum", "count"], ["sum", "count"], "mean"))
+    assert real.truth == pytest.approx(2.0) and real.seed_sd == pytest.approx(np.sqrt(2))
+    d = real.draw(np.random.default_rng(0), 7, 3)
+    assert d.shape == (3, 7, 4) and all(len(set(d[s, :, 0])) == 1 for s in range(3))

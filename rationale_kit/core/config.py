@@ -400,6 +400,12 @@ class Evaluation:
     # only one within 0.02 of 95% coverage from 4 notes up; percentile needs ~50 notes)
     interval_method: Literal["percentile", "bca", "studentized", "t"] = "t"
     min_notes: int = 10  # a verdict row on fewer common notes says "too few notes" (combined rows skip it)
+    # verdict intervals over several common.seeds (training seeds x notes; benchmarks/coverage.py
+    # --hierarchical): percentile (the bootstrap over seeds and notes; rows say "hierarchical") | t
+    # (two-way jackknife over notes and seeds, Satterthwaite df; "hierarchical t") | t_components
+    # (each jackknife component widened by its own t quantile, N - 1 and S - 1 df;
+    # "hierarchical t (components)": the only one not below 0.93 from 10 notes up)
+    seed_interval_method: Literal["percentile", "t", "t_components"] = "t_components"
     verdict_resamples: int = 2000  # resamples per verdict interval (bootstrap_resamples: descriptive intervals)
     stability_seeds: int = 20  # bootstrap seeds per verdict row: seed_agreement and mc_error
 

@@ -280,7 +280,10 @@ class Bootstrap:
     descriptive intervals, ``verdict_resamples`` (None: ``n_resamples``) for verdict comparisons,
     ``method`` of the verdict intervals (:data:`~rationale_kit.metrics.uncertainty.METHODS`),
     ``min_notes`` below which a row's verdict is "too few notes", ``stability_seeds`` bootstrap
-    seeds per verdict row (``seed``, ``seed + 1``, ...; the first is reported)."""
+    seeds per verdict row (``seed``, ``seed + 1``, ...; the first is reported), ``seed_method``
+    of the verdict intervals over several training seeds
+    (:data:`~rationale_kit.metrics.uncertainty.HIERARCHICAL_METHODS`; profile
+    ``evaluation.seed_interval_method``)."""
 
     n_resamples: int = 1000
     seed: int = 0
@@ -289,6 +292,7 @@ class Bootstrap:
     min_notes: int = 0
     stability_seeds: int = 20
     verdict_resamples: int | None = None
+    seed_method: str = "percentile"
 
     @property
     def resamples(self) -> int:
@@ -338,12 +342,18 @@ def paired_effect(columns_a: Sequence[str], columns_b: Sequence[str], statistic:
     return effect
 
 
+#: ``interval_method`` of a verdict row over several training seeds, per ``Bootstrap.seed_method``
+HIERARCHICAL_NAMES = {"percentile": "hierarchical", "t": "hierarchical t", "t_components": "hierarchical t (components)"}
+
+
 def verdict_comparison(a: Sequence[pd.DataFrame], b: Sequence[pd.DataFrame], statistic: str, boot: Bootstrap) -> dict:
     """The interval of a verdict row: ``statistic(a) - statistic(b)`` from per-note frames, one per
     training seed (``a[s]`` and ``b[s]`` the same seed; every frame indexed by the same notes).
     One seed: :func:`~rationale_kit.metrics.uncertainty.resample_interval` by ``boot.method``;
-    several: :func:`~rationale_kit.metrics.uncertainty.hierarchical_interval` (seeds and notes
-    resampled together, ``interval_method`` "hierarchical"). Each is computed under
+    several: :func:`~rationale_kit.metrics.uncertainty.hierarchical_interval` by ``boot.seed_method``
+    (seeds and notes together; ``interval_method`` :data:`HIERARCHICAL_NAMES`: "hierarchical" for
+    the percentile bootstrap over seeds and notes, "hierarchical t" / "hierarchical t (components)"
+    for the two-way jackknife t intervals). Each is computed under
     ``boot.stability_seeds`` bootstrap seeds. Returns ``lo, hi, interval_method, seed_sd`` (the
     effect's standard deviation across training seeds, NaN for one) and ``intervals`` (the
     per-bootstrap-seed intervals, for :func:`verdict_row`)."""
@@ -363,10 +373,13 @@ def verdict_comparison(a: Sequence[pd.DataFrame], b: Sequence[pd.DataFrame], sta
                                            level=boot.level) for s in seeds]
             method, sd = boot.method, np.nan
         else:
-            ivs = [U.hierarchical_interval(vals, effect, n_resamples=boot.resamples, seed=s, level=boot.level)
-                   for s in seeds]
+            if boot.seed_method in ("t", "t_components"):  # no resampling either
+                ivs = [U.hierarchical_interval(vals, effect, method=boot.seed_method, level=boot.level)] * len(seeds)
+            else:
+                ivs = [U.hierarchical_interval(vals, effect, method=boot.seed_method, n_resamples=boot.resamples,
+                                               seed=s, level=boot.level) for s in seeds]
             per_seed = [float(effect(v.sum(axis=0))) for v in vals]
-            method, sd = "hierarchical", float(np.std(per_seed, ddof=1))
+            method, sd = HIERARCHICAL_NAMES[boot.seed_method], float(np.std(per_seed, ddof=1))
     return {"lo": ivs[0].lo, "hi": ivs[0].hi, "interval_method": method, "seed_sd": sd, "intervals": ivs}
 
 
@@ -448,35 +461,48 @@ def compare_values(a: pd.DataFrame, b: pd.DataFrame, boot: Bootstrap) -> dict:
     return out
 
 
-def compare_values_seeds(a: pd.DataFrame, b: pd.DataFrame, boot: Bootstrap) -> dict:
-    """:func:`compare_values` over training seeds: ``a`` and ``b`` are ``note_id, code, value,
-    seed`` tables (:func:`pair_seeds`: a side without ``seed`` pairs with every seed of the other).
-    The units are the pairs both sides have under **every** seed, so each seed is scored on the
-    same pairs; ``a``, ``b`` are the means over seeds and those pairs, and the interval resamples
-    seeds and notes together (:func:`verdict_comparison` on one ``sum, count`` per-note frame per
-    seed; one seed: the notes-only interval). ``seed_sd``: the spread of the per-seed effect."""
+def seed_value_frames(a: pd.DataFrame, b: pd.DataFrame) -> tuple[pd.MultiIndex, list[pd.DataFrame], list[pd.DataFrame]]:
+    """The units and per-note frames of :func:`compare_values_seeds`: ``common`` (the ``note_id,
+    code`` pairs both sides have under every training seed, sorted) and, per seed (sorted), one
+    ``sum, count`` frame of each side over those pairs, indexed by their notes (empty lists without
+    common pairs). ``a``, ``b``: ``note_id, code, value, seed`` tables (:func:`pair_seeds`)."""
     a, b = pair_seeds(a, b)
     seeds = sorted(set(a.seed) | set(b.seed)) if len(a) or len(b) else []
     ka = a.groupby(["seed", "note_id", "code"])["value"].mean()
     kb = b.groupby(["seed", "note_id", "code"])["value"].mean()
+    empty = pd.MultiIndex.from_tuples([], names=["note_id", "code"])
     common = None
     for s_ in seeds:
-        pa = ka.xs(s_, level="seed").index if s_ in ka.index.get_level_values(0) else pd.MultiIndex.from_tuples([], names=["note_id", "code"])
-        pb = kb.xs(s_, level="seed").index if s_ in kb.index.get_level_values(0) else pd.MultiIndex.from_tuples([], names=["note_id", "code"])
+        pa = ka.xs(s_, level="seed").index if s_ in ka.index.get_level_values(0) else empty
+        pb = kb.xs(s_, level="seed").index if s_ in kb.index.get_level_values(0) else empty
         both = pa.intersection(pb)
         common = both if common is None else common.intersection(both)
-    common = common.sort_values() if common is not None else pd.MultiIndex.from_tuples([], names=["note_id", "code"])
-    out = {"a": np.nan, "b": np.nan, "effect": np.nan, "lo": np.nan, "hi": np.nan,
-           "n_notes": len(set(common.get_level_values(0))) if len(common) else 0, "n_pairs": len(common),
-           "seed_sd": np.nan}
+    common = common.sort_values() if common is not None else empty
     if not len(common):
-        return out
+        return common, [], []
     notes = pd.Index(sorted(set(common.get_level_values(0))), name="note_id")
     frames_a, frames_b = [], []
     for s_ in seeds:
         va, vb = ka.xs(s_, level="seed").loc[common], kb.xs(s_, level="seed").loc[common]
         frames_a.append(va.groupby(level=0).agg(sum="sum", count="count").reindex(notes))
         frames_b.append(vb.groupby(level=0).agg(sum="sum", count="count").reindex(notes))
+    return common, frames_a, frames_b
+
+
+def compare_values_seeds(a: pd.DataFrame, b: pd.DataFrame, boot: Bootstrap) -> dict:
+    """:func:`compare_values` over training seeds: ``a`` and ``b`` are ``note_id, code, value,
+    seed`` tables (:func:`pair_seeds`: a side without ``seed`` pairs with every seed of the other).
+    The units are the pairs both sides have under **every** seed, so each seed is scored on the
+    same pairs (:func:`seed_value_frames`); ``a``, ``b`` are the means over seeds and those pairs,
+    and the interval resamples seeds and notes together (:func:`verdict_comparison` on one
+    ``sum, count`` per-note frame per seed; one seed: the notes-only interval). ``seed_sd``: the
+    spread of the per-seed effect."""
+    common, frames_a, frames_b = seed_value_frames(a, b)
+    out = {"a": np.nan, "b": np.nan, "effect": np.nan, "lo": np.nan, "hi": np.nan,
+           "n_notes": len(set(common.get_level_values(0))) if len(common) else 0, "n_pairs": len(common),
+           "seed_sd": np.nan}
+    if not len(common):
+        return out
     out["a"] = float(np.mean([f["sum"].sum() / f["count"].sum() for f in frames_a]))
     out["b"] = float(np.mean([f["sum"].sum() / f["count"].sum() for f in frames_b]))
     out.update(effect=out["a"] - out["b"], **verdict_comparison(frames_a, frames_b, "mean", boot))

@@ -321,25 +321,79 @@ def resample_interval(vals: np.ndarray, effect: Effect, *, method: str = "percen
     return Interval(est, float(lo), float(hi), n, len(draws), level, int((~ok).sum()))
 
 
-def hierarchical_interval(vals: np.ndarray, effect: Effect, *, n_resamples: int = 1000, seed: int = 0,
-                          level: float = 0.95) -> Interval:
-    """Percentile interval of ``effect`` resampling training seeds and notes together.
+#: interval methods of :func:`hierarchical_interval` (training seeds x notes; benchmarks/coverage.py --hierarchical)
+HIERARCHICAL_METHODS = ("percentile", "t", "t_components")
+
+
+def _two_way_jackknife(vals: np.ndarray, effect: Effect) -> tuple[float, float]:
+    """Jackknife variances of the pooled ``effect`` of ``vals [S, N, C]``: over notes (each note
+    left out under every seed) and over training seeds (each seed left out with all its notes);
+    0 for a level with one member. NaN when a leave-one-out value is undefined."""
+    s, n, _ = vals.shape
+    total = vals.sum(axis=(0, 1))
+    v_note = float(_jack_se(_fn(effect, total[None, :] - vals.sum(axis=0)))) ** 2 if n > 1 else 0.0
+    v_seed = float(_jack_se(_fn(effect, total[None, :] - vals.sum(axis=1)))) ** 2 if s > 1 else 0.0
+    return v_note, v_seed
+
+
+def hierarchical_interval(vals: np.ndarray, effect: Effect, *, method: str = "percentile", n_resamples: int = 1000,
+                          seed: int = 0, level: float = 0.95) -> Interval:
+    """Interval of ``effect`` over training seeds and notes together.
 
     ``vals`` ``[S, N, C]``: additive per-note columns of each of ``S`` training seeds on the same
-    ``N`` notes. Each resample draws ``S`` seeds and ``N`` notes with replacement (independent
-    multinomial rows ``Ws [R, S]`` and ``W [R, N]``) and evaluates ``effect`` on
-    ``sum_s Ws[r, s] * (W[r] @ vals[s])``; the estimate pools every seed and note once."""
+    ``N`` notes; the estimate pools every seed and note once (``effect`` of ``vals.sum((0, 1))``).
+
+    * ``percentile``: each resample draws ``S`` seeds and ``N`` notes with replacement
+      (independent multinomial rows ``Ws [R, S]`` and ``W [R, N]``) and evaluates ``effect`` on
+      ``sum_s Ws[r, s] * (W[r] @ vals[s])``; order statistics of those values;
+    * ``t``: ``estimate +- t(df, 1 - a) * sqrt(V_note + V_seed)``, the jackknife variances over
+      notes and over seeds (:func:`_two_way_jackknife`; the seed x note interaction is counted in
+      both, a conservative sum) with Satterthwaite's ``df = (V_note + V_seed)^2 /
+      (V_note^2 / (N - 1) + V_seed^2 / (S - 1))``;
+    * ``t_components``: ``estimate +- sqrt(t(N - 1)^2 V_note + t(S - 1)^2 V_seed)`` (``t(k)``: the
+      ``1 - a`` quantile of Student's t with ``k`` df), each variance component widened by the
+      quantile of its own degrees of freedom. Satterthwaite's ``df`` is estimated from the same
+      variances, so when ``V_seed`` (``S - 1`` = 2 df with three seeds) comes out small by chance
+      the ``df`` comes out large and the interval too narrow; widening each component by its own
+      quantile does not depend on that estimate (conservative where both components matter).
+
+    ``t`` and ``t_components`` do not resample; with one seed both are the ``t`` interval of
+    :func:`resample_interval`.
+    """
+    from scipy.stats import t as student
+
     _check_level(level)
+    if method not in HIERARCHICAL_METHODS:
+        raise ValueError(f"hierarchical interval method must be one of {list(HIERARCHICAL_METHODS)}, got {method!r}")
     vals = np.asarray(vals, dtype=np.float64)
     if vals.ndim != 3 or vals.shape[0] < 1 or vals.shape[1] < 1:
         raise ValueError(f"vals: expected [S >= 1, N >= 1, C], got shape {vals.shape}")
     s, n, _ = vals.shape
+    est = float(_fn(effect, vals.sum(axis=(0, 1))))
+    if method in ("t", "t_components"):
+        nan = Interval(est, float("nan"), float("nan"), n, 0, level)
+        if n < 2:
+            return nan
+        v_note, v_seed = _two_way_jackknife(vals, effect)
+        var = v_note + v_seed
+        if not np.isfinite(var):
+            return nan
+        if var == 0.0:
+            return Interval(est, est, est, n, 0, level)
+        p = 1 - (1.0 - level) / 2.0
+        if method == "t_components":
+            q_seed = float(student.ppf(p, s - 1)) if s > 1 else 0.0
+            half = float(np.sqrt(float(student.ppf(p, n - 1)) ** 2 * v_note + q_seed ** 2 * v_seed))
+            return Interval(est, est - half, est + half, n, 0, level)
+        den = v_note ** 2 / (n - 1) + (v_seed ** 2 / (s - 1) if s > 1 else 0.0)
+        df = var ** 2 / den if den > 0 else float(n - 1)
+        q = float(student.ppf(p, df))
+        return Interval(est, est - q * np.sqrt(var), est + q * np.sqrt(var), n, 0, level)
     w = note_weights(n, n_resamples, seed)
     ws = note_weights(s, n_resamples, seed + 7919) if s > 1 else np.ones((n_resamples, 1), dtype=np.int64)
     sums = np.zeros((n_resamples, vals.shape[2]))
     for j in range(s):
         sums += ws[:, j, None] * (w @ vals[j])
-    est = float(_fn(effect, vals.sum(axis=(0, 1))))
     return _interval(est, _fn(effect, sums), n, level)
 
 
@@ -400,6 +454,48 @@ def simulate_coverage(population: np.ndarray, effect: Effect, n_notes: int, *, m
         ok = np.isfinite(a).all(axis=1)
         cover = ok & (a[:, 0] <= truth + 1e-12) & (truth - 1e-12 <= a[:, 1])
         out[m] = {"coverage": float(cover.mean()), "excludes_0": float((ok & ((a[:, 0] > 0) | (a[:, 1] < 0))).mean()),
+                  "width": float(np.median(a[ok, 1] - a[ok, 0])) if ok.any() else float("nan"),
+                  "undefined": float((~ok).mean())}
+    return out
+
+
+#: a reference method of :func:`simulate_hierarchical_coverage`: the ``t`` interval over notes with
+#: every seed's columns pooled per note (training seeds ignored)
+NOTES_ONLY_T = "notes t"
+
+
+def simulate_hierarchical_coverage(draw: Callable[[np.random.Generator, int, int], np.ndarray], truth: float,
+                                   effect: Effect, n_notes: int, *, n_seeds: int = 3,
+                                   methods=(*HIERARCHICAL_METHODS, NOTES_ONLY_T), reps: int = 200,
+                                   n_resamples: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
+    """Real coverage of the training-seed x note intervals, by simulation.
+
+    ``draw(rng, n_notes, n_seeds)`` returns one simulated run's ``[S, N, C]`` per-(seed, note)
+    columns (new training seeds and notes drawn from a population whose effect is ``truth``).
+    Each of ``reps`` repetitions draws one, computes :func:`hierarchical_interval` by each method
+    of :data:`HIERARCHICAL_METHODS` in ``methods`` (bootstrap seed = repetition) and, for
+    :data:`NOTES_ONLY_T`, the ``t`` interval of :func:`resample_interval` on the per-note sums over
+    seeds, and checks whether it contains ``truth``. Returns ``{method: {"coverage", "mc_error",
+    "excludes_0", "width", "undefined"}}`` (``mc_error``: the binomial standard error
+    ``sqrt(c (1 - c) / reps)`` of the coverage; otherwise as :func:`simulate_coverage`)."""
+    rng = np.random.default_rng(seed)
+    hits = {m: [] for m in methods}
+    for r in range(reps):
+        vals = np.asarray(draw(rng, int(n_notes), int(n_seeds)), dtype=np.float64)
+        for m in methods:
+            if m == NOTES_ONLY_T:
+                iv = resample_interval(vals.sum(axis=0), effect, method="t", level=level)
+            else:
+                iv = hierarchical_interval(vals, effect, method=m, n_resamples=n_resamples, seed=r, level=level)
+            hits[m].append((iv.lo, iv.hi))
+    out = {}
+    for m, lohi in hits.items():
+        a = np.asarray(lohi, dtype=float)
+        ok = np.isfinite(a).all(axis=1)
+        cover = ok & (a[:, 0] <= truth + 1e-12) & (truth - 1e-12 <= a[:, 1])
+        c = float(cover.mean())
+        out[m] = {"coverage": c, "mc_error": float(np.sqrt(c * (1 - c) / reps)),
+                  "excludes_0": float((ok & ((a[:, 0] > 0) | (a[:, 1] < 0))).mean()),
                   "width": float(np.median(a[ok, 1] - a[ok, 0])) if ok.any() else float("nan"),
                   "undefined": float((~ok).mean())}
     return out

@@ -15,7 +15,8 @@ def bootstrap(evaluation):
     from rationale_kit.metrics.evaluation import Bootstrap
 
     return Bootstrap(evaluation.bootstrap_resamples, evaluation.seed, evaluation.level, evaluation.interval_method,
-                     evaluation.min_notes, evaluation.stability_seeds, evaluation.verdict_resamples)
+                     evaluation.min_notes, evaluation.stability_seeds, evaluation.verdict_resamples,
+                     evaluation.seed_interval_method)
 
 
 def with_seed(profile: Profile, seed: int) -> Profile:

@@ -61,10 +61,26 @@ def _code_set_pairs(name: str, model, docs: pd.DataFrame, preds: pd.DataFrame | 
     labels = set(model.labels)
     if code_set == "gold":
         return {(n, c) for n, cs in zip(docs.note_id, docs.codes) for c in cs if c in labels}
-    if preds is None:
-        preds = predictions(model, docs, float(getattr(model, "threshold", 0.5) or 0.5)).assign(model=name)
+    if preds is None:  # the engine's threshold: model.threshold, 0.5 without one (a threshold of 0 stays 0)
+        thr = getattr(model, "threshold", None)
+        preds = predictions(model, docs, 0.5 if thr is None else float(thr)).assign(model=name)
     p = preds[(preds.model == name) & preds.pred & preds.note_id.isin(set(docs.note_id))]
     return set(zip(p.note_id.astype(str), p.code.astype(str)))
+
+
+def seed_code_set_pairs(extra: Mapping[tuple[str, int], torch.nn.Module], docs: pd.DataFrame,
+                        code_set: str) -> dict[str, set]:
+    """Per model of ``extra`` (``{(model, seed): model}``, the training seeds after the first:
+    :func:`~rationale_kit.workbook.protocols.train.extra_seed_models`), the (note, code) pairs of
+    ``docs`` in the code set of **every** one of its later seeds' models (``faithfulness.code_set``:
+    the codes each predicts; with ``"gold"`` the gold codes, the same under every seed). The
+    engine scores a later seed's model only on the pairs of its own code set, so a pair outside
+    this set drops out of finding (b)'s units (the pairs scored under every seed)."""
+    out: dict[str, set] = {}
+    for (name, _seed), model in extra.items():
+        pairs = _code_set_pairs(name, model, docs, None, code_set)
+        out[name] = pairs if name not in out else out[name] & pairs
+    return out
 
 
 def common_pairs(candidates: set, tables: Iterable[pd.DataFrame], docs: pd.DataFrame, max_pairs: int | None,
@@ -90,7 +106,8 @@ def common_pairs(candidates: set, tables: Iterable[pd.DataFrame], docs: pd.DataF
 def faithfulness_tables(models_: Mapping[str, torch.nn.Module], docs: pd.DataFrame, discrete: Mapping[str, pd.DataFrame],
                         soft: pd.DataFrame, profile: Profile, device: str = "cpu", gold: pd.DataFrame | None = None,
                         preds: pd.DataFrame | None = None, design=None, pairs: Mapping[str, set] | None = None,
-                        sources: Iterable[str] | None = None, scored: bool = True) -> pd.DataFrame:
+                        sources: Iterable[str] | None = None, scored: bool = True,
+                        every_seed: Mapping[str, set] | None = None) -> pd.DataFrame:
     """Comprehensiveness and sufficiency of every source under every model (its own attention and
     gradients as scored rationales; the discrete sources and its top-k attention as span sets),
     each with a random control of the same size. One long table.
@@ -99,7 +116,10 @@ def faithfulness_tables(models_: Mapping[str, torch.nn.Module], docs: pd.DataFra
     (``faithfulness.code_set``) of the report notes of ``design`` (every note of ``docs`` without
     one; never tuning notes with one) that both compared sources (top-k attention and exact-code
     entity spans) have, a seeded sample (``faithfulness.sample_seed``) of ``faithfulness.max_pairs``
-    of them. Other sources are scored on the pairs of that set they have (e.g. LLM spans of the
+    of them. With several training seeds, ``every_seed`` (``{model: pairs}``,
+    :func:`seed_code_set_pairs`) narrows the candidates to the pairs in the code set of every later
+    seed's model too, so the sample holds pairs finding (b) can compare under every seed and (b)
+    gets ``max_pairs`` pairs whenever that many exist. Other sources are scored on the pairs of that set they have (e.g. LLM spans of the
     notes the LLM saw), so any two rows of a model are comparable on their common pairs. Beside
     them, the size control of finding (b): the model's attention with ``k`` matched per pair to
     the entity rationale's unit count (source :data:`SIZE_MATCHED`).
@@ -136,8 +156,10 @@ def faithfulness_tables(models_: Mapping[str, torch.nn.Module], docs: pd.DataFra
         if pairs is not None and name in pairs:
             chosen = {p for p in pairs[name] if p[0] in note_ids}
         else:
-            chosen = set(common_pairs(_code_set_pairs(name, model, docs, preds, f.code_set), compared, docs, f.max_pairs,
-                                      f.sample_seed))
+            candidates = _code_set_pairs(name, model, docs, preds, f.code_set)
+            if every_seed is not None and name in every_seed:
+                candidates &= every_seed[name]
+            chosen = set(common_pairs(candidates, compared, docs, f.max_pairs, f.sample_seed))
         ent = spans.get(ENTITY_EXACT.name)
         if ent is not None and len(ent):
             spans[SIZE_MATCHED.name] = attention_size_matched_spans(soft[soft.note_id.isin(note_ids)], name,
