@@ -698,6 +698,12 @@ def test_smollm_bfloat16_is_a_cache_key_setting_and_answers(smollm):
     # the profile key reaches the backend; an unknown value is refused naming the key
     prof = config.load_profile("smoke", {"rationales": {"llm": {"local_dtype": "bfloat16"}}})
     assert make_backend(prof.rationales.llm).dtype == "bfloat16"
+    # auto resolves before the backend is built, so the cache key names the dtype actually used
+    from rationale_kit.rationales.llm.backends.local import auto_dtype
+
+    auto = make_backend(config.load_profile("smoke", {"rationales": {"llm": {"local_dtype": "auto"}}}).rationales.llm)
+    assert auto.dtype == auto_dtype("auto", "cpu") in ("float32", "bfloat16")
+    assert auto_dtype("float32", "cpu") == "float32" and auto_dtype("bfloat16", "cpu") == "bfloat16"
     with pytest.raises(config.ConfigError, match="local_dtype"):
         config.load_profile("smoke", {"rationales": {"llm": {"local_dtype": "int8"}}})
     # the session's float32 model, copied and cast as load() casts it

@@ -259,9 +259,10 @@ class LLM:
     local_verbatim: bool = True  # local backend, structured: each quote token must keep the quote a substring of the note
     local_device: Literal["auto", "cpu", "cuda"] = "auto"  # local backend: auto = cuda when available
     # local backend: the dtype of the model's weights and activations. bfloat16 reads prompts ~3x
-    # faster on CPUs with AMX or AVX512-BF16 (slower on CPUs without them); its answers differ
-    # slightly from float32's, so it is part of the cache key (docs/method/llm.md)
-    local_dtype: Literal["float32", "bfloat16"] = "float32"
+    # faster on CPUs with AMX or AVX512 (much slower on CPUs without); its answers differ slightly
+    # from float32's, so the dtype used is part of the cache key; auto = bfloat16 where the
+    # hardware supports it (torch's oneDNN check, or a bfloat16 GPU), else float32 (docs/method/llm.md)
+    local_dtype: Literal["auto", "float32", "bfloat16"] = "float32"
     max_answer_chars: int = 100_000  # an answer longer than this is not parsed (outcome failed); bounds memory and rows
     max_quotes_per_code: int = 20  # quotes kept per code of one answer (the rest dropped and counted)
 

@@ -5,7 +5,7 @@ from typing import Any, Optional
 
 from rationale_kit.rationales.llm.backends.base import Backend
 from rationale_kit.rationales.llm.backends.gemini import GeminiBackend
-from rationale_kit.rationales.llm.backends.local import LocalBackend, auto_device
+from rationale_kit.rationales.llm.backends.local import LocalBackend, auto_device, auto_dtype
 from rationale_kit.rationales.llm.backends.openai import OpenAIBackend
 from rationale_kit.rationales.llm.backends.replay import ReplayBackend
 from rationale_kit.rationales.llm.errors import LLMConfigError
@@ -33,8 +33,8 @@ def make_backend(llm_cfg: Any, credentialed: Optional[bool] = None, **overrides:
     if kind == "local":
         kw = dict(path=llm_cfg.local_path, max_new_tokens=llm_cfg.max_new_tokens, temperature=llm_cfg.temperature,
                   structured=llm_cfg.local_structured, verbatim=llm_cfg.local_verbatim,
-                  batch_size=llm_cfg.local_batch_size, device=auto_device(llm_cfg.local_device),
-                  dtype=llm_cfg.local_dtype)
+                  batch_size=llm_cfg.local_batch_size, device=auto_device(llm_cfg.local_device))
+        kw["dtype"] = auto_dtype(llm_cfg.local_dtype, kw["device"])  # "auto" resolved here: the cache key names the dtype used
         return LocalBackend(**{**kw, **overrides})
     if kind == "replay":
         path = overrides.pop("path", llm_cfg.replay_file)

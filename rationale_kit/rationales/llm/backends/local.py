@@ -414,3 +414,19 @@ def auto_device(device: str) -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
     except ImportError:
         return "cpu"
+
+
+def auto_dtype(dtype: str, device: str) -> str:
+    """``dtype``; for ``"auto"`` bfloat16 where the hardware computes it natively or nearly so (a
+    GPU that supports bfloat16; a CPU whose oneDNN build reports bfloat16 support: AVX512 or
+    AMX on x86, bf16 on Arm), else float32. ``device`` is a resolved device (``cpu``, ``cuda``)."""
+    if dtype != "auto":
+        return dtype
+    try:
+        import torch
+
+        if str(device).startswith("cuda"):
+            return "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float32"
+        return "bfloat16" if bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()) else "float32"
+    except (ImportError, AttributeError, RuntimeError):
+        return "float32"
