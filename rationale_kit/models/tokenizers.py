@@ -4,6 +4,7 @@ Both keep each unit's character offsets into the raw text. See docs/method/model
 """
 from __future__ import annotations
 
+import functools
 import itertools
 from collections import Counter
 from dataclasses import dataclass
@@ -38,6 +39,20 @@ class Encoded:
 
 
 
+@functools.lru_cache(maxsize=1024)
+def _word_units(text: str, max_words: int, numbers: str) -> tuple[tuple[str, ...], np.ndarray]:
+    """:meth:`WordTokenizer.units` of ``text``, cached: every model, student and faithfulness
+    pass of a run tokenizes the same notes again (the offsets are read-only; callers copy)."""
+    words, spans = [], []
+    for m in itertools.islice(WORD_RE.finditer(text), max_words):
+        w = m.group().lower()
+        words.append("<num>" if numbers == "num" and w.isdigit() else w)
+        spans.append(m.span())
+    offsets = np.asarray(spans, dtype=np.int64).reshape(-1, 2)
+    offsets.setflags(write=False)
+    return tuple(words), offsets
+
+
 class WordTokenizer:
     """``\\w+`` words, lower-cased, with their offsets; see docs/method/models.md."""
 
@@ -64,25 +79,17 @@ class WordTokenizer:
     def vocab_size(self) -> int:
         return len(self.vocab)
 
-    def _norm(self, word: str) -> str:
-        word = word.lower()
-        if self.numbers == "num" and word.isdigit():
-            return "<num>"
-        return word
-
     def units(self, text: str) -> tuple[list[str], np.ndarray]:
         """The normalised words of ``text`` (cut at ``max_words``) and their offsets ``[n, 2]``."""
-        words, spans = [], []
-        for m in itertools.islice(WORD_RE.finditer(text), self.max_words):
-            words.append(self._norm(m.group()))
-            spans.append(m.span())
-        return words, np.asarray(spans, dtype=np.int64).reshape(-1, 2)
+        words, offsets = _word_units(text, self.max_words, self.numbers)
+        return list(words), offsets.copy()
 
     def tokens(self, text: str) -> list[str]:
         return self.units(text)[0]
 
     def encode(self, text: str) -> Encoded:
-        words, offsets = self.units(text)
+        words, offsets = _word_units(text, self.max_words, self.numbers)
+        offsets = offsets.copy()
         get = self.index.get
         ids = np.fromiter((get(w, UNK_ID) for w in words), dtype=np.int64, count=len(words))
         return Encoded(ids, offsets)
