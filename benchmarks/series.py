@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 NOTEBOOKS = ("01_data", "02_train", "03_rationales", "04_alignment", "05_faithfulness", "06_plausibility",
-             "07_guided_learning", "08_few_shot")
+             "07_guided_learning", "08_few_shot", "09_open_questions")
 
 
 def read_state(checkout: Path, profile: str) -> dict[str, dict]:
