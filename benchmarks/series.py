@@ -4,8 +4,8 @@ Each SOURCE is one of:
 
 - a checkout folder whose ``runs/<profile>/state.json`` already holds a finished run (read as is
   with ``--read``; the runner records each notebook's wall seconds there);
-- a checkout folder or ``<repository>@<commit>`` to run: the tracked files are copied into a
-  fresh temporary folder (``git archive``; a folder's uncommitted edits are included with
+- a checkout folder or ``<repository>@<commit>`` to run: the commit is cloned into a
+  fresh temporary folder (``git clone``, so the run's provenance names the commit; a folder's uncommitted edits are included with
   ``--worktree``), and the series runs there from empty ``artifacts``/``runs`` (cold: nothing
   reused), with ``python -m rationale_kit run --profile <profile>`` and this interpreter. Two
   sources run one after the other on the same machine, so compare them in one invocation.
@@ -52,11 +52,12 @@ def materialise(source: str, into: Path, worktree: bool) -> Path:
     repo_path = Path(repo).resolve()
     if not (repo_path / ".git").exists() and not commit:
         raise SystemExit(f"series: {repo} is not a git checkout")
-    into.mkdir(parents=True)
-    rev = commit or "HEAD"
-    archive = subprocess.run(["git", "-C", str(repo_path), "archive", "--format=tar", rev],
-                             check=True, capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    into.parent.mkdir(parents=True, exist_ok=True)
+    rev = subprocess.run(["git", "-C", str(repo_path), "rev-parse", commit or "HEAD"], check=True,
+                         capture_output=True, text=True).stdout.strip()
+    # a clone, not an archive: the runner's provenance (figures/PROVENANCE.md) names the commit
+    subprocess.run(["git", "clone", "-q", "--no-checkout", str(repo_path), str(into)], check=True)
+    subprocess.run(["git", "-C", str(into), "checkout", "-q", rev], check=True)
     if worktree and not commit:  # uncommitted edits of tracked files, and new untracked ones
         files = subprocess.run(["git", "-C", str(repo_path), "ls-files", "-m", "-o", "--exclude-standard"],
                                check=True, capture_output=True, text=True).stdout.split()

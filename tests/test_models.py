@@ -107,6 +107,14 @@ def test_word_tokenizer_offsets_vocab_and_truncation():
     assert "pneumonia" in tok2.index and "ceftriaxone" not in tok2.index
     tok3 = WordTokenizer.build(TEXTS, min_count=1, max_words=3)
     assert len(tok3.encode(TEXTS[0])) == 3 and "ceftriaxone" not in tok3.index
+    # a note's words are cached per process (by text, max_words, numbers): each call still gets
+    # its own writable arrays, and the settings are part of the cache key
+    a, b = tok.encode(TEXTS[0]), tok.encode(TEXTS[0])
+    assert a.offsets is not b.offsets and a.offsets.flags.writeable
+    a.offsets[0] = (-1, -1)
+    assert tuple(tok.encode(TEXTS[0]).offsets[0]) != (-1, -1)
+    assert len(tok3.encode(TEXTS[0])) == 3 and len(tok.encode(TEXTS[0])) > 3
+    assert tok.encode("Zebra 500 mg").ids[1] != tok_num.num_id == tok_num.encode("Zebra 500 mg").ids[1]
 
 
 def test_piece_tokenizer_offsets_and_chunking(tiny_encoder):
