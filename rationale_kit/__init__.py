@@ -6,20 +6,34 @@ imports torch).
 """
 from typing import Any
 
-from rationale_kit.core.config import ConfigError, Profile, load_profile
-from rationale_kit.workbook.context import Context, MissingArtifact, setup
-from rationale_kit.core.records import DataError, Document, ScoredUnit, Span
-
 __all__ = [
     "ConfigError", "Context", "DataError", "Document", "MissingArtifact", "Profile", "ScoredUnit",
     "Span", "explain", "load_profile", "setup",
 ]
 __version__ = "0.1.0"
 
+#: where each public name lives; imported on first use, so that ``import rationale_kit.core.lock``
+#: (or any other light submodule) does not import pandas and the workbook with the package
+_LAZY = {
+    "ConfigError": "rationale_kit.core.config", "Profile": "rationale_kit.core.config",
+    "load_profile": "rationale_kit.core.config",
+    "Context": "rationale_kit.workbook.context", "MissingArtifact": "rationale_kit.workbook.context",
+    "setup": "rationale_kit.workbook.context",
+    "DataError": "rationale_kit.core.records", "Document": "rationale_kit.core.records",
+    "ScoredUnit": "rationale_kit.core.records", "Span": "rationale_kit.core.records",
+    "explain": "rationale_kit.workbook.explain",  # the engine imports torch and the models
+}
+
 
 def __getattr__(name: str) -> Any:
-    if name == "explain":  # lazy: the engine imports torch and the models
-        from rationale_kit.workbook.explain import explain
+    if name in _LAZY:
+        import importlib
 
-        return explain
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

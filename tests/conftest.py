@@ -5,7 +5,10 @@ so every session tests the code as it is now.
 
 ``smoke_series`` (session)
     The notebook series 01-09 executed once, through the papermill runner, on the ``smoke``
-    profile (PLM-ICD made smaller by ``SMOKE_SERIES_OVERRIDES``) into a fresh temporary folder (``force=True``: nothing is resumed). Any test that needs
+    profile (made smaller by ``SMOKE_SERIES_OVERRIDES``) into a fresh temporary folder
+    (``force=True``: nothing is resumed), by a child process started right after collection when
+    a selected test asks for the fixture: the notebooks run in their kernels on one core while the
+    other tests run on the other; the first test that asks waits for the rest. Any test that needs
     executed notebooks, their artifacts, figures or the run report asks for this fixture instead
     of running notebooks itself::
 
@@ -30,10 +33,11 @@ so every session tests the code as it is now.
     about kernels (working directory, imports, a killed process) needs a real kernel. Returns the
     list of notebooks so executed. Subprocesses the test starts still use real kernels.
 
-``smollm`` (session) and ``local_llm``
-    The bundled SmolLM2-135M-Instruct loaded (GGUF de-quantised) once per session;
+``smollm`` (session), ``smollm_tokenizer`` (session) and ``local_llm``
+    The bundled SmolLM2-135M-Instruct loaded (GGUF de-quantised) once per session, and its
+    tokenizer (loaded alone when only that is asked for; the same object as ``smollm``'s);
     ``local_llm(**settings)`` is a ``LocalBackend`` with those settings over that loaded model.
-    Skipped when ``RK_SKIP_LOCAL_LLM`` is set.
+    ``smollm`` is skipped when ``RK_SKIP_LOCAL_LLM`` is set.
 """
 from __future__ import annotations
 
@@ -127,20 +131,117 @@ def run_series_into(root: Path, profile: str = "smoke", overrides: dict | None =
                      tuple(results))
 
 
-#: PLM-ICD of the shared series on half the smoke profile's word pieces (2 chunks of 32, not 64)
-#: and half its optimizer steps: the same code paths (every note still fills both chunks, so the
-#: multi-chunk encoder path, truncation and the LAAT head run as before), about half the encoder
-#: work in 02, 03 and 05, where PLM-ICD was two thirds of the series' compute. No test asserts on a
-#: PLM-ICD number of the series; the LLM prompts of notebook 03 do not depend on the models.
-SMOKE_SERIES_OVERRIDES = {"train": {"plm_icd": {"chunk_size": 32, "batch_size": 8}}}
+#: Smaller than the smoke profile where no test reads the number, with the same code paths:
+#: - PLM-ICD on half the smoke profile's word pieces (2 chunks of 32, not 64) and half its optimizer
+#:   steps: every note still fills both chunks, so the multi-chunk encoder path, truncation and the
+#:   LAAT head run as before; about half the encoder work in 02, 03 and 05, where PLM-ICD was two
+#:   thirds of the series' compute. No test asserts on a PLM-ICD number of the series; the LLM
+#:   prompts of notebook 03 do not depend on the models.
+#: - notebook 06 binarises soft rationales by top-10 only (``rationales.topk``, the k its comparisons
+#:   use), not also top-5 and top-20: the same loop once instead of three times, 40% of 06's
+#:   plausibility cell.
+#: - notebook 05 measures 4 pairs per model, not 8 (the engine's batching and every measure as before).
+SMOKE_SERIES_OVERRIDES = {"train": {"plm_icd": {"chunk_size": 32, "batch_size": 8}},
+                          "plausibility": {"topk": [10]},
+                          "faithfulness": {"max_pairs": 4}}
+
+
+class _BackgroundSeries:
+    """The shared series run by a child process (``python tests/conftest.py ROOT``), started as soon
+    as the session knows it will need it (after collection): its notebooks run in their kernels
+    while the other tests run, instead of all tests waiting for the first one that asks for it."""
+
+    def __init__(self, root: Path):
+        import subprocess
+        import sys
+
+        self.overrides = {**SMOKE_SERIES_OVERRIDES, **smoke_llm_overrides()}  # checked here, used by the child
+        self.root, self.log, self.out = root, root / "series.log", root / "results.json"
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+            [str(TESTS_DIR.parent)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
+        env.setdefault("HF_HUB_OFFLINE", "1")
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), str(root)], env=env,
+                                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def result(self) -> SeriesRun:
+        import json
+
+        rc = self.proc.wait()
+        log = self.log.read_text(encoding="utf-8", errors="replace")
+        print(log)  # the runner's output, shown with a failing test's captured setup output
+        if rc != 0 or not self.out.exists():
+            pytest.fail(f"the shared smoke series did not finish (exit {rc}); its output ends:\n{log[-3000:]}",
+                        pytrace=False)
+        done = json.loads(self.out.read_text(encoding="utf-8"))
+        return SeriesRun(done["profile"], done["overrides"], self.root, Path(done["runs"]), Path(done["artifacts"]),
+                         Path(done["figures"]), tuple(done["results"]))
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:  # the session ended first (-x, Ctrl-C): the runner and its kernel
+            import signal
+
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+_SERIES: dict = {}  # "job": the session's _BackgroundSeries
+
+
+def _smoke_series_job(tmp_path_factory) -> _BackgroundSeries:
+    if "job" not in _SERIES:
+        _SERIES["job"] = _BackgroundSeries(tmp_path_factory.mktemp("smoke_series"))
+    return _SERIES["job"]
+
+
+@pytest.hookimpl(trylast=True)  # after -k / -m deselection
+def pytest_collection_modifyitems(session, config, items):
+    """Start the shared series now when a selected test will ask for it."""
+    if any("smoke_series" in getattr(item, "fixturenames", ()) for item in items):
+        _smoke_series_job(config._tmp_path_factory)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if "job" in _SERIES:
+        _SERIES["job"].stop()
 
 
 @pytest.fixture(scope="session")
 def smoke_series(tmp_path_factory) -> SeriesRun:
     """The series 01-09 on the smoke profile, executed once per session (see the module docstring)."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    return run_series_into(tmp_path_factory.mktemp("smoke_series"), "smoke",
-                           {**SMOKE_SERIES_OVERRIDES, **smoke_llm_overrides()})
+    return _smoke_series_job(tmp_path_factory).result()
+
+
+def _run_shared_series(root: Path) -> None:
+    """The child process of :class:`_BackgroundSeries`: the series into ``root``, its results as JSON."""
+    import json
+
+    run = run_series_into(root, "smoke", {**SMOKE_SERIES_OVERRIDES, **smoke_llm_overrides()})
+    done = {"profile": run.profile, "overrides": run.overrides, "runs": str(run.runs), "artifacts": str(run.artifacts),
+            "figures": str(run.figures), "results": list(run.results)}
+    (root / "results.json").write_text(json.dumps(done, default=str), encoding="utf-8")
+
+
+#: the bundled model's parts loaded so far in this session: "tokenizer" (loaded alone, as a dry run
+#: loads it) and "backend" (the loaded LocalBackend over that tokenizer)
+_SMOLLM: dict = {}
+
+
+def _load_smollm(model: bool):
+    """The session's tokenizer, and with ``model`` its loaded backend. Whatever is still missing is
+    loaded within one parse of the GGUF file (both together: ~13 CPU s instead of 9 + 10)."""
+    from rationale_kit.rationales import llm
+    from rationale_kit.rationales.llm.backends.local import _reuse_gguf_parsing
+
+    with _reuse_gguf_parsing():
+        if "tokenizer" not in _SMOLLM:
+            _SMOLLM["tokenizer"] = llm.LocalBackend()._tokenizer()  # the tokenizer alone, as a dry run loads it
+        if model and "backend" not in _SMOLLM:
+            backend = llm.LocalBackend()
+            backend._tok = _SMOLLM["tokenizer"]
+            _SMOLLM["backend"] = backend.load()
+    return _SMOLLM["backend"] if model else _SMOLLM["tokenizer"]
 
 
 @pytest.fixture(scope="session")
@@ -148,9 +249,14 @@ def smollm():
     """The bundled SmolLM2 ``LocalBackend``, loaded once per session."""
     if os.environ.get("RK_SKIP_LOCAL_LLM"):
         pytest.skip("RK_SKIP_LOCAL_LLM is set")
-    from rationale_kit.rationales import llm
+    return _load_smollm(model=True)
 
-    return llm.LocalBackend().load()
+
+@pytest.fixture(scope="session")
+def smollm_tokenizer():
+    """The bundled model's tokenizer, loaded alone (``LocalBackend._tokenizer``) once per session
+    (shared with ``smollm``'s backend when that is loaded; read-only)."""
+    return _load_smollm(model=False)
 
 
 @pytest.fixture
@@ -230,3 +336,9 @@ def inprocess_notebooks(monkeypatch) -> list:
 
     monkeypatch.setattr(papermill, "execute_notebook", execute_notebook)
     return executed
+
+
+if __name__ == "__main__":  # the shared series' child process (_BackgroundSeries)
+    import sys
+
+    _run_shared_series(Path(sys.argv[1]))

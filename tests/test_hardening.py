@@ -213,7 +213,9 @@ ROOT = Path(__file__).resolve().parents[1]
 CONTENDER = """
 import json, sys, time
 from rationale_kit.core.lock import ProfileLock, RunLocked
-path, go = sys.argv[1], float(sys.argv[2])
+path = sys.argv[1]
+print("ready", flush=True)
+go = float(sys.stdin.readline())  # the same instant for every contender, sent once all are ready
 time.sleep(max(0.0, go - time.time()))
 try:
     with ProfileLock(path, "p", kernel_wait_s=0):
@@ -224,11 +226,19 @@ except RunLocked as exc:
 
 
 def _race(lock: Path, n: int = 8) -> list:
-    go = time.time() + 3.0
+    """``n`` contenders started; once every one has said it is ready (imports done), all are given
+    the same start instant, a little ahead (no fixed wait that slow start-ups could overrun)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    procs = [subprocess.Popen([sys.executable, "-c", CONTENDER, str(lock), str(go)], stdout=subprocess.PIPE,
-                              text=True, env=env) for _ in range(n)]
-    return [json.loads(p.communicate(timeout=60)[0]) for p in procs]
+    procs = [subprocess.Popen([sys.executable, "-c", CONTENDER, str(lock)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, env=env) for _ in range(n)]
+    assert [p.stdout.readline().strip() for p in procs] == ["ready"] * n
+    go = time.time() + 0.3
+    for p in procs:  # every contender gets the instant before any is waited for
+        p.stdin.write(f"{go}\n")
+        p.stdin.close()
+    outs = [p.stdout.read() for p in procs]
+    assert all(p.wait(timeout=60) == 0 for p in procs), outs
+    return [json.loads(out) for out in outs]
 
 
 @pytest.mark.parametrize("left_behind", ["empty", "live_unrelated_pid"])

@@ -481,8 +481,9 @@ def test_dry_run_counts_calls_tokens_and_cost_before_any_call(gserver, tmp_path,
     assert total.input_count == "estimate"
 
 
-def test_dry_run_local_backend_counts_with_its_tokenizer():
+def test_dry_run_local_backend_counts_with_its_tokenizer(smollm_tokenizer):
     b = llm.LocalBackend()
+    b._tok = smollm_tokenizer  # what _tokenizer() loads alone (the session's; loading it costs ~9 s)
     plan = llm.plan_llm(reqs(2), b, None, 0.0, 0.0)
     tok = b._tokenizer()
     p = reqs(1)[0].prompt

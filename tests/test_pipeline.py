@@ -42,7 +42,7 @@ def test_setup_env_profile(monkeypatch, tmp_path):
     assert setup("01_data", None, show=False).profile.name == "envp"
 
 
-def test_runner_skips_unchanged_and_reports_failures(tmp_path, capsys):
+def test_runner_skips_unchanged_and_reports_failures(tmp_path, capsys, inprocess_notebooks):
     prof = _profile(tmp_path)
     nbs = tmp_path / "nbs"
     nbs.mkdir()
@@ -167,7 +167,9 @@ def test_second_run_of_a_profile_is_locked_out_and_stale_lock_taken_over(tmp_pat
     assert "stale lock" in capsys.readouterr().err
 
 
-def test_relative_profile_path_is_resolved_for_the_notebooks(tmp_path, monkeypatch):
+def test_relative_profile_path_is_resolved_for_the_notebooks(tmp_path, monkeypatch, inprocess_notebooks):
+    """papermill runs every notebook in its folder (``cwd``): in-process too, so a profile path
+    relative to the caller's folder must be resolved by the runner before."""
     prof, runs = _profile(tmp_path), tmp_path / "runs"
     nbs = _series(tmp_path)
     monkeypatch.chdir(tmp_path)
