@@ -30,6 +30,13 @@ BiLSTM with label attention defined here (``--fallback`` forces them); the outpu
 ``--big-labels`` adds CAML with a MIMIC-like label count, where reading only the needed labels
 matters. Workloads are sized from a probe to about ``--budget`` CPU seconds in all.
 
+At the end, for each PLM-ICD model, the chunks its encoder reads on notebook 05's whole workload
+(``--plm-count-pairs`` (note, code) pairs, default the default profile's ``faithfulness.max_pairs``)
+are counted without running the encoder (``plm_chunk_counts``): by the engine's chunk path, by the
+loop, and by a perfect store (each distinct chunk of a note once over all calls). A chunk costs
+the same whatever the batch on a CPU, so their ratio bounds the speed-up of exact chunk reuse
+(docs/method/faithfulness.md).
+
 ``--device cuda`` runs the models, the engine and the loop on the GPU; times are then wall seconds
 between ``torch.cuda.synchronize()`` calls (process CPU time does not measure GPU work), and the
 budget is in wall seconds. The default ``--device cpu`` measures exactly as described above.

@@ -944,6 +944,39 @@ def test_plm_base_pass_and_all_mask_chunk_come_from_the_cache(tiny_plm, monkeypa
             assert segments.count(ids[a: a + s].tobytes()) == 1  # the note's own chunk, encoded once
 
 
+def test_benchmark_counts_the_chunks_the_engine_and_the_loop_encode(tiny_plm):
+    """benchmarks/faithfulness.py's ``plm_chunk_counts`` counts chunks without running the encoder:
+    its counts equal the encoder rows of the real engine and loop runs on the same workload, and
+    the perfect store encodes no more than the engine, the engine fewer than the loop."""
+    import importlib.util
+    from pathlib import Path
+
+    from rationale_kit.metrics.faithfulness import NoteCache
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "faithfulness.py"
+    spec = importlib.util.spec_from_file_location("bench_faithfulness", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    _, labels, docs, model = tiny_plm
+    docs = docs.assign(text=[t + " " + t for t in docs.text])  # longer than a random span (60 chars)
+    gold = dict(zip(docs.note_id, docs.codes))
+    c = bench.plm_chunk_counts(model, docs, gold, np.random.default_rng(1), len(docs))
+    assert c["pairs"] == len(docs) and c["floor"] <= c["engine"] < c["loop"]
+
+    one = {n: list(gold[n][:1]) for n in docs.note_id}  # the same workload, really encoded
+    jobs = bench.workload(model, docs, one, np.random.default_rng(1), "notebook")
+    kw = dict(code_set="gold", gold=one, progress=False, seed=0)
+    enc = _EncoderRows(model)
+    cache = NoteCache()
+    for fn, _, table, args in jobs:
+        fn(model, docs, table, batch_size=bench.BATCH, cache=cache, **args, **kw)
+    engine_rows, enc.rows = enc.rows, 0
+    for _, kind, table, args in jobs:
+        faithfulness_loop(model, docs, table, kind=kind, **args, **kw)
+    enc.handle.remove()
+    assert (engine_rows, enc.rows) == (c["engine"], c["loop"])
+
+
 def test_the_profile_section_becomes_a_spec_in_one_place():
     from rationale_kit.core.config import load_profile
     from rationale_kit.metrics.faithfulness import FaithfulnessSpec
