@@ -30,6 +30,13 @@ BiLSTM with label attention defined here (``--fallback`` forces them); the outpu
 ``--big-labels`` adds CAML with a MIMIC-like label count, where reading only the needed labels
 matters. Workloads are sized from a probe to about ``--budget`` CPU seconds in all.
 
+At the end, for each PLM-ICD model, the chunks its encoder reads on notebook 05's whole workload
+(``--plm-count-pairs`` (note, code) pairs, default the default profile's ``faithfulness.max_pairs``)
+are counted without running the encoder (``plm_chunk_counts``): by the engine's chunk path, by the
+loop, and by a perfect store (each distinct chunk of a note once over all calls). A chunk costs
+the same whatever the batch on a CPU, so their ratio bounds the speed-up of exact chunk reuse
+(docs/method/faithfulness.md).
+
 ``--device cuda`` runs the models, the engine and the loop on the GPU; times are then wall seconds
 between ``torch.cuda.synchronize()`` calls (process CPU time does not measure GPU work), and the
 budget is in wall seconds. The default ``--device cpu`` measures exactly as described above.
@@ -526,6 +533,62 @@ def bench_model(name, model, docs_all, gold_all, budget_s, rng, reps=2, device="
     }
 
 
+def plm_chunk_counts(model, docs_all, gold_all, rng, n_pairs: int) -> dict:
+    """Chunks the PLM-ICD encoder reads on notebook 05's whole workload (``n_pairs`` (note, code)
+    pairs, one code per note, every source of ``workload("notebook")``), counted without running
+    the encoder (the chunk path's encodings replaced by zeros: which chunks it encodes depends only
+    on the ids): by the engine's chunk path with one ``NoteCache`` for the three calls, by the loop
+    (every perturbed input and each call's full note, all chunks), and the exact-reuse floor (the
+    distinct chunks of each note over all calls, the all-mask chunk once per length). The encoder
+    is the cost (``_encode_chunks`` ~92%, the head under 1% of an engine call, profiled), and its
+    cost per chunk does not depend on the batch size on a CPU, so the loop's chunks over a path's
+    chunks bounds that path's speed-up."""
+    from rationale_kit.metrics.faithfulness import cache as cache_mod, chunk_reuse, engine as engine_mod
+
+    docs = docs_all.iloc[:n_pairs].reset_index(drop=True)
+    gold = {n: list(gold_all[n][:1]) for n in docs.note_id}
+    jobs = workload(model, docs, gold, rng, "notebook")
+    dim = int(model.encoder.config.hidden_size)
+    encoded = [0]
+    seen: dict[str, set] = {}
+    mask_id = int(model.tokenizer.mask_id)
+    orig_enc, orig_eval = chunk_reuse._encode_chunks, engine_mod._evaluate_chunks
+
+    def zeros(model_, segs, batch_size, device):
+        encoded[0] += len(segs)
+        return [torch.zeros(len(x), dim) for x in segs]
+
+    def recording(model_, note, rows, *args, **kwargs):
+        s = model_.chunk_size
+        keys = seen.setdefault(note.note_id, set())
+        for j in rows:
+            x = note.ids.copy()
+            x[j.removed] = mask_id
+            keys.update(x[a: a + s].tobytes() for a in range(0, note.n, s))
+        return orig_eval(model_, note, rows, *args, **kwargs)
+
+    chunk_reuse._encode_chunks = cache_mod._encode_chunks = zeros
+    engine_mod._evaluate_chunks = recording
+    try:
+        cache = NoteCache()
+        kw = dict(code_set="gold", gold=gold, progress=False, seed=0, device="cpu")
+        for fn, _, table, args in jobs:
+            fn(model, docs, table, batch_size=BATCH, incremental=True, cache=cache, **args, **kw)
+    finally:
+        chunk_reuse._encode_chunks = cache_mod._encode_chunks = orig_enc
+        engine_mod._evaluate_chunks = orig_eval
+    s = model.chunk_size
+    notes = {nid: n for (nid, unit), (_, n) in cache._notes.items() if unit == "token"}
+    note_chunks = {nid: -(-len(n.ids) // s) for nid, n in notes.items()}
+    own = {nid: {n.ids[a: a + s].tobytes() for a in range(0, len(n.ids), s)} for nid, n in notes.items()}
+    all_mask = set().union(*seen.values()) if seen else set()
+    all_mask = {k for k in all_mask if (np.frombuffer(k, dtype=np.int64) == mask_id).all()}
+    floor = sum(len((seen.get(nid, set()) | own[nid]) - all_mask) for nid in own) + len(all_mask)
+    loop = cache.chunk_stats["lookups"] + len(jobs) * sum(note_chunks.values())
+    return {"pairs": len(docs), "rows_chunks": cache.chunk_stats["lookups"], "engine": encoded[0],
+            "loop": loop, "floor": floor, "hit_rate": 1 - cache.chunk_stats["encoded"] / max(1, cache.chunk_stats["lookups"])}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=1)
@@ -542,6 +605,10 @@ def main(argv=None):
                          "(one scored and one discrete source)")
     ap.add_argument("--plm-chunks", default="2,8",
                     help="PLM-ICD max_chunks values to run (default 2 = the default profile, 8 = 1,024 tokens)")
+    ap.add_argument("--plm-count-pairs", type=int, default=None,
+                    help="PLM-ICD: also count the chunks the engine, the loop and a perfect store encode on this many "
+                         "(note, code) pairs of the notebook workload, without running the encoder (default: the "
+                         "default profile's faithfulness.max_pairs; 0 = skip)")
     args = ap.parse_args(argv)
     t_all = time.perf_counter()  # the budget covers the whole run
     names = tuple(n.strip() for n in args.models.split(",") if n.strip())
@@ -618,6 +685,20 @@ def main(argv=None):
         print(f"      (b) {r['incr_s']:.2f} s: speed-up {r['incr_speedup_vs_loop']:.1f}x over the loop; "
               f"max |engine - loop| = {r['incr_max_abs_diff']:.2e} "
               f"({'agree' if r['incr_agree'] else 'DISAGREE'} at {r['tolerance']:g})")
+    count_pairs = args.plm_count_pairs
+    if count_pairs is None:
+        from rationale_kit.core.config import load_profile
+        count_pairs = load_profile("default").faithfulness.max_pairs
+    for name, model in models.items():
+        if not count_pairs or not name.startswith("plm_icd") or args.device != "cpu":
+            continue
+        t0 = time.process_time()
+        c = plm_chunk_counts(model, docs, gold, np.random.default_rng(1), count_pairs)
+        print(f"\n[{name}] notebook 05's workload, {c['pairs']} (note, code) pairs, chunks counted without encoding "
+              f"({time.process_time() - t0:.0f} CPU s): loop {c['loop']}, engine {c['engine']} "
+              f"({c['loop'] / max(1, c['engine']):.2f}x fewer; chunk hit rate {c['hit_rate']:.0%} of "
+              f"{c['rows_chunks']} look-ups), perfect store {c['floor']} ({c['loop'] / max(1, c['floor']):.2f}x fewer): "
+              f"the speed-up bound of exact chunk reuse at an equal cost per chunk")
     wall = time.perf_counter() - t_all
     print(f"measured part {time.process_time() - t_measured:.0f} CPU s (set-up before it: {t_setup:.0f} s wall)")
     print(f"\ntotal {wall:.0f} s wall for a budget of {args.budget:.0f} CPU s "

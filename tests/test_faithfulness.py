@@ -903,6 +903,80 @@ def test_plm_chunk_store_shared_by_pairs_and_calls(tiny_plm):
         assert enc.rows - first <= (st["encoded"] - base_encoded) + n_chunks
 
 
+def test_plm_base_pass_and_all_mask_chunk_come_from_the_cache(tiny_plm, monkeypatch):
+    """With a shared ``NoteCache`` the PLM-ICD path encodes nothing but chunk segments: the full
+    notes' probabilities come from the cached chunk states (no separate base pass), each note's own
+    chunks are encoded once over both calls, and the all-mask chunk (the same in every note) once
+    per length over all notes and calls; values equal the loop within 1e-6."""
+    from rationale_kit.metrics.faithfulness import NoteCache, cache as cache_mod, chunk_reuse
+
+    g, labels, docs, model = tiny_plm
+    table = random_spans(g, docs, labels)
+    scores = random_scores(g, model, docs, labels)
+    kw = dict(unit="token", perturbation="mask", code_set="gold", seed=5, progress=False)
+    slow_d = faithfulness_loop(model, docs, table, kind="discrete", **kw)
+    slow_e = faithfulness_loop(model, docs, scores, kind="eraser", **kw)
+    segments: list[bytes] = []
+    original = chunk_reuse._encode_chunks
+
+    def recording(model_, segs, *args, **kwargs):
+        segments.extend(np.asarray(x).tobytes() for x in segs)
+        return original(model_, segs, *args, **kwargs)
+
+    monkeypatch.setattr(chunk_reuse, "_encode_chunks", recording)
+    monkeypatch.setattr(cache_mod, "_encode_chunks", recording)
+    cache = NoteCache()
+    enc = _EncoderRows(model)
+    d = faithfulness_discrete(model, docs, table, batch_size=4, cache=cache, **kw)
+    e = faithfulness_scored(model, docs, scores, batch_size=4, cache=cache, **kw)
+    enc.handle.remove()
+    assert_same(d, slow_d, tol=1e-6)
+    assert_same(e, slow_e, tol=1e-6)
+    assert enc.rows == len(segments) == cache.chunk_stats["encoded"]  # no base forward pass
+    mask_id = int(model.tokenizer.mask_id)
+    all_mask = [k for k in segments if (np.frombuffer(k, dtype=np.int64) == mask_id).all()]
+    assert all_mask and len(all_mask) == len(set(all_mask))  # once per length over notes and calls
+    assert set(all_mask) == set(cache.plm_shared)
+    s = model.chunk_size
+    for text in docs.text:
+        ids = np.asarray(model.tokenizer.encode(text).ids, dtype=np.int64)[: s * model.max_chunks]
+        for a in range(0, len(ids), s):
+            assert segments.count(ids[a: a + s].tobytes()) == 1  # the note's own chunk, encoded once
+
+
+def test_benchmark_counts_the_chunks_the_engine_and_the_loop_encode(tiny_plm):
+    """benchmarks/faithfulness.py's ``plm_chunk_counts`` counts chunks without running the encoder:
+    its counts equal the encoder rows of the real engine and loop runs on the same workload, and
+    the perfect store encodes no more than the engine, the engine fewer than the loop."""
+    import importlib.util
+    from pathlib import Path
+
+    from rationale_kit.metrics.faithfulness import NoteCache
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "faithfulness.py"
+    spec = importlib.util.spec_from_file_location("bench_faithfulness", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    _, labels, docs, model = tiny_plm
+    docs = docs.assign(text=[t + " " + t for t in docs.text])  # longer than a random span (60 chars)
+    gold = dict(zip(docs.note_id, docs.codes))
+    c = bench.plm_chunk_counts(model, docs, gold, np.random.default_rng(1), len(docs))
+    assert c["pairs"] == len(docs) and c["floor"] <= c["engine"] < c["loop"]
+
+    one = {n: list(gold[n][:1]) for n in docs.note_id}  # the same workload, really encoded
+    jobs = bench.workload(model, docs, one, np.random.default_rng(1), "notebook")
+    kw = dict(code_set="gold", gold=one, progress=False, seed=0)
+    enc = _EncoderRows(model)
+    cache = NoteCache()
+    for fn, _, table, args in jobs:
+        fn(model, docs, table, batch_size=bench.BATCH, cache=cache, **args, **kw)
+    engine_rows, enc.rows = enc.rows, 0
+    for _, kind, table, args in jobs:
+        faithfulness_loop(model, docs, table, kind=kind, **args, **kw)
+    enc.handle.remove()
+    assert (engine_rows, enc.rows) == (c["engine"], c["loop"])
+
+
 def test_the_profile_section_becomes_a_spec_in_one_place():
     from rationale_kit.core.config import load_profile
     from rationale_kit.metrics.faithfulness import FaithfulnessSpec

@@ -37,6 +37,9 @@ class NoteCache:
         self._caml: "OrderedDict[str, tuple[_CamlNote, int]]" = OrderedDict()  # entry, bytes
         self._plm: "OrderedDict[str, tuple[tuple[np.ndarray, list[torch.Tensor]], int]]" = OrderedDict()
         self._bytes = 0
+        #: PLM-ICD chunk path: hidden states ``[len, D]`` of chunks that are the same in every note
+        #: (the all-mask chunk of each length), keyed by the chunk's ids (bytes)
+        self.plm_shared: dict[bytes, torch.Tensor] = {}
         self.chunk_stats = {"lookups": 0, "encoded": 0}  # PLM-ICD chunk path, over this cache's life
 
     def _bind(self, model, device) -> None:
@@ -46,6 +49,7 @@ class NoteCache:
             self._pre.clear()
             self._caml.clear()
             self._plm.clear()
+            self.plm_shared.clear()
             self._bytes = 0
             self._key = key
 

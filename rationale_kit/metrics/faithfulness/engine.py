@@ -29,7 +29,7 @@ import torch
 from rationale_kit.core.documents import as_documents, as_gold_codes
 from rationale_kit.metrics.faithfulness.cache import NoteCache
 from rationale_kit.metrics.faithfulness.caml_patch import _caml_base_probs, _caml_incremental_ok, _evaluate_incremental
-from rationale_kit.metrics.faithfulness.chunk_reuse import _chunk_reuse_ok, _evaluate_chunks
+from rationale_kit.metrics.faithfulness.chunk_reuse import _chunk_base_probs, _chunk_reuse_ok, _evaluate_chunks
 from rationale_kit.metrics.faithfulness.generic import _base_probs
 from rationale_kit.metrics.faithfulness.measures import MEASURES
 from rationale_kit.metrics.faithfulness.tasks import (
@@ -282,8 +282,9 @@ def _route(model, notes: dict[str, _Note], needed, cache: "NoteCache", spec: Fai
         return base, lambda note, jobs: _evaluate_incremental(
             model, note, cache.caml_note(model, note, pres[note.note_id], mask_id, device), jobs,
             spec.batch_size, device, mask_id, local_fraction=_LOCAL_FRACTION)
-    base = _base_probs(model, notes, needed, spec.engine, spec.batch_size, device)
     if fast and _chunk_reuse_ok(model):
+        # the full notes' probabilities from the chunk states the perturbed rows reuse (NoteCache)
+        base = _chunk_base_probs(model, notes, needed, cache, spec.batch_size, device)
         return base, lambda note, jobs: _evaluate_chunks(model, note, jobs, spec.batch_size, device, mask_id,
                                                           cache, group_elements=_CHUNK_ELEMENTS)
-    return base, None
+    return _base_probs(model, notes, needed, spec.engine, spec.batch_size, device), None
