@@ -12,6 +12,7 @@ import torch
 
 from rationale_kit.metrics.faithfulness.caml_patch import _caml_pre, _CamlNote
 from rationale_kit.metrics.faithfulness.chunk_reuse import _encode_chunks
+from rationale_kit.metrics.faithfulness.lstm_reuse import _LaatNote
 from rationale_kit.metrics.faithfulness.units import _make_note, _Note
 
 __all__ = ["NoteCache"]
@@ -36,6 +37,7 @@ class NoteCache:
         self._pre: dict[str, tuple[np.ndarray, torch.Tensor]] = {}
         self._caml: "OrderedDict[str, tuple[_CamlNote, int]]" = OrderedDict()  # entry, bytes
         self._plm: "OrderedDict[str, tuple[tuple[np.ndarray, list[torch.Tensor]], int]]" = OrderedDict()
+        self._laat: "OrderedDict[str, tuple[_LaatNote, int]]" = OrderedDict()
         self._bytes = 0
         self.chunk_stats = {"lookups": 0, "encoded": 0}  # PLM-ICD chunk path, over this cache's life
 
@@ -46,6 +48,7 @@ class NoteCache:
             self._pre.clear()
             self._caml.clear()
             self._plm.clear()
+            self._laat.clear()
             self._bytes = 0
             self._key = key
 
@@ -72,7 +75,7 @@ class NoteCache:
         store[key] = (entry, size)
         self._bytes += size
         while self._bytes > self.max_bytes:
-            for st in (self._caml, self._plm):  # the older kind first: CAML and PLM-ICD never mix
+            for st in (self._caml, self._plm, self._laat):  # the older kind first: the models never mix
                 if st:
                     _, (_, old) = st.popitem(last=False)
                     self._bytes -= old
@@ -98,4 +101,16 @@ class NoteCache:
             return hit
         entry = _CamlNote(model, note.ids, pre, mask_id, device)
         self._keep(self._caml, note.note_id, entry, entry.Q.numel() * entry.Q.element_size())
+        return entry
+
+    def laat_note(self, model, note: _Note, mask_id: int, dirs) -> _LaatNote:
+        """The LAAT path's states of the note and of the fully masked note (:class:`_LaatNote`),
+        computed once for every call that shares this cache."""
+        hit = self._laat.get(note.note_id)
+        hit = hit[0] if hit is not None else None
+        if hit is not None and hit.mask_id == mask_id and np.array_equal(hit.ids, note.ids):
+            self._laat.move_to_end(note.note_id)
+            return hit
+        entry = _LaatNote(model, note.ids, mask_id, dirs)
+        self._keep(self._laat, note.note_id, entry, entry.nbytes())
         return entry
