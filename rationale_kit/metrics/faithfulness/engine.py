@@ -32,7 +32,7 @@ from rationale_kit.metrics.faithfulness.cache import NoteCache
 from rationale_kit.metrics.faithfulness.caml_patch import _caml_base_probs, _caml_incremental_ok, _evaluate_incremental
 from rationale_kit.metrics.faithfulness.chunk_reuse import _chunk_reuse_ok, _evaluate_chunks
 from rationale_kit.metrics.faithfulness.generic import _base_probs
-from rationale_kit.metrics.faithfulness.lstm_reuse import _evaluate_laat, _laat_reuse_ok
+from rationale_kit.metrics.faithfulness.lstm_reuse import _laat_reuse_ok, _LaatEvaluator
 from rationale_kit.metrics.faithfulness.measures import MEASURES
 from rationale_kit.metrics.faithfulness.tasks import (
     _needed_labels, _parse_table, _perturb_all, _select_pairs, _to_frame,
@@ -288,7 +288,7 @@ def _route(model, notes: dict[str, _Note], needed, cache: "NoteCache", spec: Fai
     base = _base_probs(model, notes, needed, spec.engine, spec.batch_size, device)
     # the LAAT path's step-by-step recurrence pays off on a CPU; on a GPU batched passes are faster
     if fast and torch.device(device).type == "cpu" and _laat_reuse_ok(model):
-        return base, lambda note, jobs: _evaluate_laat(model, note, jobs, device, mask_id, cache)
+        return base, _LaatEvaluator(model, device, mask_id, cache)
     if fast and _chunk_reuse_ok(model):
         return base, lambda note, jobs: _evaluate_chunks(model, note, jobs, spec.batch_size, device, mask_id,
                                                           cache, group_elements=_CHUNK_ELEMENTS)

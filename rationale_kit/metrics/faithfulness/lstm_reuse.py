@@ -68,20 +68,22 @@ class _Dir:
         return torch.addmm(self.b, self.emb.index_select(0, ids), self.Wih.t())
 
 
-def _recur(d: _Dir, gx: torch.Tensor, X: np.ndarray, diff: np.ndarray, base_h: torch.Tensor,
-           base_c: torch.Tensor, base_at: np.ndarray, forward: bool, tol: float, keep_c: bool = False):
-    """One direction over rows ``X [R, T]`` (indices into ``gx [U, 4H]``): row r is recomputed
-    from each position where ``diff[r, t]`` until its states are within ``tol`` of the base's
-    (never when ``tol < 0``). ``base_h, base_c [S, H]``: base states, ``base_at[r] + j`` the row
-    of the state before position ``j`` is read (forward: after ``j - 1``, row ``base_at + j``;
-    backward: after ``j + 1``, row ``base_at + j + 1``). Returns the computed entries: rows
-    ``[N]``, positions ``[N]``, hidden states ``[N, H]`` (and cell states when ``keep_c``)."""
-    R, T = X.shape
+def _recur(d: _Dir, gx: torch.Tensor, X: np.ndarray, diff: np.ndarray, lengths: np.ndarray,
+           base_h: torch.Tensor, base_c: torch.Tensor, base_at: np.ndarray, tol: float, keep_c: bool = False):
+    """One direction, in its own step order, over rows ``X [R, S]`` (indices into ``gx [U, 4H]``;
+    row r has ``lengths[r]`` steps): row r is recomputed from each step where ``diff[r, s]`` until
+    its states are within ``tol`` of its base's (never when ``tol < 0``). ``base_h, base_c
+    [., H]``: base states, row ``base_at[r] + s`` the state before step ``s`` (zeros before the
+    first). Returns the computed entries: rows ``[N]``, steps ``[N]``, hidden states ``[N, H]``
+    (and cell states when ``keep_c``)."""
+    R, S = X.shape
     H = d.H
     active = np.zeros(R, dtype=bool)
     XT = np.ascontiguousarray(X.T)
-    d_t, d_r = np.nonzero(np.ascontiguousarray(diff.T))  # (position, row) pairs by position
-    starts = np.searchsorted(d_t, np.arange(T + 1))
+    d_t, d_r = np.nonzero(np.ascontiguousarray(diff.T))  # (step, row) pairs by step
+    starts = np.searchsorted(d_t, np.arange(S + 1))
+    ends = np.zeros(S + 1, dtype=bool)
+    ends[np.minimum(lengths, S)] = True
     ent_r: list[np.ndarray] = []
     ent_t: list[int] = []
     ent_h: list[torch.Tensor] = []
@@ -89,13 +91,20 @@ def _recur(d: _Dir, gx: torch.Tensor, X: np.ndarray, diff: np.ndarray, base_h: t
     idx = np.zeros(0, dtype=np.int64)  # active rows, in the order of hx, cx
     hx = cx = torch.zeros(0, H)
     since = 0
-    for t in (range(T) if forward else range(T - 1, -1, -1)):
+    for t in range(S):
+        if ends[t] and len(idx):  # rows whose note has ended stop
+            keep = lengths[idx] > t
+            if not keep.all():
+                active[idx[~keep]] = False
+                idx = idx[keep]
+                keep_t = torch.from_numpy(keep)
+                hx, cx = hx[keep_t], cx[keep_t]
         lo, hi = starts[t], starts[t + 1]
         if hi > lo:
             cand = d_r[lo:hi]
             nr = cand[~active[cand]]
             if len(nr):
-                prev = torch.from_numpy(base_at[nr] + (t if forward else t + 1))
+                prev = torch.from_numpy(base_at[nr] + t)
                 active[nr] = True
                 idx = np.concatenate([idx, nr])
                 hx = torch.cat([hx, base_h.index_select(0, prev)])
@@ -114,7 +123,7 @@ def _recur(d: _Dir, gx: torch.Tensor, X: np.ndarray, diff: np.ndarray, base_h: t
         since += 1
         if tol >= 0 and since >= _CHECK_EVERY:
             since = 0
-            at = torch.from_numpy(base_at[idx] + (t + 1 if forward else t))
+            at = torch.from_numpy(base_at[idx] + t + 1)
             dev = torch.maximum((hx - base_h.index_select(0, at)).abs_().amax(1),
                                 (cx - base_c.index_select(0, at)).abs_().amax(1))
             done = (dev <= tol).numpy()
@@ -132,11 +141,11 @@ def _recur(d: _Dir, gx: torch.Tensor, X: np.ndarray, diff: np.ndarray, base_h: t
 
 
 class _LaatNote:
-    """Per-note cache of the LAAT path: for the two bases (0: the note, 1: the fully masked note),
-    the forward and backward states in the layout :func:`_recur` reads (``[2 * (T + 1), H]``,
-    base b's state before position j at row ``b * (T + 1) + j`` forward, ``+ j + 1`` backward;
-    zeros at the recurrence's start), and per base the head's projections ``P_f, P_b [2, T, P]``
-    of each direction's states (``W1`` split by direction) and the states ``[2, T, H]`` themselves."""
+    """Per-note cache of the LAAT path: for the two bases (0: the note, 1: the fully masked note)
+    and each direction (0: forward, 1: backward, whose steps run from the note's end), the states
+    in the layout :func:`_recur` reads (``[2 * (T + 1), H]``: base b's state before step s at row
+    ``b * (T + 1) + s``, zeros before the first step), and per base the states at each position
+    ``[2, T, H]`` with the head's projections ``[2, T, P]`` of each direction (``W1`` split)."""
 
     def __init__(self, model, ids: np.ndarray, mask_id: int, dirs: tuple[_Dir, _Dir]):
         T = self.T = len(ids)
@@ -150,24 +159,21 @@ class _LaatNote:
         at = np.zeros(2, dtype=np.int64)
         W1 = model.head.W1.weight.float()
         self.states = []  # per direction: (h table, c table) [2 * (T + 1), H]
-        self.seq = []  # per direction: states [2, T, H]
+        self.seq = []  # per direction: states at each position [2, T, H]
         self.proj = []  # per direction: [2, T, P]
         for k, d in enumerate(dirs):
-            rows, pos, hs, cs = _recur(d, d.gates_x(u_t), X, np.ones((2, T), dtype=bool), zeros, zeros, at,
-                                       forward=k == 0, tol=-1.0, keep_c=True)
+            Xk = X if k == 0 else np.ascontiguousarray(X[:, ::-1])
+            rows, steps, hs, cs = _recur(d, d.gates_x(u_t), Xk, np.ones((2, T), dtype=bool), np.full(2, T),
+                                         zeros, zeros, at, tol=-1.0, keep_c=True)
             seq_h = torch.zeros(2, T, d.H)
             seq_c = torch.zeros(2, T, d.H)
-            seq_h[rows, pos] = hs
-            seq_c[rows, pos] = cs
+            seq_h[rows, steps] = hs
+            seq_c[rows, steps] = cs
             z = torch.zeros(2, 1, d.H)
-            if k == 0:  # before position j: after j - 1
-                tab_h, tab_c = torch.cat([z, seq_h], 1), torch.cat([z, seq_c], 1)
-            else:  # before position j going backward: after j + 1
-                tab_h, tab_c = torch.cat([seq_h, z], 1), torch.cat([seq_c, z], 1)
-            self.states.append((tab_h.reshape(-1, d.H), tab_c.reshape(-1, d.H)))
-            self.seq.append(seq_h)
-            w1 = W1[:, k * d.H: (k + 1) * d.H]
-            self.proj.append(seq_h @ w1.t())
+            self.states.append((torch.cat([z, seq_h], 1).reshape(-1, d.H), torch.cat([z, seq_c], 1).reshape(-1, d.H)))
+            seq = seq_h if k == 0 else seq_h.flip(1)
+            self.seq.append(seq)
+            self.proj.append(seq @ W1[:, k * d.H: (k + 1) * d.H].t())
 
     def nbytes(self) -> int:
         ts = [t for pair in self.states for t in pair] + self.seq + self.proj
@@ -178,68 +184,118 @@ def _laat_dirs(model) -> tuple[_Dir, _Dir]:
     return _Dir(model, model.lstm_fwd), _Dir(model, model.lstm_bwd)
 
 
-def _evaluate_laat(model, note: _Note, jobs: list["_Job"], device, mask_id: int, cache: "NoteCache"):
-    """Probabilities of ``jobs`` (all of one note, mask perturbation) by the LAAT state reuse path
-    (module docstring): each row's base is the note or the fully masked note, whichever differs
-    from it at fewer positions."""
+#: Perturbed rows the LAAT path gathers (over notes) before it runs them together: more rows per
+#: recurrence step spread its fixed per-step cost.
+_LAAT_ROWS = 512
+
+
+class _LaatEvaluator:
+    """The engine's per-note evaluation for the LAAT path: gathers the notes' jobs and scores
+    them together (:func:`_evaluate_many`) once ``_LAAT_ROWS`` rows are waiting, and at
+    :meth:`flush`."""
+
+    def __init__(self, model, device, mask_id: int, cache: "NoteCache"):
+        self.model, self.device, self.mask_id, self.cache = model, device, mask_id, cache
+        self.items: list[tuple[_Note, list]] = []
+        self.rows = 0
+
+    def __call__(self, note: _Note, jobs: list["_Job"]) -> None:
+        self.items.append((note, list(jobs)))
+        self.rows += len(jobs)
+        if self.rows >= _LAAT_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.items:
+            _evaluate_many(self.model, self.items, self.mask_id, self.cache)
+        self.items, self.rows = [], 0
+
+
+def _evaluate_many(model, items: list[tuple[_Note, list["_Job"]]], mask_id: int, cache: "NoteCache"):
+    """Probabilities of the jobs of several notes (mask perturbation) by the LAAT state reuse
+    path (module docstring): each row's base is its note or the fully masked note, whichever
+    differs from it at fewer positions."""
     dirs = _laat_dirs(model)
-    entry = cache.laat_note(model, note, mask_id, dirs)
-    T = note.n
-    removed = np.stack([j.removed for j in jobs])  # [R, T]
-    X_ids = np.where(removed, mask_id, note.ids[None, :])
-    d_note = X_ids != note.ids[None, :]
-    d_mask = X_ids != mask_id
-    from_masked = d_mask.sum(1) < d_note.sum(1)
-    diff = np.where(from_masked[:, None], d_mask, d_note)
-    base = from_masked.astype(np.int64)
-    uniq, inv = np.unique(np.append(note.ids, mask_id), return_inverse=True)
-    X = np.searchsorted(uniq, X_ids)
-    u_t = torch.as_tensor(uniq)
+    entries = [cache.laat_note(model, note, mask_id, dirs) for note, _ in items]
+    jobs = [j for _, js in items for j in js]
     R = len(jobs)
+    lengths = np.concatenate([np.full(len(js), note.n, dtype=np.int64) for note, js in items])
+    S = int(lengths.max())
+    uniq = np.unique(np.concatenate([note.ids for note, _ in items] + [np.asarray([mask_id])]))
+    X = np.zeros((2, R, S), dtype=np.int64)  # per direction: gx rows of each step
+    diff = np.zeros((2, R, S), dtype=bool)
+    base = np.zeros(R, dtype=np.int64)
+    base_at = np.zeros(R, dtype=np.int64)
+    tabs: list[list[torch.Tensor]] = [[], [], [], []]  # fwd h, fwd c, bwd h, bwd c
+    off, r = 0, 0
+    for (note, js), entry in zip(items, entries):
+        T, n = note.n, len(js)
+        removed = np.stack([j.removed for j in js])
+        x = np.where(removed, mask_id, note.ids[None, :])
+        d_note, d_mask = x != note.ids[None, :], x != mask_id
+        from_masked = d_mask.sum(1) < d_note.sum(1)
+        dd = np.where(from_masked[:, None], d_mask, d_note)
+        xi = np.searchsorted(uniq, x)
+        X[0, r: r + n, :T], X[1, r: r + n, :T] = xi, xi[:, ::-1]
+        diff[0, r: r + n, :T], diff[1, r: r + n, :T] = dd, dd[:, ::-1]
+        base[r: r + n] = from_masked
+        base_at[r: r + n] = off + from_masked * (T + 1)
+        for k in range(2):
+            tabs[2 * k].append(entry.states[k][0])
+            tabs[2 * k + 1].append(entry.states[k][1])
+        off += 2 * (T + 1)
+        r += n
+    u_t = torch.as_tensor(uniq)
     out = []
     for k, d in enumerate(dirs):
-        tab_h, tab_c = entry.states[k]
-        out.append(_recur(d, d.gates_x(u_t), X, diff, tab_h, tab_c, base * (T + 1), forward=k == 0,
-                          tol=_STATE_TOL))
-    labels = np.fromiter((j.label for j in jobs), dtype=np.int64, count=R)
-    uniq_lab, col = np.unique(labels, return_inverse=True)
-    lab_t = torch.as_tensor(uniq_lab)
-    w2 = model.head.W2.weight.float().index_select(0, lab_t)  # [L, P]
-    wfin = model.final.weight.float().index_select(0, lab_t)  # [L, 2H]
-    bias = model.final.bias.float().index_select(0, lab_t)
+        rows, steps, hs, _ = _recur(d, d.gates_x(u_t), X[k], diff[k], lengths, torch.cat(tabs[2 * k]),
+                                    torch.cat(tabs[2 * k + 1]), base_at, tol=_STATE_TOL)
+        pos = steps if k == 0 else lengths[rows] - 1 - steps
+        order = np.argsort(rows, kind="stable")
+        out.append((rows[order], pos[order], hs.index_select(0, torch.from_numpy(order))))
     W1 = model.head.W1.weight.float()
     H = dirs[0].H
-    col_t = torch.as_tensor(col)
-    base_t = torch.as_tensor(base)
-    # per direction: base position logits [2, L, T]; entries' projections and position logits
-    lpos_base, ent = [], []
-    for k, (rows, pos, hs, _) in enumerate(out):
-        w_k = wfin[:, k * H: (k + 1) * H]
-        lpos_base.append(torch.einsum("btp,lp->blt", entry.seq[k], w_k))
-        proj = hs @ W1[:, k * H: (k + 1) * H].t()
-        lp = (hs * w_k.index_select(0, col_t.index_select(0, torch.from_numpy(rows)))).sum(-1)
-        ent.append((rows, pos, proj, lp))
-    for r0 in range(0, R, _HEAD_ROWS):
-        r1 = min(R, r0 + _HEAD_ROWS)
-        b_c, c_c = base_t[r0:r1], col_t[r0:r1]
-        n = r1 - r0
-        P = torch.zeros(n, T, W1.shape[0])
-        lpos = torch.zeros(n, T)
+    r = 0
+    for (note, js), entry in zip(items, entries):
+        n = len(js)
+        labels = np.fromiter((j.label for j in js), dtype=np.int64, count=n)
+        uniq_lab, col = np.unique(labels, return_inverse=True)
+        lab_t = torch.as_tensor(uniq_lab)
+        w2 = model.head.W2.weight.float().index_select(0, lab_t)  # [L, P]
+        wfin = model.final.weight.float().index_select(0, lab_t)  # [L, 2H]
+        bias = model.final.bias.float().index_select(0, lab_t)
+        _head(entry, js, r, base[r: r + n], col, w2, wfin, bias, W1, H, out)
+        r += n
+
+
+def _head(entry: _LaatNote, js: list["_Job"], r_first: int, base: np.ndarray, col: np.ndarray, w2, wfin, bias,
+          W1, H: int, out) -> None:
+    """The label attention head for the rows ``r_first ..`` of one note (job order), reading
+    only each row's own label: the base's projections and position logits, replaced at the
+    positions whose states the row recomputed (``out``: per direction the entries sorted by row)."""
+    T, n = entry.T, len(js)
+    col_t, base_t = torch.as_tensor(col), torch.as_tensor(base)
+    lpos_base = [torch.einsum("btp,lp->blt", entry.seq[k], wfin[:, k * H: (k + 1) * H]) for k in range(2)]
+    for a in range(0, n, _HEAD_ROWS):
+        b = min(n, a + _HEAD_ROWS)
+        b_c, c_c = base_t[a:b], col_t[a:b]
+        P = torch.zeros(b - a, T, W1.shape[0])
+        lpos = torch.zeros(b - a, T)
         for k in range(2):
-            pk = entry.proj[k].index_select(0, b_c)  # [n, T, P] (a copy)
-            lk = lpos_base[k][b_c, c_c]  # [n, T] (a copy)
-            rows, pos, proj, lp = ent[k]
-            sel = np.flatnonzero((rows >= r0) & (rows < r1))
-            if len(sel):
-                flat = torch.from_numpy((rows[sel] - r0) * T + pos[sel])
-                sel_t = torch.from_numpy(sel)
-                pk.view(n * T, -1).index_copy_(0, flat, proj.index_select(0, sel_t))
-                lk.view(-1).index_copy_(0, flat, lp.index_select(0, sel_t))
+            pk = entry.proj[k].index_select(0, b_c)  # [m, T, P] (a copy)
+            lk = lpos_base[k][b_c, c_c]  # [m, T] (a copy)
+            rows, pos, hs = out[k]
+            lo, hi = np.searchsorted(rows, [r_first + a, r_first + b])
+            if hi > lo:
+                local = rows[lo:hi] - r_first - a
+                flat = torch.from_numpy(local * T + pos[lo:hi])
+                h_sel = hs[lo:hi]
+                pk.view(-1, pk.shape[-1]).index_copy_(0, flat, h_sel @ W1[:, k * H: (k + 1) * H].t())
+                w_rows = wfin[:, k * H: (k + 1) * H].index_select(0, c_c.index_select(0, torch.from_numpy(local)))
+                lk.view(-1).index_copy_(0, flat, (h_sel * w_rows).sum(-1))
             P += pk
             lpos += lk
-        z = P.tanh_()
-        scores = torch.bmm(z, w2.index_select(0, c_c).unsqueeze(-1)).squeeze(-1)  # [n, T]
-        att = torch.softmax(scores, dim=-1)
-        logits = (att * lpos).sum(-1) + bias.index_select(0, c_c)
-        for j, pr in zip(jobs[r0:r1], torch.sigmoid(logits.double()).numpy()):
+        scores = torch.bmm(P.tanh_(), w2.index_select(0, c_c).unsqueeze(-1)).squeeze(-1)  # [m, T]
+        logits = (torch.softmax(scores, dim=-1) * lpos).sum(-1) + bias.index_select(0, c_c)
+        for j, pr in zip(js[a:b], torch.sigmoid(logits.double()).numpy()):
             j.task.probs[j.slot] = pr
