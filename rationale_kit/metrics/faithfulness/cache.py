@@ -12,7 +12,7 @@ import torch
 
 from rationale_kit.metrics.faithfulness.caml_patch import _caml_pre, _CamlNote
 from rationale_kit.metrics.faithfulness.chunk_reuse import _encode_chunks
-from rationale_kit.metrics.faithfulness.lstm_reuse import _LaatNote
+from rationale_kit.metrics.faithfulness.lstm_reuse import _LaatNote, _laat_notes
 from rationale_kit.metrics.faithfulness.units import _make_note, _Note
 
 __all__ = ["NoteCache"]
@@ -103,14 +103,18 @@ class NoteCache:
         self._keep(self._caml, note.note_id, entry, entry.Q.numel() * entry.Q.element_size())
         return entry
 
-    def laat_note(self, model, note: _Note, mask_id: int, dirs) -> _LaatNote:
-        """The LAAT path's states of the note and of the fully masked note (:class:`_LaatNote`),
-        computed once for every call that shares this cache."""
-        hit = self._laat.get(note.note_id)
-        hit = hit[0] if hit is not None else None
-        if hit is not None and hit.mask_id == mask_id and np.array_equal(hit.ids, note.ids):
-            self._laat.move_to_end(note.note_id)
-            return hit
-        entry = _LaatNote(model, note.ids, mask_id, dirs)
-        self._keep(self._laat, note.note_id, entry, entry.nbytes())
-        return entry
+    def laat_notes(self, model, notes: list[_Note], mask_id: int, dirs) -> list[_LaatNote]:
+        """The LAAT path's states of each note and of the fully masked note (:class:`_LaatNote`),
+        computed once for every call that shares this cache (the missing ones together)."""
+        out: dict[int, _LaatNote] = {}
+        for i, note in enumerate(notes):
+            hit = self._laat.get(note.note_id)
+            hit = hit[0] if hit is not None else None
+            if hit is not None and hit.mask_id == mask_id and np.array_equal(hit.ids, note.ids):
+                self._laat.move_to_end(note.note_id)
+                out[i] = hit
+        todo = [i for i in range(len(notes)) if i not in out]
+        for i, entry in zip(todo, _laat_notes(model, [notes[i] for i in todo], mask_id, dirs) if todo else []):
+            self._keep(self._laat, notes[i].note_id, entry, entry.nbytes())
+            out[i] = entry
+        return [out[i] for i in range(len(notes))]

@@ -30,9 +30,9 @@ if TYPE_CHECKING:
 _STATE_TOL = 1e-7
 #: Steps between two convergence checks of the active rows (a row runs at most this many steps
 #: longer than needed; values are unchanged).
-_CHECK_EVERY = 8
+_CHECK_EVERY = 4
 #: Rows whose head is assembled at once (``rows x positions x projection`` values each).
-_HEAD_ROWS = 16
+_HEAD_ROWS = 32
 
 
 def _laat_reuse_ok(model) -> bool:
@@ -147,33 +147,22 @@ class _LaatNote:
     ``b * (T + 1) + s``, zeros before the first step), and per base the states at each position
     ``[2, T, H]`` with the head's projections ``[2, T, P]`` of each direction (``W1`` split)."""
 
-    def __init__(self, model, ids: np.ndarray, mask_id: int, dirs: tuple[_Dir, _Dir]):
+    def __init__(self, ids: np.ndarray, mask_id: int, seqs: list[tuple[torch.Tensor, torch.Tensor]], W1: torch.Tensor):
+        """``seqs``: per direction the hidden and cell states ``[2, T, H]`` of both bases, in
+        the direction's step order (:func:`_laat_notes` computes them)."""
         T = self.T = len(ids)
         self.ids = ids
         self.mask_id = mask_id
-        X_ids = np.stack([ids, np.full(T, mask_id, dtype=np.int64)])
-        uniq, inv = np.unique(X_ids, return_inverse=True)
-        X = inv.reshape(2, T)
-        u_t = torch.as_tensor(uniq)
-        zeros = torch.zeros(T + 1, dirs[0].H)  # the zero state before either direction starts
-        at = np.zeros(2, dtype=np.int64)
-        W1 = model.head.W1.weight.float()
         self.states = []  # per direction: (h table, c table) [2 * (T + 1), H]
         self.seq = []  # per direction: states at each position [2, T, H]
         self.proj = []  # per direction: [2, T, P]
-        for k, d in enumerate(dirs):
-            Xk = X if k == 0 else np.ascontiguousarray(X[:, ::-1])
-            rows, steps, hs, cs = _recur(d, d.gates_x(u_t), Xk, np.ones((2, T), dtype=bool), np.full(2, T),
-                                         zeros, zeros, at, tol=-1.0, keep_c=True)
-            seq_h = torch.zeros(2, T, d.H)
-            seq_c = torch.zeros(2, T, d.H)
-            seq_h[rows, steps] = hs
-            seq_c[rows, steps] = cs
-            z = torch.zeros(2, 1, d.H)
-            self.states.append((torch.cat([z, seq_h], 1).reshape(-1, d.H), torch.cat([z, seq_c], 1).reshape(-1, d.H)))
+        for k, (seq_h, seq_c) in enumerate(seqs):
+            H = seq_h.shape[-1]
+            z = torch.zeros(2, 1, H)
+            self.states.append((torch.cat([z, seq_h], 1).reshape(-1, H), torch.cat([z, seq_c], 1).reshape(-1, H)))
             seq = seq_h if k == 0 else seq_h.flip(1)
             self.seq.append(seq)
-            self.proj.append(seq @ W1[:, k * d.H: (k + 1) * d.H].t())
+            self.proj.append(seq @ W1[:, k * H: (k + 1) * H].t())
 
     def nbytes(self) -> int:
         ts = [t for pair in self.states for t in pair] + self.seq + self.proj
@@ -182,6 +171,39 @@ class _LaatNote:
 
 def _laat_dirs(model) -> tuple[_Dir, _Dir]:
     return _Dir(model, model.lstm_fwd), _Dir(model, model.lstm_bwd)
+
+
+def _laat_notes(model, notes: list[_Note], mask_id: int, dirs: tuple[_Dir, _Dir]) -> list[_LaatNote]:
+    """The :class:`_LaatNote` of each note, the recurrences of all notes and both bases run
+    together (rows of different lengths share each step)."""
+    n = len(notes)
+    lengths = np.repeat(np.asarray([note.n for note in notes], dtype=np.int64), 2)
+    S = int(lengths.max()) if n else 0
+    uniq = np.unique(np.concatenate([note.ids for note in notes] + [np.asarray([mask_id])]))
+    X = np.zeros((2, 2 * n, S), dtype=np.int64)
+    diff = np.zeros((2, 2 * n, S), dtype=bool)
+    m = np.searchsorted(uniq, mask_id)
+    for i, note in enumerate(notes):
+        T = note.n
+        xi = np.searchsorted(uniq, note.ids)
+        X[0, 2 * i, :T], X[1, 2 * i, :T] = xi, xi[::-1]
+        X[:, 2 * i + 1, :T] = m
+        diff[:, 2 * i: 2 * i + 2, :T] = True
+    u_t = torch.as_tensor(uniq)
+    H = dirs[0].H
+    zeros = torch.zeros(S + 1, H)  # the zero state before either direction starts
+    seqs = []
+    for k, d in enumerate(dirs):
+        rows, steps, hs, cs = _recur(d, d.gates_x(u_t), X[k], diff[k], lengths, zeros, zeros,
+                                     np.zeros(2 * n, dtype=np.int64), tol=-1.0, keep_c=True)
+        seq_h = torch.zeros(2 * n, S, H)
+        seq_c = torch.zeros(2 * n, S, H)
+        seq_h[rows, steps] = hs
+        seq_c[rows, steps] = cs
+        seqs.append((seq_h, seq_c))
+    W1 = model.head.W1.weight.float()
+    return [_LaatNote(note.ids, mask_id, [(h[2 * i: 2 * i + 2, : note.n], c[2 * i: 2 * i + 2, : note.n])
+                                          for h, c in seqs], W1) for i, note in enumerate(notes)]
 
 
 #: Perturbed rows the LAAT path gathers (over notes) before it runs them together: more rows per
@@ -216,7 +238,7 @@ def _evaluate_many(model, items: list[tuple[_Note, list["_Job"]]], mask_id: int,
     path (module docstring): each row's base is its note or the fully masked note, whichever
     differs from it at fewer positions."""
     dirs = _laat_dirs(model)
-    entries = [cache.laat_note(model, note, mask_id, dirs) for note, _ in items]
+    entries = cache.laat_notes(model, [note for note, _ in items], mask_id, dirs)
     jobs = [j for _, js in items for j in js]
     R = len(jobs)
     lengths = np.concatenate([np.full(len(js), note.n, dtype=np.int64) for note, js in items])
@@ -271,31 +293,47 @@ def _evaluate_many(model, items: list[tuple[_Note, list["_Job"]]], mask_id: int,
 def _head(entry: _LaatNote, js: list["_Job"], r_first: int, base: np.ndarray, col: np.ndarray, w2, wfin, bias,
           W1, H: int, out) -> None:
     """The label attention head for the rows ``r_first ..`` of one note (job order), reading
-    only each row's own label: the base's projections and position logits, replaced at the
-    positions whose states the row recomputed (``out``: per direction the entries sorted by row)."""
+    only each row's own label: each row starts from its base's attention scores and position
+    logits (``w_l . h_t``), recomputed only at the positions where the row recomputed a state
+    (``out``: per direction the entries sorted by row)."""
     T, n = entry.T, len(js)
     col_t, base_t = torch.as_tensor(col), torch.as_tensor(base)
-    lpos_base = [torch.einsum("btp,lp->blt", entry.seq[k], wfin[:, k * H: (k + 1) * H]) for k in range(2)]
+    w_dir = [wfin[:, k * H: (k + 1) * H] for k in range(2)]
+    lpos_dir = [torch.einsum("btp,lp->blt", entry.seq[k], w_dir[k]) for k in range(2)]  # [2, L, T]
+    scores_base = torch.einsum("btp,lp->blt", torch.tanh(entry.proj[0] + entry.proj[1]), w2)
+    lpos_base = lpos_dir[0] + lpos_dir[1]
+    proj_flat = [p.reshape(2 * T, -1) for p in entry.proj]
+    lpos_flat = [lp.permute(0, 2, 1).reshape(2 * T, -1) for lp in lpos_dir]  # [(b, t), L]
     for a in range(0, n, _HEAD_ROWS):
         b = min(n, a + _HEAD_ROWS)
         b_c, c_c = base_t[a:b], col_t[a:b]
-        P = torch.zeros(b - a, T, W1.shape[0])
-        lpos = torch.zeros(b - a, T)
+        scores = scores_base[b_c, c_c]  # [m, T] (copies)
+        lpos = lpos_base[b_c, c_c]
+        keys, hsel = [], []
         for k in range(2):
-            pk = entry.proj[k].index_select(0, b_c)  # [m, T, P] (a copy)
-            lk = lpos_base[k][b_c, c_c]  # [m, T] (a copy)
             rows, pos, hs = out[k]
             lo, hi = np.searchsorted(rows, [r_first + a, r_first + b])
-            if hi > lo:
-                local = rows[lo:hi] - r_first - a
-                flat = torch.from_numpy(local * T + pos[lo:hi])
-                h_sel = hs[lo:hi]
-                pk.view(-1, pk.shape[-1]).index_copy_(0, flat, h_sel @ W1[:, k * H: (k + 1) * H].t())
-                w_rows = wfin[:, k * H: (k + 1) * H].index_select(0, c_c.index_select(0, torch.from_numpy(local)))
-                lk.view(-1).index_copy_(0, flat, (h_sel * w_rows).sum(-1))
-            P += pk
-            lpos += lk
-        scores = torch.bmm(P.tanh_(), w2.index_select(0, c_c).unsqueeze(-1)).squeeze(-1)  # [m, T]
+            keys.append((rows[lo:hi] - r_first - a) * T + pos[lo:hi])
+            hsel.append(hs[lo:hi])
+        U = np.union1d(keys[0], keys[1])  # positions (row * T + t) where a state changed
+        if len(U):
+            u_row, u_pos = U // T, U % T
+            src = torch.from_numpy(base[a:b][u_row] * T + u_pos)  # the base's row of each position
+            cols = c_c.index_select(0, torch.from_numpy(u_row))
+            P = torch.zeros(len(U), W1.shape[0])
+            lp = torch.zeros(len(U))
+            for k in range(2):
+                pk = proj_flat[k].index_select(0, src)
+                lk = lpos_flat[k].index_select(0, src).gather(1, cols[:, None]).squeeze(1)
+                if len(keys[k]):
+                    at = torch.from_numpy(np.searchsorted(U, keys[k]))
+                    pk.index_copy_(0, at, hsel[k] @ W1[:, k * H: (k + 1) * H].t())
+                    lk.index_copy_(0, at, (hsel[k] * w_dir[k].index_select(0, cols.index_select(0, at))).sum(-1))
+                P += pk
+                lp += lk
+            U_t = torch.from_numpy(U)
+            scores.view(-1).index_copy_(0, U_t, (P.tanh_() * w2.index_select(0, cols)).sum(-1))
+            lpos.view(-1).index_copy_(0, U_t, lp)
         logits = (torch.softmax(scores, dim=-1) * lpos).sum(-1) + bias.index_select(0, c_c)
         for j, pr in zip(js[a:b], torch.sigmoid(logits.double()).numpy()):
             j.task.probs[j.slot] = pr
