@@ -68,76 +68,99 @@ class _Dir:
         return torch.addmm(self.b, self.emb.index_select(0, ids), self.Wih.t())
 
 
-def _recur(d: _Dir, gx: torch.Tensor, X: np.ndarray, diff: np.ndarray, lengths: np.ndarray,
-           base_h: torch.Tensor, base_c: torch.Tensor, base_at: np.ndarray, tol: float, keep_c: bool = False):
-    """One direction, in its own step order, over rows ``X [R, S]`` (indices into ``gx [U, 4H]``;
-    row r has ``lengths[r]`` steps): row r is recomputed from each step where ``diff[r, s]`` until
-    its states are within ``tol`` of its base's (never when ``tol < 0``). ``base_h, base_c
-    [., H]``: base states, row ``base_at[r] + s`` the state before step ``s`` (zeros before the
-    first). Returns the computed entries: rows ``[N]``, steps ``[N]``, hidden states ``[N, H]``
-    (and cell states when ``keep_c``)."""
-    R, S = X.shape
-    H = d.H
-    active = np.zeros(R, dtype=bool)
-    XT = np.ascontiguousarray(X.T)
-    d_t, d_r = np.nonzero(np.ascontiguousarray(diff.T))  # (step, row) pairs by step
-    starts = np.searchsorted(d_t, np.arange(S + 1))
+def _recur(dirs: tuple[_Dir, _Dir], gx: list[torch.Tensor], X: np.ndarray, diff: np.ndarray, lengths: np.ndarray,
+           base_h: list[torch.Tensor], base_c: list[torch.Tensor], base_at: np.ndarray, tol: float,
+           keep_c: bool = False):
+    """Both directions, each in its own step order (k = 0 forward, 1 backward over the reversed
+    rows), side by side in one loop over steps. Direction k's rows ``X[k] [R, S]`` index
+    ``gx[k] [U, 4H]``; row r has ``lengths[r]`` steps and is recomputed from each step where
+    ``diff[k][r, s]`` until its states are within ``tol`` of its base's (never when
+    ``tol < 0``). ``base_h[k], base_c[k] [., H]``: base states, row ``base_at[r] + s`` the state
+    before step ``s`` (zeros before the first). Returns per direction the computed entries: rows
+    ``[N]``, steps ``[N]``, hidden states ``[N, H]`` (and cell states when ``keep_c``)."""
+    R, S = X.shape[1:]
+    H = dirs[0].H
+    active = np.zeros((2, R), dtype=bool)
+    XT = [np.ascontiguousarray(X[k].T) for k in range(2)]
+    ev = []  # per direction: (rows by step, step bounds)
+    for k in range(2):
+        d_t, d_r = np.nonzero(np.ascontiguousarray(diff[k].T))
+        ev.append((d_r, np.searchsorted(d_t, np.arange(S + 1))))
     ends = np.zeros(S + 1, dtype=bool)
     ends[np.minimum(lengths, S)] = True
-    ent_r: list[np.ndarray] = []
-    ent_t: list[int] = []
-    ent_h: list[torch.Tensor] = []
-    ent_c: list[torch.Tensor] = []
-    idx = np.zeros(0, dtype=np.int64)  # active rows, in the order of hx, cx
-    hx = cx = torch.zeros(0, H)
-    since = 0
+    ent: list[tuple[np.ndarray, np.ndarray, int, torch.Tensor, torch.Tensor | None]] = []
+    idx = [np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)]  # active rows per direction
+    hx = cx = torch.zeros(0, H)  # the forward rows' states, then the backward rows'
+
+    def drop(keep: list[np.ndarray]):
+        nonlocal hx, cx
+        for k in range(2):
+            active[k, idx[k][~keep[k]]] = False
+            idx[k] = idx[k][keep[k]]
+        keep_t = torch.from_numpy(np.concatenate(keep))
+        hx, cx = hx[keep_t], cx[keep_t]
+
+    J = _CHECK_EVERY
     for t in range(S):
-        if ends[t] and len(idx):  # rows whose note has ended stop
-            keep = lengths[idx] > t
-            if not keep.all():
-                active[idx[~keep]] = False
-                idx = idx[keep]
-                keep_t = torch.from_numpy(keep)
-                hx, cx = hx[keep_t], cx[keep_t]
-        lo, hi = starts[t], starts[t + 1]
-        if hi > lo:
-            cand = d_r[lo:hi]
-            nr = cand[~active[cand]]
-            if len(nr):
-                prev = torch.from_numpy(base_at[nr] + t)
-                active[nr] = True
-                idx = np.concatenate([idx, nr])
-                hx = torch.cat([hx, base_h.index_select(0, prev)])
-                cx = torch.cat([cx, base_c.index_select(0, prev)])
-        if not len(idx):
+        if t % J == 0:
+            n0 = len(idx[0])
+            if tol >= 0 and n0 + len(idx[1]):  # rows back within tol of their base stop
+                at = [torch.from_numpy(base_at[idx[k]] + t) for k in range(2)]
+                bh = torch.cat([base_h[k].index_select(0, at[k]) for k in range(2)])
+                bc = torch.cat([base_c[k].index_select(0, at[k]) for k in range(2)])
+                dev = torch.maximum((hx - bh).abs_().amax(1), (cx - bc).abs_().amax(1))
+                done = (dev <= tol).numpy()
+                if done.any():
+                    drop([~done[:n0], ~done[n0:]])
+            # rows changed within the next J steps start now, from their base's state (their
+            # inputs before the change are the base's)
+            new = []
+            for k in range(2):
+                d_r, starts = ev[k]
+                cand = np.unique(d_r[starts[t]: starts[min(t + J, S)]])
+                new.append(cand[~active[k, cand]])
+            if len(new[0]) or len(new[1]):  # order kept: forward old, new, backward old, new
+                n0 = len(idx[0])
+                hs_, cs_ = [], []
+                for k, old in enumerate((slice(0, n0), slice(n0, None))):
+                    hs_.append(hx[old])
+                    cs_.append(cx[old])
+                    if len(new[k]):
+                        prev = torch.from_numpy(base_at[new[k]] + t)
+                        hs_.append(base_h[k].index_select(0, prev))
+                        cs_.append(base_c[k].index_select(0, prev))
+                        active[k, new[k]] = True
+                        idx[k] = np.concatenate([idx[k], new[k]])
+                hx, cx = torch.cat(hs_), torch.cat(cs_)
+        if ends[t] and (len(idx[0]) or len(idx[1])):  # rows whose note has ended stop
+            keep = [lengths[idx[k]] > t for k in range(2)]
+            if not (keep[0].all() and keep[1].all()):
+                drop(keep)
+        n0, n1 = len(idx[0]), len(idx[1])
+        if not n0 + n1:
             continue
-        g = torch.addmm(gx.index_select(0, torch.from_numpy(XT[t][idx])), hx, d.WhhT)
+        g = torch.empty(n0 + n1, 4 * H)
+        for k, (a, b) in enumerate(((0, n0), (n0, n0 + n1))):
+            if b > a:
+                torch.addmm(gx[k].index_select(0, torch.from_numpy(XT[k][t][idx[k]])), hx[a:b], dirs[k].WhhT,
+                            out=g[a:b])
         sg = g[:, : 3 * H].sigmoid_()
         cx = torch.addcmul(cx * sg[:, H: 2 * H], sg[:, :H], g[:, 3 * H:].tanh_())
         hx = sg[:, 2 * H:] * cx.tanh()
-        ent_r.append(idx)
-        ent_t.append(t)
-        ent_h.append(hx)
+        ent.append((idx[0], idx[1], t, hx, cx if keep_c else None))
+    out = []
+    for k in range(2):
+        rows = [e[k] for e in ent]
+        sizes = [len(r) for r in rows]
+        starts_k = [0 if k == 0 else len(e[0]) for e in ent]
+        r_all = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
+        steps = np.repeat(np.asarray([e[2] for e in ent], dtype=np.int64), sizes)
+        hs = torch.cat([e[3][a: a + m] for e, a, m in zip(ent, starts_k, sizes)]) if ent else torch.zeros(0, H)
+        cs = None
         if keep_c:
-            ent_c.append(cx)
-        since += 1
-        if tol >= 0 and since >= _CHECK_EVERY:
-            since = 0
-            at = torch.from_numpy(base_at[idx] + t + 1)
-            dev = torch.maximum((hx - base_h.index_select(0, at)).abs_().amax(1),
-                                (cx - base_c.index_select(0, at)).abs_().amax(1))
-            done = (dev <= tol).numpy()
-            if done.any():
-                active[idx[done]] = False
-                keep = ~done
-                idx = idx[keep]
-                keep_t = torch.from_numpy(keep)
-                hx, cx = hx[keep_t], cx[keep_t]
-    rows = np.concatenate(ent_r) if ent_r else np.zeros(0, dtype=np.int64)
-    pos = np.repeat(np.asarray(ent_t, dtype=np.int64), [len(r) for r in ent_r])
-    hs = torch.cat(ent_h) if ent_h else torch.zeros(0, H)
-    cs = (torch.cat(ent_c) if ent_c else torch.zeros(0, H)) if keep_c else None
-    return rows, pos, hs, cs
+            cs = torch.cat([e[4][a: a + m] for e, a, m in zip(ent, starts_k, sizes)]) if ent else torch.zeros(0, H)
+        out.append((r_all, steps, hs, cs))
+    return out
 
 
 class _LaatNote:
@@ -192,10 +215,10 @@ def _laat_notes(model, notes: list[_Note], mask_id: int, dirs: tuple[_Dir, _Dir]
     u_t = torch.as_tensor(uniq)
     H = dirs[0].H
     zeros = torch.zeros(S + 1, H)  # the zero state before either direction starts
+    res = _recur(dirs, [d.gates_x(u_t) for d in dirs], X, diff, lengths, [zeros, zeros], [zeros, zeros],
+                 np.zeros(2 * n, dtype=np.int64), tol=-1.0, keep_c=True)
     seqs = []
-    for k, d in enumerate(dirs):
-        rows, steps, hs, cs = _recur(d, d.gates_x(u_t), X[k], diff[k], lengths, zeros, zeros,
-                                     np.zeros(2 * n, dtype=np.int64), tol=-1.0, keep_c=True)
+    for rows, steps, hs, cs in res:
         seq_h = torch.zeros(2 * n, S, H)
         seq_c = torch.zeros(2 * n, S, H)
         seq_h[rows, steps] = hs
@@ -208,7 +231,7 @@ def _laat_notes(model, notes: list[_Note], mask_id: int, dirs: tuple[_Dir, _Dir]
 
 #: Perturbed rows the LAAT path gathers (over notes) before it runs them together: more rows per
 #: recurrence step spread its fixed per-step cost.
-_LAAT_ROWS = 512
+_LAAT_ROWS = 2048
 
 
 class _LaatEvaluator:
@@ -268,10 +291,10 @@ def _evaluate_many(model, items: list[tuple[_Note, list["_Job"]]], mask_id: int,
         off += 2 * (T + 1)
         r += n
     u_t = torch.as_tensor(uniq)
+    res = _recur(dirs, [d.gates_x(u_t) for d in dirs], X, diff, lengths, [torch.cat(tabs[0]), torch.cat(tabs[2])],
+                 [torch.cat(tabs[1]), torch.cat(tabs[3])], base_at, tol=_STATE_TOL)
     out = []
-    for k, d in enumerate(dirs):
-        rows, steps, hs, _ = _recur(d, d.gates_x(u_t), X[k], diff[k], lengths, torch.cat(tabs[2 * k]),
-                                    torch.cat(tabs[2 * k + 1]), base_at, tol=_STATE_TOL)
+    for k, (rows, steps, hs, _) in enumerate(res):
         pos = steps if k == 0 else lengths[rows] - 1 - steps
         order = np.argsort(rows, kind="stable")
         out.append((rows[order], pos[order], hs.index_select(0, torch.from_numpy(order))))
