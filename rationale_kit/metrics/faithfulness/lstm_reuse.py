@@ -173,7 +173,7 @@ class _LaatNote:
     def __init__(self, ids: np.ndarray, mask_id: int, seqs: list[tuple[torch.Tensor, torch.Tensor]], W1: torch.Tensor):
         """``seqs``: per direction the hidden and cell states ``[2, T, H]`` of both bases, in
         the direction's step order (:func:`_laat_notes` computes them)."""
-        T = self.T = len(ids)
+        self.T = len(ids)
         self.ids = ids
         self.mask_id = mask_id
         self.states = []  # per direction: (h table, c table) [2 * (T + 1), H]
