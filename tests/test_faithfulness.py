@@ -933,11 +933,14 @@ def _tiny_laat(texts, labels, seed=0):
 
 
 @pytest.mark.parametrize("kind", ["discrete", "eraser", "edin"])
-def test_laat_state_reuse_equals_loop(kind):
+def test_laat_state_reuse_equals_loop(kind, monkeypatch):
     """The LAAT path (notes of different lengths, spans at the edges, mask) equals the loop and the
     batched forward passes (which pad the shorter notes) within 1e-6; deletion takes the batched
-    path and equals the loop too."""
+    path and equals the loop too. Edin's rows run in several batches of notes."""
     from rationale_kit.metrics.faithfulness import lstm_reuse
+
+    if kind == "edin":
+        monkeypatch.setattr(lstm_reuse, "_LAAT_ROWS", 7)
 
     g, texts, labels, docs, rat = _edge_corpus(seed=12)
     model = _tiny_laat(texts, labels)
@@ -982,4 +985,8 @@ def test_laat_state_reuse_only_for_the_package_laat_in_eval_mode():
             return super().hidden(embeds, mask) * 2
 
     model.__class__ = Changed
+    assert not lstm_reuse._laat_reuse_ok(model)
+    model.__class__ = Changed.__mro__[1]
+    assert lstm_reuse._laat_reuse_ok(model)
+    model.head = torch.nn.Module()  # a replaced head: not the computation the path reproduces
     assert not lstm_reuse._laat_reuse_ok(model)

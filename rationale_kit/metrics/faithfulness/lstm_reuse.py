@@ -4,9 +4,9 @@ changed position on and the backward states only up to its last; and an LSTM for
 steps after the last changed position the perturbed states are again within float rounding of the
 unperturbed ones. Each row therefore runs each direction only where its states differ from a base
 (the note itself, or the fully masked note for inputs that keep little): from each changed
-position until its states are back within ``_STATE_TOL`` of the base's (checked every
+position until its states are back within ``_STATE_TOL`` of the base's (rows join and leave every
 ``_CHECK_EVERY`` steps), and takes the base's states everywhere else. The input projection of
-every distinct id is computed once per call, the base's states and head projections once per note
+every distinct id is computed once per batch, the base's states and head projections once per note
 (:class:`_LaatNote`, kept in the :class:`NoteCache`), and the label attention head reads only each
 row's own label, recomputing only the positions whose states changed. Used only for the package's
 unmodified LAAT (:func:`_laat_reuse_ok`). See docs/method/faithfulness.md.
@@ -28,8 +28,8 @@ if TYPE_CHECKING:
 #: A row's recurrence stops (its states are taken as the base's) once every hidden and cell value
 #: is within this of the base's: the float32 rounding noise two computations of one LSTM carry.
 _STATE_TOL = 1e-7
-#: Steps between two convergence checks of the active rows (a row runs at most this many steps
-#: longer than needed; values are unchanged).
+#: Rows join (from their base's state, up to this many steps before their change) and converged
+#: rows leave only every this many steps: fewer reshuffles of the active rows, a few more steps.
 _CHECK_EVERY = 4
 #: Rows whose head is assembled at once (``rows x positions x projection`` values each).
 _HEAD_ROWS = 32
@@ -40,6 +40,10 @@ def _laat_reuse_ok(model) -> bool:
     reproduces: two one-layer, one-directional, batch-first float32 LSTMs with biases and no
     projection, float32 head."""
     if not _package_model(model, "LAAT", ("embed", "hidden", "_scores", "_reverse_index")):
+        return False
+    from rationale_kit.models.label_attention import LAATHead
+
+    if type(model.head) is not LAATHead:
         return False
     for lstm in (model.lstm_fwd, model.lstm_bwd):
         if (lstm.num_layers != 1 or lstm.bidirectional or not lstm.batch_first or not lstm.bias
