@@ -19,7 +19,8 @@ model; PLM-ICD encodes only the chunks a perturbation changes, and the chunks en
 and by the loop are printed) and without them (``incremental=False``: batched forward passes), side
 by side on the same workload, the engine sharing one ``NoteCache`` per run as notebook 05 does. The
 incremental rows/s in (a) counts the same rows as the batched engine (base pass + every perturbed
-input) over its own time; for LAAT, which has no incremental path, both lines measure the same code.
+input) over its own time; LAAT on a CPU recomputes each perturbed row's BiLSTM only where its states
+differ from the note's (or the fully masked note's), see docs/method/faithfulness.md.
 
 Times are process CPU seconds with one torch thread (other jobs share this machine's cores, so wall
 time is noisy), best of two round-robin repetitions. Models: ``rationale_kit.models.build_model``
@@ -27,8 +28,10 @@ time is noisy), best of two round-robin repetitions. Models: ``rationale_kit.mod
 ``max_chunks``, default 2 and 8; untrained weights,
 which does not change the cost) when it imports and builds, else the contract-conforming CNN and
 BiLSTM with label attention defined here (``--fallback`` forces them); the output says which.
-``--big-labels`` adds CAML with a MIMIC-like label count, where reading only the needed labels
-matters. Workloads are sized from a probe to about ``--budget`` CPU seconds in all.
+``--big-labels`` adds CAML and LAAT (those of ``--models``) with a MIMIC-like label count, where
+reading only the needed labels matters. Workloads are sized from a probe to about ``--budget`` CPU
+seconds in all, or fixed by ``--pairs`` ((note, code) pairs per model; notebook 05 scores up to
+``faithfulness.max_pairs`` = 60 per source) with ``--codes-per-note`` codes of each note.
 
 At the end, for each PLM-ICD model, the chunks its encoder reads on notebook 05's whole workload
 (``--plm-count-pairs`` (note, code) pairs, default the default profile's ``faithfulness.max_pairs``)
@@ -42,7 +45,8 @@ between ``torch.cuda.synchronize()`` calls (process CPU time does not measure GP
 budget is in wall seconds. The default ``--device cpu`` measures exactly as described above.
 
     .venv/bin/python benchmarks/faithfulness.py [--threads 1] [--budget 70] [--big-labels 2000] [--device cpu]
-        [--models caml,laat,plm_icd] [--shape notebook|single] [--plm-chunks 2,8]
+        [--models caml,laat,plm_icd] [--shape notebook|single] [--plm-chunks 2,8] [--pairs 0]
+        [--codes-per-note 1]
 """
 from __future__ import annotations
 
@@ -425,8 +429,10 @@ def reuse_ceilings(model, inputs: dict, mask_id: int) -> dict:
     return out
 
 
-def bench_model(name, model, docs_all, gold_all, budget_s, rng, reps=2, device="cpu", shape="notebook"):
-    """One workload (sized so the loop takes about a third of ``budget_s`` in all), measured
+def bench_model(name, model, docs_all, gold_all, budget_s, rng, reps=2, device="cpu", shape="notebook",
+                pairs=None, codes_per_note=1):
+    """One workload (``pairs`` (note, code) pairs, ``codes_per_note`` codes of each note; by
+    default sized so the loop takes about a third of ``budget_s`` in all), measured
     ``reps`` times round-robin (engine with its forward calls recorded, plain forward passes
     replayed at the recorded shapes, the loop); the fastest repetition of each counts. The model
     must already be on ``device``."""
@@ -440,8 +446,7 @@ def bench_model(name, model, docs_all, gold_all, budget_s, rng, reps=2, device="
     rows_per_pair = ROWS_PER_PAIR[shape]
     # per repetition: the loop, two engine runs and two replays (each a fraction of the loop):
     # about 4 loops' worth, so the loop gets an eighth of the model's budget over two repetitions
-    n_pairs = max(1, int(budget_s / (4 * reps) / per_single / rows_per_pair))
-    codes_per_note = 1  # pairs spread over as many notes as the budget allows
+    n_pairs = pairs or max(1, int(budget_s / (4 * reps) / per_single / rows_per_pair))
     n_notes = max(1, min(len(docs_all), math.ceil(n_pairs / codes_per_note)))
     docs = docs_all.iloc[:n_notes].reset_index(drop=True)
     gold = {n: list(gold_all[n][:codes_per_note]) for n in docs.note_id}
@@ -603,6 +608,10 @@ def main(argv=None):
     ap.add_argument("--shape", default="notebook", choices=sorted(ROWS_PER_PAIR),
                     help="workload: 'notebook' (what notebook 05 runs per model, default) or 'single' "
                          "(one scored and one discrete source)")
+    ap.add_argument("--pairs", type=int, default=0,
+                    help="(note, code) pairs per model (default 0: sized from --budget)")
+    ap.add_argument("--codes-per-note", type=int, default=1, choices=[1, 2, 3],
+                    help="gold codes scored per note (default 1: pairs spread over as many notes as possible)")
     ap.add_argument("--plm-chunks", default="2,8",
                     help="PLM-ICD max_chunks values to run (default 2 = the default profile, 8 = 1,024 tokens)")
     ap.add_argument("--plm-count-pairs", type=int, default=None,
@@ -634,9 +643,10 @@ def main(argv=None):
         models, source = fallback_models(vocab, labels, names)
     if args.big_labels:
         big = labels + [f"X{i:05d}" for i in range(args.big_labels - len(labels))]
+        big_names = tuple(n for n in ("caml", "laat") if n in names) or ("caml",)
         try:
-            extra, _ = (fallback_models(vocab, big, ("caml",)) if "cnn_fallback" in models
-                        else project_models(texts, vocab, big, ("caml",)))
+            extra, _ = (fallback_models(vocab, big, big_names) if "cnn_fallback" in models
+                        else project_models(texts, vocab, big, big_names))
             models.update({f"{k}@{args.big_labels}labels": v for k, v in extra.items()})
         except Exception as exc:  # noqa: BLE001
             print(f"no large-label run: {exc}")
@@ -653,7 +663,8 @@ def main(argv=None):
     t_setup, t_measured = time.perf_counter() - t_all, time.process_time()
     for name, model in models.items():
         try:
-            r = bench_model(name, model, docs, gold, per_model, rng, device=args.device, shape=args.shape)
+            r = bench_model(name, model, docs, gold, per_model, rng, device=args.device, shape=args.shape,
+                            pairs=args.pairs or None, codes_per_note=args.codes_per_note)
         except Exception:  # noqa: BLE001
             print(f"[{name}] failed:\n{traceback.format_exc()}")
             continue

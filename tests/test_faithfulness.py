@@ -989,3 +989,78 @@ def test_the_profile_section_becomes_a_spec_in_one_place():
     assert d.seed == 3 and d.model_name == "caml" and d.max_pairs is None  # the workbook samples pairs itself
     # one set of defaults: the spec and the keyword functions both use the incremental paths
     assert FaithfulnessSpec().incremental is True
+
+
+# --------------------------------------------------------------------------------------------
+# LAAT state reuse (mask perturbation, CPU)
+# --------------------------------------------------------------------------------------------
+def _tiny_laat(texts, labels, seed=0):
+    models = pytest.importorskip("rationale_kit.models")
+    from rationale_kit.core.config import LAATParams
+
+    torch.manual_seed(seed)
+    model = models.build_model("laat", LAATParams(embed_dim=8, hidden=6, projection=5, dropout=0.2), labels,
+                               train_texts=texts)
+    with torch.no_grad():  # a non-zero mask embedding, so masked units still feed the LSTMs
+        model.embedding.weight[model.tokenizer.mask_id].normal_()
+    return model.eval()
+
+
+@pytest.mark.parametrize("kind", ["discrete", "eraser", "edin"])
+def test_laat_state_reuse_equals_loop(kind, monkeypatch):
+    """The LAAT path (notes of different lengths, spans at the edges, mask) equals the loop and the
+    batched forward passes (which pad the shorter notes) within 1e-6; deletion takes the batched
+    path and equals the loop too. Edin's rows run in several batches of notes."""
+    from rationale_kit.metrics.faithfulness import lstm_reuse
+
+    if kind == "edin":
+        monkeypatch.setattr(lstm_reuse, "_LAAT_ROWS", 7)
+
+    g, texts, labels, docs, rat = _edge_corpus(seed=12)
+    model = _tiny_laat(texts, labels)
+    assert lstm_reuse._laat_reuse_ok(model)
+    for unit, perturbation in (("token", "mask"), ("word", "mask"), ("token", "delete")):
+        kw = dict(unit=unit, perturbation=perturbation, code_set="gold", seed=3, progress=False)
+        if kind == "discrete":
+            table = rat
+            run = lambda inc: faithfulness_discrete(model, docs, table, batch_size=3, incremental=inc, **kw)  # noqa: E731
+        else:
+            table = random_scores(g, model, docs, labels)
+            kw["word_steps"] = 6
+            run = lambda inc: faithfulness_scored(model, docs, table, variant=kind, batch_size=3,  # noqa: E731
+                                                  incremental=inc, **kw)
+        calls = _Calls(model)
+        reuse = run(True)
+        reuse_rows, calls.rows = calls.rows, 0
+        plain = run(False)
+        plain_rows = calls.rows
+        calls.handle.remove()
+        slow = faithfulness_loop(model, docs, table, kind=kind, **kw)
+        assert_same(reuse, slow, tol=1e-6)
+        assert_same(plain, slow, tol=1e-6)
+        assert (reuse.value.abs() > 1e-4).any()  # the perturbations do move the probabilities
+        if perturbation == "mask":
+            assert reuse_rows <= len(docs) < plain_rows  # only the full notes run the model
+        else:
+            assert reuse_rows == plain_rows
+
+
+def test_laat_state_reuse_only_for_the_package_laat_in_eval_mode():
+    from rationale_kit.metrics.faithfulness import lstm_reuse
+
+    g, texts, labels, docs, _ = _edge_corpus(seed=13)
+    model = _tiny_laat(texts, labels)
+    model.train()
+    assert not lstm_reuse._laat_reuse_ok(model)
+    model.eval()
+
+    class Changed(type(model)):
+        def hidden(self, embeds, mask):
+            return super().hidden(embeds, mask) * 2
+
+    model.__class__ = Changed
+    assert not lstm_reuse._laat_reuse_ok(model)
+    model.__class__ = Changed.__mro__[1]
+    assert lstm_reuse._laat_reuse_ok(model)
+    model.head = torch.nn.Module()  # a replaced head: not the computation the path reproduces
+    assert not lstm_reuse._laat_reuse_ok(model)

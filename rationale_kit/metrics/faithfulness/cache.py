@@ -12,6 +12,7 @@ import torch
 
 from rationale_kit.metrics.faithfulness.caml_patch import _caml_pre, _CamlNote
 from rationale_kit.metrics.faithfulness.chunk_reuse import _encode_chunks
+from rationale_kit.metrics.faithfulness.lstm_reuse import _LaatNote, _laat_notes
 from rationale_kit.metrics.faithfulness.units import _make_note, _Note
 
 __all__ = ["NoteCache"]
@@ -36,6 +37,7 @@ class NoteCache:
         self._pre: dict[str, tuple[np.ndarray, torch.Tensor]] = {}
         self._caml: "OrderedDict[str, tuple[_CamlNote, int]]" = OrderedDict()  # entry, bytes
         self._plm: "OrderedDict[str, tuple[tuple[np.ndarray, list[torch.Tensor]], int]]" = OrderedDict()
+        self._laat: "OrderedDict[str, tuple[_LaatNote, int]]" = OrderedDict()
         self._bytes = 0
         #: PLM-ICD chunk path: hidden states ``[len, D]`` of chunks that are the same in every note
         #: (the all-mask chunk of each length), keyed by the chunk's ids (bytes)
@@ -50,6 +52,7 @@ class NoteCache:
             self._caml.clear()
             self._plm.clear()
             self.plm_shared.clear()
+            self._laat.clear()
             self._bytes = 0
             self._key = key
 
@@ -76,7 +79,7 @@ class NoteCache:
         store[key] = (entry, size)
         self._bytes += size
         while self._bytes > self.max_bytes:
-            for st in (self._caml, self._plm):  # the older kind first: CAML and PLM-ICD never mix
+            for st in (self._caml, self._plm, self._laat):  # the older kind first: the models never mix
                 if st:
                     _, (_, old) = st.popitem(last=False)
                     self._bytes -= old
@@ -103,3 +106,19 @@ class NoteCache:
         entry = _CamlNote(model, note.ids, pre, mask_id, device)
         self._keep(self._caml, note.note_id, entry, entry.Q.numel() * entry.Q.element_size())
         return entry
+
+    def laat_notes(self, model, notes: list[_Note], mask_id: int, dirs) -> list[_LaatNote]:
+        """The LAAT path's states of each note and of the fully masked note (:class:`_LaatNote`),
+        computed once for every call that shares this cache (the missing ones together)."""
+        out: dict[int, _LaatNote] = {}
+        for i, note in enumerate(notes):
+            hit = self._laat.get(note.note_id)
+            hit = hit[0] if hit is not None else None
+            if hit is not None and hit.mask_id == mask_id and np.array_equal(hit.ids, note.ids):
+                self._laat.move_to_end(note.note_id)
+                out[i] = hit
+        todo = [i for i in range(len(notes)) if i not in out]
+        for i, entry in zip(todo, _laat_notes(model, [notes[i] for i in todo], mask_id, dirs) if todo else []):
+            self._keep(self._laat, notes[i].note_id, entry, entry.nbytes())
+            out[i] = entry
+        return [out[i] for i in range(len(notes))]

@@ -7,6 +7,7 @@ scored. The paths live beside it, each named after what it does:
   reference loop's one pass per input);
 - :mod:`~rationale_kit.metrics.faithfulness.caml_patch`: the CAML patching path (CPU);
 - :mod:`~rationale_kit.metrics.faithfulness.chunk_reuse`: the PLM-ICD chunk reuse path;
+- :mod:`~rationale_kit.metrics.faithfulness.lstm_reuse`: the LAAT state reuse path (CPU);
 - :mod:`~rationale_kit.metrics.faithfulness.cache`: :class:`NoteCache`, the per-note work shared
   by calls;
 - :mod:`~rationale_kit.metrics.faithfulness.units` and
@@ -31,6 +32,7 @@ from rationale_kit.metrics.faithfulness.cache import NoteCache
 from rationale_kit.metrics.faithfulness.caml_patch import _caml_base_probs, _caml_incremental_ok, _evaluate_incremental
 from rationale_kit.metrics.faithfulness.chunk_reuse import _chunk_base_probs, _chunk_reuse_ok, _evaluate_chunks
 from rationale_kit.metrics.faithfulness.generic import _base_probs
+from rationale_kit.metrics.faithfulness.lstm_reuse import _laat_reuse_ok, _LaatEvaluator
 from rationale_kit.metrics.faithfulness.measures import MEASURES
 from rationale_kit.metrics.faithfulness.tasks import (
     _needed_labels, _parse_table, _perturb_all, _select_pairs, _to_frame,
@@ -270,7 +272,8 @@ def _route(model, notes: dict[str, _Note], needed, cache: "NoteCache", spec: Fai
            mask_id: int):
     """The one dispatch: full-note probabilities and the per-note evaluation of the path that
     scores the perturbed inputs. CAML patching (:mod:`caml_patch`) for an unmodified package CAML
-    on a CPU, chunk reuse (:mod:`chunk_reuse`) for the package's PLM-ICD, both only for the
+    on a CPU, chunk reuse (:mod:`chunk_reuse`) for the package's PLM-ICD, LAAT state reuse
+    (:mod:`lstm_reuse`) for the package's unmodified LAAT on a CPU, all only for the
     engine's incremental mask runs; otherwise None: batched forward passes (:mod:`generic`; one
     pass per input for the reference loop)."""
     fast = spec.engine and spec.incremental and spec.perturbation == "mask"
@@ -282,6 +285,10 @@ def _route(model, notes: dict[str, _Note], needed, cache: "NoteCache", spec: Fai
         return base, lambda note, jobs: _evaluate_incremental(
             model, note, cache.caml_note(model, note, pres[note.note_id], mask_id, device), jobs,
             spec.batch_size, device, mask_id, local_fraction=_LOCAL_FRACTION)
+    # the LAAT path's step-by-step recurrence pays off on a CPU; on a GPU batched passes are faster
+    if fast and torch.device(device).type == "cpu" and _laat_reuse_ok(model):
+        return _base_probs(model, notes, needed, spec.engine, spec.batch_size, device), \
+            _LaatEvaluator(model, device, mask_id, cache)
     if fast and _chunk_reuse_ok(model):
         # the full notes' probabilities from the chunk states the perturbed rows reuse (NoteCache)
         base = _chunk_base_probs(model, notes, needed, cache, spec.batch_size, device)

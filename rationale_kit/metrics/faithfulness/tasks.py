@@ -218,6 +218,8 @@ def _perturb_all(model, notes, per_note, spec: FaithfulnessSpec, device, mask_id
                 generic._evaluate_single(model, buffer, device, perturbation, mask_id)
                 buffer = []
             bar.update(1)
+        if evaluate is not None and hasattr(evaluate, "flush"):  # a path that gathers notes
+            evaluate.flush()
         if buffer:
             generic._evaluate_batched(model, buffer, batch_size, device, perturbation, mask_id)
     finally:
