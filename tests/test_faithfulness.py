@@ -771,25 +771,30 @@ def tiny_plm(tmp_path_factory):
     return g, labels, docs, model.eval()
 
 
+def _three_runs(model, docs, table, kind, kw, batch_size, word_steps, counter):
+    """The engine with its incremental path, without it, and the loop on ``table`` (``kind``:
+    discrete, or a scored variant with ``word_steps``); returns the three tables and the model
+    rows ``counter`` (a forward hook with ``rows`` and ``handle``) saw in each engine run."""
+    kw = dict(kw) if kind == "discrete" else {**kw, "word_steps": word_steps}
+    if kind == "discrete":
+        run = lambda inc: faithfulness_discrete(model, docs, table, batch_size=batch_size, incremental=inc, **kw)  # noqa: E731
+    else:
+        run = lambda inc: faithfulness_scored(model, docs, table, variant=kind, batch_size=batch_size,  # noqa: E731
+                                              incremental=inc, **kw)
+    reuse = run(True)
+    reuse_rows, counter.rows = counter.rows, 0
+    plain = run(False)
+    plain_rows = counter.rows
+    counter.handle.remove()
+    return reuse, plain, faithfulness_loop(model, docs, table, kind=kind, **kw), reuse_rows, plain_rows
+
+
 @pytest.mark.parametrize("kind", ["discrete", "eraser", "edin"])
 def test_plm_chunk_reuse_equals_loop(tiny_plm, kind):
     g, labels, docs, model = tiny_plm
     kw = dict(unit="token", perturbation="mask", code_set="gold", seed=5, progress=False)
-    if kind == "discrete":
-        table = random_spans(g, docs, labels)
-        run = lambda inc: faithfulness_discrete(model, docs, table, batch_size=4, incremental=inc, **kw)  # noqa: E731
-    else:
-        table = random_scores(g, model, docs, labels)
-        kw["word_steps"] = 5
-        run = lambda inc: faithfulness_scored(model, docs, table, variant=kind, batch_size=4,  # noqa: E731
-                                              incremental=inc, **kw)
-    enc = _EncoderRows(model)
-    reuse = run(True)
-    reuse_rows, enc.rows = enc.rows, 0
-    plain = run(False)
-    plain_rows = enc.rows
-    enc.handle.remove()
-    slow = faithfulness_loop(model, docs, table, kind=kind, **kw)
+    table = random_spans(g, docs, labels) if kind == "discrete" else random_scores(g, model, docs, labels)
+    reuse, plain, slow, reuse_rows, plain_rows = _three_runs(model, docs, table, kind, kw, 4, 5, _EncoderRows(model))
     assert_same(reuse, slow, tol=2e-6)
     assert_same(plain, slow, tol=2e-6)
     assert (reuse.value.abs() > 1e-4).any()
@@ -1021,21 +1026,8 @@ def test_laat_state_reuse_equals_loop(kind, monkeypatch):
     assert lstm_reuse._laat_reuse_ok(model)
     for unit, perturbation in (("token", "mask"), ("word", "mask"), ("token", "delete")):
         kw = dict(unit=unit, perturbation=perturbation, code_set="gold", seed=3, progress=False)
-        if kind == "discrete":
-            table = rat
-            run = lambda inc: faithfulness_discrete(model, docs, table, batch_size=3, incremental=inc, **kw)  # noqa: E731
-        else:
-            table = random_scores(g, model, docs, labels)
-            kw["word_steps"] = 6
-            run = lambda inc: faithfulness_scored(model, docs, table, variant=kind, batch_size=3,  # noqa: E731
-                                                  incremental=inc, **kw)
-        calls = _Calls(model)
-        reuse = run(True)
-        reuse_rows, calls.rows = calls.rows, 0
-        plain = run(False)
-        plain_rows = calls.rows
-        calls.handle.remove()
-        slow = faithfulness_loop(model, docs, table, kind=kind, **kw)
+        table = rat if kind == "discrete" else random_scores(g, model, docs, labels)
+        reuse, plain, slow, reuse_rows, plain_rows = _three_runs(model, docs, table, kind, kw, 3, 6, _Calls(model))
         assert_same(reuse, slow, tol=1e-6)
         assert_same(plain, slow, tol=1e-6)
         assert (reuse.value.abs() > 1e-4).any()  # the perturbations do move the probabilities

@@ -448,15 +448,21 @@ def simulate_coverage(population: np.ndarray, effect: Effect, n_notes: int, *, m
         for m in methods:
             iv = resample_interval(sample, effect, method=m, n_resamples=n_resamples, seed=r, level=level)
             hits[m].append((iv.lo, iv.hi))
-    out = {}
-    for m, lohi in hits.items():
-        a = np.asarray(lohi, dtype=float)
-        ok = np.isfinite(a).all(axis=1)
-        cover = ok & (a[:, 0] <= truth + 1e-12) & (truth - 1e-12 <= a[:, 1])
-        out[m] = {"coverage": float(cover.mean()), "excludes_0": float((ok & ((a[:, 0] > 0) | (a[:, 1] < 0))).mean()),
-                  "width": float(np.median(a[ok, 1] - a[ok, 0])) if ok.any() else float("nan"),
-                  "undefined": float((~ok).mean())}
-    return out
+    return {m: {k: v for k, v in _coverage_summary(lohi, truth).items() if k != "mc_error"} for m, lohi in hits.items()}
+
+
+def _coverage_summary(lohi: list, truth: float) -> dict:
+    """``coverage``, ``mc_error`` (binomial standard error of the coverage), ``excludes_0``,
+    ``width`` (median) and ``undefined`` of the intervals ``lohi`` (``(lo, hi)`` per repetition;
+    an undefined interval counts as not covering)."""
+    a = np.asarray(lohi, dtype=float)
+    ok = np.isfinite(a).all(axis=1)
+    cover = ok & (a[:, 0] <= truth + 1e-12) & (truth - 1e-12 <= a[:, 1])
+    c = float(cover.mean())
+    return {"coverage": c, "mc_error": float(np.sqrt(c * (1 - c) / len(a))),
+            "excludes_0": float((ok & ((a[:, 0] > 0) | (a[:, 1] < 0))).mean()),
+            "width": float(np.median(a[ok, 1] - a[ok, 0])) if ok.any() else float("nan"),
+            "undefined": float((~ok).mean())}
 
 
 #: a reference method of :func:`simulate_hierarchical_coverage`: the ``t`` interval over notes with
@@ -488,14 +494,4 @@ def simulate_hierarchical_coverage(draw: Callable[[np.random.Generator, int, int
             else:
                 iv = hierarchical_interval(vals, effect, method=m, n_resamples=n_resamples, seed=r, level=level)
             hits[m].append((iv.lo, iv.hi))
-    out = {}
-    for m, lohi in hits.items():
-        a = np.asarray(lohi, dtype=float)
-        ok = np.isfinite(a).all(axis=1)
-        cover = ok & (a[:, 0] <= truth + 1e-12) & (truth - 1e-12 <= a[:, 1])
-        c = float(cover.mean())
-        out[m] = {"coverage": c, "mc_error": float(np.sqrt(c * (1 - c) / reps)),
-                  "excludes_0": float((ok & ((a[:, 0] > 0) | (a[:, 1] < 0))).mean()),
-                  "width": float(np.median(a[ok, 1] - a[ok, 0])) if ok.any() else float("nan"),
-                  "undefined": float((~ok).mean())}
-    return out
+    return {m: _coverage_summary(lohi, truth) for m, lohi in hits.items()}
