@@ -27,7 +27,8 @@ test: $(STAMP)
 	sh tools/install_browser.sh
 	$(PY) -m ruff check --no-cache --select F rationale_kit tests benchmarks
 	$(VENV)/bin/lint-imports --no-cache
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q tests
+	# the shared smoke series runs beside the other tests: idle OpenMP threads must sleep, not spin
+	OMP_WAIT_POLICY=PASSIVE HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q tests
 
 clean-runs:
 	rm -rf runs artifacts
