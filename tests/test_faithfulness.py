@@ -869,6 +869,17 @@ def test_attention_vs_entity_raw_minus_random_and_size_matched():
     assert v.interval_method.iloc[0] == prof.evaluation.interval_method and 0 <= v.seed_agreement.iloc[0] <= 1
 
 
+def _plm_loop_reference(tiny_plm):
+    """Random spans and scores of the tiny PLM-ICD's notes, the settings, and the loop's discrete
+    and ERASER tables for them: what the chunk-store tests compare the engine with."""
+    g, labels, docs, model = tiny_plm
+    table = random_spans(g, docs, labels)
+    scores = random_scores(g, model, docs, labels)
+    kw = dict(unit="token", perturbation="mask", code_set="gold", seed=5, progress=False)
+    return (table, scores, kw, faithfulness_loop(model, docs, table, kind="discrete", **kw),
+            faithfulness_loop(model, docs, scores, kind="eraser", **kw))
+
+
 def test_plm_chunk_store_shared_by_pairs_and_calls(tiny_plm):
     """The PLM-ICD chunk path keeps the note's own chunks in the ``NoteCache`` (encoded once for
     the calls sharing it) and every distinct perturbed chunk once per note and call, across
@@ -878,11 +889,7 @@ def test_plm_chunk_store_shared_by_pairs_and_calls(tiny_plm):
     from rationale_kit.metrics.faithfulness import NoteCache
 
     g, labels, docs, model = tiny_plm
-    table = random_spans(g, docs, labels)
-    scores = random_scores(g, model, docs, labels)
-    kw = dict(unit="token", perturbation="mask", code_set="gold", seed=5, progress=False)
-    slow_d = faithfulness_loop(model, docs, table, kind="discrete", **kw)
-    slow_e = faithfulness_loop(model, docs, scores, kind="eraser", **kw)
+    table, scores, kw, slow_d, slow_e = _plm_loop_reference(tiny_plm)
     n_chunks = sum(-(-min(len(model.tokenizer.encode(t).ids), 48) // 8) for t in docs.text)
     for elements in (F._CHUNK_ELEMENTS, 1):  # one group per note; one row per group
         old = F._CHUNK_ELEMENTS
@@ -916,11 +923,7 @@ def test_plm_base_pass_and_all_mask_chunk_come_from_the_cache(tiny_plm, monkeypa
     from rationale_kit.metrics.faithfulness import NoteCache, cache as cache_mod, chunk_reuse
 
     g, labels, docs, model = tiny_plm
-    table = random_spans(g, docs, labels)
-    scores = random_scores(g, model, docs, labels)
-    kw = dict(unit="token", perturbation="mask", code_set="gold", seed=5, progress=False)
-    slow_d = faithfulness_loop(model, docs, table, kind="discrete", **kw)
-    slow_e = faithfulness_loop(model, docs, scores, kind="eraser", **kw)
+    table, scores, kw, slow_d, slow_e = _plm_loop_reference(tiny_plm)
     segments: list[bytes] = []
     original = chunk_reuse._encode_chunks
 

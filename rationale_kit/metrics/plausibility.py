@@ -100,9 +100,13 @@ class Tokens:
     def covered(self, note_id: str, start: int, end: int) -> range:
         """Indices of the tokens overlapping ``[start, end)`` (a contiguous range)."""
         starts, ends, _ = self.get(note_id)
-        lo = int(np.searchsorted(ends, start, side="right"))
-        hi = int(np.searchsorted(starts, end, side="left"))
-        return range(lo, max(lo, hi))
+        return _covered(starts, ends, start, end)
+
+
+def _covered(starts: np.ndarray, ends: np.ndarray, start: int, end: int) -> range:
+    """Indices of the tokens (sorted ``starts``, ``ends``) overlapping ``[start, end)``."""
+    lo = int(np.searchsorted(ends, start, side="right"))
+    return range(lo, max(lo, int(np.searchsorted(starts, end, side="left"))))
 
 
 def _check_spans(spans: pd.DataFrame, tokens: Tokens, where: str) -> pd.DataFrame:
@@ -197,10 +201,7 @@ def _side(text: str, spans: tuple, unit: str, max_number: int) -> tuple:
     starts, ends, words = _note_tokens(text, unit, max_number)
     span_pi = frozenset(text[s:e].lower() for s, e in spans)
     tok = [t for s, e in spans for t in mdace_span_tokens(text, s, e, max_number)]
-    ranges = set()
-    for s, e in spans:  # as Tokens.covered
-        lo = int(np.searchsorted(ends, s, side="right"))
-        ranges.add((lo, max(lo, int(np.searchsorted(starts, e, side="left")))))
+    ranges = {(r.start, r.stop) for r in (_covered(starts, ends, s, e) for s, e in spans)}
     over = frozenset(t for lo, hi in ranges for t in range(lo, hi))
     return (frozenset(spans), span_pi, frozenset(a for a, _ in tok), frozenset(w for _, w in tok), over,
             frozenset(words[t] for t in over), over, sorted(ranges))
