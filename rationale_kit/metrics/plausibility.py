@@ -557,7 +557,10 @@ def soft_token_scores(
     keys = set(gpairs)
     if pairs is not None:
         keys &= set(zip(pairs["note_id"].astype(str).tolist(), pairs["code"].astype(str).tolist()))
-    groups = {k: v for k, v in scores.groupby(["note_id", "code"], sort=False)} if len(scores) else {}
+    # row positions per pair (in table order), not a DataFrame per pair
+    groups = scores.groupby(["note_id", "code"], sort=False).indices if len(scores) else {}
+    u_start, u_end = scores["start"].to_numpy(np.int64), scores["end"].to_numpy(np.int64)
+    u_score = scores["score"].to_numpy(np.float64)
     out = []
     for nid, code in sorted(keys):
         starts, ends, _ = tokens.get(nid)
@@ -565,10 +568,9 @@ def soft_token_scores(
         mask = np.zeros(len(starts), dtype=bool)
         for t in _token_set(tokens, nid, gpairs[(nid, code)]):
             mask[t] = True
-        grp = groups.get((nid, code))
-        if grp is not None:
-            tok = _to_tokens(starts, ends, grp["start"].to_numpy(np.int64), grp["end"].to_numpy(np.int64),
-                             grp["score"].to_numpy(np.float64), agg)
+        rows = groups.get((nid, code))
+        if rows is not None:
+            tok = _to_tokens(starts, ends, u_start[rows], u_end[rows], u_score[rows], agg)
         out.append((nid, code, tok, mask))
     return out
 
@@ -720,23 +722,29 @@ def binarise(
     extra = [c for c in ("method", "model") if c in scores.columns]
     rows = []
     if len(scores):
-        s = scores.copy()
-        s["score"] = s["score"].astype("float64").clip(lower=0)
-        for key, grp in s.groupby(keys, sort=True, dropna=False):
+        gb = scores.groupby(keys, sort=True, dropna=False)
+        group = gb.ngroup().to_numpy()
+        unit_all = scores["unit"].to_numpy()
+        # one sort for all groups: by group (numbered in sorted key order), then unit (stable)
+        order = np.lexsort((unit_all, group))
+        cut = np.flatnonzero(np.diff(group[order])) + 1
+        score_all = scores["score"].to_numpy(np.float64).clip(min=0)[order]
+        start_all = scores["start"].to_numpy(np.int64)[order]
+        end_all = scores["end"].to_numpy(np.int64)[order]
+        unit_all = unit_all[order]
+        for key, lo, hi in zip(gb.size().index, np.r_[0, cut], np.r_[cut, len(order)]):
             key = dict(zip(keys, key))
-            grp = grp.sort_values("unit", kind="stable")
-            sc = grp["score"].to_numpy()
+            sc = score_all[lo:hi]
             total = sc.sum()
             sc = sc / total if total > 0 else np.zeros_like(sc)
-            st = grp["start"].to_numpy(np.int64)
-            en = grp["end"].to_numpy(np.int64)
+            st, en = start_all[lo:hi], end_all[lo:hi]
             if tokens is not None:
                 t_start, t_end, _ = tokens.get(str(key["note_id"]))
                 sel = _select(_to_tokens(t_start, t_end, st, en, sc, agg), threshold, topk)
                 index, st, en = np.flatnonzero(sel), t_start[sel], t_end[sel]
             else:
                 sel = _select(sc, threshold, topk)
-                index, st, en = grp["unit"].to_numpy()[sel], st[sel], en[sel]
+                index, st, en = unit_all[lo:hi][sel], st[sel], en[sel]
             runs = []
             for i in range(len(index)):
                 if runs and index[i] == index[i - 1] + 1:
