@@ -296,3 +296,30 @@ def test_word_unit_scores_keep_mass(model):
     words = R.word_unit_scores(table, DOCS)
     assert np.isclose(words["score"].sum(), 1.0, atol=1e-5)
     assert len(words) == len(R.to_word_units(DOCS.text[0], [])) == 8
+
+
+def test_pair_rows_table_matches_one_frame_per_pair():
+    """The soft rows gathered as arrays give the table that one DataFrame per pair gave: same
+    columns, dtypes, order and values; a pair with no units adds no row; no pair: the typed empty
+    table."""
+    from rationale_kit.rationales.model import _PairRows
+    from rationale_kit.rationales.tables import soft_table
+
+    pairs = [("n1", "A", np.array([[0, 3], [4, 9]]), np.array([0.25, 0.75], dtype=np.float32)),
+             ("n1", "B", np.zeros((0, 2), dtype=np.int64), np.array([], dtype=np.float32)),
+             ("n2", "A", np.array([[1, 2], [2, 5], [6, 7]]), np.array([0.5, 0.125, 0.375]))]
+    rows = _PairRows()
+    by_hand = []
+    for nid, code, off, sc in pairs:
+        rows.add(nid, code, "attention", "attention", "caml", off, sc)
+        n = len(sc)
+        if n == 0:
+            continue
+        by_hand.append(pd.DataFrame({"note_id": [nid] * n, "code": [code] * n, "source": ["attention"] * n,
+                                     "method": ["attention"] * n, "model": ["caml"] * n,
+                                     "unit": np.arange(n, dtype=np.int64), "start": off[:, 0], "end": off[:, 1],
+                                     "score": np.asarray(sc, dtype=np.float64)}))
+    got = rows.table()
+    pd.testing.assert_frame_equal(got, soft_table(by_hand))
+    assert list(got.unit) == [0, 1, 0, 1, 2] and list(got.start) == [0, 4, 1, 2, 6]
+    pd.testing.assert_frame_equal(_PairRows().table(), soft_table([]))
