@@ -64,6 +64,19 @@ def test_runner_skips_unchanged_and_reports_failures(tmp_path, capsys, inprocess
     assert (tmp_path / "fig" / "PROVENANCE.md").exists() or (tmp_path / "fig" / "p" / "PROVENANCE.md").exists()
 
 
+def test_change_in_a_base_profile_reruns(tmp_path, inprocess_notebooks):
+    """A profile that inherits (``base:``) re-runs when its base changes, though its own file did not."""
+    base = _profile(tmp_path, "b")
+    top = tmp_path / "top.yaml"
+    top.write_text("base: b.yaml\nevaluation:\n  seed: 1\n")
+    nbs = _series(tmp_path, which=("01",))
+    runs = tmp_path / "runs"
+    assert [r["status"] for r in run_series(str(top), only=["01"], runs_dir=runs, notebooks_dir=nbs)] == ["ok"]
+    assert [r["status"] for r in run_series(str(top), only=["01"], runs_dir=runs, notebooks_dir=nbs)] == ["skipped"]
+    base.write_text(base.read_text().replace("seed: 3", "seed: 4"))
+    assert [r["status"] for r in run_series(str(top), only=["01"], runs_dir=runs, notebooks_dir=nbs)] == ["ok"]
+
+
 def test_select_by_number_and_name():
     assert pipeline._select(["3", "05_faithfulness"], None) == ["03_rationales", "05_faithfulness"]
     assert pipeline._select(None, "07")[0] == "07_guided_learning"

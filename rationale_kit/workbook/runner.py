@@ -5,6 +5,7 @@ The notebook side (``setup``, ``Context``, artifact folders) is :mod:`rationale_
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -105,7 +106,8 @@ def run_series(
 ) -> list[dict]:
     """Run the notebooks in order with papermill; returns one status dict per notebook.
 
-    A notebook is skipped when its source, the profile file, the overrides, the package sources and
+    A notebook is skipped when its source, the profile file and the profile it resolves to (with a
+    ``base:`` profile's keys), the overrides, the package sources and
     the outputs of every earlier notebook of the series (their manifests' hashes, whether or not
     they are selected now) have not changed since its last *finished* run (``force`` re-runs). A
     notebook is marked as running in ``state.json`` before it starts and as done only after it
@@ -152,6 +154,8 @@ def _run_locked(pm: Any, prof: Profile, nb_profile: str, profile_file: Path, onl
     state = _load_state(state_path)
     base = hashlib.sha256()
     base.update(profile_file.read_bytes())
+    # the resolved profile too: a profile with ``base:`` inherits keys its own file does not show
+    base.update(json.dumps(dataclasses.asdict(prof), sort_keys=True, default=str).encode())
     base.update(json.dumps(overrides or {}, sort_keys=True).encode())
     base.update(_package_hash().encode())
     results = []
