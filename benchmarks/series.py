@@ -13,7 +13,14 @@ Each SOURCE is one of:
 Prints per notebook the seconds of each source, the difference and the ratio (first / second),
 then the totals. A notebook that did not finish shows its status instead of seconds.
 
+``--interleave`` (two sources): instead of one whole series after the other, notebook by notebook,
+alternating which source goes first (A B, B A, A B, ...: each notebook is its own ``run --only``,
+so each side pays one process start per notebook). On a machine whose speed drifts within the
+hour (measured here: unchanged notebooks 1.25x slower in the second of two sequential series),
+this is the comparison to quote; the "whole run" line then sums the per-notebook processes.
+
     .venv/bin/python benchmarks/series.py --profile default /path/to/before@93e9550 /path/to/after
+    .venv/bin/python benchmarks/series.py --interleave --profile default /path/to/before@93e9550 /path/to/after
     .venv/bin/python benchmarks/series.py --read --profile default /tmp/before /tmp/after
 """
 from __future__ import annotations
@@ -69,17 +76,33 @@ def materialise(source: str, into: Path, worktree: bool) -> Path:
     return into
 
 
-def run_series(checkout: Path, profile: str, log: Path) -> float:
-    """Run the series in ``checkout`` (its own package on PYTHONPATH); returns the wall seconds."""
+def run_series(checkout: Path, profile: str, log: Path, only: str | None = None) -> float:
+    """Run the series (or the notebook ``only``) in ``checkout`` (its own package on PYTHONPATH);
+    returns the wall seconds. The log is appended to."""
     env = dict(os.environ, PYTHONPATH=str(checkout), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    cmd = [sys.executable, "-m", "rationale_kit", "run", "--profile", profile] + (["--only", only] if only else [])
     t0 = time.time()
-    with open(log, "w") as fh:
-        proc = subprocess.run([sys.executable, "-m", "rationale_kit", "run", "--profile", profile],
-                              cwd=checkout, env=env, stdout=fh, stderr=subprocess.STDOUT)
+    with open(log, "a") as fh:
+        proc = subprocess.run(cmd, cwd=checkout, env=env, stdout=fh, stderr=subprocess.STDOUT)
     secs = time.time() - t0
     if proc.returncode != 0:
         print(f"series: the run in {checkout} exited with {proc.returncode}; see {log}")
     return secs
+
+
+def interleaved(checkouts: list[Path], profile: str, logs: list[Path]) -> list[float]:
+    """Both series notebook by notebook, alternating which source goes first (ABBA...), so that a
+    machine whose speed drifts during the hour slows both sides alike; returns each side's wall
+    seconds. A side whose notebook fails stops there (the runner then has nothing to build on)."""
+    walls = [0.0] * len(checkouts)
+    alive = [True] * len(checkouts)
+    for i, nb in enumerate(NOTEBOOKS):
+        order = range(len(checkouts)) if i % 2 == 0 else reversed(range(len(checkouts)))
+        for k in order:
+            if alive[k]:
+                walls[k] += run_series(checkouts[k], profile, logs[k], only=nb)
+                alive[k] = read_state(checkouts[k], profile).get(nb, {}).get("status") == "done"
+    return walls
 
 
 def table(names: list[str], states: list[dict], walls: list[float | None]) -> str:
@@ -131,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="read runs/<profile>/state.json of each checkout instead of running the series")
     ap.add_argument("--worktree", action="store_true", help="include uncommitted edits of a folder source")
     ap.add_argument("--keep", action="store_true", help="keep the temporary copies (their artifacts and runs)")
+    ap.add_argument("--interleave", action="store_true",
+                    help="two sources: run them notebook by notebook, alternating which goes first (drift cancels)")
     args = ap.parse_args(argv)
     if len(args.sources) > 2:
         ap.error("at most two sources")
@@ -142,7 +167,12 @@ def main(argv: list[str] | None = None) -> int:
     else:
         tmp = Path(tempfile.mkdtemp(prefix="rk-series-"))
         try:
-            for i, src in enumerate(args.sources):
+            if args.interleave:
+                checkouts = [materialise(src, tmp / f"source{i}", args.worktree) for i, src in enumerate(args.sources)]
+                print(f"running the {args.profile} series of {' and '.join(args.sources)} interleaved in {tmp}", flush=True)
+                walls = interleaved(checkouts, args.profile, [tmp / f"source{i}.log" for i in range(len(checkouts))])
+                states = [read_state(c, args.profile) for c in checkouts]
+            for i, src in enumerate(args.sources if not args.interleave else []):
                 checkout = materialise(src, tmp / f"source{i}", args.worktree)
                 print(f"[{i + 1}/{len(args.sources)}] {src}: running the {args.profile} series in {checkout}",
                       flush=True)

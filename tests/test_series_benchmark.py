@@ -42,3 +42,26 @@ def test_missing_or_bad_state_is_one_clear_error(tmp_path):
     (bad / "runs" / "default" / "state.json").write_text("{not json")
     with pytest.raises(SystemExit, match="not valid JSON"):
         series.main(["--read", str(bad)])
+
+
+def test_interleave_alternates_the_first_source_and_stops_a_failed_side(tmp_path, monkeypatch):
+    """Notebook by notebook, A B then B A and so on; a side whose notebook fails runs nothing more."""
+    a, b = _state(tmp_path / "a", {}), _state(tmp_path / "b", {})
+    calls = []
+
+    def fake_run(checkout, profile, log, only=None):
+        calls.append((checkout.name, only))
+        path = checkout / "runs" / profile / "state.json"
+        state = json.loads(path.read_text())
+        failed = checkout.name == "b" and only == "03_rationales"
+        state[only] = {"status": "failed" if failed else "done", "seconds": 1.0}
+        path.write_text(json.dumps(state))
+        return 2.0
+
+    monkeypatch.setattr(series, "run_series", fake_run)
+    walls = series.interleaved([a, b], "default", [tmp_path / "a.log", tmp_path / "b.log"])
+    assert calls[:6] == [("a", "01_data"), ("b", "01_data"), ("b", "02_train"), ("a", "02_train"),
+                         ("a", "03_rationales"), ("b", "03_rationales")]
+    assert [c for c in calls if c[0] == "b"] == [("b", n) for n in series.NOTEBOOKS[:3]]
+    assert [c for c in calls if c[0] == "a"] == [("a", n) for n in series.NOTEBOOKS]
+    assert walls == [2.0 * len(series.NOTEBOOKS), 6.0]
