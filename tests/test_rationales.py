@@ -323,3 +323,5 @@ def test_pair_rows_table_matches_one_frame_per_pair():
     pd.testing.assert_frame_equal(got, soft_table(by_hand))
     assert list(got.unit) == [0, 1, 0, 1, 2] and list(got.start) == [0, 4, 1, 2, 6]
     pd.testing.assert_frame_equal(_PairRows().table(), soft_table([]))
+    with pytest.raises(ValueError, match=r"\(n1, A\): 1 scores for 2 unit offsets"):
+        _PairRows().add("n1", "A", "attention", "attention", "caml", np.array([[0, 3], [4, 9]]), [0.5])

@@ -127,8 +127,11 @@ class _PairRows:
     def add(self, nid, code, source, method, model_name, offsets, scores) -> None:
         """One pair: ``offsets [n, 2]`` character offsets and ``scores [n]`` of its ``n`` units."""
         scores = np.asarray(scores, dtype=np.float64)
+        offsets = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+        if len(offsets) != len(scores):  # the rows are concatenated: a mismatch would shift later pairs
+            raise ValueError(f"({nid}, {code}): {len(scores)} scores for {len(offsets)} unit offsets")
         self.keys.append((nid, code, source, method, model_name, len(scores)))
-        self.offsets.append(np.asarray(offsets, dtype=np.int64).reshape(-1, 2))
+        self.offsets.append(offsets)
         self.scores.append(scores)
 
     def table(self) -> pd.DataFrame:
