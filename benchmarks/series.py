@@ -17,7 +17,9 @@ then the totals. A notebook that did not finish shows its status instead of seco
 alternating which source goes first (A B, B A, A B, ...: each notebook is its own ``run --only``,
 so each side pays one process start per notebook). On a machine whose speed drifts within the
 hour (measured here: unchanged notebooks 1.25x slower in the second of two sequential series),
-this is the comparison to quote; the "whole run" line then sums the per-notebook processes.
+this is the comparison to quote; the "whole run" line then sums the per-notebook processes. A
+notebook one side does not have (an older commit's shorter series) runs on the other side only,
+and a "wall, both ran" line compares the notebooks both sides ran.
 
     .venv/bin/python benchmarks/series.py --profile default /path/to/before@93e9550 /path/to/after
     .venv/bin/python benchmarks/series.py --interleave --profile default /path/to/before@93e9550 /path/to/after
@@ -90,23 +92,32 @@ def run_series(checkout: Path, profile: str, log: Path, only: str | None = None)
     return secs
 
 
-def interleaved(checkouts: list[Path], profile: str, logs: list[Path]) -> list[float]:
+def interleaved(checkouts: list[Path], profile: str, logs: list[Path]) -> list[dict[str, float]]:
     """Both series notebook by notebook, alternating which source goes first (ABBA...), so that a
     machine whose speed drifts during the hour slows both sides alike; returns each side's wall
-    seconds. A side whose notebook fails stops there (the runner then has nothing to build on)."""
-    walls = [0.0] * len(checkouts)
+    seconds per notebook. A side whose notebook fails stops there (the runner then has nothing to
+    build on); a notebook a side does not have (an older commit's shorter series) is not run there
+    and is said so."""
+    walls: list[dict[str, float]] = [{} for _ in checkouts]
     alive = [True] * len(checkouts)
     for i, nb in enumerate(NOTEBOOKS):
         order = range(len(checkouts)) if i % 2 == 0 else reversed(range(len(checkouts)))
         for k in order:
-            if alive[k]:
-                walls[k] += run_series(checkouts[k], profile, logs[k], only=nb)
-                alive[k] = read_state(checkouts[k], profile).get(nb, {}).get("status") == "done"
+            if not alive[k]:
+                continue
+            if not (checkouts[k] / "notebooks" / f"{nb}.ipynb").exists():
+                print(f"series: {checkouts[k]} has no notebook {nb}; not run there", flush=True)
+                continue
+            walls[k][nb] = run_series(checkouts[k], profile, logs[k], only=nb)
+            alive[k] = read_state(checkouts[k], profile).get(nb, {}).get("status") == "done"
     return walls
 
 
-def table(names: list[str], states: list[dict], walls: list[float | None]) -> str:
-    """The side-by-side table (seconds per notebook, difference and ratio for two sources)."""
+def table(names: list[str], states: list[dict], walls: list[float | None],
+          per_notebook: list[dict[str, float]] | None = None) -> str:
+    """The side-by-side table (seconds per notebook, difference and ratio for two sources).
+    ``per_notebook`` (interleaved runs): each side's wall seconds per notebook; when the sides ran
+    different notebooks, a last line compares the walls of the notebooks both ran."""
     order = [n for n in NOTEBOOKS if any(n in s for s in states)]
     order += sorted({n for s in states for n in s} - set(order))
     w = max(12, *(len(n) for n in names))
@@ -143,6 +154,13 @@ def table(names: list[str], states: list[dict], walls: list[float | None]) -> st
         if len(walls) == 2 and None not in walls and walls[1]:
             line += f"{walls[1] - walls[0]:>+12.1f}{walls[0] / walls[1]:>8.2f}"
         lines.append(line)
+    if per_notebook and len(per_notebook) == 2 and set(per_notebook[0]) != set(per_notebook[1]):
+        both = [n for n in NOTEBOOKS if n in per_notebook[0] and n in per_notebook[1]]
+        w0, w1 = (sum(p[n] for n in both) for p in per_notebook)
+        line = f"{'wall, both ran':<20}{w0:>{w + 2}.1f}{w1:>{w + 2}.1f}"
+        if w1:
+            line += f"{w1 - w0:>+12.1f}{w0 / w1:>8.2f}"
+        lines.append(line + f"   ({len(both)} notebooks: {', '.join(n[:2] for n in both)})")
     return "\n".join(lines)
 
 
@@ -159,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if len(args.sources) > 2:
         ap.error("at most two sources")
-    states, walls = [], []
+    states, walls, per_notebook = [], [], None
     if args.read:
         for src in args.sources:
             states.append(read_state(Path(src), args.profile))
@@ -170,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.interleave:
                 checkouts = [materialise(src, tmp / f"source{i}", args.worktree) for i, src in enumerate(args.sources)]
                 print(f"running the {args.profile} series of {' and '.join(args.sources)} interleaved in {tmp}", flush=True)
-                walls = interleaved(checkouts, args.profile, [tmp / f"source{i}.log" for i in range(len(checkouts))])
+                per_notebook = interleaved(checkouts, args.profile, [tmp / f"source{i}.log" for i in range(len(checkouts))])
+                walls = [sum(p.values()) for p in per_notebook]
                 states = [read_state(c, args.profile) for c in checkouts]
             for i, src in enumerate(args.sources if not args.interleave else []):
                 checkout = materialise(src, tmp / f"source{i}", args.worktree)
@@ -184,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 shutil.rmtree(tmp, ignore_errors=True)
     print(f"\nseries '{args.profile}', seconds per notebook (wall, as the runner records them)")
-    print(table(list(args.sources), states, walls))
+    print(table(list(args.sources), states, walls, per_notebook))
     return 0
 
 

@@ -295,3 +295,37 @@ def test_freeze_layers_keeps_lower_layers_and_trains_the_head(encoder, toy):
     assert torch.equal(frozen, start.encoder.layer[0].attention.self.query.weight)
     assert not torch.equal(model.encoder.encoder.layer[1].attention.self.query.weight,
                            start.encoder.layer[1].attention.self.query.weight)
+
+
+def test_taggers_share_their_frozen_layers_with_identical_probabilities(encoder, toy):
+    """Two taggers freezing the same layer of one encoder tag through one ``PrefixStore``: the
+    second reads every window's frozen states from the first (no window is encoded again), and the
+    probabilities equal tagging without the store, bit for bit. A tagger of other frozen weights
+    is refused the store (counted) and still tags correctly."""
+    import numpy as np
+
+    from rationale_kit.rationales.ner import PrefixStore
+
+    test_docs = toy[2]
+    a = train_ner(toy[0].head(20), toy[1], _cfg(encoder, epochs=1, freeze_layers=1), progress=False)
+    b = train_ner(toy[0].head(40), toy[1], _cfg(encoder, epochs=1, freeze_layers=1, seed=4), progress=False)
+    texts = test_docs["text"].tolist()
+    store = PrefixStore()
+    sizes = []
+    for tagger in (a, b):
+        plain = tagger.tag_probs(texts, batch_size=8)
+        shared = tagger.tag_probs(texts, batch_size=8, prefix_store=store)
+        assert all(np.array_equal(p, q) and np.array_equal(o, r) for (o, p), (r, q) in zip(plain, shared))
+        assert tagger._prefix is None  # the tagger is left as it was
+        sizes.append(len(store.rows))
+    n_rows = sizes[0]
+    assert n_rows > 0 and sizes == [n_rows, n_rows] and store.refused == 0  # b found every window
+    other = train_ner(toy[0].head(20), toy[1], _cfg(encoder, epochs=1, freeze_layers=1), progress=False)
+    with torch.no_grad():
+        other.encoder.encoder.layer[0].output.dense.weight.mul_(1.5)  # other frozen weights
+    plain = other.tag_probs(texts, batch_size=8)
+    shared = other.tag_probs(texts, batch_size=8, prefix_store=store)
+    assert store.refused == 1 and len(store.rows) == n_rows
+    assert all(np.array_equal(p, q) for (_, p), (_, q) in zip(plain, shared))
+    spans = b.predict_spans(test_docs, prefix_store=store)
+    assert spans.equals(b.predict_spans(test_docs))

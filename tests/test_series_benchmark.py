@@ -11,9 +11,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import series  # noqa: E402
 
 
-def _state(folder: Path, entries: dict) -> Path:
+def _state(folder: Path, entries: dict, notebooks=series.NOTEBOOKS) -> Path:
     (folder / "runs" / "default").mkdir(parents=True)
     (folder / "runs" / "default" / "state.json").write_text(json.dumps(entries))
+    (folder / "notebooks").mkdir()
+    for nb in notebooks:
+        (folder / "notebooks" / f"{nb}.ipynb").write_text("{}")
     return folder
 
 
@@ -64,4 +67,30 @@ def test_interleave_alternates_the_first_source_and_stops_a_failed_side(tmp_path
                          ("a", "03_rationales"), ("b", "03_rationales")]
     assert [c for c in calls if c[0] == "b"] == [("b", n) for n in series.NOTEBOOKS[:3]]
     assert [c for c in calls if c[0] == "a"] == [("a", n) for n in series.NOTEBOOKS]
-    assert walls == [2.0 * len(series.NOTEBOOKS), 6.0]
+    assert [sum(w.values()) for w in walls] == [2.0 * len(series.NOTEBOOKS), 6.0]
+
+
+def test_interleave_skips_a_notebook_one_side_lacks_and_compares_the_common_wall(tmp_path, monkeypatch, capsys):
+    """An older commit without notebook 09: it is not run there (said so), the other side runs it,
+    and a last line compares the walls of the notebooks both ran."""
+    a = _state(tmp_path / "a", {}, notebooks=series.NOTEBOOKS[:-1])
+    b = _state(tmp_path / "b", {})
+    calls = []
+
+    def fake_run(checkout, profile, log, only=None):
+        calls.append((checkout.name, only))
+        path = checkout / "runs" / profile / "state.json"
+        state = json.loads(path.read_text())
+        state[only] = {"status": "done", "seconds": 3.0 if checkout.name == "a" else 2.0}
+        path.write_text(json.dumps(state))
+        return 3.0 if checkout.name == "a" else 2.0
+
+    monkeypatch.setattr(series, "run_series", fake_run)
+    walls = series.interleaved([a, b], "default", [tmp_path / "a.log", tmp_path / "b.log"])
+    last = series.NOTEBOOKS[-1]
+    assert ("a", last) not in calls and ("b", last) in calls
+    assert f"has no notebook {last}" in capsys.readouterr().out
+    states = [series.read_state(c, "default") for c in (a, b)]
+    out = series.table(["a", "b"], states, [sum(w.values()) for w in walls], walls).splitlines()
+    n = len(series.NOTEBOOKS) - 1
+    assert out[-1].split()[:7] == ["wall,", "both", "ran", f"{3.0 * n:.1f}", f"{2.0 * n:.1f}", f"{-1.0 * n:+.1f}", "1.50"]

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from rationale_kit.models.caml import CAML
 from rationale_kit.models.encoders import (
-    FrozenPrefix, bundled_encoder_path, freeze_encoder_layers, load_encoder, load_hf_tokenizer, train_word2vec,
+    FrozenPrefix, PrefixStore, bundled_encoder_path, freeze_encoder_layers, load_encoder, load_hf_tokenizer,
+    train_word2vec,
 )
 from rationale_kit.models.io import (
     FORMAT_VERSION, MODEL_NAMES, Predictor, build_model, load, load_predictor, read_saved_config, save,
@@ -29,6 +30,6 @@ __all__ = [
     "Predictor", "WordTokenizer", "build_model", "bundled_encoder_path", "load", "load_predictor",
     "save", "train_word2vec",
     "FORMAT_VERSION", "LAATHead", "MASK_ID", "MODEL_NAMES", "NUM_ID", "PAD_ID", "SPECIALS", "UNK_ID",
-    "FrozenPrefix", "freeze_encoder_layers", "load_encoder", "load_hf_tokenizer", "read_saved_config", "save_weights",
+    "FrozenPrefix", "PrefixStore", "freeze_encoder_layers", "load_encoder", "load_hf_tokenizer", "read_saved_config", "save_weights",
     "select_rows",
 ]

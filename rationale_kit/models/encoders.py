@@ -130,6 +130,47 @@ class _Passthrough(nn.Module):
         return inputs_embeds
 
 
+class PrefixStore:
+    """The states a :class:`FrozenPrefix` keeps (row key -> ``[T, D]`` tensor), within ``max_bytes``.
+
+    One store can serve several :class:`FrozenPrefix` whose frozen parts are the same function:
+    the first one to use it sets ``fingerprint`` (a hash of its frozen weights, their layer count
+    and the encoder class); a later one with another fingerprint does not share it (it keeps a store
+    of its own and is counted in ``refused``). Notebook 07's NER taggers of one size curve all
+    freeze the same layers of one pretrained encoder, so their training and tagging windows are
+    encoded by the frozen layers once for the whole curve."""
+
+    def __init__(self, max_bytes: int = 1 << 30):
+        self.max_bytes = int(max_bytes)
+        self.rows: dict[bytes, Any] = {}
+        self.bytes = 0
+        self.fingerprint: str | None = None
+        self.refused = 0
+
+    def clear(self) -> None:
+        self.rows.clear()
+        self.bytes = 0
+
+    def keep(self, key: bytes, row: Any) -> None:
+        size = row.numel() * row.element_size()
+        if self.bytes + size <= self.max_bytes:
+            self.rows[key] = row
+            self.bytes += size
+
+
+def _frozen_fingerprint(encoder: nn.Module, n_layers: int) -> str:
+    """Hash of what the frozen part computes with: the encoder's class, ``n_layers`` and the
+    embeddings' and first ``n_layers`` layers' parameters and buffers."""
+    import hashlib
+
+    h = hashlib.blake2b(f"{type(encoder).__name__}:{n_layers}".encode(), digest_size=20)
+    for i, m in enumerate([encoder.embeddings, *list(encoder.encoder.layer)[:n_layers]]):
+        for name, t in m.state_dict().items():
+            h.update(f"{i}.{name}:{t.dtype}:{tuple(t.shape)}".encode())
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 class FrozenPrefix:
     """The frozen part of a Hugging Face encoder (its embeddings and first ``n_layers`` layers, as
     :func:`freeze_encoder_layers` freezes them) computed once per distinct input row and reused:
@@ -138,24 +179,33 @@ class FrozenPrefix:
     fixed function of the row (keyed by the bytes of the row's real input ids or embeddings, so
     a row padded differently in another batch is found again; padding positions get zeros, which
     the attention mask keeps out of every real position). Rows whose embeddings require gradients (input x gradient) bypass it. ``max_bytes``
-    bounds the states kept (rows beyond it are recomputed, values unchanged). ``hits`` and
-    ``misses`` count the rows served and computed.
+    bounds the states kept (rows beyond it are recomputed, values unchanged). ``store``: a
+    :class:`PrefixStore` shared with other prefixes of the same frozen weights (default: a store
+    of its own). ``hits`` and ``misses`` count the rows this prefix served and computed.
 
     Use: ``states = prefix(mask, inputs_embeds=e)`` -> ``[B, T, D]`` hidden states of the whole
     encoder (last layer), gradients flowing through the trainable layers only."""
 
-    def __init__(self, encoder: nn.Module, n_layers: int, max_bytes: int = 1 << 30):
+    def __init__(self, encoder: nn.Module, n_layers: int, max_bytes: int = 1 << 30,
+                 store: PrefixStore | None = None):
         layers = getattr(getattr(encoder, "encoder", None), "layer", None)
         if layers is None or not 0 < n_layers <= len(layers):
             raise ValueError(f"FrozenPrefix: need 1..{0 if layers is None else len(layers)} layers, got {n_layers}")
-        self.encoder, self.n_layers, self.max_bytes = encoder, int(n_layers), int(max_bytes)
-        self._store: dict[bytes, Any] = {}
-        self._bytes = 0
+        self.encoder, self.n_layers = encoder, int(n_layers)
+        if store is not None:
+            fp = _frozen_fingerprint(encoder, self.n_layers)
+            if store.fingerprint is None:
+                store.fingerprint = fp
+            elif store.fingerprint != fp:  # other frozen weights: their states must not be mixed
+                store.refused += 1
+                store = None
+        self.store = store if store is not None else PrefixStore(max_bytes)
         self.hits = self.misses = 0
 
     def clear(self) -> None:
-        self._store.clear()
-        self._bytes = 0
+        """Forget the states of a store of its own (a shared store is its owner's to clear)."""
+        if self.store.fingerprint is None:
+            self.store.clear()
 
     @contextlib.contextmanager
     def _swapped(self, layers, embeddings=None):
@@ -187,7 +237,8 @@ class FrozenPrefix:
             keys = [hashlib.blake2b(a[:n].tobytes(), digest_size=20).digest() for a, n in zip(xs, lengths)]
         else:
             keys = [hashlib.blake2b(a.tobytes() + m.tobytes(), digest_size=20).digest() for a, m in zip(xs, ms)]
-        miss = [i for i, k in enumerate(keys) if k not in self._store]
+        store = self.store.rows
+        miss = [i for i, k in enumerate(keys) if k not in store]
         fresh = {}
         if miss:
             enc = self.encoder
@@ -207,13 +258,10 @@ class FrozenPrefix:
             for i, row in zip(miss, out):
                 row = (row[: int(lengths[i])] if prefix else row).clone()
                 fresh[keys[i]] = row
-                size = row.numel() * row.element_size()
-                if self._bytes + size <= self.max_bytes:
-                    self._store[keys[i]] = row
-                    self._bytes += size
+                self.store.keep(keys[i], row)
         self.misses += len(miss)
         self.hits += len(keys) - len(miss)
-        rows = [fresh[k] if k in fresh else self._store[k] for k in keys]
+        rows = [fresh[k] if k in fresh else store[k] for k in keys]
         if not prefix:
             return torch.stack(rows)
         # padding positions: zeros (masked out of attention; their outputs are never read)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rationale_kit.models import FrozenPrefix, PieceTokenizer, bundled_encoder_path, load_encoder, load_hf_tokenizer, freeze_encoder_layers, read_saved_config, save_weights
+from rationale_kit.models import FrozenPrefix, PieceTokenizer, PrefixStore, bundled_encoder_path, load_encoder, load_hf_tokenizer, freeze_encoder_layers, read_saved_config, save_weights
 from rationale_kit.core.records import SPAN_COLUMNS, merge_intervals, validate_spans
 
 __all__ = [
@@ -169,10 +169,24 @@ class NERModel(nn.Module):
         return ids, mask
 
     @torch.no_grad()
-    def tag_probs(self, texts: Sequence[str], batch_size: int = 32) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Per note: ``(offsets [n, 2], probs [n, 3])`` of its word pieces."""
+    def tag_probs(self, texts: Sequence[str], batch_size: int = 32,
+                  prefix_store: PrefixStore | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per note: ``(offsets [n, 2], probs [n, 3])`` of its word pieces. ``prefix_store``: states
+        of the frozen layers (``cfg.freeze_layers``) shared with other taggers of the same frozen
+        weights that tag the same windows (:class:`~rationale_kit.models.encoders.PrefixStore`):
+        the windows go through the frozen layers once for all of them, with the same values."""
         was_training = self.training
         self.eval()
+        own_prefix = getattr(self, "_prefix", None)
+        if prefix_store is not None and self.cfg.freeze_layers and own_prefix is None:
+            self._prefix = FrozenPrefix(self.encoder, self.cfg.freeze_layers, store=prefix_store)
+        try:
+            return self._tag_probs(texts, batch_size)
+        finally:
+            self._prefix = own_prefix
+            self.train(was_training)
+
+    def _tag_probs(self, texts: Sequence[str], batch_size: int) -> list[tuple[np.ndarray, np.ndarray]]:
         encoded = [self.tokenizer.encode(str(t)) for t in texts]
         items = [(i, s, e) for i, enc in enumerate(encoded) for s, e in windows(len(enc), self.window)]
         probs = [np.zeros((len(enc), len(TAGS)), dtype=np.float32) for enc in encoded]
@@ -184,15 +198,15 @@ class NERModel(nn.Module):
             p = F.softmax(self(ids.to(dev), mask.to(dev)), dim=-1).cpu().numpy()
             for row, (i, s, e) in enumerate(batch):
                 probs[i][s:e] = p[row, : e - s]
-        self.train(was_training)
         return [(enc.offsets, pr) for enc, pr in zip(encoded, probs)]
 
-    def predict_spans(self, docs: pd.DataFrame, batch_size: int = 32, threshold: float | None = None) -> pd.DataFrame:
+    def predict_spans(self, docs: pd.DataFrame, batch_size: int = 32, threshold: float | None = None,
+                      prefix_store: PrefixStore | None = None) -> pd.DataFrame:
         """Character spans ``DataFrame(note_id, start, end, score)`` tagged in ``docs(note_id, text)``;
-        see docs/method/rationales.md for the decoding."""
+        see docs/method/rationales.md for the decoding. ``prefix_store``: see :meth:`tag_probs`."""
         rows = []
         ids = docs["note_id"].astype(str).tolist()
-        for nid, (offsets, probs) in zip(ids, self.tag_probs(docs["text"].tolist(), batch_size)):
+        for nid, (offsets, probs) in zip(ids, self.tag_probs(docs["text"].tolist(), batch_size, prefix_store)):
             for s, e, score in decode(offsets, probs, threshold):
                 rows.append((nid, s, e, score))
         out = pd.DataFrame(rows, columns=["note_id", "start", "end", "score"])

@@ -320,6 +320,9 @@ def ner_experiment(ds, targets: Mapping[str, dict], profile: Profile, out_dir: P
     chosen = [g.ner_teacher] if g.ner_teacher in with_spans else with_spans[:1]
     if g.ner_teacher not in with_spans:
         print(f"NER teacher {g.ner_teacher!r} has no aligned spans on training notes; using {chosen or 'none'}")
+    # every tagger freezes the same layers of one pretrained encoder and tags the same notes: the
+    # frozen layers encode each evaluation window once for the whole curve (same values)
+    shared = N.PrefixStore()
     for teacher in chosen:
         tg = targets[teacher]
         notes = sorted({n for n, _ in tg})
@@ -336,7 +339,7 @@ def ner_experiment(ds, targets: Mapping[str, dict], profile: Profile, out_dir: P
             run_dir = Path(out_dir) / f"{teacher}_{len(use)}"
             tagger = N.train_ner(ds.docs[ds.docs.note_id.isin(set(use))], spans[spans.note_id.isin(set(use))], cfg,
                                  out_dir=run_dir, device=device, progress=profile.common.progress)
-            found = N.assign_codes(tagger.predict_spans(eval_notes[["note_id", "text"]]), predicted)
+            found = N.assign_codes(tagger.predict_spans(eval_notes[["note_id", "text"]], prefix_store=shared), predicted)
             m = P.mdace_measures(gold, found, eval_notes)
             counts = E.pair_counts(gold, found, eval_notes)
             counts.to_parquet(run_dir / A.NOTE_COUNTS.file, index=False)
