@@ -451,3 +451,36 @@ def test_note_tokens_computed_once_per_process_and_read_only():
         s1[0] = 5
     ws, we, ww = Tokens(docs, unit="word").get("a")
     assert ww[:3] == ["pt", "has", "chf"] and ws is not s1
+
+
+def test_iou_match_loops_equal_the_array_form():
+    """The loop form used for a few ranges (``_iou_match_small``) gives the array form's counts,
+    empty ranges and ties at the threshold included."""
+    import random
+
+    import numpy as np
+
+    from rationale_kit.metrics import plausibility as P
+
+    def array_form(gr, pr, iou):
+        g = np.asarray(gr, dtype=np.int64).reshape(-1, 2)
+        q = np.asarray(pr, dtype=np.int64).reshape(-1, 2)
+        inter = np.clip(np.minimum(q[:, None, 1], g[None, :, 1]) - np.maximum(q[:, None, 0], g[None, :, 0]), 0, None)
+        union = (q[:, None, 1] - q[:, None, 0]) + (g[None, :, 1] - g[None, :, 0]) - inter
+        m = np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+        best = m.max(axis=1) if len(g) else np.zeros(len(q))
+        return int((best >= iou).sum()), int((m >= iou).any(axis=0).sum()) if len(g) else 0
+
+    rng = random.Random(0)
+    n = 0
+    for _ in range(3000):
+        def rr():
+            a = rng.randint(0, 20)
+            return (a, a + rng.randint(0, 5))
+        gr = sorted({rr() for _ in range(rng.randint(0, 5))})
+        pr = sorted({rr() for _ in range(rng.randint(1, 6))})
+        for iou in (0.0, 0.5, 1.0):
+            assert P._iou_match_small(gr, pr, iou) == array_form(gr, pr, iou), (gr, pr, iou)
+            n += 1
+    assert P._iou_match_small([(0, 4)], [(0, 2), (0, 4), (5, 9)], 0.5) == (2, 1)  # IoU 0.5, 1, 0
+    assert n == 9000

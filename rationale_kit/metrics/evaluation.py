@@ -213,7 +213,7 @@ def restrict(frame: pd.DataFrame, pairs: set[tuple[str, str]] | None) -> pd.Data
     """Rows of ``frame`` whose (note_id, code) is in ``pairs`` (all rows when ``pairs`` is None)."""
     if pairs is None or not len(frame):
         return frame
-    keys = zip(frame["note_id"].astype(str), frame["code"].astype(str))
+    keys = zip(frame["note_id"].astype(str).tolist(), frame["code"].astype(str).tolist())  # bulk, not per value
     return frame[[k in pairs for k in keys]]
 
 

@@ -182,6 +182,8 @@ def _iou_match(gr: list[tuple[int, int]], pr: list[tuple[int, int]], iou: float)
     whose best IoU with a gold range is ``>= iou``, gold ranges some prediction reaches)."""
     if not pr:
         return 0, 0
+    if len(pr) * len(gr) <= 64:  # most pairs: plain Python is ~5x faster than numpy on a few ranges
+        return _iou_match_small(gr, pr, iou)
     g = np.asarray(gr, dtype=np.int64).reshape(-1, 2)
     q = np.asarray(pr, dtype=np.int64).reshape(-1, 2)
     inter = np.clip(np.minimum(q[:, None, 1], g[None, :, 1]) - np.maximum(q[:, None, 0], g[None, :, 0]), 0, None)
@@ -189,6 +191,26 @@ def _iou_match(gr: list[tuple[int, int]], pr: list[tuple[int, int]], iou: float)
     m = np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
     best = m.max(axis=1) if len(g) else np.zeros(len(q))  # ERASER starts each best IoU at 0.0
     return int((best >= iou).sum()), int((m >= iou).any(axis=0).sum()) if len(g) else 0
+
+
+def _iou_match_small(gr, pr, iou: float) -> tuple[int, int]:
+    """:func:`_iou_match` by loops (same float64 IoUs, so the same counts)."""
+    reached = [False] * len(gr)
+    correct = 0
+    for q0, q1 in pr:
+        best = 0.0
+        for k, (g0, g1) in enumerate(gr):
+            inter = (q1 if q1 < g1 else g1) - (q0 if q0 > g0 else g0)
+            if inter < 0:
+                inter = 0
+            union = (q1 - q0) + (g1 - g0) - inter
+            m = inter / union if union > 0 else 0.0
+            if m > best:
+                best = m
+            if m >= iou:
+                reached[k] = True
+        correct += best >= iou
+    return int(correct), sum(reached)
 
 
 @functools.lru_cache(maxsize=1 << 16)

@@ -34,7 +34,7 @@ def _unit_counts(gold: pd.DataFrame, predicted: set | None) -> pd.DataFrame:
     rows = []
     levels = [("all", g)] + [(lv, g[g.granularity == lv]) for lv in sorted(x for x in g.granularity.unique() if x)]
     for level, part in levels:
-        pairs = set(zip(part.note_id.astype(str), part.code.astype(str)))
+        pairs = set(zip(part.note_id.astype(str).tolist(), part.code.astype(str).tolist()))
         sets = {"all": pairs}
         if predicted is not None:
             sets.update(predicted=pairs & predicted, missed=pairs - predicted)
