@@ -154,3 +154,46 @@ def test_negation_word_inside_a_mention_does_not_negate_the_next(linker):
     # a real negation before the next mention still counts
     ms = linker.link("Type 2 diabetes mellitus without complications; no essential hypertension.")
     assert {m.code: m.negated for m in ms} == {"E11.9": False, "I10": True}
+
+
+def test_rationale_rows_keep_the_mention_order_of_a_per_pair_filter():
+    """``entity_rationales`` from precomputed mentions equals filtering the mentions per pair and
+    method (the reference below): same rows, and of two equal spans linked to different codes of
+    one category, the first mention is the one kept."""
+    import random
+
+    from rationale_kit.rationales.entity.kb import kb_code, three_char_prefix
+
+    rng = random.Random(3)
+    codes = ["I10", "I11.9", "I12.0", "E11.9", "E11.65", "N18.3"]
+    rows = []
+    for n in range(6):
+        for _ in range(rng.randint(0, 12)):
+            s = rng.randint(0, 40)
+            rows.append({"note_id": f"n{n}", "start": s, "end": s + rng.randint(1, 6), "text": "x",
+                         "code": kb_code(rng.choice(codes)), "score": rng.choice([0.5, 1.0]),
+                         "match": rng.choice(["exact", "fuzzy"]), "negated": False, "family": False,
+                         "historical": False, "filtered_reason": rng.choice(["", "", "negated"]), "alias": "x"})
+    first = {**rows[0], "code": kb_code("E11.9"), "filtered_reason": "", "match": "first"}
+    rows = [first, {**first, "code": kb_code("E11.65"), "match": "second"}] + rows[1:]  # one span, two codes of E11
+    mentions = pd.DataFrame(rows, columns=E.MENTION_COLUMNS)
+    docs = {f"n{n}": "y" * 60 for n in range(7)}
+    pairs = pd.DataFrame([(f"n{n}", c) for n in range(7) for c in codes], columns=["note_id", "code"])
+    got = E.entity_rationales(docs, pairs, mentions=mentions)
+
+    kept = mentions[mentions.filtered_reason == ""].assign(cat=lambda m: m.code.map(three_char_prefix))
+    ref = []
+    for nid, code in pairs.itertuples(index=False):
+        g = kept[kept.note_id == nid]
+        for method in ("exact_code", "category"):
+            sel = g[g.code == kb_code(code)] if method == "exact_code" else g[g.cat == three_char_prefix(kb_code(code))]
+            ref += [(nid, code, method, r.start, r.end, r.score, r.match, r.code) for r in sel.itertuples()]
+    ref = (pd.DataFrame(ref, columns=["note_id", "code", "method", "start", "end", "score", "match", "linked_code"])
+           .sort_values(["note_id", "code", "method", "start", "end", "score"], ascending=[True] * 5 + [False])
+           .drop_duplicates(["note_id", "code", "method", "start", "end"]).reset_index(drop=True))
+    cols = ["note_id", "code", "method", "start", "end", "score", "match", "linked_code"]
+    assert len(ref) > 20
+    twin = got[(got.note_id == first["note_id"]) & (got.start == first["start"]) & (got.end == first["end"])
+               & (got.method == "category") & got.code.isin(["E11.9", "E11.65"])]
+    assert len(twin) == 2 and set(twin.match) == {"first"}  # the first mention wins for both codes
+    pd.testing.assert_frame_equal(got[cols].reset_index(drop=True), ref, check_dtype=False)

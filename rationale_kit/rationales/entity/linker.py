@@ -217,24 +217,28 @@ def _codes_not_in_kb(pairs: pd.DataFrame, linker: Optional[EntityLinker]) -> lis
 
 
 def _rationale_rows(pairs: pd.DataFrame, m: pd.DataFrame, methods, source: str, model_name: str) -> list[dict]:
-    """One row per (requested pair, method, mention that links to it)."""
-    m = m.assign(cat=m["code"].map(three_char_prefix))
-    by_note = {nid: g for nid, g in m.groupby("note_id", sort=False)}
+    """One row per (requested pair, method, mention that links to it), in pair order, then
+    method, then mention order (the order decides which of two equal spans the caller keeps)."""
+    cats = m["code"].map(three_char_prefix).tolist()
+    recs = zip(m["note_id"].tolist(), m["code"].tolist(), cats, m["start"].tolist(), m["end"].tolist(),
+               m["score"].tolist(), m["match"].tolist(), m["text"].tolist(), m["filtered_reason"].tolist())
+    by_code: dict[tuple, list] = {}
+    by_cat: dict[tuple, list] = {}
+    for r in recs:  # plain lists, one pass: no DataFrame filtering per pair
+        by_code.setdefault((r[0], r[1]), []).append(r)
+        by_cat.setdefault((r[0], r[2]), []).append(r)
     rows = []
-    for nid, code in pairs.itertuples(index=False):
-        g = by_note.get(nid)
-        if g is None:
-            continue
+    for nid, code in zip(pairs["note_id"].tolist(), pairs["code"].tolist()):
         ncode = kb_code(code)
         for method in methods:
-            sel = g[g["code"] == ncode] if method == "exact_code" else g[g["cat"] == three_char_prefix(ncode)]
-            for r in sel.itertuples(index=False):
+            sel = by_code.get((nid, ncode), ()) if method == "exact_code" else by_cat.get((nid, three_char_prefix(ncode)), ())
+            for _, linked, _, start, end, score, match, text, reason in sel:
                 rows.append(
                     {
-                        "note_id": nid, "code": code, "start": int(r.start), "end": int(r.end),
+                        "note_id": nid, "code": code, "start": int(start), "end": int(end),
                         "granularity": "", "source": source, "method": method, "model": model_name,
-                        "score": float(r.score), "match": r.match, "linked_code": r.code,
-                        "mention": r.text, "filtered_reason": r.filtered_reason,
+                        "score": float(score), "match": match, "linked_code": linked,
+                        "mention": text, "filtered_reason": reason,
                     }
                 )
     return rows
