@@ -325,3 +325,53 @@ def test_pair_rows_table_matches_one_frame_per_pair():
     pd.testing.assert_frame_equal(_PairRows().table(), soft_table([]))
     with pytest.raises(ValueError, match=r"\(n1, A\): 1 scores for 2 unit offsets"):
         _PairRows().add("n1", "A", "attention", "attention", "caml", np.array([[0, 3], [4, 9]]), [0.5])
+
+
+def test_soft_to_spans_equals_a_per_pair_reference():
+    """``soft_to_spans`` (arrays, one pass) against the definition written per pair: top-k by
+    score then position, threshold on the clipped, normalised scores, runs of consecutive units
+    merged; ties, negative scores, unsorted units and pairs in first-appearance order included."""
+    import numpy as np
+    import pandas as pd
+
+    from rationale_kit.rationales import soft_to_spans
+
+    rng = np.random.default_rng(5)
+    rows = []
+    for p in range(40):
+        n = int(rng.integers(1, 25))
+        units = rng.permutation(n)
+        sc = rng.choice([-0.2, 0.0, 0.1, 0.1, 0.3, 0.7], size=n) if p % 3 else rng.normal(size=n)
+        for u, s in zip(units, sc):
+            rows.append({"note_id": f"n{p % 7}", "code": f"C{p}", "source": "attention", "method": "m", "model": "x",
+                         "unit": int(u), "start": int(u) * 4, "end": int(u) * 4 + 3, "score": float(s)})
+    soft = pd.DataFrame(rows).sample(frac=1.0, random_state=2).reset_index(drop=True)
+
+    def reference(table, topk=None, threshold=None):
+        out = []
+        for (nid, code, source, smethod, model), g in table.groupby(["note_id", "code", "source", "method", "model"], sort=False):
+            g = g.sort_values("unit", kind="stable")
+            u, s = g.unit.to_numpy(), g.score.to_numpy()
+            pos = np.clip(s, 0, None)
+            norm = pos / pos.sum() if pos.sum() > 0 else np.zeros_like(pos)
+            sel = np.zeros(len(g), bool)
+            if topk is not None:
+                sel[np.lexsort((u, -s))[:topk]] = True
+            else:
+                sel = norm > threshold
+            idx = list(np.flatnonzero(sel))
+            runs = []
+            for k in idx:
+                if runs and u[k] == u[runs[-1][-1]] + 1:
+                    runs[-1].append(k)
+                else:
+                    runs.append([k])
+            for r in runs:
+                out.append((nid, code, int(g.start.to_numpy()[r].min()), int(g.end.to_numpy()[r].max()), float(norm[r].sum())))
+        return out
+
+    for kw in (dict(topk=1), dict(topk=3), dict(topk=50), dict(threshold=0.05), dict(threshold=0.0), dict(threshold=0.9)):
+        got = soft_to_spans(soft, **kw)
+        assert list(zip(got.note_id, got.code, got.start, got.end, got.score)) == reference(soft, **kw), kw
+        assert (got.method == ("topk" if "topk" in kw else "threshold")).all()
+    assert soft_to_spans(soft.iloc[:0], topk=2).empty

@@ -171,40 +171,48 @@ def soft_to_spans(
     check_columns(scores, SCORE_COLUMNS, "soft rationale table")
     method = "topk" if topk is not None else "threshold"
     param = float(topk if topk is not None else threshold)
-    rows = []
-    keys = ["note_id", "code", "source", "method", "model"]
-    for (nid, code, source, smethod, model), g in scores.groupby(keys, sort=False, dropna=False):
-        g = g.sort_values("unit", kind="stable")
-        units = g["unit"].to_numpy()
-        sc = g["score"].to_numpy(dtype=np.float64)
-        pos = np.clip(sc, 0.0, None)
-        total = pos.sum()
-        norm = pos / total if total > 0 else np.zeros_like(pos)
-        if topk is not None:
-            order = np.lexsort((units, -sc))  # by score desc, then position
-            sel = np.zeros(len(g), dtype=bool)
-            sel[order[:topk]] = True
-        else:
-            sel = norm > threshold
-        starts, ends = g["start"].to_numpy(), g["end"].to_numpy()
-        idx = np.flatnonzero(sel)
-        run: list[int] = []
-        for k in list(idx) + [None]:
-            if k is not None and run and units[k] == units[run[-1]] + 1:
-                run.append(k)
-                continue
-            if run:
-                rows.append(
-                    {
-                        "note_id": nid, "code": code, "start": int(starts[run].min()),
-                        "end": int(ends[run].max()), "granularity": "", "source": source,
-                        "method": method, "model": model, "score": float(norm[run].sum()),
-                        "soft_method": smethod, "param": param,
-                    }
-                )
-            run = [k] if k is not None else []
     cols = DISCRETE_COLUMNS + ["score", "soft_method", "param"]
-    out = pd.DataFrame(rows, columns=cols)
+    keys = ["note_id", "code", "source", "method", "model"]
+    if not len(scores):
+        return pd.DataFrame(columns=cols).astype({"start": "int64", "end": "int64", "score": "float64", "param": "float64"})
+    # one pass over arrays instead of one DataFrame per pair: groups numbered in order of first
+    # appearance (as groupby(sort=False)), rows sorted by (group, unit), stable
+    gid = scores.groupby(keys, sort=False, dropna=False).ngroup().to_numpy()
+    units_all = scores["unit"].to_numpy()
+    order = np.lexsort((units_all, gid))
+    gid, units = gid[order], units_all[order]
+    sc = scores["score"].to_numpy(dtype=np.float64)[order]
+    starts, ends = scores["start"].to_numpy()[order], scores["end"].to_numpy()[order]
+    bounds = np.flatnonzero(np.r_[True, gid[1:] != gid[:-1], True])
+    pos = np.clip(sc, 0.0, None)
+    norm = np.zeros_like(pos)
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        total = pos[a:b].sum()  # per pair, as one array: the same float sum as before
+        if total > 0:
+            norm[a:b] = pos[a:b] / total
+    if topk is not None:
+        by_score = np.lexsort((units, -sc, gid))  # per pair: score desc, then position
+        rank = np.empty(len(gid), dtype=np.int64)
+        rank[by_score] = np.arange(len(gid)) - np.repeat(bounds[:-1], np.diff(bounds))
+        sel = rank < topk
+    else:
+        sel = norm > threshold
+    idx = np.flatnonzero(sel)
+    if not len(idx):
+        return pd.DataFrame(columns=cols).astype({"start": "int64", "end": "int64", "score": "float64", "param": "float64"})
+    # runs of consecutive selected units of one pair become one span
+    new_run = np.r_[True, (gid[idx[1:]] != gid[idx[:-1]]) | (units[idx[1:]] != units[idx[:-1]] + 1)]
+    run_bounds = np.r_[np.flatnonzero(new_run), len(idx)]
+    first = scores.iloc[order[idx[run_bounds[:-1]]]]
+    sel_norm, sel_starts, sel_ends = norm[idx], starts[idx], ends[idx]
+    run_scores = [float(sel_norm[a:b].sum()) for a, b in zip(run_bounds[:-1], run_bounds[1:])]
+    out = pd.DataFrame({
+        "note_id": first["note_id"].to_numpy(), "code": first["code"].to_numpy(),
+        "start": np.minimum.reduceat(sel_starts, run_bounds[:-1]),
+        "end": np.maximum.reduceat(sel_ends, run_bounds[:-1]),
+        "granularity": "", "source": first["source"].to_numpy(), "method": method, "model": first["model"].to_numpy(),
+        "score": np.asarray(run_scores, dtype=np.float64), "soft_method": first["method"].to_numpy(), "param": param,
+    }, columns=cols)
     return out.astype({"start": "int64", "end": "int64", "score": "float64", "param": "float64"})
 
 
