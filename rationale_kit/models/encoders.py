@@ -137,8 +137,9 @@ class PrefixStore:
     the first one to use it sets ``fingerprint`` (a hash of its frozen weights, their layer count
     and the encoder class); a later one with another fingerprint does not share it (it keeps a store
     of its own and is counted in ``refused``). Notebook 07's NER taggers of one size curve all
-    freeze the same layers of one pretrained encoder, so their training and tagging windows are
-    encoded by the frozen layers once for the whole curve."""
+    freeze the same layers of one pretrained encoder and tag the same notes, so their tagging
+    windows go through the frozen layers once for the whole curve (training keeps a store per
+    tagger)."""
 
     def __init__(self, max_bytes: int = 1 << 30):
         self.max_bytes = int(max_bytes)
