@@ -200,12 +200,13 @@ class FrozenPrefix:
             elif store.fingerprint != fp:  # other frozen weights: their states must not be mixed
                 store.refused += 1
                 store = None
-        self.store = store if store is not None else PrefixStore(max_bytes)
+        self._owns_store = store is None
+        self.store = PrefixStore(max_bytes) if store is None else store
         self.hits = self.misses = 0
 
     def clear(self) -> None:
         """Forget the states of a store of its own (a shared store is its owner's to clear)."""
-        if self.store.fingerprint is None:
+        if self._owns_store:
             self.store.clear()
 
     @contextlib.contextmanager

@@ -173,8 +173,9 @@ def soft_to_spans(
     param = float(topk if topk is not None else threshold)
     cols = DISCRETE_COLUMNS + ["score", "soft_method", "param"]
     keys = ["note_id", "code", "source", "method", "model"]
+    dtypes = {"start": "int64", "end": "int64", "score": "float64", "param": "float64"}
     if not len(scores):
-        return pd.DataFrame(columns=cols).astype({"start": "int64", "end": "int64", "score": "float64", "param": "float64"})
+        return pd.DataFrame(columns=cols).astype(dtypes)
     # one pass over arrays instead of one DataFrame per pair: groups numbered in order of first
     # appearance (as groupby(sort=False)), rows sorted by (group, unit), stable
     gid = scores.groupby(keys, sort=False, dropna=False).ngroup().to_numpy()
@@ -199,7 +200,7 @@ def soft_to_spans(
         sel = norm > threshold
     idx = np.flatnonzero(sel)
     if not len(idx):
-        return pd.DataFrame(columns=cols).astype({"start": "int64", "end": "int64", "score": "float64", "param": "float64"})
+        return pd.DataFrame(columns=cols).astype(dtypes)
     # runs of consecutive selected units of one pair become one span
     new_run = np.r_[True, (gid[idx[1:]] != gid[idx[:-1]]) | (units[idx[1:]] != units[idx[:-1]] + 1)]
     run_bounds = np.r_[np.flatnonzero(new_run), len(idx)]
@@ -213,7 +214,7 @@ def soft_to_spans(
         "granularity": "", "source": first["source"].to_numpy(), "method": method, "model": first["model"].to_numpy(),
         "score": np.asarray(run_scores, dtype=np.float64), "soft_method": first["method"].to_numpy(), "param": param,
     }, columns=cols)
-    return out.astype({"start": "int64", "end": "int64", "score": "float64", "param": "float64"})
+    return out.astype(dtypes)
 
 
 # --------------------------------------------------------------------------------------------
