@@ -952,19 +952,25 @@ def test_plm_base_pass_and_all_mask_chunk_come_from_the_cache(tiny_plm, monkeypa
             assert segments.count(ids[a: a + s].tobytes()) == 1  # the note's own chunk, encoded once
 
 
-def test_benchmark_counts_the_chunks_the_engine_and_the_loop_encode(tiny_plm):
-    """benchmarks/faithfulness.py's ``plm_chunk_counts`` counts chunks without running the encoder:
-    its counts equal the encoder rows of the real engine and loop runs on the same workload, and
-    the perfect store encodes no more than the engine, the engine fewer than the loop."""
+def _bench_module():
+    """benchmarks/faithfulness.py as a module."""
     import importlib.util
     from pathlib import Path
-
-    from rationale_kit.metrics.faithfulness import NoteCache
 
     path = Path(__file__).resolve().parent.parent / "benchmarks" / "faithfulness.py"
     spec = importlib.util.spec_from_file_location("bench_faithfulness", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+def test_benchmark_counts_the_chunks_the_engine_and_the_loop_encode(tiny_plm):
+    """benchmarks/faithfulness.py's ``plm_chunk_counts`` counts chunks without running the encoder:
+    its counts equal the encoder rows of the real engine and loop runs on the same workload, and
+    the perfect store encodes no more than the engine, the engine fewer than the loop."""
+    from rationale_kit.metrics.faithfulness import NoteCache
+
+    bench = _bench_module()
     _, labels, docs, model = tiny_plm
     docs = docs.assign(text=[t + " " + t for t in docs.text])  # longer than a random span (60 chars)
     gold = dict(zip(docs.note_id, docs.codes))
@@ -1038,6 +1044,40 @@ def test_laat_state_reuse_equals_loop(kind, monkeypatch):
             assert reuse_rows <= len(docs) < plain_rows  # only the full notes run the model
         else:
             assert reuse_rows == plain_rows
+
+
+def test_benchmark_counts_the_laat_steps_and_times_a_step():
+    """benchmarks/faithfulness.py's ``StepCounter`` counts the steps the LAAT path computes for its
+    perturbed rows, by hand: one row of 12 steps changed at step 5 of the forward direction joins
+    at step 4 (its group of 4) and, with a tolerance every state meets, leaves at the check of
+    step 8: 4 steps computed of 2 x 12; the notes' own recurrences (tolerance < 0) are not counted.
+    ``lstm_step_costs`` times both recurrences."""
+    from rationale_kit.metrics.faithfulness import lstm_reuse
+
+    bench = _bench_module()
+    _, texts, labels, _, _ = _edge_corpus(seed=12)
+    model = _tiny_laat(texts, labels)
+    dirs = lstm_reuse._laat_dirs(model)
+    S, H = 12, dirs[0].H
+    with torch.no_grad():
+        gx = [d.gates_x(torch.arange(5)) for d in dirs]
+    X = np.zeros((2, 1, S), dtype=np.int64)
+    diff = np.zeros((2, 1, S), dtype=bool)
+    diff[0, 0, 5] = True
+    zeros = torch.zeros(S + 1, H)
+    args = (dirs, gx, X, diff, np.array([S]), [zeros, zeros], [zeros, zeros], np.zeros(1, dtype=np.int64))
+    counter = bench.StepCounter()
+    try:
+        with torch.no_grad():
+            out = lstm_reuse._recur(*args, tol=1e9)
+            lstm_reuse._recur(*args, tol=-1.0)  # a base's own recurrence: not counted
+    finally:
+        counter.remove()
+    assert lstm_reuse._recur is counter.orig
+    assert out[0][1].tolist() == [4, 5, 6, 7] and len(out[1][0]) == 0
+    assert (counter.computed, counter.full) == (4, 24)
+    path_us, lstm_us = bench.lstm_step_costs(model, rows=8, steps=4, reps=1)
+    assert path_us > 0 and lstm_us > 0
 
 
 def test_laat_state_reuse_only_for_the_package_laat_in_eval_mode():
