@@ -32,7 +32,7 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from faithfulness import StepCounter  # noqa: E402  (benchmarks/faithfulness.py)
+from faithfulness import StepCounter, lstm_step_costs  # noqa: E402  (benchmarks/faithfulness.py)
 
 ROOT = Path(__file__).resolve().parent.parent
 KEYS = ["note_id", "code", "source", "measure", "k", "control"]
@@ -75,7 +75,8 @@ class PairedCalls:
             t_loop, slow = timed(model, docs, table, dataclasses.replace(spec, engine=False), **loop_kw)
             row = {"model": spec.model_name, "kind": spec.kind, "rows": len(fast), "engine_s": t_engine,
                    "loop_s": t_loop, "max_abs_diff": max_difference(fast, slow),
-                   "lstm_steps_computed": steps.computed / steps.full if steps.full else np.nan}
+                   "lstm_steps_computed": steps.computed / steps.full if steps.full else np.nan,
+                   "lstm_row_steps": steps.full, "lstm_row_steps_computed": steps.computed}
             if batched:  # the engine without its incremental paths: plain batched forward passes
                 t_b, plain = timed(model, docs, table, dataclasses.replace(spec, incremental=False), **loop_kw)
                 row |= {"batched_s": t_b, "batched_max_abs_diff": max_difference(plain, slow)}
@@ -100,6 +101,7 @@ class ArtifactReader:
 
 
 def main(argv=None) -> pd.DataFrame:
+    """Runs the benchmark; returns the per-call table."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--profile", default="default")
     ap.add_argument("--artifacts", default=None, help="the run's artifacts folder (default: artifacts/<profile>)")
@@ -156,7 +158,16 @@ def main(argv=None) -> pd.DataFrame:
     per_model["speedup_vs_loop"] = per_model.loop_s / per_model.engine_s
     print("\nper model (notebook 05's calls together):")
     print(per_model.to_string(float_format=lambda x: f"{x:.3g}"))
-    return per_model
+    for name, part in per_call.groupby("model", sort=False):
+        if part.lstm_row_steps.sum():  # LAAT's state reuse path ran: how far could an exact method go
+            path_us, lstm_us = lstm_step_costs(models[name])
+            floor = part.lstm_row_steps_computed.sum() * path_us * 1e-6
+            print(f"\n{name}: its rows' full recurrences are {part.lstm_row_steps.sum():,} row-steps, of which the state "
+                  f"reuse path computed {part.lstm_row_steps_computed.sum() / part.lstm_row_steps.sum():.0%}; a step "
+                  f"costs {path_us:.2f} us per row there and {lstm_us:.2f} us in the model's nn.LSTM: those steps "
+                  f"alone take {floor:.1f} s against the loop's {part.loop_s.sum():.1f} s (at most "
+                  f"{part.loop_s.sum() / floor:.1f}x for any method that computes them)")
+    return per_call
 
 
 if __name__ == "__main__":

@@ -952,14 +952,16 @@ def test_plm_base_pass_and_all_mask_chunk_come_from_the_cache(tiny_plm, monkeypa
             assert segments.count(ids[a: a + s].tobytes()) == 1  # the note's own chunk, encoded once
 
 
-def _bench_module():
-    """benchmarks/faithfulness.py as a module."""
+def _bench_module(name: str = "faithfulness"):
+    """benchmarks/<name>.py as a module."""
     import importlib.util
+    import sys
     from pathlib import Path
 
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "faithfulness.py"
-    spec = importlib.util.spec_from_file_location("bench_faithfulness", path)
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
     bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench  # its dataclasses look their module up there
     spec.loader.exec_module(bench)
     return bench
 
@@ -1078,6 +1080,24 @@ def test_benchmark_counts_the_laat_steps_and_times_a_step():
     assert (counter.computed, counter.full) == (4, 24)
     path_us, lstm_us = bench.lstm_step_costs(model, rows=8, steps=4, reps=1)
     assert path_us > 0 and lstm_us > 0
+
+
+def test_notebook_benchmark_pairs_each_engine_call_of_notebook_05_with_the_loop(smoke_series):
+    """benchmarks/faithfulness_notebook.py on the shared smoke run: notebook 05's three engine calls
+    for CAML, each timed and paired with the loop on the same rows (values within float32 noise),
+    and ``faithfulness.run_spec`` is itself again afterwards."""
+    from rationale_kit.metrics import faithfulness
+
+    smoke_series.require("04_alignment")
+    bench = _bench_module("faithfulness_notebook")
+    orig = faithfulness.run_spec
+    calls = bench.main(["--profile", "smoke", "--artifacts", str(smoke_series.artifacts), "--models", "caml",
+                        "--batched"])
+    assert faithfulness.run_spec is orig
+    assert sorted(calls.kind) == ["discrete", "edin", "eraser"] and set(calls.model) == {"caml"}
+    assert (calls.rows > 0).all() and (calls[["engine_s", "loop_s", "batched_s"]] >= 0).all().all()
+    assert (calls.max_abs_diff < 1e-4).all() and (calls.batched_max_abs_diff < 1e-4).all()
+    assert calls.lstm_steps_computed.isna().all()  # no LAAT path for CAML
 
 
 def test_laat_state_reuse_only_for_the_package_laat_in_eval_mode():
