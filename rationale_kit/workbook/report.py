@@ -821,7 +821,7 @@ def _md_grid(cells: Sequence[GridCell]) -> list[str]:
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1180px;margin:1.2em auto;padding:0 1em;color:#222}
 h1{font-size:1.5em;margin:0.2em 0 0.4em}h2{font-size:1.2em;margin:1.1em 0 0.4em}
 table{border-collapse:collapse;font-size:0.85em;margin:0.5em 0}th,td{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}
-td{max-width:30em;overflow-wrap:anywhere}th{background:#f4f4f4}
+td{max-width:30em;overflow-wrap:break-word}th{background:#f4f4f4}
 .scroll{overflow-x:auto;max-width:100%}
 table.header td,table.header th{text-align:left}figure{margin:0.8em 0}img{max-width:100%}
 table.grouped td:first-child{text-align:left}tr.group th{text-align:left;background:#e8edf3;padding-top:5px}
