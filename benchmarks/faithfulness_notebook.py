@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import sys
 import time
 from pathlib import Path
@@ -31,9 +32,19 @@ import numpy as np
 import pandas as pd
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from faithfulness import StepCounter, lstm_step_costs  # noqa: E402  (benchmarks/faithfulness.py)
 
+def _sibling(name: str):
+    """benchmarks/<name>.py as a module (by path: the folder is not put on ``sys.path``, where its
+    files would shadow packages such as ``coverage``)."""
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", Path(__file__).resolve().parent / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+_engine_bench = _sibling("faithfulness")
+StepCounter, lstm_step_costs = _engine_bench.StepCounter, _engine_bench.lstm_step_costs
 ROOT = Path(__file__).resolve().parent.parent
 KEYS = ["note_id", "code", "source", "measure", "k", "control"]
 
